@@ -1,0 +1,142 @@
+"""`headrace …`: the command line of installers and operators."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from .errors import ConfigError
+
+
+def _cmd_gateway_run(args) -> int:
+    from . import config, logs, service
+    from .registry import Registry
+
+    cfg = config.load(args.config)
+    logs.setup(cfg.gateway.log_level)
+    registry = Registry.load(cfg.gateway.registry)
+    _run(service.serve(cfg, registry))
+    return 0
+
+
+def _cmd_check_config(args) -> int:
+    from . import config
+    from .registry import Registry
+
+    cfg = config.load(args.config)
+    registry = Registry.load(cfg.gateway.registry)
+    print(f"{args.config or '(embedded defaults)'}: OK — gateway {cfg.gateway.site}/{cfg.gateway.id}, "
+          f"{len(registry)} nodes, {len(cfg.serial.ports)} serial ports, "
+          f"CoAP {'on' if cfg.coap.enabled else 'off'}, MQTT {cfg.mqtt.host}:{cfg.mqtt.port}")
+    return 0
+
+
+def _cmd_decode(args) -> int:
+    from .uplink import batch
+
+    data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
+    try:
+        decoded = batch.decode(data)
+    except batch.BatchError as exc:
+        print(f"headrace decode: {exc}", file=sys.stderr)
+        return 1
+    out = sys.stdout
+    for row in batch.rows(decoded):
+        out.write(json.dumps(row, allow_nan=True) + "\n")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from . import demo, logs
+
+    logs.setup("warning" if not args.verbose else "info")
+    return _run(demo.run_demo(args.duration, args.mqtt_host, args.mqtt_port, args.period_ms,
+                              args.python_nodes, args.workdir))
+
+
+def _cmd_node_provision(args) -> int:
+    from .registry import Registry
+
+    try:
+        reg = Registry.load(args.registry)
+    except ConfigError:
+        reg = Registry(path=args.registry)
+    if args.name in reg.nodes and not args.force:
+        print(f"headrace: node {args.name} is already provisioned (use --force to replace its key)", file=sys.stderr)
+        return 1
+    node = reg.add(args.name, transport=args.transport)
+    reg.save(args.registry)
+    cfg = {"node": node.name, "key": node.key.hex(), "transport": args.transport,
+           "sensors": args.sensors.split(","), "period_ms": 1000, "batch": 8}
+    text = json.dumps(cfg, indent=2)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+        print(f"node {node.name} registered in {args.registry}; config written to {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def _run(coro) -> int:
+    try:
+        import uvloop  # optional: faster datagram and stream paths
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return runner(coro) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="headrace", description="headrace industrial edge gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the gateway with three simulated MicroPython nodes")
+    d.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    d.add_argument("--mqtt-host", default=None, help="use this broker instead of the embedded one")
+    d.add_argument("--mqtt-port", type=int, default=1883)
+    d.add_argument("--period-ms", type=int, default=250, help="sampling period of the simulated sensors")
+    d.add_argument("--python-nodes", action="store_true", help="run the firmware under CPython, not MicroPython")
+    d.add_argument("--workdir", default=None, help="keep spool, registry and node files here")
+    d.add_argument("-v", "--verbose", action="store_true")
+    d.set_defaults(fn=_cmd_demo)
+
+    g = sub.add_parser("gateway", help="run or check the gateway service").add_subparsers(dest="sub", required=True)
+    r = g.add_parser("run", help="run the gateway in the foreground (systemd runs this)")
+    r.add_argument("--config", "-c", default=None, help="gateway.toml (default: embedded defaults)")
+    r.set_defaults(fn=_cmd_gateway_run)
+    c = g.add_parser("check-config", help="validate gateway.toml and the node registry")
+    c.add_argument("--config", "-c", default=None)
+    c.set_defaults(fn=_cmd_check_config)
+
+    dec = sub.add_parser("decode", help="decode an uplink payload into JSON Lines")
+    dec.add_argument("file", help="a payload file taken from the broker, or - for stdin")
+    dec.set_defaults(fn=_cmd_decode)
+
+    n = sub.add_parser("node", help="provision nodes").add_subparsers(dest="sub", required=True)
+    pv = n.add_parser("provision", help="make a key, register the node, write its config")
+    pv.add_argument("name")
+    pv.add_argument("--registry", default="/etc/headrace/nodes.toml")
+    pv.add_argument("--transport", choices=["serial", "coap"], default="serial")
+    pv.add_argument("--sensors", default="temp")
+    pv.add_argument("--output", "-o", default=None, help="write the node config JSON here (default: stdout)")
+    pv.add_argument("--force", action="store_true")
+    pv.set_defaults(fn=_cmd_node_provision)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"headrace: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

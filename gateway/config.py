@@ -1,0 +1,231 @@
+"""Gateway configuration: one TOML file, validated into one frozen object.
+
+Every error names the key and the fix (`ConfigError`). Unknown keys are errors
+too: a typo must not silently fall back to a default. All keys have sane
+defaults, so an empty file (or none) runs a gateway on loopback.
+See `packaging/gateway.toml` for the commented sample.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class SerialPort:
+    path: str
+    baudrate: int = 115200
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    id: str = "gw1"
+    site: str = "site1"
+    data_dir: str = "/var/lib/headrace"
+    registry: str = "/etc/headrace/nodes.toml"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class SerialSection:
+    ports: tuple[SerialPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class CoapSection:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 5683
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = ""
+    username: str = ""
+    password: str = ""
+    keepalive: int = 30
+    inflight: int = 32
+    batch_records: int = 256
+    batch_delay: float = 0.2
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class AggregateSection:
+    widths: tuple[float, ...] = (10.0,)
+    lateness: float = 2.0
+
+
+@dataclass(frozen=True)
+class SpoolSection:
+    commit_interval: float = 0.005
+    commit_max_frames: int = 512
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    bind: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    serial: SerialSection = field(default_factory=SerialSection)
+    coap: CoapSection = field(default_factory=CoapSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    aggregate: AggregateSection = field(default_factory=AggregateSection)
+    spool: SpoolSection = field(default_factory=SpoolSection)
+    http: HttpSection = field(default_factory=HttpSection)
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.gateway.data_dir) / "spool.sqlite"
+
+    @property
+    def topic_root(self) -> str:
+        return f"headrace/v1/{self.gateway.site}/{self.gateway.id}/"
+
+    def replace(self, **sections) -> "Config":
+        """A copy with some sections changed: cfg.replace(mqtt={"port": 1884})."""
+        changed = {}
+        for name, values in sections.items():
+            changed[name] = dataclasses.replace(getattr(self, name), **values)
+        return dataclasses.replace(self, **changed)
+
+
+def _check(section: str, key: str, value, kind, default):
+    where = f"[{section}] {key}"
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"must be true or false, got {value!r}", f"write {key} = {str(default).lower()}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, f"must be an integer, got {value!r}", f"write {key} = {default}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(where, f"must be a number, got {value!r}", f"write {key} = {default}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(where, f"must be a string, got {value!r}", f'write {key} = "{default}"')
+        return value
+    return value
+
+
+def _section(cls, name: str, raw: dict):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}]", "must be a table", f"write a [{name}] header with keys under it")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"[{name}] {key}", "unknown key", f"valid keys: {', '.join(fields)}")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = {"bool": bool, "int": int, "float": float, "str": str}.get(str(f.type))
+        values[key] = _check(name, key, value, kind, default)
+    return cls(**values)
+
+
+def _serial(raw) -> SerialSection:
+    if not isinstance(raw, dict):
+        raise ConfigError("[serial]", "must be a table", "write [[serial.ports]] tables with path = \"/dev/ttyUSB0\"")
+    extra = set(raw) - {"ports"}
+    if extra:
+        raise ConfigError(f"[serial] {sorted(extra)[0]}", "unknown key", "list ports as [[serial.ports]] tables")
+    ports = []
+    for i, p in enumerate(raw.get("ports", [])):
+        port = _section(SerialPort, f"serial.ports[{i}]", p) if "path" in p else None
+        if port is None:
+            raise ConfigError(f"[serial.ports[{i}]] path", "missing", 'write path = "/dev/ttyUSB0"')
+        ports.append(port)
+    return SerialSection(ports=tuple(ports))
+
+
+def _validate(cfg: Config) -> None:
+    g = cfg.gateway
+    for key in ("id", "site"):
+        if not _NAME.match(getattr(g, key)):
+            raise ConfigError(f"[gateway] {key}", f"{getattr(g, key)!r} is not a valid name",
+                              "use 1-32 lowercase letters, digits, - or _, starting with a letter or digit")
+    if g.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("[gateway] log_level", f"{g.log_level!r} is not a level", "use debug, info, warning or error")
+    for section, key, low, high in (("coap", "port", 0, 65535), ("mqtt", "port", 1, 65535), ("http", "port", 0, 65535),
+                                    ("mqtt", "keepalive", 5, 3600), ("mqtt", "inflight", 1, 65535),
+                                    ("mqtt", "batch_records", 1, 100000), ("spool", "commit_max_frames", 1, 100000)):
+        value = getattr(getattr(cfg, section), key)
+        if not low <= value <= high:
+            raise ConfigError(f"[{section}] {key}", f"{value} is out of range", f"use a value from {low} to {high}")
+    if not 0 < cfg.spool.commit_interval <= 1:
+        raise ConfigError("[spool] commit_interval", f"{cfg.spool.commit_interval} s is out of range",
+                          "use 0.001 to 1 second (longer delays every ack to the nodes)")
+    if cfg.mqtt.batch_delay < 0 or cfg.mqtt.batch_delay > 60:
+        raise ConfigError("[mqtt] batch_delay", f"{cfg.mqtt.batch_delay} s is out of range", "use 0 to 60 seconds")
+    if not cfg.aggregate.widths or any(w <= 0 for w in cfg.aggregate.widths):
+        raise ConfigError("[aggregate] widths", f"{list(cfg.aggregate.widths)} is invalid",
+                          "list positive window widths in seconds, e.g. widths = [10, 60]")
+    if cfg.aggregate.lateness < 0:
+        raise ConfigError("[aggregate] lateness", "must not be negative", "write lateness = 2.0")
+    tls = (cfg.mqtt.tls_cert, cfg.mqtt.tls_key)
+    if any(tls) and not all(tls):
+        raise ConfigError("[mqtt] tls_cert", "a client certificate needs its key and the reverse",
+                          "set both tls_cert and tls_key, or neither")
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(cfg.mqtt, key)
+        if path and not os.path.exists(path):
+            raise ConfigError(f"[mqtt] {key}", f"file {path} does not exist", "give the path of a PEM file")
+
+
+def from_dict(raw: dict) -> Config:
+    """Validate a parsed TOML document into a Config."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    values = {}
+    for name, body in raw.items():
+        if name not in sections:
+            raise ConfigError(f"[{name}]", "unknown section", f"valid sections: {', '.join(sections)}")
+        if name == "serial":
+            values[name] = _serial(body)
+        elif name == "aggregate":
+            body = dict(body) if isinstance(body, dict) else body
+            widths = body.pop("widths", None) if isinstance(body, dict) else None
+            section = _section(AggregateSection, name, body)
+            if widths is not None:
+                if not isinstance(widths, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in widths):
+                    raise ConfigError("[aggregate] widths", f"must be a list of numbers, got {widths!r}", "write widths = [10, 60]")
+                section = dataclasses.replace(section, widths=tuple(float(w) for w in widths))
+            values[name] = section
+        else:
+            values[name] = _section(sections[name].default_factory, name, body)
+    cfg = Config(**values)
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike | None) -> Config:
+    """Read and validate a TOML file; None gives the embedded defaults."""
+    if path is None:
+        return from_dict({})
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}", "check the path given with --config") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the syntax at the line shown") from None
+    return from_dict(raw)

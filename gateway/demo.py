@@ -1,0 +1,169 @@
+"""`headrace demo`: the gateway with three simulated nodes, on embedded defaults.
+
+Two nodes on serial ptys (an in-process null-modem cable), one over CoAP, all
+running the real firmware under MicroPython; an embedded MQTT broker (amqtt)
+unless `--mqtt-host` names one. A live view refreshes once a second.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import from_dict
+from .registry import Registry
+from .service import Gateway
+from .sim.nodes import NodeProcess
+from .sim.nullmodem import NullModem
+
+log = logging.getLogger("headrace.demo")
+
+NODES = [
+    ("pump1", "serial", ["temp", "vib"]),
+    ("pump2", "serial", ["temp", "pressure"]),
+    ("press1", "coap", ["pressure", "temp"]),
+]
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def embedded_broker(port: int):
+    """An in-process amqtt broker on loopback, for the demo only (tests use mosquitto)."""
+    from amqtt.broker import Broker
+
+    for name in ("amqtt", "transitions"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+                     "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}})
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.shutdown()
+
+
+async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int, period_ms: int,
+                   python_nodes: bool, workdir: str | None) -> int:
+    tmp = tempfile.TemporaryDirectory(prefix="headrace-demo-") if workdir is None else None
+    base = Path(workdir or tmp.name)
+    base.mkdir(parents=True, exist_ok=True)
+    registry = Registry(path=base / "nodes.toml")
+    cables, node_cfgs, serial_ports = [], [], []
+    coap_port = free_port(socket.SOCK_DGRAM)
+    for i, (name, transport, sensors) in enumerate(NODES):
+        node = registry.add(name, transport=transport)
+        cfg = {"node": name, "key": node.key.hex(), "transport": transport, "sensors": sensors,
+               "period_ms": period_ms, "batch": 8, "seed": i + 1, "state_file": str(base / f"{name}.seq")}
+        if transport == "serial":
+            cable = NullModem()
+            gw_end, node_end = cable.open()
+            cables.append(cable)
+            serial_ports.append({"path": gw_end})
+            cfg["port"] = node_end
+        else:
+            cfg.update(host="127.0.0.1", coap_port=coap_port)
+        node_cfgs.append(cfg)
+    registry.save()
+    broker_port = mqtt_port if mqtt_host else free_port()
+    cfg = from_dict({
+        "gateway": {"id": "demo", "site": "bench", "data_dir": str(base), "registry": str(registry.path)},
+        "serial": {"ports": serial_ports},
+        "coap": {"bind": "127.0.0.1", "port": coap_port},
+        "mqtt": {"host": mqtt_host or "127.0.0.1", "port": broker_port, "batch_delay": 0.2},
+        "http": {"port": 0},
+    })
+    interpreter = sys.executable if python_nodes else None
+    nodes = [NodeProcess(c, base, interpreter) for c in node_cfgs]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        if not mqtt_host:
+            await stack.enter_async_context(embedded_broker(broker_port))
+        for cable in cables:
+            cable.start()
+            stack.callback(cable.close)
+        gw = await stack.enter_async_context(Gateway(cfg, registry))
+        for node in nodes:
+            await node.start()
+            stack.push_async_callback(node.stop)
+        view = LiveView(gw, nodes, broker=f"{mqtt_host or 'embedded'}:{broker_port}")
+        try:
+            await asyncio.wait_for(_view_loop(view, stop), timeout=duration)
+        except asyncio.TimeoutError:
+            pass
+        elapsed = time.monotonic() - started
+        frames = gw.metrics.total("headrace_frames_accepted_total")
+        print(f"\nheadrace demo: {int(frames)} frames ({int(gw.metrics.total('headrace_readings_total'))} readings) "
+              f"from {len(nodes)} nodes in {elapsed:.1f} s = {frames / elapsed:.1f} frames/s; "
+              f"{int(gw.metrics.total('headrace_uplink_bytes_total'))} bytes uplinked in "
+              f"{int(gw.metrics.total('headrace_uplink_messages_total'))} MQTT messages; stopping.", flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+    if tmp:
+        tmp.cleanup()
+    return 0
+
+
+async def _view_loop(view: "LiveView", stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        view.draw()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+class LiveView:
+    """A terminal table redrawn in place (ANSI) on a tty, or a status line every 5 s otherwise."""
+
+    def __init__(self, gw: Gateway, nodes: list[NodeProcess], broker: str):
+        self.gw, self.nodes, self.broker = gw, nodes, broker
+        self.tty = sys.stdout.isatty()
+        self._last = (time.monotonic(), 0.0)
+        self._ticks = 0
+
+    def draw(self) -> None:
+        m = self.gw.metrics
+        now = time.monotonic()
+        frames = m.total("headrace_frames_accepted_total")
+        t0, f0 = self._last
+        rate = (frames - f0) / (now - t0) if now > t0 else 0.0
+        self._last = (now, frames)
+        self._ticks += 1
+        rejected = int(m.total("headrace_frames_rejected_total"))
+        up_bytes = int(m.total("headrace_uplink_bytes_total"))
+        up_msgs = int(m.total("headrace_uplink_messages_total"))
+        link = "connected" if self.gw.uplink.connected else "DOWN"
+        if not self.tty:
+            if self._ticks % 5 == 1:
+                print(f"frames {int(frames)} ({rate:.1f}/s), rejected {rejected}, uplink {link} "
+                      f"{up_msgs} msgs {up_bytes} B", flush=True)
+            return
+        lines = ["\x1b[H\x1b[2J" + "headrace demo — gateway 'demo' — Ctrl-C to stop", "",
+                 f"frames in {int(frames):>7}   {rate:7.1f} frames/s   rejected {rejected}",
+                 f"uplink    MQTT {self.broker} {link}: {up_msgs} messages, {up_bytes} bytes", "",
+                 f"{'node':<8} {'link':<7} {'frames':>7} {'acked':>7}  last readings"]
+        table = {n["node"]: n for n in self.gw.node_table()}
+        for node in self.nodes:
+            row = table.get(node.name, {})
+            last = row.get("last", {})
+            shown = "  ".join(f"{k.split('/', 1)[-1]}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in sorted(last.items()))
+            lines.append(f"{node.name:<8} {node.config['transport']:<7} {row.get('frames', 0):>7} "
+                         f"{node.acked:>7}  {shown}")
+            if node.proc and node.proc.returncode not in (None, 0):
+                lines.append(f"         node exited with {node.proc.returncode}: "
+                             f"{node.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+        print("\n".join(lines), flush=True)

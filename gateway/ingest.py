@@ -1,0 +1,111 @@
+"""Ingest: verify a node's message, check its sequence number, decode its readings.
+
+    message bytes → COSE_Mac0 structure → key by kid → MAC → replay window → SenML
+
+Each step raises a typed `RejectedFrame`; the caller counts it by `reason`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cbor2
+
+from .errors import AuthError, PayloadError, ReplayError
+from .protocol import cose
+from .protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED, GATEWAY_KID, MSG_ACK, REPLAY_WINDOW
+from .protocol.senml import Reading, decode_pack
+from .registry import Registry
+
+_MASK = (1 << REPLAY_WINDOW) - 1
+
+
+class ReplayWindow:
+    """Sliding window of the last 64 sequence numbers of one node (RFC 9147 §4.5.1).
+
+    `top` is the highest accepted number (-1 before any); bit i of `bitmap` is
+    set when `top - i` was accepted.
+    """
+
+    __slots__ = ("top", "bitmap")
+
+    def __init__(self, top: int = -1, bitmap: int = 0):
+        self.top, self.bitmap = top, bitmap
+
+    def seen(self, seq: int) -> bool:
+        """True if `seq` was accepted already or is too old to tell."""
+        if seq > self.top:
+            return False
+        offset = self.top - seq
+        return offset >= REPLAY_WINDOW or bool(self.bitmap >> offset & 1)
+
+    def mark(self, seq: int) -> None:
+        if seq > self.top:
+            shift = seq - self.top
+            self.bitmap = ((self.bitmap << shift) | 1) & _MASK if shift < REPLAY_WINDOW else 1
+            self.top = seq
+        else:
+            self.bitmap |= 1 << (self.top - seq)
+
+    def state(self) -> tuple[int, int]:
+        return self.top, self.bitmap
+
+
+@dataclass(slots=True)
+class Accepted:
+    """A verified frame with a fresh sequence number."""
+
+    node: str
+    seq: int
+    key: bytes
+    readings: list[Reading]
+
+
+class Ingest:
+    """Stateless checks plus the per-node replay windows (restored from the spool)."""
+
+    def __init__(self, registry: Registry, windows: dict[str, tuple[int, int]] | None = None):
+        self.registry = registry
+        self.windows: dict[str, ReplayWindow] = {n: ReplayWindow(*s) for n, s in (windows or {}).items()}
+
+    def restore(self, windows: dict[str, tuple[int, int]]) -> None:
+        """Forget uncommitted marks: back to the windows the spool holds."""
+        self.windows = {n: ReplayWindow(*s) for n, s in windows.items()}
+
+    def check(self, message: bytes) -> Accepted:
+        """Verify and decode. Raises CoseError, AuthError (never ack), ReplayError (ack
+        as duplicate), PayloadError (ack as rejected); the last two carry node, seq, key."""
+        mac0 = cose.parse_mac0(message)
+        node = self.registry.by_kid(mac0.kid)
+        if node is None:
+            raise AuthError(f"unknown node kid {mac0.kid!r}: not in the registry", node=mac0.kid.decode("utf-8", "replace"))
+        payload = mac0.verify(node.key)
+        if mac0.seq is None:
+            raise AuthError(f"node {node.name}: frame without a sequence number (partial IV)", node=node.name)
+        window = self.windows.get(node.name)
+        if window is None:
+            window = self.windows[node.name] = ReplayWindow()
+        if window.seen(mac0.seq):
+            exc = ReplayError(f"node {node.name}: sequence number {mac0.seq} already seen (window top {window.top})",
+                              node=node.name, seq=mac0.seq)
+            exc.key = node.key
+            raise exc
+        try:
+            readings = decode_pack(payload)
+        except PayloadError as exc:
+            exc.node, exc.seq, exc.key = node.name, mac0.seq, node.key
+            exc.args = (f"node {node.name} seq {mac0.seq}: {exc.detail}",)
+            window.mark(mac0.seq)  # a valid MAC: the number is used up either way
+            raise
+        window.mark(mac0.seq)
+        return Accepted(node.name, mac0.seq, node.key, readings)
+
+    def dirty_state(self, nodes) -> dict[str, tuple[int, int]]:
+        return {n: self.windows[n].state() for n in nodes if n in self.windows}
+
+
+def ack_message(key: bytes, seq: int, status: int) -> bytes:
+    """The gateway's ack (docs/protocol.md §3): COSE_Mac0 kid 'gw', payload [1, seq, status]."""
+    return cose.mac0(key, GATEWAY_KID, cbor2.dumps([MSG_ACK, seq, status]))
+
+
+ACK_FOR = {"stored": ACK_STORED, "duplicate": ACK_DUPLICATE, "rejected": ACK_REJECTED}

@@ -1,0 +1,231 @@
+"""The pipeline: one owner for everything between a transport and the spool.
+
+Transports `offer()` messages. Verified frames wait in a bounded queue for the
+next group commit; the committer writes each group in one SQLite transaction
+(readings + replay windows), and only then calls each frame's `done` with its
+ack. While one commit runs, the next group gathers, so a slow disk makes the
+groups bigger, not the gateway slower. Readings reach the aggregates after the
+commit, so a frame that is resent after a failed commit is counted once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from core_ext.aggregate import Aggregator
+
+from .config import Config
+from .errors import PayloadError, RejectedFrame, ReplayError, SpoolError
+from .ingest import Accepted, Ingest, ack_message
+from .logs import RateLimited
+from .metrics import Metrics
+from .protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED
+from .spool import KIND_FRAME, KIND_WINDOW, Spool
+from .uplink import batch
+
+log = logging.getLogger("headrace.pipeline")
+
+Done = Callable[[bytes | None, Exception | None], None]
+
+
+@dataclass(slots=True)
+class _Item:
+    transport: str
+    done: Done
+    status: int
+    node: str
+    seq: int
+    key: bytes
+    accepted: Accepted | None = None
+
+
+@dataclass
+class NodeStatus:
+    """What the status view shows per node."""
+
+    frames: int = 0
+    readings: int = 0
+    rejected: int = 0
+    last_seen: float = 0.0
+    transport: str = ""
+    last: dict = field(default_factory=dict)  # sensor -> (t, value)
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, ingest: Ingest, spool: Spool, metrics: Metrics):
+        self.cfg, self.ingest, self.spool, self.metrics = cfg, ingest, spool, metrics
+        self.nodes: dict[str, NodeStatus] = {}
+        self.committed = asyncio.Event()  # set after each commit; the uplink waits on it
+        self._pending: list[_Item] = []
+        self._windows: list[bytes] = []
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._max_pending = cfg.spool.commit_max_frames * 8
+        self._aggs = [Aggregator(w, cfg.aggregate.lateness) for w in cfg.aggregate.widths]
+        self._late_seen = 0
+        self._series: dict[str, int] = {}
+        self._series_names: list[str] = []
+        self._warn = RateLimited(log)
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def wait_space(self) -> None:
+        """Back-pressure for transports: wait while the commit queue is full."""
+        await self._space.wait()
+
+    def offer(self, message: bytes, transport: str, done: Done) -> None:
+        """Take one message from a node. `done(ack, None)` is called after the commit, or
+        `done(None, SpoolError)` if it failed. Raises CoseError/AuthError (and FrameError
+        never reaches here): those are never acked, the transport decides how to answer."""
+        m = self.metrics
+        m.inc("headrace_frames_in_total", transport=transport)
+        try:
+            acc = self.ingest.check(message)
+        except (ReplayError, PayloadError) as exc:
+            self._reject(exc, transport)
+            status = ACK_DUPLICATE if isinstance(exc, ReplayError) else ACK_REJECTED
+            self._enqueue(_Item(transport, done, status, exc.node, exc.seq, exc.key))
+            return
+        except RejectedFrame as exc:
+            self._reject(exc, transport)
+            raise
+        self._enqueue(_Item(transport, done, ACK_STORED, acc.node, acc.seq, acc.key, acc))
+
+    def reject_frame(self, exc: RejectedFrame, transport: str) -> None:
+        """Count and log a message a transport rejected before it reached `offer` (framing)."""
+        self.metrics.inc("headrace_frames_in_total", transport=transport)
+        self._reject(exc, transport)
+
+    def _reject(self, exc: RejectedFrame, transport: str) -> None:
+        self.metrics.inc("headrace_frames_rejected_total", transport=transport, reason=exc.reason)
+        if exc.node and exc.node in self.nodes:
+            self.nodes[exc.node].rejected += 1
+        self._warn.warning(exc.reason, "rejected %s frame (%s): %s", transport, exc.reason, exc)
+
+    def _enqueue(self, item: _Item) -> None:
+        self._pending.append(item)
+        if len(self._pending) >= self._max_pending:
+            self._space.clear()
+        self._wake.set()
+
+    # -- commit ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The committer and the window closer; runs until cancelled."""
+        closer = asyncio.create_task(self._close_windows(), name="window-closer")
+        try:
+            await self._commit_loop()
+        finally:
+            closer.cancel()
+            await asyncio.gather(closer, return_exceptions=True)
+
+    async def _commit_loop(self) -> None:
+        gap = self.cfg.spool.commit_interval
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending or self._windows:
+                started = time.monotonic()
+                await self._commit_group()
+                left = gap - (time.monotonic() - started)
+                if left > 0:
+                    await asyncio.sleep(left)
+
+    async def _commit_group(self) -> None:
+        n = self.cfg.spool.commit_max_frames
+        group, self._pending = self._pending[:n], self._pending[n:]
+        windows, self._windows = self._windows, []
+        if len(self._pending) < self._max_pending:
+            self._space.set()
+        records = [(KIND_FRAME, batch.frame_body(i.node, i.seq, i.accepted.readings))
+                   for i in group if i.accepted is not None]
+        records += [(KIND_WINDOW, body) for body in windows]
+        replay = self.ingest.dirty_state({i.node for i in group if i.status != ACK_DUPLICATE})
+        try:
+            await self.spool.commit(records, replay)
+        except SpoolError as exc:
+            await self._commit_failed(group, exc)
+            return
+        self.metrics.inc("headrace_spool_commits_total")
+        self.metrics.inc("headrace_windows_total", len(windows))
+        now = time.time()
+        for item in group:
+            if item.accepted is not None:
+                self._apply(item, now)
+            item.done(ack_message(item.key, item.seq, item.status), None)
+        self.committed.set()
+
+    async def _commit_failed(self, group: list[_Item], exc: SpoolError) -> None:
+        # Nothing of this group is durable. Fail it and everything queued behind it, then
+        # forget their replay marks, so the nodes' resends are accepted as new.
+        self.metrics.inc("headrace_spool_errors_total")
+        self._warn.warning("spool", "%s; %d frames not acked, nodes will resend", exc, len(group) + len(self._pending))
+        failed, self._pending = group + self._pending, []
+        self._space.set()
+        for item in failed:
+            item.done(None, exc)
+        try:
+            self.ingest.restore(await self.spool.replay_windows())
+        except SpoolError:
+            pass
+
+    def _apply(self, item: _Item, now: float) -> None:
+        """After the commit: status, metrics and aggregates for one stored frame."""
+        acc = item.accepted
+        st = self.nodes.get(acc.node)
+        if st is None:
+            st = self.nodes[acc.node] = NodeStatus()
+        st.frames += 1
+        st.readings += len(acc.readings)
+        st.last_seen = now
+        st.transport = item.transport
+        self.metrics.inc("headrace_frames_accepted_total", transport=item.transport)
+        self.metrics.inc("headrace_readings_total", len(acc.readings))
+        self.metrics.set("headrace_node_last_seen_seconds", now, node=acc.node)
+        for r in acc.readings:
+            st.last[r.name] = (r.time, r.value)
+            if isinstance(r.value, float) and not math.isnan(r.value):
+                sid = self._series.get(r.name)
+                if sid is None:
+                    sid = self._series[r.name] = len(self._series_names)
+                    self._series_names.append(r.name)
+                for agg in self._aggs:
+                    agg.add(sid, r.time, r.value)
+
+    # -- windows --------------------------------------------------------------------------
+
+    async def _close_windows(self, period: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(period)
+            self.close_windows(time.time())
+
+    def close_windows(self, watermark: float, flush: bool = False) -> int:
+        """Close due windows into spool records (committed with the next group)."""
+        names = self._series_names
+        n = 0
+        for width, agg in zip(self.cfg.aggregate.widths, self._aggs):
+            cols = agg.flush() if flush else agg.close(watermark)
+            for i in range(len(cols["sid"])):
+                self._windows.append(batch.window_body(
+                    names[cols["sid"][i]], width, cols["start"][i], cols["count"][i], cols["min"][i],
+                    cols["max"][i], cols["sum"][i], cols["sumsq"][i], cols["first"][i], cols["last"][i]))
+                n += 1
+        late = sum(a.late for a in self._aggs)
+        if late != self._late_seen:
+            self.metrics.inc("headrace_late_readings_total", late - self._late_seen)
+            self._late_seen = late
+        if n:
+            self._wake.set()
+        return n
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """On shutdown: flush open windows and commit what is queued."""
+        self.close_windows(time.time(), flush=True)
+        deadline = time.monotonic() + timeout
+        while (self._pending or self._windows) and time.monotonic() < deadline:
+            await self._commit_group()

@@ -1,0 +1,93 @@
+"""The node registry: names, keys and metadata of the nodes this gateway accepts.
+
+A TOML file, one table per node:
+
+    [nodes.pump3]
+    key = "64 hex characters"      # 32 bytes, made at provisioning
+    transport = "serial"           # informational
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    key: bytes
+    transport: str = ""
+
+
+class Registry:
+    """Nodes by kid (the node name as bytes)."""
+
+    def __init__(self, nodes: dict[str, Node] | None = None, path: Path | None = None):
+        self.nodes: dict[str, Node] = dict(nodes or {})
+        self.path = path
+        self._by_kid = {n.name.encode(): n for n in self.nodes.values()}
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def by_kid(self, kid: bytes) -> Node | None:
+        return self._by_kid.get(kid)
+
+    def add(self, name: str, key: bytes | None = None, transport: str = "") -> Node:
+        if not NODE_NAME.match(name):
+            raise ConfigError(f"node {name!r}", "invalid name", "use 1-32 lowercase letters, digits, - or _")
+        node = Node(name, key if key is not None else secrets.token_bytes(KEY_BYTES), transport)
+        if len(node.key) != KEY_BYTES:
+            raise ConfigError(f"[nodes.{name}] key", f"must be {KEY_BYTES} bytes", "make one with `headrace node provision`")
+        self.nodes[name] = node
+        self._by_kid[name.encode()] = node
+        return node
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Registry":
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(str(path), "registry file not found",
+                              "provision nodes with `headrace node provision NAME`, or set [gateway] registry") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the syntax at the line shown") from None
+        reg = cls(path=path)
+        for name, body in raw.get("nodes", {}).items():
+            key_hex = body.get("key") if isinstance(body, dict) else None
+            try:
+                key = bytes.fromhex(key_hex or "")
+            except ValueError:
+                key = b""
+            if len(key) != KEY_BYTES:
+                raise ConfigError(f"[nodes.{name}] key", f"must be {KEY_BYTES * 2} hex characters",
+                                  f"run `headrace node rekey {name}` to make a new key")
+            reg.add(name, key, body.get("transport", ""))
+        return reg
+
+    def save(self, path: str | os.PathLike | None = None) -> None:
+        """Write atomically (temp file + rename), readable by the owner only: it holds keys."""
+        path = Path(path or self.path)
+        lines = ["# headrace node registry: keys are secrets, keep this file mode 0600", ""]
+        for node in sorted(self.nodes.values(), key=lambda n: n.name):
+            lines += [f"[nodes.{node.name}]", f'key = "{node.key.hex()}"']
+            if node.transport:
+                lines.append(f'transport = "{node.transport}"')
+            lines.append("")
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)

@@ -1,0 +1,177 @@
+"""The gateway process: owns every task, talks to systemd, handles signals.
+
+systemd: with `Type=notify` the unit gets READY=1 once the spool is open and
+the transports listen, STATUS= lines, WATCHDOG=1 at half of WATCHDOG_USEC
+(only while the event loop turns: a hung loop is restarted by systemd), and
+STOPPING=1 on SIGTERM, after which queued frames are committed and a final
+retained state is published.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+
+from .config import Config
+from .ingest import Ingest
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .registry import Registry
+from .spool import Spool
+from .transports.coap import CoapServer
+from .transports.serial import SerialLink
+from .uplink.mqtt import MqttUplink
+from .http import StatusServer
+
+log = logging.getLogger("headrace.service")
+
+
+def sd_notify(state: str) -> bool:
+    """Send a state to systemd's NOTIFY_SOCKET (sd_notify(3)); False when not under systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto(state.encode(), path)
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+            return False
+    return True
+
+
+class Gateway:
+    """All the roles of DESIGN.md wired together. `async with Gateway(cfg, registry) as gw:`."""
+
+    def __init__(self, cfg: Config, registry: Registry, metrics: Metrics | None = None):
+        self.cfg, self.registry = cfg, registry
+        self.metrics = metrics or Metrics()
+        self.spool: Spool | None = None
+        self.pipeline: Pipeline | None = None
+        self.uplink: MqttUplink | None = None
+        self.coap: CoapServer | None = None
+        self.http: StatusServer | None = None
+        self.serial: list[SerialLink] = []
+        self._tasks: list[asyncio.Task] = []
+
+    async def __aenter__(self) -> "Gateway":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.spool = await Spool.open(cfg.spool_path)
+        ingest = Ingest(self.registry, await self.spool.replay_windows())
+        self.pipeline = Pipeline(cfg, ingest, self.spool, self.metrics)
+        self.uplink = MqttUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
+        self._spawn(self.pipeline.run(), "pipeline")
+        self._spawn(self.uplink.run(), "uplink")
+        for port in cfg.serial.ports:
+            link = SerialLink(port.path, port.baudrate, self.pipeline)
+            self.serial.append(link)
+            self._spawn(link.run(), f"serial:{port.path}")
+        if cfg.coap.enabled:
+            self.coap = CoapServer(cfg.coap.bind, cfg.coap.port, self.pipeline)
+            await self.coap.start()
+        if cfg.http.port:
+            self.http = StatusServer(cfg.http.bind, cfg.http.port, self)
+            await self.http.start()
+        depth, _ = await self.spool.depth()
+        log.info("gateway %s/%s up: %d nodes registered, %d serial ports, CoAP %s, spool %s (%d records waiting)",
+                 cfg.gateway.site, cfg.gateway.id, len(self.registry), len(cfg.serial.ports),
+                 f"{cfg.coap.bind}:{cfg.coap.port}" if cfg.coap.enabled else "off", cfg.spool_path, depth)
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s died: %r", task.get_name(), task.exception(), exc_info=task.exception())
+
+    async def stop(self) -> None:
+        """Stop intake, commit what is queued, publish the final state, close everything."""
+        if self.coap:
+            await self.coap.stop()
+        intake = [t for t in self._tasks if t.get_name() != "uplink"]
+        for task in intake:
+            task.cancel()
+        await asyncio.gather(*intake, return_exceptions=True)
+        if self.pipeline:
+            try:
+                await self.pipeline.drain()
+            except Exception as exc:  # shutdown must go on
+                log.warning("drain on shutdown failed: %s", exc)
+        if self.uplink:
+            await self.uplink.final_state({"online": False, "clean": True, "at": time.time()})
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.http:
+            await self.http.stop()
+        if self.spool:
+            await self.spool.close()
+
+    # -- status ---------------------------------------------------------------------------
+
+    async def render_metrics(self) -> str:
+        depth, size = await self.spool.depth()
+        self.metrics.set("headrace_spool_depth", depth)
+        self.metrics.set("headrace_spool_bytes", size)
+        return self.metrics.render()
+
+    def health(self) -> dict:
+        alive = all(not t.done() for t in self._tasks)
+        return {"ok": alive, "uplink_connected": bool(self.uplink and self.uplink.connected),
+                "nodes": len(self.pipeline.nodes) if self.pipeline else 0,
+                "uptime_s": round(time.time() - self.metrics.started, 1)}
+
+    def node_table(self) -> list[dict]:
+        rows = []
+        for name, st in sorted((self.pipeline.nodes if self.pipeline else {}).items()):
+            rows.append({"node": name, "transport": st.transport, "frames": st.frames, "readings": st.readings,
+                         "rejected": st.rejected, "last_seen": st.last_seen,
+                         "last": {k: v[1] for k, v in st.last.items() if not isinstance(v[1], bytes)}})
+        return rows
+
+
+async def serve(cfg: Config, registry: Registry) -> None:
+    """Run until SIGTERM/SIGINT; notify systemd; feed its watchdog."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Gateway(cfg, registry) as gw:
+        sd_notify("READY=1\nSTATUS=serving")
+        watchdog = asyncio.create_task(_watchdog(gw), name="watchdog")
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping: committing queued frames and publishing the final state")
+            sd_notify("STOPPING=1")
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+
+
+async def _watchdog(gw: Gateway) -> None:
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    period = usec / 2e6 if usec else 10.0
+    while True:
+        m = gw.metrics
+        status = (f"STATUS={int(m.total('headrace_frames_accepted_total'))} frames in, "
+                  f"{int(m.total('headrace_uplink_messages_total'))} batches up, "
+                  f"uplink {'up' if gw.uplink and gw.uplink.connected else 'down'}")
+        sd_notify(("WATCHDOG=1\n" if usec else "") + status)
+        await asyncio.sleep(period)

@@ -1,0 +1,96 @@
+"""A null-modem cable made of two ptys, with optional fault injection.
+
+Each end is a pty whose slave path a program opens like a serial port
+(`/dev/pts/N`); bytes written to one end come out of the other. It is what
+`socat pty,raw,echo=0 pty,raw,echo=0` does, in-process, so the demo needs no
+system package. `flip_rate` flips random bits (bit error rate per bit) to test
+that line noise never yields a corrupt reading.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+import tty
+
+
+class NullModem:
+    def __init__(self, flip_rate: float = 0.0, seed: int | None = None):
+        self.flip_rate = flip_rate
+        self._rng = random.Random(seed)
+        self._fds: list[int] = []
+        self.paths: tuple[str, str] = ("", "")
+        self.bytes = [0, 0]
+        self.flipped = 0
+
+    def open(self) -> tuple[str, str]:
+        """Create both ptys; returns the two slave paths (end A, end B)."""
+        ends = []
+        for _ in range(2):
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            os.set_blocking(master, False)
+            ends.append((master, slave, os.ttyname(slave)))
+        # keep the slaves open ourselves, so a peer closing its side never makes the master read EIO
+        self._fds = [fd for m, s, _ in ends for fd in (m, s)]
+        self._masters = (ends[0][0], ends[1][0])
+        self.paths = (ends[0][2], ends[1][2])
+        return self.paths
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        a, b = self._masters
+        loop.add_reader(a, self._relay, a, b, 0)
+        loop.add_reader(b, self._relay, b, a, 1)
+
+    def _relay(self, src: int, dst: int, direction: int) -> None:
+        try:
+            data = os.read(src, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            return
+        if self.flip_rate:
+            data = self._flip(data)
+        self.bytes[direction] += len(data)
+        try:
+            os.write(dst, data)
+        except (BlockingIOError, OSError):
+            pass  # the far side is not reading: a real cable drops bytes too
+
+    def _flip(self, data: bytes) -> bytes:
+        out = bytearray(data)
+        nbits = len(out) * 8
+        # number of flips ~ Binomial(nbits, p); draw positions directly
+        k = _binomial(self._rng, nbits, self.flip_rate)
+        for _ in range(k):
+            pos = self._rng.randrange(nbits)
+            out[pos // 8] ^= 1 << (pos % 8)
+        self.flipped += k
+        return bytes(out)
+
+    def close(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            for fd in self._masters:
+                loop.remove_reader(fd)
+        except (RuntimeError, AttributeError):
+            pass
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+
+
+def _binomial(rng: random.Random, n: int, p: float) -> int:
+    if n * p < 30:
+        # Poisson approximation by inversion: exact enough for small n*p
+        limit, k, prod = math.exp(-n * p), 0, rng.random()
+        while prod > limit:
+            k += 1
+            prod *= rng.random()
+        return min(k, n)
+    return max(0, min(n, round(rng.gauss(n * p, (n * p * (1 - p)) ** 0.5))))

@@ -1,0 +1,154 @@
+"""The spool: a durable FIFO of uplink records in SQLite (WAL, synchronous=FULL).
+
+A frame's readings and its node's replay window are committed in one
+transaction; only then is the node acked. The uplink deletes records only after
+the broker's PUBACK. So a `kill -9` at any moment loses nothing that was acked,
+and at worst re-sends what was published but not yet deleted (consumers dedup by
+(node, seq)).
+
+All SQLite work runs on one dedicated thread (`Spool` methods are coroutines),
+so a slow fsync on an SD card never stalls the event loop.
+
+Record classes and priorities: events (2) go up before windows (1) before raw
+frames (0).
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .errors import SpoolError
+
+PRIO_EVENT = 2
+PRIO_WINDOW = 1
+PRIO_FRAME = 0
+KIND_FRAME = "frame"
+KIND_WINDOW = "window"
+KIND_EVENT = "event"
+PRIORITY = {KIND_EVENT: PRIO_EVENT, KIND_WINDOW: PRIO_WINDOW, KIND_FRAME: PRIO_FRAME}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    prio    INTEGER NOT NULL,
+    kind    TEXT    NOT NULL,
+    body    BLOB    NOT NULL,
+    created REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_prio_id ON records (prio DESC, id);
+CREATE TABLE IF NOT EXISTS replay (
+    node   TEXT PRIMARY KEY,
+    top    INTEGER NOT NULL,
+    bitmap INTEGER NOT NULL
+);
+"""
+
+
+class Spool:
+    """Durable FIFO. Open with `await Spool.open(path)`; close with `await spool.close()`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: str | Path) -> "Spool":
+        spool = cls(Path(path))
+        await spool._run(spool._open)
+        return spool
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._pool.shutdown(wait=True)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def commit(self, records: list[tuple[str, bytes]], replay: dict[str, tuple[int, int]]) -> None:
+        """Append records [(kind, body)] and store replay windows {node: (top, bitmap)}, atomically.
+
+        Raises SpoolError (disk full, I/O error); then nothing was written.
+        """
+        await self._run(self._commit, records, replay)
+
+    def _commit(self, records, replay) -> None:
+        db = self._db
+        now = time.time()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO records (prio, kind, body, created) VALUES (?, ?, ?, ?)",
+                           [(PRIORITY[kind], kind, body, now) for kind, body in records])
+            if replay:
+                db.executemany("INSERT OR REPLACE INTO replay (node, top, bitmap) VALUES (?, ?, ?)",
+                               [(node, top, _to_signed(bitmap)) for node, (top, bitmap) in replay.items()])
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise SpoolError(f"spool commit failed ({self.path}): {exc}") from exc
+
+    async def delete(self, ids: list[int]) -> None:
+        """Remove records the broker has acknowledged."""
+        await self._run(self._delete, ids)
+
+    def _delete(self, ids) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in ids])
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise SpoolError(f"spool delete failed ({self.path}): {exc}") from exc
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read(self, prio: int, after_id: int, limit: int) -> list[tuple[int, str, bytes]]:
+        """Records of one priority with id > after_id, oldest first: [(id, kind, body)]."""
+        return await self._run(self._read, prio, after_id, limit)
+
+    def _read(self, prio, after_id, limit):
+        cur = self._db.execute(
+            "SELECT id, kind, body FROM records WHERE prio = ? AND id > ? ORDER BY id LIMIT ?", (prio, after_id, limit))
+        return cur.fetchall()
+
+    async def depth(self) -> tuple[int, int]:
+        """(records waiting, bytes waiting)."""
+        return await self._run(self._depth)
+
+    def _depth(self):
+        n, size = self._db.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM records").fetchone()
+        return n, size
+
+    async def replay_windows(self) -> dict[str, tuple[int, int]]:
+        """Committed replay windows {node: (top, bitmap)}."""
+        return await self._run(self._replay_windows)
+
+    def _replay_windows(self):
+        rows = self._db.execute("SELECT node, top, bitmap FROM replay").fetchall()
+        return {node: (top, bitmap & (2**64 - 1)) for node, top, bitmap in rows}
+
+    async def integrity_check(self) -> str:
+        return await self._run(lambda: self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _to_signed(bitmap: int) -> int:
+    # SQLite integers are signed 64-bit
+    return bitmap - 2**64 if bitmap >= 2**63 else bitmap

@@ -1,0 +1,76 @@
+"""Serial transport: COBS/CRC frames over a UART (or a pty), one node per port.
+
+Configuration: `[[serial.ports]]` tables with `path` and `baudrate`.
+Usage: the service starts one `SerialLink` per configured port.
+Caveats: a port that disappears (USB unplug) is reopened every few seconds; the
+node resends what was not acked meanwhile. pyserial discards what arrived before
+the port was opened: the first partial frame is counted as line noise.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import serial
+import serial_asyncio_fast
+
+from ..errors import FrameError, RejectedFrame, SpoolError
+from ..pipeline import Pipeline
+from ..protocol.framing import Deframer, encode_frame
+
+log = logging.getLogger("headrace.serial")
+TRANSPORT = "serial"
+
+
+class SerialLink:
+    """One serial port: read frames, offer them, write acks."""
+
+    def __init__(self, path: str, baudrate: int, pipeline: Pipeline, reopen_delay: float = 2.0):
+        self.path, self.baudrate, self.pipeline = path, baudrate, pipeline
+        self.reopen_delay = reopen_delay
+        self.connected = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def run(self) -> None:
+        """Open, serve, and reopen on loss, until cancelled."""
+        while True:
+            try:
+                reader, writer = await serial_asyncio_fast.open_serial_connection(url=self.path, baudrate=self.baudrate)
+            except (serial.SerialException, OSError) as exc:
+                log.warning("cannot open serial port %s: %s; retrying in %.0f s", self.path, exc, self.reopen_delay)
+                await asyncio.sleep(self.reopen_delay)
+                continue
+            log.info("serial port %s open at %d baud", self.path, self.baudrate)
+            self._writer = writer
+            self.connected.set()
+            try:
+                await self._serve(reader)
+            except (serial.SerialException, OSError) as exc:
+                log.warning("serial port %s lost: %s; reopening", self.path, exc)
+            finally:
+                self.connected.clear()
+                self._writer = None
+                writer.close()
+            await asyncio.sleep(self.reopen_delay)
+
+    async def _serve(self, reader: asyncio.StreamReader) -> None:
+        deframer = Deframer()
+        pipeline = self.pipeline
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                raise OSError("end of file")
+            for item in deframer.feed(data):
+                if isinstance(item, FrameError):
+                    pipeline.reject_frame(item, TRANSPORT)
+                    continue
+                await pipeline.wait_space()
+                try:
+                    pipeline.offer(item, TRANSPORT, self._reply)
+                except RejectedFrame:
+                    pass  # counted and logged by the pipeline; never acked
+
+    def _reply(self, ack: bytes | None, error: Exception | None) -> None:
+        if ack is None or self._writer is None:
+            return  # spool failed: no ack, the node resends
+        self._writer.write(encode_frame(ack))

@@ -1,0 +1,236 @@
+"""MQTT uplink: spool → broker, QoS 1, deleted from the spool only after PUBACK.
+
+Configuration: `[mqtt]` host, port, client_id, username/password, TLS files,
+keepalive, inflight (batches awaiting PUBACK), batch_records, batch_delay.
+Topics under `headrace/v1/<site>/<gateway>/`: `data` (batches, see
+`uplink/batch.py`), `events` (sent ahead of data), `state` (retained birth
+`{"online": true}`; the broker publishes the LWT `{"online": false}` if the
+gateway vanishes).
+Caveats: delivery is at least once: a batch published but not yet deleted when
+the gateway dies is published again after restart. Every frame carries
+(node, seq) so consumers drop the repeat.
+
+The MQTT protocol engine is paho-mqtt, driven from asyncio without its thread:
+its socket is registered with the event loop (add_reader/add_writer).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import socket
+import time
+
+import paho.mqtt.client as paho
+
+from ..config import Config
+from ..errors import SpoolError
+from ..metrics import Metrics
+from ..spool import KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
+from . import batch
+
+log = logging.getLogger("headrace.mqtt")
+QOS_AT_LEAST_ONCE = 1
+
+
+class _Session:
+    """One MQTT connection: paho client bound to the running loop."""
+
+    def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop, on_puback, on_lost):
+        m = cfg.mqtt
+        self.loop = loop
+        self.connected = loop.create_future()
+        self.lost = asyncio.Event()
+        client_id = m.client_id or f"headrace-{cfg.gateway.site}-{cfg.gateway.id}"
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
+                        clean_session=True)
+        c.max_inflight_messages_set(0)  # we bound the window ourselves
+        c.max_queued_messages_set(0)
+        if m.username:
+            c.username_pw_set(m.username, m.password or None)
+        if m.tls_ca or m.tls_cert:
+            c.tls_set(ca_certs=m.tls_ca or None, certfile=m.tls_cert or None, keyfile=m.tls_key or None)
+        c.will_set(cfg.topic_root + "state", json.dumps({"online": False}), qos=1, retain=True)
+        c.on_socket_open = self._sock_open
+        c.on_socket_close = self._sock_close
+        c.on_socket_register_write = self._want_write
+        c.on_socket_unregister_write = self._no_write
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = lambda _c, _u, mid, _rc, _p: on_puback(mid)
+        self._on_lost = on_lost
+        self.client = c
+        self._sock = None
+
+    # paho may open the socket on an executor thread (connect); hop to the loop
+    def _sock_open(self, client, userdata, sock):
+        self.loop.call_soon_threadsafe(self._add_reader, sock)
+
+    def _add_reader(self, sock):
+        self._sock = sock
+        self.loop.add_reader(sock, self.client.loop_read)
+
+    def _sock_close(self, client, userdata, sock):
+        self.loop.remove_reader(sock)
+        self.loop.remove_writer(sock)
+
+    def _want_write(self, client, userdata, sock):
+        self.loop.add_writer(sock, self.client.loop_write)
+
+    def _no_write(self, client, userdata, sock):
+        self.loop.remove_writer(sock)
+
+    def _on_connect(self, client, userdata, flags, reason, properties):
+        if not self.connected.done():
+            if reason.is_failure:
+                self.connected.set_exception(ConnectionError(f"broker refused the connection: {reason}"))
+            else:
+                self.connected.set_result(True)
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties):
+        if not self.connected.done():
+            self.connected.set_exception(ConnectionError(f"disconnected before CONNACK: {reason}"))
+        self.lost.set()
+        self._on_lost()
+
+    async def misc(self) -> None:
+        """Keepalive pings and timeouts: paho's loop_misc once a second."""
+        while not self.lost.is_set():
+            if self.client.loop_misc() != paho.MQTT_ERR_SUCCESS:
+                self.lost.set()
+                self._on_lost()
+            await asyncio.sleep(1.0)
+
+
+class MqttUplink:
+    """Owns the broker session and the pump from spool to broker."""
+
+    def __init__(self, cfg: Config, spool: Spool, committed: asyncio.Event, metrics: Metrics):
+        self.cfg, self.spool, self.committed, self.metrics = cfg, spool, committed, metrics
+        self.topic_data = cfg.topic_root + "data"
+        self.topic_events = cfg.topic_root + "events"
+        self.topic_state = cfg.topic_root + "state"
+        self.connected = False
+        self._inflight: dict[int, tuple[list[int], int]] = {}
+        self._acked: list[int] = []
+        self._wake = asyncio.Event()
+        self._session: _Session | None = None
+
+    async def run(self) -> None:
+        """Connect, pump, reconnect with jittered exponential backoff; until cancelled."""
+        delay = 0.5
+        while True:
+            try:
+                await self._connect()
+                delay = 0.5
+                await self._pump()
+            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                log.warning("MQTT broker %s:%d unavailable: %s; retrying in %.1f s",
+                            self.cfg.mqtt.host, self.cfg.mqtt.port, exc, delay)
+            finally:
+                await self._teardown()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 30.0)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.metrics.inc("headrace_uplink_connects_total")
+        s = self._session = _Session(self.cfg, loop, self._puback, self._wake.set)
+        await loop.run_in_executor(None, s.client.connect, self.cfg.mqtt.host, self.cfg.mqtt.port,
+                                   self.cfg.mqtt.keepalive)
+        self._misc = asyncio.create_task(s.misc(), name="mqtt-keepalive")
+        await asyncio.wait_for(asyncio.shield(s.connected), timeout=10)
+        self.connected = True
+        self.metrics.set("headrace_uplink_connected", 1)
+        log.info("MQTT connected to %s:%d", self.cfg.mqtt.host, self.cfg.mqtt.port)
+        s.client.publish(self.topic_state, json.dumps({"online": True, "since": time.time()}), qos=1, retain=True)
+
+    async def _teardown(self) -> None:
+        self.connected = False
+        self.metrics.set("headrace_uplink_connected", 0)
+        self._inflight.clear()
+        s, self._session = self._session, None
+        if s is None:
+            return
+        misc = getattr(self, "_misc", None)
+        if misc is not None:
+            misc.cancel()
+            await asyncio.gather(misc, return_exceptions=True)
+        if not s.connected.done():
+            s.connected.cancel()
+        sock = s.client.socket()
+        if sock is not None:
+            try:
+                s.loop.remove_reader(sock)
+                s.loop.remove_writer(sock)
+            except (ValueError, OSError):
+                pass
+        s.client.disconnect()
+
+    def _puback(self, mid: int) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return
+        ids, nbytes = entry
+        self._acked.extend(ids)
+        self.metrics.inc("headrace_uplink_messages_total")
+        self.metrics.inc("headrace_uplink_bytes_total", nbytes)
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        s = self._session
+        cursors = {PRIO_EVENT: 0, PRIO_WINDOW: 0, PRIO_FRAME: 0}
+        window = self.cfg.mqtt.inflight
+        limit = self.cfg.mqtt.batch_records
+        while not s.lost.is_set():
+            if self._acked:
+                ids, self._acked = self._acked, []
+                await self.spool.delete(ids)
+            sent = False
+            while len(self._inflight) < window and not s.lost.is_set():
+                rows = []
+                for prio in (PRIO_EVENT, PRIO_WINDOW, PRIO_FRAME):
+                    rows = await self.spool.read(prio, cursors[prio], limit)
+                    if rows:
+                        cursors[prio] = rows[-1][0]
+                        break
+                if not rows:
+                    break
+                self._publish(s, prio, rows)
+                sent = True
+            if s.lost.is_set():
+                break
+            if not sent:
+                self.committed.clear()
+                waits = [asyncio.ensure_future(self.committed.wait()), asyncio.ensure_future(self._wake.wait())]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                    await asyncio.gather(*waits, return_exceptions=True)
+                self._wake.clear()
+                if self.cfg.mqtt.batch_delay and not self._acked:
+                    await asyncio.sleep(self.cfg.mqtt.batch_delay)  # let a batch gather
+        raise ConnectionError("connection lost")
+
+    def _publish(self, s: _Session, prio: int, rows) -> None:
+        frames = [body for _id, kind, body in rows if kind == KIND_FRAME]
+        windows = [body for _id, kind, body in rows if kind == KIND_WINDOW]
+        payload = batch.encode(self.cfg.gateway.id, self.cfg.gateway.site, frames, windows)
+        topic = self.topic_events if prio == PRIO_EVENT else self.topic_data
+        info = s.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"publish failed: {paho.error_string(info.rc)}")
+        self._inflight[info.mid] = ([r[0] for r in rows], len(payload))
+
+    async def final_state(self, state: dict) -> None:
+        """Publish a last retained state (clean shutdown); best effort within 2 s."""
+        s = self._session
+        if s is None or not self.connected:
+            return
+        info = s.client.publish(self.topic_state, json.dumps(state), qos=1, retain=True)
+        deadline = time.monotonic() + 2
+        while not info.is_published() and time.monotonic() < deadline and not s.lost.is_set():
+            await asyncio.sleep(0.02)

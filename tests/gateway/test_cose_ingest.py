@@ -1,0 +1,95 @@
+import secrets
+
+import cbor2
+import pytest
+
+from gateway.errors import AuthError, CoseError, PayloadError, ReplayError
+from gateway.ingest import Ingest, ReplayWindow, ack_message
+from gateway.protocol import cose
+from gateway.registry import Registry
+
+KEY = bytes(range(32))
+
+
+def pack(node="pump3", t=1_700_000_000, values=(21.5, 22.0)):
+    recs = [{-2: f"{node}/", -3: t, 0: "temp", 2: values[0]}]
+    recs += [{0: "temp", 6: i + 1, 2: v} for i, v in enumerate(values[1:])]
+    return cbor2.dumps(recs)
+
+
+@pytest.fixture
+def ingest():
+    reg = Registry()
+    reg.add("pump3", KEY)
+    return Ingest(reg)
+
+
+def test_accepts_and_decodes(ingest):
+    acc = ingest.check(cose.mac0(KEY, b"pump3", pack(), seq=7))
+    assert (acc.node, acc.seq) == ("pump3", 7)
+    assert [(r.name, r.time, r.value) for r in acc.readings] == [
+        ("pump3/temp", 1_700_000_000.0, 21.5), ("pump3/temp", 1_700_000_001.0, 22.0)]
+
+
+def test_bad_mac(ingest):
+    msg = bytearray(cose.mac0(KEY, b"pump3", pack(), seq=1))
+    msg[-1] ^= 0xFF
+    with pytest.raises(AuthError):
+        ingest.check(bytes(msg))
+
+
+def test_wrong_key_and_unknown_node(ingest):
+    with pytest.raises(AuthError):
+        ingest.check(cose.mac0(secrets.token_bytes(32), b"pump3", pack(), seq=1))
+    with pytest.raises(AuthError, match="unknown"):
+        ingest.check(cose.mac0(KEY, b"ghost", pack(), seq=1))
+
+
+@pytest.mark.parametrize("msg", [b"", b"\xff\xff", cbor2.dumps([1, 2]), cbor2.dumps(cbor2.CBORTag(17, [b"", {}, b""])),
+                                 cbor2.dumps(cbor2.CBORTag(17, [cbor2.dumps({1: 5, 4: b"x"}), {}, b"", b"12345678"]))])
+def test_not_cose(ingest, msg):
+    with pytest.raises(CoseError):
+        ingest.check(msg)
+
+
+def test_replay(ingest):
+    msg = cose.mac0(KEY, b"pump3", pack(), seq=3)
+    ingest.check(msg)
+    with pytest.raises(ReplayError):
+        ingest.check(msg)
+
+
+def test_malformed_cbor_inside_valid_mac_uses_up_the_number(ingest):
+    with pytest.raises(PayloadError) as info:
+        ingest.check(cose.mac0(KEY, b"pump3", b"\x9f\x01", seq=9))
+    assert info.value.seq == 9 and info.value.key == KEY
+    with pytest.raises(ReplayError):
+        ingest.check(cose.mac0(KEY, b"pump3", pack(), seq=9))
+
+
+def test_window_semantics():
+    w = ReplayWindow()
+    for seq in (0, 5, 3, 70):
+        assert not w.seen(seq)
+        w.mark(seq)
+        assert w.seen(seq)
+    # top is 70: 7..69 are inside the window and unseen; 6 and below are too old to tell
+    assert not w.seen(7) and not w.seen(69)
+    assert w.seen(6) and w.seen(5) and w.seen(0)
+    w.mark(40)
+    assert w.seen(40) and not w.seen(41)
+    assert ReplayWindow(*w.state()).state() == w.state()
+    w.mark(1000)
+    assert w.state() == (1000, 1)
+
+
+def test_ack_verifies_with_node_key():
+    ack = ack_message(KEY, 42, 0)
+    m = cose.parse_mac0(ack)
+    assert m.kid == b"gw"
+    assert cbor2.loads(m.verify(KEY)) == [1, 42, 0]
+
+
+def test_piv_encoding():
+    assert cose.encode_piv(0) == b"\x00"
+    assert cose.encode_piv(300) == b"\x01\x2c"
