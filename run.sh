@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# headrace: one entry point that sets itself up on a fresh machine (Python and gcc only).
+#
+#   ./run.sh demo [headrace demo options]   the gateway with three simulated MicroPython nodes
+#   ./run.sh test [pytest options]          the whole test suite (compiled core, then the pure references)
+#   ./run.sh setup                          only the set-up: system packages, .venv, build
+#
+# Set-up is idempotent and skipped when nothing changed: Debian packages that are
+# missing (tests only: mosquitto, socat, libcoap3-bin), a virtual environment in
+# .venv (HEADRACE_VENV to move it), and `pip install -e .[test]` with the Cython
+# core required to build (HEADRACE_BUILD_EXT=1).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${HEADRACE_VENV:-.venv}
+PY=${PYTHON:-python3}
+TEST_DEBS=(mosquitto socat libcoap3-bin)
+
+say() { printf '\033[1m[headrace]\033[0m %s\n' "$*" >&2; }
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { say "need root to install: ${missing[*]} (apt-get install ${missing[*]})"; exit 1; }
+        sudo="sudo"
+    fi
+    say "installing Debian packages: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+python_env() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating virtual environment $VENV"
+        "$PY" -m venv "$VENV" || { apt_install python3-venv; "$PY" -m venv "$VENV"; }
+    fi
+    local stamp="$VENV/.headrace-installed"
+    local want
+    want=$(cat pyproject.toml setup.py core_ext/*.pyx 2>/dev/null | sha256sum | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! ls core_ext/_*.so >/dev/null 2>&1; then
+        say "installing headrace and its dependencies into $VENV (builds the Cython core)"
+        "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+        HEADRACE_BUILD_EXT=1 "$VENV/bin/python" -m pip install -q -e '.[test,fast]'
+        echo "$want" > "$stamp"
+    fi
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+    setup)
+        apt_install "${TEST_DEBS[@]}"
+        python_env
+        ;;
+    demo)
+        python_env
+        exec "$VENV/bin/headrace" demo "$@"
+        ;;
+    test)
+        apt_install "${TEST_DEBS[@]}"
+        python_env
+        export HEADRACE_BUILD_EXT=1 HEADRACE_REQUIRE_EXT=1
+        say "tests with the compiled core (tests/ and the simulated bench in hil_tests/)"
+        "$VENV/bin/python" -m pytest -q "$@"
+        say "tests of the pure-Python references (HEADRACE_PURE=1)"
+        HEADRACE_PURE=1 HEADRACE_BUILD_EXT=0 HEADRACE_REQUIRE_EXT=0 "$VENV/bin/python" -m pytest -q tests "$@"
+        ;;
+    *)
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+        exit 2
+        ;;
+esac
