@@ -1,0 +1,52 @@
+import io
+import json
+import subprocess
+import sys
+
+from gateway import cli
+from gateway.protocol.senml import Reading
+from gateway.uplink import batch
+
+
+def sample_batch() -> bytes:
+    f = batch.frame_body("pump1", 3, [Reading("pump1/temp", 1700000000.5, 21.25), Reading("pump1/vib", 1700000000.5, 0.5)])
+    w = batch.window_body("pump1/temp", 10.0, 1700000000.0, 2, 21.0, 21.5, 42.5, 903.25, 21.0, 21.5)
+    return batch.encode("gw1", "site1", [f], [w])
+
+
+def test_decode_file_prints_json_lines(tmp_path, capsys):
+    p = tmp_path / "payload.cbor"
+    p.write_bytes(sample_batch())
+    assert cli.main(["decode", str(p)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"gw": "gw1", "node": "pump1", "seq": 3, "sensor": "temp", "t": 1700000000.5, "v": 21.25}
+    assert lines[1]["sensor"] == "vib"
+    assert lines[2]["window"] == {"start": 1700000000.0, "width": 10.0} and lines[2]["mean"] == 21.25
+
+
+def test_decode_stdin_and_bad_input():
+    p = subprocess.run([sys.executable, "-m", "gateway.cli", "decode", "-"], input=sample_batch(), capture_output=True)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 3
+    p = subprocess.run([sys.executable, "-m", "gateway.cli", "decode", "-"], input=b"\xff\x00", capture_output=True)
+    assert p.returncode == 1 and b"not CBOR" in p.stderr
+
+
+def test_check_config_reports_key_and_fix(tmp_path, capsys):
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[mqtt]\nport = "x"\n')
+    assert cli.main(["gateway", "check-config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "[mqtt] port" in err and "fix:" in err
+
+
+def test_provision_writes_registry_and_node_config(tmp_path):
+    reg = tmp_path / "nodes.toml"
+    out = tmp_path / "n.json"
+    assert cli.main(["node", "provision", "pump9", "--registry", str(reg), "--transport", "coap",
+                     "--sensors", "temp,vib", "-o", str(out)]) == 0
+    cfg = json.loads(out.read_text())
+    from gateway.registry import Registry
+    node = Registry.load(reg).nodes["pump9"]
+    assert node.key.hex() == cfg["key"] and cfg["sensors"] == ["temp", "vib"]
+    assert (reg.stat().st_mode & 0o777) == 0o600
+    assert cli.main(["node", "provision", "pump9", "--registry", str(reg)]) == 1
