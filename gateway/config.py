@@ -70,7 +70,7 @@ class AggregateSection:
 
 @dataclass(frozen=True)
 class SpoolSection:
-    commit_interval: float = 0.005
+    commit_interval: float = 0.0
     commit_max_frames: int = 512
 
 
@@ -171,9 +171,9 @@ def _validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), key)
         if not low <= value <= high:
             raise ConfigError(f"[{section}] {key}", f"{value} is out of range", f"use a value from {low} to {high}")
-    if not 0 < cfg.spool.commit_interval <= 1:
+    if not 0 <= cfg.spool.commit_interval <= 1:
         raise ConfigError("[spool] commit_interval", f"{cfg.spool.commit_interval} s is out of range",
-                          "use 0.001 to 1 second (longer delays every ack to the nodes)")
+                          "use 0 to 1 second (longer delays every ack to the nodes)")
     if cfg.mqtt.batch_delay < 0 or cfg.mqtt.batch_delay > 60:
         raise ConfigError("[mqtt] batch_delay", f"{cfg.mqtt.batch_delay} s is out of range", "use 0 to 60 seconds")
     if not cfg.aggregate.widths or any(w <= 0 for w in cfg.aggregate.widths):
