@@ -65,11 +65,16 @@ class Ingest:
 
     def __init__(self, registry: Registry, windows: dict[str, tuple[int, int]] | None = None):
         self.registry = registry
-        self.windows: dict[str, ReplayWindow] = {n: ReplayWindow(*s) for n, s in (windows or {}).items()}
+        self._committed: dict[str, tuple[int, int]] = dict(windows or {})
+        self.windows: dict[str, ReplayWindow] = {n: ReplayWindow(*s) for n, s in self._committed.items()}
 
-    def restore(self, windows: dict[str, tuple[int, int]]) -> None:
-        """Forget uncommitted marks: back to the windows the spool holds."""
-        self.windows = {n: ReplayWindow(*s) for n, s in windows.items()}
+    def committed(self, windows: dict[str, tuple[int, int]]) -> None:
+        """Record window states the spool has just made durable."""
+        self._committed.update(windows)
+
+    def rollback(self) -> None:
+        """Forget every uncommitted mark: back to the windows the spool holds."""
+        self.windows = {n: ReplayWindow(*s) for n, s in self._committed.items()}
 
     def check(self, message: bytes) -> Accepted:
         """Verify and decode. Raises CoseError, AuthError (never ack), ReplayError (ack

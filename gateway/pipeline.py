@@ -149,8 +149,9 @@ class Pipeline:
         try:
             await self.spool.commit(records, replay)
         except SpoolError as exc:
-            await self._commit_failed(group, exc)
+            self._commit_failed(group, exc)
             return
+        self.ingest.committed(replay)
         self.metrics.inc("headrace_spool_commits_total")
         self.metrics.inc("headrace_windows_total", len(windows))
         now = time.time()
@@ -160,19 +161,16 @@ class Pipeline:
             item.done(ack_message(item.key, item.seq, item.status), None)
         self.committed.set()
 
-    async def _commit_failed(self, group: list[_Item], exc: SpoolError) -> None:
-        # Nothing of this group is durable. Fail it and everything queued behind it, then
-        # forget their replay marks, so the nodes' resends are accepted as new.
+    def _commit_failed(self, group: list[_Item], exc: SpoolError) -> None:
+        # Nothing of this group is durable. Fail it and everything queued behind it, and
+        # forget their replay marks first, so the nodes' resends are accepted as new.
         self.metrics.inc("headrace_spool_errors_total")
         self._warn.warning("spool", "%s; %d frames not acked, nodes will resend", exc, len(group) + len(self._pending))
         failed, self._pending = group + self._pending, []
         self._space.set()
+        self.ingest.rollback()
         for item in failed:
             item.done(None, exc)
-        try:
-            self.ingest.restore(await self.spool.replay_windows())
-        except SpoolError:
-            pass
 
     def _apply(self, item: _Item, now: float) -> None:
         """After the commit: status, metrics and aggregates for one stored frame."""
