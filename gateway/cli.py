@@ -32,6 +32,33 @@ def _cmd_check_config(args) -> int:
     return 0
 
 
+def _cmd_status(args) -> int:
+    import time
+    import urllib.request
+
+    from . import config
+
+    cfg = config.load(args.config)
+    base = args.url or f"http://{cfg.http.bind}:{cfg.http.port}"
+    try:
+        with urllib.request.urlopen(base + "/nodes", timeout=5) as r:
+            nodes = json.load(r)
+        with urllib.request.urlopen(base + "/health", timeout=5) as r:
+            health = json.load(r)
+    except OSError as exc:
+        print(f"headrace status: cannot reach the gateway at {base} ({exc}); is it running? "
+              f"(systemctl status headrace-gateway)", file=sys.stderr)
+        return 1
+    now = time.time()
+    print(f"gateway up {health['uptime_s']:.0f} s, uplink {'connected' if health['uplink_connected'] else 'DOWN'}, "
+          f"{len(nodes)} nodes seen")
+    print(f"{'node':<16} {'link':<7} {'last seen':>10} {'frames':>8} {'readings':>9} {'rejected':>8}")
+    for n in nodes:
+        ago = f"{now - n['last_seen']:.0f} s ago" if n["last_seen"] else "never"
+        print(f"{n['node']:<16} {n['transport']:<7} {ago:>10} {n['frames']:>8} {n['readings']:>9} {n['rejected']:>8}")
+    return 0
+
+
 def _cmd_decode(args) -> int:
     from .uplink import batch
 
@@ -112,6 +139,11 @@ def parser() -> argparse.ArgumentParser:
     c = g.add_parser("check-config", help="validate gateway.toml and the node registry")
     c.add_argument("--config", "-c", default=None)
     c.set_defaults(fn=_cmd_check_config)
+
+    stt = sub.add_parser("status", help="a table of the nodes a running gateway sees")
+    stt.add_argument("--config", "-c", default=None, help="gateway.toml, to find the status API")
+    stt.add_argument("--url", default=None, help="the status API, e.g. http://127.0.0.1:9108")
+    stt.set_defaults(fn=_cmd_status)
 
     dec = sub.add_parser("decode", help="decode an uplink payload into JSON Lines")
     dec.add_argument("file", help="a payload file taken from the broker, or - for stdin")

@@ -89,6 +89,18 @@ class Gateway:
                  cfg.gateway.site, cfg.gateway.id, len(self.registry), len(cfg.serial.ports),
                  f"{cfg.coap.bind}:{cfg.coap.port}" if cfg.coap.enabled else "off", cfg.spool_path, depth)
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the node registry (new, removed and rekeyed nodes) without
+        dropping a frame. Other settings need a restart; a broken file keeps the old one."""
+        try:
+            registry = Registry.load(self.cfg.gateway.registry)
+        except Exception as exc:
+            log.error("reload failed, keeping the %d nodes loaded before: %s", len(self.registry), exc)
+            return
+        self.registry = registry
+        self.pipeline.ingest.registry = registry
+        log.info("reloaded %s: %d nodes", self.cfg.gateway.registry, len(registry))
+
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._task_done)
@@ -152,6 +164,7 @@ async def serve(cfg: Config, registry: Registry) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Gateway(cfg, registry) as gw:
+        loop.add_signal_handler(signal.SIGHUP, gw.reload)
         sd_notify("READY=1\nSTATUS=serving")
         watchdog = asyncio.create_task(_watchdog(gw), name="watchdog")
         try:
@@ -161,7 +174,7 @@ async def serve(cfg: Config, registry: Registry) -> None:
             sd_notify("STOPPING=1")
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
 
 

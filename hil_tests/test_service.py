@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,3 +50,77 @@ def test_ready_and_watchdog_through_notify_socket(tmp_path, mosquitto, subscribe
     assert any(m.startswith("STOPPING=1") for m in got), got
     states = [json.loads(p) for t, p in subscriber.messages if t.endswith("/state")]
     assert states[-1]["online"] is False and states[-1]["clean"] is True, states
+
+
+def test_sighup_reloads_the_registry(tmp_path, mosquitto, subscriber):
+    import asyncio
+
+    import aiocoap
+    import cbor2
+    from aiocoap.numbers.codes import Code
+
+    from gateway.protocol import cose
+    from gateway.registry import Registry
+
+    gw = GatewayProcess(tmp_path, mosquitto.port, {"old": os.urandom(32)}).start()
+    key = os.urandom(32)
+    msg = cose.mac0(key, b"newnode", cbor2.dumps([{-2: "newnode/", -3: 1.7e9, 0: "t", 2: 1.0}]), seq=0)
+
+    async def post():
+        ctx = await aiocoap.Context.create_client_context()
+        try:
+            r = await ctx.request(aiocoap.Message(code=Code.POST, uri=f"coap://127.0.0.1:{gw.coap_port}/d",
+                                                  payload=msg, content_format=17)).response
+            return r.code
+        finally:
+            await ctx.shutdown()
+
+    try:
+        assert asyncio.run(post()) == Code.UNAUTHORIZED
+        reg = Registry.load(tmp_path / "nodes.toml")
+        reg.add("newnode", key)
+        reg.save()
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in gw.log(), 10, "the reload log line")
+        assert asyncio.run(post()) == Code.CHANGED
+        (tmp_path / "nodes.toml").write_text("[nodes.broken\n")
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed" in gw.log(), 10, "the failed reload log line")
+        assert asyncio.run(post()) == Code.CHANGED  # the old registry stays in force
+    finally:
+        assert gw.stop() == 0
+
+
+def test_status_command_lists_nodes(tmp_path, mosquitto):
+    import asyncio
+
+    import aiocoap
+    import cbor2
+    from aiocoap.numbers.codes import Code
+
+    from gateway.protocol import cose
+
+    key = os.urandom(32)
+    gw = GatewayProcess(tmp_path, mosquitto.port, {"pump7": key}).start()
+    msg = cose.mac0(key, b"pump7", cbor2.dumps([{-2: "pump7/", -3: 1.7e9, 0: "t", 2: 1.0}]), seq=0)
+
+    async def post():
+        ctx = await aiocoap.Context.create_client_context()
+        try:
+            return (await ctx.request(aiocoap.Message(code=Code.POST, uri=f"coap://127.0.0.1:{gw.coap_port}/d",
+                                                      payload=msg, content_format=17)).response).code
+        finally:
+            await ctx.shutdown()
+
+    try:
+        assert asyncio.run(post()) == Code.CHANGED
+        p = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config", str(gw.config)],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        line = next(l for l in p.stdout.splitlines() if l.startswith("pump7"))
+        assert line.split()[:2] == ["pump7", "coap"] and line.split()[-3:] == ["1", "1", "0"]
+    finally:
+        gw.stop()
+    p = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config", str(gw.config)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "cannot reach the gateway" in p.stderr
