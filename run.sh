@@ -5,16 +5,16 @@
 #   ./run.sh test [pytest options]          the whole test suite (compiled core, then the pure references)
 #   ./run.sh setup                          only the set-up: system packages, .venv, build
 #
-# Set-up is idempotent and skipped when nothing changed: Debian packages that are
-# missing (tests only: mosquitto, socat, libcoap3-bin), a virtual environment in
-# .venv (HEADRACE_VENV to move it), and `pip install -e .[test]` with the Cython
-# core required to build (HEADRACE_BUILD_EXT=1).
+# Set-up is idempotent and skipped when nothing changed: the Debian packages the
+# tests need when missing (mosquitto, socat, libcoap3-bin, systemd for
+# systemd-analyze), a virtual environment in .venv (HEADRACE_VENV to move it),
+# and `pip install -e .[test]` with the Cython core required to build.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=${HEADRACE_VENV:-.venv}
 PY=${PYTHON:-python3}
-TEST_DEBS=(mosquitto socat libcoap3-bin)
+TEST_DEBS=(mosquitto socat libcoap3-bin systemd)
 
 say() { printf '\033[1m[headrace]\033[0m %s\n' "$*" >&2; }
 
