@@ -49,26 +49,61 @@ def require(binary: str, package: str) -> str:
     return path
 
 
-class Mosquitto:
-    """A private mosquitto on a free loopback port."""
+def make_tls(workdir: Path) -> dict[str, str]:
+    """A private CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    d = workdir / "tls"
+    d.mkdir(exist_ok=True)
+    openssl = require("openssl", "openssl")
 
-    def __init__(self, workdir: Path):
+    def run(*args):
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=headrace test CA", "-keyout", "ca.key", "-out", "ca.pem")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return {k: str(d / v) for k, v in (("ca", "ca.pem"), ("server_cert", "server.pem"), ("server_key", "server.key"),
+                                       ("client_cert", "client.pem"), ("client_key", "client.key"))}
+
+
+class Mosquitto:
+    """A private mosquitto on a free loopback port; with `tls`, also a TLS listener that
+    requires a client certificate (on `tls_port`)."""
+
+    def __init__(self, workdir: Path, tls: dict[str, str] | None = None):
         self.port = free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Mosquitto":
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "max_inflight_messages 0\nmax_queued_messages 100000\n")
+        # as root, mosquitto drops to user 'mosquitto', who cannot read pytest's private temp dirs
+        text = ("user root\n" if os.geteuid() == 0 else "")
+        text += (f"per_listener_settings false\nallow_anonymous true\npersistence false\n"
+                "max_inflight_messages 0\nmax_queued_messages 100000\n"
+                f"listener {self.port} 127.0.0.1\n")
+        if self.tls:
+            text += (f"listener {self.tls_port} 127.0.0.1\ncafile {self.tls['ca']}\n"
+                     f"certfile {self.tls['server_cert']}\nkeyfile {self.tls['server_key']}\n"
+                     "require_certificate true\n")
+        conf.write_text(text)
         self.proc = subprocess.Popen([require("mosquitto", "mosquitto"), "-c", str(conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(self._listening, 10, "mosquitto to listen")
+        wait_for(lambda: self._listening(self.port) and (not self.tls or self._listening(self.tls_port)), 10,
+                 "mosquitto to listen")
         return self
 
-    def _listening(self) -> bool:
+    def _listening(self, port: int) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode(errors='replace')}")
         try:
-            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
             return True
         except OSError:
             return False
@@ -146,7 +181,7 @@ class GatewayProcess:
     """`headrace gateway run` as a child process with its own config, registry and spool."""
 
     def __init__(self, workdir: Path, mqtt_port: int, nodes: dict[str, bytes], serial_ports=(),
-                 extra: str = ""):
+                 extra: str = "", mqtt_extra: str = ""):
         self.workdir = workdir
         self.coap_port = free_port(socket.SOCK_DGRAM)
         self.http_port = free_port()
@@ -168,7 +203,7 @@ port = {self.coap_port}
 [mqtt]
 port = {mqtt_port}
 batch_delay = 0.05
-[http]
+{mqtt_extra}[http]
 port = {self.http_port}
 {extra}
 """)
