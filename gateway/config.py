@@ -72,6 +72,11 @@ class AggregateSection:
 class SpoolSection:
     commit_interval: float = 0.0
     commit_max_frames: int = 512
+    max_bytes: int = 1 << 30
+    ttl_frames: float = 7 * 86400.0
+    ttl_windows: float = 30 * 86400.0
+    ttl_events: float = 0.0
+    check_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,14 @@ def _validate(cfg: Config) -> None:
     if not 0 <= cfg.spool.commit_interval <= 1:
         raise ConfigError("[spool] commit_interval", f"{cfg.spool.commit_interval} s is out of range",
                           "use 0 to 1 second (longer delays every ack to the nodes)")
+    if cfg.spool.max_bytes < 1 << 20:
+        raise ConfigError("[spool] max_bytes", f"{cfg.spool.max_bytes} bytes is too small",
+                          "give at least 1048576 (1 MiB); size it for the longest uplink outage to ride out")
+    for key in ("ttl_frames", "ttl_windows", "ttl_events"):
+        if getattr(cfg.spool, key) < 0:
+            raise ConfigError(f"[spool] {key}", "must not be negative", f"write {key} = 0 to keep records until sent")
+    if not 0.1 <= cfg.spool.check_interval <= 3600:
+        raise ConfigError("[spool] check_interval", f"{cfg.spool.check_interval} s is out of range", "use 0.1 to 3600")
     if cfg.mqtt.batch_delay < 0 or cfg.mqtt.batch_delay > 60:
         raise ConfigError("[mqtt] batch_delay", f"{cfg.mqtt.batch_delay} s is out of range", "use 0 to 60 seconds")
     if not cfg.aggregate.widths or any(w <= 0 for w in cfg.aggregate.widths):

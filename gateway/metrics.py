@@ -21,6 +21,8 @@ class Metrics:
         "headrace_spool_commits_total": "SQLite transactions committed by the spool.",
         "headrace_spool_errors_total": "Spool commits that failed (disk full, I/O).",
         "headrace_spool_depth": "Records waiting in the spool for the uplink.",
+        "headrace_spool_bytes": "Payload bytes waiting in the spool.",
+        "headrace_spool_dropped_total": "Records dropped by the overflow policy, by kind and reason (ttl, quota).",
         "headrace_uplink_messages_total": "MQTT messages acknowledged by the broker (PUBACK).",
         "headrace_uplink_bytes_total": "Payload bytes acknowledged by the broker.",
         "headrace_uplink_connected": "1 while the MQTT session is up.",
@@ -40,6 +42,10 @@ class Metrics:
 
     def get(self, name: str, **labels: str) -> float:
         return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def by_label(self, name: str) -> list[tuple[dict, float]]:
+        """Every label set of one metric with its value."""
+        return [(dict(lab), v) for (n, lab), v in self._values.items() if n == name]
 
     def total(self, name: str, **match: str) -> float:
         """Sum of a metric over every label set that contains `match`."""

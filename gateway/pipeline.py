@@ -24,7 +24,7 @@ from .ingest import Accepted, Ingest, ack_message
 from .logs import RateLimited
 from .metrics import Metrics
 from .protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED
-from .spool import KIND_FRAME, KIND_WINDOW, Spool
+from .spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, Spool
 from .uplink import batch
 
 log = logging.getLogger("headrace.pipeline")
@@ -117,12 +117,14 @@ class Pipeline:
 
     async def run(self) -> None:
         """The committer and the window closer; runs until cancelled."""
-        closer = asyncio.create_task(self._close_windows(), name="window-closer")
+        helpers = [asyncio.create_task(self._close_windows(), name="window-closer"),
+                   asyncio.create_task(self._enforce_quota(), name="spool-quota")]
         try:
             await self._commit_loop()
         finally:
-            closer.cancel()
-            await asyncio.gather(closer, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def _commit_loop(self) -> None:
         gap = self.cfg.spool.commit_interval
@@ -194,6 +196,25 @@ class Pipeline:
                     self._series_names.append(r.name)
                 for agg in self._aggs:
                     agg.add(sid, r.time, r.value)
+
+    # -- spool overflow policy ---------------------------------------------------------
+
+    async def _enforce_quota(self) -> None:
+        sp = self.cfg.spool
+        ttl = {KIND_FRAME: sp.ttl_frames, KIND_WINDOW: sp.ttl_windows, KIND_EVENT: sp.ttl_events}
+        while True:
+            await asyncio.sleep(sp.check_interval)
+            try:
+                dropped = await self.spool.enforce(sp.max_bytes, ttl)
+            except SpoolError as exc:
+                self._warn.warning("spool", "spool overflow check failed: %s", exc)
+                continue
+            for (kind, reason), n in dropped.items():
+                self.metrics.inc("headrace_spool_dropped_total", n, kind=kind, reason=reason)
+                self._warn.warning(f"drop-{kind}-{reason}",
+                                   "spool %s: dropped %d oldest %s records (uplink down too long? raise [spool] "
+                                   "max_bytes or the TTL)", "over quota" if reason == "quota" else "TTL passed",
+                                   n, kind)
 
     # -- windows --------------------------------------------------------------------------
 

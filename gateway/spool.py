@@ -11,6 +11,11 @@ so a slow fsync on an SD card never stalls the event loop.
 
 Record classes and priorities: events (2) go up before windows (1) before raw
 frames (0).
+
+Overflow policy (`enforce`): records older than their class's TTL go first;
+then, while the spool holds more than its quota of bytes, the oldest raw frames,
+then the oldest windows. Events are never dropped. Every drop is counted by the
+caller and reported on the `state` topic.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ KIND_FRAME = "frame"
 KIND_WINDOW = "window"
 KIND_EVENT = "event"
 PRIORITY = {KIND_EVENT: PRIO_EVENT, KIND_WINDOW: PRIO_WINDOW, KIND_FRAME: PRIO_FRAME}
+KIND_OF = {v: k for k, v in PRIORITY.items()}
+_DROP_CHUNK = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -54,6 +61,9 @@ class Spool:
         self.path = Path(path)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._db: sqlite3.Connection | None = None
+        # rows and bytes per priority, kept exact by every write (one scan at open)
+        self._rows = {p: 0 for p in PRIORITY.values()}
+        self._bytes = {p: 0 for p in PRIORITY.values()}
 
     @classmethod
     async def open(cls, path: str | Path) -> "Spool":
@@ -70,6 +80,9 @@ class Spool:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        for prio, n, size in db.execute(
+                "SELECT prio, count(*), coalesce(sum(length(body)), 0) FROM records GROUP BY prio"):
+            self._rows[prio], self._bytes[prio] = n, size
         self._db = db
 
     async def close(self) -> None:
@@ -102,21 +115,62 @@ class Spool:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise SpoolError(f"spool commit failed ({self.path}): {exc}") from exc
+        for kind, body in records:
+            self._rows[PRIORITY[kind]] += 1
+            self._bytes[PRIORITY[kind]] += len(body)
 
     async def delete(self, ids: list[int]) -> None:
         """Remove records the broker has acknowledged."""
         await self._run(self._delete, ids)
 
     def _delete(self, ids) -> None:
+        self._write_deleting([("DELETE FROM records WHERE id = ? RETURNING prio, length(body)", (i,)) for i in ids])
+
+    def _write_deleting(self, statements) -> list[tuple[int, int]]:
+        """Run DELETE … RETURNING prio, length(body) statements in one transaction; keep the counts."""
         db = self._db
+        gone = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in ids])
+            for sql, args in statements:
+                gone += db.execute(sql, args).fetchall()
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise SpoolError(f"spool delete failed ({self.path}): {exc}") from exc
+        for prio, size in gone:
+            self._rows[prio] -= 1
+            self._bytes[prio] -= size
+        return gone
+
+    async def enforce(self, quota_bytes: int, ttl: dict[str, float]) -> dict[tuple[str, str], int]:
+        """Apply the overflow policy; returns {(kind, reason): records dropped}, reason 'ttl' or 'quota'."""
+        return await self._run(self._enforce, quota_bytes, ttl)
+
+    def _enforce(self, quota_bytes, ttl):
+        dropped: dict[tuple[str, str], int] = {}
+        now = time.time()
+        for kind, seconds in ttl.items():
+            if seconds and self._rows[PRIORITY[kind]]:
+                gone = self._write_deleting([("DELETE FROM records WHERE prio = ? AND created < ? "
+                                              "RETURNING prio, length(body)", (PRIORITY[kind], now - seconds))])
+                if gone:
+                    dropped[(kind, "ttl")] = len(gone)
+        for prio in (PRIO_FRAME, PRIO_WINDOW):  # never events
+            while (excess := sum(self._bytes.values()) - quota_bytes) > 0 and self._rows[prio]:
+                ids = []
+                for rid, size in self._db.execute(
+                        "SELECT id, length(body) FROM records WHERE prio = ? ORDER BY id LIMIT ?", (prio, _DROP_CHUNK)):
+                    ids.append(rid)
+                    excess -= size
+                    if excess <= 0:
+                        break
+                gone = self._write_deleting(
+                    [("DELETE FROM records WHERE id = ? RETURNING prio, length(body)", (i,)) for i in ids])
+                key = (KIND_OF[prio], "quota")
+                dropped[key] = dropped.get(key, 0) + len(gone)
+        return dropped
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -134,8 +188,11 @@ class Spool:
         return await self._run(self._depth)
 
     def _depth(self):
-        n, size = self._db.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM records").fetchone()
-        return n, size
+        return sum(self._rows.values()), sum(self._bytes.values())
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Rows and bytes waiting per kind (exact; no query)."""
+        return {KIND_OF[p]: {"records": self._rows[p], "bytes": self._bytes[p]} for p in self._rows}
 
     async def replay_windows(self) -> dict[str, tuple[int, int]]:
         """Committed replay windows {node: (top, bitmap)}."""

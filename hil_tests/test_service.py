@@ -35,8 +35,10 @@ def test_ready_and_watchdog_through_notify_socket(tmp_path, mosquitto, subscribe
         assert sum("WATCHDOG=1" in m for m in got) >= 3, got
         assert got.index(next(m for m in got if m.startswith("READY=1"))) < \
             got.index(next(m for m in got if "WATCHDOG=1" in m))
-        wait_for(lambda: any(t.endswith("/state") and json.loads(p).get("online") for t, p in subscriber.messages),
-                 10, "the retained birth message")
+        birth = wait_for(lambda: next((json.loads(p) for t, p in subscriber.messages
+                                       if t.endswith("/state") and json.loads(p).get("online")), None),
+                         10, "the retained birth message")
+        assert birth["spool"]["frame"] == {"records": 0, "bytes": 0} and birth["dropped"] == {}
     finally:
         code = gw.stop()
     sock.settimeout(0.2)

@@ -106,6 +106,8 @@ class _Session:
 class MqttUplink:
     """Owns the broker session and the pump from spool to broker."""
 
+    STATE_INTERVAL = 60.0  # seconds between retained state updates
+
     def __init__(self, cfg: Config, spool: Spool, committed: asyncio.Event, metrics: Metrics):
         self.cfg, self.spool, self.committed, self.metrics = cfg, spool, committed, metrics
         self.topic_data = cfg.topic_root + "data"
@@ -116,6 +118,8 @@ class MqttUplink:
         self._acked: list[int] = []
         self._wake = asyncio.Event()
         self._session: _Session | None = None
+        self._since = time.time()
+        self._state_at = 0.0
 
     async def run(self) -> None:
         """Connect, pump, reconnect with jittered exponential backoff; until cancelled."""
@@ -144,7 +148,21 @@ class MqttUplink:
         self.connected = True
         self.metrics.set("headrace_uplink_connected", 1)
         log.info("MQTT connected to %s:%d", self.cfg.mqtt.host, self.cfg.mqtt.port)
-        s.client.publish(self.topic_state, json.dumps({"online": True, "since": time.time()}), qos=1, retain=True)
+        self._since = time.time()
+        self.publish_state()
+
+    def state(self) -> dict:
+        """The retained state: online, spool depth per kind, drops by the overflow policy."""
+        dropped = {f"{lab['kind']}_{lab['reason']}": int(v)
+                   for lab, v in self.metrics.by_label("headrace_spool_dropped_total")}
+        return {"online": True, "since": self._since, "at": time.time(), "spool": self.spool.stats(),
+                "dropped": dropped}
+
+    def publish_state(self) -> None:
+        s = self._session
+        if s is not None:
+            s.client.publish(self.topic_state, json.dumps(self.state()), qos=1, retain=True)
+            self._state_at = time.monotonic()
 
     async def _teardown(self) -> None:
         self.connected = False
@@ -184,6 +202,8 @@ class MqttUplink:
         window = self.cfg.mqtt.inflight
         limit = self.cfg.mqtt.batch_records
         while not s.lost.is_set():
+            if time.monotonic() - self._state_at >= self.STATE_INTERVAL:
+                self.publish_state()
             if self._acked:
                 ids, self._acked = self._acked, []
                 await self.spool.delete(ids)
@@ -205,7 +225,7 @@ class MqttUplink:
                 self.committed.clear()
                 waits = [asyncio.ensure_future(self.committed.wait()), asyncio.ensure_future(self._wake.wait())]
                 try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(waits, timeout=self.STATE_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for w in waits:
                         w.cancel()

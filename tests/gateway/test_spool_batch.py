@@ -71,3 +71,33 @@ def test_batch_round_trip_and_rows():
 def test_batch_errors(data, msg):
     with pytest.raises(batch.BatchError, match=msg):
         batch.decode(data)
+
+
+def test_overflow_policy_ttl_then_quota_never_events(tmp_path):
+    from gateway.spool import KIND_EVENT, PRIO_EVENT
+
+    async def main():
+        s = await Spool.open(tmp_path / "q.sqlite")
+        await s.commit([(KIND_EVENT, b"e" * 100)] * 5 + [(KIND_WINDOW, b"w" * 100)] * 10
+                       + [(KIND_FRAME, b"f" * 100)] * 30, {})
+        assert s.stats() == {"event": {"records": 5, "bytes": 500}, "window": {"records": 10, "bytes": 1000},
+                             "frame": {"records": 30, "bytes": 3000}}
+        assert await s.enforce(10_000, {KIND_FRAME: 0, KIND_WINDOW: 0, KIND_EVENT: 0}) == {}
+        dropped = await s.enforce(2_000, {KIND_FRAME: 0, KIND_WINDOW: 0, KIND_EVENT: 0})
+        assert dropped == {("frame", "quota"): 25}  # the oldest, just enough to get under the quota
+        assert s.stats()["event"]["records"] == 5 and s.stats()["window"]["records"] == 10
+        dropped = await s.enforce(200, {KIND_FRAME: 0, KIND_WINDOW: 0, KIND_EVENT: 0})
+        assert dropped == {("frame", "quota"): 5, ("window", "quota"): 10}
+        assert s.stats()["event"] == {"records": 5, "bytes": 500}  # events are never dropped
+        # TTL: everything written "now" is younger than 1 hour, older than -1 s
+        await s.commit([(KIND_FRAME, b"x")] * 3, {})
+        assert await s.enforce(10**9, {KIND_FRAME: 3600, KIND_WINDOW: 0, KIND_EVENT: 0}) == {}
+        await asyncio.sleep(0.05)
+        assert await s.enforce(10**9, {KIND_FRAME: 0.01, KIND_WINDOW: 0, KIND_EVENT: 0}) == {("frame", "ttl"): 3}
+        # the counters stay exact across a reopen
+        await s.close()
+        s = await Spool.open(tmp_path / "q.sqlite")
+        assert s.stats()["event"] == {"records": 5, "bytes": 500} and await s.depth() == (5, 500)
+        assert len(await s.read(PRIO_EVENT, 0, 10)) == 5
+        await s.close()
+    run(main())
