@@ -257,7 +257,7 @@ port = {self.http_port}
 class Node:
     """A node running the real firmware under MicroPython (or CPython with python=True)."""
 
-    def __init__(self, workdir: Path, config: dict, python: bool = False, heap: str = "64k"):
+    def __init__(self, workdir: Path, config: dict, python: bool = False, heap: str = "128k"):
         self.config = config
         self.name = config["node"]
         path = workdir / f"{self.name}.json"

@@ -29,7 +29,7 @@ def firmware_dir() -> Path:
 class NodeProcess:
     """One simulated node: a firmware process with its JSON config; its stdout events are kept."""
 
-    def __init__(self, config: dict, workdir: Path, interpreter: str | None = None, heap: str = "64k"):
+    def __init__(self, config: dict, workdir: Path, interpreter: str | None = None, heap: str = "128k"):
         self.config = config
         self.name = config["node"]
         self.workdir = workdir

@@ -1,0 +1,52 @@
+# Serial link: COBS/CRC frames to the gateway over a UART (a pty on the unix board).
+import board
+import cbor
+import cose
+import framing
+
+_ACK = 1
+
+
+class SerialLink:
+    window_default = 4
+
+    def __init__(self, path, mac):
+        self.port = board.Serial(path)
+        self.mac = mac
+        self.deframer = framing.Deframer()
+        self.bad_acks = 0
+        self.port.write(b"\x00")  # a delimiter first: the gateway resynchronises on it
+
+    def send(self, seq, msg):
+        self.port.write(framing.frame(msg))
+
+    def poll(self, now):
+        """Acks received since the last call: list of (seq, status)."""
+        acks = []
+        data = self.port.read(512)
+        while data:
+            for msg in self.deframer.feed(data):
+                ack = parse_ack(self.mac, msg)
+                if ack is None:
+                    self.bad_acks += 1
+                else:
+                    acks.append(ack)
+            data = self.port.read(512)
+        return acks
+
+    def busy(self):
+        return False
+
+
+def parse_ack(mac, msg):
+    """(seq, status) from an authenticated gateway ack, or None if it is not one."""
+    try:
+        header, payload = cose.verify_mac0(mac, msg)
+        if header.get(4) != b"gw":
+            return None
+        body = cbor.loads(payload)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(body, list) or len(body) != 3 or body[0] != _ACK:
+        return None
+    return body[1], body[2]

@@ -1,0 +1,12 @@
+# Deployment manifest (micropython-lib style) for freezing or mpy-cross.
+module("cbor.py")
+module("cose.py")
+module("framing.py")
+module("senml.py")
+module("outbox.py")
+module("config.py")
+module("link_serial.py")
+module("link_coap.py")
+module("main.py")
+package("sensors")
+package("board")

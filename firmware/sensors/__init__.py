@@ -1,0 +1,1 @@
+# Sensor drivers. Each has .name and .read() -> float.
