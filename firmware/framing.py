@@ -46,7 +46,8 @@ def cobs_encode(data):
     code_pos = 0
     code = 1
     o = 1
-    for b in data:
+    last = len(data) - 1
+    for i, b in enumerate(data):
         if b == 0:
             out[code_pos] = code
             code_pos = o
@@ -58,6 +59,8 @@ def cobs_encode(data):
             code += 1
             if code == 0xFF:
                 out[code_pos] = code
+                if i == last:
+                    return bytes(out[:o])  # a full block ends the data: no empty block after it
                 code_pos = o
                 o += 1
                 code = 1

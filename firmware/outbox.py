@@ -65,7 +65,7 @@ class Outbox:
         for item in self.items:
             if len(out) >= limit:
                 break
-            if item[2] is None or board.ticks_diff(now, item[2]) >= timeout_ms << min(item[3], 5):
+            if item[2] is None or board.ticks_diff(now, item[2]) >= timeout_ms << min(item[3] - 1, 5):
                 item[2] = now
                 item[3] += 1
                 out.append(item)

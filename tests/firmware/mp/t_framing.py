@@ -1,0 +1,48 @@
+# COBS and CRC-32 round trips and edge cases; the Deframer on noise. MicroPython and CPython.
+import sys
+
+ROOT = sys.argv[1]
+sys.path.insert(0, ROOT + "/firmware")
+import framing  # noqa: E402
+
+assert framing.crc32(b"123456789") == 0xCBF43926
+assert framing.crc32_table(b"123456789") == 0xCBF43926
+for n in (0, 1, 100, 1000):
+    data = bytes([(i * 37 + 11) & 0xFF for i in range(n)])
+    assert framing.crc32_table(data) == framing.crc32(data)
+
+cases = [b"", b"\x00", b"\x00\x00", b"\x01", b"\x11\x22\x00\x33", bytes(range(1, 255)), bytes(range(1, 256)),
+         bytes([1] * 254), bytes([1] * 255), bytes([1] * 253) + b"\x00", bytes(600), bytes([7] * 1000)]
+for c in cases:
+    enc = framing.cobs_encode(c)
+    assert b"\x00" not in enc, c
+    assert framing.cobs_decode(enc) == c, c
+# the classic examples (Wikipedia, Cheshire & Baker)
+assert framing.cobs_encode(b"\x11\x22\x00\x33") == b"\x03\x11\x22\x02\x33"
+assert framing.cobs_encode(bytes(range(1, 255))) == b"\xff" + bytes(range(1, 255))
+assert framing.cobs_encode(bytes(range(1, 256))) == b"\xff" + bytes(range(1, 255)) + b"\x02\xff"
+
+d = framing.Deframer()
+msgs = [b"hello", bytes(200), b"\x00abc\x00", bytes(range(256)) * 3]
+stream = b"".join(framing.frame(m) for m in msgs)
+got = []
+for i in range(0, len(stream), 7):
+    got += d.feed(stream[i:i + 7])
+assert got == msgs
+
+# a flipped bit is a CRC (or COBS) error, never a wrong message; the next frame still comes through
+bad = bytearray(framing.frame(b"payload-1"))
+bad[3] ^= 0x04
+got = d.feed(bytes(bad) + framing.frame(b"payload-2"))
+assert got == [b"payload-2"], got
+assert d.crc_errors + d.cobs_errors == 1
+# oversize: dropped without buffering, then resync
+got = d.feed(b"\x01" * 5000 + b"\x00" + framing.frame(b"ok"))
+assert got == [b"ok"] and d.oversize == 1
+try:
+    framing.frame(bytes(1025))
+except ValueError:
+    pass
+else:
+    raise AssertionError("oversize message framed")
+print("OK t_framing")
