@@ -7,6 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
+# the project's shared data sets (../shared beside the clone); HEADRACE_SHARED moves it
+SHARED = Path(os.environ.get("HEADRACE_SHARED", ROOT.parent / "shared"))
 
 
 def micropython() -> str:

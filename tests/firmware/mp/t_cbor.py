@@ -5,10 +5,11 @@ import json
 import binascii
 
 ROOT = sys.argv[1]
+SHARED = sys.argv[3] if len(sys.argv) > 3 else ROOT + "/../shared"
 sys.path.insert(0, ROOT + "/firmware")
 import cbor  # noqa: E402
 
-with open(ROOT + "/../shared/data/cbor/appendix_a.json") as f:
+with open(SHARED + "/data/cbor/appendix_a.json") as f:
     vectors = json.load(f)
 
 passed = skipped = 0
