@@ -111,6 +111,9 @@ async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int
               f"from {len(nodes)} nodes in {elapsed:.1f} s = {frames / elapsed:.1f} frames/s; "
               f"{int(gw.metrics.total('headrace_uplink_bytes_total'))} bytes uplinked in "
               f"{int(gw.metrics.total('headrace_uplink_messages_total'))} MQTT messages; stopping.", flush=True)
+        for row in gw.node_table():
+            print(f"  {row['node']:<8} {row['transport']:<7} {row['frames']:>7} frames "
+                  f"{row['frames'] / elapsed:8.1f}/s  rejected {row['rejected']}", flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
     if tmp:

@@ -39,25 +39,43 @@ class NullModem:
         return self.paths
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         a, b = self._masters
-        loop.add_reader(a, self._relay, a, b, 0)
-        loop.add_reader(b, self._relay, b, a, 1)
+        self._pending = {a: bytearray(), b: bytearray()}  # bytes waiting to be written to each end
+        self._loop.add_reader(a, self._relay, a, b, 0)
+        self._loop.add_reader(b, self._relay, b, a, 1)
 
     def _relay(self, src: int, dst: int, direction: int) -> None:
         try:
             data = os.read(src, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
+        except (BlockingIOError, OSError):
             return
         if self.flip_rate:
             data = self._flip(data)
         self.bytes[direction] += len(data)
+        self._pending[dst] += data
+        self._flush(src, dst, direction)
+
+    def _flush(self, src: int, dst: int, direction: int) -> None:
+        """Write what waits for `dst`; while it cannot take more, stop reading `src`
+        (flow control, as a real UART with RTS/CTS: nothing is dropped)."""
+        buf = self._pending[dst]
         try:
-            os.write(dst, data)
-        except (BlockingIOError, OSError):
-            pass  # the far side is not reading: a real cable drops bytes too
+            n = os.write(dst, buf)
+            del buf[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            buf.clear()  # the far end is gone
+        if buf:
+            self._loop.remove_reader(src)
+            self._loop.add_writer(dst, self._drained, src, dst, direction)
+
+    def _drained(self, src: int, dst: int, direction: int) -> None:
+        self._loop.remove_writer(dst)
+        self._flush(src, dst, direction)
+        if not self._pending[dst]:
+            self._loop.add_reader(src, self._relay, src, dst, direction)
 
     def _flip(self, data: bytes) -> bytes:
         out = bytearray(data)
@@ -71,12 +89,11 @@ class NullModem:
         return bytes(out)
 
     def close(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
             for fd in self._masters:
                 loop.remove_reader(fd)
-        except (RuntimeError, AttributeError):
-            pass
+                loop.remove_writer(fd)
         for fd in self._fds:
             try:
                 os.close(fd)
