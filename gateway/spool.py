@@ -20,6 +20,7 @@ caller and reported on the `state` topic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -100,21 +101,27 @@ class Spool:
         """
         await self._run(self._commit, records, replay)
 
-    def _commit(self, records, replay) -> None:
+    @contextlib.contextmanager
+    def _transaction(self, what: str):
+        """BEGIN IMMEDIATE … COMMIT; on any SQLite error roll back and raise SpoolError."""
         db = self._db
-        now = time.time()
         try:
             db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise SpoolError(f"spool {what} failed ({self.path}): {exc}") from exc
+
+    def _commit(self, records, replay) -> None:
+        now = time.time()
+        with self._transaction("commit") as db:
             db.executemany("INSERT INTO records (prio, kind, body, created) VALUES (?, ?, ?, ?)",
                            [(PRIORITY[kind], kind, body, now) for kind, body in records])
             if replay:
                 db.executemany("INSERT OR REPLACE INTO replay (node, top, bitmap) VALUES (?, ?, ?)",
                                [(node, top, _to_signed(bitmap)) for node, (top, bitmap) in replay.items()])
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise SpoolError(f"spool commit failed ({self.path}): {exc}") from exc
         for kind, body in records:
             self._rows[PRIORITY[kind]] += 1
             self._bytes[PRIORITY[kind]] += len(body)
@@ -128,17 +135,10 @@ class Spool:
 
     def _write_deleting(self, statements) -> list[tuple[int, int]]:
         """Run DELETE … RETURNING prio, length(body) statements in one transaction; keep the counts."""
-        db = self._db
         gone = []
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction("delete") as db:
             for sql, args in statements:
                 gone += db.execute(sql, args).fetchall()
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise SpoolError(f"spool delete failed ({self.path}): {exc}") from exc
         for prio, size in gone:
             self._rows[prio] -= 1
             self._bytes[prio] -= size

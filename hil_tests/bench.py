@@ -70,6 +70,24 @@ def make_tls(workdir: Path) -> dict[str, str]:
                                        ("client_cert", "client.pem"), ("client_key", "client.key"))}
 
 
+def coap_post(port: int, payload: bytes):
+    """One confirmable POST /d (Content-Format 17) from a fresh aiocoap client; returns the response."""
+    import asyncio
+
+    import aiocoap
+    from aiocoap.numbers.codes import Code
+
+    async def main():
+        ctx = await aiocoap.Context.create_client_context()
+        try:
+            req = aiocoap.Message(code=Code.POST, uri=f"coap://127.0.0.1:{port}/d", payload=payload, content_format=17)
+            return await asyncio.wait_for(ctx.request(req).response, 30)
+        finally:
+            await ctx.shutdown()
+
+    return asyncio.run(main())
+
+
 class Mosquitto:
     """A private mosquitto on a free loopback port; with `tls`, also a TLS listener that
     requires a client certificate (on `tls_port`)."""

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from .bench import GatewayProcess, wait_for
+from .bench import GatewayProcess, coap_post, wait_for
 
 
 def test_ready_and_watchdog_through_notify_socket(tmp_path, mosquitto, subscriber):
@@ -55,9 +55,6 @@ def test_ready_and_watchdog_through_notify_socket(tmp_path, mosquitto, subscribe
 
 
 def test_sighup_reloads_the_registry(tmp_path, mosquitto, subscriber):
-    import asyncio
-
-    import aiocoap
     import cbor2
     from aiocoap.numbers.codes import Code
 
@@ -68,35 +65,26 @@ def test_sighup_reloads_the_registry(tmp_path, mosquitto, subscriber):
     key = os.urandom(32)
     msg = cose.mac0(key, b"newnode", cbor2.dumps([{-2: "newnode/", -3: 1.7e9, 0: "t", 2: 1.0}]), seq=0)
 
-    async def post():
-        ctx = await aiocoap.Context.create_client_context()
-        try:
-            r = await ctx.request(aiocoap.Message(code=Code.POST, uri=f"coap://127.0.0.1:{gw.coap_port}/d",
-                                                  payload=msg, content_format=17)).response
-            return r.code
-        finally:
-            await ctx.shutdown()
+    def post():
+        return coap_post(gw.coap_port, msg).code
 
     try:
-        assert asyncio.run(post()) == Code.UNAUTHORIZED
+        assert post() == Code.UNAUTHORIZED
         reg = Registry.load(tmp_path / "nodes.toml")
         reg.add("newnode", key)
         reg.save()
         gw.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reloaded" in gw.log(), 10, "the reload log line")
-        assert asyncio.run(post()) == Code.CHANGED
+        assert post() == Code.CHANGED
         (tmp_path / "nodes.toml").write_text("[nodes.broken\n")
         gw.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload failed" in gw.log(), 10, "the failed reload log line")
-        assert asyncio.run(post()) == Code.CHANGED  # the old registry stays in force
+        assert post() == Code.CHANGED  # the old registry stays in force
     finally:
         assert gw.stop() == 0
 
 
 def test_status_command_lists_nodes(tmp_path, mosquitto):
-    import asyncio
-
-    import aiocoap
     import cbor2
     from aiocoap.numbers.codes import Code
 
@@ -106,16 +94,11 @@ def test_status_command_lists_nodes(tmp_path, mosquitto):
     gw = GatewayProcess(tmp_path, mosquitto.port, {"pump7": key}).start()
     msg = cose.mac0(key, b"pump7", cbor2.dumps([{-2: "pump7/", -3: 1.7e9, 0: "t", 2: 1.0}]), seq=0)
 
-    async def post():
-        ctx = await aiocoap.Context.create_client_context()
-        try:
-            return (await ctx.request(aiocoap.Message(code=Code.POST, uri=f"coap://127.0.0.1:{gw.coap_port}/d",
-                                                      payload=msg, content_format=17)).response).code
-        finally:
-            await ctx.shutdown()
+    def post():
+        return coap_post(gw.coap_port, msg).code
 
     try:
-        assert asyncio.run(post()) == Code.CHANGED
+        assert post() == Code.CHANGED
         p = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config", str(gw.config)],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, p.stderr

@@ -1,29 +1,16 @@
 """The MQTT uplink against a real mosquitto: TLS with client certificates, birth and LWT."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 
-import aiocoap
 import cbor2
 from aiocoap.numbers.codes import Code
 
 from gateway.protocol import cose
 
-from .bench import GatewayProcess, Mosquitto, Subscriber, make_tls, wait_for
-
-
-def post(port: int, msg: bytes):
-    async def main():
-        ctx = await aiocoap.Context.create_client_context()
-        try:
-            return (await ctx.request(aiocoap.Message(code=Code.POST, uri=f"coap://127.0.0.1:{port}/d",
-                                                      payload=msg, content_format=17)).response).code
-        finally:
-            await ctx.shutdown()
-    return asyncio.run(main())
+from .bench import GatewayProcess, Mosquitto, Subscriber, coap_post, make_tls, wait_for
 
 
 def frame(key: bytes, seq: int, value: float) -> bytes:
@@ -38,7 +25,7 @@ def test_tls_with_client_certificate(tmp_path):
     extra = f'tls_ca = "{tls["ca"]}"\ntls_cert = "{tls["client_cert"]}"\ntls_key = "{tls["client_key"]}"\n'
     gw = GatewayProcess(tmp_path, broker.tls_port, {"n1": key}, mqtt_extra=extra).start()
     try:
-        assert post(gw.coap_port, frame(key, 1, 2.5)) == Code.CHANGED
+        assert coap_post(gw.coap_port, frame(key, 1, 2.5)).code == Code.CHANGED
         got = wait_for(lambda: sub.frames().get(("n1", 1)), 15, "the frame through the TLS listener")
         assert got == [[["t", 1.7e9 + 1, 2.5]]]
         assert "MQTT connected" in gw.log()
