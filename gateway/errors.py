@@ -21,8 +21,8 @@ class RejectedFrame(HeadraceError):
 
     reason = "invalid"
 
-    def __init__(self, detail: str, node: str | None = None, seq: int | None = None):
-        self.detail, self.node, self.seq = detail, node, seq
+    def __init__(self, detail: str, node: str | None = None, seq: int | None = None, key: bytes | None = None):
+        self.detail, self.node, self.seq, self.key = detail, node, seq, key
         super().__init__(detail)
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from core_ext.aggregate import Aggregator
@@ -52,7 +51,7 @@ class NodeStatus:
     rejected: int = 0
     last_seen: float = 0.0
     transport: str = ""
-    last: dict = field(default_factory=dict)  # sensor -> (t, value)
+    last_rows: tuple | None = None  # the newest frame's rows in the committed columns
 
 
 class Pipeline:
@@ -68,8 +67,7 @@ class Pipeline:
         self._max_pending = cfg.spool.commit_max_frames * 8
         self._aggs = [Aggregator(w, cfg.aggregate.lateness) for w in cfg.aggregate.widths]
         self._late_seen = 0
-        self._series: dict[str, int] = {}
-        self._series_names: list[str] = []
+        self._carry = None  # parsed columns of frames queued behind the group being committed
         self._warn = RateLimited(log)
 
     # -- intake ---------------------------------------------------------------------------
@@ -144,7 +142,7 @@ class Pipeline:
         windows, self._windows = self._windows, []
         if len(self._pending) < self._max_pending:
             self._space.set()
-        records = [(KIND_FRAME, batch.frame_body(i.node, i.seq, i.accepted.readings))
+        records = [(KIND_FRAME, batch.frame_body(i.node, i.seq, i.accepted.received, i.accepted.payload))
                    for i in group if i.accepted is not None]
         records += [(KIND_WINDOW, body) for body in windows]
         replay = self.ingest.dirty_state({i.node for i in group if i.status != ACK_DUPLICATE})
@@ -156,10 +154,8 @@ class Pipeline:
         self.ingest.committed(replay)
         self.metrics.inc("headrace_spool_commits_total")
         self.metrics.inc("headrace_windows_total", len(windows))
-        now = time.time()
+        self._readings_committed(group)
         for item in group:
-            if item.accepted is not None:
-                self._apply(item, now)
             item.done(ack_message(item.key, item.seq, item.status), None)
         self.committed.set()
 
@@ -171,31 +167,57 @@ class Pipeline:
         failed, self._pending = group + self._pending, []
         self._space.set()
         self.ingest.rollback()
+        self.ingest.parser.take()  # their parsed readings go too: the resends bring them again
+        self._carry = None
         for item in failed:
             item.done(None, exc)
 
-    def _apply(self, item: _Item, now: float) -> None:
-        """After the commit: status, metrics and aggregates for one stored frame."""
-        acc = item.accepted
-        st = self.nodes.get(acc.node)
-        if st is None:
-            st = self.nodes[acc.node] = NodeStatus()
-        st.frames += 1
-        st.readings += len(acc.readings)
-        st.last_seen = now
-        st.transport = item.transport
-        self.metrics.inc("headrace_frames_accepted_total", transport=item.transport)
-        self.metrics.inc("headrace_readings_total", len(acc.readings))
-        self.metrics.set("headrace_node_last_seen_seconds", now, node=acc.node)
-        for r in acc.readings:
-            st.last[r.name] = (r.time, r.value)
-            if isinstance(r.value, float) and not math.isnan(r.value):
-                sid = self._series.get(r.name)
-                if sid is None:
-                    sid = self._series[r.name] = len(self._series_names)
-                    self._series_names.append(r.name)
-                for agg in self._aggs:
-                    agg.add(sid, r.time, r.value)
+    def _readings_committed(self, group: list[_Item]) -> None:
+        """After the commit: the group's readings go to the aggregates; status and metrics."""
+        n = sum(i.accepted.count for i in group if i.accepted is not None)
+        sids, ts, vs = self._take_columns(n)
+        for agg in self._aggs:
+            agg.add_columns(sids, ts, vs)
+        now = time.time()
+        row = 0
+        for item in group:
+            acc = item.accepted
+            if acc is None:
+                continue
+            st = self.nodes.get(acc.node)
+            if st is None:
+                st = self.nodes[acc.node] = NodeStatus()
+            st.frames += 1
+            st.readings += acc.count
+            st.last_seen = now
+            st.transport = item.transport
+            self.metrics.inc("headrace_frames_accepted_total", transport=item.transport)
+            self.metrics.set("headrace_node_last_seen_seconds", now, node=acc.node)
+            row += acc.count
+            st.last_rows = (sids, ts, vs, row - acc.count, row)  # resolved lazily by the status view
+        self.metrics.inc("headrace_readings_total", n)
+
+    def _take_columns(self, n: int):
+        """The first n rows of parsed columns; the rest (frames queued behind this group) stay."""
+        parser = self.ingest.parser
+        sids, ts, vs, _other = parser.take()
+        if self._carry is not None:
+            c_sids, c_ts, c_vs = self._carry
+            sids, ts, vs = c_sids + sids, c_ts + ts, c_vs + vs
+            self._carry = None
+        if len(sids) > n:
+            self._carry = (sids[n:], ts[n:], vs[n:])
+            sids, ts, vs = sids[:n], ts[:n], vs[:n]
+        return sids, ts, vs
+
+    def node_last(self, node: str) -> dict:
+        """sensor -> (time, value) of the newest committed frame of a node."""
+        st = self.nodes.get(node)
+        if st is None or st.last_rows is None:
+            return {}
+        sids, ts, vs, a, b = st.last_rows
+        names = self.ingest.parser.names
+        return {names[sids[i]]: (ts[i], vs[i]) for i in range(a, b)}
 
     # -- spool overflow policy ---------------------------------------------------------
 
@@ -225,7 +247,7 @@ class Pipeline:
 
     def close_windows(self, watermark: float, flush: bool = False) -> int:
         """Close due windows into spool records (committed with the next group)."""
-        names = self._series_names
+        names = self.ingest.parser.names
         n = 0
         for width, agg in zip(self.cfg.aggregate.widths, self._aggs):
             cols = agg.flush() if flush else agg.close(watermark)

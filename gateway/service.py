@@ -153,7 +153,7 @@ class Gateway:
         for name, st in sorted((self.pipeline.nodes if self.pipeline else {}).items()):
             rows.append({"node": name, "transport": st.transport, "frames": st.frames, "readings": st.readings,
                          "rejected": st.rejected, "last_seen": st.last_seen,
-                         "last": {k: v[1] for k, v in st.last.items() if not isinstance(v[1], bytes)}})
+                         "last": {k: v[1] for k, v in self.pipeline.node_last(name).items()}})
         return rows
 
 

@@ -161,8 +161,8 @@ class Subscriber:
             if not topic.endswith("/data"):
                 continue
             b = batch.decode(payload)
-            for node, seq, readings in b["frames"]:
-                out[(node, seq)].append(readings)
+            for node, seq, received, senml in b["frames"]:
+                out[(node, seq)].append([list(r) for r in batch.frame_readings(node, received, senml)])
         return out
 
     def windows(self) -> list[dict]:

@@ -15,7 +15,7 @@ import aiocoap
 import aiocoap.resource as resource
 from aiocoap.numbers.codes import Code
 
-from ..errors import AuthError, CoseError, FrameError, SpoolError
+from ..errors import AuthError, CoseError, FrameError
 from ..pipeline import Pipeline
 from ..protocol.numbers import CF_COSE_MAC0, MAX_MESSAGE
 

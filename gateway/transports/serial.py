@@ -14,7 +14,7 @@ import logging
 import serial
 import serial_asyncio_fast
 
-from ..errors import FrameError, RejectedFrame, SpoolError
+from ..errors import FrameError, RejectedFrame
 from ..pipeline import Pipeline
 from ..protocol.framing import Deframer, encode_frame
 

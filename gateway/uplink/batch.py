@@ -3,12 +3,14 @@
 A batch is one CBOR map published on `headrace/v1/<site>/<gateway>/data`:
 
     {"v": 1, "gw": "<gateway>", "site": "<site>",
-     "frames":  [[node, seq, [[sensor, t, value], ...]], ...],
+     "frames":  [[node, seq, received, senml], ...],
      "windows": [[series, width, start, count, min, max, sum, sumsq, first, last], ...]}
 
-`frames` carry raw readings with the (node, seq) that identifies them: a consumer
-drops a frame it has seen, which makes the at-least-once uplink exactly-once.
-Batches are built by splicing the spooled CBOR bodies, not by re-encoding them.
+`frames` carry each node's verified SenML pack as it arrived (CBOR bytes),
+with the (node, seq) that identifies it and the gateway's reception time, which
+resolves relative SenML times. A consumer drops a frame it has seen, which makes
+the at-least-once uplink exactly-once. Batches are built by splicing the spooled
+CBOR bodies, not by re-encoding them.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import math
 from typing import Iterator
 
 import cbor2
+
+from core_ext.ingest import Parser
 
 VERSION = 1
 WINDOW_FIELDS = ("series", "width", "start", "count", "min", "max", "sum", "sumsq", "first", "last")
@@ -31,11 +35,9 @@ def _head(major: int, n: int) -> bytes:
     return bytes([major << 5 | 26]) + n.to_bytes(4, "big")
 
 
-def frame_body(node: str, seq: int, readings) -> bytes:
-    """Spool body of one accepted frame; sensor names lose their 'node/' prefix."""
-    prefix = node + "/"
-    rows = [[r.name[len(prefix):] if r.name.startswith(prefix) else r.name, r.time, r.value] for r in readings]
-    return cbor2.dumps([node, seq, rows])
+def frame_body(node: str, seq: int, received: float, senml: bytes) -> bytes:
+    """Spool body of one accepted frame."""
+    return cbor2.dumps([node, seq, received, senml])
 
 
 def window_body(series: str, width: float, start: float, count: int, vmin: float, vmax: float,
@@ -72,11 +74,22 @@ def decode(data: bytes) -> dict:
     return obj
 
 
+def frame_readings(node: str, received: float, senml: bytes) -> list[tuple[str, float, object]]:
+    """(sensor, time, value) of one frame: its numeric readings in record order, then its text,
+    boolean and data values in record order. Sensor names lose their 'node/' prefix."""
+    parser = Parser()
+    parser.parse(senml, received)
+    sids, ts, vs, other = parser.take()
+    prefix = node + "/"
+    names = [n[len(prefix):] if n.startswith(prefix) else n for n in parser.names]
+    return [(names[sid], t, v) for sid, t, v in zip(sids, ts, vs)] + [(names[sid], t, v) for sid, t, v in other]
+
+
 def rows(batch: dict) -> Iterator[dict]:
     """One dict per reading or window, ready for JSON Lines."""
     gw = batch.get("gw")
-    for node, seq, readings in batch.get("frames", ()):
-        for sensor, t, value in readings:
+    for node, seq, received, senml in batch.get("frames", ()):
+        for sensor, t, value in frame_readings(node, received, senml):
             if isinstance(value, bytes):
                 value = value.hex()
             yield {"gw": gw, "node": node, "seq": seq, "sensor": sensor, "t": t, "v": value}

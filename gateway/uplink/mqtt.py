@@ -19,13 +19,11 @@ import asyncio
 import json
 import logging
 import random
-import socket
 import time
 
 import paho.mqtt.client as paho
 
 from ..config import Config
-from ..errors import SpoolError
 from ..metrics import Metrics
 from ..spool import KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
 from . import batch

@@ -95,7 +95,10 @@ def test_golden_frames_decode_on_the_gateway():
         reg = Registry()
         reg.add(v["node"], key)
         (msg,) = Deframer().feed(binascii.unhexlify(v["frame_hex"]))
-        acc = Ingest(reg).check(msg)
-        assert (acc.node, acc.seq) == (v["node"], v["seq"])
-        assert [(r.name, r.value) for r in acc.readings] == [(f"{v['node']}/{n}", val) for n, _dt, val in v["readings"]]
-        assert [r.time for r in acc.readings] == [v["base_time"] + dt for _n, dt, _v in v["readings"]]
+        ingest = Ingest(reg)
+        acc = ingest.check(msg)
+        assert (acc.node, acc.seq, acc.count) == (v["node"], v["seq"], len(v["readings"]))
+        sids, ts, vs, _ = ingest.parser.take()
+        names = ingest.parser.names
+        assert [(names[s], x) for s, x in zip(sids, vs)] == [(f"{v['node']}/{n}", val) for n, _dt, val in v["readings"]]
+        assert list(ts) == [v["base_time"] + dt for _n, dt, _v in v["readings"]]

@@ -1,15 +1,16 @@
-import io
 import json
 import subprocess
 import sys
 
 from gateway import cli
-from gateway.protocol.senml import Reading
+import cbor2
+
 from gateway.uplink import batch
 
 
 def sample_batch() -> bytes:
-    f = batch.frame_body("pump1", 3, [Reading("pump1/temp", 1700000000.5, 21.25), Reading("pump1/vib", 1700000000.5, 0.5)])
+    f = batch.frame_body("pump1", 3, 1700000001.0, cbor2.dumps([{-2: "pump1/", -3: 1700000000.5, 0: "temp", 2: 21.25},
+                                                              {0: "vib", 2: 0.5}]))
     w = batch.window_body("pump1/temp", 10.0, 1700000000.0, 2, 21.0, 21.5, 42.5, 903.25, 21.0, 21.5)
     return batch.encode("gw1", "site1", [f], [w])
 

@@ -2,6 +2,7 @@ import secrets
 
 import cbor2
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from gateway.errors import AuthError, CoseError, PayloadError, ReplayError
 from gateway.ingest import Ingest, ReplayWindow, ack_message
@@ -26,8 +27,9 @@ def ingest():
 
 def test_accepts_and_decodes(ingest):
     acc = ingest.check(cose.mac0(KEY, b"pump3", pack(), seq=7))
-    assert (acc.node, acc.seq) == ("pump3", 7)
-    assert [(r.name, r.time, r.value) for r in acc.readings] == [
+    assert (acc.node, acc.seq, acc.count) == ("pump3", 7, 2)
+    sids, ts, vs, _ = ingest.parser.take()
+    assert [(ingest.parser.names[s], t, v) for s, t, v in zip(sids, ts, vs)] == [
         ("pump3/temp", 1_700_000_000.0, 21.5), ("pump3/temp", 1_700_000_001.0, 22.0)]
 
 
@@ -93,3 +95,25 @@ def test_ack_verifies_with_node_key():
 def test_piv_encoding():
     assert cose.encode_piv(0) == b"\x00"
     assert cose.encode_piv(300) == b"\x01\x2c"
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=300))
+def test_fuzz_wire_parsers_raise_only_typed_errors(data):
+    from gateway.uplink import batch
+    for parse, errors in ((cose.parse_mac0, CoseError), (batch.decode, batch.BatchError)):
+        try:
+            parse(data)
+        except errors:
+            pass
+
+
+@settings(max_examples=200)
+@given(st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5) | st.binary(max_size=5),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.integers(-8, 9) | st.text(max_size=2), c,
+                                                                        max_size=4), max_leaves=12))
+def test_fuzz_structured_cose(obj):
+    try:
+        cose.parse_mac0(cbor2.dumps(cbor2.CBORTag(17, obj)))
+    except CoseError:
+        pass

@@ -5,7 +5,6 @@ import sys
 import cbor2
 import pytest
 
-from gateway.protocol.senml import Reading
 from gateway.spool import KIND_FRAME, KIND_WINDOW, PRIO_FRAME, PRIO_WINDOW, Spool
 from gateway.uplink import batch
 
@@ -17,7 +16,7 @@ def run(coro):
 def test_commit_read_delete_and_replay(tmp_path):
     async def main():
         s = await Spool.open(tmp_path / "s.sqlite")
-        body = batch.frame_body("n1", 4, [Reading("n1/temp", 1.5, 20.0)])
+        body = batch.frame_body("n1", 4, 1.7e9, cbor2.dumps([{0: "n1/temp", 2: 20.0, 6: 1.5}]))
         await s.commit([(KIND_FRAME, body), (KIND_WINDOW, b"\x80")], {"n1": (4, 2**63 + 1)})
         assert await s.depth() == (2, len(body) + 1)
         rows = await s.read(PRIO_FRAME, 0, 10)
@@ -56,7 +55,7 @@ asyncio.run(main())
 
 
 def test_batch_round_trip_and_rows():
-    f = batch.frame_body("pump1", 7, [Reading("pump1/temp", 1700000000.0, 21.5), Reading("pump1/ok", 1700000000.0, True)])
+    f = batch.frame_body("pump1", 7, 1700000000.0, cbor2.dumps([{-2: "pump1/", 0: "temp", 2: 21.5}, {0: "ok", 4: True}]))
     w = batch.window_body("pump1/temp", 10.0, 1700000000.0, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 3.0)
     data = batch.encode("gw1", "site1", [f] * 30, [w])
     assert cbor2.loads(data)["v"] == 1

@@ -1,0 +1,713 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""SenML-CBOR payloads straight into columns, compiled. Same API, results and error
+offsets as `_ingest_py` (the specification: read its docstring).
+
+One pass over the bytes with a C reader; each record's fields go to C locals;
+series names (base name + name, at most 255 bytes) are looked up in a C hash
+table over an arena of name bytes, so a reading costs no Python object. A Python
+str is made once per new series, for `names`. Readings of one payload are staged
+and appended only when the whole payload is valid.
+"""
+from cpython cimport array
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.math cimport ldexp, isfinite, NAN, INFINITY
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memcmp, memset
+
+import array as _array
+import struct as _struct
+
+from core_ext._ingest_py import IngestError, RELATIVE_TIME_LIMIT
+
+cdef array.array _Q = _array.array("q")
+cdef array.array _D = _array.array("d")
+
+DEF MAX_NAME = 255
+DEF MAX_DEPTH = 16
+
+# value kinds of a decoded scalar
+cdef enum:
+    K_NONE = 0
+    K_NUM = 1      # int or float -> d
+    K_TEXT = 2     # p, n
+    K_BYTES = 3    # p, n
+    K_BOOL = 4     # d = 0/1
+    K_NULL = 5
+    K_OTHER = 6    # a container, undefined or an unusable key
+    K_BREAK = 7
+
+ctypedef struct Item:
+    int kind
+    bint is_int
+    double d
+    const unsigned char* p
+    Py_ssize_t n
+    Py_ssize_t at
+
+ctypedef struct Staged:
+    uint32_t name_off   # into the stage's name buffer
+    uint32_t name_len
+    double t
+    double v
+    Py_ssize_t at
+    int kind            # K_NUM, or K_TEXT/K_BOOL/K_BYTES for other values
+    const unsigned char* vp
+    Py_ssize_t vn
+
+
+ctypedef struct Field:
+    bint present
+    int kind
+    double d
+    const unsigned char* p
+    Py_ssize_t n
+
+# record labels we read; others are walked and ignored
+cdef enum:
+    F_BN = 0
+    F_BT = 1
+    F_BV = 2
+    F_BS = 3
+    F_N = 4
+    F_V = 5
+    F_S = 6
+    F_VS = 7
+    F_VB = 8
+    F_VD = 9
+    F_T = 10
+    NFIELDS = 11
+
+ctypedef struct Rec:
+    Field f[NFIELDS]
+    const unsigned char* mu_p   # first must-understand label (text ending in "_")
+    Py_ssize_t mu_n
+    bint mu
+
+
+cdef inline double _half(uint16_t h) noexcept nogil:
+    cdef int e = (h >> 10) & 0x1F
+    cdef int m = h & 0x3FF
+    cdef double v
+    if e == 0:
+        v = ldexp(m, -24)
+    elif e == 31:
+        v = INFINITY if m == 0 else NAN
+    else:
+        v = ldexp(m + 1024, e - 25)
+    return -v if h & 0x8000 else v
+
+
+cdef inline bint _utf8_ok(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i = 0
+    cdef unsigned char c
+    cdef int k, j
+    cdef uint32_t cp
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            k = 1
+            cp = c & 0x1F
+        elif 0xE0 <= c <= 0xEF:
+            k = 2
+            cp = c & 0x0F
+        elif 0xF0 <= c <= 0xF4:
+            k = 3
+            cp = c & 0x07
+        else:
+            return False
+        for j in range(1, k + 1):
+            if i + j >= n or (s[i + j] & 0xC0) != 0x80:
+                return False
+            cp = (cp << 6) | (s[i + j] & 0x3F)
+        if (k == 2 and (cp < 0x800 or 0xD800 <= cp <= 0xDFFF)) or (k == 3 and (cp < 0x10000 or cp > 0x10FFFF)):
+            return False
+        i += k + 1
+    return True
+
+
+cdef inline bint _name_char(unsigned char c) noexcept nogil:
+    return (b'a' <= c <= b'z') or (b'A' <= c <= b'Z') or (b'0' <= c <= b'9') or c == b'-' or c == b':' \
+        or c == b'.' or c == b'/' or c == b'_'
+
+
+cdef inline bint _valid_name(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if n <= 0 or n > 128:
+        return False
+    if not ((b'a' <= s[0] <= b'z') or (b'A' <= s[0] <= b'Z') or (b'0' <= s[0] <= b'9')):
+        return False
+    for i in range(1, n):
+        if not _name_char(s[i]):
+            return False
+    return True
+
+
+cdef inline uint64_t _fnv(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ s[i]) * 1099511628211ULL
+    return h
+
+
+cdef class Parser:
+    cdef readonly Py_ssize_t max_series
+    cdef readonly Py_ssize_t max_records
+    cdef public list names
+    cdef public list other
+    # columns
+    cdef int64_t* _sid
+    cdef double* _t
+    cdef double* _v
+    cdef Py_ssize_t _n, _cap
+    # series table: open addressing over (hash, offset, length) into an arena of name bytes
+    cdef uint64_t* _hh
+    cdef int64_t* _hsid
+    cdef Py_ssize_t _hcap
+    cdef unsigned char* _arena
+    cdef Py_ssize_t _arena_n, _arena_cap
+    cdef uint32_t* _noff
+    cdef uint32_t* _nlen
+    cdef Py_ssize_t _ncap
+    # per-payload stage
+    cdef Staged* _st
+    cdef unsigned char* _names   # staged full names
+    # reader state
+    cdef const unsigned char* _d
+    cdef Py_ssize_t _len, _p
+    cdef int _depth
+    cdef Py_ssize_t _err_at
+    cdef object _err_msg
+
+    def __cinit__(self):
+        self._sid = NULL; self._t = NULL; self._v = NULL; self._hh = NULL; self._hsid = NULL
+        self._arena = NULL; self._noff = NULL; self._nlen = NULL; self._st = NULL; self._names = NULL
+
+    def __init__(self, Py_ssize_t max_series=100_000, Py_ssize_t max_records=512):
+        if max_series < 1 or max_records < 1:
+            raise ValueError("max_series and max_records must be at least 1")
+        self.max_series = max_series
+        self.max_records = max_records
+        self.names = []
+        self.other = []
+        self._n = 0
+        self._cap = 0
+        self._grow_columns(1024)
+        self._hcap = 64
+        self._hh = <uint64_t*>malloc(self._hcap * sizeof(uint64_t))
+        self._hsid = <int64_t*>malloc(self._hcap * sizeof(int64_t))
+        self._arena_cap = 4096
+        self._arena = <unsigned char*>malloc(self._arena_cap)
+        self._arena_n = 0
+        self._ncap = 64
+        self._noff = <uint32_t*>malloc(self._ncap * sizeof(uint32_t))
+        self._nlen = <uint32_t*>malloc(self._ncap * sizeof(uint32_t))
+        self._st = <Staged*>malloc(max_records * sizeof(Staged))
+        self._names = <unsigned char*>malloc(max_records * (MAX_NAME + 1))
+        if not (self._hh and self._hsid and self._arena and self._noff and self._nlen and self._st and self._names):
+            raise MemoryError()
+        memset(self._hsid, 0xFF, self._hcap * sizeof(int64_t))
+
+    def __dealloc__(self):
+        free(self._sid); free(self._t); free(self._v); free(self._hh); free(self._hsid)
+        free(self._arena); free(self._noff); free(self._nlen); free(self._st); free(self._names)
+
+    def __len__(self):
+        return self._n
+
+    cdef int _grow_columns(self, Py_ssize_t need) except -1:
+        cdef Py_ssize_t cap = self._cap if self._cap else 1024
+        while cap < need:
+            cap *= 2
+        if cap == self._cap:
+            return 0
+        cdef int64_t* s = <int64_t*>realloc(self._sid, cap * sizeof(int64_t))
+        if s == NULL:
+            raise MemoryError()
+        self._sid = s
+        cdef double* t = <double*>realloc(self._t, cap * sizeof(double))
+        if t == NULL:
+            raise MemoryError()
+        self._t = t
+        cdef double* v = <double*>realloc(self._v, cap * sizeof(double))
+        if v == NULL:
+            raise MemoryError()
+        self._v = v
+        self._cap = cap
+        return 0
+
+    # -- series table -------------------------------------------------------------------
+
+    cdef Py_ssize_t _find(self, const unsigned char* s, Py_ssize_t n, uint64_t h) noexcept nogil:
+        """Slot of this name, or of the empty slot where it would go."""
+        cdef uint64_t mask = self._hcap - 1
+        cdef uint64_t j = h & mask
+        cdef int64_t sid
+        while True:
+            sid = self._hsid[j]
+            if sid < 0:
+                return j
+            if self._hh[j] == h and self._nlen[sid] == n and memcmp(self._arena + self._noff[sid], s, n) == 0:
+                return j
+            j = (j + 1) & mask
+
+    cdef int64_t _lookup(self, const unsigned char* s, Py_ssize_t n) noexcept nogil:
+        cdef uint64_t h = _fnv(s, n)
+        return self._hsid[self._find(s, n, h)]
+
+    cdef int64_t _add_series(self, const unsigned char* s, Py_ssize_t n, Py_ssize_t at) except -2:
+        cdef uint64_t h = _fnv(s, n)
+        cdef Py_ssize_t j = self._find(s, n, h)
+        cdef int64_t sid = self._hsid[j]
+        if sid >= 0:
+            return sid
+        sid = len(self.names)
+        if sid >= self.max_series:
+            raise IngestError(at, f"more than max_series={self.max_series} series")
+        if self._arena_n + n > self._arena_cap:
+            while self._arena_n + n > self._arena_cap:
+                self._arena_cap *= 2
+            self._arena = <unsigned char*>realloc(self._arena, self._arena_cap)
+            if self._arena == NULL:
+                raise MemoryError()
+        if sid >= self._ncap:
+            self._ncap *= 2
+            self._noff = <uint32_t*>realloc(self._noff, self._ncap * sizeof(uint32_t))
+            self._nlen = <uint32_t*>realloc(self._nlen, self._ncap * sizeof(uint32_t))
+            if self._noff == NULL or self._nlen == NULL:
+                raise MemoryError()
+        memcpy(self._arena + self._arena_n, s, n)
+        self._noff[sid] = self._arena_n
+        self._nlen[sid] = n
+        self._arena_n += n
+        self.names.append(PyBytes_FromStringAndSize(<const char*>s, n).decode("ascii"))
+        self._hh[j] = h
+        self._hsid[j] = sid
+        if 2 * (sid + 1) > self._hcap:
+            self._rehash()
+        return sid
+
+    cdef int _rehash(self) except -1:
+        cdef Py_ssize_t old = self._hcap, i, j
+        cdef uint64_t* oh = self._hh
+        cdef int64_t* os = self._hsid
+        cdef uint64_t mask
+        self._hcap = old * 2
+        self._hh = <uint64_t*>malloc(self._hcap * sizeof(uint64_t))
+        self._hsid = <int64_t*>malloc(self._hcap * sizeof(int64_t))
+        if self._hh == NULL or self._hsid == NULL:
+            raise MemoryError()
+        memset(self._hsid, 0xFF, self._hcap * sizeof(int64_t))
+        mask = self._hcap - 1
+        for i in range(old):
+            if os[i] >= 0:
+                j = oh[i] & mask
+                while self._hsid[j] >= 0:
+                    j = (j + 1) & mask
+                self._hh[j] = oh[i]
+                self._hsid[j] = os[i]
+        free(oh)
+        free(os)
+        return 0
+
+    def series_id(self, name):
+        """The id of a series, interned on first use."""
+        cdef bytes b = name.encode()
+        return self._add_series(<const unsigned char*>b, len(b), 0)
+
+    def take(self):
+        """(sids, times, values, other) gathered so far; the parser starts empty again."""
+        cdef Py_ssize_t n = self._n
+        cdef array.array s = array.clone(_Q, n, False)
+        cdef array.array t = array.clone(_D, n, False)
+        cdef array.array v = array.clone(_D, n, False)
+        if n:
+            memcpy(s.data.as_voidptr, self._sid, n * sizeof(int64_t))
+            memcpy(t.data.as_voidptr, self._t, n * sizeof(double))
+            memcpy(v.data.as_voidptr, self._v, n * sizeof(double))
+        other = self.other
+        self.other = []
+        self._n = 0
+        return s, t, v, other
+
+    # -- the CBOR reader ------------------------------------------------------------------
+
+    cdef int _fail(self, Py_ssize_t at, msg) except -1:
+        raise IngestError(at, msg)
+
+    cdef int _head(self, int* major, int* info, uint64_t* arg, bint* indef, Py_ssize_t* at) except -1:
+        cdef Py_ssize_t p = self._p
+        cdef unsigned char ib
+        cdef int nb, i
+        cdef uint64_t a = 0
+        if p >= self._len:
+            self._fail(p, "truncated: expected a CBOR item")
+        ib = self._d[p]
+        major[0] = ib >> 5
+        info[0] = ib & 31
+        at[0] = p
+        indef[0] = False
+        if info[0] < 24:
+            arg[0] = info[0]
+            self._p = p + 1
+            return 0
+        if info[0] > 27:
+            if info[0] == 31 and major[0] in (2, 3, 4, 5, 7):
+                indef[0] = True
+                arg[0] = 0
+                self._p = p + 1
+                return 0
+            self._fail(p, f"reserved additional information {info[0]}")
+        nb = 1 << (info[0] - 24)
+        if p + 1 + nb > self._len:
+            self._fail(p, "truncated: the item's argument runs past the end")
+        for i in range(nb):
+            a = (a << 8) | self._d[p + 1 + i]
+        arg[0] = a
+        self._p = p + 1 + nb
+        return 0
+
+    cdef int _item(self, Item* it) except -1:
+        """Read one item. Scalars are decoded into `it`; containers are walked (checked)
+        and reported as K_OTHER."""
+        cdef int major, info
+        cdef uint64_t arg, k
+        cdef bint indef
+        cdef Py_ssize_t at, end
+        cdef Item sub
+        cdef uint32_t f32
+        cdef float fv
+        cdef uint64_t u64
+        cdef double dv
+        self._head(&major, &info, &arg, &indef, &at)
+        it.at = at
+        it.is_int = False
+        if major == 0:
+            it.kind = K_NUM
+            it.is_int = True
+            it.d = <double>arg
+            return 0
+        if major == 1:
+            it.kind = K_NUM
+            it.is_int = True
+            if arg < 0x8000000000000000ULL:
+                it.d = <double>(-1 - <int64_t>arg)
+            elif arg == 0xFFFFFFFFFFFFFFFFULL:
+                it.d = -18446744073709551616.0
+            else:
+                it.d = -(<double>(arg + 1))
+            return 0
+        if major == 2 or major == 3:
+            if indef:
+                self._fail(at, "indefinite-length strings are not supported")
+            if arg > <uint64_t>(self._len - self._p):
+                self._fail(at, "truncated: the string runs past the end")
+            it.p = self._d + self._p
+            it.n = <Py_ssize_t>arg
+            self._p += <Py_ssize_t>arg
+            if major == 3:
+                if not _utf8_ok(it.p, it.n):
+                    self._fail(at, "text string is not valid UTF-8")
+                it.kind = K_TEXT
+            else:
+                it.kind = K_BYTES
+            return 0
+        if major == 4 or major == 5:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                self._fail(at, "nested more than 16 levels")
+            k = 0
+            while indef or k < arg:
+                self._item(&sub)
+                if sub.kind == K_BREAK:
+                    if not indef:
+                        self._fail(self._p - 1, "break inside a definite-length " + ("array" if major == 4 else "map"))
+                    break
+                if major == 5:
+                    if sub.kind == K_OTHER and sub.n == -1:
+                        self._fail(sub.at, "map key must be an integer or a string")
+                    self._item(&sub)
+                    if sub.kind == K_BREAK:
+                        self._fail(self._p - 1, "break where a map value belongs")
+                k += 1
+            self._depth -= 1
+            it.kind = K_OTHER
+            it.n = -1  # marks a container
+            return 0
+        if major == 6:
+            self._fail(at, f"tag {arg}: SenML uses no CBOR tags")
+        it.n = 0
+        if info == 20 or info == 21:
+            it.kind = K_BOOL
+            it.d = info - 20
+            return 0
+        if info == 22 or info == 23:
+            it.kind = K_NULL
+            return 0
+        if info == 25:
+            it.kind = K_NUM
+            it.d = _half(<uint16_t>arg)
+            return 0
+        if info == 26:
+            f32 = <uint32_t>arg
+            memcpy(&fv, &f32, 4)
+            it.kind = K_NUM
+            it.d = fv
+            return 0
+        if info == 27:
+            u64 = arg
+            memcpy(&dv, &u64, 8)
+            it.kind = K_NUM
+            it.d = dv
+            return 0
+        if indef:
+            it.kind = K_BREAK
+            return 0
+        self._fail(at, f"unsupported simple value {arg}")
+
+    # -- SenML ----------------------------------------------------------------------------
+
+    def parse(self, payload, double now):
+        """Append one pack's readings; returns how many numeric readings it held."""
+        cdef const unsigned char[::1] view = _bytes_view(payload)
+        self._len = view.shape[0]
+        self._d = &view[0] if self._len else <const unsigned char*>b""
+        self._p = 0
+        self._depth = 0
+        return self._parse(now)
+
+    cdef int _record(self, Rec* r, Py_ssize_t rat) except -1:
+        """Read one record (a map) into `r`; anything else is walked and reported as not a map."""
+        cdef int major, info, fi
+        cdef uint64_t arg, k = 0
+        cdef bint indef
+        cdef Py_ssize_t at
+        cdef Item key, val
+        cdef int64_t label
+        memset(r, 0, sizeof(Rec))
+        if self._p >= self._len or (self._d[self._p] >> 5) != 5:
+            self._item(&val)  # the reference parses the whole item before it looks at its type
+            if val.kind == K_BREAK:
+                return 1
+            return 2
+        self._head(&major, &info, &arg, &indef, &at)
+        self._depth += 1
+        while indef or k < arg:
+            self._item(&key)
+            if key.kind == K_BREAK:
+                if not indef:
+                    self._fail(self._p - 1, "break inside a definite-length map")
+                break
+            if key.kind == K_OTHER and key.n == -1:
+                self._fail(key.at, "map key must be an integer or a string")
+            self._item(&val)
+            if val.kind == K_BREAK:
+                self._fail(self._p - 1, "break where a map value belongs")
+            k += 1
+            if key.kind == K_TEXT:
+                if key.n and key.p[key.n - 1] == b'_' and not r.mu:
+                    r.mu = True
+                    r.mu_p = key.p
+                    r.mu_n = key.n
+                continue
+            if key.kind != K_NUM or not key.is_int or key.d < -6 or key.d > 8:
+                continue
+            label = <int64_t>key.d
+            fi = _FIELD_OF[label + 6]
+            if fi < 0:
+                continue
+            r.f[fi].present = True
+            r.f[fi].kind = val.kind
+            r.f[fi].d = val.d
+            r.f[fi].p = val.p
+            r.f[fi].n = val.n
+        self._depth -= 1
+        return 0
+
+    cdef Py_ssize_t _parse(self, double now) except -1:
+        cdef int major, info, kind, nkinds
+        cdef uint64_t count, nrec = 0
+        cdef bint indef, has_bv = False, has_bs = False
+        cdef Py_ssize_t at, rat, nst = 0, nnum = 0, i, bnn = 0, nn, nlen, names_before
+        cdef double bt = 0.0, bv = 0.0, bs = 0.0, t
+        cdef const unsigned char* bnp = NULL
+        cdef const unsigned char* np
+        cdef Rec rec
+        cdef Field* f
+        cdef Staged* st
+        cdef unsigned char* name
+        cdef int64_t sid
+        self._head(&major, &info, &count, &indef, &at)
+        if major != 4:
+            self._fail(at, "a SenML pack must be an array of records")
+        while indef or nrec < count:
+            rat = self._p
+            kind = self._record(&rec, rat)
+            if kind == 1:  # a break
+                if not indef:
+                    self._fail(self._p - 1, "break inside a definite-length array")
+                break
+            nrec += 1
+            if nrec > <uint64_t>self.max_records:
+                self._fail(rat, f"more than max_records={self.max_records} records")
+            if kind == 2:
+                self._fail(rat, f"record {nrec - 1} is not a map")
+            f = rec.f
+            # semantic checks, in the reference's order
+            if rec.mu:
+                self._fail(rat, f"record {nrec - 1} has a must-understand label "
+                                f"{PyBytes_FromStringAndSize(<const char*>rec.mu_p, rec.mu_n).decode()!r}")
+            if f[F_BN].present:
+                if f[F_BN].kind != K_TEXT:
+                    self._fail(rat, f"record {nrec - 1}: bn must be text")
+                bnp = f[F_BN].p
+                bnn = f[F_BN].n
+            if f[F_BT].present:
+                bt = self._number(&f[F_BT], rat, "bt")
+            if f[F_BV].present:
+                bv = self._number(&f[F_BV], rat, "bv")
+                has_bv = True
+            if f[F_BS].present:
+                bs = self._number(&f[F_BS], rat, "bs")
+                has_bs = True
+            nkinds = f[F_V].present + f[F_VS].present + f[F_VB].present + f[F_VD].present + f[F_S].present
+            if nkinds == 0:
+                if not has_bv and not has_bs:
+                    if f[F_N].present or f[F_T].present:
+                        self._fail(rat, f"record {nrec - 1} has no value")
+                    continue
+            elif nkinds > 1 and not (nkinds == 2 and f[F_V].present and f[F_S].present):
+                self._fail(rat, f"record {nrec - 1} has several values")
+            np = NULL
+            nn = 0
+            if f[F_N].present:
+                if f[F_N].kind != K_TEXT:
+                    self._fail(rat, f"record {nrec - 1}: n must be text")
+                np = f[F_N].p
+                nn = f[F_N].n
+            nlen = bnn + nn
+            name = self._names + nst * (MAX_NAME + 1)
+            if nlen <= 128:
+                if bnn:
+                    memcpy(name, bnp, bnn)
+                if nn:
+                    memcpy(name + bnn, np, nn)
+            if nlen > 128 or not _valid_name(name, nlen):
+                full = (PyBytes_FromStringAndSize(<const char*>bnp, bnn) if bnn else b"") + \
+                    (PyBytes_FromStringAndSize(<const char*>np, nn) if nn else b"")
+                self._fail(rat, f"record {nrec - 1}: invalid name {full!r}")
+            t = bt + (self._number(&f[F_T], rat, "t") if f[F_T].present else 0.0)
+            if not isfinite(t):
+                self._fail(rat, f"record {nrec - 1}: time is not finite")
+            if t < 268435456.0:  # 2**28: relative to now (RFC 8428 §4.5.3)
+                t += now
+            st = &self._st[nst]
+            st.name_off = <uint32_t>(nst * (MAX_NAME + 1))
+            st.name_len = <uint32_t>nlen
+            st.t = t
+            st.at = rat
+            if f[F_V].present or (nkinds == 0 and has_bv):
+                st.kind = K_NUM
+                if f[F_V].present:
+                    st.v = self._number(&f[F_V], rat, "v")
+                    if has_bv:
+                        st.v = bv + st.v
+                else:
+                    st.v = bv
+                nnum += 1
+            elif f[F_S].present or (nkinds == 0 and has_bs):
+                st.kind = K_NUM
+                if f[F_S].present:
+                    st.v = self._number(&f[F_S], rat, "s")
+                    if has_bs:
+                        st.v = bs + st.v
+                else:
+                    st.v = bs
+                nnum += 1
+            elif f[F_VS].present:
+                if f[F_VS].kind != K_TEXT:
+                    self._fail(rat, f"record {nrec - 1}: vs must be str")
+                st.kind = K_TEXT
+                st.vp = f[F_VS].p
+                st.vn = f[F_VS].n
+            elif f[F_VB].present:
+                if f[F_VB].kind != K_BOOL:
+                    self._fail(rat, f"record {nrec - 1}: vb must be bool")
+                st.kind = K_BOOL
+                st.v = f[F_VB].d
+            else:
+                if f[F_VD].kind != K_BYTES:
+                    self._fail(rat, f"record {nrec - 1}: vd must be bytes")
+                st.kind = K_BYTES
+                st.vp = f[F_VD].p
+                st.vn = f[F_VD].n
+            nst += 1
+        if self._p != self._len:
+            self._fail(self._p, "bytes after the end of the pack")
+        if nst == 0:
+            self._fail(0, "the pack holds no reading")
+        # all checks passed: intern names (rolled back if the table fills), then append
+        names_before = len(self.names)
+        try:
+            for i in range(nst):
+                st = &self._st[i]
+                sid = self._lookup(self._names + st.name_off, st.name_len)
+                if sid < 0:
+                    sid = self._add_series(self._names + st.name_off, st.name_len, st.at)
+                st.name_off = <uint32_t>sid  # the field now holds the series id
+        except IngestError:
+            self._forget_series(names_before)
+            raise
+        if self._n + nnum > self._cap:
+            self._grow_columns(self._n + nnum)
+        for i in range(nst):
+            st = &self._st[i]
+            if st.kind == K_NUM:
+                self._sid[self._n] = st.name_off
+                self._t[self._n] = st.t
+                self._v[self._n] = st.v
+                self._n += 1
+            elif st.kind == K_TEXT:
+                self.other.append((st.name_off, st.t, PyBytes_FromStringAndSize(<const char*>st.vp, st.vn).decode()))
+            elif st.kind == K_BOOL:
+                self.other.append((st.name_off, st.t, st.v != 0))
+            else:
+                self.other.append((st.name_off, st.t, PyBytes_FromStringAndSize(<const char*>st.vp, st.vn)))
+        return nnum
+
+    cdef double _number(self, Field* f, Py_ssize_t at, str what) except? -1.5:
+        if f.kind != K_NUM:
+            self._fail(at, f"{what} must be a number")
+        return f.d
+
+    cdef int _forget_series(self, Py_ssize_t keep) except -1:
+        cdef Py_ssize_t sid
+        cdef uint64_t mask = self._hcap - 1, j, h
+        if len(self.names) == keep:
+            return 0
+        del self.names[keep:]
+        self._arena_n = self._noff[keep]
+        memset(self._hsid, 0xFF, self._hcap * sizeof(int64_t))
+        for sid in range(keep):
+            h = _fnv(self._arena + self._noff[sid], self._nlen[sid])
+            j = h & mask
+            while self._hsid[j] >= 0:
+                j = (j + 1) & mask
+            self._hh[j] = h
+            self._hsid[j] = sid
+        return 0
+
+
+# label (-6..8) -> field index, -1 for labels read but not needed (bu, bver, u, ut)
+cdef int _FIELD_OF[15]
+_FIELD_OF[:] = [F_BS, F_BV, -1, F_BT, F_BN, -1, F_N, -1, F_V, F_VS, F_VB, F_S, F_T, -1, F_VD]
+
+
+cdef object _bytes_view(object payload):
+    if isinstance(payload, bytes) and len(payload) == 0:
+        return memoryview(b"\x00")[:0]
+    return memoryview(payload).cast("B") if not isinstance(payload, bytes) else memoryview(payload)

@@ -1,0 +1,137 @@
+import json
+import math
+from pathlib import Path
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from core_ext import implementations
+from core_ext.ingest import IngestError
+
+IMPLS = implementations("ingest")
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "frames.json").read_text())
+
+
+@pytest.fixture(params=sorted(IMPLS))
+def impl(request):
+    return IMPLS[request.param]
+
+
+def parse(impl, payload, now=1000.0, **kw):
+    p = impl.Parser(**kw)
+    n = p.parse(payload, now)
+    sids, ts, vs, other = p.take()
+    return n, p.names, list(zip(sids, ts, vs)), other
+
+
+def test_golden_frames(impl):
+    p = impl.Parser()
+    total = 0
+    for v in VECTORS["frames"]:
+        total += p.parse(bytes.fromhex(v["senml_hex"]), 0.0)
+    sids, ts, vs, other = p.take()
+    assert total == len(sids) == 13 and other == []
+    assert p.names == ["pump3/temp", "pump3/vib", "n-7_x/p", "press1/pressure"]
+    assert list(vs[:3]) == [21.5, 21.0625, 2.015625]
+    assert math.copysign(1, vs[10]) == -1  # -0.0 keeps its sign
+    assert len(p) == 0 and p.take()[0].tolist() == []
+
+
+def test_rfc8428_features(impl):
+    recs = [{-2: "dev/", -3: 1.32e9, -5: 10.0, 0: "a", 2: 1.5}, {0: "b", 6: 1}, {0: "c", 3: "open"},
+            {0: "d", 4: False}, {0: "e", 8: b"\x00\x01"}, {-6: 100, 0: "f", 5: 2}, {0: "g", 2: 1, 6: -5e8},
+            {"unknown": 1, 99: [1, {2: 3}], 0: "h", 2: 7}]
+    n, names, rows, other = parse(impl, cbor2.dumps(recs), now=50.0)
+    assert n == 5
+    assert names == ["dev/a", "dev/b", "dev/c", "dev/d", "dev/e", "dev/f", "dev/g", "dev/h"]
+    assert rows == [(0, 1.32e9, 11.5), (1, 1.32e9 + 1, 10.0), (5, 1.32e9, 102.0), (6, 1.32e9 - 5e8, 11.0),
+                    (7, 1.32e9, 17.0)]
+    assert other == [(2, 1.32e9, "open"), (3, 1.32e9, False), (4, 1.32e9, b"\x00\x01")]
+
+
+def test_relative_time_and_indefinite_lengths(impl):
+    payload = b"\x9f" + b"\xbf" + cbor2.dumps(0) + cbor2.dumps("x") + cbor2.dumps(2) + cbor2.dumps(1.5) \
+        + cbor2.dumps(6) + cbor2.dumps(-2) + b"\xff\xff"
+    n, names, rows, _ = parse(impl, payload, now=100.0)
+    assert (n, names, rows) == (1, ["x"], [(0, 98.0, 1.5)])
+
+
+@pytest.mark.parametrize("payload, offset, msg", [
+    (b"", 0, "truncated"), (b"\xa0", 0, "must be an array"), (b"\x81\x01", 1, "not a map"),
+    (b"\x82\xa2\x00\x61x\x02\x01\xa1", 8, "truncated"), (cbor2.dumps([{0: "x", 2: "1"}]), 1, "v must be a number"),
+    (cbor2.dumps([{0: "x"}]), 1, "no value"), (cbor2.dumps([{0: " x", 2: 1}]), 1, "invalid name"),
+    (cbor2.dumps([{0: "x", 2: 1, 3: "a"}]), 1, "several values"), (cbor2.dumps([{0: "x", 2: 1, "m_": 1}]), 1,
+                                                                     "must-understand"),
+    (cbor2.dumps([{0: "x", 2: 1}]) + b"\x00", 7, "bytes after"), (b"\x81\xc1\x00", 1, "tag"),
+    (b"\x81\xa1\x00\x62\xff\xfe", 3, "UTF-8"), (cbor2.dumps([{0: "x" * 200, 2: 1}]), 1, "invalid name"),
+    (b"\x81" + b"\x81" * 20 + b"\x00", 17, "nested"), (cbor2.dumps([{}]), 0, "no reading"),
+])
+def test_errors_name_the_offset(impl, payload, offset, msg):
+    with pytest.raises(IngestError, match=msg) as info:
+        parse(impl, payload)
+    assert info.value.offset == offset
+
+
+def test_bounds_and_all_or_nothing(impl):
+    p = impl.Parser(max_series=2, max_records=3)
+    with pytest.raises(IngestError, match="max_records"):
+        p.parse(cbor2.dumps([{0: "a", 2: 1}] * 4), 0.0)
+    p.parse(cbor2.dumps([{0: "a", 2: 1}]), 0.0)
+    with pytest.raises(IngestError, match="max_series"):
+        p.parse(cbor2.dumps([{0: "b", 2: 1}, {0: "c", 2: 1}]), 0.0)
+    assert p.names == ["a"]  # nothing of the failed payload stayed
+    sids, ts, vs, _ = p.take()
+    assert list(vs) == [1.0]
+    assert p.series_id("b") == 1 and p.series_id("a") == 0
+
+
+# -- one truth: the compiled parser equals the reference on anything ---------------------------
+
+label = st.sampled_from([-6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, "x", "y_"])
+scalar = (st.integers(-(2**64), 2**64 - 1) | st.floats(width=16) | st.floats(width=32) | st.floats()
+          | st.text(alphabet="ab/:-_ é", max_size=6) | st.binary(max_size=4) | st.booleans() | st.none())
+record = st.dictionaries(label, scalar | st.lists(scalar, max_size=2), max_size=6)
+names = st.sampled_from(["n1/", "n2/", "", "bad name/"])
+
+
+@st.composite
+def packs(draw):
+    recs = draw(st.lists(record, min_size=0, max_size=10))
+    if recs and draw(st.booleans()):
+        recs[0][-2] = draw(names)
+    data = cbor2.dumps(recs)
+    if draw(st.integers(0, 3)) == 0 and data:  # sometimes damage it
+        i = draw(st.integers(0, len(data) - 1))
+        data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1:]
+    if draw(st.integers(0, 5)) == 0:
+        data = data[:draw(st.integers(0, len(data)))]
+    return data
+
+
+def outcome(impl, data, max_series=5):
+    p = impl.Parser(max_series=max_series, max_records=8)
+    try:
+        n = p.parse(data, 123.0)
+    except IngestError as exc:
+        return ("error", exc.offset, p.names, [bytes(c) for c in p.take()[:3]])
+    sids, ts, vs, other = p.take()
+    return ("ok", n, p.names, bytes(sids), bytes(ts), _nan_safe(vs), other)
+
+
+def _nan_safe(vs):
+    return [("nan" if v != v else v.hex()) for v in vs]
+
+
+@pytest.mark.skipif("cython" not in IMPLS, reason="compiled module not built (the reference alone is tested)")
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(packs())
+def test_compiled_equals_reference(data):
+    assert outcome(IMPLS["cython"], data) == outcome(IMPLS["python"], data)
+
+
+@pytest.mark.skipif("cython" not in IMPLS, reason="compiled module not built (the reference alone is tested)")
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_random_bytes(data):
+    assert outcome(IMPLS["cython"], data) == outcome(IMPLS["python"], data)
