@@ -9,7 +9,7 @@ object is made per reading in `add_columns`.
 from cpython cimport array
 from libc.math cimport floor, fabs, isfinite, INFINITY
 from libc.stdint cimport int64_t, uint64_t
-from libc.stdlib cimport malloc, free, qsort
+from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.string cimport memset
 
 import array as _array
@@ -44,6 +44,22 @@ cdef inline uint64_t _hash(int64_t sid, int64_t idx) nogil:
     return h
 
 
+cdef inline void _update(Window* w, double t, double v) noexcept nogil:
+    w.count += 1
+    if v < w.vmin:
+        w.vmin = v
+    if v > w.vmax:
+        w.vmax = v
+    w.vsum += v
+    w.sumsq += v * v
+    if t < w.first_t:
+        w.first = v
+        w.first_t = t
+    if t >= w.last_t:
+        w.last = v
+        w.last_t = t
+
+
 cdef int _cmp(const void* a, const void* b) noexcept nogil:
     cdef const Window* x = <const Window*>a
     cdef const Window* y = <const Window*>b
@@ -64,9 +80,15 @@ cdef class Aggregator:
     cdef Window* _slots
     cdef Py_ssize_t _cap      # power of two
     cdef Py_ssize_t _n        # windows open
+    # per series id (dense, small ids): the slot of its newest window, +1 (0 = none). Readings
+    # of a series mostly fall in its newest window: one compare instead of a hash probe.
+    cdef int64_t* _last
+    cdef Py_ssize_t _nlast
 
     def __cinit__(self):
         self._slots = NULL
+        self._last = NULL
+        self._nlast = 0
 
     def __init__(self, double width, double lateness=0.0, Py_ssize_t max_open=1_000_000):
         if not (width > 0 and isfinite(width)):
@@ -86,6 +108,23 @@ cdef class Aggregator:
 
     def __dealloc__(self):
         free(self._slots)
+        free(self._last)
+
+    cdef inline void _forget_last(self) noexcept nogil:
+        if self._nlast:
+            memset(self._last, 0, self._nlast * sizeof(int64_t))
+
+    cdef int _grow_last(self, int64_t sid) except -1:
+        cdef Py_ssize_t n = self._nlast if self._nlast else 1024
+        while n <= sid:
+            n *= 2
+        cdef int64_t* p = <int64_t*>realloc(self._last, n * sizeof(int64_t))
+        if p == NULL:
+            raise MemoryError()
+        memset(p + self._nlast, 0, (n - self._nlast) * sizeof(int64_t))
+        self._last = p
+        self._nlast = n
+        return 0
 
     cdef int _alloc(self, Py_ssize_t cap) except -1:
         cdef Window* slots = <Window*>malloc(cap * sizeof(Window))
@@ -95,6 +134,7 @@ cdef class Aggregator:
         free(self._slots)
         self._slots = slots
         self._cap = cap
+        self._forget_last()  # slots moved
         return 0
 
     cdef int _rehash(self, Py_ssize_t cap, bint keep_all, double watermark, Window* out, Py_ssize_t* nout) except -1:
@@ -151,6 +191,11 @@ cdef class Aggregator:
         if idx * self.width + self.width + self.lateness <= self._high:
             self.late += 1
             return 0
+        if 0 <= sid < self._nlast and self._last[sid]:
+            w = &self._slots[self._last[sid] - 1]
+            if w.used and w.sid == sid and w.idx == idx:
+                _update(w, t, v)
+                return 1
         mask = self._cap - 1
         j = _hash(sid, idx) & mask
         while True:
@@ -158,6 +203,7 @@ cdef class Aggregator:
             if not w.used:
                 break
             if w.sid == sid and w.idx == idx:
+                self._remember(sid, j)
                 w.count += 1
                 if v < w.vmin:
                     w.vmin = v
@@ -193,7 +239,16 @@ cdef class Aggregator:
         w.last = v
         w.last_t = t
         self._n += 1
+        self._remember(sid, j)
         return 1
+
+    cdef inline int _remember(self, int64_t sid, uint64_t j) except -1:
+        if sid < 0 or sid >= (1 << 24):
+            return 0  # sparse or huge ids: no cache, the hash serves
+        if sid >= self._nlast:
+            self._grow_last(sid)
+        self._last[sid] = j + 1
+        return 0
 
     def add(self, sid, t, v):
         """Add one reading. False if it was dropped (late or invalid)."""
