@@ -2,19 +2,20 @@
 """Tumbling-window aggregation, compiled. Same API and results, bit for bit, as
 `_aggregate_py` (the specification; read its docstring for the semantics).
 
-Open windows live in C arrays (96 bytes each) indexed by an open-addressing hash
-of (series id, window index) with linear probing, at most half full. No Python
-object is made per reading in `add_columns`.
+Open windows live in a dense C array (136 bytes each, grown by half as needed)
+indexed by an open-addressing hash of (series id, window index) with linear
+probing, at most half full, of 4-byte slots; about 200-300 bytes per open
+window in all. No Python object is made per reading in `add_columns`.
 """
 from cpython cimport array
 from libc.math cimport floor, fabs, isfinite, INFINITY
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.string cimport memset
 
 import array as _array
 
-FIELDS = ("sid", "start", "count", "min", "max", "sum", "sumsq", "first", "last")
+FIELDS = ("sid", "start", "count", "min", "max", "sum", "sumsq", "first", "last", "twa", "correction")
 
 cdef double _IDX_LIMIT = 4611686018427387904.0  # 2**62
 
@@ -30,7 +31,11 @@ ctypedef struct Window:
     double first_t
     double last
     double last_t
-    int64_t used
+    double area     # sum of value x duration, in time order (for twa)
+    double prev_v
+    double prev_t
+    double t0       # time of the first reading added
+    int64_t correction
 
 cdef array.array _Q = _array.array("q")
 cdef array.array _D = _array.array("d")
@@ -58,6 +63,10 @@ cdef inline void _update(Window* w, double t, double v) noexcept nogil:
     if t >= w.last_t:
         w.last = v
         w.last_t = t
+    if t >= w.prev_t:
+        w.area += w.prev_v * (t - w.prev_t)
+        w.prev_v = v
+        w.prev_t = t
 
 
 cdef int _cmp(const void* a, const void* b) noexcept nogil:
@@ -76,27 +85,35 @@ cdef class Aggregator:
     cdef readonly Py_ssize_t max_open
     cdef readonly long long late
     cdef readonly long long invalid
+    cdef readonly str late_policy
+    cdef bint _correct
     cdef double _high
-    cdef Window* _slots
+    cdef Window* _win         # open windows, dense: _win[0 .. _n)
+    cdef Py_ssize_t _n, _wcap
+    cdef int32_t* _slot       # hash of (sid, idx) -> index into _win, -1 empty; at most half full
     cdef Py_ssize_t _cap      # power of two
-    cdef Py_ssize_t _n        # windows open
-    # per series id (dense, small ids): the slot of its newest window, +1 (0 = none). Readings
+    # per series id (dense, small ids): index of its newest window + 1 (0 = none). Readings
     # of a series mostly fall in its newest window: one compare instead of a hash probe.
-    cdef int64_t* _last
+    cdef int32_t* _last
     cdef Py_ssize_t _nlast
 
     def __cinit__(self):
-        self._slots = NULL
+        self._win = NULL
+        self._slot = NULL
         self._last = NULL
         self._nlast = 0
 
-    def __init__(self, double width, double lateness=0.0, Py_ssize_t max_open=1_000_000):
+    def __init__(self, double width, double lateness=0.0, Py_ssize_t max_open=1_000_000, str late_policy="drop"):
         if not (width > 0 and isfinite(width)):
             raise ValueError(f"width must be a positive number of seconds, got {width!r}")
         if not (lateness >= 0 and isfinite(lateness)):
             raise ValueError(f"lateness must be zero or a positive number of seconds, got {lateness!r}")
-        if max_open < 1:
-            raise ValueError(f"max_open must be at least 1, got {max_open!r}")
+        if max_open < 1 or max_open > 1 << 30:
+            raise ValueError(f"max_open must be from 1 to 2**30, got {max_open!r}")
+        if late_policy not in ("drop", "correct"):
+            raise ValueError(f"late_policy must be 'drop' or 'correct', got {late_policy!r}")
+        self.late_policy = late_policy
+        self._correct = late_policy == "correct"
         self.width = width
         self.lateness = lateness
         self.max_open = max_open
@@ -104,71 +121,59 @@ cdef class Aggregator:
         self.invalid = 0
         self._high = -INFINITY
         self._n = 0
-        self._alloc(64)
+        self._wcap = 0
+        self._reserve(32)
+        self._rehash(64)
 
     def __dealloc__(self):
-        free(self._slots)
+        free(self._win)
+        free(self._slot)
         free(self._last)
 
-    cdef inline void _forget_last(self) noexcept nogil:
+    cdef int _reserve(self, Py_ssize_t need) except -1:
+        cdef Py_ssize_t cap = self._wcap if self._wcap else 32
+        cdef Window* w
+        while cap < need:
+            cap = cap * 3 // 2 + 1
+        if cap != self._wcap:
+            w = <Window*>realloc(self._win, cap * sizeof(Window))
+            if w == NULL:
+                raise MemoryError()
+            self._win = w
+            self._wcap = cap
+        return 0
+
+    cdef int _rehash(self, Py_ssize_t cap) except -1:
+        """Rebuild the hash over _win[0 .. _n) with `cap` slots; forget the per-series cache."""
+        cdef int32_t* slot = <int32_t*>malloc(cap * sizeof(int32_t))
+        cdef Py_ssize_t i
+        cdef uint64_t mask = cap - 1, j
+        if slot == NULL:
+            raise MemoryError()
+        memset(slot, 0xFF, cap * sizeof(int32_t))
+        for i in range(self._n):
+            j = _hash(self._win[i].sid, self._win[i].idx) & mask
+            while slot[j] >= 0:
+                j = (j + 1) & mask
+            slot[j] = <int32_t>i
+        free(self._slot)
+        self._slot = slot
+        self._cap = cap
         if self._nlast:
-            memset(self._last, 0, self._nlast * sizeof(int64_t))
+            memset(self._last, 0, self._nlast * sizeof(int32_t))
+        return 0
 
     cdef int _grow_last(self, int64_t sid) except -1:
         cdef Py_ssize_t n = self._nlast if self._nlast else 1024
         while n <= sid:
             n *= 2
-        cdef int64_t* p = <int64_t*>realloc(self._last, n * sizeof(int64_t))
+        cdef int32_t* p = <int32_t*>realloc(self._last, n * sizeof(int32_t))
         if p == NULL:
             raise MemoryError()
-        memset(p + self._nlast, 0, (n - self._nlast) * sizeof(int64_t))
+        memset(p + self._nlast, 0, (n - self._nlast) * sizeof(int32_t))
         self._last = p
         self._nlast = n
         return 0
-
-    cdef int _alloc(self, Py_ssize_t cap) except -1:
-        cdef Window* slots = <Window*>malloc(cap * sizeof(Window))
-        if slots == NULL:
-            raise MemoryError()
-        memset(slots, 0, cap * sizeof(Window))
-        free(self._slots)
-        self._slots = slots
-        self._cap = cap
-        self._forget_last()  # slots moved
-        return 0
-
-    cdef int _rehash(self, Py_ssize_t cap, bint keep_all, double watermark, Window* out, Py_ssize_t* nout) except -1:
-        """Move the open windows to a table of `cap` slots. Unless keep_all, windows due at
-        `watermark` go to `out` instead."""
-        cdef Window* old = self._slots
-        cdef Py_ssize_t oldcap = self._cap, i
-        cdef Window* w
-        self._slots = NULL
-        try:
-            self._alloc(cap)
-        except MemoryError:
-            self._slots = old
-            raise
-        self._n = 0
-        for i in range(oldcap):
-            w = &old[i]
-            if not w.used:
-                continue
-            if not keep_all and (w.idx * self.width + self.width + self.lateness <= watermark):
-                out[nout[0]] = w[0]
-                nout[0] += 1
-            else:
-                self._insert_copy(w)
-        free(old)
-        return 0
-
-    cdef inline void _insert_copy(self, Window* src) noexcept nogil:
-        cdef uint64_t mask = self._cap - 1
-        cdef uint64_t j = _hash(src.sid, src.idx) & mask
-        while self._slots[j].used:
-            j = (j + 1) & mask
-        self._slots[j] = src[0]
-        self._n += 1
 
     @property
     def open_windows(self):
@@ -179,7 +184,9 @@ cdef class Aggregator:
         cdef double q
         cdef int64_t idx
         cdef uint64_t mask, j
+        cdef int32_t k
         cdef Window* w
+        cdef int64_t correction = 0
         if v != v or not isfinite(t):
             self.invalid += 1
             return 0
@@ -190,43 +197,34 @@ cdef class Aggregator:
         idx = <int64_t>floor(q)
         if idx * self.width + self.width + self.lateness <= self._high:
             self.late += 1
-            return 0
+            if not self._correct:
+                return 0
+            correction = 1
         if 0 <= sid < self._nlast and self._last[sid]:
-            w = &self._slots[self._last[sid] - 1]
-            if w.used and w.sid == sid and w.idx == idx:
+            w = &self._win[self._last[sid] - 1]
+            if w.sid == sid and w.idx == idx:
                 _update(w, t, v)
                 return 1
         mask = self._cap - 1
         j = _hash(sid, idx) & mask
         while True:
-            w = &self._slots[j]
-            if not w.used:
+            k = self._slot[j]
+            if k < 0:
                 break
+            w = &self._win[k]
             if w.sid == sid and w.idx == idx:
-                self._remember(sid, j)
-                w.count += 1
-                if v < w.vmin:
-                    w.vmin = v
-                if v > w.vmax:
-                    w.vmax = v
-                w.vsum += v
-                w.sumsq += v * v
-                if t < w.first_t:
-                    w.first = v
-                    w.first_t = t
-                if t >= w.last_t:
-                    w.last = v
-                    w.last_t = t
+                self._remember(sid, k)
+                _update(w, t, v)
                 return 1
             j = (j + 1) & mask
         # a new window
         if self._n >= self.max_open:
             raise OverflowError(f"more than max_open={self.max_open} windows open: close windows more often "
                                 "or raise max_open")
-        if 2 * (self._n + 1) > self._cap:
-            self._rehash(self._cap * 2, True, 0.0, NULL, NULL)
-            return self._add(sid, t, v)
-        w.used = 1
+        if self._n >= self._wcap:
+            self._reserve(self._n + 1)
+        k = <int32_t>self._n
+        w = &self._win[k]
         w.sid = sid
         w.idx = idx
         w.count = 1
@@ -238,16 +236,24 @@ cdef class Aggregator:
         w.first_t = t
         w.last = v
         w.last_t = t
+        w.area = 0.0
+        w.prev_v = v
+        w.prev_t = t
+        w.t0 = t
+        w.correction = correction
         self._n += 1
-        self._remember(sid, j)
+        self._slot[j] = k
+        if 2 * self._n > self._cap:
+            self._rehash(self._cap * 2)
+        self._remember(sid, k)
         return 1
 
-    cdef inline int _remember(self, int64_t sid, uint64_t j) except -1:
+    cdef inline int _remember(self, int64_t sid, int32_t k) except -1:
         if sid < 0 or sid >= (1 << 24):
             return 0  # sparse or huge ids: no cache, the hash serves
         if sid >= self._nlast:
             self._grow_last(sid)
-        self._last[sid] = j + 1
+        self._last[sid] = k + 1
         return 0
 
     def add(self, sid, t, v):
@@ -280,24 +286,28 @@ cdef class Aggregator:
 
     cdef dict _close(self, bint everything, double watermark):
         cdef Window* out = <Window*>malloc((self._n if self._n else 1) * sizeof(Window))
-        cdef Py_ssize_t nout = 0, i, cap
+        cdef Py_ssize_t nout = 0, keep = 0, i, cap
+        cdef Window* w
         if out == NULL:
             raise MemoryError()
         try:
-            if everything:
-                for i in range(self._cap):
-                    if self._slots[i].used:
-                        out[nout] = self._slots[i]
-                        nout += 1
-                self._alloc(64)
-                self._n = 0
-            else:
-                cap = self._cap
-                self._rehash(cap, False, watermark, out, &nout)
-                while cap > 64 and 8 * self._n < cap:  # shrink after a burst of series
-                    cap //= 2
-                if cap != self._cap:
-                    self._rehash(cap, True, 0.0, NULL, NULL)
+            for i in range(self._n):
+                w = &self._win[i]
+                if everything or w.idx * self.width + self.width + self.lateness <= watermark or w.correction:
+                    out[nout] = w[0]
+                    nout += 1
+                else:
+                    if keep != i:
+                        self._win[keep] = w[0]
+                    keep += 1
+            self._n = keep
+            cap = 64
+            while cap < 2 * keep:
+                cap *= 2
+            if keep < self._wcap // 4 and self._wcap > 64:  # shrink after a burst of series
+                self._wcap = 0
+                self._reserve(keep + 32)
+            self._rehash(cap)
             qsort(out, nout, sizeof(Window), _cmp)
             return _columns(out, nout, self.width)
         finally:
@@ -306,7 +316,7 @@ cdef class Aggregator:
 
 cdef dict _columns(Window* out, Py_ssize_t n, double width):
     cdef array.array sid = array.clone(_Q, n, False)
-    cdef array.array start = array.clone(_D, n, False)
+    cdef array.array starts = array.clone(_D, n, False)
     cdef array.array count = array.clone(_Q, n, False)
     cdef array.array vmin = array.clone(_D, n, False)
     cdef array.array vmax = array.clone(_D, n, False)
@@ -314,10 +324,18 @@ cdef dict _columns(Window* out, Py_ssize_t n, double width):
     cdef array.array sumsq = array.clone(_D, n, False)
     cdef array.array first = array.clone(_D, n, False)
     cdef array.array last = array.clone(_D, n, False)
+    cdef array.array twa = array.clone(_D, n, False)
+    cdef array.array corr = array.clone(_Q, n, False)
     cdef Py_ssize_t i
+    cdef double end, span
     for i in range(n):
         sid.data.as_longlongs[i] = out[i].sid
-        start.data.as_doubles[i] = out[i].idx * width
+        starts.data.as_doubles[i] = out[i].idx * width
+        end = out[i].idx * width + width
+        span = end - out[i].t0
+        twa.data.as_doubles[i] = (out[i].area + out[i].prev_v * (end - out[i].prev_t)) / span if span > 0 \
+            else out[i].prev_v
+        corr.data.as_longlongs[i] = out[i].correction
         count.data.as_longlongs[i] = out[i].count
         vmin.data.as_doubles[i] = out[i].vmin
         vmax.data.as_doubles[i] = out[i].vmax
@@ -325,8 +343,8 @@ cdef dict _columns(Window* out, Py_ssize_t n, double width):
         sumsq.data.as_doubles[i] = out[i].sumsq
         first.data.as_doubles[i] = out[i].first
         last.data.as_doubles[i] = out[i].last
-    return {"sid": sid, "start": start, "count": count, "min": vmin, "max": vmax, "sum": vsum,
-            "sumsq": sumsq, "first": first, "last": last}
+    return {"sid": sid, "start": starts, "count": count, "min": vmin, "max": vmax, "sum": vsum,
+            "sumsq": sumsq, "first": first, "last": last, "twa": twa, "correction": corr}
 
 
 cdef object _as_q(object x):

@@ -66,6 +66,8 @@ class MqttSection:
 class AggregateSection:
     widths: tuple[float, ...] = (10.0,)
     lateness: float = 2.0
+    late_policy: str = "drop"
+    max_open: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,12 @@ def _validate(cfg: Config) -> None:
     if not cfg.aggregate.widths or any(w <= 0 for w in cfg.aggregate.widths):
         raise ConfigError("[aggregate] widths", f"{list(cfg.aggregate.widths)} is invalid",
                           "list positive window widths in seconds, e.g. widths = [10, 60]")
+    if cfg.aggregate.late_policy not in ("drop", "correct"):
+        raise ConfigError("[aggregate] late_policy", f"{cfg.aggregate.late_policy!r} is not a policy",
+                          'write late_policy = "drop" (count and drop late readings) or "correct" (emit corrections)')
+    if cfg.aggregate.max_open < 1000:
+        raise ConfigError("[aggregate] max_open", f"{cfg.aggregate.max_open} is too small",
+                          "allow at least one open window per series and width (about 150 bytes each)")
     if cfg.aggregate.lateness < 0:
         raise ConfigError("[aggregate] lateness", "must not be negative", "write lateness = 2.0")
     tls = (cfg.mqtt.tls_cert, cfg.mqtt.tls_key)

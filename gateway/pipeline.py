@@ -65,7 +65,8 @@ class Pipeline:
         self._space = asyncio.Event()
         self._space.set()
         self._max_pending = cfg.spool.commit_max_frames * 8
-        self._aggs = [Aggregator(w, cfg.aggregate.lateness) for w in cfg.aggregate.widths]
+        self._aggs = [Aggregator(w, cfg.aggregate.lateness, cfg.aggregate.max_open, cfg.aggregate.late_policy)
+                      for w in cfg.aggregate.widths]
         self._late_seen = 0
         self._carry = None  # parsed columns of frames queued behind the group being committed
         self._warn = RateLimited(log)
@@ -252,9 +253,9 @@ class Pipeline:
         for width, agg in zip(self.cfg.aggregate.widths, self._aggs):
             cols = agg.flush() if flush else agg.close(watermark)
             for i in range(len(cols["sid"])):
-                self._windows.append(batch.window_body(
-                    names[cols["sid"][i]], width, cols["start"][i], cols["count"][i], cols["min"][i],
-                    cols["max"][i], cols["sum"][i], cols["sumsq"][i], cols["first"][i], cols["last"][i]))
+                self._windows.append(batch.window_body(names[cols["sid"][i]], width, *(
+                    cols[f][i] for f in ("start", "count", "min", "max", "sum", "sumsq", "first", "last", "twa",
+                                         "correction"))))
                 n += 1
         late = sum(a.late for a in self._aggs)
         if late != self._late_seen:

@@ -4,7 +4,7 @@ A batch is one CBOR map published on `headrace/v1/<site>/<gateway>/data`:
 
     {"v": 1, "gw": "<gateway>", "site": "<site>",
      "frames":  [[node, seq, received, senml], ...],
-     "windows": [[series, width, start, count, min, max, sum, sumsq, first, last], ...]}
+     "windows": [[series, width, start, count, min, max, sum, sumsq, first, last, twa, correction], ...]}
 
 `frames` carry each node's verified SenML pack as it arrived (CBOR bytes),
 with the (node, seq) that identifies it and the gateway's reception time, which
@@ -22,7 +22,8 @@ import cbor2
 from core_ext.ingest import Parser
 
 VERSION = 1
-WINDOW_FIELDS = ("series", "width", "start", "count", "min", "max", "sum", "sumsq", "first", "last")
+WINDOW_FIELDS = ("series", "width", "start", "count", "min", "max", "sum", "sumsq", "first", "last", "twa",
+                 "correction")
 
 
 def _head(major: int, n: int) -> bytes:
@@ -41,8 +42,8 @@ def frame_body(node: str, seq: int, received: float, senml: bytes) -> bytes:
 
 
 def window_body(series: str, width: float, start: float, count: int, vmin: float, vmax: float,
-                vsum: float, sumsq: float, first: float, last: float) -> bytes:
-    return cbor2.dumps([series, width, start, count, vmin, vmax, vsum, sumsq, first, last])
+                vsum: float, sumsq: float, first: float, last: float, twa: float, correction: int) -> bytes:
+    return cbor2.dumps([series, width, start, count, vmin, vmax, vsum, sumsq, first, last, twa, correction])
 
 
 def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes]) -> bytes:
@@ -100,4 +101,5 @@ def rows(batch: dict) -> Iterator[dict]:
         mean = row["sum"] / count if count else math.nan
         yield {"gw": gw, "node": node, "sensor": sensor, "window": {"start": row["start"], "width": row["width"]},
                "count": count, "min": row["min"], "max": row["max"], "mean": mean,
-               "first": row["first"], "last": row["last"], "sumsq": row["sumsq"]}
+               "first": row["first"], "last": row["last"], "sumsq": row["sumsq"], "twa": row["twa"],
+               "correction": bool(row["correction"])}

@@ -8,13 +8,15 @@ from core_ext import implementations
 
 IMPLS = implementations("aggregate")
 
-FIELDS = ("sid", "start", "count", "min", "max", "sum", "sumsq", "first", "last")
+FIELDS = ("sid", "start", "count", "min", "max", "sum", "sumsq", "first", "last", "twa", "correction")
+BASIC = FIELDS[:9]
 
 
-def rows(cols):
+def rows(cols, fields=BASIC):
     assert tuple(cols) == FIELDS
     assert cols["sid"].typecode == "q" and cols["count"].typecode == "q" and cols["min"].typecode == "d"
-    return list(zip(*(cols[f] for f in FIELDS)))
+    assert cols["correction"].typecode == "q" and cols["twa"].typecode == "d"
+    return list(zip(*(cols[f] for f in fields)))
 
 
 def test_windows_and_statistics(agg_impl):
@@ -24,6 +26,7 @@ def test_windows_and_statistics(agg_impl):
     assert a.open_windows == 2
     assert rows(a.close(10.0)) == [(1, 0.0, 3, 1.0, 3.0, 6.0, 14.0, 3.0, 1.0)]
     assert rows(a.flush()) == [(1, 10.0, 1, 7.0, 7.0, 7.0, 49.0, 7.0, 7.0)]
+    assert rows(a.flush()) == []
     assert a.open_windows == 0
 
 
@@ -64,6 +67,31 @@ def test_invalid_values_and_times(agg_impl):
     assert a.add(1, 1.0, math.inf)
 
 
+def test_time_weighted_mean(agg_impl):
+    a = agg_impl.Aggregator(10.0)
+    # 1.0 held from t=0 to 2, 3.0 from 2 to 10: (2*1 + 8*3) / 10
+    a.add(1, 0.0, 1.0)
+    a.add(1, 2.0, 3.0)
+    a.add(1, 1.0, 100.0)  # out of time order: in count and max, not in twa
+    (r,) = rows(a.flush(), ("count", "max", "twa"))
+    assert r == (3, 100.0, 2.6)
+    a.add(2, 5.0, 4.0)  # one reading, held to the end of its window
+    assert rows(a.flush(), ("twa",)) == [(4.0,)]
+
+
+def test_late_policy_correct_emits_a_correction_window(agg_impl):
+    a = agg_impl.Aggregator(10.0, late_policy="correct")
+    a.add(1, 1.0, 5.0)
+    assert rows(a.close(10.0), ("start", "count", "correction")) == [(0.0, 1, 0)]
+    assert a.add(1, 2.0, 7.0) and a.add(1, 3.0, 9.0)  # late, but kept
+    a.add(1, 15.0, 1.0)
+    out = rows(a.close(10.0), ("start", "count", "sum", "min", "correction"))
+    assert out == [(0.0, 2, 16.0, 7.0, 1)]  # emitted at once, whatever the watermark
+    assert a.late == 2 and a.open_windows == 1
+    with pytest.raises(ValueError, match="late_policy"):
+        agg_impl.Aggregator(1.0, late_policy="keep")
+
+
 def test_max_open(agg_impl):
     a = agg_impl.Aggregator(1.0, max_open=3)
     for sid in range(3):
@@ -97,13 +125,14 @@ events = st.lists(st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(events, st.sampled_from([0.5, 1.0, 7.0, 60.0]), st.sampled_from([0.0, 0.25, 30.0]))
-def test_compiled_equals_reference(evs, width, lateness):
+@given(events, st.sampled_from([0.5, 1.0, 7.0, 60.0]), st.sampled_from([0.0, 0.25, 30.0]),
+       st.sampled_from(["drop", "correct"]))
+def test_compiled_equals_reference(evs, width, lateness, policy):
     agg_impls = IMPLS
     if "cython" not in agg_impls:
         pytest.skip("compiled module not built (the reference alone is tested)")
-    ref = agg_impls["python"].Aggregator(width, lateness)
-    fast = agg_impls["cython"].Aggregator(width, lateness)
+    ref = agg_impls["python"].Aggregator(width, lateness, late_policy=policy)
+    fast = agg_impls["cython"].Aggregator(width, lateness, late_policy=policy)
     for ev in evs:
         if ev[0] == "add":
             assert ref.add(*ev[1:]) == fast.add(*ev[1:])

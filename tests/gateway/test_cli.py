@@ -11,7 +11,7 @@ from gateway.uplink import batch
 def sample_batch() -> bytes:
     f = batch.frame_body("pump1", 3, 1700000001.0, cbor2.dumps([{-2: "pump1/", -3: 1700000000.5, 0: "temp", 2: 21.25},
                                                               {0: "vib", 2: 0.5}]))
-    w = batch.window_body("pump1/temp", 10.0, 1700000000.0, 2, 21.0, 21.5, 42.5, 903.25, 21.0, 21.5)
+    w = batch.window_body("pump1/temp", 10.0, 1700000000.0, 2, 21.0, 21.5, 42.5, 903.25, 21.0, 21.5, 21.3, 0)
     return batch.encode("gw1", "site1", [f], [w])
 
 

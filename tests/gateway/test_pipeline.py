@@ -112,8 +112,9 @@ def test_windows_closed_into_spool(tmp_path):
             if rows:
                 break
             await asyncio.sleep(0.01)
-        series, width, start, count, vmin, vmax, vsum, sumsq, first, last = cbor2.loads(rows[0][2])
-        assert (series, width, start, count, vmin, vmax, vsum, first, last) == \
-            ("n1/temp", 10.0, 1_700_000_000.0, 3, 1.0, 3.0, 6.0, 1.0, 2.0)
+        series, width, start, count, vmin, vmax, vsum, sumsq, first, last, twa, corr = cbor2.loads(rows[0][2])
+        assert (series, width, start, count, vmin, vmax, vsum, sumsq, first, last, corr) == \
+            ("n1/temp", 10.0, 1_700_000_000.0, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 2.0, 0)
+        assert twa == (1.0 * 1 + 3.0 * 1 + 2.0 * 8) / 10
         await stop(spool, task)
     asyncio.run(main())

@@ -56,7 +56,7 @@ asyncio.run(main())
 
 def test_batch_round_trip_and_rows():
     f = batch.frame_body("pump1", 7, 1700000000.0, cbor2.dumps([{-2: "pump1/", 0: "temp", 2: 21.5}, {0: "ok", 4: True}]))
-    w = batch.window_body("pump1/temp", 10.0, 1700000000.0, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 3.0)
+    w = batch.window_body("pump1/temp", 10.0, 1700000000.0, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 3.0, 2.5, 0)
     data = batch.encode("gw1", "site1", [f] * 30, [w])
     assert cbor2.loads(data)["v"] == 1
     rows = list(batch.rows(batch.decode(data)))
