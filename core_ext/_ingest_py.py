@@ -120,6 +120,8 @@ class _Reader:
                         break
                     if isinstance(k, (list, dict)):
                         raise IngestError(kat, "map key must be an integer or a string")
+                    if isinstance(k, (bool, float)) or k is None:
+                        k = (type(k).__name__, k)  # never a SenML label (in Python False == 0 and 2.0 == 2)
                     v = self.item()
                     if v is _BREAK:
                         raise IngestError(self.p - 1, "break where a map value belongs")
