@@ -30,6 +30,7 @@ class SerialLink:
         self.reopen_delay = reopen_delay
         self.connected = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
+        self._out = bytearray()  # acks of one commit group, written together
 
     async def run(self) -> None:
         """Open, serve, and reopen on loss, until cancelled."""
@@ -73,4 +74,12 @@ class SerialLink:
     def _reply(self, ack: bytes | None, error: Exception | None) -> None:
         if ack is None or self._writer is None:
             return  # spool failed: no ack, the node resends
-        self._writer.write(encode_frame(ack))
+        if not self._out:
+            # a commit acks many frames at once: one write for all of them (a tty write costs a syscall)
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out += encode_frame(ack)
+
+    def _flush(self) -> None:
+        data, self._out = bytes(self._out), bytearray()
+        if self._writer is not None and data:
+            self._writer.write(data)
