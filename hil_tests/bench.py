@@ -228,6 +228,10 @@ port = {self.http_port}
         self.log_path = workdir / "gateway.log"
         self.proc: subprocess.Popen | None = None
 
+    def restart(self) -> "GatewayProcess":
+        """Start again on the same config, ports, registry and spool (after a stop or a kill)."""
+        return self.start()
+
     def start(self) -> "GatewayProcess":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--config",
