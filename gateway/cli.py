@@ -59,6 +59,81 @@ def _cmd_status(args) -> int:
     return 0
 
 
+def _spool_path(args):
+    from pathlib import Path
+
+    from . import config
+
+    if args.spool:
+        return Path(args.spool), config.load(args.config)
+    cfg = config.load(args.config)
+    return cfg.spool_path, cfg
+
+
+def _cmd_spool(args) -> int:
+    import time
+
+    from .spool import PRIORITY, Spool
+    from .uplink import batch
+
+    path, cfg = _spool_path(args)
+    if not path.exists():
+        print(f"headrace spool: no spool at {path} (set [gateway] data_dir or give --spool)", file=sys.stderr)
+        return 1
+
+    async def main() -> int:
+        spool = await Spool.open(path)
+        try:
+            if args.sub == "stats":
+                depth, size = await spool.depth()
+                oldest = await spool._run(lambda: spool._db.execute(
+                    "SELECT kind, min(created) FROM records GROUP BY kind").fetchall())
+                ages = {kind: round(time.time() - t, 1) for kind, t in oldest}
+                out = {"spool": str(path), "records": depth, "bytes": size, "by_kind": spool.stats(),
+                       "oldest_age_s": ages, "nodes_with_replay_state": len(await spool.replay_windows())}
+                if args.check:
+                    out["integrity"] = await spool.integrity_check()
+                print(json.dumps(out, indent=2))
+                return 0 if out.get("integrity", "ok") == "ok" else 1
+            if args.sub == "inspect":
+                shown = 0
+                for kind in (args.kind,) if args.kind else ("event", "window", "frame"):
+                    for rid, k, body in await spool.read(PRIORITY[kind], 0, args.limit - shown):
+                        print(json.dumps(_describe(rid, k, body, batch)))
+                        shown += 1
+                return 0
+            cfg2 = cfg.replace(mqtt={k: v for k, v in (("host", args.mqtt_host), ("port", args.mqtt_port)) if v})
+            from .metrics import Metrics
+            from .uplink.mqtt import MqttUplink
+            up = MqttUplink(cfg2, spool, asyncio.Event(), Metrics())
+            n = await up.drain()
+            print(f"replayed {n} records from {path} to {cfg2.mqtt.host}:{cfg2.mqtt.port}; "
+                  f"{(await spool.depth())[0]} left")
+            return 0
+        finally:
+            await spool.close()
+
+    try:
+        return _run(main())
+    except (OSError, ConnectionError) as exc:
+        print(f"headrace spool replay: broker unavailable: {exc}", file=sys.stderr)
+        return 1
+
+
+def _describe(rid: int, kind: str, body: bytes, batch) -> dict:
+    import cbor2
+
+    item = cbor2.loads(body)
+    if kind == "frame":
+        node, seq, received, senml = item
+        return {"id": rid, "kind": kind, "node": node, "seq": seq, "received": received,
+                "readings": [list(r) if not isinstance(r[2], bytes) else [r[0], r[1], r[2].hex()]
+                             for r in batch.frame_readings(node, received, senml)]}
+    if kind == "window":
+        return {"id": rid, "kind": kind, **dict(zip(batch.WINDOW_FIELDS, item))}
+    return {"id": rid, "kind": kind, "body": item if isinstance(item, (dict, list, str, int, float)) else repr(item)}
+
+
 def _cmd_decode(args) -> int:
     from .uplink import batch
 
@@ -148,6 +223,24 @@ def parser() -> argparse.ArgumentParser:
     dec = sub.add_parser("decode", help="decode an uplink payload into JSON Lines")
     dec.add_argument("file", help="a payload file taken from the broker, or - for stdin")
     dec.set_defaults(fn=_cmd_decode)
+
+    sp = sub.add_parser("spool", help="look into the spool, or send it to a broker").add_subparsers(
+        dest="sub", required=True)
+    for name, text in (("stats", "records and bytes waiting, per kind; oldest ages"),
+                       ("inspect", "the oldest records, decoded, as JSON Lines"),
+                       ("replay", "publish everything the spool holds to a broker, then exit (stop the gateway first)")):
+        x = sp.add_parser(name, help=text)
+        x.add_argument("--config", "-c", default=None, help="gateway.toml (finds the spool and the broker)")
+        x.add_argument("--spool", default=None, help="a spool file, e.g. copied from a dead gateway")
+        if name == "stats":
+            x.add_argument("--check", action="store_true", help="also run PRAGMA integrity_check")
+        if name == "inspect":
+            x.add_argument("--limit", type=int, default=20)
+            x.add_argument("--kind", choices=["event", "window", "frame"], default=None)
+        if name == "replay":
+            x.add_argument("--mqtt-host", default=None)
+            x.add_argument("--mqtt-port", type=int, default=None)
+        x.set_defaults(fn=_cmd_spool)
 
     n = sub.add_parser("node", help="provision nodes").add_subparsers(dest="sub", required=True)
     pv = n.add_parser("provision", help="make a key, register the node, write its config")

@@ -194,7 +194,19 @@ class MqttUplink:
         self.metrics.inc("headrace_uplink_bytes_total", nbytes)
         self._wake.set()
 
-    async def _pump(self) -> None:
+    async def drain(self, timeout: float = 600.0) -> int:
+        """Connect, publish everything the spool holds, wait for the PUBACKs, delete, return
+        the records sent (`headrace spool replay`). Raises ConnectionError if the broker fails."""
+        await self._connect()
+        before, _ = await self.spool.depth()
+        try:
+            await asyncio.wait_for(self._pump(until_empty=True), timeout)
+        finally:
+            await self._teardown()
+        after, _ = await self.spool.depth()
+        return before - after
+
+    async def _pump(self, until_empty: bool = False) -> None:
         s = self._session
         cursors = {PRIO_EVENT: 0, PRIO_WINDOW: 0, PRIO_FRAME: 0}
         window = self.cfg.mqtt.inflight
@@ -219,6 +231,10 @@ class MqttUplink:
                 sent = True
             if s.lost.is_set():
                 break
+            if not sent and until_empty and not self._inflight:
+                if self._acked:
+                    continue  # delete the last acked records first
+                return
             if not sent:
                 self.committed.clear()
                 waits = [asyncio.ensure_future(self.committed.wait()), asyncio.ensure_future(self._wake.wait())]
