@@ -44,6 +44,7 @@ class CoapSection:
     enabled: bool = True
     bind: str = "127.0.0.1"
     port: int = 5683
+    dedup_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"[spool] {key}", "must not be negative", f"write {key} = 0 to keep records until sent")
     if not 0.1 <= cfg.spool.check_interval <= 3600:
         raise ConfigError("[spool] check_interval", f"{cfg.spool.check_interval} s is out of range", "use 0.1 to 3600")
+    if not 1 <= cfg.coap.dedup_seconds <= 300:
+        raise ConfigError("[coap] dedup_seconds", f"{cfg.coap.dedup_seconds} s is out of range",
+                          "use 1 to 300 seconds (repeats older than this are answered by the replay window)")
     if cfg.mqtt.batch_delay < 0 or cfg.mqtt.batch_delay > 60:
         raise ConfigError("[mqtt] batch_delay", f"{cfg.mqtt.batch_delay} s is out of range", "use 0 to 60 seconds")
     if not cfg.aggregate.widths or any(w <= 0 for w in cfg.aggregate.widths):

@@ -73,6 +73,10 @@ class Pipeline:
 
     # -- intake ---------------------------------------------------------------------------
 
+    def has_space(self) -> bool:
+        """False while the commit queue is full (a datagram transport answers 'busy')."""
+        return self._space.is_set()
+
     async def wait_space(self) -> None:
         """Back-pressure for transports: wait while the commit queue is full."""
         await self._space.wait()

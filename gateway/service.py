@@ -79,7 +79,7 @@ class Gateway:
             self.serial.append(link)
             self._spawn(link.run(), f"serial:{port.path}")
         if cfg.coap.enabled:
-            self.coap = CoapServer(cfg.coap.bind, cfg.coap.port, self.pipeline)
+            self.coap = CoapServer(cfg.coap.bind, cfg.coap.port, self.pipeline, cfg.coap.dedup_seconds)
             await self.coap.start()
         if cfg.http.port:
             self.http = StatusServer(cfg.http.bind, cfg.http.port, self)

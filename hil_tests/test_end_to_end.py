@@ -28,7 +28,7 @@ def test_micropython_nodes_to_broker(tmp_path, mosquitto, subscriber, pty_pairs)
     pairs = {name: pty_pairs(name) for name in ("ser1", "ser2")}
     gw = GatewayProcess(tmp_path, mosquitto.port, keys, serial_ports=[p.a for p in pairs.values()]).start()
     try:
-        wait_for(lambda: gw.log().count("serial port") >= 2, 10, "both serial ports open")
+        wait_for(lambda: gw.log().count("serial port") >= 2, 30, "both serial ports open")
         nodes = [Node(tmp_path, node_config(n, keys[n], "serial", tmp_path, port=pairs[n].b)) for n in pairs]
         nodes.append(Node(tmp_path, node_config("coap1", keys["coap1"], "coap", tmp_path,
                                                 host="127.0.0.1", coap_port=gw.coap_port)))

@@ -87,7 +87,7 @@ def test_node_killed_mid_stream_never_reuses_a_sequence_number(tmp_path, mosquit
     cfg = {"node": "rb", "key": key.hex(), "transport": "serial", "port": pair.b, "sensors": ["temp", "vib"],
            "period_ms": 1, "batch": 8, "state_file": str(tmp_path / "rb.seq"), "ack_timeout_ms": 300}
     try:
-        wait_for(lambda: "serial port" in gw.log(), 10, "the serial port to open")
+        wait_for(lambda: "serial port" in gw.log(), 30, "the serial port to open")
         used: list[int] = []
         for boot in range(3):
             node = Node(tmp_path, dict(cfg, frames=0))  # runs until killed

@@ -73,7 +73,7 @@ def gateway(tmp_path, mosquitto, pty_pairs):
     pair = pty_pairs("rej")
     gw = GatewayProcess(tmp_path, mosquitto.port, {NODE: KEY}, serial_ports=[pair.a]).start()
     peer = SerialPeer(pair.b)
-    wait_for(lambda: "serial port" in gw.log() and "open" in gw.log(), 10, "the serial port to open")
+    wait_for(lambda: "serial port" in gw.log() and "open" in gw.log(), 30, "the serial port to open")
     yield gw, peer
     peer.close()
     gw.stop()

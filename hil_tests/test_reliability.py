@@ -59,7 +59,7 @@ def test_kill_9_twenty_times(tmp_path, mosquitto, subscriber, pty_pairs):
     keys = {"k1": os.urandom(32), "k2": os.urandom(32)}
     pair = pty_pairs("k1")
     gw = GatewayProcess(tmp_path, mosquitto.port, keys, serial_ports=[pair.a]).start()
-    wait_for(lambda: "serial port" in gw.log(), 10, "the serial port to open")
+    wait_for(lambda: "serial port" in gw.log(), 30, "the serial port to open")
     nodes = [Node(tmp_path, node_cfg(tmp_path, "k1", keys["k1"], 400, transport="serial", port=pair.b)),
              Node(tmp_path, node_cfg(tmp_path, "k2", keys["k2"], 400, transport="coap", host="127.0.0.1",
                                      coap_port=gw.coap_port))]
@@ -149,7 +149,7 @@ def test_bit_errors_never_yield_a_corrupt_reading(tmp_path, mosquitto, subscribe
     line = ThreadedNullModem(flip_rate=1e-4, seed=4)
     gw = GatewayProcess(tmp_path, mosquitto.port, {"noisy": key}, serial_ports=[line.paths[0]]).start()
     try:
-        wait_for(lambda: "serial port" in gw.log(), 10, "the serial port to open")
+        wait_for(lambda: "serial port" in gw.log(), 30, "the serial port to open")
         node = Node(tmp_path, node_cfg(tmp_path, "noisy", key, 300, transport="serial", port=line.paths[1],
                                        period_ms=5, outbox=128, ack_timeout_ms=100))
         assert node.wait(180) == 0, node.out_path.read_text()[-2000:]

@@ -1,19 +1,29 @@
-"""CoAP transport: `POST /d` with a COSE_Mac0 (Content-Format 17), over UDP (aiocoap).
+"""CoAP transport (RFC 7252): `POST /d` with a COSE_Mac0 (Content-Format 17), over UDP.
 
-Configuration: `[coap] enabled, bind, port`.
-Usage: nodes send confirmable POSTs; the 2.04 response carries the ack and is
-sent only after the spool commit. Error codes as in docs/protocol.md §5.
-Caveats: aiocoap handles deduplication of retransmitted CON messages within
-its EXCHANGE_LIFETIME; the gateway's replay window covers the rest.
+Configuration: `[coap] enabled, bind, port, dedup_seconds`.
+Usage: nodes send confirmable POSTs; the piggybacked 2.04 response carries the
+ack and is sent only after the spool commit. Non-confirmable POSTs are answered
+with a non-confirmable 2.04. Error codes as in docs/protocol.md §5.
+Caveats: this is a purpose-built server for one resource, not a general CoAP
+stack: no block-wise transfer (a message is at most 1024 bytes), no
+observe, no separate responses (the commit takes milliseconds, well inside the
+client's ACK_TIMEOUT), no DTLS (frames carry their own MAC).
+
+Why not aiocoap's server: it keeps every exchange, with its request and
+response objects and a timer, for EXCHANGE_LIFETIME (247 s) to answer
+retransmissions; at 500 frames/s that grew the gateway by 1.7 MB/s. Here a
+retransmitted CON (same endpoint and message id) within `dedup_seconds` gets
+the stored response bytes, and beyond that the replay window answers a repeated
+frame as a duplicate, which a node treats like the first ack. That costs about
+200 bytes per recent exchange and a fraction of the CPU.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-
-import aiocoap
-import aiocoap.resource as resource
-from aiocoap.numbers.codes import Code
+import struct
+import time
 
 from ..errors import AuthError, CoseError, FrameError
 from ..pipeline import Pipeline
@@ -22,54 +32,186 @@ from ..protocol.numbers import CF_COSE_MAC0, MAX_MESSAGE
 log = logging.getLogger("headrace.coap")
 TRANSPORT = "coap"
 
-
-class DataResource(resource.Resource):
-    """`/d`: readings from nodes."""
-
-    def __init__(self, pipeline: Pipeline):
-        super().__init__()
-        self.pipeline = pipeline
-
-    async def render_post(self, request):
-        pipeline = self.pipeline
-        payload = request.payload
-        if len(payload) > MAX_MESSAGE:
-            pipeline.reject_frame(FrameError("oversize", f"CoAP payload of {len(payload)} bytes exceeds {MAX_MESSAGE}"),
-                                  TRANSPORT)
-            return aiocoap.Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
-        await pipeline.wait_space()
-        fut = asyncio.get_running_loop().create_future()
-
-        def done(ack, error):
-            if not fut.done():
-                fut.set_result((ack, error))
-
-        try:
-            pipeline.offer(payload, TRANSPORT, done)
-        except AuthError:
-            return aiocoap.Message(code=Code.UNAUTHORIZED)
-        except CoseError:
-            return aiocoap.Message(code=Code.BAD_REQUEST)
-        ack, error = await fut
-        if ack is None:
-            return aiocoap.Message(code=Code.SERVICE_UNAVAILABLE, payload=str(error).encode()[:200])
-        return aiocoap.Message(code=Code.CHANGED, payload=ack, content_format=CF_COSE_MAC0)
+# RFC 7252 §3 and §12
+VERSION = 1
+TYPE_CON, TYPE_NON, TYPE_ACK, TYPE_RST = 0, 1, 2, 3
+CODE_EMPTY = 0x00
+CODE_POST = 0x02
+CODE_CHANGED = 0x44  # 2.04
+CODE_BAD_REQUEST = 0x80  # 4.00
+CODE_UNAUTHORIZED = 0x81  # 4.01
+CODE_BAD_OPTION = 0x82  # 4.02
+CODE_NOT_FOUND = 0x84  # 4.04
+CODE_METHOD_NOT_ALLOWED = 0x85  # 4.05
+CODE_TOO_LARGE = 0x8D  # 4.13
+CODE_UNSUPPORTED_FORMAT = 0x8F  # 4.15
+CODE_SERVICE_UNAVAILABLE = 0xA3  # 5.03
+OPT_URI_PATH = 11
+OPT_CONTENT_FORMAT = 12
+PAYLOAD_MARKER = 0xFF
+_KNOWN_OPTIONS = {OPT_URI_PATH, OPT_CONTENT_FORMAT, 3, 7, 15, 60}  # Uri-Host, Uri-Port, Uri-Query, Size1
 
 
-class CoapServer:
-    """Owns the aiocoap server context."""
+class CoapFormatError(ValueError):
+    """A datagram that is not a CoAP message we can answer."""
 
-    def __init__(self, bind: str, port: int, pipeline: Pipeline):
+
+def parse(data: bytes) -> tuple[int, int, int, bytes, dict, bytes]:
+    """(type, code, message id, token, {option: [values]}, payload); CoapFormatError if malformed."""
+    if len(data) < 4:
+        raise CoapFormatError("shorter than a CoAP header")
+    first, code, mid = data[0], data[1], int.from_bytes(data[2:4], "big")
+    if first >> 6 != VERSION:
+        raise CoapFormatError(f"CoAP version {first >> 6}")
+    mtype, tkl = (first >> 4) & 3, first & 15
+    if tkl > 8:
+        raise CoapFormatError("token longer than 8 bytes")
+    i = 4 + tkl
+    if i > len(data):
+        raise CoapFormatError("truncated token")
+    token = data[4:i]
+    options: dict[int, list[bytes]] = {}
+    number = 0
+    n = len(data)
+    while i < n:
+        b = data[i]
+        i += 1
+        if b == PAYLOAD_MARKER:
+            if i == n:
+                raise CoapFormatError("payload marker without payload")
+            return mtype, code, mid, token, options, data[i:]
+        delta, length = b >> 4, b & 15
+        delta, i = _extended(delta, data, i)
+        length, i = _extended(length, data, i)
+        number += delta
+        if i + length > n:
+            raise CoapFormatError("truncated option")
+        options.setdefault(number, []).append(data[i:i + length])
+        i += length
+    return mtype, code, mid, token, options, b""
+
+
+def _extended(v: int, data: bytes, i: int) -> tuple[int, int]:
+    if v < 13:
+        return v, i
+    if v == 13 and i < len(data):
+        return data[i] + 13, i + 1
+    if v == 14 and i + 1 < len(data):
+        return int.from_bytes(data[i:i + 2], "big") + 269, i + 2
+    raise CoapFormatError("reserved option nibble 15 or truncated extension")
+
+
+def response(mtype: int, code: int, mid: int, token: bytes, payload: bytes = b"", cf: int | None = None) -> bytes:
+    out = bytearray([VERSION << 6 | mtype << 4 | len(token), code]) + struct.pack(">H", mid) + token
+    if cf is not None:
+        out += bytes([OPT_CONTENT_FORMAT << 4 | 1, cf])
+    if payload:
+        out += bytes([PAYLOAD_MARKER]) + payload
+    return bytes(out)
+
+
+class CoapServer(asyncio.DatagramProtocol):
+    """Owns the UDP endpoint; answers POST /d from the pipeline's acks."""
+
+    def __init__(self, bind: str, port: int, pipeline: Pipeline, dedup_seconds: float = 15.0):
         self.bind, self.port, self.pipeline = bind, port, pipeline
-        self._ctx: aiocoap.Context | None = None
+        self.dedup_seconds = dedup_seconds
+        self._transport: asyncio.DatagramTransport | None = None
+        self._recent: dict[tuple, bytes | None] = {}  # (addr, mid) -> response, None while in progress
+        self._expiry: collections.deque = collections.deque()  # (time, key), oldest first
+        self.duplicates = 0
 
     async def start(self) -> None:
-        root = resource.Site()
-        root.add_resource(["d"], DataResource(self.pipeline))
-        self._ctx = await aiocoap.Context.create_server_context(root, bind=(self.bind, self.port))
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.bind, self.port))
+        if hasattr(self._transport, "max_size"):
+            self._transport.max_size = 2048  # asyncio's default reads 256 KiB per datagram
+        self.port = self._transport.get_extra_info("sockname")[1]
         log.info("CoAP listening on %s:%d", self.bind, self.port)
 
     async def stop(self) -> None:
-        if self._ctx is not None:
-            await self._ctx.shutdown()
-            self._ctx = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            mtype, code, mid, token, options, payload = parse(data)
+        except CoapFormatError as exc:
+            self.pipeline.reject_frame(FrameError("coap", f"malformed CoAP datagram from {addr[0]}: {exc}"), TRANSPORT)
+            return
+        if mtype in (TYPE_ACK, TYPE_RST):
+            return  # we send no confirmable messages: nothing to match
+        if code == CODE_EMPTY:
+            if mtype == TYPE_CON:
+                self._send(response(TYPE_RST, CODE_EMPTY, mid, b""), addr)  # CoAP ping
+            return
+        reply_type = TYPE_ACK if mtype == TYPE_CON else TYPE_NON
+        key = (addr, mid)
+        self._expire()
+        if key in self._recent:
+            self.duplicates += 1
+            stored = self._recent[key]
+            if stored is not None and mtype == TYPE_CON:
+                self._send(stored, addr)  # a retransmission: the same answer again
+            return
+        answer = self._check(code, options, payload)
+        if answer is not None:
+            self._remember(key, response(reply_type, answer, mid, token), addr)
+            return
+        self._recent[key] = None
+        self._expiry.append((time.monotonic() + self.dedup_seconds, key))
+
+        def done(ack: bytes | None, error: Exception | None) -> None:
+            if ack is None:
+                msg = response(reply_type, CODE_SERVICE_UNAVAILABLE, mid, token, str(error).encode()[:200])
+            else:
+                msg = response(reply_type, CODE_CHANGED, mid, token, ack, CF_COSE_MAC0)
+            self._remember(key, msg, addr)
+
+        try:
+            self.pipeline.offer(payload, TRANSPORT, done)
+        except AuthError:
+            self._remember(key, response(reply_type, CODE_UNAUTHORIZED, mid, token), addr)
+        except CoseError:
+            self._remember(key, response(reply_type, CODE_BAD_REQUEST, mid, token), addr)
+
+    def _check(self, code: int, options: dict, payload: bytes) -> int | None:
+        """A response code for a request we will not offer to the pipeline, or None."""
+        unknown = [n for n in options if n & 1 and n not in _KNOWN_OPTIONS]
+        if unknown:
+            return CODE_BAD_OPTION  # an unrecognised critical option (RFC 7252 §5.4.1)
+        path = [p.decode("utf-8", "replace") for p in options.get(OPT_URI_PATH, [])]
+        if path != ["d"]:
+            return CODE_NOT_FOUND
+        if code != CODE_POST:
+            return CODE_METHOD_NOT_ALLOWED
+        cf = options.get(OPT_CONTENT_FORMAT)
+        if cf is not None and int.from_bytes(cf[0], "big") != CF_COSE_MAC0:
+            return CODE_UNSUPPORTED_FORMAT
+        if len(payload) > MAX_MESSAGE:
+            self.pipeline.reject_frame(FrameError("oversize", f"CoAP payload of {len(payload)} bytes exceeds "
+                                                  f"{MAX_MESSAGE}"), TRANSPORT)
+            return CODE_TOO_LARGE
+        if not self.pipeline.has_space():
+            return CODE_SERVICE_UNAVAILABLE  # the commit queue is full: the node retries
+        return None
+
+    def _remember(self, key, msg: bytes, addr) -> None:
+        if key not in self._recent:
+            self._expiry.append((time.monotonic() + self.dedup_seconds, key))
+        self._recent[key] = msg
+        self._send(msg, addr)
+
+    def _send(self, msg: bytes, addr) -> None:
+        if self._transport is not None:
+            self._transport.sendto(msg, addr)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        q = self._expiry
+        while q and q[0][0] <= now:
+            self._recent.pop(q.popleft()[1], None)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)
