@@ -61,13 +61,13 @@ def serial_load(path: str, frames: list[bytes], window: int, result: dict) -> No
     os.close(fd)
 
 
-async def coap_load(port: int, frames: list[bytes], clients: int, result: dict) -> None:
-    """`clients` aiocoap client contexts (one UDP endpoint each, like nodes), each one
-    request at a time (NSTART = 1, RFC 7252 §4.7), sharing the frames between them."""
+async def coap_load(port: int, shares: list[list[bytes]], result: dict) -> None:
+    """One aiocoap client context per simulated node (one UDP endpoint each), each sending its
+    own node's frames in order, one request at a time (NSTART = 1, RFC 7252 §4.7)."""
     import aiocoap
     from aiocoap.numbers.codes import Code
 
-    ctxs = [await aiocoap.Context.create_client_context() for _ in range(clients)]
+    ctxs = [await aiocoap.Context.create_client_context() for _ in shares]
     ok = 0
 
     async def client(ctx, share):
@@ -78,7 +78,7 @@ async def coap_load(port: int, frames: list[bytes], clients: int, result: dict) 
             ok += r.code == Code.CHANGED
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(client(ctx, frames[i::clients]) for i, ctx in enumerate(ctxs)))
+    await asyncio.gather(*(client(ctx, share) for ctx, share in zip(ctxs, shares)))
     result["seconds"] = time.perf_counter() - t0
     result["acked"] = ok
     for ctx in ctxs:
@@ -109,7 +109,8 @@ def main() -> None:
         tmp = Path(tmp)
         broker = Mosquitto(tmp).start()
         names = [f"ser{i}" for i in range(args.serial_ports)]
-        keys = {n: os.urandom(32) for n in names + ["coap0"]}
+        coap_nodes = [f"coap{i}" for i in range(16)]
+        keys = {n: os.urandom(32) for n in names + coap_nodes}
         pairs = [PtyPair(tmp, n) for n in names]
         gw = GatewayProcess(tmp, broker.port, keys, serial_ports=[p.a for p in pairs]).start()
         sub = Subscriber(broker.port)
@@ -139,15 +140,16 @@ def main() -> None:
             print(f"serial: all {len(want):,} frames at the broker after {wall2:.2f} s "
                   f"= {len(want) / wall2:,.0f} frames/s end to end; zero loss")
             if args.coap:
-                frames = make_frames("coap0", keys["coap0"], args.coap, t0)
+                per = args.coap // len(coap_nodes)
+                shares = [make_frames(n, keys[n], per, t0) for n in coap_nodes]
                 res: dict = {}
                 cpu0 = cpu_seconds(gw.proc.pid)
-                asyncio.run(coap_load(gw.coap_port, frames, 16, res))
+                asyncio.run(coap_load(gw.coap_port, shares, res))
                 cpu = cpu_seconds(gw.proc.pid) - cpu0
                 print(f"coap: {res['acked']:,} frames acked in {res['seconds']:.2f} s = "
-                      f"{res['acked'] / res['seconds']:,.0f} frames/s (16 aiocoap clients, one request each in flight); "
+                      f"{res['acked'] / res['seconds']:,.0f} frames/s (16 nodes, each an aiocoap client with one request in flight); "
                       f"gateway CPU {cpu / res['acked'] * 1e6:.1f} µs/frame")
-                want = {("coap0", s) for s in range(args.coap)}
+                want = {(n, s) for n in coap_nodes for s in range(per)}
                 wait_for(lambda: want <= set(sub.frames()), 60, "all CoAP frames at the broker")
                 print("coap: all frames at the broker; zero loss")
             print(f"gateway RSS peak (VmHWM): {_hwm(gw.proc.pid):.1f} MB")
