@@ -206,3 +206,50 @@ def test_spool_commands_stats_inspect_replay(tmp_path, mosquitto, subscriber):
     assert f"replayed {stats['records']} records" in out and "0 left" in out
     frames = wait_for(lambda: f if len(f := subscriber.frames()) == 5 else None, 10, "the replayed frames")
     assert sorted(frames) == [("sp", s) for s in range(5)]
+
+
+def test_disk_quota_drops_the_oldest_frames_and_says_so(tmp_path, pty_pairs):
+    import json
+    import threading
+
+    from bench.gateway_e2e import make_frames, serial_load
+
+    from .bench import Mosquitto, free_port
+
+    key = os.urandom(32)
+    pair = pty_pairs("q")
+    broker = Mosquitto(tmp_path)
+    broker.port = free_port()  # nothing listens there yet: the uplink is down
+    gw = GatewayProcess(tmp_path, broker.port, {"q1": key}, serial_ports=[pair.a],
+                        extra="[spool]\nmax_bytes = 1048576\ncheck_interval = 0.5\n").start()
+    sub = None
+    try:
+        wait_for(lambda: "serial port" in gw.log(), 30, "the serial port to open")
+        n = 9000
+        result: dict = {}
+        t = threading.Thread(target=serial_load, args=(pair.b, make_frames("q1", key, n, time.time()), 64, result))
+        t.start()
+        t.join(120)
+        assert result["acked"] == n
+        metric = 'headrace_spool_dropped_total{kind="frame",reason="quota"}'
+        wait_for(lambda: gw.metric(metric) and gw.metric("headrace_spool_bytes") <= 1048576, 20,
+                 "the quota to drop frames, and the spool back under it")
+        dropped = gw.metric(metric)  # no input any more: this is final
+        assert "over quota" in gw.log()
+        broker.start()
+        sub = Subscriber(broker.port)
+        frames = wait_for(lambda: f if len(f := subscriber_frames(sub)) >= n - dropped else None, 60,
+                          "the frames the quota kept")
+        assert sorted(frames) == list(range(int(dropped), n)), "the quota must drop the oldest frames, only them"
+        states = [json.loads(p) for t_, p in sub.messages if t_.endswith("/state")]
+        assert states and states[-1]["dropped"]["frame_quota"] == dropped
+        print(f"quota 1 MiB: {n} frames in, {int(dropped)} oldest dropped and reported, {len(frames)} delivered")
+    finally:
+        if sub:
+            sub.close()
+        gw.stop()
+        broker.stop()
+
+
+def subscriber_frames(sub) -> list[int]:
+    return [seq for (_node, seq) in sub.frames()]
