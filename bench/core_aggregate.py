@@ -11,12 +11,12 @@ import argparse
 import math
 import random
 import sys
-import time
 from array import array
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import best_time as timed  # noqa: E402
 from core_ext import implementations  # noqa: E402
 
 
@@ -37,15 +37,6 @@ def dict_baseline(sids, ts, vs, width):
             s[3] += v
             s[4] += v * v
     return len(w)
-
-
-def timed(fn, repeat=3):
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:

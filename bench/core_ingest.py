@@ -12,17 +12,15 @@ reference), and aggregation alone from columns (target >= 50 M readings/s).
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
-import time
-from array import array
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cbor2  # noqa: E402
 
+from bench.timing import best_time as best  # noqa: E402
 from core_ext import implementations  # noqa: E402
 
 
@@ -46,15 +44,6 @@ def make_frames(n: int, nodes: int = 100) -> list[bytes]:
             recs.append(rec)
         out.append(cbor2.dumps(recs, canonical=True))  # shortest floats, as the firmware writes
     return out
-
-
-def best(fn, repeat=3) -> float:
-    t = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        t = min(t, time.perf_counter() - t0)
-    return t
 
 
 def pipeline(impl_ingest, impl_agg, frames, chunk=1000):
