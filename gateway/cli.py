@@ -20,6 +20,20 @@ def _cmd_gateway_run(args) -> int:
     return 0
 
 
+def _cmd_install_service(args) -> int:
+    from pathlib import Path
+
+    from .install import InstallError, install
+
+    try:
+        install(Path(args.root), args.user, start=not args.no_start, executable=args.executable,
+                watchdog=args.watchdog)
+    except InstallError as exc:
+        print(f"headrace: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_check_config(args) -> int:
     from . import config
     from .registry import Registry
@@ -211,6 +225,13 @@ def parser() -> argparse.ArgumentParser:
     r = g.add_parser("run", help="run the gateway in the foreground (systemd runs this)")
     r.add_argument("--config", "-c", default=None, help="gateway.toml (default: embedded defaults)")
     r.set_defaults(fn=_cmd_gateway_run)
+    i = g.add_parser("install-service", help="install the systemd unit, config folder and service user")
+    i.add_argument("--root", default="/", help="write into this folder instead of the system (staging, images)")
+    i.add_argument("--user", default="headrace")
+    i.add_argument("--executable", default=None, help="the headrace command the unit runs (default: this one)")
+    i.add_argument("--watchdog", type=int, default=30, help="WatchdogSec, seconds")
+    i.add_argument("--no-start", action="store_true", help="write the files only")
+    i.set_defaults(fn=_cmd_install_service)
     c = g.add_parser("check-config", help="validate gateway.toml and the node registry")
     c.add_argument("--config", "-c", default=None)
     c.set_defaults(fn=_cmd_check_config)

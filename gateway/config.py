@@ -3,7 +3,7 @@
 Every error names the key and the fix (`ConfigError`). Unknown keys are errors
 too: a typo must not silently fall back to a default. All keys have sane
 defaults, so an empty file (or none) runs a gateway on loopback.
-See `packaging/gateway.toml` for the commented sample.
+See `gateway/data/gateway.toml` for the commented sample.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ def test_empty_is_defaults():
 
 def test_full_example_file_is_valid():
     from pathlib import Path
-    cfg = config.load(Path(__file__).resolve().parents[2] / "packaging" / "gateway.toml")
+    cfg = config.load(Path(__file__).resolve().parents[2] / "gateway" / "data" / "gateway.toml")
     assert cfg.serial.ports[0].path == "/dev/ttyUSB0"
 
 
