@@ -61,6 +61,7 @@ class MqttSection:
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    reconnect_max: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,9 @@ def _validate(cfg: Config) -> None:
     if not 1 <= cfg.coap.dedup_seconds <= 300:
         raise ConfigError("[coap] dedup_seconds", f"{cfg.coap.dedup_seconds} s is out of range",
                           "use 1 to 300 seconds (repeats older than this are answered by the replay window)")
+    if not 1 <= cfg.mqtt.reconnect_max <= 3600:
+        raise ConfigError("[mqtt] reconnect_max", f"{cfg.mqtt.reconnect_max} s is out of range",
+                          "use 1 to 3600 seconds between reconnection attempts at the most")
     if cfg.mqtt.batch_delay < 0 or cfg.mqtt.batch_delay > 60:
         raise ConfigError("[mqtt] batch_delay", f"{cfg.mqtt.batch_delay} s is out of range", "use 0 to 60 seconds")
     if not cfg.aggregate.widths or any(w <= 0 for w in cfg.aggregate.widths):

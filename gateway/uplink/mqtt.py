@@ -133,7 +133,7 @@ class MqttUplink:
             finally:
                 await self._teardown()
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, self.cfg.mqtt.reconnect_max)
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
