@@ -17,6 +17,7 @@ DEFAULTS = {
     "max_retransmit": 4,
     "window": 0,  # 0: the link's default (serial 4, CoAP 1)
     "outbox": 64,
+    "quiet": False,  # print only sequence numbers (no readings) on stdout: for small heaps
 }
 
 _INTS = ("coap_port", "period_ms", "batch", "frames", "drain_timeout_s", "seed", "ack_timeout_ms",
@@ -64,6 +65,8 @@ def validate(raw):
         _fail("batch", "must be 1..64", '"batch": 8')
     if cfg["ack_timeout_ms"] < 1 or cfg["outbox"] < 1:
         _fail("ack_timeout_ms", "ack_timeout_ms and outbox must be >= 1", '"ack_timeout_ms": 2000')
+    if not isinstance(cfg["quiet"], bool):
+        _fail("quiet", "must be true or false", '"quiet": false')
     if not isinstance(cfg["sensors"], list) or not cfg["sensors"]:
         _fail("sensors", "must be a non-empty list", '"sensors": ["temp"]')
     return cfg
