@@ -1,0 +1,114 @@
+"""Optimal assignment (the linear sum assignment problem): the pure-Python reference.
+
+`assign(cost)` takes a 2-D cost matrix (rows: demands, columns: resources, any
+shape), where `inf` marks a forbidden pair, and returns `(rows, cols)`: an
+assignment of maximum cardinality over the allowed pairs and, among those, of
+minimum total cost. Rows come out in increasing order, like
+`scipy.optimize.linear_sum_assignment`, whose total cost it matches.
+
+Method: shortest augmenting paths with dual potentials (Jonker-Volgenant, as
+described by Crouse, IEEE TAES 2016), one augmentation per row of the smaller
+side. Forbidden pairs get a cost `M` larger than any sum of allowed costs, so a
+solution never trades an assignment for a cheaper total; pairs at `M` are
+dropped from the result. NaN or -inf in the matrix is a ValueError.
+"""
+from __future__ import annotations
+
+import math
+
+
+def _matrix(cost) -> tuple[list[list[float]], int, int]:
+    rows = [[float(x) for x in row] for row in cost]
+    nr = len(rows)
+    nc = len(rows[0]) if nr else 0
+    if any(len(r) != nc for r in rows):
+        raise ValueError("cost must be a 2-D matrix (rows of equal length)")
+    for r in rows:
+        for x in r:
+            if x != x or x == -math.inf:
+                raise ValueError("cost holds NaN or -inf: only finite costs and +inf (forbidden) are allowed")
+    return rows, nr, nc
+
+
+def big_m(rows: list[list[float]]) -> tuple[float, float]:
+    """(shift, M): costs are shifted to start at 0; M exceeds any sum of shifted allowed costs."""
+    finite = [x for r in rows for x in r if x != math.inf]
+    if not finite:
+        return 0.0, 1.0
+    lo = min(finite)
+    total = sum(max((x - lo for x in r if x != math.inf), default=0.0) for r in rows)
+    return lo, total + 1.0
+
+
+def solve(c: list[list[float]], nr: int, nc: int) -> list[int]:
+    """col4row for an nr x nc matrix with nr <= nc and every entry finite."""
+    u = [0.0] * nr
+    v = [0.0] * nc
+    col4row = [-1] * nr
+    row4col = [-1] * nc
+    path = [-1] * nc
+    for cur in range(nr):
+        spc = [math.inf] * nc
+        sr = [False] * nr
+        sc = [False] * nc
+        remaining = list(range(nc - 1, -1, -1))
+        nrem = nc
+        min_val = 0.0
+        i = cur
+        sink = -1
+        while sink == -1:
+            index = -1
+            lowest = math.inf
+            sr[i] = True
+            ci, ui = c[i], u[i]
+            for it in range(nrem):
+                j = remaining[it]
+                r = min_val + ci[j] - ui - v[j]
+                if r < spc[j]:
+                    path[j] = i
+                    spc[j] = r
+                if spc[j] < lowest or (spc[j] == lowest and row4col[j] == -1):
+                    lowest = spc[j]
+                    index = it
+            min_val = lowest
+            j = remaining[index]
+            if row4col[j] == -1:
+                sink = j
+            else:
+                i = row4col[j]
+            sc[j] = True
+            nrem -= 1
+            remaining[index] = remaining[nrem]
+        u[cur] += min_val
+        for i in range(nr):
+            if sr[i] and i != cur:
+                u[i] += min_val - spc[col4row[i]]
+        for j in range(nc):
+            if sc[j]:
+                v[j] -= min_val - spc[j]
+        j = sink
+        while True:
+            i = path[j]
+            row4col[j] = i
+            col4row[i], j = j, col4row[i]
+            if i == cur:
+                break
+    return col4row
+
+
+def assign(cost) -> tuple[list[int], list[int]]:
+    """(rows, cols) of an optimal maximum-cardinality assignment; see the module docstring."""
+    rows, nr, nc = _matrix(cost)
+    if nr == 0 or nc == 0:
+        return [], []
+    shift, m = big_m(rows)
+    transpose = nr > nc
+    if transpose:
+        rows = [list(col) for col in zip(*rows)]
+        nr, nc = nc, nr
+    c = [[(x - shift) if x != math.inf else m for x in r] for r in rows]
+    col4row = solve(c, nr, nc)
+    pairs = [(i, col4row[i]) for i in range(nr) if c[i][col4row[i]] != m]
+    if transpose:
+        pairs = sorted((j, i) for i, j in pairs)
+    return [p[0] for p in pairs], [p[1] for p in pairs]
