@@ -117,7 +117,20 @@ cdef Py_ssize_t _lsap(double* c, Py_ssize_t nr, Py_ssize_t nc, Py_ssize_t* col4r
         v[j] = 0.0
         row4col[j] = -1
         path[j] = -1
+    if nr == nc:
+        # column reduction, as the reference (square only)
+        for j in range(nc):
+            index = 0
+            for i in range(1, nr):
+                if c[i * nc + j] < c[index * nc + j]:
+                    index = i
+            v[j] = c[index * nc + j]
+            if col4row[index] == -1:
+                col4row[index] = j
+                row4col[j] = index
     for cur in range(nr):
+        if col4row[cur] != -1:
+            continue
         for j in range(nc):
             spc[j] = INFINITY
             remaining[j] = nc - 1 - j

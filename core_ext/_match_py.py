@@ -47,7 +47,22 @@ def solve(c: list[list[float]], nr: int, nc: int) -> list[int]:
     col4row = [-1] * nr
     row4col = [-1] * nc
     path = [-1] * nc
+    if nr == nc:
+        # column reduction (Jonker-Volgenant): v[j] = the column's minimum keeps every reduced
+        # cost >= 0; a column's first minimal row takes it if still free. Square only: a
+        # rectangular problem needs v <= 0 for the columns left over.
+        for j in range(nc):
+            best_i = 0
+            for i in range(1, nr):
+                if c[i][j] < c[best_i][j]:
+                    best_i = i
+            v[j] = c[best_i][j]
+            if col4row[best_i] == -1:
+                col4row[best_i] = j
+                row4col[j] = best_i
     for cur in range(nr):
+        if col4row[cur] != -1:
+            continue
         spc = [math.inf] * nc
         sr = [False] * nr
         sc = [False] * nc
