@@ -92,9 +92,10 @@ class Mosquitto:
     """A private mosquitto on a free loopback port; with `tls`, also a TLS listener that
     requires a client certificate (on `tls_port`)."""
 
-    def __init__(self, workdir: Path, tls: dict[str, str] | None = None):
+    def __init__(self, workdir: Path, tls: dict[str, str] | None = None, persistent: bool = False):
         self.port = free_port()
         self.tls = tls
+        self.persistent = persistent
         self.tls_port = free_port() if tls else None
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
@@ -103,7 +104,9 @@ class Mosquitto:
         conf = self.workdir / "mosquitto.conf"
         # as root, mosquitto drops to user 'mosquitto', who cannot read pytest's private temp dirs
         text = ("user root\n" if os.geteuid() == 0 else "")
-        text += (f"per_listener_settings false\nallow_anonymous true\npersistence false\n"
+        persistence = (f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+                       if self.persistent else "persistence false\n")
+        text += (f"per_listener_settings false\nallow_anonymous true\n{persistence}"
                 "max_inflight_messages 0\nmax_queued_messages 100000\n"
                 f"listener {self.port} 127.0.0.1\n")
         if self.tls:
@@ -135,10 +138,14 @@ class Mosquitto:
 class Subscriber:
     """Subscribes to every headrace topic and decodes the batches."""
 
-    def __init__(self, port: int, topic: str = "headrace/v1/#"):
+    def __init__(self, port: int, topic: str = "headrace/v1/#", persistent_session: bool = False):
+        """With `persistent_session`, the broker keeps this subscriber's session and queued
+        messages across its disconnections (clean_session false), and paho reconnects within 2 s."""
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{port}")
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{port}",
+                                  clean_session=not persistent_session)
+        self.client.reconnect_delay_set(1, 2)
         self.client.on_message = self._on_message
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: self._subscribed.set()
