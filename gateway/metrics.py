@@ -28,6 +28,7 @@ class Metrics:
         "headrace_uplink_connected": "1 while the MQTT session is up.",
         "headrace_uplink_connects_total": "MQTT connection attempts.",
         "headrace_node_last_seen_seconds": "Unix time of the last accepted message, by node.",
+        "headrace_commands_total": "Commands from the cloud (cmd/<node>), by result (queued, rejected).",
     }
 
     def __init__(self) -> None:

@@ -16,6 +16,7 @@ import socket
 import time
 
 from .config import Config
+from .downlink import Downlink
 from .ingest import Ingest
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -54,6 +55,7 @@ class Gateway:
         self.spool: Spool | None = None
         self.pipeline: Pipeline | None = None
         self.uplink: MqttUplink | None = None
+        self.downlink: Downlink | None = None
         self.coap: CoapServer | None = None
         self.http: StatusServer | None = None
         self.serial: list[SerialLink] = []
@@ -72,6 +74,8 @@ class Gateway:
         ingest = Ingest(self.registry, await self.spool.replay_windows())
         self.pipeline = Pipeline(cfg, ingest, self.spool, self.metrics)
         self.uplink = MqttUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
+        self.downlink = Downlink(self.registry)
+        self.uplink.downlink = self.downlink
         self._spawn(self.pipeline.run(), "pipeline")
         self._spawn(self.uplink.run(), "uplink")
         for port in cfg.serial.ports:
@@ -99,6 +103,7 @@ class Gateway:
             return
         self.registry = registry
         self.pipeline.ingest.registry = registry
+        self.downlink.registry = registry
         log.info("reloaded %s: %d nodes", self.cfg.gateway.registry, len(registry))
 
     def _spawn(self, coro, name: str) -> None:

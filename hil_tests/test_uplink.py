@@ -1,9 +1,10 @@
-"""The MQTT uplink against a real mosquitto: TLS with client certificates, birth and LWT."""
+"""The MQTT uplink against a real mosquitto: TLS with client certificates, birth and LWT, commands."""
 from __future__ import annotations
 
 import json
 import os
 import signal
+import time
 
 import cbor2
 from aiocoap.numbers.codes import Code
@@ -42,3 +43,34 @@ def test_lwt_when_the_gateway_dies(tmp_path, mosquitto, subscriber):
     gw.stop(signal.SIGKILL)
     # the broker notices the dead session after 1.5 x keepalive at most, then publishes the LWT
     wait_for(lambda: states()[-1] == {"online": False}, 15, "the LWT")
+
+
+def test_commands_from_the_cloud_are_validated_and_answered(tmp_path, mosquitto, subscriber):
+    import paho.mqtt.client as paho
+
+    gw = GatewayProcess(tmp_path, mosquitto.port, {"pump3": os.urandom(32)}).start()
+    root = "headrace/v1/bench/gwtest/"
+    try:
+        wait_for(lambda: gw.metric("headrace_uplink_connected") == 1, 10, "the uplink")
+        wait_for(lambda: "MQTT connected" in gw.log(), 10, "the subscription")
+        time.sleep(0.3)
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-cloud")
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        pub.publish(root + "cmd/pump3", json.dumps({"id": "c1", "cmd": "set_period", "args": {"period_ms": 500}}),
+                    qos=1).wait_for_publish(5)
+        pub.publish(root + "cmd/pump3", json.dumps({"id": "c2", "cmd": "format_disk"}), qos=1).wait_for_publish(5)
+        pub.publish(root + "cmd/ghost", json.dumps({"id": "c3", "cmd": "reboot"}), qos=1).wait_for_publish(5)
+        pub.loop_stop()
+        pub.disconnect()
+        results = wait_for(lambda: r if len(r := [json.loads(p) for t, p in subscriber.messages
+                                                  if "/cmd_result/" in t]) == 3 else None, 10, "three answers")
+        by_id = {r["id"]: r for r in results}
+        assert by_id["c1"] == {"id": "c1", "status": "queued"}
+        assert by_id["c2"]["status"] == "rejected" and "unknown cmd" in by_id["c2"]["error"]
+        assert by_id["c3"]["status"] == "rejected" and "unknown node" in by_id["c3"]["error"]
+        assert gw.metric('headrace_commands_total{result="queued"}') == 1
+        assert gw.metric('headrace_commands_total{result="rejected"}') == 2
+        assert "rejected command for node 'ghost'" in gw.log()
+    finally:
+        gw.stop()

@@ -57,6 +57,8 @@ class _Session:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = lambda _c, _u, mid, _rc, _p: on_puback(mid)
+        c.on_message = lambda _c, _u, msg: self.on_command(msg.topic, msg.payload)
+        self.on_command = lambda topic, payload: None  # set by the uplink
         self._on_lost = on_lost
         self.client = c
         self._sock = None
@@ -111,6 +113,8 @@ class MqttUplink:
         self.topic_data = cfg.topic_root + "data"
         self.topic_events = cfg.topic_root + "events"
         self.topic_state = cfg.topic_root + "state"
+        self.topic_cmd = cfg.topic_root + "cmd/"
+        self.downlink = None  # a Downlink, set by the service: commands arrive on cmd/<node>
         self.connected = False
         self._inflight: dict[int, tuple[list[int], int]] = {}
         self._acked: list[int] = []
@@ -148,6 +152,31 @@ class MqttUplink:
         log.info("MQTT connected to %s:%d", self.cfg.mqtt.host, self.cfg.mqtt.port)
         self._since = time.time()
         self.publish_state()
+        if self.downlink is not None:
+            s.on_command = self._command
+            s.client.subscribe(self.topic_cmd + "#", qos=1)
+
+    def _command(self, topic: str, payload: bytes) -> None:
+        """A command from the cloud: validate, queue, answer on cmd_result/<node>."""
+        from ..downlink import CommandError
+
+        node = topic[len(self.topic_cmd):]
+        try:
+            cid = json.loads(payload).get("id")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            cid = None
+        try:
+            command = self.downlink.submit(node, payload)
+        except CommandError as exc:
+            self.metrics.inc("headrace_commands_total", result="rejected")
+            log.warning("rejected command for node %r: %s", node, exc)
+            answer = {"id": cid if isinstance(cid, str) else None, "status": "rejected", "error": str(exc)}
+        else:
+            self.metrics.inc("headrace_commands_total", result="queued")
+            log.info("queued command %s %s for node %s", command.id, command.cmd, node)
+            answer = {"id": command.id, "status": "queued"}
+        if self._session is not None:
+            self._session.client.publish(self.cfg.topic_root + "cmd_result/" + node, json.dumps(answer), qos=1)
 
     def state(self) -> dict:
         """The retained state: online, spool depth per kind, drops by the overflow policy."""
