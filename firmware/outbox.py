@@ -34,6 +34,9 @@ class SeqStore:
         return seq
 
 
+SPAN = 32  # sequence numbers in flight beyond the oldest unacked frame, at most (half the replay window)
+
+
 class Outbox:
     """Bounded FIFO of [seq, message, last send ms, tries]; the oldest go when full."""
 
@@ -60,10 +63,17 @@ class Outbox:
 
     def due(self, now, timeout_ms, limit):
         """Up to `limit` frames to (re)send now: never sent, or unacked for longer than the
-        backed-off timeout (doubling per try, at most 32×). Marks them sent."""
+        backed-off timeout (doubling per try, at most 32×). Marks them sent.
+
+        Frames more than SPAN numbers ahead of the oldest unacked one wait: the gateway's
+        replay window covers 64 numbers, and a frame that fell further behind would be
+        answered as a duplicate it cannot tell apart, never stored."""
         out = []
+        if not self.items:
+            return out
+        horizon = self.items[0][0] + SPAN
         for item in self.items:
-            if len(out) >= limit:
+            if len(out) >= limit or item[0] >= horizon:
                 break
             if item[2] is None or board.ticks_diff(now, item[2]) >= timeout_ms << min(item[3] - 1, 5):
                 item[2] = now

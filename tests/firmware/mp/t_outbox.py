@@ -29,4 +29,13 @@ assert [i[0] for i in o.due(1050, 100, 5)] == [4]  # 2 and 3 were sent 50 ms ago
 assert o.ack(3) and not o.ack(3)
 assert [i[0] for i in o.due(1100, 100, 5)] == [2]  # 100 ms since the first send: resend
 assert [i[0] for i in o.due(1250, 100, 5)] == [4]  # 2 backs off to 200 ms after its second try
+# never more than SPAN numbers ahead of the oldest unacked frame (the gateway's replay window is 64)
+import outbox  # noqa: E402
+o = Outbox(100)
+for seq in range(10, 80):
+    o.push(seq, b"m")
+sent = [i[0] for i in o.due(0, 100, 100)]
+assert sent == list(range(10, 10 + outbox.SPAN)), sent
+assert o.ack(10)
+assert [i[0] for i in o.due(1, 100, 100)] == [10 + outbox.SPAN]
 print("OK t_outbox")
