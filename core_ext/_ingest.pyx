@@ -612,21 +612,11 @@ cdef class Parser:
             st.at = rat
             if f[F_V].present or (nkinds == 0 and has_bv):
                 st.kind = K_NUM
-                if f[F_V].present:
-                    st.v = self._number(&f[F_V], rat, "v")
-                    if has_bv:
-                        st.v = bv + st.v
-                else:
-                    st.v = bv
+                st.v = self._resolve(&f[F_V], has_bv, bv, rat, "v")
                 nnum += 1
             elif f[F_S].present or (nkinds == 0 and has_bs):
                 st.kind = K_NUM
-                if f[F_S].present:
-                    st.v = self._number(&f[F_S], rat, "s")
-                    if has_bs:
-                        st.v = bs + st.v
-                else:
-                    st.v = bs
+                st.v = self._resolve(&f[F_S], has_bs, bs, rat, "s")
                 nnum += 1
             elif f[F_VS].present:
                 if f[F_VS].kind != K_TEXT:
@@ -679,6 +669,14 @@ cdef class Parser:
                 self.other.append((st.name_off, st.t, PyBytes_FromStringAndSize(<const char*>st.vp, st.vn)))
         return nnum
 
+    cdef double _resolve(self, Field* f, bint has_base, double base, Py_ssize_t at, str what) except? -1.5:
+        """Base value plus the record's value (RFC 8428 §4.1), as the reference's _resolve."""
+        if not f.present:
+            return base
+        if has_base:
+            return base + self._number(f, at, what)
+        return self._number(f, at, what)
+
     cdef double _number(self, Field* f, Py_ssize_t at, str what) except? -1.5:
         if f.kind != K_NUM:
             self._fail(at, f"{what} must be a number")
@@ -708,6 +706,4 @@ _FIELD_OF[:] = [F_BS, F_BV, -1, F_BT, F_BN, -1, F_N, -1, F_V, F_VS, F_VB, F_S, F
 
 
 cdef object _bytes_view(object payload):
-    if isinstance(payload, bytes) and len(payload) == 0:
-        return memoryview(b"\x00")[:0]
-    return memoryview(payload).cast("B") if not isinstance(payload, bytes) else memoryview(payload)
+    return memoryview(payload).cast("B")  # any contiguous buffer, as bytes

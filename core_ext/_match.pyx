@@ -14,8 +14,7 @@ def assign(cost):
     cdef const double[:, :] mv
     cdef Py_ssize_t nr, nc, i, j
     try:
-        mv = memoryview(cost).cast("B").cast("d", memoryview(cost).shape) if not hasattr(cost, "ndim") \
-            else cost
+        mv = cost  # any 2-D float64 buffer (numpy); nested lists take the path below
     except (TypeError, ValueError):
         mv = None
     if mv is None or mv.ndim != 2:
