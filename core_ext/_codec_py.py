@@ -1,0 +1,310 @@
+"""Series codec, pure-Python reference: the specification of `_codec` and the decoder
+the cloud side can run with nothing but numpy.
+
+    encode(timestamps, values, *, max_error=0.0) -> bytes
+    decode(data) -> (timestamps, values)
+
+timestamps are int64 nanoseconds, values float64; numpy arrays, array.array or
+lists are accepted, numpy arrays come back. With max_error=0 the round trip is
+bit-exact (NaN payloads, infinities, -0.0 and subnormals included). With
+max_error > 0 every decoded value is within max_error of the original and the
+timestamps stay exact. decode raises CodecError on anything that is not a
+valid stream. The format and the choices live in `_codec_format`; this module
+holds the per-value loops ("kernels") in plain Python.
+"""
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from array import array
+
+import numpy as np
+
+from . import _codec_format as fmt
+from ._codec_format import CodecError
+
+__all__ = ["encode", "decode", "CodecError"]
+
+_MASK = 0xFFFFFFFFFFFFFFFF
+_RANS_L = 1 << 16
+_GCD_MAX = 1 << 62
+_EXACT = 2.0 ** 53
+
+
+def _residuals(ints: list[int], order: int) -> tuple[int, list[int]]:
+    """(base, signed residuals): x - min for order 0, wrapped differences otherwise."""
+    if order == 0:
+        base = min(ints)
+        return base, [x - base for x in ints]
+    d = ints
+    for _ in range(order):
+        d = [fmt.wrap64(b - a) for a, b in zip(d, d[1:])]
+    return 0, d
+
+
+def _gcd(res: list[int]) -> int:
+    g = 0
+    for r in res:
+        g = math.gcd(g, r)
+        if g == 1:
+            break
+    return 1 if g == 0 or g > _GCD_MAX else g
+
+
+def _unsigned(res: list[int], order: int, gcd: int) -> list[int]:
+    if order == 0:
+        return [r // gcd for r in res]
+    return [fmt.zigzag(r // gcd) for r in res]
+
+
+def analyze(ints: np.ndarray, order: int) -> tuple[int, int, list[int]]:
+    """(base, divisor, histogram of fine bucket symbols) of the residuals at this order."""
+    base, res = _residuals(ints.tolist(), order)
+    gcd = _gcd(res)
+    fine = [0] * fmt.NSYM_FINE
+    for u in _unsigned(res, order, gcd):
+        fine[fmt.bucket(u, fmt.BUCKET_FINE)[0]] += 1
+    return base, gcd, fine
+
+
+def plan(ints: np.ndarray) -> tuple[float, int, int, int, int, list[int]]:
+    """(estimated bits, order, bucket width, base, divisor, fine histogram): the delta
+    order and bucket width that code these integers smallest."""
+    n = len(ints)
+    best = None
+    for order in range(min(2, n) + 1):
+        base, gcd, fine = analyze(ints, order)
+        bits, m = fmt.istream_cost(fine)
+        if best is None or bits < best[0]:
+            best = (bits, order, m, base, gcd, fine)
+    return best
+
+
+def write_table(syms: np.ndarray, freqs: np.ndarray) -> bytes:
+    """A frequency table: count, then per symbol the gap from the previous one and
+    frequency - 1 (left out when one symbol has it all), as varints."""
+    w = fmt.Writer()
+    w.varint(len(syms))
+    prev = -1
+    for s, f in zip(syms.tolist(), freqs.tolist()):
+        w.varint(s - prev - 1)
+        if len(syms) > 1:
+            w.varint(f - 1)
+        prev = s
+    return w.getvalue()
+
+
+def read_table(data, pos: int, nsym: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(frequency, cumulative frequency, position after) of a table from `write_table`."""
+    r = fmt.Reader(data)
+    r.pos = pos
+    count = r.varint(nsym + 1)
+    if count == 0:
+        raise CodecError("empty frequency table", r.pos)
+    pairs = []
+    s = -1
+    for _ in range(count):
+        s += r.varint(nsym) + 1
+        f = r.varint(fmt.PROB_SCALE) + 1 if count > 1 else fmt.PROB_SCALE
+        if s >= nsym:
+            raise CodecError(f"symbol {s} out of range", r.pos)
+        pairs.append((s, f))
+    if sum(f for _, f in pairs) != fmt.PROB_SCALE:
+        raise CodecError("frequencies do not sum to the scale", r.pos)
+    freq, cum = fmt.tables(pairs, nsym)
+    return freq, cum, r.pos
+
+
+def encode_ints(ints, order, base, gcd, m, freq, cum) -> tuple[bytes, bytes]:
+    _, res = _residuals(ints.tolist(), order)
+    syms = []
+    acc = nbits = 0
+    extra = bytearray()
+    for u in _unsigned(res, order, gcd):
+        s, e = fmt.bucket(u, m)
+        syms.append(s)
+        if e:
+            acc |= (u & ((1 << e) - 1)) << nbits
+            nbits += e
+            while nbits >= 8:
+                extra.append(acc & 0xFF)
+                acc >>= 8
+                nbits -= 8
+    if nbits:
+        extra.append(acc)
+    freq, cum = freq.tolist(), cum.tolist()
+    x = _RANS_L
+    words = []
+    for s in reversed(syms):
+        f = freq[s]
+        if x >= (f << (32 - fmt.PROB_BITS)):
+            words.append(x & 0xFFFF)
+            x >>= 16
+        x = ((x // f) << fmt.PROB_BITS) + x % f + cum[s]
+    words.reverse()
+    return struct.pack("<I", x) + array("H", words).tobytes(), bytes(extra)
+
+
+def decode_ints(n, order, heads, gcd, m, freq, cum, rans, extra) -> np.ndarray:
+    freq, cum = freq.tolist(), cum.tolist()
+    slot_sym = [0] * fmt.PROB_SCALE
+    for s, f in enumerate(freq):
+        for j in range(cum[s], cum[s] + f):
+            slot_sym[j] = s
+    if len(rans) < 4 or len(rans) % 2:
+        raise CodecError("rANS block has a bad length")
+    x = struct.unpack_from("<I", rans)[0]
+    words = array("H", rans[4:]).tolist()
+    pos = 0
+    bits = int.from_bytes(extra, "little")
+    bitpos = 0
+    nbits = 8 * len(extra)
+    direct = 2 << m
+    count = n - order if order else n
+    out = []
+    for _ in range(count):
+        slot = x & (fmt.PROB_SCALE - 1)
+        s = slot_sym[slot]
+        x = freq[s] * (x >> fmt.PROB_BITS) + slot - cum[s]
+        if x < _RANS_L:
+            if pos >= len(words):
+                raise CodecError("rANS block ends early")
+            x = (x << 16) | words[pos]
+            pos += 1
+        if s < direct:
+            u = s
+        else:
+            t = s - direct
+            e = (t >> m) + 1
+            if bitpos + e > nbits:
+                raise CodecError("raw bits end early")
+            low = (bits >> bitpos) & ((1 << e) - 1)
+            bitpos += e
+            u = (((1 << m) | (t & ((1 << m) - 1))) << e) | low
+        out.append(u)
+    if x != _RANS_L or pos != len(words):
+        raise CodecError("rANS block does not end where it should (corrupt stream)")
+    return np.array(_integrate(out, order, heads, gcd), dtype=np.int64)
+
+
+def _integrate(us: list[int], order: int, heads: list[int], gcd: int) -> list[int]:
+    if order == 0:
+        return [fmt.wrap64(heads[0] + u * gcd) for u in us]
+    d = [fmt.unzigzag(u) * gcd for u in us]
+    if order == 2:
+        acc = fmt.wrap64(heads[1] - heads[0])
+        first = []
+        for dd in d:
+            acc = fmt.wrap64(acc + dd)
+            first.append(acc)
+        d = first
+    out = list(heads)
+    x = heads[-1]
+    for v in d:
+        x = fmt.wrap64(x + v)
+        out.append(x)
+    return out
+
+
+def decimal_ints(values: np.ndarray, e: int) -> tuple[np.ndarray, np.ndarray]:
+    """values * 10**e as integers where that is exact; positions where it is not."""
+    p = 10.0 ** e
+    ints, exc = [], []
+    prev = 0
+    for i, v in enumerate(values.tolist()):
+        x = v * p
+        if abs(x) < _EXACT:
+            q = round(x)
+            if q / p == v and not (q == 0 and math.copysign(1.0, v) < 0):
+                ints.append(q)
+                prev = q
+                continue
+        ints.append(prev)
+        exc.append(i)
+    return np.array(ints, np.int64), np.array(exc, np.int64)
+
+
+def decimal_values(ints: np.ndarray, e: int) -> np.ndarray:
+    p = 10.0 ** e
+    return np.array([q / p for q in ints.tolist()], np.float64)
+
+
+def quant_ints(values: np.ndarray, q: float, max_error: float) -> tuple[np.ndarray, np.ndarray]:
+    """round(v / q) where that decodes (k * q) within max_error; positions where not."""
+    ints, exc = [], []
+    prev = 0
+    for i, v in enumerate(values.tolist()):
+        x = v / q
+        if abs(x) < _EXACT:
+            k = round(x)
+            if abs(float(k) * q - v) <= max_error:
+                ints.append(k)
+                prev = k
+                continue
+        ints.append(prev)
+        exc.append(i)
+    return np.array(ints, np.int64), np.array(exc, np.int64)
+
+
+def deadband(values: np.ndarray, max_error: float) -> np.ndarray:
+    """Indices kept: each value that strays more than max_error from the last kept one."""
+    vs = values.tolist()
+    idx = [0] if vs else []
+    held = vs[0] if vs else 0.0
+    for i in range(1, len(vs)):
+        v = vs[i]
+        if not (math.isfinite(v) and math.isfinite(held) and abs(v - held) <= max_error):
+            idx.append(i)
+            held = v
+    return np.array(idx, np.int64)
+
+
+def swinging_door(ts: np.ndarray, values: np.ndarray, max_error: float) -> np.ndarray:
+    """Indices kept by a swinging door of half-width max_error: a segment grows while
+    the line from its anchor to the newest point stays inside every earlier point's door."""
+    vs, tl = values.tolist(), ts.tolist()
+    n = len(vs)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    idx = [0]
+    a = 0
+    lo, hi = -math.inf, math.inf
+    for i in range(1, n):
+        v, va = vs[i], vs[a]
+        dt = float(fmt.wrap64(tl[i] - tl[a]))
+        if not (math.isfinite(v) and math.isfinite(va) and dt > 0):
+            if i - 1 != a:
+                idx.append(i - 1)
+            idx.append(i)
+            a, lo, hi = i, -math.inf, math.inf
+            continue
+        s = (v - va) / dt
+        if not lo <= s <= hi:
+            idx.append(i - 1)
+            a = i - 1
+            va = vs[a]
+            dt = float(fmt.wrap64(tl[i] - tl[a]))
+            lo, hi = -math.inf, math.inf
+            if not (math.isfinite(va) and dt > 0):
+                idx.append(i)
+                a = i
+                continue
+        lo = max(lo, (v - max_error - va) / dt)
+        hi = min(hi, (v + max_error - va) / dt)
+    if idx[-1] != n - 1:
+        idx.append(n - 1)
+    return np.array(idx, np.int64)
+
+
+_KERNELS = sys.modules[__name__]
+
+
+def encode(timestamps, values, *, max_error: float = 0.0) -> bytes:
+    """Compress one series; see the module docstring. Raises ValueError on bad input."""
+    return fmt.encode(timestamps, values, max_error, _KERNELS)
+
+
+def decode(data) -> tuple[np.ndarray, np.ndarray]:
+    """(timestamps int64 ns, values float64) from `encode`'s bytes; CodecError if invalid."""
+    return fmt.decode(data, _KERNELS)
