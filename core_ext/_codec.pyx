@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 from libc.math cimport fabs, isfinite, log2, rint, signbit, INFINITY
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
 
 from . import _codec_format as fmt
 from ._codec_format import CodecError
@@ -33,16 +33,19 @@ cdef inline int bitlen(uint64_t u) noexcept nogil:
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long) nogil
+    int __builtin_ctzll(unsigned long long) nogil
 
 
 cdef inline uint32_t bucket(uint64_t u, int m, int* extra) noexcept nogil:
-    cdef int b
-    if u < ((<uint64_t>2) << m):
-        extra[0] = 0
-        return <uint32_t>u
-    b = bitlen(u)
-    extra[0] = b - 1 - m
-    return (2 << m) + (b - m - 2) * (1 << m) + <uint32_t>((u >> (b - 1 - m)) & ((1 << m) - 1))
+    # branch-free: whether a residual is below 2 << m is a coin toss on real data,
+    # and a mispredicted branch costs more than computing both answers
+    cdef int b = 64 - __builtin_clzll(u | 1)
+    cdef int e = b - 1 - m
+    cdef int small = e <= 0
+    cdef int es = 0 if small else e
+    cdef uint32_t big = (2 << m) + (b - m - 2) * (1 << m) + <uint32_t>((u >> es) & ((1 << m) - 1))
+    extra[0] = es
+    return <uint32_t>u if small else big
 
 
 cdef inline uint64_t zz(int64_t v) noexcept nogil:
@@ -92,13 +95,31 @@ cdef uint64_t common_divisor(uint64_t* r, Py_ssize_t count, int order) noexcept 
     return 1 if g == 0 or g > GCD_MAX else g
 
 
-cdef inline uint64_t unsigned_residual(uint64_t r, int order, uint64_t g) noexcept nogil:
-    # a 64-bit division costs tens of cycles: skip it in the common case of no divisor
-    if g == 1:
-        return r if order == 0 else zz(<int64_t>r)
+cdef struct Divisor:
+    int shift        # trailing zero bits of the divisor
+    uint64_t inv     # inverse of its odd part modulo 2**64
+
+
+cdef inline Divisor divisor(uint64_t g) noexcept nogil:
+    """Exact division by g as a shift and a multiplication (residuals are multiples of
+    g, so the inverse of g's odd part modulo 2**64 gives the quotient; a 64-bit
+    division would cost tens of cycles a value, as on a clock of 10**9 ns)."""
+    cdef Divisor d
+    cdef uint64_t odd, inv
+    cdef int k
+    d.shift = __builtin_ctzll(g)
+    odd = g >> d.shift
+    inv = odd
+    for k in range(5):
+        inv *= 2 - odd * inv
+    d.inv = inv
+    return d
+
+
+cdef inline uint64_t unsigned_residual(uint64_t r, int order, Divisor g) noexcept nogil:
     if order == 0:
-        return r / g
-    return zz(<int64_t>r / <int64_t>g)
+        return (r >> g.shift) * g.inv
+    return zz(<int64_t>((<uint64_t>(<int64_t>r >> g.shift)) * g.inv))
 
 
 cdef int64_t COARSE_SYM_C[4][496]
@@ -110,32 +131,42 @@ for _m in range(4):
 
 
 cdef double cost_of(const int64_t* fine, int* m_out) noexcept nogil:
-    """fmt.istream_cost, the same sum in the same order."""
-    cdef int64_t coarse[496]
-    cdef int64_t extra, total, c
-    cdef Py_ssize_t s, nz
-    cdef int m
+    """fmt.istream_cost: the same sum in the same order (coarse symbols ascending;
+    the fine-to-coarse map is monotone, so runs of the nonzero fine bins give it)."""
+    cdef int nz_sym[496]
+    cdef Py_ssize_t s, nz = 0, k
+    cdef int64_t extra, total, c, run
+    cdef int m, cur, nsy
     cdef double bits, best = INFINITY
+    for s in range(496):
+        if fine[s]:
+            nz_sym[nz] = <int>s
+            nz += 1
+    total = 0
+    for k in range(nz):
+        total += fine[nz_sym[k]]
     for m in range(4):
-        for s in range(496):
-            coarse[s] = 0
         extra = 0
-        for s in range(496):
-            c = fine[s]
-            if c:
-                coarse[COARSE_SYM_C[m][s]] += c
-                extra += COARSE_EXTRA_C[m][s] * c
-        total = 0
-        nz = 0
-        for s in range(496):
-            if coarse[s]:
-                total += coarse[s]
-                nz += 1
-        bits = <double>extra + 8.0 * (3 * nz + 2)
-        for s in range(496):
-            c = coarse[s]
-            if c:
-                bits += <double>c * log2(<double>total / <double>c)
+        nsy = 0
+        cur = -1
+        for k in range(nz):
+            s = nz_sym[k]
+            extra += COARSE_EXTRA_C[m][s] * fine[s]
+            if COARSE_SYM_C[m][s] != cur:
+                cur = <int>COARSE_SYM_C[m][s]
+                nsy += 1
+        bits = <double>extra + 8.0 * (3 * nsy + 2)
+        cur = -1
+        run = 0
+        for k in range(nz + 1):
+            if k == nz or COARSE_SYM_C[m][nz_sym[k]] != cur:
+                if run:
+                    bits += <double>run * log2(<double>total / <double>run)
+                if k == nz:
+                    break
+                cur = <int>COARSE_SYM_C[m][nz_sym[k]]
+                run = 0
+            run += fine[nz_sym[k]]
         if bits < best:
             best = bits
             m_out[0] = m
@@ -153,12 +184,17 @@ cdef void _analyze(const int64_t[::1] x, int order, uint64_t* r, int64_t* h,
         for i in range(n):
             if x[i] < base[0]:
                 base[0] = x[i]
+    cdef int32_t h4[4][NSYM]
+    cdef Divisor dg
     residuals(x, order, <uint64_t>base[0], r)
     g = common_divisor(r, count, order)
-    for i in range(NSYM):
-        h[i] = 0
+    dg = divisor(g)
+    memset(h4, 0, sizeof(h4))
+    # four histograms in turn: increments of one counter in a row wait on each other
     for i in range(count):
-        h[bucket(unsigned_residual(r[i], order, g), FINE_M, &extra)] += 1
+        h4[i & 3][bucket(unsigned_residual(r[i], order, dg), FINE_M, &extra)] += 1
+    for i in range(NSYM):
+        h[i] = h4[0][i] + h4[1][i] + h4[2][i] + h4[3][i]
     gcd[0] = g
 
 
@@ -174,24 +210,108 @@ def analyze(ints, int order):
     return int(base), int(g), list(h)
 
 
+cdef inline uint64_t gcd_step(uint64_t g, uint64_t a, int signed_) noexcept nogil:
+    if signed_ and <int64_t>a < 0:
+        a = 0 - a
+    if a == g or a == 0:
+        return g  # a regular clock repeats one difference: spare the division
+    return gcd64(g, a)
+
+
 def plan(ints):
-    """(estimated bits, order, bucket width, base, divisor, fine histogram), as `_codec_py.plan`."""
+    """(estimated bits, order, bucket width, base, divisor, fine histogram), as
+    `_codec_py.plan`: a long istream picks its order on a sample of runs, then
+    takes one full pass at that order; a short one measures all three orders
+    in two passes."""
     cdef const int64_t[::1] x = np.ascontiguousarray(ints, np.int64)
-    cdef Py_ssize_t n = x.shape[0]
-    cdef uint64_t[::1] r = np.empty(max(n, 1), np.uint64)
+    if x.shape[0] > fmt.PLAN_FULL:
+        return plan_sampled(x)
+    return plan_full(x)
+
+
+cdef plan_sampled(const int64_t[::1] x):
+    cdef Py_ssize_t n = x.shape[0], s
+    cdef uint64_t[::1] r = np.empty(n, np.uint64)
+    cdef int64_t[::1] h = np.zeros(NSYM, np.int64)
+    cdef int64_t[::1] acc = np.zeros(NSYM, np.int64)
+    cdef int64_t base
+    cdef uint64_t g
+    cdef int o, order = 0, m
+    cdef double bits, least = INFINITY
+    starts = fmt.plan_runs(n)
+    for o in range(3):
+        acc[:] = 0
+        for a in starts:
+            _analyze(x[a:a + fmt.PLAN_RUN], o, &r[0], &h[0], &base, &g)
+            for s in range(NSYM):
+                acc[s] += h[s]
+        bits = cost_of(&acc[0], &m)
+        if bits < least:
+            order, least = o, bits
+    with nogil:
+        _analyze(x, order, &r[0], &h[0], &base, &g)
+        bits = cost_of(&h[0], &m)
+    return bits, order, m, int(base), int(g), list(h)
+
+
+cdef plan_full(const int64_t[::1] x):
+    cdef Py_ssize_t n = x.shape[0], i
     cdef int64_t[:, ::1] h = np.zeros((3, NSYM), np.int64)
-    cdef int64_t base[3]
+    cdef int32_t[:, :, ::1] h4 = np.zeros((4, 3, NSYM), np.int32)
+    cdef Py_ssize_t j
     cdef uint64_t g[3]
     cdef int m[3]
     cdef double bits[3]
-    cdef int order, top = 2 if n > 2 else <int>n, best = 0
+    cdef int order, top = 2 if n > 2 else <int>n, best = 0, extra
+    cdef int64_t lo = x[0] if n else 0
+    cdef uint64_t hi = <uint64_t>lo, d = 0, prev_d = 0, dd
+    cdef int32_t* hp = &h4[0, 0, 0]
+    cdef Divisor dv[3]
     with nogil:
+        g[0] = g[1] = g[2] = 0
+        for i in range(n):
+            if x[i] < lo:
+                lo = x[i]
+            if x[i] > <int64_t>hi:
+                hi = <uint64_t>x[i]
+            if i >= 1:
+                d = <uint64_t>x[i] - <uint64_t>x[i - 1]
+                if g[1] != 1:
+                    g[1] = gcd_step(g[1], d, 1)
+                if i >= 2 and g[2] != 1:
+                    g[2] = gcd_step(g[2], d - prev_d, 1)
+                prev_d = d
+        if hi - <uint64_t>lo < (<uint64_t>1 << 63):
+            # no difference wrapped, so the divisor of x - min is that of the differences
+            g[0] = g[1]
+        else:
+            for i in range(n):
+                g[0] = gcd_step(g[0], <uint64_t>x[i] - <uint64_t>lo, 0)
+                if g[0] == 1:
+                    break
+        for order in range(3):
+            if g[order] == 0 or g[order] > GCD_MAX:
+                g[order] = 1
+            dv[order] = divisor(g[order])
+        # four copies of each histogram, taken in turn: increments of one counter
+        # in a row wait on each other, and sensor residuals hit a few counters a lot
+        for i in range(n):
+            j = (i & 3) * 3 * NSYM
+            hp[j + bucket(unsigned_residual(<uint64_t>x[i] - <uint64_t>lo, 0, dv[0]), FINE_M, &extra)] += 1
+            if i >= 1:
+                d = <uint64_t>x[i] - <uint64_t>x[i - 1]
+                hp[j + NSYM + bucket(unsigned_residual(d, 1, dv[1]), FINE_M, &extra)] += 1
+                if i >= 2:
+                    hp[j + 2 * NSYM + bucket(unsigned_residual(d - prev_d, 2, dv[2]), FINE_M, &extra)] += 1
+                prev_d = d
+        for order in range(3):
+            for i in range(NSYM):
+                h[order, i] = h4[0, order, i] + h4[1, order, i] + h4[2, order, i] + h4[3, order, i]
         for order in range(top + 1):
-            _analyze(x, order, &r[0], &h[order, 0], &base[order], &g[order])
             bits[order] = cost_of(&h[order, 0], &m[order])
             if bits[order] < bits[best]:
                 best = order
-    return bits[best], best, m[best], int(base[best]), int(g[best]), list(h[best])
+    return bits[best], best, m[best], int(lo) if best == 0 else 0, int(g[best]), list(h[best])
 
 
 cdef struct BitWriter:
@@ -299,6 +419,7 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
     cdef const uint32_t[::1] c = cum
     cdef Py_ssize_t n = x.shape[0], count = n - order, i, wpos
     cdef uint64_t g = gcd, u, state
+    cdef uint64_t st[2]
     cdef int64_t b0 = base
     cdef int e
     cdef uint32_t s
@@ -318,10 +439,11 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
     w.pos = 0
     w.acc = 0
     w.nbits = 0
+    cdef Divisor dg = divisor(g)
     with nogil:
         residuals(x, order, <uint64_t>b0, r)
         for i in range(count):
-            u = unsigned_residual(r[i], order, g)
+            u = unsigned_residual(r[i], order, dg)
             s = bucket(u, m, &e)
             sy[i] = <uint16_t>s
             if e:
@@ -329,19 +451,99 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
         if w.nbits:
             w.out[w.pos] = <uint8_t>w.acc
             w.pos += 1
-        # rANS runs backwards so that the decoder reads forwards
-        state = RANS_L
+        # rANS runs backwards so that the decoder reads forwards; two states take
+        # turns (even and odd symbols) so that a decoder can work on both at once
+        st[0] = st[1] = RANS_L
         wpos = count + 2
-        for i in range(count - 1, -1, -1):
+        if f[sy[0]] == PROB_SCALE:
+            i = -1  # one symbol takes the whole scale: every step leaves the states as they are
+        else:
+            i = count - 1
+        while i >= 0:
             s = sy[i]
+            state = st[i & 1]
             if state >= (<uint64_t>f[s] << (32 - PROB_BITS)):
                 wpos -= 1
                 wd[wpos] = <uint16_t>(state & 0xFFFF)
                 state >>= 16
             # state < 2**32 here, so the division can be 32-bit (much cheaper than 64)
-            state = ((<uint64_t>(<uint32_t>state / f[s])) << PROB_BITS) + (<uint32_t>state % f[s]) + c[s]
-    head = int(state).to_bytes(4, "little")
+            st[i & 1] = ((<uint64_t>(<uint32_t>state / f[s])) << PROB_BITS) + (<uint32_t>state % f[s]) + c[s]
+            i -= 1
+    head = int(st[0]).to_bytes(4, "little") + int(st[1]).to_bytes(4, "little")
     return head + words[wpos:count + 2].astype("<u2").tobytes(), extra[:w.pos].tobytes()
+
+
+cdef struct Decoder:
+    const uint16_t* slot_sym
+    const uint32_t* f
+    const uint32_t* c
+    const uint8_t* words
+    Py_ssize_t pos, nwords      # in bytes
+    const uint8_t* raw
+    Py_ssize_t rpos, nraw
+    uint64_t acc
+    int nbits
+    int m
+    uint32_t direct
+    int bad
+
+
+cdef inline uint32_t rans_step(Decoder* d, uint64_t* x) noexcept nogil:
+    cdef uint64_t state = x[0]
+    cdef uint32_t slot = state & (PROB_SCALE - 1)
+    cdef uint32_t sym = d.slot_sym[slot]
+    state = d.f[sym] * (state >> PROB_BITS) + slot - d.c[sym]
+    if state < RANS_L:
+        if d.pos + 2 <= d.nwords:
+            state = (state << 16) | d.words[d.pos] | (<uint64_t>d.words[d.pos + 1] << 8)
+            d.pos += 2
+        else:
+            d.bad = 1
+    x[0] = state
+    return sym
+
+
+cdef uint64_t read_long(Decoder* d, int e) noexcept nogil:
+    """More than 56 raw bits: two reads, so the accumulator never overflows."""
+    cdef uint64_t low = 0
+    cdef int e1 = 0, j
+    while e1 < e:
+        j = e - e1 if e - e1 <= 32 else 32
+        while d.nbits < j and d.rpos < d.nraw:
+            d.acc |= <uint64_t>d.raw[d.rpos] << d.nbits
+            d.rpos += 1
+            d.nbits += 8
+        if d.nbits < j:
+            d.bad = 2
+            return 0
+        low |= (d.acc & ((<uint64_t>1 << j) - 1)) << e1
+        d.acc >>= j
+        d.nbits -= j
+        e1 += j
+    return low
+
+
+cdef inline uint64_t value_of(Decoder* d, uint32_t sym) noexcept nogil:
+    """The residual of a symbol: small symbols are values, others take raw bits
+    (branch-free selection, as in the encoder's bucket)."""
+    cdef int m = d.m
+    cdef uint32_t t = sym - d.direct
+    cdef int big = sym >= d.direct
+    cdef int e = (t >> m) + 1 if big else 0
+    cdef uint64_t top = ((1 << m) | (t & ((1 << m) - 1))) if big else sym
+    cdef uint64_t low
+    if d.nbits < e:
+        while d.nbits <= 56 and d.rpos < d.nraw:
+            d.acc |= <uint64_t>d.raw[d.rpos] << d.nbits
+            d.rpos += 1
+            d.nbits += 8
+    if e <= d.nbits:
+        low = d.acc & ((<uint64_t>1 << e) - 1)
+        d.acc >>= e
+        d.nbits -= e
+    else:
+        low = read_long(d, e)
+    return (top << e) | low
 
 
 def decode_ints(Py_ssize_t n, int order, heads, gcd, int m, freq, cum, rans, extra):
@@ -350,85 +552,65 @@ def decode_ints(Py_ssize_t n, int order, heads, gcd, int m, freq, cum, rans, ext
     cdef const uint32_t[::1] c = cum
     cdef const uint8_t[::1] rb = rans
     cdef const uint8_t[::1] xb = extra
-    cdef Py_ssize_t count = n - order if order else n, i, pos = 4, nrb = len(rans), xpos = 0, nxb = len(extra)
+    cdef Py_ssize_t count = n - order if order else n, i, s, j, nrb = len(rans)
     cdef uint16_t slot_sym[PROB_SCALE]
-    cdef Py_ssize_t s, j
-    cdef uint64_t state, u, g = gcd, acc = 0, low
-    cdef uint32_t slot, sym, direct = 2 << m, t
-    cdef int nbits = 0, e, bad = 0, e1
+    cdef uint64_t g = gcd, x0, x1
+    cdef uint32_t s0, s1
+    cdef Decoder d
     out = np.empty(n, np.int64)
     cdef int64_t[::1] out_v = out
     cdef int64_t* o = &out_v[0]
-    if nrb < 4 or nrb % 2:
+    cdef int64_t* dst
+    if nrb < 8 or nrb % 2:
         raise CodecError("rANS block has a bad length")
     for s in range(f.shape[0]):
         for j in range(c[s], c[s] + f[s]):
             slot_sym[j] = <uint16_t>s
     for i, v in enumerate(heads):
         o[i] = v
-    state = rb[0] | (<uint64_t>rb[1] << 8) | (<uint64_t>rb[2] << 16) | (<uint64_t>rb[3] << 24)
-    # one symbol with no raw bits (a regular clock, a constant): rANS leaves the state
-    # as it is and reads nothing, so the values can be written straight away
-    sym = slot_sym[0]
-    if f[sym] == PROB_SCALE and sym < direct:
-        u = sym
-        for i in range(count):
-            o[i if order == 0 else order + i] = <int64_t>(u * g if order == 0 else u)
-        count = 0
+    d.slot_sym = slot_sym
+    d.f = &f[0]
+    d.c = &c[0]
+    d.words = &rb[0]
+    d.pos = 8
+    d.nwords = nrb
+    d.raw = &xb[0] if len(extra) else NULL
+    d.rpos = 0
+    d.nraw = len(extra)
+    d.acc = 0
+    d.nbits = 0
+    d.m = m
+    d.direct = 2 << m
+    d.bad = 0
+    x0 = rb[0] | (<uint64_t>rb[1] << 8) | (<uint64_t>rb[2] << 16) | (<uint64_t>rb[3] << 24)
+    x1 = rb[4] | (<uint64_t>rb[5] << 8) | (<uint64_t>rb[6] << 16) | (<uint64_t>rb[7] << 24)
+    dst = o if order == 0 else o + order
+    s0 = slot_sym[0]
     with nogil:
-        for i in range(count):
-            slot = state & (PROB_SCALE - 1)
-            sym = slot_sym[slot]
-            state = f[sym] * (state >> PROB_BITS) + slot - c[sym]
-            if state < RANS_L:
-                if pos + 2 > nrb:
-                    bad = 1
-                    break
-                state = (state << 16) | rb[pos] | (<uint64_t>rb[pos + 1] << 8)
-                pos += 2
-            if sym < direct:
-                u = sym
-            else:
-                t = sym - direct
-                e = (t >> m) + 1
-                if nbits < e:
-                    while nbits <= 56 and xpos < nxb:
-                        acc |= <uint64_t>xb[xpos] << nbits
-                        xpos += 1
-                        nbits += 8
-                if e <= nbits:
-                    low = acc & ((<uint64_t>1 << e) - 1)
-                    acc >>= e
-                    nbits -= e
-                else:
-                    # more than 56 raw bits: two reads, so the accumulator never overflows
-                    low = 0
-                    e1 = 0
-                    while e1 < e:
-                        j = e - e1 if e - e1 <= 32 else 32
-                        while nbits < j and xpos < nxb:
-                            acc |= <uint64_t>xb[xpos] << nbits
-                            xpos += 1
-                            nbits += 8
-                        if nbits < j:
-                            bad = 2
-                            break
-                        low |= (acc & ((<uint64_t>1 << j) - 1)) << e1
-                        acc >>= j
-                        nbits -= j
-                        e1 += j
-                    if bad:
-                        break
-                u = ((<uint64_t>((1 << m) | (t & ((1 << m) - 1)))) << e) | low
-            if order == 0:
-                o[i] = <int64_t>(u * g)
-            else:
-                o[order + i] = <int64_t>u
-    if bad == 1:
+        if f[s0] == PROB_SCALE and s0 < d.direct:
+            # one symbol with no raw bits (a regular clock, a constant): rANS leaves
+            # the states as they are and reads nothing
+            for i in range(count):
+                dst[i] = s0
+        else:
+            # the two states' steps do not depend on each other: the CPU overlaps them
+            i = 0
+            while i + 1 < count and not d.bad:
+                s0 = rans_step(&d, &x0)
+                s1 = rans_step(&d, &x1)
+                dst[i] = <int64_t>value_of(&d, s0)
+                dst[i + 1] = <int64_t>value_of(&d, s1)
+                i += 2
+            if i < count and not d.bad:
+                dst[i] = <int64_t>value_of(&d, rans_step(&d, &x0))
+        if order == 0 and g != 1:
+            for i in range(count):
+                dst[i] = <int64_t>(<uint64_t>dst[i] * g)
+    if d.bad == 1:
         raise CodecError("rANS block ends early")
-    if bad == 2:
+    if d.bad == 2:
         raise CodecError("raw bits end early")
-    if state != RANS_L or pos != nrb:
+    if x0 != RANS_L or x1 != RANS_L or d.pos != nrb:
         raise CodecError("rANS block does not end where it should (corrupt stream)")
     integrate(o, n, order, heads, g)
     return out
@@ -458,6 +640,48 @@ cdef void integrate(int64_t* o, Py_ssize_t n, int order, heads, uint64_t g):
     cdef uint64_t base = <uint64_t><int64_t>heads[0] if order == 0 else 0
     with nogil:
         _integrate(o, n, order, base, g)
+
+
+def dictionary(keys, Py_ssize_t limit):
+    """(sorted distinct keys, index of each among them), or None past `limit` distinct;
+    an open-addressing hash in one pass, so a series with too many values costs little."""
+    cdef const int64_t[::1] x = np.ascontiguousarray(keys, np.int64)
+    cdef Py_ssize_t n = x.shape[0], i, cap = 16, found = 0
+    cdef uint64_t h, mask
+    cdef int shift = 60
+    while cap < 2 * limit + 2:
+        cap *= 2
+        shift -= 1
+    mask = cap - 1
+    table_keys = np.empty(cap, np.int64)
+    table_ids = np.full(cap, -1, np.int64)
+    first = np.empty(n, np.int64)
+    distinct = np.empty(limit + 1, np.int64)
+    cdef int64_t[::1] tk = table_keys
+    cdef int64_t[::1] ti = table_ids
+    cdef int64_t[::1] fi = first
+    cdef int64_t[::1] dk = distinct
+    with nogil:
+        for i in range(n):
+            h = (<uint64_t>x[i] * <uint64_t>0x9E3779B97F4A7C15) >> (64 - 4 - (60 - shift))
+            while ti[h] >= 0 and tk[h] != x[i]:
+                h = (h + 1) & mask
+            if ti[h] < 0:
+                if found >= limit:
+                    found = -1
+                    break
+                tk[h] = x[i]
+                ti[h] = found
+                dk[found] = x[i]
+                found += 1
+            fi[i] = ti[h]
+    if found < 0:
+        return None
+    uniq = distinct[:found]
+    order = np.argsort(uniq, kind="stable")
+    rank = np.empty(found, np.int64)
+    rank[order] = np.arange(found)
+    return uniq[order], rank[first]
 
 
 def decimal_ints(values, int e):

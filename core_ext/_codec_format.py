@@ -26,21 +26,26 @@ import numpy as np
 
 MAGIC = b"HRZ"
 VERSION = 1
-CHUNK = 1 << 14          # values per chunk: each chunk picks its own mode
+CHUNK = 1 << 16          # values per chunk: each chunk picks its own mode
 PROB_BITS = 14           # rANS frequency precision
 PROB_SCALE = 1 << PROB_BITS
 BUCKET_FINE = 3          # histograms are taken with 3 mantissa bits, coarser widths derived
 NSYM_FINE = 16 + 60 * 8  # symbols of the finest bucketing of a uint64
+PLAN_RUN = 256          # a long istream picks its delta order on runs of this many values
+PLAN_RUNS = 8
+PLAN_FULL = 4 * PLAN_RUN * PLAN_RUNS  # up to this length every order is measured on all values
 MAX_EXPONENT = 18        # decimal digits after the point tried by decimal detection
 DECIMAL_SAMPLE = 64
+EXCEPTION_BITS = 80
+DIGIT_BITS = 3.33
 DICT_MAX_FRACTION = 4    # a dictionary is used only when distinct values <= n / 4
-DICT_TRY_BITS = 8        # and tried only when the best other estimate exceeds this per value
 
 K_RAW, K_DECIMAL, K_BITS, K_DICT, K_QUANT, K_HOLD, K_LINEAR = range(7)
 KIND_NAMES = {K_RAW: "raw", K_DECIMAL: "decimal", K_BITS: "bits", K_DICT: "dictionary",
               K_QUANT: "quantised", K_HOLD: "deadband", K_LINEAR: "swinging door"}
 MAX_N = 1 << 31          # values per stream a decoder accepts
 MAX_CHUNK = 1 << 16
+MAX_VALUES_PER_BYTE = 4096
 
 
 class CodecError(ValueError):
@@ -163,6 +168,11 @@ _COARSE = {m: [bucket(_fine_representative(s), m) for s in range(NSYM_FINE)] for
 
 COARSE_SYM = np.array([[_COARSE[m][s][0] for s in range(NSYM_FINE)] for m in range(BUCKET_FINE + 1)], np.int64)
 COARSE_EXTRA = np.array([[_COARSE[m][s][1] for s in range(NSYM_FINE)] for m in range(BUCKET_FINE + 1)], np.int64)
+
+
+def plan_runs(n: int) -> list[int]:
+    """Starts of the evenly spaced runs a long istream's delta order is chosen on."""
+    return [(n - PLAN_RUN) * k // (PLAN_RUNS - 1) for k in range(PLAN_RUNS)]
 
 
 def coarse_hist(fine, m: int) -> dict[int, int]:
@@ -312,13 +322,18 @@ def interp(ts: np.ndarray, idx: np.ndarray, pts: np.ndarray) -> np.ndarray:
 # --- value chunks --------------------------------------------------------------
 
 def detect_decimal(values: np.ndarray) -> int | None:
-    """Fewest decimal digits that give most sampled values back exactly, or None."""
+    """The decimal digits that code a sample of the values smallest, or None.
+
+    Each digit costs about log2(10) bits a value; a value that does not come back
+    exactly becomes an exception at about 80 bits. So a series with a few values
+    of full precision among 8-digit ones is coded with 8 digits, not 17.
+    """
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
         return None
     step = max(1, len(finite) // DECIMAL_SAMPLE)
     sample = finite[::step][:DECIMAL_SAMPLE].tolist()
-    best_e, best_count = None, 0
+    best_e, best_score, best_count = None, math.inf, 0
     for e in range(MAX_EXPONENT + 1):
         p = 10.0 ** e
         count = 0
@@ -328,10 +343,11 @@ def detect_decimal(values: np.ndarray) -> int | None:
                 q = round(x)
                 if q / p == v and not (q == 0 and math.copysign(1.0, v) < 0):
                     count += 1
-        if count > best_count:
-            best_e, best_count = e, count
+        score = (len(sample) - count) * EXCEPTION_BITS + len(sample) * e * DIGIT_BITS
+        if score < best_score:
+            best_e, best_score, best_count = e, score, count
         if count == len(sample):
-            break
+            break  # more digits only cost more
     return best_e if best_count * 10 >= len(sample) * 9 else None
 
 
@@ -378,19 +394,18 @@ def write_values(w: Writer, values: np.ndarray, k, allow_dict: bool = True) -> N
         bits = ordered(values)
         plan = k.plan(bits)
         options.append((plan[0] + 8, K_BITS, bytes((K_BITS,)), bits, plan))
-    best = min(options, key=lambda o: o[0])
-    if allow_dict and n >= 64 and best[0] > DICT_TRY_BITS * n:
-        uniq, index = np.unique(ordered(values), return_inverse=True)
-        if len(uniq) * DICT_MAX_FRACTION <= n:
+    if allow_dict and n >= 64:
+        found = k.dictionary(ordered(values), n // DICT_MAX_FRACTION)
+        if found is not None:
+            uniq, index = found
             w2 = Writer()
             w2.u8(K_DICT)
             w2.varint(len(uniq))
             write_values(w2, unordered(uniq), k, allow_dict=False)
-            index = index.astype(np.int64).reshape(-1)
             plan = k.plan(index)
             head = w2.getvalue()
             options.append((plan[0] + 8 * len(head), K_DICT, head, index, plan))
-            best = min(options, key=lambda o: o[0])
+    best = min(options, key=lambda o: o[0])
     if best[0] >= 64 * n + 8:
         w.u8(K_RAW)
         w.raw(values.astype("<f8").tobytes())
@@ -518,7 +533,12 @@ def decode(data, k) -> tuple[np.ndarray, np.ndarray]:
     n = r.varint(MAX_N)
     chunk = r.varint(MAX_CHUNK + 1)
     # each chunk takes at least one byte, which bounds what a short stream can make us allocate
-    if n and (not chunk or -(-n // chunk) > len(r.data) - r.pos):
+    if not chunk:
+        raise CodecError("chunk size 0", r.pos)
+    # a chunk takes at least 16 bytes (a constant: kind, table, rANS states), so a
+    # stream holds at most 4096 values a byte; checking this first bounds what a
+    # short or hostile stream can make the decoder allocate
+    if -(-n // chunk) > len(r.data) - r.pos or n > MAX_VALUES_PER_BYTE * len(r.data):
         raise CodecError(f"{n} values in chunks of {chunk} cannot fit in {len(data)} bytes", r.pos)
     ts = read_istream(r, n, k) if n else np.zeros(0, np.int64)
     parts = [read_values(r, min(chunk, n - start), ts[start:start + chunk], k) for start in range(0, n, chunk)]

@@ -72,6 +72,21 @@ def plan(ints: np.ndarray) -> tuple[float, int, int, int, int, list[int]]:
     """(estimated bits, order, bucket width, base, divisor, fine histogram): the delta
     order and bucket width that code these integers smallest."""
     n = len(ints)
+    if n > fmt.PLAN_FULL:
+        # the order from a sample of runs, then one full pass at that order
+        runs = [ints[a:a + fmt.PLAN_RUN] for a in fmt.plan_runs(n)]
+        order, least = 0, math.inf
+        for o in range(3):
+            fine = [0] * fmt.NSYM_FINE
+            for run in runs:
+                for s, c in enumerate(analyze(run, o)[2]):
+                    fine[s] += c
+            bits, _ = fmt.istream_cost(fine)
+            if bits < least:
+                order, least = o, bits
+        base, gcd, fine = analyze(ints, order)
+        bits, m = fmt.istream_cost(fine)
+        return bits, order, m, base, gcd, fine
     best = None
     for order in range(min(2, n) + 1):
         base, gcd, fine = analyze(ints, order)
@@ -134,16 +149,20 @@ def encode_ints(ints, order, base, gcd, m, freq, cum) -> tuple[bytes, bytes]:
     if nbits:
         extra.append(acc)
     freq, cum = freq.tolist(), cum.tolist()
-    x = _RANS_L
+    # backwards, so that the decoder reads forwards; two states take turns (even and
+    # odd symbols) so that a compiled decoder can work on both at once
+    st = [_RANS_L, _RANS_L]
     words = []
-    for s in reversed(syms):
+    for i in range(len(syms) - 1, -1, -1):
+        s = syms[i]
         f = freq[s]
+        x = st[i & 1]
         if x >= (f << (32 - fmt.PROB_BITS)):
             words.append(x & 0xFFFF)
             x >>= 16
-        x = ((x // f) << fmt.PROB_BITS) + x % f + cum[s]
+        st[i & 1] = ((x // f) << fmt.PROB_BITS) + x % f + cum[s]
     words.reverse()
-    return struct.pack("<I", x) + array("H", words).tobytes(), bytes(extra)
+    return struct.pack("<II", *st) + array("H", words).tobytes(), bytes(extra)
 
 
 def decode_ints(n, order, heads, gcd, m, freq, cum, rans, extra) -> np.ndarray:
@@ -152,10 +171,10 @@ def decode_ints(n, order, heads, gcd, m, freq, cum, rans, extra) -> np.ndarray:
     for s, f in enumerate(freq):
         for j in range(cum[s], cum[s] + f):
             slot_sym[j] = s
-    if len(rans) < 4 or len(rans) % 2:
+    if len(rans) < 8 or len(rans) % 2:
         raise CodecError("rANS block has a bad length")
-    x = struct.unpack_from("<I", rans)[0]
-    words = array("H", rans[4:]).tolist()
+    st = list(struct.unpack_from("<II", rans))
+    words = array("H", rans[8:]).tolist()
     pos = 0
     bits = int.from_bytes(extra, "little")
     bitpos = 0
@@ -163,7 +182,8 @@ def decode_ints(n, order, heads, gcd, m, freq, cum, rans, extra) -> np.ndarray:
     direct = 2 << m
     count = n - order if order else n
     out = []
-    for _ in range(count):
+    for i in range(count):
+        x = st[i & 1]
         slot = x & (fmt.PROB_SCALE - 1)
         s = slot_sym[slot]
         x = freq[s] * (x >> fmt.PROB_BITS) + slot - cum[s]
@@ -172,6 +192,7 @@ def decode_ints(n, order, heads, gcd, m, freq, cum, rans, extra) -> np.ndarray:
                 raise CodecError("rANS block ends early")
             x = (x << 16) | words[pos]
             pos += 1
+        st[i & 1] = x
         if s < direct:
             u = s
         else:
@@ -183,7 +204,7 @@ def decode_ints(n, order, heads, gcd, m, freq, cum, rans, extra) -> np.ndarray:
             bitpos += e
             u = (((1 << m) | (t & ((1 << m) - 1))) << e) | low
         out.append(u)
-    if x != _RANS_L or pos != len(words):
+    if st != [_RANS_L, _RANS_L] or pos != len(words):
         raise CodecError("rANS block does not end where it should (corrupt stream)")
     return np.array(_integrate(out, order, heads, gcd), dtype=np.int64)
 
@@ -205,6 +226,24 @@ def _integrate(us: list[int], order: int, heads: list[int], gcd: int) -> list[in
         x = fmt.wrap64(x + v)
         out.append(x)
     return out
+
+
+def dictionary(keys: np.ndarray, limit: int):
+    """(sorted distinct keys, index of each key among them), or None past `limit` distinct."""
+    seen: dict[int, int] = {}
+    first = []
+    for x in keys.tolist():
+        j = seen.get(x)
+        if j is None:
+            if len(seen) >= limit:
+                return None
+            j = seen[x] = len(seen)
+        first.append(j)
+    uniq = sorted(seen)
+    rank = [0] * len(uniq)
+    for r, x in enumerate(uniq):
+        rank[seen[x]] = r
+    return np.array(uniq, np.int64), np.array([rank[j] for j in first], np.int64)
 
 
 def decimal_ints(values: np.ndarray, e: int) -> tuple[np.ndarray, np.ndarray]:
