@@ -455,7 +455,8 @@ def read_values(r: Reader, n: int, ts: np.ndarray, k, depth: int = 0) -> np.ndar
 
 
 def write_lossy(w: Writer, ts: np.ndarray, values: np.ndarray, max_error: float, k) -> None:
-    """The smallest of quantisation, deadband and swinging door, all within max_error."""
+    """The smallest of quantisation, deadband, swinging door and the exact encoding,
+    all within max_error."""
     n = len(values)
     q = 2.0 * max_error
     ints, exc = k.quant_ints(values, q, max_error)
@@ -470,6 +471,9 @@ def write_lossy(w: Writer, ts: np.ndarray, values: np.ndarray, max_error: float,
         write_istream(w2, idx, k)
         write_values(w2, values[idx], k, allow_dict=False)
         options.append(w2.getvalue())
+    exact = Writer()
+    write_values(exact, values, k)  # within any error; best on values with few distinct levels
+    options.append(exact.getvalue())
     w.raw(min(options, key=len))
 
 

@@ -167,9 +167,8 @@ class Subscriber:
         for topic, payload in msgs:
             if not topic.endswith("/data"):
                 continue
-            b = batch.decode(payload)
-            for node, seq, received, senml in b["frames"]:
-                out[(node, seq)].append([list(r) for r in batch.frame_readings(node, received, senml)])
+            for node, seq, _received, readings in batch.readings(batch.decode(payload)):
+                out[(node, seq)].append([list(r) for r in readings])
         return out
 
     def windows(self) -> list[dict]:

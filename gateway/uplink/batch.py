@@ -1,16 +1,24 @@
-"""The uplink batch format (version 1), documented in docs/protocol.md §7.
+"""The uplink data batch (version 2), documented in docs/protocol.md §7.
 
-A batch is one CBOR map published on `headrace/v1/<site>/<gateway>/data`:
+A batch is one CBOR map published on `headrace/v1/<site>/<gateway>/data`. Its
+raw readings are compressed with the series codec (core_ext.codec, docs/codec.md):
 
-    {"v": 1, "gw": "<gateway>", "site": "<site>",
-     "frames":  [[node, seq, received, senml], ...],
+    {"v": 2, "gw": "<gateway>", "site": "<site>",
+     "nodes": [node, ...], "patterns": [[sensor, ...], ...],
+     "frames": [codec(received ns, seq), codec(node index, pattern index)],
+     "series": [[node index, sensor, codec(time ns, value)], ...],
+     "other":  [[frame index, sensor, time, value], ...],
      "windows": [[series, width, start, count, min, max, sum, sumsq, first, last, twa, correction], ...]}
 
-`frames` carry each node's verified SenML pack as it arrived (CBOR bytes),
-with the (node, seq) that identifies it and the gateway's reception time, which
-resolves relative SenML times. A consumer drops a frame it has seen, which makes
-the at-least-once uplink exactly-once. Batches are built by splicing the spooled
-CBOR bodies, not by re-encoding them.
+Each accepted frame is a row of the frame table: its node, sequence number and
+reception time, and its pattern, the sensors of its numeric readings in record
+order (nodes repeat one pattern frame after frame, so it is stored once). Each
+(node, sensor) series holds its readings in frame order, so the frames'
+readings come back exactly, in record order: (node, seq) still identifies each
+frame, and a consumer drops a frame it has seen (at-least-once delivery made
+exactly-once). Text, boolean and data values go in `other`, as they are.
+
+Version 1 batches (the SenML packs spliced as they arrived) are still read.
 """
 from __future__ import annotations
 
@@ -18,10 +26,14 @@ import math
 from typing import Iterator
 
 import cbor2
+import numpy as np
 
+from core_ext import codec
 from core_ext.ingest import Parser
 
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # read; events batches are version 1 (gateway/uplink/events.py)
+NS = 1_000_000_000
 WINDOW_FIELDS = ("series", "width", "start", "count", "min", "max", "sum", "sumsq", "first", "last", "twa",
                  "correction")
 
@@ -36,6 +48,20 @@ def _head(major: int, n: int) -> bytes:
     return bytes([major << 5 | 26]) + n.to_bytes(4, "big")
 
 
+def _ns(t: float) -> int:
+    """Seconds to integer nanoseconds, exactly enough that `_seconds` gives t back."""
+    sec = math.floor(t)
+    return sec * NS + round((t - sec) * NS)
+
+
+def _seconds(ns: np.ndarray) -> list[float]:
+    return (ns // NS + (ns % NS) / NS).tolist()
+
+
+def _sensor(name: str, prefix: str) -> str:
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
 def frame_body(node: str, seq: int, received: float, senml: bytes) -> bytes:
     """Spool body of one accepted frame."""
     return cbor2.dumps([node, seq, received, senml])
@@ -47,15 +73,41 @@ def window_body(series: str, width: float, start: float, count: int, vmin: float
 
 
 def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes]) -> bytes:
-    """Splice spooled bodies into one batch."""
-    return b"".join([
-        _head(5, 5),
-        cbor2.dumps("v"), cbor2.dumps(VERSION),
-        cbor2.dumps("gw"), cbor2.dumps(gateway),
-        cbor2.dumps("site"), cbor2.dumps(site),
-        cbor2.dumps("frames"), _head(4, len(frames)), *frames,
-        cbor2.dumps("windows"), _head(4, len(windows)), *windows,
-    ])
+    """One batch from spooled frame and window bodies: frames parsed again and their
+    numeric readings compressed per series; windows spliced as they are."""
+    parser = Parser()
+    nodes: dict[str, int] = {}
+    patterns: dict[tuple, int] = {}
+    series: dict[tuple[int, str], tuple[list, list]] = {}
+    received, seqs, node_col, pattern_col, other = [], [], [], [], []
+    for fi, body in enumerate(frames):
+        node, seq, recv, senml = cbor2.loads(body)
+        ni = nodes.setdefault(node, len(nodes))
+        parser.parse(senml, recv)
+        sids, ts, vs, oth = parser.take()
+        prefix = node + "/"
+        pattern = tuple(_sensor(parser.names[sid], prefix) for sid in sids)
+        for sensor, t, v in zip(pattern, ts, vs):
+            col = series.setdefault((ni, sensor), ([], []))
+            col[0].append(_ns(t))
+            col[1].append(v)
+        other += [[fi, _sensor(parser.names[sid], prefix), t, v] for sid, t, v in oth]
+        received.append(_ns(recv))
+        seqs.append(seq)
+        node_col.append(ni)
+        pattern_col.append(patterns.setdefault(pattern, len(patterns)))
+    body = {
+        "v": VERSION, "gw": gateway, "site": site,
+        "nodes": list(nodes), "patterns": [list(p) for p in patterns],
+        "frames": [codec.encode(np.array(received, np.int64), np.array(seqs, np.float64)),
+                   codec.encode(np.array(node_col, np.int64), np.array(pattern_col, np.float64))],
+        "series": [[ni, sensor, codec.encode(np.array(ts, np.int64), np.array(vs, np.float64))]
+                   for (ni, sensor), (ts, vs) in series.items()],
+        "other": other,
+    }
+    head = cbor2.dumps(body)
+    # the map gets one more entry, spliced: the windows as spooled, not re-encoded
+    return b"".join([_head(5, len(body) + 1), head[1:], cbor2.dumps("windows"), _head(4, len(windows)), *windows])
 
 
 class BatchError(ValueError):
@@ -63,16 +115,69 @@ class BatchError(ValueError):
 
 
 def decode(data: bytes) -> dict:
-    """Parse a batch into a dict; raise BatchError with what is wrong."""
+    """Parse a batch into a dict (its codec streams still compressed; `readings()`
+    opens them); raise BatchError with what is wrong."""
     try:
         obj = cbor2.loads(data)
     except Exception as exc:
         raise BatchError(f"not CBOR: {exc}") from None
     if not hasattr(obj, "get") or "v" not in obj:
         raise BatchError("not a headrace batch: expected a CBOR map with a 'v' key")
-    if obj["v"] != VERSION:
-        raise BatchError(f"batch version {obj['v']!r} is not supported by this decoder (knows {VERSION})")
+    if obj["v"] not in VERSIONS:
+        raise BatchError(f"batch version {obj['v']!r} is not supported by this decoder (knows {VERSIONS})")
     return obj
+
+
+def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, float, object]]]]:
+    """(node, seq, received, [(sensor, time, value), ...]) per frame, in batch order:
+    numeric readings in record order, then text, boolean and data values. Times in
+    seconds since the epoch. Raises BatchError on a batch whose parts disagree."""
+    if batch.get("v") == 1:
+        for node, seq, received, senml in batch.get("frames", ()):
+            yield node, seq, received, frame_readings(node, received, senml)
+        return
+    try:
+        frames = batch.get("frames") or []
+        if not frames:
+            return
+        received, seqs = codec.decode(frames[0])
+        node_col, pattern_col = codec.decode(frames[1])
+        nodes, patterns = batch["nodes"], batch["patterns"]
+        cols = {}
+        for ni, sensor, data in batch.get("series", ()):
+            ts, vs = codec.decode(data)
+            cols[(ni, sensor)] = [_seconds(ts), vs.tolist(), 0]
+        other: dict[int, list] = {}
+        for fi, sensor, t, v in batch.get("other", ()):
+            other.setdefault(fi, []).append((sensor, t, v))
+        received = _seconds(received)
+        for fi in range(len(received)):
+            ni = int(node_col[fi])
+            out = []
+            for sensor in patterns[int(pattern_col[fi])]:
+                col = cols[(ni, sensor)]
+                out.append((sensor, col[0][col[2]], col[1][col[2]]))
+                col[2] += 1
+            yield nodes[ni], int(seqs[fi]), received[fi], out + other.get(fi, [])
+        if any(col[2] != len(col[0]) for col in cols.values()):
+            raise ValueError("a series holds readings no frame's pattern takes")
+    except (codec.CodecError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise BatchError(f"inconsistent batch: {type(exc).__name__}: {exc}") from None
+
+
+def frame_ids(batch: dict) -> list[tuple[str, int]]:
+    """(node, seq) of every frame in a batch, in order, without opening the series."""
+    if batch.get("v") == 1:
+        return [(f[0], f[1]) for f in batch.get("frames", ())]
+    frames = batch.get("frames") or []
+    if not frames:
+        return []
+    try:
+        _, seqs = codec.decode(frames[0])
+        node_col, _ = codec.decode(frames[1])
+        return [(batch["nodes"][int(n)], int(s)) for n, s in zip(node_col, seqs)]
+    except (codec.CodecError, KeyError, IndexError) as exc:
+        raise BatchError(f"inconsistent batch: {exc}") from None
 
 
 def frame_readings(node: str, received: float, senml: bytes) -> list[tuple[str, float, object]]:
@@ -89,8 +194,8 @@ def frame_readings(node: str, received: float, senml: bytes) -> list[tuple[str, 
 def rows(batch: dict) -> Iterator[dict]:
     """One dict per reading or window, ready for JSON Lines."""
     gw = batch.get("gw")
-    for node, seq, received, senml in batch.get("frames", ()):
-        for sensor, t, value in frame_readings(node, received, senml):
+    for node, seq, _received, frame in readings(batch):
+        for sensor, t, value in frame:
             if isinstance(value, bytes):
                 value = value.hex()
             yield {"gw": gw, "node": node, "seq": seq, "sensor": sensor, "t": t, "v": value}

@@ -58,11 +58,60 @@ def test_batch_round_trip_and_rows():
     f = batch.frame_body("pump1", 7, 1700000000.0, cbor2.dumps([{-2: "pump1/", 0: "temp", 2: 21.5}, {0: "ok", 4: True}]))
     w = batch.window_body("pump1/temp", 10.0, 1700000000.0, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 3.0, 2.5, 0)
     data = batch.encode("gw1", "site1", [f] * 30, [w])
-    assert cbor2.loads(data)["v"] == 1
+    assert cbor2.loads(data)["v"] == 2
     rows = list(batch.rows(batch.decode(data)))
     assert rows[0] == {"gw": "gw1", "node": "pump1", "seq": 7, "sensor": "temp", "t": 1700000000.0, "v": 21.5}
     assert len(rows) == 61
     assert rows[-1]["mean"] == 2.0 and rows[-1]["window"] == {"start": 1700000000.0, "width": 10.0}
+
+
+def _frames(n_frames=200):
+    """Frames of three nodes with different sensors, relative times, text, booleans and data."""
+    import random
+    rng = random.Random(4)
+    out = []
+    for seq in range(n_frames):
+        for node, sensors in (("pump1", ["temp", "vib"]), ("fork2", ["x", "y", "bat"]), ("tank3", ["level"])):
+            t0 = 1_700_000_000 + seq * 0.25 + rng.random() * 1e-3
+            recs = [{-2: f"{node}/", -3: t0, 0: sensors[0], 2: round(20 + rng.gauss(0, 1), 2)}]
+            recs += [{0: sensors[i % len(sensors)], 6: i / 8, 2: round(rng.gauss(0, 3), 3)} for i in range(1, 8)]
+            if seq % 10 == 0:
+                recs += [{0: "state", 3: "running"}, {0: "door", 4: seq % 20 == 0}, {0: "blob", 8: b"\x00\x01"}]
+            received = t0 + 0.05
+            out.append((node, seq, received, cbor2.dumps(recs)))
+    return out
+
+
+def test_batch_gives_every_frame_back_exactly_and_smaller_than_the_packs():
+    frames = _frames()
+    bodies = [batch.frame_body(*f) for f in frames]
+    data = batch.encode("gw1", "site1", bodies, [])
+    got = list(batch.readings(batch.decode(data)))
+    assert [(g[0], g[1], g[2]) for g in got] == [(f[0], f[1], f[2]) for f in frames]
+    for (node, seq, received, senml), (_, _, _, readings) in zip(frames, got):
+        assert readings == batch.frame_readings(node, received, senml)  # values and times exact, same order
+    assert batch.frame_ids(batch.decode(data)) == [(f[0], f[1]) for f in frames]
+    spliced = sum(len(b) for b in bodies)
+    assert len(data) * 4 < spliced, (len(data), spliced)
+
+
+def test_version_1_batches_still_read():
+    node, seq, received, senml = _frames(1)[0]
+    v1 = cbor2.dumps({"v": 1, "gw": "g", "site": "s", "frames": [[node, seq, received, senml]], "windows": []})
+    got = list(batch.readings(batch.decode(v1)))
+    assert got == [(node, seq, received, batch.frame_readings(node, received, senml))]
+    assert batch.frame_ids(batch.decode(v1)) == [(node, seq)]
+
+
+def test_inconsistent_batch_is_a_batch_error():
+    data = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in _frames(5)], []))
+    data["patterns"][0] = data["patterns"][0] + ["temp"]  # a pattern that takes more than its series holds
+    with pytest.raises(batch.BatchError, match="inconsistent"):
+        list(batch.readings(data))
+    data = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in _frames(5)], []))
+    data["series"][0][2] = data["series"][0][2][:-3]
+    with pytest.raises(batch.BatchError, match="inconsistent"):
+        list(batch.readings(data))
 
 
 @pytest.mark.parametrize("data, msg", [(b"\xff", "not CBOR"), (cbor2.dumps([1]), "not a headrace batch"),
