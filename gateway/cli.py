@@ -195,6 +195,74 @@ def _cmd_node_provision(args) -> int:
     return 0
 
 
+def _cmd_node_list(args) -> int:
+    from .registry import Registry
+
+    reg = Registry.load(args.registry)
+    print(f"{'node':<32} {'transport':<9} {'key id':<8}")
+    for node in sorted(reg.nodes.values(), key=lambda n: n.name):
+        print(f"{node.name:<32} {node.transport or '-':<9} {node.key_id:<8}")
+    print(f"{len(reg)} nodes in {args.registry}")
+    return 0
+
+
+def _cmd_node_remove(args) -> int:
+    from .registry import Registry
+
+    reg = Registry.load(args.registry)
+    node = reg.remove(args.name)
+    reg.save(args.registry)
+    print(f"node {node.name} (key {node.key_id}) removed from {args.registry}; the gateway rejects its frames "
+          f"once it reloads the registry: systemctl reload headrace-gateway")
+    return 0
+
+
+def _cmd_node_rekey(args) -> int:
+    import os
+    from pathlib import Path
+
+    from .registry import Registry
+
+    reg = Registry.load(args.registry)
+    reg.node(args.name)  # not registered: a ConfigError before anything is written
+    path = Path(args.config or f"{args.name}.json")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"headrace: cannot read the config of node {args.name} at {path} ({exc}): give --config PATH, "
+              f"or make a new one with `headrace node provision {args.name} --force -o PATH`", file=sys.stderr)
+        return 1
+    if not isinstance(cfg, dict) or cfg.get("node") != args.name:
+        print(f"headrace: {path} is not the config of node {args.name}", file=sys.stderr)
+        return 1
+    old = reg.nodes[args.name].key_id
+    node = reg.rekey(args.name)
+    cfg["key"] = node.key.hex()
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(cfg, indent=2) + "\n")
+    os.replace(tmp, path)
+    reg.save(args.registry)
+    print(f"node {node.name}: new key {node.key_id} (was {old}) in {args.registry} and {path}")
+    print(f"re-flash the node (headrace node flash --port PORT --config {path}) and reload the gateway "
+          f"(systemctl reload headrace-gateway): until both are done its frames are rejected")
+    return 0
+
+
+def _cmd_node_flash(args) -> int:
+    from .flash import FlashError, flash
+
+    try:
+        flash(args.port, config=args.config, node=args.node, board=args.board, image=args.firmware_image,
+              gateway_url=args.gateway_url, timeout=args.timeout, verify=not args.no_verify, chip=args.chip,
+              force=args.force)
+    except FlashError as exc:
+        print(f"headrace node flash: {exc}", file=sys.stderr)
+        return 3 if exc.step == "verify" else 1
+    return 0
+
+
 def _run(coro) -> int:
     try:
         import uvloop  # optional: faster datagram and stream paths
@@ -263,7 +331,7 @@ def parser() -> argparse.ArgumentParser:
             x.add_argument("--mqtt-port", type=int, default=None)
         x.set_defaults(fn=_cmd_spool)
 
-    n = sub.add_parser("node", help="provision nodes").add_subparsers(dest="sub", required=True)
+    n = sub.add_parser("node", help="provision, flash and manage nodes").add_subparsers(dest="sub", required=True)
     pv = n.add_parser("provision", help="make a key, register the node, write its config")
     pv.add_argument("name")
     pv.add_argument("--registry", default="/etc/headrace/nodes.toml")
@@ -272,6 +340,35 @@ def parser() -> argparse.ArgumentParser:
     pv.add_argument("--output", "-o", default=None, help="write the node config JSON here (default: stdout)")
     pv.add_argument("--force", action="store_true")
     pv.set_defaults(fn=_cmd_node_provision)
+    ls = n.add_parser("list", help="a table of the registered nodes (names, transports, key ids)")
+    ls.add_argument("--registry", default="/etc/headrace/nodes.toml")
+    ls.set_defaults(fn=_cmd_node_list)
+    rm = n.add_parser("remove", help="unregister a node (its frames are rejected after a reload)")
+    rm.add_argument("name")
+    rm.add_argument("--registry", default="/etc/headrace/nodes.toml")
+    rm.set_defaults(fn=_cmd_node_remove)
+    rk = n.add_parser("rekey", help="a new key for a node, in the registry and in its config file")
+    rk.add_argument("name")
+    rk.add_argument("--registry", default="/etc/headrace/nodes.toml")
+    rk.add_argument("--config", default=None, help="the node's config JSON (default: NAME.json)")
+    rk.set_defaults(fn=_cmd_node_rekey)
+    fl = n.add_parser("flash", help="put MicroPython, the firmware and a node's config on a board; wait for the node")
+    fl.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    fl.add_argument("--board", choices=["esp32", "rp2", "unix"], default="esp32",
+                    help="the kind of board (unix: the MicroPython unix port behind a pty, on the bench)")
+    fl.add_argument("--firmware-image", default=None, metavar="FILE",
+                    help="first write this MicroPython image (.bin with esptool for esp32, .uf2 for rp2)")
+    fl.add_argument("--chip", default="esp32", choices=["esp32", "esp32s2", "esp32s3", "esp32c3", "esp32c6"],
+                    help="the ESP32 chip, for the image offset")
+    fl.add_argument("--node", default=None, metavar="NAME", help="the node's name (default: from its config)")
+    fl.add_argument("--config", default=None, metavar="PATH", help="the node's config JSON (default: NODE.json)")
+    fl.add_argument("--gateway-url", default="http://127.0.0.1:9108", metavar="URL",
+                    help="the gateway's status API (default: http://127.0.0.1:9108)")
+    fl.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                    help="seconds to wait for the node's first frame, and for the board after an image")
+    fl.add_argument("--no-verify", action="store_true", help="do not wait for the node at the gateway")
+    fl.add_argument("--force", action="store_true", help="copy every file, whatever the board's manifest says")
+    fl.set_defaults(fn=_cmd_node_flash)
     return p
 
 

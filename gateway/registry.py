@@ -8,6 +8,8 @@ A TOML file, one table per node:
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -26,6 +28,11 @@ class Node:
     name: str
     key: bytes
     transport: str = ""
+
+    @property
+    def key_id(self) -> str:
+        """The first 8 hex digits of the key's SHA-256: tells keys apart without showing them."""
+        return hashlib.sha256(self.key).hexdigest()[:8]
 
 
 class Registry:
@@ -50,6 +57,28 @@ class Registry:
             raise ConfigError(f"[nodes.{name}] key", f"must be {KEY_BYTES} bytes", "make one with `headrace node provision`")
         self.nodes[name] = node
         self._by_kid[name.encode()] = node
+        return node
+
+    def remove(self, name: str) -> Node:
+        """Forget a node; its frames are rejected (unknown kid) once the gateway reloads.
+        Raises ConfigError if it is not registered."""
+        node = self.node(name)
+        del self.nodes[name]
+        del self._by_kid[name.encode()]
+        return node
+
+    def rekey(self, name: str) -> Node:
+        """A new random key for a registered node (the old one stops working at the next reload)."""
+        old = self.node(name)
+        return self.add(name, transport=old.transport)
+
+    def node(self, name: str) -> Node:
+        """The registered node `name`; ConfigError if there is none."""
+        node = self.nodes.get(name)
+        if node is None:
+            where = f" in {self.path}" if self.path else ""
+            raise ConfigError(f"node {name!r}", f"not registered{where}",
+                              "see `headrace node list`, or provision it with `headrace node provision`")
         return node
 
     @classmethod
@@ -86,6 +115,10 @@ class Registry:
             lines.append("")
         tmp = path.with_suffix(path.suffix + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # run with sudo, a rewrite must stay readable by the service user who owns the file
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            os.fchown(fd, st.st_uid, st.st_gid)
         with os.fdopen(fd, "w") as f:
             f.write("\n".join(lines))
             f.flush()
