@@ -11,6 +11,7 @@ import sys
 import numpy as np
 from libc.math cimport fabs, isfinite, log2, rint, signbit, INFINITY
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport realloc
 from libc.string cimport memcpy, memset
 
 from . import _codec_format as fmt
@@ -65,28 +66,21 @@ cdef inline uint64_t gcd64(uint64_t a, uint64_t b) noexcept nogil:
     return a
 
 
-cdef void residuals(const int64_t[::1] x, int order, uint64_t base, uint64_t* out) noexcept nogil:
-    """Signed residuals in two's complement: x - base (order 0) or wrapped differences."""
-    cdef Py_ssize_t i, n = x.shape[0]
-    cdef uint64_t prev_d
+cdef inline uint64_t residual_at(const int64_t* x, Py_ssize_t i, int order, uint64_t base) noexcept nogil:
+    """Residual i in two's complement: x - base (order 0) or wrapped differences, computed
+    where it is needed (a buffer of them would cost a page fault every 512 values)."""
     if order == 0:
-        for i in range(n):
-            out[i] = <uint64_t>x[i] - base
-    elif order == 1:
-        for i in range(1, n):
-            out[i - 1] = <uint64_t>x[i] - <uint64_t>x[i - 1]
-    else:
-        prev_d = <uint64_t>x[1] - <uint64_t>x[0]
-        for i in range(2, n):
-            out[i - 2] = (<uint64_t>x[i] - <uint64_t>x[i - 1]) - prev_d
-            prev_d = <uint64_t>x[i] - <uint64_t>x[i - 1]
+        return <uint64_t>x[i] - base
+    if order == 1:
+        return <uint64_t>x[i + 1] - <uint64_t>x[i]
+    return (<uint64_t>x[i + 2] - <uint64_t>x[i + 1]) - (<uint64_t>x[i + 1] - <uint64_t>x[i])
 
 
-cdef uint64_t common_divisor(uint64_t* r, Py_ssize_t count, int order) noexcept nogil:
+cdef uint64_t common_divisor(const int64_t* x, Py_ssize_t count, int order, uint64_t base) noexcept nogil:
     cdef uint64_t g = 0, a
     cdef Py_ssize_t i
     for i in range(count):
-        a = r[i]
+        a = residual_at(x, i, order, base)
         if order and <int64_t>a < 0:
             a = 0 - a
         g = gcd64(g, a)
@@ -173,26 +167,26 @@ cdef double cost_of(const int64_t* fine, int* m_out) noexcept nogil:
     return best
 
 
-cdef void _analyze(const int64_t[::1] x, int order, uint64_t* r, int64_t* h,
+cdef void _analyze(const int64_t* x, Py_ssize_t n, int order, int64_t* h,
                    int64_t* base, uint64_t* gcd) noexcept nogil:
-    cdef Py_ssize_t n = x.shape[0], count = n - order, i
+    cdef Py_ssize_t count = n - order, i
     cdef int extra
     cdef uint64_t g
-    base[0] = 0
+    cdef int64_t lo = 0
     if order == 0 and n:
-        base[0] = x[0]
+        lo = x[0]
         for i in range(n):
-            if x[i] < base[0]:
-                base[0] = x[i]
+            if x[i] < lo:
+                lo = x[i]
+    base[0] = lo
     cdef int32_t h4[4][NSYM]
     cdef Divisor dg
-    residuals(x, order, <uint64_t>base[0], r)
-    g = common_divisor(r, count, order)
+    g = common_divisor(x, count, order, <uint64_t>lo)
     dg = divisor(g)
     memset(h4, 0, sizeof(h4))
     # four histograms in turn: increments of one counter in a row wait on each other
     for i in range(count):
-        h4[i & 3][bucket(unsigned_residual(r[i], order, dg), FINE_M, &extra)] += 1
+        h4[i & 3][bucket(unsigned_residual(residual_at(x, i, order, <uint64_t>lo), order, dg), FINE_M, &extra)] += 1
     for i in range(NSYM):
         h[i] = h4[0][i] + h4[1][i] + h4[2][i] + h4[3][i]
     gcd[0] = g
@@ -201,12 +195,11 @@ cdef void _analyze(const int64_t[::1] x, int order, uint64_t* r, int64_t* h,
 def analyze(ints, int order):
     """(base, divisor, histogram of fine bucket symbols) of the residuals at this order."""
     cdef const int64_t[::1] x = np.ascontiguousarray(ints, np.int64)
-    cdef uint64_t[::1] r = np.empty(max(x.shape[0], 1), np.uint64)
     cdef int64_t[::1] h = np.zeros(NSYM, np.int64)
     cdef int64_t base
     cdef uint64_t g
     with nogil:
-        _analyze(x, order, &r[0], &h[0], &base, &g)
+        _analyze(&x[0] if x.shape[0] else NULL, x.shape[0], order, &h[0], &base, &g)
     return int(base), int(g), list(h)
 
 
@@ -231,7 +224,6 @@ def plan(ints):
 
 cdef plan_sampled(const int64_t[::1] x):
     cdef Py_ssize_t n = x.shape[0], s
-    cdef uint64_t[::1] r = np.empty(n, np.uint64)
     cdef int64_t[::1] h = np.zeros(NSYM, np.int64)
     cdef int64_t[::1] acc = np.zeros(NSYM, np.int64)
     cdef int64_t base
@@ -242,14 +234,14 @@ cdef plan_sampled(const int64_t[::1] x):
     for o in range(3):
         acc[:] = 0
         for a in starts:
-            _analyze(x[a:a + fmt.PLAN_RUN], o, &r[0], &h[0], &base, &g)
+            _analyze(&x[a], fmt.PLAN_RUN, o, &h[0], &base, &g)
             for s in range(NSYM):
                 acc[s] += h[s]
         bits = cost_of(&acc[0], &m)
         if bits < least:
             order, least = o, bits
     with nogil:
-        _analyze(x, order, &r[0], &h[0], &base, &g)
+        _analyze(&x[0], n, order, &h[0], &base, &g)
         bits = cost_of(&h[0], &m)
     return bits, order, m, int(base), int(g), list(h)
 
@@ -312,6 +304,21 @@ cdef plan_full(const int64_t[::1] x):
             if bits[order] < bits[best]:
                 best = order
     return bits[best], best, m[best], int(lo) if best == 0 else 0, int(g[best]), list(h[best])
+
+
+cdef uint8_t* _scratch = NULL
+cdef Py_ssize_t _scratch_size = 0
+
+
+cdef uint8_t* grow_scratch(Py_ssize_t size) except NULL:
+    global _scratch, _scratch_size
+    cdef uint8_t* p
+    if size > _scratch_size:
+        p = <uint8_t*>realloc(_scratch, size)
+        if p == NULL:
+            raise MemoryError()
+        _scratch, _scratch_size = p, size
+    return _scratch
 
 
 cdef struct BitWriter:
@@ -423,27 +430,21 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
     cdef int64_t b0 = base
     cdef int e
     cdef uint32_t s
-    rbuf = np.empty(max(count, 1), np.uint64)
-    cdef uint64_t[::1] rbuf_v = rbuf
-    syms = np.empty(max(count, 1), np.uint16)
-    cdef uint16_t[::1] syms_v = syms
-    extra = np.empty(8 * max(count, 1) + 8, np.uint8)
-    cdef uint8_t[::1] extra_v = extra
-    words = np.empty(max(count, 1) + 2, np.uint16)
-    cdef uint16_t[::1] words_v = words
-    cdef uint64_t* r = &rbuf_v[0]
-    cdef uint16_t* sy = &syms_v[0]
-    cdef uint16_t* wd = &words_v[0]
+    # scratch kept from call to call: fresh buffers would fault their pages in every time
+    # (the GIL is held throughout, so one scratch serves every thread)
+    cdef uint8_t* scratch = grow_scratch(12 * (count + 2) + 8)
+    cdef uint16_t* sy = <uint16_t*>scratch
+    cdef uint16_t* wd = <uint16_t*>(scratch + 2 * (count + 2))
+    cdef const int64_t* xp = &x[0]
     cdef BitWriter w
-    w.out = &extra_v[0]
+    w.out = scratch + 4 * (count + 2)
     w.pos = 0
     w.acc = 0
     w.nbits = 0
     cdef Divisor dg = divisor(g)
-    with nogil:
-        residuals(x, order, <uint64_t>b0, r)
+    if True:
         for i in range(count):
-            u = unsigned_residual(r[i], order, dg)
+            u = unsigned_residual(residual_at(xp, i, order, <uint64_t>b0), order, dg)
             s = bucket(u, m, &e)
             sy[i] = <uint16_t>s
             if e:
@@ -470,80 +471,83 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
             st[i & 1] = ((<uint64_t>(<uint32_t>state / f[s])) << PROB_BITS) + (<uint32_t>state % f[s]) + c[s]
             i -= 1
     head = int(st[0]).to_bytes(4, "little") + int(st[1]).to_bytes(4, "little")
-    return head + words[wpos:count + 2].astype("<u2").tobytes(), extra[:w.pos].tobytes()
+    return head + (<char*>(wd + wpos))[:2 * (count + 2 - wpos)], (<char*>w.out)[:w.pos]
 
 
-cdef struct Decoder:
-    const uint16_t* slot_sym
-    const uint32_t* f
-    const uint32_t* c
-    const uint8_t* words
-    Py_ssize_t pos, nwords      # in bytes
-    const uint8_t* raw
-    Py_ssize_t rpos, nraw
-    uint64_t acc
-    int nbits
-    int m
-    uint32_t direct
-    int bad
-
-
-cdef inline uint32_t rans_step(Decoder* d, uint64_t* x) noexcept nogil:
-    cdef uint64_t state = x[0]
-    cdef uint32_t slot = state & (PROB_SCALE - 1)
-    cdef uint32_t sym = d.slot_sym[slot]
-    state = d.f[sym] * (state >> PROB_BITS) + slot - d.c[sym]
-    if state < RANS_L:
-        if d.pos + 2 <= d.nwords:
-            state = (state << 16) | d.words[d.pos] | (<uint64_t>d.words[d.pos + 1] << 8)
-            d.pos += 2
+cdef int decode_loop(uint32_t* fb, uint16_t* te, const uint8_t* words, Py_ssize_t nwords,
+                     const uint8_t* raw, Py_ssize_t nraw, int64_t* dst, Py_ssize_t count,
+                     uint64_t* states, Py_ssize_t* word_end) noexcept nogil:
+    """The rANS and raw-bit decoding of `count` residuals. Every piece of state is a local,
+    so it stays in registers (state behind a pointer would be reloaded after each store
+    to dst, which may alias it). Per slot, `fb` holds frequency << 16 | (slot - cumulative)
+    and `te` raw-bit count << 8 | the bucket's top bits: one load a step on each chain.
+    Returns 0, or 1 (rANS words run out) or 2 (raw bits run out)."""
+    cdef uint64_t x0 = states[0], x1 = states[1], acc = 0, low, top, info
+    cdef Py_ssize_t pos = 8, rpos = 0, i = 0
+    cdef int nbits = 0, e, j, e1, k
+    cdef uint32_t slot0, slot1, t0, t1
+    cdef uint32_t NONE = 0xFFFFFFFF
+    while i < count:
+        # two states take turns: their steps do not depend on each other, the CPU overlaps them
+        slot0 = x0 & (PROB_SCALE - 1)
+        info = fb[slot0]
+        x0 = (info >> 16) * (x0 >> PROB_BITS) + (info & 0xFFFF)
+        if x0 < RANS_L:
+            if pos + 2 > nwords:
+                return 1
+            x0 = (x0 << 16) | words[pos] | (<uint64_t>words[pos + 1] << 8)
+            pos += 2
+        t0 = te[slot0]
+        if i + 1 < count:
+            slot1 = x1 & (PROB_SCALE - 1)
+            info = fb[slot1]
+            x1 = (info >> 16) * (x1 >> PROB_BITS) + (info & 0xFFFF)
+            if x1 < RANS_L:
+                if pos + 2 > nwords:
+                    return 1
+                x1 = (x1 << 16) | words[pos] | (<uint64_t>words[pos + 1] << 8)
+                pos += 2
+            t1 = te[slot1]
         else:
-            d.bad = 1
-    x[0] = state
-    return sym
-
-
-cdef uint64_t read_long(Decoder* d, int e) noexcept nogil:
-    """More than 56 raw bits: two reads, so the accumulator never overflows."""
-    cdef uint64_t low = 0
-    cdef int e1 = 0, j
-    while e1 < e:
-        j = e - e1 if e - e1 <= 32 else 32
-        while d.nbits < j and d.rpos < d.nraw:
-            d.acc |= <uint64_t>d.raw[d.rpos] << d.nbits
-            d.rpos += 1
-            d.nbits += 8
-        if d.nbits < j:
-            d.bad = 2
-            return 0
-        low |= (d.acc & ((<uint64_t>1 << j) - 1)) << e1
-        d.acc >>= j
-        d.nbits -= j
-        e1 += j
-    return low
-
-
-cdef inline uint64_t value_of(Decoder* d, uint32_t sym) noexcept nogil:
-    """The residual of a symbol: small symbols are values, others take raw bits
-    (branch-free selection, as in the encoder's bucket)."""
-    cdef int m = d.m
-    cdef uint32_t t = sym - d.direct
-    cdef int big = sym >= d.direct
-    cdef int e = (t >> m) + 1 if big else 0
-    cdef uint64_t top = ((1 << m) | (t & ((1 << m) - 1))) if big else sym
-    cdef uint64_t low
-    if d.nbits < e:
-        while d.nbits <= 56 and d.rpos < d.nraw:
-            d.acc |= <uint64_t>d.raw[d.rpos] << d.nbits
-            d.rpos += 1
-            d.nbits += 8
-    if e <= d.nbits:
-        low = d.acc & ((<uint64_t>1 << e) - 1)
-        d.acc >>= e
-        d.nbits -= e
-    else:
-        low = read_long(d, e)
-    return (top << e) | low
+            t1 = NONE
+        for j in range(2):
+            if j == 1:
+                if t1 == NONE:
+                    break
+                t0 = t1
+            e = t0 >> 8
+            top = t0 & 0xFF
+            if nbits < e:
+                while nbits <= 56 and rpos < nraw:
+                    acc |= <uint64_t>raw[rpos] << nbits
+                    rpos += 1
+                    nbits += 8
+            if e <= nbits:
+                low = acc & ((<uint64_t>1 << e) - 1)
+                acc >>= e
+                nbits -= e
+            else:
+                # more than 56 raw bits: in steps of 32 so the accumulator never overflows
+                low = 0
+                e1 = 0
+                while e1 < e:
+                    k = e - e1 if e - e1 <= 32 else 32
+                    while nbits < k and rpos < nraw:
+                        acc |= <uint64_t>raw[rpos] << nbits
+                        rpos += 1
+                        nbits += 8
+                    if nbits < k:
+                        return 2
+                    low |= (acc & ((<uint64_t>1 << k) - 1)) << e1
+                    acc >>= k
+                    nbits -= k
+                    e1 += k
+            dst[i] = <int64_t>((top << e) | low)
+            i += 1
+    states[0] = x0
+    states[1] = x1
+    word_end[0] = pos
+    return 0
 
 
 def decode_ints(Py_ssize_t n, int order, heads, gcd, int m, freq, cum, rans, extra):
@@ -552,11 +556,13 @@ def decode_ints(Py_ssize_t n, int order, heads, gcd, int m, freq, cum, rans, ext
     cdef const uint32_t[::1] c = cum
     cdef const uint8_t[::1] rb = rans
     cdef const uint8_t[::1] xb = extra
-    cdef Py_ssize_t count = n - order if order else n, i, s, j, nrb = len(rans)
-    cdef uint16_t slot_sym[PROB_SCALE]
-    cdef uint64_t g = gcd, x0, x1
-    cdef uint32_t s0, s1
-    cdef Decoder d
+    cdef Py_ssize_t count = n - order if order else n, i, s, j, nrb = len(rans), word_end = 0
+    cdef uint32_t fb[PROB_SCALE]
+    cdef uint16_t te[PROB_SCALE]
+    cdef uint64_t g = gcd
+    cdef uint64_t states[2]
+    cdef uint32_t direct = 2 << m, t, tev
+    cdef int bad = 0
     out = np.empty(n, np.int64)
     cdef int64_t[::1] out_v = out
     cdef int64_t* o = &out_v[0]
@@ -564,53 +570,37 @@ def decode_ints(Py_ssize_t n, int order, heads, gcd, int m, freq, cum, rans, ext
     if nrb < 8 or nrb % 2:
         raise CodecError("rANS block has a bad length")
     for s in range(f.shape[0]):
+        if not f[s]:
+            continue
+        t = <uint32_t>s - direct
+        tev = ((((t >> m) + 1) << 8) | ((1 << m) | (t & ((1 << m) - 1)))) if <uint32_t>s >= direct else <uint32_t>s
         for j in range(c[s], c[s] + f[s]):
-            slot_sym[j] = <uint16_t>s
+            fb[j] = (f[s] << 16) | <uint32_t>(j - c[s])
+            te[j] = <uint16_t>tev
     for i, v in enumerate(heads):
         o[i] = v
-    d.slot_sym = slot_sym
-    d.f = &f[0]
-    d.c = &c[0]
-    d.words = &rb[0]
-    d.pos = 8
-    d.nwords = nrb
-    d.raw = &xb[0] if len(extra) else NULL
-    d.rpos = 0
-    d.nraw = len(extra)
-    d.acc = 0
-    d.nbits = 0
-    d.m = m
-    d.direct = 2 << m
-    d.bad = 0
-    x0 = rb[0] | (<uint64_t>rb[1] << 8) | (<uint64_t>rb[2] << 16) | (<uint64_t>rb[3] << 24)
-    x1 = rb[4] | (<uint64_t>rb[5] << 8) | (<uint64_t>rb[6] << 16) | (<uint64_t>rb[7] << 24)
+    states[0] = rb[0] | (<uint64_t>rb[1] << 8) | (<uint64_t>rb[2] << 16) | (<uint64_t>rb[3] << 24)
+    states[1] = rb[4] | (<uint64_t>rb[5] << 8) | (<uint64_t>rb[6] << 16) | (<uint64_t>rb[7] << 24)
     dst = o if order == 0 else o + order
-    s0 = slot_sym[0]
+    cdef const uint8_t* rawp = &xb[0] if len(extra) else NULL
+    cdef Py_ssize_t nraw = len(extra)
     with nogil:
-        if f[s0] == PROB_SCALE and s0 < d.direct:
+        if (fb[0] >> 16) == PROB_SCALE and (te[0] >> 8) == 0:
             # one symbol with no raw bits (a regular clock, a constant): rANS leaves
             # the states as they are and reads nothing
             for i in range(count):
-                dst[i] = s0
+                dst[i] = te[0] & 0xFF
+            word_end = 8
         else:
-            # the two states' steps do not depend on each other: the CPU overlaps them
-            i = 0
-            while i + 1 < count and not d.bad:
-                s0 = rans_step(&d, &x0)
-                s1 = rans_step(&d, &x1)
-                dst[i] = <int64_t>value_of(&d, s0)
-                dst[i + 1] = <int64_t>value_of(&d, s1)
-                i += 2
-            if i < count and not d.bad:
-                dst[i] = <int64_t>value_of(&d, rans_step(&d, &x0))
+            bad = decode_loop(fb, te, &rb[0], nrb, rawp, nraw, dst, count, states, &word_end)
         if order == 0 and g != 1:
             for i in range(count):
                 dst[i] = <int64_t>(<uint64_t>dst[i] * g)
-    if d.bad == 1:
+    if bad == 1:
         raise CodecError("rANS block ends early")
-    if d.bad == 2:
+    if bad == 2:
         raise CodecError("raw bits end early")
-    if x0 != RANS_L or x1 != RANS_L or d.pos != nrb:
+    if states[0] != RANS_L or states[1] != RANS_L or word_end != nrb:
         raise CodecError("rANS block does not end where it should (corrupt stream)")
     integrate(o, n, order, heads, g)
     return out

@@ -131,7 +131,7 @@ class CoapLink:
 def _status_for_code(seq, code):
     # 4.00 and 4.13 will never succeed: drop the frame (status 2); others: retry later
     if code in (0x80, 0x8D):
-        return seq, 2
+        return seq, 2, None
     return None
 
 

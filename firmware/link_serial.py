@@ -21,7 +21,7 @@ class SerialLink:
         self.port.write(framing.frame(msg))
 
     def poll(self, now):
-        """Acks received since the last call: list of (seq, status)."""
+        """Acks received since the last call: list of (seq, status, commands or None)."""
         acks = []
         data = self.port.read(512)
         while data:
@@ -39,7 +39,8 @@ class SerialLink:
 
 
 def parse_ack(mac, msg):
-    """(seq, status) from an authenticated gateway ack, or None if it is not one."""
+    """(seq, status, commands or None) from an authenticated gateway ack, or None if it
+    is not one. Commands are [[id, cmd, args], ...] (docs/protocol.md §3)."""
     try:
         header, payload = cose.verify_mac0(mac, msg)
         if header.get(4) != b"gw":
@@ -47,6 +48,7 @@ def parse_ack(mac, msg):
         body = cbor.loads(payload)
     except (ValueError, TypeError):
         return None
-    if not isinstance(body, list) or len(body) != 3 or body[0] != _ACK:
+    if not isinstance(body, list) or len(body) not in (3, 4) or body[0] != _ACK:
         return None
-    return body[1], body[2]
+    cmds = body[3] if len(body) == 4 and isinstance(body[3], list) else None
+    return body[1], body[2], cmds

@@ -11,6 +11,7 @@ BN = const(-2)
 BT = const(-3)
 N = const(0)
 V = const(2)
+VS = const(3)
 T = const(6)
 
 
@@ -21,17 +22,18 @@ def number(x):
     return x
 
 
-def encode_pack(node, readings, base_time):
-    """readings: list of (sensor name, time offset from base_time in seconds, value)."""
+def encode_pack(node, readings, base_time, texts=()):
+    """readings: list of (sensor name, time offset from base_time in seconds, value);
+    texts: (name, string) records after them, at the base time (command reports)."""
     records = []
-    first = True
     for name, dt, value in readings:
         rec = {N: name, V: number(value)}
-        if first:
-            rec[BN] = node + "/"
-            rec[BT] = number(base_time)
-            first = False
         if dt:
             rec[T] = number(dt)
         records.append(rec)
+    for name, text in texts:
+        records.append({N: name, VS: text})
+    if records:
+        records[0][BN] = node + "/"
+        records[0][BT] = number(base_time)
     return cbor.dumps(records)

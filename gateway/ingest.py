@@ -115,9 +115,36 @@ class Ingest:
         return {n: self.windows[n].state() for n in nodes if n in self.windows}
 
 
-def ack_message(key: bytes, seq: int, status: int) -> bytes:
-    """The gateway's ack (docs/protocol.md §3): COSE_Mac0 kid 'gw', payload [1, seq, status]."""
-    return cose.mac0(key, GATEWAY_KID, cbor2.dumps([MSG_ACK, seq, status]))
+def ack_message(key: bytes, seq: int, status: int, commands=()) -> bytes:
+    """The gateway's ack (docs/protocol.md §3): COSE_Mac0 kid 'gw', payload [1, seq, status],
+    with [[id, cmd, args], ...] appended when it carries commands for the node."""
+    body = [MSG_ACK, seq, status]
+    if commands:
+        body.append([[c.id, c.cmd, c.args] for c in commands])
+    return cose.mac0(key, GATEWAY_KID, cbor2.dumps(body))
+
+
+_CMD_RECORD = b"\x63cmd"  # the CBOR text "cmd": a frame that may report commands
+
+
+def command_reports(node: str, payload: bytes) -> list[str]:
+    """The `<id>:ok|error:<why>` texts of a frame's `cmd` records (SenML name `cmd` or
+    `<node>/cmd`), cheap when there are none."""
+    if _CMD_RECORD not in payload:
+        return []
+    try:
+        records = cbor2.loads(payload)
+    except Exception:
+        return []
+    out, base = [], ""
+    for rec in records if isinstance(records, list) else ():
+        if not isinstance(rec, dict):
+            continue
+        base = rec.get(-2, base) if isinstance(rec.get(-2, base), str) else base
+        name = base + rec.get(0, "") if isinstance(rec.get(0, ""), str) else ""
+        if name in ("cmd", node + "/cmd") and isinstance(rec.get(3), str):
+            out.append(rec[3])
+    return out
 
 
 ACK_FOR = {"stored": ACK_STORED, "duplicate": ACK_DUPLICATE, "rejected": ACK_REJECTED}

@@ -96,6 +96,11 @@ def main():
     for seq, status in ((5, 0), (300, 1), (7, 2)):
         msg = mac0(KEY, b"gw", cbor2.dumps([1, seq, status]))
         out["acks"].append({"seq": seq, "status": status, "cose_hex": msg.hex(), "frame_hex": frame(msg).hex()})
+    # an ack carrying commands for the node (docs/protocol.md §3)
+    cmds = [["c-17", "set_period", {"period_ms": 5000}], ["c-18", "identify", {}]]
+    msg = mac0(KEY, b"gw", cbor2.dumps([1, 42, 0, cmds]))
+    out["command_acks"] = [{"seq": 42, "status": 0, "commands": cmds, "cose_hex": msg.hex(),
+                            "frame_hex": frame(msg).hex()}]
     out["annotated"] = annotate(out["frames"][0])
     print(json.dumps(out, indent=1, ensure_ascii=True))
 

@@ -28,11 +28,18 @@ for v in golden["frames"]:
 
 for a in golden["acks"]:
     msg = binascii.unhexlify(a["cose_hex"])
-    assert link_serial.parse_ack(mac, msg) == (a["seq"], a["status"])
+    assert link_serial.parse_ack(mac, msg) == (a["seq"], a["status"], None)
     bad = bytearray(msg)
     bad[-1] ^= 1
     assert link_serial.parse_ack(mac, bytes(bad)) is None  # a forged ack is ignored
     assert link_serial.parse_ack(cose.Mac(bytes(32)), msg) is None  # and one under another key
+
+for a in golden["command_acks"]:
+    msg = binascii.unhexlify(a["cose_hex"])
+    assert link_serial.parse_ack(mac, msg) == (a["seq"], a["status"], a["commands"])
+    bad = bytearray(msg)
+    bad[-3] ^= 1
+    assert link_serial.parse_ack(mac, bytes(bad)) is None  # a forged command is never taken
     d = framing.Deframer()
     assert d.feed(binascii.unhexlify(a["frame_hex"])) == [msg]
 print("OK t_golden %d frames %d acks" % (len(golden["frames"]), len(golden["acks"])))
