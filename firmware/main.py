@@ -59,19 +59,23 @@ class Node:
         self.acked = 0
         self.rejected = 0
         self.heap_peak = 0  # bytes in use after a frame is made, at the most (for the footprint benchmark)
+        self.commands = Commands(self, cfg["state_file"] + ".cmd")
 
     def make_frame(self, samples):
-        t0 = samples[0][1]
+        t0 = samples[0][1] if samples else board.epoch_ms()
         readings = [(name, (t - t0) / 1000, v) for name, t, v in samples]
         bt = t0 / 1000
-        payload = senml.encode_pack(self.name, readings, bt)
+        texts = self.commands.take_reports()
+        payload = senml.encode_pack(self.name, readings, bt, texts)
         seq = self.seq.take()
         self.outbox.push(seq, cose.mac0(self.mac, self.kid, payload, seq))
-        self.made += 1
+        if samples:
+            self.made += 1  # frames of readings (a report alone is not one of cfg["frames"])
         if self.cfg["quiet"]:
             emit_seq(seq)
         else:
-            emit({"ev": "sent", "seq": seq, "r": [[n, bt + dt, v] for n, dt, v in readings]})
+            emit({"ev": "sent", "seq": seq, "r": [[n, bt + dt, v] for n, dt, v in readings]
+                  + [[n, bt, text] for n, text in texts]})
         if self.cfg["quiet"] and self.made % 64 == 1 and hasattr(gc, "mem_alloc"):
             gc.collect()  # live data only: what the heap must hold
             used = gc.mem_alloc()
@@ -99,13 +103,19 @@ class Node:
         timeout = cfg["ack_timeout_ms"]
         while True:
             now = board.ticks_ms()
-            for seq, status in link.poll(now):
+            for seq, status, cmds in link.poll(now):
                 if self.outbox.ack(seq):
                     self.acked += 1
                     if status == 2:
                         self.rejected += 1
                     if not self.cfg["quiet"]:
                         emit({"ev": "ack", "seq": seq, "st": status})
+                    if cmds:
+                        self.commands.apply(cmds)
+                elif cmds:
+                    # an ack for no frame in the outbox: a late repeat, or a replay
+                    self.commands.replayed += 1
+            self.commands.tick(now)
             if not link.busy():
                 free = self.window - self.outbox.in_flight(now, timeout)
                 if free > 0:
@@ -124,7 +134,93 @@ class Node:
             await sleep_ms(5)
         sender.cancel()
         emit({"ev": "done", "sent": self.made, "acked": self.acked, "rejected": self.rejected,
-              "dropped": self.outbox.dropped, "unacked": len(self.outbox), "heap_peak": self.heap_peak})
+              "dropped": self.outbox.dropped, "unacked": len(self.outbox), "heap_peak": self.heap_peak,
+              "cmds": self.commands.applied_count, "cmds_replayed": self.commands.replayed,
+              "bad_acks": getattr(self.link, "bad_acks", 0)})
+
+
+class Commands:
+    """Commands from the gateway, riding its acks (docs/protocol.md §3): applied once,
+    reported in the next frame as `cmd` records `<id>:ok` or `<id>:error:<why>`.
+    Only an ack for a frame still in the outbox is taken (the MAC binds the ack to that
+    frame's sequence number, never reused), so a replayed ack applies nothing. Ids
+    applied lately are kept, in RAM and for a reboot in a file, so a repeat is
+    reported again rather than applied twice."""
+
+    KEEP = 16
+
+    def __init__(self, node, path):
+        self.node = node
+        self.path = path
+        self.applied = []
+        self.reports = []
+        self.applied_count = 0
+        self.replayed = 0
+        self.reboot_at = None
+        try:
+            with open(path) as f:
+                cid = f.read().strip()
+            if cid:
+                self.applied.append(cid)
+                self.reports.append(cid + ":ok")  # the reboot it asked for is done
+        except OSError:
+            pass
+
+    def take_reports(self):
+        out = [("cmd", r) for r in self.reports]
+        self.reports = []
+        return out
+
+    def apply(self, cmds):
+        for c in cmds:
+            if not (isinstance(c, list) and len(c) == 3 and isinstance(c[0], str)):
+                continue
+            cid, name, args = c
+            if cid in self.applied:
+                self.reports.append(cid + ":ok")
+                continue
+            err = self.run(cid, name, args if isinstance(args, dict) else {})
+            self.applied.append(cid)
+            if len(self.applied) > self.KEEP:
+                self.applied.pop(0)
+            self.applied_count += 1
+            self.reports.append(cid + (":ok" if err is None else ":error:" + err))
+            emit({"ev": "cmd", "id": cid, "cmd": name, "args": args, "ok": err is None, "error": err})
+        if self.reports:
+            self.node.make_frame([])  # report now, not at the next sample
+
+    def run(self, cid, name, args):
+        cfg = self.node.cfg
+        if name == "set_period":
+            return _set(cfg, "period_ms", args.get("period_ms"), 10, 86400000)
+        if name == "set_batch":
+            return _set(cfg, "batch", args.get("batch"), 1, 64)
+        if name == "identify":
+            if hasattr(board, "identify"):
+                board.identify(args.get("seconds", 10))
+            return None
+        if name == "reboot":
+            with open(self.path, "w") as f:
+                f.write(cid)  # after the reboot, reported as done and never applied again
+            self.reboot_at = board.ticks_ms() + 1000  # time for the report to go out first
+            return None
+        if name in ("dispatch", "recall"):
+            return None  # shown by the event: a resource's terminal acts on it
+        return "unknown command " + str(name)
+
+    def tick(self, now):
+        if self.reboot_at is not None and board.ticks_diff(now, self.reboot_at) >= 0:
+            emit({"ev": "reboot"})
+            if hasattr(board, "reset"):
+                board.reset()
+            sys.exit(3)
+
+
+def _set(cfg, key, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return "%s must be a whole number from %d to %d" % (key, low, high)
+    cfg[key] = value
+    return None
 
 
 def main(argv):
