@@ -14,7 +14,20 @@ A command is a JSON object on `headrace/v1/<site>/<gateway>/cmd/<node>`:
 Each command gets an answer on `cmd_result/<node>`: `{"id", "status": "queued"}`
 or `{"id", "status": "rejected", "error": "…"}`. Valid commands wait in a
 bounded queue per node (16; the oldest goes first when full, counted) until the
-node's link carries them.
+node's link carries them (`take`).
+
+Delivery (docs/protocol.md §3): a node's queued commands ride in the acks the
+gateway sends it (`for_ack`), MAC'd with the node's key and bound to the acked
+frame's sequence number, so a replayed ack carries nothing the node will take.
+A command stays in flight, repeated in every ack to that node, until the node
+reports it in a frame (a SenML record `cmd` whose text value is `<id>:ok` or
+`<id>:error:<why>`, `result`), or until it has ridden `MAX_TRIES` acks without an
+answer. The outcome is answered on `cmd_result/<node>` too: `applied`, `failed`
+(with the node's reason) or `expired`.
+
+The gateway queues commands of its own the same way (`put`): the dispatcher's
+`dispatch` (args `demand`, `need`, `x`, `y`, `priority`) to a resource's node, and
+`recall` (args `demand`) when it takes a dispatch back.
 """
 from __future__ import annotations
 
@@ -25,6 +38,8 @@ from dataclasses import dataclass
 from .registry import Registry
 
 QUEUE_PER_NODE = 16
+PER_ACK = 4      # commands one ack carries
+MAX_TRIES = 32   # acks a command rides without an answer before it expires
 _SPEC = {
     "set_period": {"period_ms": (10, 86_400_000, True)},
     "set_batch": {"batch": (1, 64, True)},
@@ -81,23 +96,83 @@ def parse(node: str, payload: bytes, registry: Registry) -> Command:
 
 
 class Downlink:
-    """Bounded per-node queues of validated commands."""
+    """Bounded per-node queues of validated commands, and the commands in flight."""
 
-    def __init__(self, registry: Registry, per_node: int = QUEUE_PER_NODE):
+    def __init__(self, registry: Registry, per_node: int = QUEUE_PER_NODE, on_result=None):
         self.registry = registry
         self.per_node = per_node
         self.queues: dict[str, collections.deque] = {}
+        self.inflight: dict[str, dict[str, list]] = {}  # node -> id -> [command, acks ridden]
         self.dropped = 0
+        self.on_result = on_result  # (node, {"id", "status", ...}): the uplink answers on cmd_result
+
+    def for_ack(self, node: str) -> list[Command]:
+        """The commands the next ack to `node` carries: those in flight, topped up from
+        the queue; one that has ridden MAX_TRIES acks unanswered expires instead."""
+        flying = self.inflight.get(node)
+        q = self.queues.get(node)
+        if not flying and not q:
+            return []
+        flying = self.inflight.setdefault(node, {})
+        while q and len(flying) < PER_ACK:
+            c = q.popleft()
+            flying[c.id] = [c, 0]
+        if q is not None and not q:
+            del self.queues[node]
+        out = []
+        for cid, entry in list(flying.items()):
+            if entry[1] >= MAX_TRIES:
+                del flying[cid]
+                self._answer(node, {"id": cid, "status": "expired",
+                                    "error": f"no answer from the node after {MAX_TRIES} acks"})
+                continue
+            entry[1] += 1
+            out.append(entry[0])
+        if not flying:
+            del self.inflight[node]
+        return out
+
+    def result(self, node: str, text: str) -> bool:
+        """A node's report `<id>:ok` or `<id>:error:<why>`; True if it answered a command in flight."""
+        cid, _, rest = text.partition(":")
+        flying = self.inflight.get(node, {})
+        if cid not in flying:
+            return False  # a repeat of a report already taken, or a command the gateway forgot (restart)
+        del flying[cid]
+        if not flying:
+            self.inflight.pop(node, None)
+        ok = rest == "ok"
+        answer = {"id": cid, "status": "applied" if ok else "failed"}
+        if not ok:
+            answer["error"] = rest.removeprefix("error:")
+        self._answer(node, answer)
+        return True
+
+    def _answer(self, node: str, answer: dict) -> None:
+        if self.on_result is not None:
+            self.on_result(node, answer)
 
     def submit(self, node: str, payload: bytes) -> Command:
         """Validate and queue; raise CommandError for a bad command."""
-        command = parse(node, payload, self.registry)
-        q = self.queues.setdefault(node, collections.deque())
+        return self._queue(parse(node, payload, self.registry))
+
+    def put(self, node: str, cmd: str, args: dict, cid: str) -> Command:
+        """Queue a command the gateway made itself (the dispatcher's), valid by construction."""
+        return self._queue(Command(node, cid, cmd, dict(args)))
+
+    def _queue(self, command: Command) -> Command:
+        q = self.queues.setdefault(command.node, collections.deque())
         if len(q) >= self.per_node:
             q.popleft()
             self.dropped += 1
         q.append(command)
         return command
 
+    def take(self, node: str) -> list[Command]:
+        """Every command waiting for a node, oldest first; its queue is emptied (the link carries them)."""
+        q = self.queues.pop(node, None)
+        return list(q) if q else []
+
     def pending(self, node: str) -> list[Command]:
-        return list(self.queues.get(node, ()))
+        """Queued and in-flight commands of a node, oldest first."""
+        return [e[0] for e in self.inflight.get(node, {}).values()] + list(self.queues.get(node, ()))

@@ -19,7 +19,7 @@ from core_ext.aggregate import Aggregator
 
 from .config import Config
 from .errors import PayloadError, RejectedFrame, ReplayError, SpoolError
-from .ingest import Accepted, Ingest, ack_message
+from .ingest import Accepted, Ingest, ack_message, command_reports
 from .logs import RateLimited
 from .metrics import Metrics
 from .protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED
@@ -61,6 +61,7 @@ class Pipeline:
         self.committed = asyncio.Event()  # set after each commit; the uplink waits on it
         self._pending: list[_Item] = []
         self._windows: list[bytes] = []
+        self.downlink = None  # a Downlink (set by the service): commands ride the acks, reports come in frames
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -97,6 +98,9 @@ class Pipeline:
         except RejectedFrame as exc:
             self._reject(exc, transport)
             raise
+        if self.downlink is not None:
+            for text in command_reports(acc.node, acc.payload):
+                self.downlink.result(acc.node, text)
         self._enqueue(_Item(transport, done, ACK_STORED, acc.node, acc.seq, acc.key, acc))
 
     def reject_frame(self, exc: RejectedFrame, transport: str) -> None:
@@ -161,7 +165,8 @@ class Pipeline:
         self.metrics.inc("headrace_windows_total", len(windows))
         self._readings_committed(group)
         for item in group:
-            item.done(ack_message(item.key, item.seq, item.status), None)
+            commands = self.downlink.for_ack(item.node) if self.downlink is not None and item.node else ()
+            item.done(ack_message(item.key, item.seq, item.status, commands), None)
         self.committed.set()
 
     def _commit_failed(self, group: list[_Item], exc: SpoolError) -> None:

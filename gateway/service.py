@@ -74,8 +74,9 @@ class Gateway:
         ingest = Ingest(self.registry, await self.spool.replay_windows())
         self.pipeline = Pipeline(cfg, ingest, self.spool, self.metrics)
         self.uplink = MqttUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
-        self.downlink = Downlink(self.registry)
+        self.downlink = Downlink(self.registry, on_result=self.uplink.command_result)
         self.uplink.downlink = self.downlink
+        self.pipeline.downlink = self.downlink
         self._spawn(self.pipeline.run(), "pipeline")
         self._spawn(self.uplink.run(), "uplink")
         for port in cfg.serial.ports:

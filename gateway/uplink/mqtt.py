@@ -178,6 +178,15 @@ class MqttUplink:
         if self._session is not None:
             self._session.client.publish(self.cfg.topic_root + "cmd_result/" + node, json.dumps(answer), qos=1)
 
+    def command_result(self, node: str, answer: dict) -> None:
+        """A command's outcome at its node (applied, failed, expired): counted, logged, answered."""
+        self.metrics.inc("headrace_commands_total", result=answer["status"])
+        level = logging.INFO if answer["status"] == "applied" else logging.WARNING
+        log.log(level, "command %s for node %s %s%s", answer["id"], node, answer["status"],
+                f": {answer['error']}" if "error" in answer else "")
+        if self._session is not None:
+            self._session.client.publish(self.cfg.topic_root + "cmd_result/" + node, json.dumps(answer), qos=1)
+
     def state(self) -> dict:
         """The retained state: online, spool depth per kind, drops by the overflow policy."""
         dropped = {f"{lab['kind']}_{lab['reason']}": int(v)
