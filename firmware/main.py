@@ -45,7 +45,9 @@ class Node:
         self.kid = self.name.encode()
         self.mac = cose.Mac(cfg["key"])
         self.seq = SeqStore(cfg["state_file"])
-        self.outbox = Outbox(cfg["outbox"])
+        # unacked frames survive a reboot or a power cut in a log beside the sequence file
+        self.outbox = Outbox(cfg["outbox"], cfg["state_file"] + ".out" if cfg["state_file"] else None)
+        self.dropped_told = 0  # the outbox's drop count as last reported in a frame
         self.sensors = [SimSensor(s, cfg["seed"] * 131 + i) for i, s in enumerate(cfg["sensors"])]
         if cfg["transport"] == "serial":
             import link_serial
@@ -64,6 +66,10 @@ class Node:
     def make_frame(self, samples):
         t0 = samples[0][1] if samples else board.epoch_ms()
         readings = [(name, (t - t0) / 1000, v) for name, t, v in samples]
+        if self.outbox.dropped != self.dropped_told:
+            # frames lost to a full outbox are reported in the next one: a series of their own
+            self.dropped_told = self.outbox.dropped
+            readings.append(("dropped", 0, self.dropped_told))
         bt = t0 / 1000
         texts = self.commands.take_reports()
         payload = senml.encode_pack(self.name, readings, bt, texts)
@@ -126,7 +132,8 @@ class Node:
             await sleep_ms(1)
 
     async def run(self):
-        emit({"ev": "boot", "node": self.name, "seq": self.seq.next, "transport": self.cfg["transport"]})
+        emit({"ev": "boot", "node": self.name, "seq": self.seq.next, "transport": self.cfg["transport"],
+              "restored": self.outbox.restored})
         sender = asyncio.create_task(self.send())
         await self.sample()
         deadline = board.ticks_ms() + self.cfg["drain_timeout_s"] * 1000

@@ -1,6 +1,12 @@
-# The outbox: frames kept until the gateway acks them, and the sequence counter
-# that never repeats, across reboots too (persisted ahead by a margin).
+# The outbox: frames kept until the gateway acks them, in RAM and in a log on flash
+# so a power cut loses none; and the sequence counter that never repeats, across
+# reboots too (persisted ahead by a margin).
 import board
+
+try:
+    import os
+except ImportError:
+    import uos as os
 
 
 class SeqStore:
@@ -37,29 +43,112 @@ class SeqStore:
 SPAN = 32  # sequence numbers in flight beyond the oldest unacked frame, at most (half the replay window)
 
 
-class Outbox:
-    """Bounded FIFO of [seq, message, last send ms, tries]; the oldest go when full."""
+_FRAME = 0x46  # b"F": seq (4 bytes) length (2) message
+_GONE = 0x41   # b"A": seq (4 bytes), acked or dropped
 
-    def __init__(self, capacity):
+
+class Outbox:
+    """Bounded FIFO of [seq, message, last send ms, tries]; the oldest go when full.
+
+    With `path`, every frame is appended to a log on flash before it is sent and
+    every ack or drop after it, so a reboot or a power cut restores the frames
+    not yet acked (sent again; the gateway answers a copy it has as a duplicate).
+    The log is rewritten with the pending frames alone when it grows past
+    `log_max` bytes: a torn record at the end (a cut mid-write) is ignored."""
+
+    def __init__(self, capacity, path=None, log_max=16384):
         self.capacity = capacity
         self.items = []
         self.dropped = 0
+        self.path = path
+        self.log_max = log_max
+        self.log_size = 0
+        self.restored = 0
+        if path:
+            self._restore()
+            self._compact()
 
     def __len__(self):
         return len(self.items)
 
     def push(self, seq, msg):
         if len(self.items) >= self.capacity:
-            self.items.pop(0)
+            gone = self.items.pop(0)
             self.dropped += 1
+            self._log(_GONE, gone[0])
         self.items.append([seq, msg, None, 0])
+        self._log(_FRAME, seq, msg)
 
     def ack(self, seq):
         for i, item in enumerate(self.items):
             if item[0] == seq:
                 self.items.pop(i)
+                self._log(_GONE, seq)
                 return True
         return False
+
+    def _log(self, kind, seq, msg=None):
+        if not self.path:
+            return
+        rec = bytearray(5 if msg is None else 7 + len(msg))
+        rec[0] = kind
+        rec[1:5] = seq.to_bytes(4, "big")
+        if msg is not None:
+            rec[5:7] = len(msg).to_bytes(2, "big")
+            rec[7:] = msg
+        with open(self.path, "ab") as f:
+            f.write(rec)
+        self.log_size += len(rec)
+        if self.log_size > self.log_max:
+            self._compact()
+
+    def _restore(self):
+        try:
+            f = open(self.path, "rb")
+        except OSError:
+            return
+        pending = {}
+        order = []
+        with f:
+            while True:
+                head = f.read(5)
+                if len(head) < 5:
+                    break
+                seq = int.from_bytes(head[1:5], "big")
+                if head[0] == _GONE:
+                    pending.pop(seq, None)
+                    continue
+                if head[0] != _FRAME:
+                    break  # not a record: the rest cannot be trusted
+                n = f.read(2)
+                msg = f.read(int.from_bytes(n, "big")) if len(n) == 2 else b""
+                if len(n) < 2 or len(msg) < int.from_bytes(n, "big"):
+                    break  # torn by a power cut mid-write
+                pending[seq] = msg
+                order.append(seq)
+        for seq in order:
+            if seq in pending:
+                self.items.append([seq, pending.pop(seq), None, 0])
+        while len(self.items) > self.capacity:
+            self.items.pop(0)
+            self.dropped += 1
+        self.restored = len(self.items)
+
+    def _compact(self):
+        tmp = self.path + ".tmp"
+        size = 0
+        with open(tmp, "wb") as f:
+            for item in self.items:
+                msg = item[1]
+                rec = bytearray(7 + len(msg))
+                rec[0] = _FRAME
+                rec[1:5] = item[0].to_bytes(4, "big")
+                rec[5:7] = len(msg).to_bytes(2, "big")
+                rec[7:] = msg
+                f.write(rec)
+                size += len(rec)
+        os.rename(tmp, self.path)
+        self.log_size = size
 
     def due(self, now, timeout_ms, limit):
         """Up to `limit` frames to (re)send now: never sent, or unacked for longer than the
