@@ -40,9 +40,12 @@ def _cmd_check_config(args) -> int:
 
     cfg = config.load(args.config)
     registry = Registry.load(cfg.gateway.registry)
+    from .rules import check_nodes
+    check_nodes(cfg, registry)
     print(f"{args.config or '(embedded defaults)'}: OK — gateway {cfg.gateway.site}/{cfg.gateway.id}, "
           f"{len(registry)} nodes, {len(cfg.serial.ports)} serial ports, "
-          f"CoAP {'on' if cfg.coap.enabled else 'off'}, MQTT {cfg.mqtt.host}:{cfg.mqtt.port}")
+          f"CoAP {'on' if cfg.coap.enabled else 'off'}, MQTT {cfg.mqtt.host}:{cfg.mqtt.port}, "
+          f"{len(cfg.rules)} rules, {len(cfg.resources)} resources")
     return 0
 
 
@@ -160,6 +163,43 @@ def _cmd_decode(args) -> int:
     out = sys.stdout
     for row in batch.rows(decoded):
         out.write(json.dumps(row, allow_nan=True) + "\n")
+    from .uplink import events
+    for row in events.rows(decoded):  # a batch from the events topic
+        out.write(json.dumps(row, allow_nan=True) + "\n")
+    return 0
+
+
+def _cmd_demand(args) -> int:
+    import urllib.error
+    import urllib.request
+
+    from . import config
+
+    body: dict = {"need": args.need, "priority": args.priority}
+    if args.zone:
+        body["zone"] = args.zone
+    if args.at:
+        try:
+            body["at"] = [float(v) for v in args.at.split(",")]
+        except ValueError:
+            body["at"] = None
+        if len(body["at"] or ()) != 2:
+            print(f"headrace demand: --at takes X,Y in plant metres, got {args.at!r}", file=sys.stderr)
+            return 2
+    cfg = config.load(args.config)
+    base = args.url or f"http://{cfg.http.bind}:{cfg.http.port}"
+    req = urllib.request.Request(base + "/demands", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            d = json.load(r)
+    except urllib.error.HTTPError as exc:
+        print(f"headrace demand: refused: {json.load(exc).get('error', exc.reason)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"headrace demand: cannot reach the gateway at {base} ({exc}); is it running?", file=sys.stderr)
+        return 1
+    print(f"demand {d['id']} open: {d['need']} at ({d['at'][0]:g}, {d['at'][1]:g}), priority {d['priority']}")
     return 0
 
 
@@ -308,6 +348,15 @@ def parser() -> argparse.ArgumentParser:
     stt.add_argument("--config", "-c", default=None, help="gateway.toml, to find the status API")
     stt.add_argument("--url", default=None, help="the status API, e.g. http://127.0.0.1:9108")
     stt.set_defaults(fn=_cmd_status)
+
+    dm = sub.add_parser("demand", help="ask the running gateway for a resource (a mechanic, a forklift…)")
+    dm.add_argument("need", help="the capability needed, e.g. mechanic")
+    dm.add_argument("--at", default=None, help="X,Y: where, in plant metres")
+    dm.add_argument("--zone", default=None, help="where, as a zone point of [zones]")
+    dm.add_argument("--priority", type=int, default=5, help="1 (low) to 10 (urgent)")
+    dm.add_argument("--config", "-c", default=None, help="gateway.toml, to find the gateway's API")
+    dm.add_argument("--url", default=None, help="the gateway's API, e.g. http://127.0.0.1:9108")
+    dm.set_defaults(fn=_cmd_demand)
 
     dec = sub.add_parser("decode", help="decode an uplink payload into JSON Lines")
     dec.add_argument("file", help="a payload file taken from the broker, or - for stdin")

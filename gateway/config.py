@@ -90,6 +90,15 @@ class HttpSection:
 
 
 @dataclass(frozen=True)
+class DispatchSection:
+    tick: float = 0.25
+    accept_timeout: float = 60.0
+    done_timeout: float = 3600.0
+    min_battery: float = 20.0
+    max_open: int = 10000
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     serial: SerialSection = field(default_factory=SerialSection)
@@ -98,6 +107,11 @@ class Config:
     aggregate: AggregateSection = field(default_factory=AggregateSection)
     spool: SpoolSection = field(default_factory=SpoolSection)
     http: HttpSection = field(default_factory=HttpSection)
+    dispatch: DispatchSection = field(default_factory=DispatchSection)
+    # rules, resources and zones: see gateway/rules.py, gateway/dispatch.py, gateway/zones.py
+    rules: tuple = ()
+    resources: tuple = ()
+    zones: object = None
 
     @property
     def spool_path(self) -> Path:
@@ -210,6 +224,11 @@ def _validate(cfg: Config) -> None:
                           "allow at least one open window per series and width (about 150 bytes each)")
     if cfg.aggregate.lateness < 0:
         raise ConfigError("[aggregate] lateness", "must not be negative", "write lateness = 2.0")
+    d = cfg.dispatch
+    for key, low, high in (("tick", 0.01, 10), ("accept_timeout", 1, 86400), ("done_timeout", 1, 30 * 86400),
+                           ("min_battery", 0, 100), ("max_open", 1, 1_000_000)):
+        if not low <= getattr(d, key) <= high:
+            raise ConfigError(f"[dispatch] {key}", f"{getattr(d, key)} is out of range", f"use {low} to {high}")
     tls = (cfg.mqtt.tls_cert, cfg.mqtt.tls_key)
     if any(tls) and not all(tls):
         raise ConfigError("[mqtt] tls_cert", "a client certificate needs its key and the reverse",
@@ -227,6 +246,8 @@ def from_dict(raw: dict) -> Config:
     for name, body in raw.items():
         if name not in sections:
             raise ConfigError(f"[{name}]", "unknown section", f"valid sections: {', '.join(sections)}")
+        if name in ("rules", "resources", "zones"):
+            continue  # after the sections they refer to, below
         if name == "serial":
             values[name] = _serial(body)
         elif name == "aggregate":
@@ -240,6 +261,13 @@ def from_dict(raw: dict) -> Config:
             values[name] = section
         else:
             values[name] = _section(sections[name].default_factory, name, body)
+    from . import dispatch, rules, zones
+
+    values["zones"] = zones.parse(raw["zones"]) if "zones" in raw else zones.ZoneMap()
+    values["resources"] = dispatch.parse_resources(raw.get("resources", []))
+    widths = values["aggregate"].widths if "aggregate" in values else AggregateSection().widths
+    values["rules"] = rules.parse(raw.get("rules", []), values["zones"], widths,
+                                  {c for r in values["resources"] for c in r.capabilities})
     cfg = Config(**values)
     _validate(cfg)
     return cfg

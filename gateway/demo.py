@@ -1,8 +1,12 @@
-"""`headrace demo`: the gateway with three simulated nodes, on embedded defaults.
+"""`headrace demo`: the gateway with three simulated nodes, on embedded defaults, and a small plant.
 
 Two nodes on serial ptys (an in-process null-modem cable), one over CoAP, all
 running the real firmware under MicroPython; an embedded MQTT broker (amqtt)
-unless `--mqtt-host` names one. A live view refreshes once a second.
+unless `--mqtt-host` names one. The plant (`sim/plant.py`): a pump whose
+vibration rises until rules raise alarms and a demand for a mechanic, two
+mechanics and a forklift that the dispatcher sends around the plant map, and an
+operator asking for the forklift over the HTTP API. A live view refreshes once a
+second: the nodes, the map, the alarms and the latest events.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from .registry import Registry
 from .service import Gateway
 from .sim.nodes import NodeProcess
 from .sim.nullmodem import NullModem
+from .sim.plant import CONFIG as PLANT, CREW, PUMP_AT, Plant, stale_rules
 
 log = logging.getLogger("headrace.demo")
 
@@ -73,6 +78,7 @@ async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int
         else:
             cfg.update(host="127.0.0.1", coap_port=coap_port)
         node_cfgs.append(cfg)
+    keys = {name: registry.add(name, transport="sim").key for name in ("pump3", "mech1", "mech2", "fork1")}
     registry.save()
     broker_port = mqtt_port if mqtt_host else free_port()
     cfg = from_dict({
@@ -80,7 +86,8 @@ async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int
         "serial": {"ports": serial_ports},
         "coap": {"bind": "127.0.0.1", "port": coap_port},
         "mqtt": {"host": mqtt_host or "127.0.0.1", "port": broker_port, "batch_delay": 0.2},
-        "http": {"port": 0},
+        "http": {"port": free_port()},
+        **PLANT, "rules": PLANT["rules"] + stale_rules([n[0] for n in NODES]),
     })
     interpreter = sys.executable if python_nodes else None
     nodes = [NodeProcess(c, base, interpreter) for c in node_cfgs]
@@ -100,7 +107,9 @@ async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int
         for node in nodes:
             await node.start()
             stack.push_async_callback(node.stop)
-        view = LiveView(gw, nodes, broker=f"{mqtt_host or 'embedded'}:{broker_port}")
+        plant = await stack.enter_async_context(Plant(gw, keys))
+        view = LiveView(gw, nodes, broker=f"{mqtt_host or 'embedded'}:{broker_port}", plant=plant)
+        gw.events.listeners.append(view.event)
         try:
             await asyncio.wait_for(_view_loop(view, stop), timeout=duration)
         except asyncio.TimeoutError:
@@ -108,12 +117,15 @@ async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int
         elapsed = time.monotonic() - started
         frames = gw.metrics.total("headrace_frames_accepted_total")
         print(f"\nheadrace demo: {int(frames)} frames ({int(gw.metrics.total('headrace_readings_total'))} readings) "
-              f"from {len(nodes)} nodes in {elapsed:.1f} s = {frames / elapsed:.1f} frames/s; "
+              f"from {len(gw.node_table())} nodes in {elapsed:.1f} s = {frames / elapsed:.1f} frames/s; "
               f"{int(gw.metrics.total('headrace_uplink_bytes_total'))} bytes uplinked in "
               f"{int(gw.metrics.total('headrace_uplink_messages_total'))} MQTT messages; stopping.", flush=True)
         for row in gw.node_table():
             print(f"  {row['node']:<8} {row['transport']:<7} {row['frames']:>7} frames "
                   f"{row['frames'] / elapsed:8.1f}/s  rejected {row['rejected']}", flush=True)
+        print(f"  events: {int(gw.metrics.get('headrace_events_total', type='alarm'))} alarms, "
+              f"{int(gw.metrics.get('headrace_events_total', type='demand'))} demands, "
+              f"{int(gw.metrics.get('headrace_events_total', type='dispatch'))} dispatch steps", flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
     if tmp:
@@ -131,8 +143,8 @@ async def _view_loop(view: "LiveView", stop: asyncio.Event) -> None:
 class LiveView:
     """A terminal table redrawn in place (ANSI) on a tty, or a status line every 5 s otherwise."""
 
-    def __init__(self, gw: Gateway, nodes: list[NodeProcess], broker: str):
-        self.gw, self.nodes, self.broker = gw, nodes, broker
+    def __init__(self, gw: Gateway, nodes: list[NodeProcess], broker: str, plant: Plant | None = None):
+        self.gw, self.nodes, self.broker, self.plant = gw, nodes, broker, plant
         self.tty = sys.stdout.isatty()
         self._last = (time.monotonic(), 0.0)
         self._ticks = 0
@@ -149,7 +161,7 @@ class LiveView:
         up_bytes = int(m.total("headrace_uplink_bytes_total"))
         up_msgs = int(m.total("headrace_uplink_messages_total"))
         link = "connected" if self.gw.uplink.connected else "DOWN"
-        if not self.tty:
+        if not self.tty:  # events are printed as they happen (event())
             if self._ticks % 5 == 1:
                 print(f"frames {int(frames)} ({rate:.1f}/s), rejected {rejected}, uplink {link} "
                       f"{up_msgs} msgs {up_bytes} B", flush=True)
@@ -169,4 +181,64 @@ class LiveView:
             if node.proc and node.proc.returncode not in (None, 0):
                 lines.append(f"         node exited with {node.proc.returncode}: "
                              f"{node.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+        if self.plant is not None:
+            lines += [""] + self.plant_lines()
         print("\n".join(lines), flush=True)
+
+    def plant_lines(self) -> list[str]:
+        """The plant map (north up, 1 m a column, 2 m a row), the alarms raised, the latest events."""
+        zones, disp = self.gw.cfg.zones, self.gw.dispatcher
+        grid = [[" "] * 41 for _ in range(8)]
+
+        def put(p, ch):
+            col, row = round(p[0]), round((14 - p[1]) / 2)
+            if 0 <= col < 41 and 0 <= row < 8:
+                grid[row][col] = ch
+        for a, b, _len in zones.edges:
+            (ax, ay), (bx, by) = zones.points[a], zones.points[b]
+            for k in range(41):
+                put((ax + (bx - ax) * k / 40, ay + (by - ay) * k / 40), "·")
+        for p in zones.points.values():
+            put(p, "+")
+        put(PUMP_AT, "P")
+        for d in disp.demands.values():
+            put(d.at, "!")
+        for rid, ch in CREW.items():
+            put(disp.resources[rid].at, ch)
+        side = [f"P pump3  vib {self.plant.pump.vib:5.2f} mm/s"]
+        for rid, ch in CREW.items():
+            r = disp.resources[rid]
+            job = disp.demands.get(r.demand)
+            side.append(f"{ch} {rid:<6} {'→ #…%04d %s' % (job.id % 10000, job.state) if job else 'free'}")
+        side += [f"! demands open: {len(disp.demands)}", "", "alarms raised:"]
+        side += [f"  {name} ({e['severity']})" for name, e in sorted(self.gw.rules.active.items())] or ["  none"]
+        out = ["plant map (metres; zones +, corridors ·)"]
+        out += ["|" + "".join(row) + "|  " + (side[i] if i < len(side) else "") for i, row in enumerate(grid)]
+        out += [" " * 45 + line for line in side[8:]]
+        out.append("zones: " + ", ".join(f"{n} ({x:g}, {y:g})" for n, (x, y) in zones.points.items()))
+        out += ["", "latest events:"]
+        out += [describe(e) for e in list(self.gw.events.recent)[-8:]] or ["  none yet"]
+        return out
+
+    def event(self, event: dict) -> None:
+        """Print alarms and dispatches as they happen when the output is not a terminal."""
+        if not self.tty:
+            print(describe(event), flush=True)
+
+
+def describe(e: dict) -> str:
+    """One line per event, for people."""
+    at = time.strftime("%H:%M:%S", time.localtime(e["t"]))
+    if e["type"] == "alarm":
+        signal = e.get("signal", "value")
+        rate = signal == "rate"
+        what = (f"{e['value']:.1f} s silent" if signal == "silence" else
+                f"{e['series']} {'rate ' if rate else ''}= {e['value']:.2f}{'/s' if rate else ''}" if "series" in e
+                else f"{e['value']:.2f}")
+        return f"  {at} ALARM    {e['state']:<8} {e['rule']} ({what}, {e['severity']})"
+    if e["type"] == "demand":
+        where = e.get("zone") or "(%g, %g)" % tuple(e["at"])
+        return (f"  {at} DEMAND   #…{e['id'] % 10000:04d} {e['need']} at {where}, priority {e['priority']} "
+                f"({e['source']})")
+    eta = f", eta {e['eta']:.1f} s" if "eta" in e else ""
+    return f"  {at} DISPATCH #…{e['demand'] % 10000:04d} {e['need']} → {e['resource']}: {e['state']}{eta}"

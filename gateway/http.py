@@ -1,7 +1,10 @@
-"""Status API: `GET /metrics` (Prometheus text), `GET /health` (JSON), `GET /nodes` (JSON).
+"""Status API: `GET /metrics` (Prometheus text), `GET /health` (JSON), `GET /nodes` (JSON);
+demands: `GET /demands`, `POST /demands` and `POST /demands/<id>/accept|decline|done|cancel`
+(JSON, see gateway/dispatch.py and docs/matching.md).
 
-A deliberately tiny HTTP/1.0 server on asyncio streams: three read-only
-endpoints need no framework. Bound to loopback by default (`[http] bind`).
+A deliberately tiny HTTP/1.0 server on asyncio streams: a handful of endpoints
+need no framework. Bound to loopback by default (`[http] bind`): it has no
+authentication, so whoever reaches it may open demands.
 """
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ import json
 import logging
 
 log = logging.getLogger("headrace.http")
+MAX_BODY = 65536
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
+            413: "Payload Too Large", 422: "Unprocessable Entity", 503: "Service Unavailable"}
 
 
 class StatusServer:
@@ -30,11 +36,22 @@ class StatusServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
+            length = 0
+            while (header := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                name, _, value = header.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length" and value.strip().isdigit():
+                    length = int(value)
             parts = line.decode("latin-1").split()
             path = parts[1] if len(parts) >= 2 else ""
-            if len(parts) < 2 or parts[0] != "GET":
+            if len(parts) >= 2 and (path == "/demands" or path.startswith("/demands/")):
+                if length > MAX_BODY:
+                    code, obj = 413, {"error": f"body over {MAX_BODY} bytes"}
+                else:
+                    body = await asyncio.wait_for(reader.readexactly(length), 5) if length else b""
+                    code, obj = self.gateway.dispatcher.http(parts[0], path, body)
+                status, ctype = f"{code} {_REASONS.get(code, '')}", "application/json"
+                body = json.dumps(obj).encode()
+            elif len(parts) < 2 or parts[0] != "GET":
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             elif path == "/metrics":
                 status, ctype = "200 OK", "text/plain; version=0.0.4"
@@ -50,7 +67,7 @@ class StatusServer:
             writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                          "Connection: close\r\n\r\n".encode() + body)
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()

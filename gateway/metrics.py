@@ -29,6 +29,12 @@ class Metrics:
         "headrace_uplink_connects_total": "MQTT connection attempts.",
         "headrace_node_last_seen_seconds": "Unix time of the last accepted message, by node.",
         "headrace_commands_total": "Commands from the cloud (cmd/<node>), by result (queued, rejected).",
+        "headrace_events_total": "Events spooled for the events topic, by type (alarm, demand, dispatch).",
+        "headrace_rule_transitions_total": "Rules raised and cleared, by state.",
+        "headrace_rule_errors_total": "Batches the rules could not evaluate (a bug: see the log).",
+        "headrace_dispatches_total": "Dispatch lifecycle steps, by state (assigned, accepted, done, timeout...).",
+        "headrace_demands_open": "Demands open, assigned or accepted.",
+        "headrace_demand_requests_refused_total": "Requests to /demands refused (bad field, unknown need, full).",
     }
 
     def __init__(self) -> None:

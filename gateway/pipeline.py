@@ -61,6 +61,8 @@ class Pipeline:
         self.committed = asyncio.Event()  # set after each commit; the uplink waits on it
         self._pending: list[_Item] = []
         self._windows: list[bytes] = []
+        self._events: list[bytes] = []  # rule and dispatcher events for the next commit (never dropped)
+        self.rules = None  # a RuleEngine (set by the service): committed readings and closed windows go to it
         self.downlink = None  # a Downlink (set by the service): commands ride the acks, reports come in frames
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
@@ -138,7 +140,7 @@ class Pipeline:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending or self._windows:
+            while self._pending or self._windows or self._events:
                 started = time.monotonic()
                 await self._commit_group()
                 left = gap - (time.monotonic() - started)
@@ -149,15 +151,18 @@ class Pipeline:
         n = self.cfg.spool.commit_max_frames
         group, self._pending = self._pending[:n], self._pending[n:]
         windows, self._windows = self._windows, []
+        events, self._events = self._events, []
         if len(self._pending) < self._max_pending:
             self._space.set()
         records = [(KIND_FRAME, batch.frame_body(i.node, i.seq, i.accepted.received, i.accepted.payload))
                    for i in group if i.accepted is not None]
         records += [(KIND_WINDOW, body) for body in windows]
+        records += [(KIND_EVENT, body) for body in events]
         replay = self.ingest.dirty_state({i.node for i in group if i.status != ACK_DUPLICATE})
         try:
             await self.spool.commit(records, replay)
         except SpoolError as exc:
+            self._events[:0] = events  # events wait for the next commit
             self._commit_failed(group, exc)
             return
         self.ingest.committed(replay)
@@ -189,6 +194,8 @@ class Pipeline:
         for agg in self._aggs:
             agg.add_columns(sids, ts, vs)
         now = time.time()
+        if self.rules is not None:
+            self.rules.readings(sids, ts, vs, now)
         row = 0
         for item in group:
             acc = item.accepted
@@ -229,6 +236,11 @@ class Pipeline:
         names = self.ingest.parser.names
         return {names[sids[i]]: (ts[i], vs[i]) for i in range(a, b)}
 
+    def add_event(self, body: bytes) -> None:
+        """Spool an event record with the next commit."""
+        self._events.append(body)
+        self._wake.set()
+
     # -- spool overflow policy ---------------------------------------------------------
 
     async def _enforce_quota(self) -> None:
@@ -261,6 +273,8 @@ class Pipeline:
         n = 0
         for width, agg in zip(self.cfg.aggregate.widths, self._aggs):
             cols = agg.flush() if flush else agg.close(watermark)
+            if self.rules is not None and not flush:  # a flushed window is cut short: no rule judges it
+                self.rules.windows(width, cols)
             for i in range(len(cols["sid"])):
                 self._windows.append(batch.window_body(names[cols["sid"][i]], width, *(
                     cols[f][i] for f in ("start", "count", "min", "max", "sum", "sumsq", "first", "last", "twa",
@@ -278,5 +292,5 @@ class Pipeline:
         """On shutdown: flush open windows and commit what is queued."""
         self.close_windows(time.time(), flush=True)
         deadline = time.monotonic() + timeout
-        while (self._pending or self._windows) and time.monotonic() < deadline:
+        while (self._pending or self._windows or self._events) and time.monotonic() < deadline:
             await self._commit_group()

@@ -16,11 +16,14 @@ import socket
 import time
 
 from .config import Config
+from .dispatch import Dispatcher
 from .downlink import Downlink
+from .events import EventSink
 from .ingest import Ingest
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .registry import Registry
+from .rules import RuleEngine
 from .spool import Spool
 from .transports.coap import CoapServer
 from .transports.serial import SerialLink
@@ -56,6 +59,9 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.uplink: MqttUplink | None = None
         self.downlink: Downlink | None = None
+        self.events: EventSink | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.rules: RuleEngine | None = None
         self.coap: CoapServer | None = None
         self.http: StatusServer | None = None
         self.serial: list[SerialLink] = []
@@ -77,6 +83,13 @@ class Gateway:
         self.downlink = Downlink(self.registry, on_result=self.uplink.command_result)
         self.uplink.downlink = self.downlink
         self.pipeline.downlink = self.downlink
+        self.events = EventSink(self.pipeline, self.metrics)
+        self.dispatcher = Dispatcher(cfg, self.events.emit, self.downlink, self.metrics)
+        self.rules = RuleEngine(cfg.rules, cfg.resources, ingest.parser, self.events.emit, self.dispatcher,
+                                self.metrics)
+        self.pipeline.rules = self.rules
+        self._spawn(self.rules.run(), "rules")
+        self._spawn(self.dispatcher.run(), "dispatcher")
         self._spawn(self.pipeline.run(), "pipeline")
         self._spawn(self.uplink.run(), "uplink")
         for port in cfg.serial.ports:

@@ -25,8 +25,8 @@ import paho.mqtt.client as paho
 
 from ..config import Config
 from ..metrics import Metrics
-from ..spool import KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
-from . import batch
+from ..spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
+from . import batch, events
 
 log = logging.getLogger("headrace.mqtt")
 QOS_AT_LEAST_ONCE = 1
@@ -284,13 +284,27 @@ class MqttUplink:
                     await asyncio.gather(*waits, return_exceptions=True)
                 self._wake.clear()
                 if self.cfg.mqtt.batch_delay and not self._acked:
-                    await asyncio.sleep(self.cfg.mqtt.batch_delay)  # let a batch gather
+                    await self._gather(self.cfg.mqtt.batch_delay)
         raise ConnectionError("connection lost")
 
+    async def _gather(self, delay: float) -> None:
+        """Let a batch gather for `delay` seconds, unless events are waiting: they go at once,
+        also when they are committed during the delay."""
+        deadline = time.monotonic() + delay
+        while not self.spool.stats()[KIND_EVENT]["records"] and (left := deadline - time.monotonic()) > 0:
+            self.committed.clear()
+            try:
+                await asyncio.wait_for(self.committed.wait(), left)
+            except asyncio.TimeoutError:
+                return
+
     def _publish(self, s: _Session, prio: int, rows) -> None:
-        frames = [body for _id, kind, body in rows if kind == KIND_FRAME]
-        windows = [body for _id, kind, body in rows if kind == KIND_WINDOW]
-        payload = batch.encode(self.cfg.gateway.id, self.cfg.gateway.site, frames, windows)
+        if prio == PRIO_EVENT:
+            payload = events.encode(self.cfg.gateway.id, self.cfg.gateway.site, [body for _id, _k, body in rows])
+        else:
+            frames = [body for _id, kind, body in rows if kind == KIND_FRAME]
+            windows = [body for _id, kind, body in rows if kind == KIND_WINDOW]
+            payload = batch.encode(self.cfg.gateway.id, self.cfg.gateway.site, frames, windows)
         topic = self.topic_events if prio == PRIO_EVENT else self.topic_data
         info = s.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE)
         if info.rc != paho.MQTT_ERR_SUCCESS:

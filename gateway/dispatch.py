@@ -1,0 +1,416 @@
+"""The dispatcher: open demands to free resources, optimally, every tick.
+
+Configuration:
+
+    [[resources]]
+    id = "mech1"
+    capabilities = ["mechanic"]
+    home = [2.0, 3.0]          # plant metres, where it is until its node says otherwise
+    speed = 1.4                # metres per second
+    node = "mech1"             # optional: the node whose readings x, y, battery, available,
+                               # accept, decline, done mirror this resource
+
+    [dispatch]
+    tick = 0.25                # seconds between assignments (a new demand also wakes it)
+    accept_timeout = 60.0      # assigned → accepted within this, or it is reassigned
+    done_timeout = 3600.0      # accepted → done within this, or it is reassigned
+    min_battery = 20.0         # a resource reporting less battery is not dispatched
+    max_open = 10000           # demands waiting at once at most
+
+Usage: demands come from demand rules (`gateway/rules.py`), `POST /demands` and
+`headrace demand`. Every tick the open demands (rows) and the free resources
+(columns) make a cost matrix: priority × travel time (distance along the zone
+graph or straight, over the resource's speed), `inf` where the resource lacks the
+capability or cannot get there, minus priority × a bonus larger than any sum of
+travel costs, so that when not every demand can be served the most urgent are.
+`core_ext.match.assign` solves it (the most pairs, then the least cost); the
+demands left wait for the next tick. A dispatch is spooled as an event and queued
+on the downlink to the resource's node (`dispatch` command; `recall` when taken
+back).
+
+Lifecycle: open → assigned → accepted → done (or cancelled). `accept`, `decline`
+and `done` come from the resource's node (a reading whose value is the demand id)
+or the API. Assigned but not accepted within `accept_timeout`, or accepted but not
+done within `done_timeout`: a `timeout` event, the demand opens again and that
+resource is not offered it again while another capable resource exists.
+
+Caveats: demands live in memory; after a restart the spooled events tell what was
+open, and a demand rule that still holds raises a new demand. Demand ids are the
+gateway's start time in milliseconds plus a counter, so they do not repeat across
+restarts (they fit a float reading exactly).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from core_ext.match import assign
+
+from .errors import ConfigError
+from .rules import NODE
+from .zones import ZoneMap, _xy
+
+log = logging.getLogger("headrace.dispatch")
+
+OPEN, ASSIGNED, ACCEPTED, DONE, CANCELLED = "open", "assigned", "accepted", "done", "cancelled"
+_RESOURCE_KEYS = ("id", "capabilities", "home", "speed", "node")
+
+
+@dataclass(frozen=True)
+class Resource:
+    id: str
+    capabilities: tuple = ()
+    home: tuple = (0.0, 0.0)
+    speed: float = 1.0
+    node: str = ""
+
+
+def parse_resources(raw) -> tuple[Resource, ...]:
+    """Validate the `[[resources]]` list."""
+    if not isinstance(raw, list):
+        raise ConfigError("[resources]", "must be a list of tables", "write each resource as a [[resources]] table")
+    out, ids, nodes = [], set(), set()
+    for i, r in enumerate(raw):
+        if not isinstance(r, dict):
+            raise ConfigError(f"[resources[{i}]]", "must be a table", "write [[resources]] tables")
+        rid = r.get("id")
+        if not isinstance(rid, str) or not NODE.match(rid):
+            raise ConfigError(f"[resources[{i}]] id", f"missing or invalid: {rid!r}",
+                              'write id = "mech1" (lowercase letters, digits, - or _)')
+        where = f"[resources.{rid}]"
+        extra = set(r) - set(_RESOURCE_KEYS)
+        if extra:
+            raise ConfigError(f"{where} {sorted(extra)[0]}", "unknown key", f"valid keys: {', '.join(_RESOURCE_KEYS)}")
+        if rid in ids:
+            raise ConfigError(f"{where} id", "used by two resources", "give every resource its own id")
+        ids.add(rid)
+        caps = r.get("capabilities")
+        if not isinstance(caps, list) or not caps or not all(isinstance(c, str) and NODE.match(c) for c in caps):
+            raise ConfigError(f"{where} capabilities", f"must be a non-empty list of names, got {caps!r}",
+                              'write capabilities = ["mechanic"]')
+        if "home" not in r:
+            raise ConfigError(f"{where} home", "missing", "write home = [x, y] (plant metres)")
+        home = _xy(r["home"], f"{where} home", "home = [2.0, 3.0]")
+        speed = r.get("speed", 1.0)
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not (0 < speed < math.inf):
+            raise ConfigError(f"{where} speed", f"must be a positive number of metres per second, got {speed!r}",
+                              "write speed = 1.4 (walking) or 3.0 (a forklift)")
+        node = r.get("node", "")
+        if node and (not isinstance(node, str) or not NODE.match(node)):
+            raise ConfigError(f"{where} node", f"{node!r} is not a node name", 'write node = "mech1"')
+        if node and node in nodes:
+            raise ConfigError(f"{where} node", f"node {node!r} already mirrors another resource",
+                              "give each resource its own node")
+        nodes.add(node)
+        out.append(Resource(rid, tuple(caps), home, float(speed), node))
+    return tuple(out)
+
+
+class DemandError(ValueError):
+    """A demand request that cannot be taken; `status` is the HTTP status it answers with."""
+
+    def __init__(self, message: str, status: int = 400):
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass
+class Demand:
+    id: int
+    need: str
+    at: tuple
+    priority: int
+    source: str
+    created: float
+    zone: str = ""
+    state: str = OPEN
+    resource: str | None = None
+    since: float = 0.0
+    attempt: int = 0
+    excluded: set = field(default_factory=set)
+
+    def view(self) -> dict:
+        return {"id": self.id, "need": self.need, "at": list(self.at), "zone": self.zone, "priority": self.priority,
+                "source": self.source, "created": self.created, "state": self.state, "resource": self.resource,
+                "since": self.since, "attempt": self.attempt}
+
+
+@dataclass
+class ResourceState:
+    spec: Resource
+    at: tuple
+    battery: float = math.nan
+    available: bool = True
+    demand: int | None = None
+    seen: float = 0.0
+
+    def free(self, min_battery: float) -> bool:
+        return self.demand is None and self.available and not self.battery < min_battery
+
+    def view(self) -> dict:
+        return {"id": self.spec.id, "capabilities": list(self.spec.capabilities), "at": list(self.at),
+                "battery": None if math.isnan(self.battery) else self.battery, "available": self.available,
+                "demand": self.demand, "node": self.spec.node}
+
+
+class Dispatcher:
+    """Owns the demands and the resources' state; `run()` ticks until cancelled."""
+
+    def __init__(self, cfg, emit, downlink=None, metrics=None, clock=time.time):
+        self.settings, self.zones, self.emit = cfg.dispatch, cfg.zones or ZoneMap(), emit
+        self.downlink, self.metrics, self.clock = downlink, metrics, clock
+        self.resources = {r.id: ResourceState(r, r.home) for r in cfg.resources}
+        self.capabilities = {c for r in cfg.resources for c in r.capabilities}
+        self.demands: dict[int, Demand] = {}     # open, assigned or accepted
+        self.closed: collections.deque = collections.deque(maxlen=100)
+        self._rule_demand: dict[str, int] = {}   # rule name -> its demand still open
+        self._next_id = int(clock() * 1000)
+        self._wake = asyncio.Event()
+
+    # -- demands in -----------------------------------------------------------------------
+
+    def submit(self, need: str, at=None, zone: str = "", priority: int = 5, source: str = "api") -> Demand:
+        """Open a demand; raise DemandError naming what is wrong."""
+        if need not in self.capabilities:
+            known = ", ".join(sorted(self.capabilities))
+            raise DemandError(f"no resource has the capability {need!r} (known: {known})", 422)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 10:
+            raise DemandError(f"priority must be a whole number from 1 to 10, got {priority!r}")
+        if zone:
+            if zone not in self.zones.points:
+                raise DemandError(f"unknown zone {zone!r} (known: {', '.join(sorted(self.zones.points)) or 'none'})")
+            at = self.zones.points[zone]
+        if at is None or len(at) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in at):
+            raise DemandError(f"a demand needs a place: at [x, y] in plant metres or a zone, got {at!r}")
+        if len(self.demands) >= self.settings.max_open:
+            raise DemandError(f"{len(self.demands)} demands are open already ([dispatch] max_open)", 503)
+        now = self.clock()
+        self._next_id += 1
+        d = Demand(self._next_id, need, (float(at[0]), float(at[1])), priority, source, now, zone, since=now)
+        self.demands[d.id] = d
+        event = {"type": "demand", "id": d.id, "need": need, "priority": priority, "at": list(d.at),
+                 "source": source, "t": now}
+        if zone:
+            event["zone"] = zone
+        self.emit(event)
+        self._count()
+        self._wake.set()
+        return d
+
+    def demand_from_rule(self, rule, t: float, value: float) -> None:
+        """A demand rule raised: one open demand per rule at a time."""
+        if rule.name in self._rule_demand:
+            return
+        try:
+            d = self.submit(rule.need, rule.at, rule.zone, rule.priority, source=f"rule:{rule.name}")
+        except DemandError as exc:
+            log.warning("rule %s: demand not opened: %s", rule.name, exc)
+            return
+        self._rule_demand[rule.name] = d.id
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _get(self, did: int, resource: str | None, states: tuple) -> Demand:
+        d = self.demands.get(did)
+        if d is None:
+            raise DemandError(f"no open demand {did}", 404)
+        if d.state not in states:
+            raise DemandError(f"demand {did} is {d.state}, not {' or '.join(states)}", 409)
+        if resource is not None and d.resource != resource:
+            raise DemandError(f"demand {did} is assigned to {d.resource!r}, not {resource!r}", 409)
+        return d
+
+    def accept(self, did: int, resource: str | None = None) -> Demand:
+        d = self._get(did, resource, (ASSIGNED, ACCEPTED))
+        if d.state == ASSIGNED:
+            d.state, d.since = ACCEPTED, self.clock()
+            self._event(d, ACCEPTED)
+        return d
+
+    def decline(self, did: int, resource: str | None = None) -> Demand:
+        d = self._get(did, resource, (ASSIGNED, ACCEPTED))
+        self._reopen(d, "declined", recall=False)
+        return d
+
+    def done(self, did: int, resource: str | None = None) -> Demand:
+        d = self._get(did, resource, (ASSIGNED, ACCEPTED))
+        res = self.resources[d.resource]
+        if not res.spec.node:
+            res.at = d.at  # no live position: it is where the work was
+        self._close(d, DONE)
+        return d
+
+    def cancel(self, did: int) -> Demand:
+        d = self._get(did, None, (OPEN, ASSIGNED, ACCEPTED))
+        if d.resource is not None:
+            self._recall(d)
+        self._close(d, CANCELLED)
+        return d
+
+    def _close(self, d: Demand, state: str) -> None:
+        self._event(d, state)
+        if d.resource is not None:
+            self.resources[d.resource].demand = None
+        d.state, d.since = state, self.clock()
+        del self.demands[d.id]
+        self.closed.append(d)
+        for name, did in list(self._rule_demand.items()):
+            if did == d.id:
+                del self._rule_demand[name]
+        self._count()
+        self._wake.set()
+
+    def _reopen(self, d: Demand, why: str, recall: bool) -> None:
+        self._event(d, why)
+        if recall:
+            self._recall(d)
+        d.excluded.add(d.resource)
+        self.resources[d.resource].demand = None
+        d.state, d.resource, d.since = OPEN, None, self.clock()
+        self._wake.set()
+
+    def mirror(self, rid: str, what: str, t: float, value: float) -> None:
+        """A reading of a resource's node (via the rule table's mirror rules)."""
+        res = self.resources.get(rid)
+        if res is None:
+            return
+        res.seen = self.clock()
+        if what == "x":
+            res.at = (value, res.at[1])
+        elif what == "y":
+            res.at = (res.at[0], value)
+        elif what == "battery":
+            res.battery = value
+        elif what == "available":
+            res.available = value != 0
+            self._wake.set()
+        elif what in ("accept", "decline", "done"):
+            if not (math.isfinite(value) and value == int(value)):
+                log.warning("resource %s: %s = %r is not a demand id", rid, what, value)
+                return
+            try:
+                getattr(self, what)(int(value), rid)
+            except DemandError as exc:
+                log.warning("resource %s: %s ignored: %s", rid, what, exc)
+
+    # -- assignment -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick every [dispatch] tick seconds, or as soon as a demand or a resource changes."""
+        while True:
+            self.tick(self.clock())
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.tick)
+            except asyncio.TimeoutError:
+                pass
+
+    def tick(self, now: float) -> int:
+        """Time out what waited too long, then assign; returns the dispatches made."""
+        s = self.settings
+        for d in list(self.demands.values()):
+            if (d.state == ASSIGNED and now - d.since > s.accept_timeout) or \
+                    (d.state == ACCEPTED and now - d.since > s.done_timeout):
+                self._reopen(d, "timeout", recall=True)
+        open_ = sorted((d for d in self.demands.values() if d.state == OPEN), key=lambda d: d.id)
+        free = [r for _, r in sorted(self.resources.items()) if r.free(s.min_battery)]
+        if not open_ or not free:
+            return 0
+        rows, cols, eta = self._solve(open_, free)
+        for i, j in zip(rows, cols):
+            self._assign(open_[i], free[j], eta[i][j], now)
+        return len(rows)
+
+    def travel(self, res: ResourceState, d: Demand) -> float:
+        """Seconds for a resource to reach a demand; inf when it lacks the capability or a way."""
+        if d.need not in res.spec.capabilities:
+            return math.inf
+        return self.zones.distance(res.at, d.at) / res.spec.speed
+
+    def _solve(self, open_: list, free: list):
+        for d in open_:
+            capable = {r.spec.id for r in self.resources.values() if d.need in r.spec.capabilities}
+            if d.excluded and capable <= d.excluded:
+                d.excluded.clear()  # every capable resource failed it once: offer it to all again
+        eta = [[math.inf if r.spec.id in d.excluded else self.travel(r, d) for r in free] for d in open_]
+        weighted = [[d.priority * x for x in row] for d, row in zip(open_, eta)]
+        # a bonus per served demand, by priority, above any sum of travel costs: when not all can be
+        # served, the urgent ones are, whatever their travel
+        bonus = sum(max((x for x in row if x != math.inf), default=0.0) for row in weighted) + 1.0
+        cost = [[x - bonus * d.priority if x != math.inf else math.inf for x in row]
+                for d, row in zip(open_, weighted)]
+        rows, cols = assign(cost)
+        return rows, cols, eta
+
+    def _assign(self, d: Demand, res: ResourceState, eta: float, now: float) -> None:
+        d.state, d.resource, d.since = ASSIGNED, res.spec.id, now
+        d.attempt += 1
+        res.demand = d.id
+        self._event(d, ASSIGNED, eta=round(eta, 3))
+        if self.downlink is not None and res.spec.node:
+            self.downlink.put(res.spec.node, "dispatch", {"demand": d.id, "need": d.need, "x": d.at[0],
+                                                          "y": d.at[1], "priority": d.priority}, f"dispatch-{d.id}")
+
+    def _recall(self, d: Demand) -> None:
+        res = self.resources[d.resource]
+        if self.downlink is not None and res.spec.node:
+            self.downlink.put(res.spec.node, "recall", {"demand": d.id}, f"recall-{d.id}-{d.attempt}")
+
+    def _event(self, d: Demand, state: str, **extra) -> None:
+        event = {"type": "dispatch", "demand": d.id, "need": d.need, "resource": d.resource, "state": state,
+                 "t": self.clock(), "attempt": d.attempt, **extra}
+        self.emit(event)
+        if self.metrics is not None:
+            self.metrics.inc("headrace_dispatches_total", state=state)
+
+    def _count(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set("headrace_demands_open", len(self.demands))
+
+    # -- API ------------------------------------------------------------------------------
+
+    def _refused(self, exc: Exception) -> None:
+        log.info("demand API request refused: %s", exc)
+        if self.metrics is not None:
+            self.metrics.inc("headrace_demand_requests_refused_total")
+
+    def view(self) -> dict:
+        return {"demands": [d.view() for d in sorted(self.demands.values(), key=lambda d: d.id)],
+                "recent": [d.view() for d in self.closed],
+                "resources": [r.view() for _, r in sorted(self.resources.items())]}
+
+    def http(self, method: str, path: str, body: bytes) -> tuple[int, object]:
+        """`GET /demands`, `POST /demands`, `POST /demands/<id>/accept|decline|done|cancel`."""
+        parts = path.strip("/").split("/")
+        try:
+            args = json.loads(body) if body.strip() else {}
+            if not isinstance(args, dict):
+                raise DemandError("the body must be a JSON object")
+            if method == "GET" and len(parts) == 1:
+                return 200, self.view()
+            if method == "POST" and len(parts) == 1:
+                extra = set(args) - {"need", "at", "zone", "priority"}
+                if extra:
+                    raise DemandError(f"unknown field {sorted(extra)[0]!r} (a demand has need, at, zone, priority)")
+                d = self.submit(args.get("need"), args.get("at"), args.get("zone") or "", args.get("priority", 5))
+                return 201, d.view()
+            if method == "POST" and len(parts) == 3 and parts[2] in ("accept", "decline", "done", "cancel"):
+                try:
+                    did = int(parts[1])
+                except ValueError:
+                    raise DemandError(f"{parts[1]!r} is not a demand id", 404) from None
+                if parts[2] == "cancel":
+                    return 200, self.cancel(did).view()
+                return 200, getattr(self, parts[2])(did, args.get("resource")).view()
+        except DemandError as exc:
+            self._refused(exc)
+            return exc.status, {"error": str(exc)}
+        except ValueError as exc:
+            self._refused(exc)
+            return 400, {"error": f"not JSON: {exc}"}
+        return 404, {"error": "try GET /demands, POST /demands or POST /demands/<id>/accept|decline|done|cancel"}
