@@ -47,6 +47,9 @@ class Node:
         self.seq = SeqStore(cfg["state_file"])
         # unacked frames survive a reboot or a power cut in a log beside the sequence file
         self.outbox = Outbox(cfg["outbox"], cfg["state_file"] + ".out" if cfg["state_file"] else None)
+        # frames restored from the log under another key (the node was rekeyed) would never
+        # be acked and would hold the outbox up for good: they go, counted as dropped
+        self.stale = self.outbox.keep(self._ours)
         self.dropped_told = 0  # the outbox's drop count as last reported in a frame
         self.sensors = [SimSensor(s, cfg["seed"] * 131 + i) for i, s in enumerate(cfg["sensors"])]
         if cfg["transport"] == "serial":
@@ -62,6 +65,13 @@ class Node:
         self.rejected = 0
         self.heap_peak = 0  # bytes in use after a frame is made, at the most (for the footprint benchmark)
         self.commands = Commands(self, cfg["state_file"] + ".cmd")
+
+    def _ours(self, msg):
+        try:
+            header = cose.verify_mac0(self.mac, msg)[0]
+        except ValueError:
+            return False
+        return header.get(4) == self.kid
 
     def make_frame(self, samples):
         t0 = samples[0][1] if samples else board.epoch_ms()
@@ -133,7 +143,7 @@ class Node:
 
     async def run(self):
         emit({"ev": "boot", "node": self.name, "seq": self.seq.next, "transport": self.cfg["transport"],
-              "restored": self.outbox.restored})
+              "restored": self.outbox.restored, "stale": self.stale})
         sender = asyncio.create_task(self.send())
         await self.sample()
         deadline = board.ticks_ms() + self.cfg["drain_timeout_s"] * 1000

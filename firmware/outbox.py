@@ -87,6 +87,16 @@ class Outbox:
                 return True
         return False
 
+    def keep(self, ours):
+        """Drop the frames for which ours(message) is false (counted as dropped); how many."""
+        gone = [item for item in self.items if not ours(item[1])]
+        for item in gone:
+            self.items.remove(item)
+            self.dropped += 1
+            self._log(_GONE, item[0])
+        self.restored -= len(gone)
+        return len(gone)
+
     def _log(self, kind, seq, msg=None):
         if not self.path:
             return

@@ -1,9 +1,78 @@
-"""Fixtures of the simulated bench: real mosquitto, socat ptys, the gateway process, MicroPython nodes."""
+"""Fixtures of the bench: real mosquitto, socat ptys, the gateway process, MicroPython nodes,
+and the bench's board: a simulated one by default, a real one with --hil-port.
+
+    pytest hil_tests                                   # the simulated bench
+    pytest hil_tests --hil-port /dev/ttyACM0 --board rp2 --hil-uart /dev/ttyUSB0 \
+                     [--hil-node-port 1] [--hil-relay "usbrelay R1_1=%s"] [--hil-wires uart,relay]
+
+The board suite (test_board.py) flashes the board through `headrace node flash`
+and runs against it; the rest of the suite runs with simulated nodes either way.
+docs/bench.md says how to wire one.
+"""
 from __future__ import annotations
+
+import shlex
+import subprocess
 
 import pytest
 
-from .bench import Mosquitto, PtyPair, Subscriber
+from .bench import Mosquitto, PtyPair, SimBoard, Subscriber
+
+WIRES = ("uart", "relay", "i2c", "onewire", "adc")
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("headrace bench")
+    g.addoption("--hil-port", help="a real board's USB serial port (console and REPL); the board suite runs on it")
+    g.addoption("--board", default="esp32", choices=("esp32", "rp2", "unix"), help="the real board's kind")
+    g.addoption("--hil-uart", help="the gateway side of the wire to the board's UART (a USB-UART adapter)")
+    g.addoption("--hil-node-port", default="1", help="the UART the node uses on the board (its config 'port')")
+    g.addoption("--hil-relay", help="a shell command that switches the board's power; %%s is 'off' or 'on'")
+    g.addoption("--hil-wires", default="uart",
+                help=f"what the bench has wired, comma-separated, of: {', '.join(WIRES)} (relay implied by --hil-relay)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs(wire): a board test that needs this wire on a real bench")
+
+
+@pytest.fixture
+def bench_board(request, tmp_path):
+    """The bench's board: (board, gateway-side serial port, node's port on the board, kind).
+    A SimBoard wired through a pty pair unless --hil-port names a real one."""
+    opt = request.config.getoption
+    needed = [m.args[0] for m in request.node.iter_markers("needs")]
+    if opt("--hil-port"):
+        wires = set(opt("--hil-wires").split(",")) | ({"relay"} if opt("--hil-relay") else set())
+        missing = [w for w in needed if w not in wires]
+        if missing:
+            pytest.skip(f"the bench has no {', '.join(missing)} wired (--hil-wires {opt('--hil-wires')})")
+        if not opt("--hil-uart"):
+            pytest.fail("--hil-port needs --hil-uart: the gateway's end of the wire to the board's UART")
+        yield RealBoard(opt("--hil-port"), opt("--hil-relay")), opt("--hil-uart"), opt("--hil-node-port"), opt("--board")
+        return
+    pair = PtyPair(tmp_path, "uart")
+    board = SimBoard(tmp_path, uart=pair.b)
+    yield board, pair.a, "/dev/ttyUSB0", "unix"
+    board.stop()
+    pair.stop()
+
+
+class RealBoard:
+    """A board on a real bench: its console port, and its power if a relay is wired."""
+
+    def __init__(self, port: str, relay: str | None):
+        self.port = port
+        self.relay = relay
+
+    def power_cycle(self) -> None:
+        if not self.relay:
+            pytest.skip("no --hil-relay: the bench cannot cut the board's power")
+        for state in ("off", "on"):
+            subprocess.run(shlex.split(self.relay.replace("%s", state)), check=True, timeout=30)
+
+    def stop(self) -> None:
+        pass
 
 
 @pytest.fixture

