@@ -442,6 +442,11 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
     w.acc = 0
     w.nbits = 0
     cdef Divisor dg = divisor(g)
+    for i in range(f.shape[0]):
+        if f[i] == PROB_SCALE and <int>i < (2 << m):
+            # one symbol with no raw bits (a regular clock, a constant): the states never
+            # move and nothing is written
+            return (<uint64_t>RANS_L).to_bytes(4, "little") * 2, b""
     if True:
         for i in range(count):
             u = unsigned_residual(residual_at(xp, i, order, <uint64_t>b0), order, dg)
@@ -632,28 +637,41 @@ cdef void integrate(int64_t* o, Py_ssize_t n, int order, heads, uint64_t g):
         _integrate(o, n, order, base, g)
 
 
-def dictionary(keys, Py_ssize_t limit):
-    """(sorted distinct keys, index of each among them), or None past `limit` distinct;
-    an open-addressing hash in one pass, so a series with too many values costs little."""
-    cdef const int64_t[::1] x = np.ascontiguousarray(keys, np.int64)
+cdef int64_t* _table_keys = NULL
+cdef int32_t* _table_ids = NULL
+cdef Py_ssize_t _table_cap = 0
+
+
+def dictionary(values, Py_ssize_t limit):
+    """(distinct values as ordered bit patterns, sorted; index of each value among them),
+    or None past `limit` distinct. An open-addressing hash on the bit patterns in one
+    pass, its table kept from call to call, so a series with too many values costs little."""
+    global _table_keys, _table_ids, _table_cap
+    cdef const int64_t[::1] x = np.ascontiguousarray(values, np.float64).view(np.int64)
     cdef Py_ssize_t n = x.shape[0], i, cap = 16, found = 0
     cdef uint64_t h, mask
     cdef int shift = 60
     while cap < 2 * limit + 2:
         cap *= 2
         shift -= 1
+    if cap > _table_cap:
+        _table_keys = <int64_t*>realloc(_table_keys, cap * sizeof(int64_t))
+        _table_ids = <int32_t*>realloc(_table_ids, cap * sizeof(int32_t))
+        if _table_keys == NULL or _table_ids == NULL:
+            _table_cap = 0
+            raise MemoryError()
+        _table_cap = cap
     mask = cap - 1
-    table_keys = np.empty(cap, np.int64)
-    table_ids = np.full(cap, -1, np.int64)
     first = np.empty(n, np.int64)
     distinct = np.empty(limit + 1, np.int64)
-    cdef int64_t[::1] tk = table_keys
-    cdef int64_t[::1] ti = table_ids
     cdef int64_t[::1] fi = first
     cdef int64_t[::1] dk = distinct
+    cdef int64_t* tk = _table_keys
+    cdef int32_t* ti = _table_ids
     with nogil:
+        memset(ti, 0xFF, cap * sizeof(int32_t))  # every slot empty (-1)
         for i in range(n):
-            h = (<uint64_t>x[i] * <uint64_t>0x9E3779B97F4A7C15) >> (64 - 4 - (60 - shift))
+            h = (<uint64_t>x[i] * <uint64_t>0x9E3779B97F4A7C15) >> shift
             while ti[h] >= 0 and tk[h] != x[i]:
                 h = (h + 1) & mask
             if ti[h] < 0:
@@ -661,17 +679,17 @@ def dictionary(keys, Py_ssize_t limit):
                     found = -1
                     break
                 tk[h] = x[i]
-                ti[h] = found
+                ti[h] = <int32_t>found
                 dk[found] = x[i]
                 found += 1
             fi[i] = ti[h]
     if found < 0:
         return None
-    uniq = distinct[:found]
-    order = np.argsort(uniq, kind="stable")
+    keys = fmt.ordered(distinct[:found].view(np.float64))
+    order = np.argsort(keys, kind="stable")
     rank = np.empty(found, np.int64)
     rank[order] = np.arange(found)
-    return uniq[order], rank[first]
+    return keys[order], rank[first]
 
 
 def decimal_ints(values, int e):

@@ -332,17 +332,16 @@ def detect_decimal(values: np.ndarray) -> int | None:
     if len(finite) == 0:
         return None
     step = max(1, len(finite) // DECIMAL_SAMPLE)
-    sample = finite[::step][:DECIMAL_SAMPLE].tolist()
+    sample = finite[::step][:DECIMAL_SAMPLE]
+    # every exponent at once: the same IEEE operations as the kernels' exactness check
+    p = 10.0 ** np.arange(MAX_EXPONENT + 1, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        x = sample[:, None] * p[None, :]
+        q = np.rint(x)
+        exact = (np.abs(x) < 2.0 ** 53) & (q / p == sample[:, None]) & ~((q == 0) & np.signbit(sample)[:, None])
+    counts = exact.sum(axis=0).tolist()
     best_e, best_score, best_count = None, math.inf, 0
-    for e in range(MAX_EXPONENT + 1):
-        p = 10.0 ** e
-        count = 0
-        for v in sample:
-            x = v * p
-            if abs(x) < 2.0 ** 53:
-                q = round(x)
-                if q / p == v and not (q == 0 and math.copysign(1.0, v) < 0):
-                    count += 1
+    for e, count in enumerate(counts):
         score = (len(sample) - count) * EXCEPTION_BITS + len(sample) * e * DIGIT_BITS
         if score < best_score:
             best_e, best_score, best_count = e, score, count
@@ -395,7 +394,7 @@ def write_values(w: Writer, values: np.ndarray, k, allow_dict: bool = True) -> N
         plan = k.plan(bits)
         options.append((plan[0] + 8, K_BITS, bytes((K_BITS,)), bits, plan))
     if allow_dict and n >= 64:
-        found = k.dictionary(ordered(values), n // DICT_MAX_FRACTION)
+        found = k.dictionary(values, n // DICT_MAX_FRACTION)
         if found is not None:
             uniq, index = found
             w2 = Writer()

@@ -228,11 +228,12 @@ def _integrate(us: list[int], order: int, heads: list[int], gcd: int) -> list[in
     return out
 
 
-def dictionary(keys: np.ndarray, limit: int):
-    """(sorted distinct keys, index of each key among them), or None past `limit` distinct."""
+def dictionary(values: np.ndarray, limit: int):
+    """(distinct values as ordered bit patterns, sorted; index of each value among them),
+    or None past `limit` distinct."""
     seen: dict[int, int] = {}
     first = []
-    for x in keys.tolist():
+    for x in fmt.ordered(values).tolist():
         j = seen.get(x)
         if j is None:
             if len(seen) >= limit:
