@@ -69,10 +69,16 @@ def _cmd_status(args) -> int:
     now = time.time()
     print(f"gateway up {health['uptime_s']:.0f} s, uplink {'connected' if health['uplink_connected'] else 'DOWN'}, "
           f"{len(nodes)} nodes seen")
-    print(f"{'node':<16} {'link':<7} {'last seen':>10} {'frames':>8} {'readings':>9} {'rejected':>8}")
+    print(f"{'node':<16} {'link':<7} {'last seen':>10} {'rate/s':>7} {'frames':>8} {'readings':>9} {'errors':>7} "
+          f"{'quality':>8} {'battery':>8}")
     for n in nodes:
         ago = f"{now - n['last_seen']:.0f} s ago" if n["last_seen"] else "never"
-        print(f"{n['node']:<16} {n['transport']:<7} {ago:>10} {n['frames']:>8} {n['readings']:>9} {n['rejected']:>8}")
+        quality = f"{100 * n['link_quality']:.1f} %" if n.get("link_quality") is not None else "-"
+        battery = f"{n['battery']:g}" if isinstance(n.get("battery"), (int, float)) else "-"
+        print(f"{n['node']:<16} {n['transport']:<7} {ago:>10} {n.get('rate', 0):>7.2f} {n['frames']:>8} "
+              f"{n['readings']:>9} {n['rejected']:>7} {quality:>8} {battery:>8}")
+    print("errors: frames rejected or duplicated (resends whose ack was lost); quality: the share of a node's "
+          "frames taken first time")
     return 0
 
 

@@ -52,6 +52,26 @@ class NodeStatus:
     last_seen: float = 0.0
     transport: str = ""
     last_rows: tuple | None = None  # the newest frame's rows in the committed columns
+    minute: int = 0  # the current minute (since the epoch) and the frames in it and in the one before
+    this_minute: int = 0
+    last_minute: int = 0
+
+    def count(self, now: float) -> None:
+        m = int(now // 60)
+        if m != self.minute:
+            self.last_minute = self.this_minute if m == self.minute + 1 else 0
+            self.this_minute, self.minute = 0, m
+        self.this_minute += 1
+
+    def rate(self, now: float | None = None) -> float:
+        """Frames a second over the last minute (the one before, weighted by what is left of it)."""
+        now = time.time() if now is None else now
+        m, frac = int(now // 60), (now % 60) / 60
+        if m == self.minute:
+            return (self.this_minute + self.last_minute * (1 - frac)) / 60
+        if m == self.minute + 1:
+            return self.this_minute * (1 - frac) / 60
+        return 0.0
 
 
 class Pipeline:
@@ -205,6 +225,7 @@ class Pipeline:
             if st is None:
                 st = self.nodes[acc.node] = NodeStatus()
             st.frames += 1
+            st.count(now)
             st.readings += acc.count
             st.last_seen = now
             st.transport = item.transport

@@ -159,6 +159,9 @@ class Gateway:
         depth, size = await self.spool.depth()
         self.metrics.set("headrace_spool_depth", depth)
         self.metrics.set("headrace_spool_bytes", size)
+        oldest = await self.spool.oldest()
+        # how far the broker is behind: the age of the oldest record not yet acknowledged
+        self.metrics.set("headrace_uplink_lag_seconds", round(time.time() - oldest, 3) if oldest else 0.0)
         return self.metrics.render()
 
     def health(self) -> dict:
@@ -170,10 +173,16 @@ class Gateway:
     def node_table(self) -> list[dict]:
         rows = []
         for name, st in sorted((self.pipeline.nodes if self.pipeline else {}).items()):
+            last = {k: v[1] for k, v in self.pipeline.node_last(name).items()}
+            battery = next((v for k, v in last.items() if k.rsplit("/", 1)[-1] in BATTERY_NAMES), None)
             rows.append({"node": name, "transport": st.transport, "frames": st.frames, "readings": st.readings,
-                         "rejected": st.rejected, "last_seen": st.last_seen,
-                         "last": {k: v[1] for k, v in self.pipeline.node_last(name).items()}})
+                         "rejected": st.rejected, "last_seen": st.last_seen, "rate": round(st.rate(), 3),
+                         "link_quality": round(st.frames / (st.frames + st.rejected), 4) if st.frames else None,
+                         "battery": battery, "last": last})
         return rows
+
+
+BATTERY_NAMES = ("battery", "bat", "vbat", "batt")  # sensor names the status view reads as battery
 
 
 async def serve(cfg: Config, registry: Registry) -> None:

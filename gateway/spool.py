@@ -190,6 +190,15 @@ class Spool:
     def _depth(self):
         return sum(self._rows.values()), sum(self._bytes.values())
 
+    async def oldest(self) -> float | None:
+        """When the oldest record waiting was spooled (seconds since the epoch), or None."""
+        return await self._run(self._oldest)
+
+    def _oldest(self):
+        # records are spooled in id order, so the smallest id is the oldest: one index probe
+        row = self._db.execute("SELECT created FROM records ORDER BY id LIMIT 1").fetchone()
+        return row[0] if row else None
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Rows and bytes waiting per kind (exact; no query)."""
         return {KIND_OF[p]: {"records": self._rows[p], "bytes": self._bytes[p]} for p in self._rows}

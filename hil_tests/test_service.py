@@ -92,18 +92,23 @@ def test_status_command_lists_nodes(tmp_path, mosquitto):
 
     key = os.urandom(32)
     gw = GatewayProcess(tmp_path, mosquitto.port, {"pump7": key}).start()
-    msg = cose.mac0(key, b"pump7", cbor2.dumps([{-2: "pump7/", -3: 1.7e9, 0: "t", 2: 1.0}]), seq=0)
+    msg = cose.mac0(key, b"pump7", cbor2.dumps([{-2: "pump7/", -3: 1.7e9, 0: "t", 2: 1.0}, {0: "bat", 2: 3.7}]), seq=0)
 
     def post():
         return coap_post(gw.coap_port, msg).code
 
     try:
         assert post() == Code.CHANGED
+        assert post() == Code.CHANGED  # the same frame again: a duplicate (its ack was lost), an error
         p = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config", str(gw.config)],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, p.stderr
         line = next(l for l in p.stdout.splitlines() if l.startswith("pump7"))
-        assert line.split()[:2] == ["pump7", "coap"] and line.split()[-3:] == ["1", "1", "0"]
+        # node, link, last seen, rate, frames, readings, errors, quality, battery
+        assert line.split()[:2] == ["pump7", "coap"], line
+        assert line.split()[-6:] == ["1", "2", "1", "50.0", "%", "3.7"], line
+        assert float(line.split()[5]) > 0, line  # a frame in the last minute
+        assert gw.metric("headrace_uplink_lag_seconds") >= 0
     finally:
         gw.stop()
     p = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config", str(gw.config)],

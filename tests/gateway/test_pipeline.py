@@ -118,3 +118,15 @@ def test_windows_closed_into_spool(tmp_path):
         assert twa == (1.0 * 1 + 3.0 * 1 + 2.0 * 8) / 10
         await stop(spool, task)
     asyncio.run(main())
+
+
+def test_node_rate_over_the_last_minute():
+    from gateway.pipeline import NodeStatus
+    st = NodeStatus()
+    for i in range(30):
+        st.count(6000.0 + i)          # 30 frames in minute 100
+    assert st.rate(6059.0) == pytest.approx(30 / 60)
+    st.count(6060.0)                  # minute 101 starts: the last one weighs what is left of it
+    assert st.rate(6090.0) == pytest.approx((1 + 30 * 0.5) / 60)
+    assert st.rate(6150.0) == pytest.approx(1 * (1 - 0.5) / 60)
+    assert st.rate(6300.0) == 0.0     # silent for minutes
