@@ -13,6 +13,8 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.string cimport memset
 
+from ._columns cimport as_d, as_q
+
 import array as _array
 
 FIELDS = ("sid", "start", "count", "min", "max", "sum", "sumsq", "first", "last", "twa", "correction")
@@ -263,9 +265,9 @@ cdef class Aggregator:
     def add_columns(self, sids, ts, vs):
         """Add readings from three equal-length columns (int64 ids, float64 times and values).
         Any buffer works (array.array, numpy, memoryview); other sequences are converted."""
-        cdef const int64_t[::1] s = _as_q(sids)
-        cdef const double[::1] t = _as_d(ts)
-        cdef const double[::1] v = _as_d(vs)
+        cdef const int64_t[::1] s = as_q(sids)
+        cdef const double[::1] t = as_d(ts)
+        cdef const double[::1] v = as_d(vs)
         cdef Py_ssize_t i, n = s.shape[0]
         cdef long long accepted = 0
         if t.shape[0] != n or v.shape[0] != n:
@@ -345,23 +347,3 @@ cdef dict _columns(Window* out, Py_ssize_t n, double width):
         last.data.as_doubles[i] = out[i].last
     return {"sid": sid, "start": starts, "count": count, "min": vmin, "max": vmax, "sum": vsum,
             "sumsq": sumsq, "first": first, "last": last, "twa": twa, "correction": corr}
-
-
-cdef object _as_q(object x):
-    try:
-        m = memoryview(x)
-        if m.ndim == 1 and m.itemsize == 8 and m.format in ("q", "l", "<q", "<l", "=q", "=l") and m.c_contiguous:
-            return m.cast("B").cast("q") if m.format != "q" else m
-    except TypeError:
-        pass
-    return _array.array("q", x)
-
-
-cdef object _as_d(object x):
-    try:
-        m = memoryview(x)
-        if m.ndim == 1 and m.format in ("d", "<d", "=d") and m.c_contiguous:
-            return m.cast("B").cast("d") if m.format != "d" else m
-    except TypeError:
-        pass
-    return _array.array("d", x)

@@ -11,9 +11,12 @@ object is made per reading in `eval`.
 """
 from cpython cimport array
 from libc.math cimport isfinite, isnan, sqrt, NAN
+
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset
+
+from ._columns cimport as_d, as_q
 
 import array as _array
 
@@ -350,9 +353,9 @@ cdef class RuleTable:
 
     def eval(self, sids, ts, vs, now):
         """Evaluate readings that arrived at `now`; return the transitions (see the reference)."""
-        cdef const int64_t[::1] s = _as_q(sids)
-        cdef const double[::1] t = _as_d(ts)
-        cdef const double[::1] v = _as_d(vs)
+        cdef const int64_t[::1] s = as_q(sids)
+        cdef const double[::1] t = as_d(ts)
+        cdef const double[::1] v = as_d(vs)
         cdef double nw = float(now)
         cdef Py_ssize_t n = s.shape[0]
         cdef Out out
@@ -460,17 +463,17 @@ cdef class RuleTable:
     def eval_windows(self, width, cols):
         """Evaluate closed windows of `width` seconds, as the aggregator's columns."""
         cdef double w = float(width)
-        cdef const int64_t[::1] sid = _as_q(cols["sid"])
-        cdef const double[::1] start = _as_d(cols["start"])
-        cdef const int64_t[::1] count = _as_q(cols["count"])
-        cdef const double[::1] vmin = _as_d(cols["min"])
-        cdef const double[::1] vmax = _as_d(cols["max"])
-        cdef const double[::1] vsum = _as_d(cols["sum"])
-        cdef const double[::1] sumsq = _as_d(cols["sumsq"])
-        cdef const double[::1] first = _as_d(cols["first"])
-        cdef const double[::1] last = _as_d(cols["last"])
-        cdef const double[::1] twa = _as_d(cols["twa"])
-        cdef const int64_t[::1] corr = _as_q(cols["correction"])
+        cdef const int64_t[::1] sid = as_q(cols["sid"])
+        cdef const double[::1] start = as_d(cols["start"])
+        cdef const int64_t[::1] count = as_q(cols["count"])
+        cdef const double[::1] vmin = as_d(cols["min"])
+        cdef const double[::1] vmax = as_d(cols["max"])
+        cdef const double[::1] vsum = as_d(cols["sum"])
+        cdef const double[::1] sumsq = as_d(cols["sumsq"])
+        cdef const double[::1] first = as_d(cols["first"])
+        cdef const double[::1] last = as_d(cols["last"])
+        cdef const double[::1] twa = as_d(cols["twa"])
+        cdef const int64_t[::1] corr = as_q(cols["correction"])
         cdef Py_ssize_t n = sid.shape[0], i, k
         cdef int64_t s
         cdef double t, x
@@ -538,23 +541,3 @@ cdef class RuleTable:
             return _out_columns(&out)
         finally:
             _out_free(&out)
-
-
-cdef object _as_q(object x):
-    try:
-        m = memoryview(x)
-        if m.ndim == 1 and m.itemsize == 8 and m.format in ("q", "l", "<q", "<l", "=q", "=l") and m.c_contiguous:
-            return m.cast("B").cast("q") if m.format != "q" else m
-    except TypeError:
-        pass
-    return _array.array("q", x)
-
-
-cdef object _as_d(object x):
-    try:
-        m = memoryview(x)
-        if m.ndim == 1 and m.format in ("d", "<d", "=d") and m.c_contiguous:
-            return m.cast("B").cast("d") if m.format != "d" else m
-    except TypeError:
-        pass
-    return _array.array("d", x)

@@ -282,6 +282,19 @@ port = {self.http_port}
         return self.proc.returncode
 
 
+def json_events(lines, kind: str | None = None) -> list[dict]:
+    """The node's JSON Lines events (of one kind) among lines of output; other lines are passed over."""
+    out = []
+    for line in lines:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict) and (kind is None or ev.get("ev") == kind):
+            out.append(ev)
+    return out
+
+
 class Node:
     """A node running the real firmware under MicroPython (or CPython with python=True)."""
 
@@ -315,15 +328,7 @@ class Node:
         self._out.close()
 
     def events(self, kind: str | None = None) -> list[dict]:
-        out = []
-        for line in self.out_path.read_text(errors="replace").splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if kind is None or ev.get("ev") == kind:
-                out.append(ev)
-        return out
+        return json_events(self.out_path.read_text(errors="replace").splitlines(), kind)
 
 
 BOOT = """\

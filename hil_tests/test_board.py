@@ -18,7 +18,7 @@ import pytest
 from gateway import cli
 from gateway.flash import flash
 
-from .bench import GatewayProcess, wait_for
+from .bench import GatewayProcess, json_events, wait_for
 from .test_commands import publish, wait_applied
 
 pytestmark = pytest.mark.hil
@@ -50,16 +50,7 @@ class Console:
             self.lines += [ln.decode(errors="replace").strip() for ln in lines]
 
     def events(self, kind: str | None = None) -> list[dict]:
-        out = []
-        for line in list(self.lines):
-            if line.startswith("{"):
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                if kind is None or ev.get("ev") == kind:
-                    out.append(ev)
-        return out
+        return json_events(list(self.lines), kind)
 
     def close(self) -> None:
         self._stop.set()

@@ -38,7 +38,8 @@ WINDOW_FIELDS = ("series", "width", "start", "count", "min", "max", "sum", "sums
                  "correction")
 
 
-def _head(major: int, n: int) -> bytes:
+def cbor_head(major: int, n: int) -> bytes:
+    """A CBOR head (RFC 8949 §3): major type and count, for splicing encoded items."""
     if n < 24:
         return bytes([major << 5 | n])
     if n < 0x100:
@@ -107,7 +108,7 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes]) -
     }
     head = cbor2.dumps(body)
     # the map gets one more entry, spliced: the windows as spooled, not re-encoded
-    return b"".join([_head(5, len(body) + 1), head[1:], cbor2.dumps("windows"), _head(4, len(windows)), *windows])
+    return b"".join([cbor_head(5, len(body) + 1), head[1:], cbor2.dumps("windows"), cbor_head(4, len(windows)), *windows])
 
 
 class BatchError(ValueError):

@@ -17,18 +17,9 @@ from typing import Iterator
 
 import cbor2
 
+from .batch import cbor_head
+
 VERSION = 1  # the envelope's version, shared with data batches (batch.decode checks it)
-
-
-def _head(major: int, n: int) -> bytes:
-    # a CBOR head (RFC 8949 §3): major type and count
-    if n < 24:
-        return bytes([major << 5 | n])
-    if n < 0x100:
-        return bytes([major << 5 | 24, n])
-    if n < 0x10000:
-        return bytes([major << 5 | 25]) + n.to_bytes(2, "big")
-    return bytes([major << 5 | 26]) + n.to_bytes(4, "big")
 
 
 def event_body(event: dict) -> bytes:
@@ -39,11 +30,11 @@ def event_body(event: dict) -> bytes:
 def encode(gateway: str, site: str, events: list[bytes]) -> bytes:
     """Splice spooled event bodies into one events batch."""
     return b"".join([
-        _head(5, 4),
+        cbor_head(5, 4),
         cbor2.dumps("v"), cbor2.dumps(VERSION),
         cbor2.dumps("gw"), cbor2.dumps(gateway),
         cbor2.dumps("site"), cbor2.dumps(site),
-        cbor2.dumps("events"), _head(4, len(events)), *events,
+        cbor2.dumps("events"), cbor_head(4, len(events)), *events,
     ])
 
 
