@@ -1,10 +1,14 @@
-# The unix board: ptys stand in for UARTs, UDP for the radio, files for flash.
-# Runs on the MicroPython unix port and on CPython.
+# The unix board: ptys stand in for UARTs, UDP for the radio, files for flash; sleep,
+# the watchdog and the status LED are simulated, and the I2C, 1-Wire and ADC buses are
+# fakes (board/fake.py) that tests attach device models to. Runs on the MicroPython
+# unix port and on CPython. The interface is documented in board/__init__.py.
 import os
 import sys
 import time
 
 MICROPYTHON = sys.implementation.name == "micropython"
+NAME = "unix"
+WATCHDOG_MAX_MS = 0x7FFFFFFF
 
 if MICROPYTHON:
     def ticks_ms():
@@ -12,12 +16,18 @@ if MICROPYTHON:
 
     def ticks_diff(a, b):
         return time.ticks_diff(a, b)
+
+    def sleep_ms(ms):
+        time.sleep_ms(ms)
 else:
     def ticks_ms():
         return int(time.monotonic() * 1000)
 
     def ticks_diff(a, b):
         return a - b
+
+    def sleep_ms(ms):
+        time.sleep(ms / 1000)
 
 
 def epoch_ms():
@@ -26,6 +36,167 @@ def epoch_ms():
         return time.time_ns() // 1000000
     return int(time.time() * 1000)
 
+
+# -- power ------------------------------------------------------------------------------------
+
+def lightsleep(ms):
+    """The process sleeps: like a board in light sleep, nothing else runs meanwhile."""
+    sleep_ms(ms)
+
+
+def deepsleep(ms):
+    """Sleep, then boot again: the process exits with 75, the code the bench's board
+    supervisor (hil_tests/bench.py) restarts on, as a board resets on waking."""
+    sleep_ms(ms)
+    reset()
+    raise SystemExit(75)
+
+
+def reset():
+    """machine.reset() of the host harness where there is one (the simulated board's);
+    else nothing: the caller exits."""
+    try:
+        import machine
+        machine.reset()  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        pass
+
+
+def reset_cause():
+    """"power" on the unix board (HEADRACE_RESET_CAUSE overrides it, for tests)."""
+    return os.getenv("HEADRACE_RESET_CAUSE") or "power"
+
+
+def unique_id():
+    """8 bytes from the host's machine id (as machine.unique_id() on a board)."""
+    raw = read_file("/etc/machine-id") or b""
+    try:
+        return bytes.fromhex(raw.strip()[:16].decode())
+    except ValueError:
+        return b"unix\x00\x00\x00\x00"
+
+
+def network_up(ssid=None, password=None, timeout_ms=0):
+    """The host's network is up."""
+    return True
+
+
+# -- the watchdog ---------------------------------------------------------------------------
+
+class Watchdog:
+    """A simulated hardware watchdog: a thread that kills the process (SIGKILL, as a
+    reset cuts everything short) when feed() was not called for timeout_ms. Like the
+    hardware one it cannot be stopped, except by stop() (tests only)."""
+
+    def __init__(self, timeout_ms):
+        import array
+        self.timeout_ms = min(max(1, timeout_ms), WATCHDOG_MAX_MS)
+        self._fed = array.array("i", [ticks_ms(), 1])  # last feed; 0 stops the thread
+        if MICROPYTHON:
+            import _thread
+            _thread.start_new_thread(self._watch, ())
+        else:
+            import threading
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def feed(self):
+        self._fed[0] = ticks_ms()  # no allocation: called from the main loop every turn
+
+    def stop(self):
+        self._fed[1] = 0
+
+    def _watch(self):
+        poll = max(1, min(100, self.timeout_ms // 4))
+        fed = self._fed
+        while fed[1]:
+            sleep_ms(poll)
+            if fed[1] and ticks_diff(ticks_ms(), fed[0]) > self.timeout_ms:
+                sys.stderr.write("watchdog: not fed for %d ms: reset\n" % self.timeout_ms)
+                if MICROPYTHON:
+                    os.system("kill -9 $PPID")  # the shell's parent is this interpreter
+                else:
+                    import signal
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- the status LED -------------------------------------------------------------------------
+
+class Led:
+    """The simulated status LED: its state, and a trace of (state, ticks_ms) changes."""
+
+    def __init__(self, pin=None, active_low=False):
+        self.state = 0
+        self.trace = []
+
+    def value(self, v=None):
+        if v is None:
+            return self.state
+        self.state = 1 if v else 0
+        if len(self.trace) < 256:
+            self.trace.append((self.state, ticks_ms()))
+        return None
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+
+def show_code(pattern, forever=False):
+    """A blink code on the status LED: `pattern` is (on ms, off ms) pairs (config.blink_pattern).
+    The unix board writes it on stderr instead, once, and never blocks."""
+    sys.stderr.write("led: %s\n" % " ".join("%d/%d" % p for p in pattern))
+
+
+def identify(seconds):
+    """Make the board findable (blink the LED for `seconds`) without blocking."""
+    sys.stderr.write("led: identify %d s\n" % seconds)
+
+
+# -- buses: fakes that tests script -----------------------------------------------------------
+
+_fakes = {}  # (kind, id) -> fake bus: this board's wiring, made on first use
+
+
+def _fake(kind, key, make):
+    bus = _fakes.get((kind, key))
+    if bus is None:
+        bus = _fakes[(kind, key)] = make()
+    return bus
+
+
+def i2c(bus=0, scl=None, sda=None, freq=400000):
+    """I2C bus `bus` (board.fake.FakeI2C): tests attach device models to it."""
+    from board import fake
+    return _fake("i2c", bus, fake.FakeI2C)
+
+
+def onewire(pin):
+    """The 1-Wire bus on `pin` (board.fake.FakeOneWire)."""
+    from board import fake
+    return _fake("onewire", pin, fake.FakeOneWire)
+
+
+def adc(pin, atten=None):
+    """The ADC channel on `pin` (board.fake.FakeADC): read_u16() 0..65535 for 0..3.3 V."""
+    from board import fake
+    return _fake("adc", pin, fake.FakeADC)
+
+
+def pin_out(pin, value=0):
+    from board import fake
+    p = _fake("pin", pin, fake.FakePin)
+    p.value(value)
+    return p
+
+
+def pin_in(pin, pull_up=False):
+    from board import fake
+    return _fake("pin", pin, lambda: fake.FakePin(1 if pull_up else 0))
+
+
+# -- UART ---------------------------------------------------------------------------------------
 
 class Serial:
     """A raw, non-blocking tty: read() returns b"" when nothing is there."""
@@ -79,6 +250,8 @@ class Serial:
         else:
             os.close(self.fd)
 
+
+# -- files ----------------------------------------------------------------------------------
 
 def read_file(path):
     try:
