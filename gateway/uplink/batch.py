@@ -6,17 +6,21 @@ raw readings are compressed with the series codec (core_ext.codec, docs/codec.md
     {"v": 2, "gw": "<gateway>", "site": "<site>",
      "nodes": [node, ...], "patterns": [[sensor, ...], ...],
      "frames": [codec(received ns, seq), codec(node index, pattern index)],
-     "series": [[node index, sensor, codec(time ns, value)], ...],
+     "sensors": [[sensor, codec(time ns, value), [[node index, count], ...]], ...],
      "other":  [[frame index, sensor, time, value], ...],
      "windows": [[series, width, start, count, min, max, sum, sumsq, first, last, twa, correction], ...]}
 
 Each accepted frame is a row of the frame table: its node, sequence number and
 reception time, and its pattern, the sensors of its numeric readings in record
-order (nodes repeat one pattern frame after frame, so it is stored once). Each
-(node, sensor) series holds its readings in frame order, so the frames'
-readings come back exactly, in record order: (node, seq) still identifies each
-frame, and a consumer drops a frame it has seen (at-least-once delivery made
-exactly-once). Text, boolean and data values go in `other`, as they are.
+order (nodes repeat one pattern frame after frame, so it is stored once). The
+readings of one sensor name, across every node of the batch, make one codec
+stream (sensors of one name share units and precision, and one stream a name
+keeps the per-stream cost low when a batch holds one frame from each of
+hundreds of nodes), node after node, each node's readings in frame order, with
+their counts. Walking the frames gives every frame's readings back exactly, in
+record order: (node, seq) still identifies each frame, and a consumer drops a
+frame it has seen (at-least-once delivery made exactly-once). Text, boolean
+and data values go in `other`, as they are.
 
 Version 1 batches (the SenML packs spliced as they arrived) are still read.
 """
@@ -102,13 +106,30 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes]) -
         "nodes": list(nodes), "patterns": [list(p) for p in patterns],
         "frames": [codec.encode(np.array(received, np.int64), np.array(seqs, np.float64)),
                    codec.encode(np.array(node_col, np.int64), np.array(pattern_col, np.float64))],
-        "series": [[ni, sensor, codec.encode(np.array(ts, np.int64), np.array(vs, np.float64))]
-                   for (ni, sensor), (ts, vs) in series.items()],
+        "sensors": _sensor_streams(series),
         "other": other,
     }
     head = cbor2.dumps(body)
     # the map gets one more entry, spliced: the windows as spooled, not re-encoded
     return b"".join([cbor_head(5, len(body) + 1), head[1:], cbor2.dumps("windows"), cbor_head(4, len(windows)), *windows])
+
+
+def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]]) -> list:
+    by_sensor: dict[str, list[int]] = {}
+    for ni, sensor in series:
+        by_sensor.setdefault(sensor, []).append(ni)
+    out = []
+    for sensor, nodes in by_sensor.items():
+        ts: list[int] = []
+        vs: list[float] = []
+        counts = []
+        for ni in nodes:
+            t, v = series[(ni, sensor)]
+            ts += t
+            vs += v
+            counts.append([ni, len(t)])
+        out.append([sensor, codec.encode(np.array(ts, np.int64), np.array(vs, np.float64)), counts])
+    return out
 
 
 class BatchError(ValueError):
@@ -145,9 +166,15 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
         node_col, pattern_col = codec.decode(frames[1])
         nodes, patterns = batch["nodes"], batch["patterns"]
         cols = {}
-        for ni, sensor, data in batch.get("series", ()):
+        for sensor, data, counts in batch.get("sensors", ()):
             ts, vs = codec.decode(data)
-            cols[(ni, sensor)] = [_seconds(ts), vs.tolist(), 0]
+            ts, vs = _seconds(ts), vs.tolist()
+            start = 0
+            for ni, n in counts:
+                cols[(ni, sensor)] = [ts[start:start + n], vs[start:start + n], 0]
+                start += n
+            if start != len(ts):
+                raise ValueError(f"the counts of sensor {sensor!r} do not add up to its stream")
         other: dict[int, list] = {}
         for fi, sensor, t, v in batch.get("other", ()):
             other.setdefault(fi, []).append((sensor, t, v))

@@ -95,6 +95,18 @@ def test_batch_gives_every_frame_back_exactly_and_smaller_than_the_packs():
     assert len(data) * 4 < spliced, (len(data), spliced)
 
 
+def test_a_batch_of_many_nodes_one_frame_each_is_small():
+    frames = []
+    for i in range(500):  # one frame from each of 500 nodes, as a soak with 1000 nodes makes
+        recs = [{-2: f"n{i:03d}/", -3: 1.7e9 + i, 0: "temp", 2: 20 + (i % 40) / 8}]
+        recs += [{0: ["temp", "vib"][j % 2], 6: j / 8, 2: (i * 7 + j) % 97 / 4} for j in range(1, 8)]
+        frames.append((f"n{i:03d}", i, 1.7e9 + i + 0.01, cbor2.dumps(recs)))
+    bodies = [batch.frame_body(*f) for f in frames]
+    data = batch.encode("gw1", "site1", bodies, [])
+    assert len(data) * 3 < sum(len(b) for b in bodies)
+    assert [r[3] for r in batch.readings(batch.decode(data))] == [batch.frame_readings(f[0], f[2], f[3]) for f in frames]
+
+
 def test_version_1_batches_still_read():
     node, seq, received, senml = _frames(1)[0]
     v1 = cbor2.dumps({"v": 1, "gw": "g", "site": "s", "frames": [[node, seq, received, senml]], "windows": []})
@@ -109,7 +121,11 @@ def test_inconsistent_batch_is_a_batch_error():
     with pytest.raises(batch.BatchError, match="inconsistent"):
         list(batch.readings(data))
     data = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in _frames(5)], []))
-    data["series"][0][2] = data["series"][0][2][:-3]
+    data["sensors"][0][1] = data["sensors"][0][1][:-3]  # a stream cut short
+    with pytest.raises(batch.BatchError, match="inconsistent"):
+        list(batch.readings(data))
+    data = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in _frames(5)], []))
+    data["sensors"][0][2][0][1] += 1  # counts that do not add up
     with pytest.raises(batch.BatchError, match="inconsistent"):
         list(batch.readings(data))
 
