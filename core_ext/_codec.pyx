@@ -8,14 +8,30 @@ itself derives, and the differential and fuzz tests feed them corrupt streams.
 """
 import sys
 
-import numpy as np
+import array as _array
+from cpython cimport array
 from libc.math cimport fabs, isfinite, log2, rint, signbit, INFINITY
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport realloc
+from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcpy, memset
 
 from . import _codec_format as fmt
 from ._codec_format import CodecError
+from ._columns cimport as_d, as_q
+
+# numpy is not imported here: the gateway encodes batches with this module, and numpy
+# would add some 13 MB to its memory; columns are array.array, numpy only wraps decoded ones
+cdef array.array _Q = _array.array("q")
+cdef array.array _D = _array.array("d")
+cdef array.array _U32 = _array.array("I")
+
+
+cdef inline array.array new_q(Py_ssize_t n):
+    return array.clone(_Q, n, False)
+
+
+cdef inline array.array new_d(Py_ssize_t n):
+    return array.clone(_D, n, False)
 
 __all__ = ["encode", "decode", "CodecError"]
 
@@ -194,13 +210,13 @@ cdef void _analyze(const int64_t* x, Py_ssize_t n, int order, int64_t* h,
 
 def analyze(ints, int order):
     """(base, divisor, histogram of fine bucket symbols) of the residuals at this order."""
-    cdef const int64_t[::1] x = np.ascontiguousarray(ints, np.int64)
-    cdef int64_t[::1] h = np.zeros(NSYM, np.int64)
+    cdef const int64_t[::1] x = as_q(ints)
+    cdef int64_t h[NSYM]
     cdef int64_t base
     cdef uint64_t g
     with nogil:
-        _analyze(&x[0] if x.shape[0] else NULL, x.shape[0], order, &h[0], &base, &g)
-    return int(base), int(g), list(h)
+        _analyze(&x[0] if x.shape[0] else NULL, x.shape[0], order, h, &base, &g)
+    return int(base), int(g), [h[i] for i in range(NSYM)]
 
 
 cdef inline uint64_t gcd_step(uint64_t g, uint64_t a, int signed_) noexcept nogil:
@@ -216,7 +232,7 @@ def plan(ints):
     `_codec_py.plan`: a long istream picks its order on a sample of runs, then
     takes one full pass at that order; a short one measures all three orders
     in two passes."""
-    cdef const int64_t[::1] x = np.ascontiguousarray(ints, np.int64)
+    cdef const int64_t[::1] x = as_q(ints)
     if x.shape[0] > fmt.PLAN_FULL:
         return plan_sampled(x)
     return plan_full(x)
@@ -224,32 +240,32 @@ def plan(ints):
 
 cdef plan_sampled(const int64_t[::1] x):
     cdef Py_ssize_t n = x.shape[0], s
-    cdef int64_t[::1] h = np.zeros(NSYM, np.int64)
-    cdef int64_t[::1] acc = np.zeros(NSYM, np.int64)
+    cdef int64_t h[NSYM]
+    cdef int64_t acc[NSYM]
     cdef int64_t base
     cdef uint64_t g
     cdef int o, order = 0, m
     cdef double bits, least = INFINITY
     starts = fmt.plan_runs(n)
     for o in range(3):
-        acc[:] = 0
+        memset(acc, 0, sizeof(acc))
         for a in starts:
-            _analyze(&x[a], fmt.PLAN_RUN, o, &h[0], &base, &g)
+            _analyze(&x[a], fmt.PLAN_RUN, o, h, &base, &g)
             for s in range(NSYM):
                 acc[s] += h[s]
-        bits = cost_of(&acc[0], &m)
+        bits = cost_of(acc, &m)
         if bits < least:
             order, least = o, bits
     with nogil:
-        _analyze(&x[0], n, order, &h[0], &base, &g)
-        bits = cost_of(&h[0], &m)
-    return bits, order, m, int(base), int(g), list(h)
+        _analyze(&x[0], n, order, h, &base, &g)
+        bits = cost_of(h, &m)
+    return bits, order, m, int(base), int(g), [h[s] for s in range(NSYM)]
 
 
 cdef plan_full(const int64_t[::1] x):
     cdef Py_ssize_t n = x.shape[0], i
-    cdef int64_t[:, ::1] h = np.zeros((3, NSYM), np.int64)
-    cdef int32_t[:, :, ::1] h4 = np.zeros((4, 3, NSYM), np.int32)
+    cdef int64_t h[3][NSYM]
+    cdef int32_t h4[4][3][NSYM]
     cdef Py_ssize_t j
     cdef uint64_t g[3]
     cdef int m[3]
@@ -257,8 +273,9 @@ cdef plan_full(const int64_t[::1] x):
     cdef int order, top = 2 if n > 2 else <int>n, best = 0, extra
     cdef int64_t lo = x[0] if n else 0
     cdef uint64_t hi = <uint64_t>lo, d = 0, prev_d = 0, dd
-    cdef int32_t* hp = &h4[0, 0, 0]
+    cdef int32_t* hp = &h4[0][0][0]
     cdef Divisor dv[3]
+    memset(h4, 0, sizeof(h4))
     with nogil:
         g[0] = g[1] = g[2] = 0
         for i in range(n):
@@ -298,12 +315,12 @@ cdef plan_full(const int64_t[::1] x):
                 prev_d = d
         for order in range(3):
             for i in range(NSYM):
-                h[order, i] = h4[0, order, i] + h4[1, order, i] + h4[2, order, i] + h4[3, order, i]
+                h[order][i] = h4[0][order][i] + h4[1][order][i] + h4[2][order][i] + h4[3][order][i]
         for order in range(top + 1):
-            bits[order] = cost_of(&h[order, 0], &m[order])
+            bits[order] = cost_of(h[order], &m[order])
             if bits[order] < bits[best]:
                 best = order
-    return bits[best], best, m[best], int(lo) if best == 0 else 0, int(g[best]), list(h[best])
+    return bits[best], best, m[best], int(lo) if best == 0 else 0, int(g[best]), [h[best][i] for i in range(NSYM)]
 
 
 cdef uint8_t* _scratch = NULL
@@ -349,8 +366,8 @@ cdef inline void put_bits(BitWriter* w, uint64_t v, int e) noexcept nogil:
 
 def write_table(syms, freqs):
     """A frequency table, as `_codec_py.write_table`."""
-    cdef const int64_t[::1] sy = np.ascontiguousarray(syms, np.int64)
-    cdef const int64_t[::1] fr = np.ascontiguousarray(freqs, np.int64)
+    cdef const int64_t[::1] sy = as_q(syms)
+    cdef const int64_t[::1] fr = as_q(freqs)
     cdef Py_ssize_t n = sy.shape[0], i
     cdef int64_t prev = -1
     out = bytearray(10 * (2 * n + 1))
@@ -399,8 +416,8 @@ def read_table(data, Py_ssize_t pos, int nsym):
     cdef Py_ssize_t count, i
     cdef int64_t s = -1
     cdef uint64_t f, total = 0
-    freq = np.zeros(nsym, np.uint32)
-    cum = np.zeros(nsym, np.uint32)
+    freq = array.clone(_U32, nsym, True)
+    cum = array.clone(_U32, nsym, True)
     cdef uint32_t[::1] fv = freq
     cdef uint32_t[::1] cv = cum
     count = get_varint(d, &pos, nsym + 1)
@@ -421,7 +438,7 @@ def read_table(data, Py_ssize_t pos, int nsym):
 
 def encode_ints(ints, int order, base, gcd, int m, freq, cum):
     """(rANS bytes, raw bits) of the residuals, symbols at bucket width m."""
-    cdef const int64_t[::1] x = np.ascontiguousarray(ints, np.int64)
+    cdef const int64_t[::1] x = as_q(ints)
     cdef const uint32_t[::1] f = freq
     cdef const uint32_t[::1] c = cum
     cdef Py_ssize_t n = x.shape[0], count = n - order, i, wpos
@@ -568,7 +585,9 @@ def decode_ints(Py_ssize_t n, int order, heads, gcd, int m, freq, cum, rans, ext
     cdef uint64_t states[2]
     cdef uint32_t direct = 2 << m, t, tev
     cdef int bad = 0
-    out = np.empty(n, np.int64)
+    # decoding is numpy's side already (decode returns numpy arrays): its allocator is the
+    # one that spares page faults on large outputs
+    out = fmt._np().empty(n, fmt._np().int64)
     cdef int64_t[::1] out_v = out
     cdef int64_t* o = &out_v[0]
     cdef int64_t* dst
@@ -637,6 +656,19 @@ cdef void integrate(int64_t* o, Py_ssize_t n, int order, heads, uint64_t g):
         _integrate(o, n, order, base, g)
 
 
+cdef struct KeyId:
+    int64_t key
+    int64_t id
+
+
+cdef int64_t LOW63 = 0x7FFFFFFFFFFFFFFF
+
+
+cdef int cmp_key(const void* a, const void* b) noexcept nogil:
+    cdef int64_t x = (<KeyId*>a).key, y = (<KeyId*>b).key
+    return (x > y) - (x < y)
+
+
 cdef int64_t* _table_keys = NULL
 cdef int32_t* _table_ids = NULL
 cdef Py_ssize_t _table_cap = 0
@@ -647,7 +679,7 @@ def dictionary(values, Py_ssize_t limit):
     or None past `limit` distinct. An open-addressing hash on the bit patterns in one
     pass, its table kept from call to call, so a series with too many values costs little."""
     global _table_keys, _table_ids, _table_cap
-    cdef const int64_t[::1] x = np.ascontiguousarray(values, np.float64).view(np.int64)
+    cdef const int64_t[::1] x = memoryview(as_d(values)).cast("B").cast("q")
     cdef Py_ssize_t n = x.shape[0], i, cap = 16, found = 0
     cdef uint64_t h, mask
     cdef int shift = 60
@@ -662,8 +694,8 @@ def dictionary(values, Py_ssize_t limit):
             raise MemoryError()
         _table_cap = cap
     mask = cap - 1
-    first = np.empty(n, np.int64)
-    distinct = np.empty(limit + 1, np.int64)
+    first = new_q(n)
+    distinct = new_q(limit + 1)
     cdef int64_t[::1] fi = first
     cdef int64_t[::1] dk = distinct
     cdef int64_t* tk = _table_keys
@@ -685,22 +717,112 @@ def dictionary(values, Py_ssize_t limit):
             fi[i] = ti[h]
     if found < 0:
         return None
-    keys = fmt.ordered(distinct[:found].view(np.float64))
-    order = np.argsort(keys, kind="stable")
-    rank = np.empty(found, np.int64)
-    rank[order] = np.arange(found)
-    return keys[order], rank[first]
+    # the distinct values in the floats' order (keys unique, so the sort needs no tie rule)
+    cdef KeyId* pairs = <KeyId*>malloc(max(found, 1) * sizeof(KeyId))
+    if pairs == NULL:
+        raise MemoryError()
+    keys = new_q(found)
+    cdef int64_t[::1] kv = keys
+    cdef Py_ssize_t j
+    cdef int64_t b
+    try:
+        with nogil:
+            for j in range(found):
+                b = dk[j]
+                pairs[j].key = b ^ LOW63 if b < 0 else b
+                pairs[j].id = j
+            qsort(pairs, found, sizeof(KeyId), cmp_key)
+            for j in range(found):
+                kv[j] = pairs[j].key
+                dk[pairs[j].id] = j  # rank of each first-seen id, in place
+            for i in range(n):
+                fi[i] = dk[fi[i]]
+    finally:
+        free(pairs)
+    return keys, first
+
+
+def ordered(values):
+    """float64 bit patterns as int64 in the floats' order (-0.0 just below +0.0), NaNs kept."""
+    cdef const int64_t[::1] b = memoryview(as_d(values)).cast("B").cast("q")
+    cdef Py_ssize_t i, n = b.shape[0]
+    out = new_q(n)
+    cdef int64_t[::1] o = out
+    with nogil:
+        for i in range(n):
+            o[i] = b[i] ^ LOW63 if b[i] < 0 else b[i]
+    return out
+
+
+def unordered(ints):
+    """The inverse of `ordered`."""
+    cdef const int64_t[::1] b = as_q(ints)
+    cdef Py_ssize_t i, n = b.shape[0]
+    out = new_q(n)
+    cdef int64_t[::1] o = out
+    with nogil:
+        for i in range(n):
+            o[i] = b[i] ^ LOW63 if b[i] < 0 else b[i]
+    return _array.array("d", out.tobytes())
+
+
+def take(values, positions):
+    """values[positions], positions checked."""
+    cdef const double[::1] v = as_d(values)
+    cdef const int64_t[::1] p = as_q(positions)
+    cdef Py_ssize_t i, n = p.shape[0]
+    out = new_d(n)
+    cdef double[::1] o = out
+    for i in range(n):
+        if not 0 <= p[i] < v.shape[0]:
+            raise IndexError(f"position {p[i]} outside {v.shape[0]} values")
+        o[i] = v[p[i]]
+    return out
+
+
+def decimal_counts(values, int sample_size, int max_exponent):
+    """(sample size, [how many sampled values come back exactly with e digits, for e in
+    0..max_exponent]): the sample is every k-th finite value, at most sample_size."""
+    cdef const double[::1] v = as_d(values)
+    cdef Py_ssize_t i, n = v.shape[0], nf = 0, step, taken = 0, seen = 0
+    cdef double sample[256]
+    cdef double p, x, q
+    cdef int e, j
+    for i in range(n):
+        if isfinite(v[i]):
+            nf += 1
+    if sample_size > 256:
+        raise ValueError("sample_size above 256")
+    step = max(1, nf // sample_size) if nf else 1
+    for i in range(n):
+        if isfinite(v[i]):
+            if seen % step == 0 and taken < sample_size:
+                sample[taken] = v[i]
+                taken += 1
+            seen += 1
+    counts = []
+    for e in range(max_exponent + 1):
+        p = 10.0 ** e
+        c = 0
+        for j in range(taken):
+            x = sample[j] * p
+            if fabs(x) < EXACT:
+                q = rint(x)
+                if q / p == sample[j] and not (q == 0 and signbit(sample[j])):
+                    c += 1
+        counts.append(c)
+    return taken, counts
 
 
 def decimal_ints(values, int e):
     """values * 10**e as integers where that is exact; positions where it is not."""
-    cdef const double[::1] v = np.ascontiguousarray(values, np.float64)
+    cdef const double[::1] v = as_d(values)
     cdef double p = 10.0 ** e, x, q
     cdef Py_ssize_t n = v.shape[0], i, ne = 0
     cdef int64_t prev = 0
-    ints = np.empty(n, np.int64)
+    ints = new_q(n)
     cdef int64_t[::1] ints_v = ints
-    exc = np.empty(n, np.int64)
+    exc = new_q(n)
     cdef int64_t[::1] exc_v = exc
     cdef int64_t* k = &ints_v[0]
     cdef int64_t* ex = &exc_v[0]
@@ -716,14 +838,14 @@ def decimal_ints(values, int e):
             k[i] = prev
             ex[ne] = i
             ne += 1
-    return ints, exc[:ne].copy()
+    return ints, exc[:ne]
 
 
 def decimal_values(ints, int e):
-    cdef const int64_t[::1] k = np.ascontiguousarray(ints, np.int64)
+    cdef const int64_t[::1] k = as_q(ints)
     cdef double p = 10.0 ** e
     cdef Py_ssize_t n = k.shape[0], i
-    out = np.empty(n, np.float64)
+    out = fmt._np().empty(n, fmt._np().float64)  # decoding: numpy is loaded (see decode_ints)
     cdef double[::1] out_v = out
     cdef double* o = &out_v[0]
     with nogil:
@@ -734,13 +856,13 @@ def decimal_values(ints, int e):
 
 def quant_ints(values, double q, double max_error):
     """round(v / q) where that decodes (k * q) within max_error; positions where not."""
-    cdef const double[::1] v = np.ascontiguousarray(values, np.float64)
+    cdef const double[::1] v = as_d(values)
     cdef double x, kq
     cdef Py_ssize_t n = v.shape[0], i, ne = 0
     cdef int64_t prev = 0, kk
-    ints = np.empty(n, np.int64)
+    ints = new_q(n)
     cdef int64_t[::1] ints_v = ints
-    exc = np.empty(n, np.int64)
+    exc = new_q(n)
     cdef int64_t[::1] exc_v = exc
     cdef int64_t* k = &ints_v[0]
     cdef int64_t* ex = &exc_v[0]
@@ -756,19 +878,19 @@ def quant_ints(values, double q, double max_error):
             k[i] = prev
             ex[ne] = i
             ne += 1
-    return ints, exc[:ne].copy()
+    return ints, exc[:ne]
 
 
 def deadband(values, double max_error):
     """Indices kept: each value that strays more than max_error from the last kept one."""
-    cdef const double[::1] v = np.ascontiguousarray(values, np.float64)
+    cdef const double[::1] v = as_d(values)
     cdef Py_ssize_t n = v.shape[0], i, ni = 0
-    idx = np.empty(max(n, 1), np.int64)
+    idx = new_q(max(n, 1))
     cdef int64_t[::1] idx_v = idx
     cdef int64_t* o = &idx_v[0]
     cdef double held
     if n == 0:
-        return np.zeros(0, np.int64)
+        return new_q(0)
     with nogil:
         o[0] = 0
         ni = 1
@@ -778,20 +900,20 @@ def deadband(values, double max_error):
                 o[ni] = i
                 ni += 1
                 held = v[i]
-    return idx[:ni].copy()
+    return idx[:ni]
 
 
 def swinging_door(ts, values, double max_error):
     """Indices kept by a swinging door of half-width max_error (see `_codec_py`)."""
-    cdef const double[::1] v = np.ascontiguousarray(values, np.float64)
-    cdef const int64_t[::1] t = np.ascontiguousarray(ts, np.int64)
+    cdef const double[::1] v = as_d(values)
+    cdef const int64_t[::1] t = as_q(ts)
     cdef Py_ssize_t n = v.shape[0], i, ni = 0, a = 0
-    idx = np.empty(2 * n + 1, np.int64)
+    idx = new_q(2 * n + 1)
     cdef int64_t[::1] idx_v = idx
     cdef int64_t* o = &idx_v[0]
     cdef double lo = -INFINITY, hi = INFINITY, dt, s, va, x
     if n == 0:
-        return np.zeros(0, np.int64)
+        return new_q(0)
     with nogil:
         o[0] = 0
         ni = 1
@@ -831,7 +953,7 @@ def swinging_door(ts, values, double max_error):
         if o[ni - 1] != n - 1:
             o[ni] = n - 1
             ni += 1
-    return idx[:ni].copy()
+    return idx[:ni]
 
 
 _KERNELS = sys.modules[__name__]

@@ -21,8 +21,20 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
+from array import array
 
-import numpy as np
+# numpy only where it is needed (decoding, the bounded-error modes): the gateway encodes
+# lossless batches and runs without it, 13 MB smaller
+np = None
+
+
+def _np():
+    global np
+    if np is None:
+        import numpy
+        np = numpy
+    return np
 
 MAGIC = b"HRZ"
 VERSION = 1
@@ -166,8 +178,8 @@ def _fine_representative(sym: int) -> int:
 _COARSE = {m: [bucket(_fine_representative(s), m) for s in range(NSYM_FINE)] for m in range(BUCKET_FINE + 1)}
 
 
-COARSE_SYM = np.array([[_COARSE[m][s][0] for s in range(NSYM_FINE)] for m in range(BUCKET_FINE + 1)], np.int64)
-COARSE_EXTRA = np.array([[_COARSE[m][s][1] for s in range(NSYM_FINE)] for m in range(BUCKET_FINE + 1)], np.int64)
+COARSE_SYM = [[_COARSE[m][s][0] for s in range(NSYM_FINE)] for m in range(BUCKET_FINE + 1)]
+COARSE_EXTRA = [[_COARSE[m][s][1] for s in range(NSYM_FINE)] for m in range(BUCKET_FINE + 1)]
 
 
 def plan_runs(n: int) -> list[int]:
@@ -176,9 +188,14 @@ def plan_runs(n: int) -> list[int]:
 
 
 def coarse_hist(fine, m: int) -> dict[int, int]:
-    """Histogram at bucket width m, by symbol, from the finest one."""
-    hist = np.bincount(COARSE_SYM[m], weights=np.asarray(fine, np.float64), minlength=nsym_of(m))
-    return {int(s): int(hist[s]) for s in np.flatnonzero(hist)}
+    """Histogram at bucket width m, by symbol (ascending), from the finest one."""
+    hist: dict[int, int] = {}
+    table = COARSE_SYM[m]
+    for s, c in enumerate(fine):
+        if c:
+            sym = table[s]
+            hist[sym] = hist.get(sym, 0) + c
+    return hist
 
 
 def istream_cost(fine: list[int]) -> tuple[float, int]:
@@ -225,14 +242,15 @@ def normalise(hist: dict[int, int]) -> list[tuple[int, int]]:
     return [(s, freq[s]) for s in syms]
 
 
-def tables(pairs: list[tuple[int, int]], nsym: int) -> tuple[np.ndarray, np.ndarray]:
-    """(frequency, cumulative frequency) per symbol."""
-    syms = np.array([s for s, _ in pairs], np.int64)
-    f = np.array([f for _, f in pairs], np.uint32)
-    freq = np.zeros(nsym, np.uint32)
-    cum = np.zeros(nsym, np.uint32)
-    freq[syms] = f
-    cum[syms] = np.cumsum(f) - f
+def tables(pairs: list[tuple[int, int]], nsym: int) -> tuple[array, array]:
+    """(frequency, cumulative frequency) per symbol, as uint32 arrays."""
+    freq = array("I", bytes(4 * nsym))
+    cum = array("I", bytes(4 * nsym))
+    acc = 0
+    for s, f in pairs:
+        freq[s] = f
+        cum[s] = acc
+        acc += f
     return freq, cum
 
 
@@ -242,7 +260,7 @@ def nsym_of(m: int) -> int:
 
 # --- integer streams ---------------------------------------------------------
 
-def write_istream(w: Writer, ints: np.ndarray, k, plan=None) -> None:
+def write_istream(w: Writer, ints, k, plan=None) -> None:
     n = len(ints)
     _, order, m, base, gcd, fine = plan or k.plan(ints)
     w.u8(order)
@@ -256,14 +274,19 @@ def write_istream(w: Writer, ints: np.ndarray, k, plan=None) -> None:
     if n <= order:
         return
     pairs = normalise(coarse_hist(fine, m))
-    w.raw(k.write_table(np.array([s for s, _ in pairs], np.int64), np.array([f for _, f in pairs], np.int64)))
+    w.raw(k.write_table(array("q", [s for s, _ in pairs]), array("q", [f for _, f in pairs])))
     freq, cum = tables(pairs, nsym_of(m))
     rans, extra = k.encode_ints(ints, order, base, gcd, m, freq, cum)
     w.blob(rans)
     w.blob(extra)
 
 
-def read_istream(r: Reader, n: int, k) -> np.ndarray:
+def read_istream(r: Reader, n: int, k):
+    """n int64 values (a numpy array), the decoder's side of `write_istream`."""
+    return _np().frombuffer(_read_istream(r, n, k), _np().int64)
+
+
+def _read_istream(r: Reader, n: int, k):
     order = r.u8()
     m = r.u8()
     if order > 2 or m > BUCKET_FINE:
@@ -274,7 +297,7 @@ def read_istream(r: Reader, n: int, k) -> np.ndarray:
     if gcd == 0:
         raise CodecError("divisor 0", r.pos)
     if n <= order:
-        return np.array(heads[:n], np.int64)
+        return array("q", heads[:n])
     freq, cum, r.pos = k.read_table(r.data, r.pos, nsym_of(m))
     rans = r.blob()
     extra = r.blob()
@@ -283,28 +306,26 @@ def read_istream(r: Reader, n: int, k) -> np.ndarray:
 
 # --- float helpers shared by both implementations (numpy) -----------------------------
 
-_LOW63 = np.int64(0x7FFFFFFFFFFFFFFF)
+_LOW63 = 0x7FFFFFFFFFFFFFFF
 
 
-def ordered(values: np.ndarray) -> np.ndarray:
-    """float64 bit patterns as int64 in the floats' order (-0.0 just below +0.0), NaNs kept."""
-    b = values.view(np.int64)
-    return np.where(b < 0, b ^ _LOW63, b)
-
-
-def unordered(ints: np.ndarray) -> np.ndarray:
+def unordered(ints):
+    """The floats of `ordered` bit patterns (numpy; the decoder's side)."""
+    np = _np()
     b = np.asarray(ints, np.int64)
-    return np.where(b < 0, b ^ _LOW63, b).view(np.float64)
+    return np.where(b < 0, b ^ np.int64(_LOW63), b).view(np.float64)
 
 
-def hold(idx: np.ndarray, pts: np.ndarray, n: int) -> np.ndarray:
+def hold(idx, pts, n: int):
     """Deadband decoding: each kept value holds until the next kept index."""
+    np = _np()
     return np.repeat(pts, np.diff(np.append(idx, n)))
 
 
-def interp(ts: np.ndarray, idx: np.ndarray, pts: np.ndarray) -> np.ndarray:
+def interp(ts, idx, pts):
     """Swinging-door decoding: straight lines in time between kept points; kept points
     exact; a segment touching a non-finite point, or of no duration, holds its start."""
+    np = _np()
     n = len(ts)
     i = np.arange(n)
     j = np.searchsorted(idx, i, side="right") - 1
@@ -321,43 +342,35 @@ def interp(ts: np.ndarray, idx: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 # --- value chunks --------------------------------------------------------------
 
-def detect_decimal(values: np.ndarray) -> int | None:
+def detect_decimal(values, k) -> int | None:
     """The decimal digits that code a sample of the values smallest, or None.
 
     Each digit costs about log2(10) bits a value; a value that does not come back
     exactly becomes an exception at about 80 bits. So a series with a few values
     of full precision among 8-digit ones is coded with 8 digits, not 17.
     """
-    finite = values[np.isfinite(values)]
-    if len(finite) == 0:
+    size, counts = k.decimal_counts(values, DECIMAL_SAMPLE, MAX_EXPONENT)
+    if size == 0:
         return None
-    step = max(1, len(finite) // DECIMAL_SAMPLE)
-    sample = finite[::step][:DECIMAL_SAMPLE]
-    # every exponent at once: the same IEEE operations as the kernels' exactness check
-    p = 10.0 ** np.arange(MAX_EXPONENT + 1, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        x = sample[:, None] * p[None, :]
-        q = np.rint(x)
-        exact = (np.abs(x) < 2.0 ** 53) & (q / p == sample[:, None]) & ~((q == 0) & np.signbit(sample)[:, None])
-    counts = exact.sum(axis=0).tolist()
     best_e, best_score, best_count = None, math.inf, 0
     for e, count in enumerate(counts):
-        score = (len(sample) - count) * EXCEPTION_BITS + len(sample) * e * DIGIT_BITS
+        score = (size - count) * EXCEPTION_BITS + size * e * DIGIT_BITS
         if score < best_score:
             best_e, best_score, best_count = e, score, count
-        if count == len(sample):
+        if count == size:
             break  # more digits only cost more
-    return best_e if best_count * 10 >= len(sample) * 9 else None
+    return best_e if best_count * 10 >= size * 9 else None
 
 
-def write_exceptions(w: Writer, values: np.ndarray, positions: np.ndarray, k) -> None:
+def write_exceptions(w: Writer, values, positions, k) -> None:
     w.varint(len(positions))
     if len(positions):
         write_istream(w, positions, k)
-        write_istream(w, ordered(values[positions]), k)
+        write_istream(w, k.ordered(k.take(values, positions)), k)
 
 
-def read_exceptions(r: Reader, n: int, k) -> tuple[np.ndarray, np.ndarray]:
+def read_exceptions(r: Reader, n: int, k):
+    np = _np()
     count = r.varint(n + 1)
     if not count:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
@@ -373,7 +386,7 @@ def _encoded(fn, *args) -> bytes:
     return w.getvalue()
 
 
-def write_values(w: Writer, values: np.ndarray, k, allow_dict: bool = True) -> None:
+def write_values(w: Writer, values: array, k, allow_dict: bool = True) -> None:
     """The smallest lossless encoding of one chunk among the modes that apply.
 
     Sizes are estimated from the residual histograms (cheap) and only the winner is
@@ -381,7 +394,7 @@ def write_values(w: Writer, values: np.ndarray, k, allow_dict: bool = True) -> N
     """
     n = len(values)
     options = []  # (estimated bits, kind, header bytes, ints, plan)
-    e = detect_decimal(values) if n else None
+    e = detect_decimal(values, k) if n else None
     exc = ()
     if e is not None:
         ints, exc = k.decimal_ints(values, e)
@@ -390,7 +403,7 @@ def write_values(w: Writer, values: np.ndarray, k, allow_dict: bool = True) -> N
             plan = k.plan(ints)
             options.append((plan[0] + 8 * len(head), K_DECIMAL, head, ints, plan))
     if not options or len(exc) * 100 > n:
-        bits = ordered(values)
+        bits = k.ordered(values)
         plan = k.plan(bits)
         options.append((plan[0] + 8, K_BITS, bytes((K_BITS,)), bits, plan))
     if allow_dict and n >= 64:
@@ -400,20 +413,29 @@ def write_values(w: Writer, values: np.ndarray, k, allow_dict: bool = True) -> N
             w2 = Writer()
             w2.u8(K_DICT)
             w2.varint(len(uniq))
-            write_values(w2, unordered(uniq), k, allow_dict=False)
+            write_values(w2, k.unordered(uniq), k, allow_dict=False)
             plan = k.plan(index)
             head = w2.getvalue()
             options.append((plan[0] + 8 * len(head), K_DICT, head, index, plan))
     best = min(options, key=lambda o: o[0])
     if best[0] >= 64 * n + 8:
         w.u8(K_RAW)
-        w.raw(values.astype("<f8").tobytes())
+        w.raw(_le(values))
         return
     w.raw(best[2])
     write_istream(w, best[3], k, best[4])
 
 
-def read_values(r: Reader, n: int, ts: np.ndarray, k, depth: int = 0) -> np.ndarray:
+def _le(a: array) -> bytes:
+    """The array's bytes, little-endian."""
+    if sys.byteorder == "big":
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def read_values(r: Reader, n: int, ts, k, depth: int = 0):
+    np = _np()
     kind = r.u8()
     if kind == K_RAW:
         return np.frombuffer(r.take(8 * n), "<f8").astype(np.float64)
@@ -424,8 +446,10 @@ def read_values(r: Reader, n: int, ts: np.ndarray, k, depth: int = 0) -> np.ndar
         if e > MAX_EXPONENT:
             raise CodecError(f"decimal exponent {e} out of range", r.pos)
         pos, exc = read_exceptions(r, n, k)
-        out = k.decimal_values(read_istream(r, n, k), e)
-        out[pos] = exc
+        out = np.frombuffer(k.decimal_values(_read_istream(r, n, k), e), np.float64)
+        if len(pos):
+            out = out.copy()
+            out[pos] = exc
         return out
     if kind == K_QUANT:
         (q,) = struct.unpack("<d", r.take(8))
@@ -453,22 +477,25 @@ def read_values(r: Reader, n: int, ts: np.ndarray, k, depth: int = 0) -> np.ndar
     raise CodecError(f"unknown chunk kind {kind}", r.pos - 1)
 
 
-def write_lossy(w: Writer, ts: np.ndarray, values: np.ndarray, max_error: float, k) -> None:
+def write_lossy(w: Writer, ts: array, values: array, max_error: float, k) -> None:
     """The smallest of quantisation, deadband, swinging door and the exact encoding,
     all within max_error."""
+    np = _np()
     n = len(values)
     q = 2.0 * max_error
     ints, exc = k.quant_ints(values, q, max_error)
     options = [bytes((K_QUANT,)) + struct.pack("<d", q)
                + _encoded(write_exceptions, values, exc, k) + _encoded(write_istream, ints, k)]
+    tsn = np.frombuffer(ts, np.int64)
+    vsn = np.frombuffer(values, np.float64)
     for kind, idx in ((K_HOLD, k.deadband(values, max_error)), (K_LINEAR, k.swinging_door(ts, values, max_error))):
-        decoded = (lambda i: hold(i, values[i], n)) if kind == K_HOLD else (lambda i: interp(ts, i, values[i]))
-        idx = _within(idx, decoded, values, max_error)
+        decoded = (lambda i: hold(i, vsn[i], n)) if kind == K_HOLD else (lambda i: interp(tsn, i, vsn[i]))
+        idx = _within(np.frombuffer(idx, np.int64), decoded, vsn, max_error)
         w2 = Writer()
         w2.u8(kind)
         w2.varint(len(idx))
-        write_istream(w2, idx, k)
-        write_values(w2, values[idx], k, allow_dict=False)
+        write_istream(w2, _arr("q", idx), k)
+        write_values(w2, _arr("d", vsn[idx]), k, allow_dict=False)
         options.append(w2.getvalue())
     exact = Writer()
     write_values(exact, values, k)  # within any error; best on values with few distinct levels
@@ -476,9 +503,16 @@ def write_lossy(w: Writer, ts: np.ndarray, values: np.ndarray, max_error: float,
     w.raw(min(options, key=len))
 
 
-def _within(idx: np.ndarray, decoded, values: np.ndarray, max_error: float) -> np.ndarray:
+def _arr(typecode: str, a) -> array:
+    out = array(typecode)
+    out.frombytes(_np().ascontiguousarray(a).tobytes())
+    return out
+
+
+def _within(idx, decoded, values, max_error: float):
     """Keep more points until every decoded value is within max_error (rounding in the
     interpolation can overshoot by an ulp) and every non-finite value comes back as it was."""
+    np = _np()
     while True:
         out = decoded(idx)
         with np.errstate(invalid="ignore"):
@@ -491,13 +525,33 @@ def _within(idx: np.ndarray, decoded, values: np.ndarray, max_error: float) -> n
 
 # --- whole streams -------------------------------------------------------------
 
-def as_arrays(timestamps, values) -> tuple[np.ndarray, np.ndarray]:
-    ts = np.ascontiguousarray(np.asarray(timestamps, dtype=np.int64))
-    vs = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=np.float64)
-    vs = np.ascontiguousarray(vs, dtype=np.float64)
-    if ts.ndim != 1 or vs.ndim != 1 or len(ts) != len(vs):
-        raise ValueError(f"timestamps and values must be 1-D and of one length ({ts.shape} vs {vs.shape})")
+def as_arrays(timestamps, values) -> tuple[array, array]:
+    """int64 and float64 columns (array.array) from numpy arrays, array.array or lists."""
+    ts, vs = _column("q", timestamps, "timestamps"), _column("d", values, "values")
+    if len(ts) != len(vs):
+        raise ValueError(f"timestamps and values must be 1-D and of one length ({len(ts)} vs {len(vs)})")
     return ts, vs
+
+
+_FORMATS = {"q": ("q", "l", "<q", "<l", "=q", "=l"), "d": ("d", "<d", "=d")}
+
+
+def _column(typecode: str, x, what: str) -> array:
+    try:
+        m = memoryview(x)
+    except TypeError:
+        m = None
+    if m is not None:
+        if m.ndim != 1:
+            raise ValueError(f"{what} must be 1-D, not of shape {m.shape}")
+        if m.format in _FORMATS[typecode] and m.itemsize == 8 and m.c_contiguous:
+            out = array(typecode)
+            out.frombytes(m.cast("B"))
+            return out
+    try:
+        return array(typecode, x if m is None or typecode == "d" else (int(v) for v in x))
+    except (TypeError, OverflowError) as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 def encode(timestamps, values, max_error: float, k) -> bytes:
@@ -522,9 +576,10 @@ def encode(timestamps, values, max_error: float, k) -> bytes:
     return w.getvalue()
 
 
-def decode(data, k) -> tuple[np.ndarray, np.ndarray]:
+def decode(data, k):
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError(f"expected bytes, got {type(data).__name__}")
+    np = _np()
     r = Reader(bytes(data))
     if bytes(data[:3]) != MAGIC:
         raise CodecError("not a headrace series stream (magic HRZ missing)", 0)

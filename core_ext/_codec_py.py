@@ -19,8 +19,6 @@ import struct
 import sys
 from array import array
 
-import numpy as np
-
 from . import _codec_format as fmt
 from ._codec_format import CodecError
 
@@ -30,6 +28,7 @@ _MASK = 0xFFFFFFFFFFFFFFFF
 _RANS_L = 1 << 16
 _GCD_MAX = 1 << 62
 _EXACT = 2.0 ** 53
+_LOW63 = 0x7FFFFFFFFFFFFFFF
 
 
 def _residuals(ints: list[int], order: int) -> tuple[int, list[int]]:
@@ -58,7 +57,7 @@ def _unsigned(res: list[int], order: int, gcd: int) -> list[int]:
     return [fmt.zigzag(r // gcd) for r in res]
 
 
-def analyze(ints: np.ndarray, order: int) -> tuple[int, int, list[int]]:
+def analyze(ints: array, order: int) -> tuple[int, int, list[int]]:
     """(base, divisor, histogram of fine bucket symbols) of the residuals at this order."""
     base, res = _residuals(ints.tolist(), order)
     gcd = _gcd(res)
@@ -68,7 +67,7 @@ def analyze(ints: np.ndarray, order: int) -> tuple[int, int, list[int]]:
     return base, gcd, fine
 
 
-def plan(ints: np.ndarray) -> tuple[float, int, int, int, int, list[int]]:
+def plan(ints: array) -> tuple[float, int, int, int, int, list[int]]:
     """(estimated bits, order, bucket width, base, divisor, fine histogram): the delta
     order and bucket width that code these integers smallest."""
     n = len(ints)
@@ -96,7 +95,7 @@ def plan(ints: np.ndarray) -> tuple[float, int, int, int, int, list[int]]:
     return best
 
 
-def write_table(syms: np.ndarray, freqs: np.ndarray) -> bytes:
+def write_table(syms: array, freqs: array) -> bytes:
     """A frequency table: count, then per symbol the gap from the previous one and
     frequency - 1 (left out when one symbol has it all), as varints."""
     w = fmt.Writer()
@@ -110,7 +109,7 @@ def write_table(syms: np.ndarray, freqs: np.ndarray) -> bytes:
     return w.getvalue()
 
 
-def read_table(data, pos: int, nsym: int) -> tuple[np.ndarray, np.ndarray, int]:
+def read_table(data, pos: int, nsym: int) -> tuple[array, array, int]:
     """(frequency, cumulative frequency, position after) of a table from `write_table`."""
     r = fmt.Reader(data)
     r.pos = pos
@@ -165,7 +164,7 @@ def encode_ints(ints, order, base, gcd, m, freq, cum) -> tuple[bytes, bytes]:
     return struct.pack("<II", *st) + array("H", words).tobytes(), bytes(extra)
 
 
-def decode_ints(n, order, heads, gcd, m, freq, cum, rans, extra) -> np.ndarray:
+def decode_ints(n, order, heads, gcd, m, freq, cum, rans, extra) -> array:
     freq, cum = freq.tolist(), cum.tolist()
     slot_sym = [0] * fmt.PROB_SCALE
     for s, f in enumerate(freq):
@@ -206,7 +205,7 @@ def decode_ints(n, order, heads, gcd, m, freq, cum, rans, extra) -> np.ndarray:
         out.append(u)
     if st != [_RANS_L, _RANS_L] or pos != len(words):
         raise CodecError("rANS block does not end where it should (corrupt stream)")
-    return np.array(_integrate(out, order, heads, gcd), dtype=np.int64)
+    return array("q", _integrate(out, order, heads, gcd))
 
 
 def _integrate(us: list[int], order: int, heads: list[int], gcd: int) -> list[int]:
@@ -228,12 +227,12 @@ def _integrate(us: list[int], order: int, heads: list[int], gcd: int) -> list[in
     return out
 
 
-def dictionary(values: np.ndarray, limit: int):
+def dictionary(values: array, limit: int):
     """(distinct values as ordered bit patterns, sorted; index of each value among them),
     or None past `limit` distinct."""
     seen: dict[int, int] = {}
     first = []
-    for x in fmt.ordered(values).tolist():
+    for x in ordered(values).tolist():
         j = seen.get(x)
         if j is None:
             if len(seen) >= limit:
@@ -244,10 +243,49 @@ def dictionary(values: np.ndarray, limit: int):
     rank = [0] * len(uniq)
     for r, x in enumerate(uniq):
         rank[seen[x]] = r
-    return np.array(uniq, np.int64), np.array([rank[j] for j in first], np.int64)
+    return array("q", uniq), array("q", [rank[j] for j in first])
 
 
-def decimal_ints(values: np.ndarray, e: int) -> tuple[np.ndarray, np.ndarray]:
+def ordered(values) -> array:
+    """float64 bit patterns as int64 in the floats' order (-0.0 just below +0.0), NaNs kept."""
+    bits = array("q")
+    bits.frombytes(array("d", values).tobytes() if not isinstance(values, array) else values.tobytes())
+    return array("q", [b ^ _LOW63 if b < 0 else b for b in bits])
+
+
+def unordered(ints) -> array:
+    """The inverse of `ordered`."""
+    out = array("d")
+    out.frombytes(array("q", [b ^ _LOW63 if b < 0 else b for b in ints]).tobytes())
+    return out
+
+
+def take(values, positions) -> array:
+    """values[positions]."""
+    return array("d", [values[i] for i in positions])
+
+
+def decimal_counts(values, sample_size: int, max_exponent: int) -> tuple[int, list[int]]:
+    """(sample size, [how many sampled values come back exactly with e digits, for e in
+    0..max_exponent]): the sample is every k-th finite value, at most sample_size."""
+    finite = [v for v in values if math.isfinite(v)]
+    step = max(1, len(finite) // sample_size) if finite else 1
+    sample = finite[::step][:sample_size]
+    counts = []
+    for e in range(max_exponent + 1):
+        p = 10.0 ** e
+        count = 0
+        for v in sample:
+            x = v * p
+            if abs(x) < _EXACT:
+                q = round(x)
+                if q / p == v and not (q == 0 and math.copysign(1.0, v) < 0):
+                    count += 1
+        counts.append(count)
+    return len(sample), counts
+
+
+def decimal_ints(values: array, e: int) -> tuple[array, array]:
     """values * 10**e as integers where that is exact; positions where it is not."""
     p = 10.0 ** e
     ints, exc = [], []
@@ -262,15 +300,15 @@ def decimal_ints(values: np.ndarray, e: int) -> tuple[np.ndarray, np.ndarray]:
                 continue
         ints.append(prev)
         exc.append(i)
-    return np.array(ints, np.int64), np.array(exc, np.int64)
+    return array("q", ints), array("q", exc)
 
 
-def decimal_values(ints: np.ndarray, e: int) -> np.ndarray:
+def decimal_values(ints: array, e: int) -> array:
     p = 10.0 ** e
-    return np.array([q / p for q in ints.tolist()], np.float64)
+    return array("d", [q / p for q in ints.tolist()])
 
 
-def quant_ints(values: np.ndarray, q: float, max_error: float) -> tuple[np.ndarray, np.ndarray]:
+def quant_ints(values: array, q: float, max_error: float) -> tuple[array, array]:
     """round(v / q) where that decodes (k * q) within max_error; positions where not."""
     ints, exc = [], []
     prev = 0
@@ -284,10 +322,10 @@ def quant_ints(values: np.ndarray, q: float, max_error: float) -> tuple[np.ndarr
                 continue
         ints.append(prev)
         exc.append(i)
-    return np.array(ints, np.int64), np.array(exc, np.int64)
+    return array("q", ints), array("q", exc)
 
 
-def deadband(values: np.ndarray, max_error: float) -> np.ndarray:
+def deadband(values: array, max_error: float) -> array:
     """Indices kept: each value that strays more than max_error from the last kept one."""
     vs = values.tolist()
     idx = [0] if vs else []
@@ -297,16 +335,16 @@ def deadband(values: np.ndarray, max_error: float) -> np.ndarray:
         if not (math.isfinite(v) and math.isfinite(held) and abs(v - held) <= max_error):
             idx.append(i)
             held = v
-    return np.array(idx, np.int64)
+    return array("q", idx)
 
 
-def swinging_door(ts: np.ndarray, values: np.ndarray, max_error: float) -> np.ndarray:
+def swinging_door(ts: array, values: array, max_error: float) -> array:
     """Indices kept by a swinging door of half-width max_error: a segment grows while
     the line from its anchor to the newest point stays inside every earlier point's door."""
     vs, tl = values.tolist(), ts.tolist()
     n = len(vs)
     if n == 0:
-        return np.zeros(0, np.int64)
+        return array("q")
     idx = [0]
     a = 0
     lo, hi = -math.inf, math.inf
@@ -334,7 +372,7 @@ def swinging_door(ts: np.ndarray, values: np.ndarray, max_error: float) -> np.nd
         hi = min(hi, (v + max_error - va) / dt)
     if idx[-1] != n - 1:
         idx.append(n - 1)
-    return np.array(idx, np.int64)
+    return array("q", idx)
 
 
 _KERNELS = sys.modules[__name__]
@@ -345,6 +383,6 @@ def encode(timestamps, values, *, max_error: float = 0.0) -> bytes:
     return fmt.encode(timestamps, values, max_error, _KERNELS)
 
 
-def decode(data) -> tuple[np.ndarray, np.ndarray]:
+def decode(data):
     """(timestamps int64 ns, values float64) from `encode`'s bytes; CodecError if invalid."""
     return fmt.decode(data, _KERNELS)

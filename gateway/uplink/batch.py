@@ -30,7 +30,7 @@ import math
 from typing import Iterator
 
 import cbor2
-import numpy as np
+from array import array
 
 from core_ext import codec
 from core_ext.ingest import Parser
@@ -59,7 +59,8 @@ def _ns(t: float) -> int:
     return sec * NS + round((t - sec) * NS)
 
 
-def _seconds(ns: np.ndarray) -> list[float]:
+def _seconds(ns) -> list[float]:
+    # ns: the int64 numpy array a decoded codec stream gives
     return (ns // NS + (ns % NS) / NS).tolist()
 
 
@@ -104,8 +105,9 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes]) -
     body = {
         "v": VERSION, "gw": gateway, "site": site,
         "nodes": list(nodes), "patterns": [list(p) for p in patterns],
-        "frames": [codec.encode(np.array(received, np.int64), np.array(seqs, np.float64)),
-                   codec.encode(np.array(node_col, np.int64), np.array(pattern_col, np.float64))],
+        # array.array, not numpy: the gateway encodes batches without numpy loaded (13 MB less)
+        "frames": [codec.encode(array("q", received), array("d", seqs)),
+                   codec.encode(array("q", node_col), array("d", pattern_col))],
         "sensors": _sensor_streams(series),
         "other": other,
     }
@@ -128,7 +130,7 @@ def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]]) -> list:
             ts += t
             vs += v
             counts.append([ni, len(t)])
-        out.append([sensor, codec.encode(np.array(ts, np.int64), np.array(vs, np.float64)), counts])
+        out.append([sensor, codec.encode(array("q", ts), array("d", vs)), counts])
     return out
 
 
