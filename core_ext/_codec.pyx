@@ -607,17 +607,19 @@ def decode_ints(Py_ssize_t n, int order, heads, gcd, int m, freq, cum, rans, ext
     states[1] = rb[4] | (<uint64_t>rb[5] << 8) | (<uint64_t>rb[6] << 16) | (<uint64_t>rb[7] << 24)
     dst = o if order == 0 else o + order
     cdef const uint8_t* rawp = &xb[0] if len(extra) else NULL
+    cdef int done = 0
+    cdef uint64_t base0 = <uint64_t><int64_t>heads[0] if order == 0 else 0
     cdef Py_ssize_t nraw = len(extra)
     with nogil:
         if (fb[0] >> 16) == PROB_SCALE and (te[0] >> 8) == 0:
             # one symbol with no raw bits (a regular clock, a constant): rANS leaves
-            # the states as they are and reads nothing
-            for i in range(count):
-                dst[i] = te[0] & 0xFF
+            # the states as they are and reads nothing; the values follow in one pass
             word_end = 8
+            constant_run(o, n, order, <uint64_t>(te[0] & 0xFF), g, base0)
+            done = 1
         else:
             bad = decode_loop(fb, te, &rb[0], nrb, rawp, nraw, dst, count, states, &word_end)
-        if order == 0 and g != 1:
+        if order == 0 and g != 1 and not done:
             for i in range(count):
                 dst[i] = <int64_t>(<uint64_t>dst[i] * g)
     if bad == 1:
@@ -626,8 +628,30 @@ def decode_ints(Py_ssize_t n, int order, heads, gcd, int m, freq, cum, rans, ext
         raise CodecError("raw bits end early")
     if states[0] != RANS_L or states[1] != RANS_L or word_end != nrb:
         raise CodecError("rANS block does not end where it should (corrupt stream)")
-    integrate(o, n, order, heads, g)
+    if not done:
+        integrate(o, n, order, heads, g)
     return out
+
+
+cdef void constant_run(int64_t* o, Py_ssize_t n, int order, uint64_t u, uint64_t g, uint64_t base) noexcept nogil:
+    """Every residual u: x = base + u·g (order 0), or the heads in o[:order] continued
+    with a constant difference (order 1) or second difference (order 2)."""
+    cdef Py_ssize_t i
+    cdef uint64_t step, d, cur
+    if order == 0:
+        for i in range(n):
+            o[i] = <int64_t>(base + u * g)
+        return
+    step = <uint64_t>unzz(u) * g
+    cur = <uint64_t>o[order - 1]
+    d = <uint64_t>o[1] - <uint64_t>o[0] if order == 2 else 0
+    for i in range(order, n):
+        if order == 1:
+            cur += step
+        else:
+            d += step
+            cur += d
+        o[i] = <int64_t>cur
 
 
 cdef void _integrate(int64_t* o, Py_ssize_t n, int order, uint64_t base, uint64_t g) noexcept nogil:

@@ -602,5 +602,5 @@ def decode(data, k):
     parts = [read_values(r, min(chunk, n - start), ts[start:start + chunk], k) for start in range(0, n, chunk)]
     if r.pos != len(r.data):
         raise CodecError(f"{len(r.data) - r.pos} bytes after the end of the stream", r.pos)
-    vs = np.concatenate(parts) if parts else np.zeros(0, np.float64)
+    vs = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.float64)
     return ts, vs
