@@ -44,7 +44,7 @@ class CoapSection:
     enabled: bool = True
     bind: str = "127.0.0.1"
     port: int = 5683
-    dedup_seconds: float = 15.0
+    dedup_seconds: float = 8.0
 
 
 @dataclass(frozen=True)
