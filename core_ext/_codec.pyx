@@ -147,27 +147,36 @@ def plan(ints):
 
 
 cdef plan_sampled(const int64_t[::1] x):
-    cdef Py_ssize_t n = x.shape[0], s
+    """Order and bucket width from a sample of runs; the base and divisor from every value;
+    the size estimated from the sample. The histogram of the chosen order comes later,
+    from the encoder's own pass (`encode_body`), so no full histogram pass is made here."""
+    cdef Py_ssize_t n = x.shape[0], s, i
     cdef int64_t h[NSYM]
-    cdef int64_t acc[NSYM]
-    cdef int64_t base
+    cdef int64_t acc[3][NSYM]
+    cdef int64_t base, lo
     cdef uint64_t g
-    cdef int o, order = 0, m
+    cdef int o, order = 0, m, mo
     cdef double bits, least = INFINITY
     starts = fmt.plan_runs(n)
     for o in range(3):
-        memset(acc, 0, sizeof(acc))
+        memset(acc[o], 0, sizeof(acc[o]))
         for a in starts:
             _analyze(&x[a], fmt.PLAN_RUN, o, h, &base, &g)
             for s in range(NSYM):
-                acc[s] += h[s]
-        bits = cost_of(acc, &m)
+                acc[o][s] += h[s]
+        bits = cost_of(acc[o], &mo)
         if bits < least:
-            order, least = o, bits
+            order, least, m = o, bits, mo
+    lo = 0
+    if order == 0:
+        lo = x[0]
+        for i in range(n):
+            if x[i] < lo:
+                lo = x[i]
     with nogil:
-        _analyze(&x[0], n, order, h, &base, &g)
-        bits = cost_of(h, &m)
-    return bits, order, m, int(base), int(g), [h[s] for s in range(NSYM)]
+        g = common_divisor(&x[0], n - order, order, <uint64_t>lo)
+    sampled = fmt.PLAN_RUNS * (fmt.PLAN_RUN - order)
+    return least * (n - order) / sampled, order, m, int(lo), int(g), None
 
 
 cdef plan_full(const int64_t[::1] x):
@@ -314,9 +323,8 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
     cdef const int64_t[::1] x = as_q(ints)
     cdef const uint32_t[::1] f = freq
     cdef const uint32_t[::1] c = cum
-    cdef Py_ssize_t n = x.shape[0], count = n - order, i, wpos
-    cdef uint64_t g = gcd, u, state
-    cdef uint64_t st[2]
+    cdef Py_ssize_t n = x.shape[0], count = n - order, i
+    cdef uint64_t g = gcd, u
     cdef int64_t b0 = base
     cdef int e
     cdef uint32_t s
@@ -337,36 +345,137 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
             # one symbol with no raw bits (a regular clock, a constant): the states never
             # move and nothing is written
             return (<uint64_t>RANS_L).to_bytes(4, "little") * 2, b""
-    if True:
-        for i in range(count):
-            u = unsigned_residual(residual_at(xp, i, order, <uint64_t>b0), order, dg)
-            s = bucket(u, m, &e)
-            sy[i] = <uint16_t>s
-            if e:
-                put_bits(&w, u & ((<uint64_t>1 << e) - 1), e)
-        if w.nbits:
-            w.out[w.pos] = <uint8_t>w.acc
-            w.pos += 1
-        # rANS runs backwards so that the decoder reads forwards; two states take
-        # turns (even and odd symbols) so that a decoder can work on both at once
-        st[0] = st[1] = RANS_L
-        wpos = count + 2
-        if f[sy[0]] == PROB_SCALE:
-            i = -1  # one symbol takes the whole scale: every step leaves the states as they are
-        else:
-            i = count - 1
-        while i >= 0:
-            s = sy[i]
-            state = st[i & 1]
-            if state >= (<uint64_t>f[s] << (32 - PROB_BITS)):
-                wpos -= 1
-                wd[wpos] = <uint16_t>(state & 0xFFFF)
-                state >>= 16
-            # state < 2**32 here, so the division can be 32-bit (much cheaper than 64)
-            st[i & 1] = ((<uint64_t>(<uint32_t>state / f[s])) << PROB_BITS) + (<uint32_t>state % f[s]) + c[s]
-            i -= 1
+    for i in range(count):
+        u = unsigned_residual(residual_at(xp, i, order, <uint64_t>b0), order, dg)
+        s = bucket(u, m, &e)
+        sy[i] = <uint16_t>s
+        if e:
+            put_bits(&w, u & ((<uint64_t>1 << e) - 1), e)
+    if w.nbits:
+        w.out[w.pos] = <uint8_t>w.acc
+        w.pos += 1
+    return _rans_encode(sy, count, &f[0], &c[0], f.shape[0], <uint8_t*>wd), (<char*>w.out)[:w.pos]
+
+
+cdef struct SymCount:
+    int64_t count
+    int64_t sym
+
+
+cdef int cmp_count(const void* a, const void* b) noexcept nogil:
+    # by count, largest first, then by symbol: fmt.normalise's order
+    cdef int64_t ca = (<SymCount*>a).count, cb = (<SymCount*>b).count
+    if ca != cb:
+        return -1 if ca > cb else 1
+    return ((<SymCount*>a).sym > (<SymCount*>b).sym) - ((<SymCount*>a).sym < (<SymCount*>b).sym)
+
+
+def encode_body(ints, int order, base, gcd, int m):
+    """(frequency table bytes, rANS bytes, raw bits) of the residuals at width m, the
+    frequencies taken from this very pass (fmt.normalise, in C): `_codec_py.encode_body`."""
+    cdef const int64_t[::1] x = as_q(ints)
+    cdef Py_ssize_t n = x.shape[0], count = n - order, i, nsym = (2 << m) + (63 - m) * (1 << m), k, npresent = 0
+    cdef uint64_t g = gcd, u
+    cdef int64_t b0 = base
+    cdef int e
+    cdef uint32_t s
+    cdef int64_t hist[NSYM]
+    cdef uint32_t f[NSYM]
+    cdef uint32_t c[NSYM]
+    cdef SymCount order_[NSYM]
+    cdef int64_t total = 0, short, step
+    cdef uint8_t* scratch = grow_scratch(12 * (count + 2) + 8)
+    cdef uint16_t* sy = <uint16_t*>scratch
+    cdef const int64_t* xp = &x[0]
+    cdef BitWriter w
+    w.out = scratch + 4 * (count + 2)
+    w.pos = 0
+    w.acc = 0
+    w.nbits = 0
+    cdef Divisor dg = divisor(g)
+    memset(hist, 0, sizeof(hist))
+    for i in range(count):
+        u = unsigned_residual(residual_at(xp, i, order, <uint64_t>b0), order, dg)
+        s = bucket(u, m, &e)
+        sy[i] = <uint16_t>s
+        hist[s] += 1
+        if e:
+            put_bits(&w, u & ((<uint64_t>1 << e) - 1), e)
+    if w.nbits:
+        w.out[w.pos] = <uint8_t>w.acc
+        w.pos += 1
+    extra = (<char*>w.out)[:w.pos]
+    # fmt.normalise: floor shares, at least 1, the shortfall to the most frequent symbol
+    # (or taken from symbols in count order while they have more than 1)
+    memset(f, 0, sizeof(f))
+    for k in range(nsym):
+        total += hist[k]
+    short = PROB_SCALE
+    for k in range(nsym):
+        if hist[k]:
+            f[k] = <uint32_t>max(1, hist[k] * PROB_SCALE // total)
+            short -= f[k]
+            order_[npresent].count = hist[k]
+            order_[npresent].sym = k
+            npresent += 1
+    qsort(order_, npresent, sizeof(SymCount), cmp_count)
+    k = 0
+    while short != 0:
+        i = order_[k % npresent].sym
+        if short > 0:
+            f[i] += <uint32_t>short
+            short = 0
+        elif f[i] > 1:
+            step = min(<int64_t>f[i] - 1, -short)
+            f[i] -= <uint32_t>step
+            short += step
+        k += 1
+    syms = _array.array("q")
+    freqs = _array.array("q")
+    total = 0
+    for k in range(nsym):
+        c[k] = <uint32_t>total
+        if f[k]:
+            syms.append(k)
+            freqs.append(f[k])
+            total += f[k]
+    table = write_table(syms, freqs)
+    rans = _rans_encode(sy, count, f, c, nsym, scratch + 2 * (count + 2))
+    return table, rans, extra
+
+
+cdef extern from *:
+    ctypedef unsigned long long uint128 "unsigned __int128"
+
+
+cdef bytes _rans_encode(const uint16_t* sy, Py_ssize_t count, const uint32_t* f, const uint32_t* c,
+                        Py_ssize_t nsym, uint8_t* out):
+    """rANS over the symbols, backwards so that the decoder reads forwards; two states
+    take turns (even and odd symbols) so that a decoder can work on both at once."""
+    cdef uint16_t* wd = <uint16_t*>out
+    cdef uint64_t st[2]
+    cdef uint64_t rcp[NSYM]
+    cdef uint64_t state, q
+    cdef Py_ssize_t i, wpos = count + 2
+    cdef uint32_t s
+    # x / f as a multiplication by ceil(2**64 / f): exact for x < 2**32 and f < 2**15, as
+    # here, and several times cheaper than a division on the encoder's critical path
+    for i in range(nsym):
+        rcp[i] = 0xFFFFFFFFFFFFFFFFULL // f[i] + 1 if f[i] > 1 else 0
+    st[0] = st[1] = RANS_L
+    i = -1 if count == 0 or f[sy[0]] == PROB_SCALE else count - 1  # one symbol: the states never move
+    while i >= 0:
+        s = sy[i]
+        state = st[i & 1]
+        if state >= (<uint64_t>f[s] << (32 - PROB_BITS)):
+            wpos -= 1
+            wd[wpos] = <uint16_t>(state & 0xFFFF)
+            state >>= 16
+        q = <uint64_t>((<uint128>state * rcp[s]) >> 64) if f[s] > 1 else state
+        st[i & 1] = (q << PROB_BITS) + (state - q * f[s]) + c[s]
+        i -= 1
     head = int(st[0]).to_bytes(4, "little") + int(st[1]).to_bytes(4, "little")
-    return head + (<char*>(wd + wpos))[:2 * (count + 2 - wpos)], (<char*>w.out)[:w.pos]
+    return head + (<char*>(wd + wpos))[:2 * (count + 2 - wpos)]
 
 
 def decode_ints(Py_ssize_t n, int order, heads, gcd, int m, freq, cum, rans, extra):

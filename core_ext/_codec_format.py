@@ -273,6 +273,12 @@ def write_istream(w: Writer, ints, k, plan=None) -> None:
     w.varint(gcd)
     if n <= order:
         return
+    if fine is None:  # a long stream: the histogram comes from the encoding pass itself
+        table, rans, extra = k.encode_body(ints, order, base, gcd, m)
+        w.raw(table)
+        w.blob(rans)
+        w.blob(extra)
+        return
     pairs = normalise(coarse_hist(fine, m))
     w.raw(k.write_table(array("q", [s for s, _ in pairs]), array("q", [f for _, f in pairs])))
     freq, cum = tables(pairs, nsym_of(m))

@@ -72,20 +72,21 @@ def plan(ints: array) -> tuple[float, int, int, int, int, list[int]]:
     order and bucket width that code these integers smallest."""
     n = len(ints)
     if n > fmt.PLAN_FULL:
-        # the order from a sample of runs, then one full pass at that order
+        # order and width from a sample of runs, base and divisor from every value, the
+        # size estimated from the sample; the histogram comes from `encode_body`'s pass
         runs = [ints[a:a + fmt.PLAN_RUN] for a in fmt.plan_runs(n)]
-        order, least = 0, math.inf
+        order, least, m = 0, math.inf, 0
         for o in range(3):
             fine = [0] * fmt.NSYM_FINE
             for run in runs:
                 for s, c in enumerate(analyze(run, o)[2]):
                     fine[s] += c
-            bits, _ = fmt.istream_cost(fine)
+            bits, mo = fmt.istream_cost(fine)
             if bits < least:
-                order, least = o, bits
-        base, gcd, fine = analyze(ints, order)
-        bits, m = fmt.istream_cost(fine)
-        return bits, order, m, base, gcd, fine
+                order, least, m = o, bits, mo
+        base, res = _residuals(list(ints), order)
+        sampled = fmt.PLAN_RUNS * (fmt.PLAN_RUN - order)
+        return least * (n - order) / sampled, order, m, base if order == 0 else 0, _gcd(res), None
     best = None
     for order in range(min(2, n) + 1):
         base, gcd, fine = analyze(ints, order)
@@ -128,6 +129,21 @@ def read_table(data, pos: int, nsym: int) -> tuple[array, array, int]:
         raise CodecError("frequencies do not sum to the scale", r.pos)
     freq, cum = fmt.tables(pairs, nsym)
     return freq, cum, r.pos
+
+
+def encode_body(ints, order: int, base: int, gcd: int, m: int) -> tuple[bytes, bytes, bytes]:
+    """(frequency table bytes, rANS bytes, raw bits) of the residuals at width m, the
+    frequencies from the residuals themselves (fmt.normalise)."""
+    _, res = _residuals(list(ints), order)
+    hist: dict[int, int] = {}
+    for u in _unsigned(res, order, gcd):
+        sym = fmt.bucket(u, m)[0]
+        hist[sym] = hist.get(sym, 0) + 1
+    pairs = fmt.normalise(dict(sorted(hist.items())))
+    table = write_table(array("q", [s for s, _ in pairs]), array("q", [f for _, f in pairs]))
+    freq, cum = fmt.tables(pairs, fmt.nsym_of(m))
+    rans, extra = encode_ints(ints, order, base, gcd, m, freq, cum)
+    return table, rans, extra
 
 
 def encode_ints(ints, order, base, gcd, m, freq, cum) -> tuple[bytes, bytes]:
