@@ -671,24 +671,20 @@ def take(values, positions):
 
 def decimal_counts(values, int sample_size, int max_exponent):
     """(sample size, [how many sampled values come back exactly with e digits, for e in
-    0..max_exponent]): the sample is every k-th finite value, at most sample_size."""
+    0..max_exponent]): the sample is the finite values among sample_size evenly spaced ones."""
     cdef const double[::1] v = as_d(values)
-    cdef Py_ssize_t i, n = v.shape[0], nf = 0, step, taken = 0, seen = 0
+    cdef Py_ssize_t i, n = v.shape[0], taken = 0, j, picks
     cdef double sample[256]
     cdef double p, x, q
-    cdef int e, j
-    for i in range(n):
-        if isfinite(v[i]):
-            nf += 1
+    cdef int e
     if sample_size > 256:
         raise ValueError("sample_size above 256")
-    step = max(1, nf // sample_size) if nf else 1
-    for i in range(n):
+    picks = min(<Py_ssize_t>sample_size, n)
+    for j in range(picks):
+        i = j * n // picks
         if isfinite(v[i]):
-            if seen % step == 0 and taken < sample_size:
-                sample[taken] = v[i]
-                taken += 1
-            seen += 1
+            sample[taken] = v[i]
+            taken += 1
     counts = []
     for e in range(max_exponent + 1):
         p = 10.0 ** e

@@ -432,10 +432,10 @@ def write_values(w: Writer, values: array, k, allow_dict: bool = True) -> None:
     write_istream(w, best[3], k, best[4])
 
 
-def _le(a: array) -> bytes:
-    """The array's bytes, little-endian."""
+def _le(a) -> bytes:
+    """A float64 column's bytes, little-endian (an array.array or a memoryview of one)."""
     if sys.byteorder == "big":
-        a = array(a.typecode, a)
+        a = array("d", a)
         a.byteswap()
     return a.tobytes()
 
@@ -531,8 +531,9 @@ def _within(idx, decoded, values, max_error: float):
 
 # --- whole streams -------------------------------------------------------------
 
-def as_arrays(timestamps, values) -> tuple[array, array]:
-    """int64 and float64 columns (array.array) from numpy arrays, array.array or lists."""
+def as_arrays(timestamps, values):
+    """int64 and float64 columns from numpy arrays, array.array or lists: a memoryview of
+    the caller's buffer when it already holds them, else an array.array copy."""
     ts, vs = _column("q", timestamps, "timestamps"), _column("d", values, "values")
     if len(ts) != len(vs):
         raise ValueError(f"timestamps and values must be 1-D and of one length ({len(ts)} vs {len(vs)})")
@@ -542,7 +543,7 @@ def as_arrays(timestamps, values) -> tuple[array, array]:
 _FORMATS = {"q": ("q", "l", "<q", "<l", "=q", "=l"), "d": ("d", "<d", "=d")}
 
 
-def _column(typecode: str, x, what: str) -> array:
+def _column(typecode: str, x, what: str):
     try:
         m = memoryview(x)
     except TypeError:
@@ -551,9 +552,7 @@ def _column(typecode: str, x, what: str) -> array:
         if m.ndim != 1:
             raise ValueError(f"{what} must be 1-D, not of shape {m.shape}")
         if m.format in _FORMATS[typecode] and m.itemsize == 8 and m.c_contiguous:
-            out = array(typecode)
-            out.frombytes(m.cast("B"))
-            return out
+            return m.cast("B").cast(typecode)  # the caller's buffer as it is: no copy
     try:
         return array(typecode, x if m is None or typecode == "d" else (int(v) for v in x))
     except (TypeError, OverflowError) as exc:

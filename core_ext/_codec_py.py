@@ -283,10 +283,10 @@ def take(values, positions) -> array:
 
 def decimal_counts(values, sample_size: int, max_exponent: int) -> tuple[int, list[int]]:
     """(sample size, [how many sampled values come back exactly with e digits, for e in
-    0..max_exponent]): the sample is every k-th finite value, at most sample_size."""
-    finite = [v for v in values if math.isfinite(v)]
-    step = max(1, len(finite) // sample_size) if finite else 1
-    sample = finite[::step][:sample_size]
+    0..max_exponent]): the sample is the finite values among sample_size evenly spaced ones."""
+    n = len(values)
+    picks = min(sample_size, n)
+    sample = [v for v in (values[j * n // picks] for j in range(picks)) if math.isfinite(v)]
     counts = []
     for e in range(max_exponent + 1):
         p = 10.0 ** e
