@@ -351,9 +351,7 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
         sy[i] = <uint16_t>s
         if e:
             put_bits(&w, u & ((<uint64_t>1 << e) - 1), e)
-    if w.nbits:
-        w.out[w.pos] = <uint8_t>w.acc
-        w.pos += 1
+    flush_bits(&w)
     return _rans_encode(sy, count, &f[0], &c[0], f.shape[0], <uint8_t*>wd), (<char*>w.out)[:w.pos]
 
 
@@ -380,6 +378,7 @@ def encode_body(ints, int order, base, gcd, int m):
     cdef int e
     cdef uint32_t s
     cdef int64_t hist[NSYM]
+    cdef int32_t hist4[4][NSYM]
     cdef uint32_t f[NSYM]
     cdef uint32_t c[NSYM]
     cdef SymCount order_[NSYM]
@@ -393,17 +392,17 @@ def encode_body(ints, int order, base, gcd, int m):
     w.acc = 0
     w.nbits = 0
     cdef Divisor dg = divisor(g)
-    memset(hist, 0, sizeof(hist))
+    memset(hist4, 0, sizeof(hist4))
     for i in range(count):
         u = unsigned_residual(residual_at(xp, i, order, <uint64_t>b0), order, dg)
         s = bucket(u, m, &e)
         sy[i] = <uint16_t>s
-        hist[s] += 1
+        hist4[i & 3][s] += 1  # four counters in turn: increments of one in a row wait on each other
         if e:
             put_bits(&w, u & ((<uint64_t>1 << e) - 1), e)
-    if w.nbits:
-        w.out[w.pos] = <uint8_t>w.acc
-        w.pos += 1
+    for k in range(NSYM):
+        hist[k] = hist4[0][k] + hist4[1][k] + hist4[2][k] + hist4[3][k]
+    flush_bits(&w)
     extra = (<char*>w.out)[:w.pos]
     # fmt.normalise: floor shares, at least 1, the shortfall to the most frequent symbol
     # (or taken from symbols in count order while they have more than 1)

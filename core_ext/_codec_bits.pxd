@@ -107,13 +107,27 @@ cdef struct BitWriter:
 
 
 cdef inline void put32(BitWriter* w, uint64_t v, int e) noexcept nogil:
+    # fewer than 32 bits wait in the accumulator; 32 go out at once, least significant first
     w.acc |= v << w.nbits
     w.nbits += e
-    while w.nbits >= 8:
-        w.out[w.pos] = <uint8_t>(w.acc & 0xFF)
+    if w.nbits >= 32:
+        w.out[w.pos] = <uint8_t>w.acc
+        w.out[w.pos + 1] = <uint8_t>(w.acc >> 8)
+        w.out[w.pos + 2] = <uint8_t>(w.acc >> 16)
+        w.out[w.pos + 3] = <uint8_t>(w.acc >> 24)
+        w.pos += 4
+        w.acc >>= 32
+        w.nbits -= 32
+
+
+cdef inline void flush_bits(BitWriter* w) noexcept nogil:
+    """The bits still waiting, padded with zeros to a whole byte."""
+    while w.nbits > 0:
+        w.out[w.pos] = <uint8_t>w.acc
         w.pos += 1
         w.acc >>= 8
         w.nbits -= 8
+    w.nbits = 0
 
 
 cdef inline void put_bits(BitWriter* w, uint64_t v, int e) noexcept nogil:
