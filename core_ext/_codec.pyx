@@ -175,6 +175,14 @@ cdef plan_sampled(const int64_t[::1] x):
                 lo = x[i]
     with nogil:
         g = common_divisor(&x[0], n - order, order, <uint64_t>lo)
+        if g == 1 and all_zero(&x[0], n - order, order, <uint64_t>lo):
+            g = 0
+    if g == 0:
+        # every residual 0 (a regular clock, a constant): the histogram is known exactly
+        memset(h, 0, sizeof(h))
+        h[0] = n - order
+        bits = cost_of(h, &m)
+        return bits, order, m, int(lo), 1, [h[s] for s in range(NSYM)]
     sampled = fmt.PLAN_RUNS * (fmt.PLAN_RUN - order)
     return least * (n - order) / sampled, order, m, int(lo), int(g), None
 
@@ -462,17 +470,27 @@ cdef bytes _rans_encode(const uint16_t* sy, Py_ssize_t count, const uint32_t* f,
     for i in range(nsym):
         rcp[i] = 0xFFFFFFFFFFFFFFFFULL // f[i] + 1 if f[i] > 1 else 0
     st[0] = st[1] = RANS_L
-    i = -1 if count == 0 or f[sy[0]] == PROB_SCALE else count - 1  # one symbol: the states never move
+    if count == 0 or f[sy[0]] == PROB_SCALE:
+        i = -1  # one symbol: the states never move
+    else:
+        i = count - 1
+    # the two states in locals, so that they stay in registers
+    cdef uint64_t x0 = RANS_L, x1 = RANS_L
     while i >= 0:
         s = sy[i]
-        state = st[i & 1]
+        state = x1 if i & 1 else x0
         if state >= (<uint64_t>f[s] << (32 - PROB_BITS)):
             wpos -= 1
             wd[wpos] = <uint16_t>(state & 0xFFFF)
             state >>= 16
         q = <uint64_t>((<uint128>state * rcp[s]) >> 64) if f[s] > 1 else state
-        st[i & 1] = (q << PROB_BITS) + (state - q * f[s]) + c[s]
+        state = (q << PROB_BITS) + (state - q * f[s]) + c[s]
+        if i & 1:
+            x1 = state
+        else:
+            x0 = state
         i -= 1
+    st[0], st[1] = x0, x1
     head = int(st[0]).to_bytes(4, "little") + int(st[1]).to_bytes(4, "little")
     return head + (<char*>(wd + wpos))[:2 * (count + 2 - wpos)]
 

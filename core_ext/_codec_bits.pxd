@@ -59,6 +59,14 @@ cdef inline uint64_t residual_at(const int64_t* x, Py_ssize_t i, int order, uint
     return (<uint64_t>x[i + 2] - <uint64_t>x[i + 1]) - (<uint64_t>x[i + 1] - <uint64_t>x[i])
 
 
+cdef inline bint all_zero(const int64_t* x, Py_ssize_t count, int order, uint64_t base) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(count):
+        if residual_at(x, i, order, base):
+            return False
+    return True
+
+
 cdef inline uint64_t common_divisor(const int64_t* x, Py_ssize_t count, int order, uint64_t base) noexcept nogil:
     cdef uint64_t g = 0, a
     cdef Py_ssize_t i

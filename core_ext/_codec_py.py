@@ -85,8 +85,14 @@ def plan(ints: array) -> tuple[float, int, int, int, int, list[int]]:
             if bits < least:
                 order, least, m = o, bits, mo
         base, res = _residuals(list(ints), order)
+        base = base if order == 0 else 0
+        if not any(res):
+            # every residual 0 (a regular clock, a constant): the histogram is known exactly
+            fine = [len(res)] + [0] * (fmt.NSYM_FINE - 1)
+            bits, m = fmt.istream_cost(fine)
+            return bits, order, m, base, 1, fine
         sampled = fmt.PLAN_RUNS * (fmt.PLAN_RUN - order)
-        return least * (n - order) / sampled, order, m, base if order == 0 else 0, _gcd(res), None
+        return least * (n - order) / sampled, order, m, base, _gcd(res), None
     best = None
     for order in range(min(2, n) + 1):
         base, gcd, fine = analyze(ints, order)
