@@ -65,6 +65,7 @@ case "$cmd" in
         apt_install "${TEST_DEBS[@]}"
         python_env
         export HEADRACE_BUILD_EXT=1 HEADRACE_REQUIRE_EXT=1
+        PYTHON="$PY" bash firmware/typecheck.sh  # the firmware against the esp32 and rp2 MicroPython stubs
         say "tests with the compiled core (tests/ and the simulated bench in hil_tests/)"
         "$VENV/bin/python" -m pytest -q "$@"
         say "tests of the pure-Python references (HEADRACE_PURE=1)"

@@ -6,7 +6,7 @@ import struct
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
         return x
 
 _UINT = const(0)
@@ -100,9 +100,9 @@ def encode(obj, out):
         # deterministic: sort by the encoded keys (MicroPython dicts are unordered anyway)
         items = []
         for k, v in obj.items():
-            kb = bytearray()
-            encode(k, kb)
-            items.append((bytes(kb), v))
+            key = bytearray()
+            encode(k, key)
+            items.append((bytes(key), v))
         items.sort(key=lambda kv: kv[0])
         head(_MAP, len(items), out)
         for kb, v in items:
@@ -186,12 +186,12 @@ def _decode(data, pos, depth):
     if major == _MAP:
         if 2 * n > len(data) - pos:
             raise ValueError("CBOR map longer than the data at %d" % pos)
-        out = {}
+        mapping = {}
         for _ in range(n):
             k, pos = _decode(data, pos, depth + 1)
             v, pos = _decode(data, pos, depth + 1)
-            out[k] = v
-        return out, pos
+            mapping[k] = v
+        return mapping, pos
     value, pos = _decode(data, pos, depth + 1)
     return Tag(n, value), pos
 

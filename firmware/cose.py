@@ -7,7 +7,7 @@ import cbor
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
         return x
 
 COSE_TAG_MAC0 = const(17)

@@ -4,7 +4,7 @@ import struct
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
         return x
 
 MAX_MESSAGE = const(1024)
@@ -14,9 +14,9 @@ MAX_ENCODED = const(1024 + 4 + 5 + 1)  # message + CRC + one COBS byte per 254 +
 try:
     from binascii import crc32 as _native_crc32
 except ImportError:  # esp8266 builds
-    _native_crc32 = None
+    _native_crc32 = None  # type: ignore[assignment]
 
-_TABLE = None
+_TABLE: list | None = None
 
 
 def crc32_table(data, crc=0):

@@ -9,7 +9,7 @@ import link_serial
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
         return x
 
 _VER_CON = const(0x40)  # version 1, type CON, token length added below
@@ -71,7 +71,7 @@ class CoapLink:
         out.append(0xFF)
         out.extend(msg)
         timeout = int(self.ack_timeout_ms * (1 + (self.random_factor - 1) * self._jitter()))
-        self.exchange = [self.mid, token, bytes(out), seq, board.ticks_ms() + timeout, timeout, 0]
+        self.exchange = [self.mid, token, bytes(out), seq, board.ticks_add(board.ticks_ms(), timeout), timeout, 0]
         self.sock.sendto(self.exchange[2], self.addr)
 
     def poll(self, now):
@@ -92,7 +92,7 @@ class CoapLink:
             else:
                 ex[6] += 1
                 ex[5] *= 2
-                ex[4] = now + ex[5]
+                ex[4] = board.ticks_add(now, ex[5])
                 self.sock.sendto(ex[2], self.addr)
         return acks
 
@@ -116,7 +116,7 @@ class CoapLink:
             return None
         if mtype == _TYPE_ACK and code == 0:
             if mid == ex[0]:
-                ex[4] = board.ticks_ms() + 60000  # empty ACK: the response follows separately
+                ex[4] = board.ticks_add(board.ticks_ms(), 60000)  # empty ACK: the response follows separately
             return None
         if token != ex[1]:
             return None

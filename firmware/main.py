@@ -7,15 +7,15 @@ import sys
 try:
     import asyncio
 except ImportError:
-    import uasyncio as asyncio
+    import uasyncio as asyncio  # type: ignore[no-redef]
 import json
 
 import board
 import config
 import cose
 import senml
+import sensors
 from outbox import Outbox, SeqStore
-from sensors.sim import SimSensor
 
 
 def emit(obj):
@@ -51,14 +51,17 @@ class Node:
         # be acked and would hold the outbox up for good: they go, counted as dropped
         self.stale = self.outbox.keep(self._ours)
         self.dropped_told = 0  # the outbox's drop count as last reported in a frame
-        self.sensors = [SimSensor(s, cfg["seed"] * 131 + i) for i, s in enumerate(cfg["sensors"])]
+        self.sensors, self.problems = sensors.build(cfg["sensors"], cfg["seed"], board)
+        self.wdt = None  # the hardware watchdog, started by run()
         if cfg["transport"] == "serial":
             import link_serial
             self.link = link_serial.SerialLink(cfg["port"], self.mac)
         else:
             import link_coap
-            self.link = link_coap.CoapLink(cfg["host"], cfg["coap_port"], self.mac, cfg["ack_timeout_ms"],
-                                           cfg["max_retransmit"])
+            if not board.network_up(cfg["wifi_ssid"], cfg["wifi_password"]):
+                raise OSError("Wi-Fi %r did not connect" % cfg["wifi_ssid"])
+            self.link = link_coap.CoapLink(  # type: ignore[assignment]
+                cfg["host"], cfg["coap_port"], self.mac, cfg["ack_timeout_ms"], cfg["max_retransmit"])
         self.window = cfg["window"] or self.link.window_default
         self.made = 0
         self.acked = 0
@@ -101,14 +104,28 @@ class Node:
     async def sample(self):
         cfg = self.cfg
         samples = []
+        tick = 0
         while not cfg["frames"] or self.made < cfg["frames"]:
             now = board.epoch_ms()
             for s in self.sensors:
-                samples.append((s.name, now, s.read()))
+                if tick % s.every:
+                    continue  # a sensor with a longer period than the node's
+                try:
+                    samples.append((s.name, now, s.read()))
+                except (sensors.SensorError, OSError) as e:
+                    if not cfg["quiet"]:
+                        emit({"ev": "error", "what": "%s: %s" % (s.name, e)})
+                    continue
                 if len(samples) >= cfg["batch"]:
                     self.make_frame(samples)
                     samples = []
-            await sleep_ms(cfg["period_ms"])
+            tick += 1
+            if cfg["sleep"] == "deep" and self.sensors:
+                if samples:
+                    self.make_frame(samples)
+                await self.drain()
+                board.deepsleep(cfg["period_ms"])  # boots again; unacked frames wait in the outbox log
+            await self.rest(cfg["period_ms"])
             # as fast as possible means as fast as the link acks: wait for room rather than drop
             while not cfg["period_ms"] and len(self.outbox) >= self.outbox.capacity - 1:
                 await sleep_ms(1)
@@ -118,6 +135,8 @@ class Node:
         link = self.link
         timeout = cfg["ack_timeout_ms"]
         while True:
+            if self.wdt is not None:
+                self.wdt.feed()
             now = board.ticks_ms()
             for seq, status, cmds in link.poll(now):
                 if self.outbox.ack(seq):
@@ -141,14 +160,49 @@ class Node:
                             break
             await sleep_ms(1)
 
+    async def rest(self, ms):
+        """Wait a period: idle, or with "sleep": "light" in the board's light sleep once no
+        frame awaits an ack (the link runs until then), woken in time to feed the watchdog."""
+        if self.cfg["sleep"] != "light" or ms < 20:
+            await sleep_ms(ms)
+            return
+        t0 = board.ticks_ms()
+        while len(self.outbox) and board.ticks_diff(board.ticks_ms(), t0) < ms:
+            await sleep_ms(5)
+        left = ms - board.ticks_diff(board.ticks_ms(), t0)
+        while left > 0:
+            if self.wdt is not None:
+                self.wdt.feed()
+                left = min(left, self.wdt.timeout_ms // 2)
+            board.lightsleep(left)
+            left = ms - board.ticks_diff(board.ticks_ms(), t0)
+        await sleep_ms(0)  # the send task's turn: acks and commands
+
+    async def drain(self):
+        deadline = board.ticks_add(board.ticks_ms(), self.cfg["drain_timeout_s"] * 1000)
+        while len(self.outbox) and board.ticks_diff(deadline, board.ticks_ms()) > 0:
+            await sleep_ms(5)
+
+    def report(self, text):
+        """An error frame: a text record `error` (what config.error() or a sensor said)."""
+        emit({"ev": "error", "what": text})
+        payload = senml.encode_pack(self.name, [], board.epoch_ms() / 1000, [("error", text[:200])])
+        seq = self.seq.take()
+        self.outbox.push(seq, cose.mac0(self.mac, self.kid, payload, seq))
+
     async def run(self):
         emit({"ev": "boot", "node": self.name, "seq": self.seq.next, "transport": self.cfg["transport"],
               "restored": self.outbox.restored, "stale": self.stale})
+        for text in [config.error(self.cfg)] + self.problems:
+            if text:
+                self.report(text)
+        if self.problems:
+            board.show_code(config.blink_pattern(config.FAULT_SENSOR_START))
+        if self.cfg["watchdog_ms"]:  # from here on the loop must feed it
+            self.wdt = board.Watchdog(self.cfg["watchdog_ms"])
         sender = asyncio.create_task(self.send())
         await self.sample()
-        deadline = board.ticks_ms() + self.cfg["drain_timeout_s"] * 1000
-        while len(self.outbox) and board.ticks_diff(deadline, board.ticks_ms()) > 0:
-            await sleep_ms(5)
+        await self.drain()
         sender.cancel()
         emit({"ev": "done", "sent": self.made, "acked": self.acked, "rejected": self.rejected,
               "dropped": self.outbox.dropped, "unacked": len(self.outbox), "heap_peak": self.heap_peak,
@@ -219,7 +273,7 @@ class Commands:
         if name == "reboot":
             with open(self.path, "w") as f:
                 f.write(cid)  # after the reboot, reported as done and never applied again
-            self.reboot_at = board.ticks_ms() + 1000  # time for the report to go out first
+            self.reboot_at = board.ticks_add(board.ticks_ms(), 1000)  # time for the report to go out first
             return None
         if name in ("dispatch", "recall"):
             return None  # shown by the event: a resource's terminal acts on it
@@ -244,12 +298,24 @@ def main(argv):
     if len(argv) < 2:
         sys.stderr.write("usage: main.py CONFIG.json\n")
         return 2
-    try:
-        cfg = config.load(argv[1])
-    except config.ConfigError as e:
-        emit({"ev": "error", "what": str(e)})
+    cfg = config.boot(argv[1])  # never raises: bad settings fall back to their defaults
+    if cfg["led_pin"] is not None:
+        board.use_led(cfg["led_pin"])
+    code = config.fault(cfg)
+    if code and code <= config.FATAL:  # no identity to send frames with: only the LED can tell
+        emit({"ev": "error", "what": config.error(cfg)})
+        board.show_code(config.blink_pattern(code), True)  # on a board, until it is reflashed
         return 2
-    asyncio.run(Node(cfg).run())
+    if code:
+        board.show_code(config.blink_pattern(code))  # once; the error frame says what is wrong
+    try:
+        node = Node(cfg)
+    except (OSError, ValueError) as e:  # the link did not open (a serial port, Wi-Fi): try again
+        emit({"ev": "error", "what": "link: %s" % e})
+        board.show_code(config.blink_pattern(config.FAULT_LINK))
+        board.reset()
+        return 2
+    asyncio.run(node.run())
     return 0
 
 

@@ -8,5 +8,9 @@ module("config.py")
 module("link_serial.py")
 module("link_coap.py")
 module("main.py")
+# sensors/: __init__ (SensorError, build), sim, adc, ds18b20, bme280, adxl345; a node
+# imports only the drivers its config names
 package("sensors")
+# board/: __init__ (picks the board by sys.platform), esp32 and rp2 (on _mcu), unix (with
+# fake, the buses tests script)
 package("board")

@@ -6,7 +6,7 @@ import board
 try:
     import os
 except ImportError:
-    import uos as os
+    import uos as os  # type: ignore[no-redef]
 
 
 class SeqStore:
@@ -117,7 +117,7 @@ class Outbox:
             f = open(self.path, "rb")
         except OSError:
             return
-        pending = {}
+        pending: dict = {}
         order = []
         with f:
             while True:
@@ -167,7 +167,7 @@ class Outbox:
         Frames more than SPAN numbers ahead of the oldest unacked one wait: the gateway's
         replay window covers 64 numbers, and a frame that fell further behind would be
         answered as a duplicate it cannot tell apart, never stored."""
-        out = []
+        out: list = []
         if not self.items:
             return out
         horizon = self.items[0][0] + SPAN

@@ -4,7 +4,7 @@ import cbor
 try:
     from micropython import const
 except ImportError:
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
         return x
 
 BN = const(-2)

@@ -299,6 +299,10 @@ class Node:
     """A node running the real firmware under MicroPython (or CPython with python=True)."""
 
     def __init__(self, workdir: Path, config: dict, python: bool = False, heap: str = "128k"):
+        # a pty blocks the node's writes while the gateway is down (a UART does not), for as
+        # long as a gateway restart takes on a loaded machine: the simulated watchdog gets a
+        # margin that a board's would not need, unless a test sets its own
+        config = {"watchdog_ms": 60000, **config}
         self.config = config
         self.name = config["node"]
         path = workdir / f"{self.name}.json"

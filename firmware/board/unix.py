@@ -17,6 +17,9 @@ if MICROPYTHON:
     def ticks_diff(a, b):
         return time.ticks_diff(a, b)
 
+    def ticks_add(a, b):
+        return time.ticks_add(a, b)
+
     def sleep_ms(ms):
         time.sleep_ms(ms)
 else:
@@ -25,6 +28,9 @@ else:
 
     def ticks_diff(a, b):
         return a - b
+
+    def ticks_add(a, b):
+        return a + b
 
     def sleep_ms(ms):
         time.sleep(ms / 1000)
@@ -120,6 +126,10 @@ class Watchdog:
 
 
 # -- the status LED -------------------------------------------------------------------------
+
+def use_led(pin):
+    """The status LED is on `pin` (the unix board's is simulated: nothing changes)."""
+
 
 class Led:
     """The simulated status LED: its state, and a trace of (state, ticks_ms) changes."""

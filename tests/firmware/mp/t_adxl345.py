@@ -1,0 +1,65 @@
+# Vibration RMS from an ADXL345 on a fake I2C bus: the registers configured, a known
+# sinusoid in -> its RMS acceleration (g) and velocity (mm/s) out, gravity and a tilt
+# taken out, the three axes combined, a wrong chip refused. MicroPython and CPython.
+import math
+import sys
+
+ROOT = sys.argv[1]
+sys.path.insert(0, ROOT + "/tests/firmware/mp")
+sys.path.insert(0, ROOT + "/firmware")
+import board  # noqa: E402
+from board.fake import FakeI2C  # noqa: E402
+from devices import ADXL345Model, sine  # noqa: E402
+from sensors import SensorError  # noqa: E402
+from sensors.adxl345 import G, G_PER_LSB, Vibration  # noqa: E402
+
+bus = FakeI2C()
+amp = 200  # LSB: 0.78 g peak
+model = bus.attach(0x53, ADXL345Model(sine(amp, 50, 1600)))
+v = Vibration(bus, "vib", board, rate_hz=1600, samples=256, range_g=16, unit="g", axis="xyz")
+assert model.regs[0x31] == 0x0B and model.regs[0x2C] == 0x0E  # full resolution ±16 g; 1600 Hz
+assert model.regs[0x38] == 0x80 and model.regs[0x2D] == 0x08  # FIFO stream; measuring
+
+want_g = amp * G_PER_LSB / math.sqrt(2)  # a sine's RMS; the 1 g on z is DC, not vibration
+got = v.read()
+assert abs(got - want_g) / want_g < 0.01, (got, want_g)
+assert model.k == 32 + 256  # what waited in the FIFO went first, then one window
+
+# velocity: a = A sin(wt) -> v = A / w, RMS A / (w √2), in mm/s
+for freq in (25, 50, 100, 200, 400):
+    model.signal = sine(amp, freq, 1600, offset=(10, -20, 256))
+    vel = Vibration(bus, "vib", board, rate_hz=1600, samples=256, unit="mm/s", axis="x")
+    want = amp * G_PER_LSB * G / (2 * math.pi * freq) / math.sqrt(2) * 1000
+    got = vel.read()
+    assert abs(got - want) / want < 0.02, (freq, got, want)
+model.signal = sine(amp, 1000, 3200, offset=(10, -20, 256))  # the top of the ISO 10816 band
+got = Vibration(bus, "vib", board, rate_hz=3200, samples=320, unit="mm/s", axis="x").read()
+want = amp * G_PER_LSB * G / (2 * math.pi * 1000) / math.sqrt(2) * 1000
+assert abs(got - want) / want < 0.03, (got, want)
+
+# axes: the vibration on y alone; "x" reads (almost) nothing, "y" and "xyz" read it all
+model.signal = sine(amp, 100, 1600, axis=1)
+assert Vibration(bus, "vib", board, unit="g", axis="x").read() < 1e-9
+gy = Vibration(bus, "vib", board, unit="g", axis="y").read()
+gxyz = Vibration(bus, "vib", board, unit="g").read()
+assert abs(gy - want_g) / want_g < 0.01 and abs(gxyz - gy) < 1e-9, (gy, gxyz)
+
+# still: zero; a still sensor tilted (a different DC on each axis): still zero
+model.signal = lambda k: (35, -120, 230)
+assert Vibration(bus, "vib", board, unit="mm/s").read() == 0.0
+
+# 7.52 cycles in the window: the mean is off a little, the integrated velocity drifts; the
+# detrend takes the drift out
+model.signal = sine(amp, 47, 1600)
+want = amp * G_PER_LSB * G / (2 * math.pi * 47) / math.sqrt(2) * 1000
+got = Vibration(bus, "vib", board, unit="mm/s", axis="x").read()
+assert abs(got - want) / want < 0.03, (got, want)
+
+bus.attach(0x1D, ADXL345Model(sine(1, 1, 100), devid=0x00))
+try:
+    Vibration(bus, "vib", board, addr=0x1D)
+except SensorError as e:
+    assert "ADXL345" in str(e)
+else:
+    raise AssertionError("a device with the wrong id was taken for an ADXL345")
+print("OK t_adxl345")
