@@ -182,17 +182,35 @@ def pin_in(pin, pull_up=False):
     return machine.Pin(pin, machine.Pin.IN)
 
 
-def read_file(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
+from board._files import read_file, write_file_atomic  # noqa: E402,F401
 
 
-def write_file_atomic(path, data):
-    """Write then rename (LittleFS renames atomically): a power cut leaves the old or the new file."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.rename(tmp, path)
+class Port:
+    """What a port module fills in with its defaults: the serial link, the status LED,
+    the watchdog, blink codes and identify (esp32.py and rp2.py bind these as their
+    module-level functions)."""
+
+    def __init__(self, watchdog_max_ms, uart_default, led_pin, timer_id):
+        self.watchdog_max_ms = watchdog_max_ms
+        self.uart_default = uart_default
+        self.led_pin = led_pin
+        self.timer_id = timer_id
+
+    def serial(self, port):
+        return Uart(*parse_port(port, *self.uart_default))
+
+    def use_led(self, pin):
+        self.led_pin = pin
+
+    def led(self, pin=None, active_low=False):
+        return Led(self.led_pin if pin is None else pin, active_low)
+
+    def watchdog(self, timeout_ms):
+        return Watchdog(timeout_ms, self.watchdog_max_ms)
+
+    def show_code(self, pattern, forever=False):
+        show_code(self.led(), pattern, forever)
+
+    def identify(self, seconds):
+        return Blinker(self.led(), machine.Timer(self.timer_id), seconds)
+

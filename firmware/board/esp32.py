@@ -12,31 +12,16 @@ NAME = "esp32"
 WATCHDOG_MAX_MS = 0x7FFFFFFF
 UART_DEFAULT = (2, 17, 16)  # id, tx, rx
 LED_PIN = 2
+TIMER_ID = 0  # the machine.Timer identify blinks with
 
 
-def Serial(port):
-    return _mcu.Uart(*_mcu.parse_port(port, *UART_DEFAULT))
-
-
-def use_led(pin):
-    global LED_PIN
-    LED_PIN = pin
-
-
-def Led(pin=None, active_low=False):
-    return _mcu.Led(LED_PIN if pin is None else pin, active_low)
-
-
-def Watchdog(timeout_ms):
-    return _mcu.Watchdog(timeout_ms, WATCHDOG_MAX_MS)
-
-
-def show_code(pattern, forever=False):
-    _mcu.show_code(Led(), pattern, forever)
-
-
-def identify(seconds):
-    _mcu.Blinker(Led(), machine.Timer(0), seconds)
+_port = _mcu.Port(WATCHDOG_MAX_MS, UART_DEFAULT, LED_PIN, TIMER_ID)
+Serial = _port.serial
+use_led = _port.use_led
+Led = _port.led
+Watchdog = _port.watchdog
+show_code = _port.show_code
+identify = _port.identify
 
 
 def adc(pin, atten=None):

@@ -13,31 +13,16 @@ NAME = "rp2"
 WATCHDOG_MAX_MS = 8388  # the RP2040's 24-bit counter at 2 ticks per microsecond
 UART_DEFAULT = (0, 0, 1)  # id, tx, rx
 LED_PIN = "LED"
+TIMER_ID = -1  # the machine.Timer identify blinks with
 
 
-def Serial(port):
-    return _mcu.Uart(*_mcu.parse_port(port, *UART_DEFAULT))
-
-
-def use_led(pin):
-    global LED_PIN
-    LED_PIN = pin
-
-
-def Led(pin=None, active_low=False):
-    return _mcu.Led(LED_PIN if pin is None else pin, active_low)
-
-
-def Watchdog(timeout_ms):
-    return _mcu.Watchdog(timeout_ms, WATCHDOG_MAX_MS)
-
-
-def show_code(pattern, forever=False):
-    _mcu.show_code(Led(), pattern, forever)
-
-
-def identify(seconds):
-    _mcu.Blinker(Led(), machine.Timer(-1), seconds)
+_port = _mcu.Port(WATCHDOG_MAX_MS, UART_DEFAULT, LED_PIN, TIMER_ID)
+Serial = _port.serial
+use_led = _port.use_led
+Led = _port.led
+Watchdog = _port.watchdog
+show_code = _port.show_code
+identify = _port.identify
 
 
 def adc(pin, atten=None):

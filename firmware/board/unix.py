@@ -263,17 +263,4 @@ class Serial:
 
 # -- files ----------------------------------------------------------------------------------
 
-def read_file(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def write_file_atomic(path, data):
-    """Write then rename, so a power cut leaves the old or the new file, never half."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.rename(tmp, path)
+from board._files import read_file, write_file_atomic  # noqa: E402,F401

@@ -1,0 +1,20 @@
+# Files on the board's flash (LittleFS on esp32 and rp2) or the host's (unix): shared by
+# every port.
+import os
+
+
+def read_file(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def write_file_atomic(path, data):
+    """Write then rename (LittleFS and POSIX rename atomically): a power cut leaves the
+    old or the new file, never half of one."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
