@@ -1,7 +1,6 @@
 # What the esp32 and rp2 boards share: machine's UART, pins, ADC, I2C, watchdog, sleep
 # and the onewire driver. board/esp32.py and board/rp2.py add their defaults (pins,
 # watchdog limit, timers, Wi-Fi). The interface is documented in board/__init__.py.
-import os
 import time
 
 import machine
