@@ -18,7 +18,7 @@ from aiocoap.numbers.codes import Code
 from gateway.protocol import cose
 from gateway.uplink import batch, events
 
-from .bench import REPO, GatewayProcess, Mosquitto, Subscriber, coap_post, free_port, wait_for
+from .bench import REPO, GatewayProcess, Mosquitto, Subscriber, coap_post, wait_for
 
 RULES = """
 [[rules]]
@@ -120,14 +120,17 @@ def test_events_are_never_dropped_by_the_quota_and_go_first(tmp_path, pty_pairs)
 
     key = os.urandom(32)
     pair = pty_pairs("q")
-    broker = Mosquitto(tmp_path)
-    broker.port = free_port()  # nothing listens there yet: the uplink is down
+    # the subscriber's session outlives the broker's stop (persistence, clean session off), so
+    # what the gateway publishes the moment the broker is back is queued for it, not lost to
+    # a subscriber that had not subscribed yet
+    broker = Mosquitto(tmp_path, persistent=True).start()
+    sub = Subscriber(broker.port, persistent_session=True)
+    broker.stop()  # the uplink is down from the start
     extra = ('[spool]\nmax_bytes = 1048576\ncheck_interval = 0.5\n[dispatch]\naccept_timeout = 86400\n'
              '[[rules]]\nname = "vib-top"\nseries = "q1/vib"\nabove = 23.9\nhysteresis = 22.9\n'
              '[[resources]]\nid = "r1"\ncapabilities = ["mechanic"]\nhome = [0.0, 0.0]\n')
     gw = GatewayProcess(tmp_path, broker.port, {"q1": key}, serial_ports=[pair.a], extra=extra,
                         mqtt_extra="reconnect_max = 3\n").start()
-    sub = None
     try:
         wait_for(lambda: "serial port" in gw.log(), 30, "the serial port to open")
         n = 9000
@@ -146,7 +149,6 @@ def test_events_are_never_dropped_by_the_quota_and_go_first(tmp_path, pty_pairs)
         made = {t: int(m.get(f'headrace_events_total{{type="{t}"}}', 0)) for t in ("alarm", "demand", "dispatch")}
         assert made["alarm"] == 742 and made["demand"] == 50 and made["dispatch"] == 1
         broker.start()
-        sub = Subscriber(broker.port)
         total = sum(made.values())
         got = wait_for(lambda: e if len(e := received_events(sub)) >= total else None, 60, "every event")
         assert len(got) == total
@@ -158,8 +160,7 @@ def test_events_are_never_dropped_by_the_quota_and_go_first(tmp_path, pty_pairs)
         print(f"quota 1 MiB, broker down: {n} frames in, {int(m[dropped_frames])} oldest dropped; "
               f"{total} events kept and delivered first")
     finally:
-        if sub:
-            sub.close()
+        sub.close()
         gw.stop()
         broker.stop()
 
