@@ -166,12 +166,16 @@ def _cmd_decode(args) -> int:
     except batch.BatchError as exc:
         print(f"headrace decode: {exc}", file=sys.stderr)
         return 1
-    out = sys.stdout
-    for row in batch.rows(decoded):
-        out.write(json.dumps(row, allow_nan=True) + "\n")
     from .uplink import events
-    for row in events.rows(decoded):  # a batch from the events topic
-        out.write(json.dumps(row, allow_nan=True) + "\n")
+    out = sys.stdout
+    try:
+        for row in batch.rows(decoded):
+            out.write(json.dumps(row, allow_nan=True) + "\n")
+        for row in events.rows(decoded):  # a batch from the events topic
+            out.write(json.dumps(row, allow_nan=True) + "\n")
+    except batch.BatchError as exc:
+        print(f"headrace decode: {exc} (the rows before it are printed)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -229,12 +229,23 @@ def rows(batch: dict) -> Iterator[dict]:
             if isinstance(value, bytes):
                 value = value.hex()
             yield {"gw": gw, "node": node, "seq": seq, "sensor": sensor, "t": t, "v": value}
-    for w in batch.get("windows", ()):
-        row = dict(zip(WINDOW_FIELDS, w))
-        node, _, sensor = row["series"].partition("/")
-        count = row["count"]
-        mean = row["sum"] / count if count else math.nan
-        yield {"gw": gw, "node": node, "sensor": sensor, "window": {"start": row["start"], "width": row["width"]},
-               "count": count, "min": row["min"], "max": row["max"], "mean": mean,
-               "first": row["first"], "last": row["last"], "sumsq": row["sumsq"], "twa": row["twa"],
-               "correction": bool(row["correction"])}
+    windows = batch.get("windows", ())
+    if not isinstance(windows, (list, tuple)):
+        raise BatchError(f"inconsistent batch: windows must be a list, got {type(windows).__name__}")
+    for w in windows:
+        yield _window_row(gw, w)
+
+
+def _window_row(gw, w) -> dict:
+    if not (isinstance(w, list) and len(w) == len(WINDOW_FIELDS) and isinstance(w[0], str)
+            and all(isinstance(x, (int, float)) for x in w[1:])):
+        raise BatchError(f"inconsistent batch: a window must be [series, {len(WINDOW_FIELDS) - 1} numbers], "
+                         f"got {w!r:.80}")
+    row = dict(zip(WINDOW_FIELDS, w))
+    node, _, sensor = row["series"].partition("/")
+    count = row["count"]
+    mean = row["sum"] / count if count else math.nan
+    return {"gw": gw, "node": node, "sensor": sensor, "window": {"start": row["start"], "width": row["width"]},
+            "count": count, "min": row["min"], "max": row["max"], "mean": mean,
+            "first": row["first"], "last": row["last"], "sumsq": row["sumsq"], "twa": row["twa"],
+            "correction": bool(row["correction"])}

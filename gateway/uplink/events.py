@@ -41,6 +41,7 @@ def encode(gateway: str, site: str, events: list[bytes]) -> bytes:
 def rows(batch: dict) -> Iterator[dict]:
     """One dict per event, with the gateway's id, ready for JSON Lines."""
     gw = batch.get("gw")
-    for event in batch.get("events", ()):
+    evs = batch.get("events", ())
+    for event in evs if isinstance(evs, (list, tuple)) else ():
         if isinstance(event, dict):
             yield {"gw": gw, **event}

@@ -30,6 +30,11 @@ def test_decode_stdin_and_bad_input():
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 3
     p = subprocess.run([sys.executable, "-m", "gateway.cli", "decode", "-"], input=b"\xff\x00", capture_output=True)
     assert p.returncode == 1 and b"not CBOR" in p.stderr
+    damaged = cbor2.loads(sample_batch())
+    damaged["frames"] = [b"junk", b"junk"]
+    p = subprocess.run([sys.executable, "-m", "gateway.cli", "decode", "-"], input=cbor2.dumps(damaged),
+                       capture_output=True)
+    assert p.returncode == 1 and b"inconsistent batch" in p.stderr and b"Traceback" not in p.stderr
 
 
 def test_check_config_reports_key_and_fix(tmp_path, capsys):

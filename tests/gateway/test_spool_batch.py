@@ -4,6 +4,7 @@ import sys
 
 import cbor2
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from gateway.spool import KIND_FRAME, KIND_WINDOW, PRIO_FRAME, PRIO_WINDOW, Spool
 from gateway.uplink import batch
@@ -165,3 +166,26 @@ def test_overflow_policy_ttl_then_quota_never_events(tmp_path):
         assert len(await s.read(PRIO_EVENT, 0, 10)) == 5
         await s.close()
     run(main())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_damage_to_a_batch_is_a_batch_error(data):
+    """Parts replaced by other CBOR values, or cut: rows() gives rows or a BatchError, nothing else."""
+    frames = _frames(3)
+    w = batch.window_body("pump1/temp", 10.0, 1700000000.0, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 3.0, 2.5, 0)
+    good = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in frames], [w]))
+    key = data.draw(st.sampled_from(sorted(good)))
+    junk = st.one_of(st.none(), st.integers(), st.binary(max_size=20), st.text(max_size=5),
+                     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    bad = dict(good)
+    if isinstance(good[key], list) and good[key] and data.draw(st.booleans()):
+        part = list(good[key])
+        part[data.draw(st.integers(0, len(part) - 1))] = data.draw(junk)
+        bad[key] = part
+    else:
+        bad[key] = data.draw(junk)
+    try:
+        list(batch.rows(bad))
+    except batch.BatchError:
+        pass
