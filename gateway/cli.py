@@ -16,7 +16,7 @@ def _cmd_gateway_run(args) -> int:
     cfg = config.load(args.config)
     logs.setup(cfg.gateway.log_level)
     registry = Registry.load(cfg.gateway.registry)
-    _run(service.serve(cfg, registry))
+    _run(service.serve(cfg, registry, args.config))
     return 0
 
 

@@ -274,6 +274,24 @@ class Dispatcher:
         d.state, d.resource, d.since = OPEN, None, self.clock()
         self._wake.set()
 
+    def update(self, cfg) -> None:
+        """New resources, zones and settings (SIGHUP): a resource kept by its id keeps its live
+        state and its demand; a removed one gives its demand back to be assigned again."""
+        self.settings, self.zones = cfg.dispatch, cfg.zones or ZoneMap()
+        specs = {r.id: r for r in cfg.resources}
+        for rid, res in list(self.resources.items()):
+            if rid not in specs:
+                if res.demand is not None and res.demand in self.demands:
+                    self._reopen(self.demands[res.demand], "reassigned", recall=True)
+                del self.resources[rid]
+        for rid, spec in specs.items():
+            if rid in self.resources:
+                self.resources[rid].spec = spec
+            else:
+                self.resources[rid] = ResourceState(spec, spec.home)
+        self.capabilities = {c for r in cfg.resources for c in r.capabilities}
+        self._wake.set()
+
     def mirror(self, rid: str, what: str, t: float, value: float) -> None:
         """A reading of a resource's node (via the rule table's mirror rules)."""
         res = self.resources.get(rid)

@@ -383,6 +383,8 @@ class RuleEngine:
             event["signal"] = f"{c.stat}/{c.width:g}s" if c.kind == "window" else "value" if c.kind == "threshold" \
                 else "rate"
         if raised:
+            if rule.name in self.active:
+                return  # raised before a reload, and still: one alarm, not two
             self.active[rule.name] = event
         else:
             self.active.pop(rule.name, None)

@@ -9,15 +9,18 @@ retained state is published.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import time
 
+from . import config as config_module
 from .config import Config
 from .dispatch import Dispatcher
 from .downlink import Downlink
+from .errors import ConfigError
 from .events import EventSink
 from .ingest import Ingest
 from .metrics import Metrics
@@ -52,8 +55,10 @@ def sd_notify(state: str) -> bool:
 class Gateway:
     """All the roles of DESIGN.md wired together. `async with Gateway(cfg, registry) as gw:`."""
 
-    def __init__(self, cfg: Config, registry: Registry, metrics: Metrics | None = None):
+    def __init__(self, cfg: Config, registry: Registry, metrics: Metrics | None = None,
+                 config_path: str | None = None):
         self.cfg, self.registry = cfg, registry
+        self.config_path = config_path  # re-read on SIGHUP for the rules, resources, zones, dispatch
         self.metrics = metrics or Metrics()
         self.spool: Spool | None = None
         self.pipeline: Pipeline | None = None
@@ -108,17 +113,46 @@ class Gateway:
                  f"{cfg.coap.bind}:{cfg.coap.port}" if cfg.coap.enabled else "off", cfg.spool_path, depth)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the node registry (new, removed and rekeyed nodes) without
-        dropping a frame. Other settings need a restart; a broken file keeps the old one."""
+        """SIGHUP: re-read the node registry (new, removed and rekeyed nodes) and, from the
+        config file, the rules, resources, zones and dispatch settings, without dropping a
+        frame. Other settings need a restart (said in the log); a broken file keeps what
+        was loaded before."""
         try:
             registry = Registry.load(self.cfg.gateway.registry)
         except Exception as exc:
             log.error("reload failed, keeping the %d nodes loaded before: %s", len(self.registry), exc)
+        else:
+            self.registry = registry
+            self.pipeline.ingest.registry = registry
+            self.downlink.registry = registry
+            log.info("reloaded %s: %d nodes", self.cfg.gateway.registry, len(registry))
+        if self.config_path is None:
             return
-        self.registry = registry
-        self.pipeline.ingest.registry = registry
-        self.downlink.registry = registry
-        log.info("reloaded %s: %d nodes", self.cfg.gateway.registry, len(registry))
+        try:
+            cfg = config_module.load(self.config_path)
+        except ConfigError as exc:
+            log.error("reload: %s; keeping the rules and resources loaded before", exc)
+            return
+        matching = ("rules", "resources", "zones", "dispatch")
+        others = [f.name for f in dataclasses.fields(cfg) if f.name not in matching
+                  and getattr(cfg, f.name) != getattr(self.cfg, f.name)]
+        if others:
+            log.warning("reload: [%s] changed in %s; those take effect at the next restart",
+                        "], [".join(others), self.config_path)
+        if all(getattr(cfg, k) == getattr(self.cfg, k) for k in matching):
+            return
+        self.dispatcher.update(cfg)
+        rules = RuleEngine(cfg.rules, cfg.resources, self.pipeline.ingest.parser, self.events.emit,
+                           self.dispatcher, self.metrics)
+        names = {r.name for r in cfg.rules}
+        rules.active = {name: ev for name, ev in self.rules.active.items() if name in names}
+        self.rules, self.pipeline.rules = rules, rules
+        for task in [t for t in self._tasks if t.get_name() == "rules"]:
+            task.cancel()
+            self._tasks.remove(task)
+        self._spawn(self.rules.run(), "rules")
+        self.cfg = dataclasses.replace(self.cfg, **{k: getattr(cfg, k) for k in matching})
+        log.info("reloaded %s: %d rules, %d resources", self.config_path, len(cfg.rules), len(cfg.resources))
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -185,13 +219,13 @@ class Gateway:
 BATTERY_NAMES = ("battery", "bat", "vbat", "batt")  # sensor names the status view reads as battery
 
 
-async def serve(cfg: Config, registry: Registry) -> None:
-    """Run until SIGTERM/SIGINT; notify systemd; feed its watchdog."""
+async def serve(cfg: Config, registry: Registry, config_path: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT; notify systemd; feed its watchdog; SIGHUP reloads."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Gateway(cfg, registry) as gw:
+    async with Gateway(cfg, registry, config_path=config_path) as gw:
         loop.add_signal_handler(signal.SIGHUP, gw.reload)
         sd_notify("READY=1\nSTATUS=serving")
         watchdog = asyncio.create_task(_watchdog(gw), name="watchdog")

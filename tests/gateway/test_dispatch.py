@@ -204,3 +204,16 @@ def test_http_api():
     d.http("POST", "/demands", b'{"need": "m", "at": [0, 0]}')
     assert d.http("POST", "/demands", b'{"need": "m", "at": [0, 0]}')[0] == 503  # max_open
     assert d.http("DELETE", "/demands", b"")[0] == 404
+
+
+def test_update_keeps_live_state_and_reassigns_a_removed_resources_demand():
+    d, events, clock, _ = make([res("m1", ["mechanic"], 0, 0), res("m2", ["mechanic"], 50, 0)])
+    dem = d.submit("mechanic", at=(1, 0))
+    assert d.tick(clock()) == 1 and d.resources["m1"].demand == dem.id
+    d.resources["m2"].at = (40.0, 0.0)  # mirrored from its node
+    # m1 goes, m2 stays (its live position kept), m3 comes
+    d.update(config.from_dict({"resources": [res("m2", ["mechanic"], 50, 0), res("m3", ["mechanic", "lift"], 5, 0)]}))
+    assert sorted(d.resources) == ["m2", "m3"] and d.resources["m2"].at == (40.0, 0.0)
+    assert d.demands[dem.id].state == OPEN and d.capabilities == {"mechanic", "lift"}
+    assert d.tick(clock()) == 1 and d.demands[dem.id].resource == "m3"
+    assert ("m1", "reassigned") in states(events, dem.id)
