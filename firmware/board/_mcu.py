@@ -195,6 +195,10 @@ class Port:
         self.led_pin = led_pin
         self.timer_id = timer_id
 
+    def functions(self):
+        """(Serial, use_led, Led, Watchdog, show_code, identify) of the board interface."""
+        return self.serial, self.use_led, self.led, self.watchdog, self.show_code, self.identify
+
     def serial(self, port):
         return Uart(*parse_port(port, *self.uart_default))
 

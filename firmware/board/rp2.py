@@ -16,13 +16,8 @@ LED_PIN = "LED"
 TIMER_ID = -1  # the machine.Timer identify blinks with
 
 
-_port = _mcu.Port(WATCHDOG_MAX_MS, UART_DEFAULT, LED_PIN, TIMER_ID)
-Serial = _port.serial
-use_led = _port.use_led
-Led = _port.led
-Watchdog = _port.watchdog
-show_code = _port.show_code
-identify = _port.identify
+Serial, use_led, Led, Watchdog, show_code, identify = _mcu.Port(WATCHDOG_MAX_MS, UART_DEFAULT, LED_PIN,
+                                                                TIMER_ID).functions()
 
 
 def adc(pin, atten=None):
