@@ -55,7 +55,7 @@ def cbor_head(major: int, n: int) -> bytes:
 
 def _ns(t: float) -> int:
     """Seconds to integer nanoseconds, exactly enough that `_seconds` gives t back."""
-    sec = math.floor(t)
+    sec = int(t)
     return sec * NS + round((t - sec) * NS)
 
 
@@ -86,22 +86,32 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes]) -
     patterns: dict[tuple, int] = {}
     series: dict[tuple[int, str], tuple[list, list]] = {}
     received, seqs, node_col, pattern_col, other = [], [], [], [], []
+    # a node sends one pattern frame after frame: its sensors, its pattern index and its
+    # columns are looked up once per (node, series ids), not per reading
+    known: dict[tuple[int, bytes], tuple[int, list]] = {}
     for fi, body in enumerate(frames):
         node, seq, recv, senml = cbor2.loads(body)
         ni = nodes.setdefault(node, len(nodes))
         parser.parse(senml, recv)
         sids, ts, vs, oth = parser.take()
-        prefix = node + "/"
-        pattern = tuple(_sensor(parser.names[sid], prefix) for sid in sids)
-        for sensor, t, v in zip(pattern, ts, vs):
-            col = series.setdefault((ni, sensor), ([], []))
-            col[0].append(_ns(t))
+        entry = known.get((ni, sids.tobytes()))
+        if entry is None:
+            prefix = node + "/"
+            pattern = tuple(_sensor(parser.names[sid], prefix) for sid in sids)
+            entry = known[(ni, sids.tobytes())] = (patterns.setdefault(pattern, len(patterns)),
+                                                   [series.setdefault((ni, s), ([], [])) for s in pattern])
+        pidx, cols = entry
+        for col, t, v in zip(cols, ts, vs):
+            sec = int(t)  # _ns(t), inline: this loop runs for every reading of the batch
+            col[0].append(sec * NS + round((t - sec) * NS))
             col[1].append(v)
-        other += [[fi, _sensor(parser.names[sid], prefix), t, v] for sid, t, v in oth]
+        if oth:
+            prefix = node + "/"
+            other += [[fi, _sensor(parser.names[sid], prefix), t, v] for sid, t, v in oth]
         received.append(_ns(recv))
         seqs.append(seq)
         node_col.append(ni)
-        pattern_col.append(patterns.setdefault(pattern, len(patterns)))
+        pattern_col.append(pidx)
     body = {
         "v": VERSION, "gw": gateway, "site": site,
         "nodes": list(nodes), "patterns": [list(p) for p in patterns],
