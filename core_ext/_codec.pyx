@@ -116,17 +116,6 @@ cdef void _analyze(const int64_t* x, Py_ssize_t n, int order, int64_t* h,
     gcd[0] = g
 
 
-def analyze(ints, int order):
-    """(base, divisor, histogram of fine bucket symbols) of the residuals at this order."""
-    cdef const int64_t[::1] x = as_q(ints)
-    cdef int64_t h[NSYM]
-    cdef int64_t base
-    cdef uint64_t g
-    with nogil:
-        _analyze(&x[0] if x.shape[0] else NULL, x.shape[0], order, h, &base, &g)
-    return int(base), int(g), [h[i] for i in range(NSYM)]
-
-
 cdef inline uint64_t gcd_step(uint64_t g, uint64_t a, int signed_) noexcept nogil:
     if signed_ and <int64_t>a < 0:
         a = 0 - a
@@ -331,36 +320,51 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
     cdef const int64_t[::1] x = as_q(ints)
     cdef const uint32_t[::1] f = freq
     cdef const uint32_t[::1] c = cum
-    cdef Py_ssize_t n = x.shape[0], count = n - order, i
-    cdef uint64_t g = gcd, u
+    cdef Py_ssize_t n = x.shape[0], count = n - order, i, nraw
     cdef int64_t b0 = base
-    cdef int e
-    cdef uint32_t s
-    # scratch kept from call to call: fresh buffers would fault their pages in every time
-    # (the GIL is held throughout, so one scratch serves every thread)
     cdef uint8_t* scratch = grow_scratch(12 * (count + 2) + 8)
-    cdef uint16_t* sy = <uint16_t*>scratch
-    cdef uint16_t* wd = <uint16_t*>(scratch + 2 * (count + 2))
-    cdef const int64_t* xp = &x[0]
-    cdef BitWriter w
-    w.out = scratch + 4 * (count + 2)
-    w.pos = 0
-    w.acc = 0
-    w.nbits = 0
-    cdef Divisor dg = divisor(g)
     for i in range(f.shape[0]):
         if f[i] == PROB_SCALE and <int>i < (2 << m):
             # one symbol with no raw bits (a regular clock, a constant): the states never
             # move and nothing is written
             return (<uint64_t>RANS_L).to_bytes(4, "little") * 2, b""
+    nraw = bucketize(&x[0], count, order, <uint64_t>b0, gcd, m, scratch, NULL)
+    return (_rans_encode(<uint16_t*>scratch, count, &f[0], &c[0], f.shape[0], scratch + 2 * (count + 2)),
+            (<char*>(scratch + 4 * (count + 2)))[:nraw])
+
+
+cdef Py_ssize_t bucketize(const int64_t* xp, Py_ssize_t count, int order, uint64_t base, uint64_t g, int m,
+                          uint8_t* scratch, int64_t* hist) noexcept nogil:
+    """The residuals' bucket symbols (uint16, at `scratch`) and their raw bits (packed, at
+    scratch + 4·(count + 2)), and the symbols' histogram into `hist` unless NULL; the
+    count of raw bytes. `scratch` holds 12·(count + 2) + 8 bytes."""
+    cdef uint16_t* sy = <uint16_t*>scratch
+    cdef int32_t hist4[4][NSYM]
+    cdef Divisor dg = divisor(g)
+    cdef BitWriter w
+    cdef Py_ssize_t i, k
+    cdef uint64_t u
+    cdef uint32_t s
+    cdef int e
+    w.out = scratch + 4 * (count + 2)
+    w.pos = 0
+    w.acc = 0
+    w.nbits = 0
+    if hist != NULL:
+        memset(hist4, 0, sizeof(hist4))
     for i in range(count):
-        u = unsigned_residual(residual_at(xp, i, order, <uint64_t>b0), order, dg)
+        u = unsigned_residual(residual_at(xp, i, order, base), order, dg)
         s = bucket(u, m, &e)
         sy[i] = <uint16_t>s
+        if hist != NULL:
+            hist4[i & 3][s] += 1  # four counters in turn: increments of one in a row wait on each other
         if e:
             put_bits(&w, u & ((<uint64_t>1 << e) - 1), e)
     flush_bits(&w)
-    return _rans_encode(sy, count, &f[0], &c[0], f.shape[0], <uint8_t*>wd), (<char*>w.out)[:w.pos]
+    if hist != NULL:
+        for k in range(NSYM):
+            hist[k] = hist4[0][k] + hist4[1][k] + hist4[2][k] + hist4[3][k]
+    return w.pos
 
 
 cdef struct SymCount:
@@ -381,37 +385,16 @@ def encode_body(ints, int order, base, gcd, int m):
     frequencies taken from this very pass (fmt.normalise, in C): `_codec_py.encode_body`."""
     cdef const int64_t[::1] x = as_q(ints)
     cdef Py_ssize_t n = x.shape[0], count = n - order, i, nsym = (2 << m) + (63 - m) * (1 << m), k, npresent = 0
-    cdef uint64_t g = gcd, u
     cdef int64_t b0 = base
-    cdef int e
-    cdef uint32_t s
     cdef int64_t hist[NSYM]
-    cdef int32_t hist4[4][NSYM]
     cdef uint32_t f[NSYM]
     cdef uint32_t c[NSYM]
     cdef SymCount order_[NSYM]
     cdef int64_t total = 0, short, step
     cdef uint8_t* scratch = grow_scratch(12 * (count + 2) + 8)
     cdef uint16_t* sy = <uint16_t*>scratch
-    cdef const int64_t* xp = &x[0]
-    cdef BitWriter w
-    w.out = scratch + 4 * (count + 2)
-    w.pos = 0
-    w.acc = 0
-    w.nbits = 0
-    cdef Divisor dg = divisor(g)
-    memset(hist4, 0, sizeof(hist4))
-    for i in range(count):
-        u = unsigned_residual(residual_at(xp, i, order, <uint64_t>b0), order, dg)
-        s = bucket(u, m, &e)
-        sy[i] = <uint16_t>s
-        hist4[i & 3][s] += 1  # four counters in turn: increments of one in a row wait on each other
-        if e:
-            put_bits(&w, u & ((<uint64_t>1 << e) - 1), e)
-    for k in range(NSYM):
-        hist[k] = hist4[0][k] + hist4[1][k] + hist4[2][k] + hist4[3][k]
-    flush_bits(&w)
-    extra = (<char*>w.out)[:w.pos]
+    cdef Py_ssize_t nraw = bucketize(&x[0], count, order, <uint64_t>b0, gcd, m, scratch, hist)
+    extra = (<char*>(scratch + 4 * (count + 2)))[:nraw]
     # fmt.normalise: floor shares, at least 1, the shortfall to the most frequent symbol
     # (or taken from symbols in count order while they have more than 1)
     memset(f, 0, sizeof(f))
@@ -759,7 +742,7 @@ def decimal_values(ints, int e):
 def quant_ints(values, double q, double max_error):
     """round(v / q) where that decodes (k * q) within max_error; positions where not."""
     cdef const double[::1] v = as_d(values)
-    cdef double x, kq
+    cdef double x
     cdef Py_ssize_t n = v.shape[0], i, ne = 0
     cdef int64_t prev = 0, kk
     ints = new_q(n)

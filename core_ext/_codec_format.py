@@ -204,13 +204,8 @@ def istream_cost(fine: list[int]) -> tuple[float, int]:
     Both kernel sets compute exactly this sum, in this order."""
     best, best_m = math.inf, 0
     for m in range(BUCKET_FINE + 1):
-        hist: dict[int, int] = {}
-        extra = 0
-        for s, c in enumerate(fine):
-            if c:
-                sym, e = _COARSE[m][s]
-                hist[sym] = hist.get(sym, 0) + c
-                extra += e * c
+        hist = coarse_hist(fine, m)
+        extra = sum(COARSE_EXTRA[m][s] * c for s, c in enumerate(fine) if c)
         total = sum(hist.values())
         bits = extra + 8.0 * (3 * len(hist) + 2)
         for sym in sorted(hist):
