@@ -129,22 +129,15 @@ _CMD_RECORD = b"\x63cmd"  # the CBOR text "cmd": a frame that may report command
 
 def command_reports(node: str, payload: bytes) -> list[str]:
     """The `<id>:ok|error:<why>` texts of a frame's `cmd` records (SenML name `cmd` or
-    `<node>/cmd`), cheap when there are none."""
+    `<node>/cmd`), cheap when there are none; none from a payload that is not SenML."""
     if _CMD_RECORD not in payload:
         return []
+    from .uplink.batch import frame_readings  # the SenML names resolved as everywhere else
     try:
-        records = cbor2.loads(payload)
-    except Exception:
+        readings = frame_readings(node, 0.0, payload)
+    except IngestError:
         return []
-    out, base = [], ""
-    for rec in records if isinstance(records, list) else ():
-        if not isinstance(rec, dict):
-            continue
-        base = rec.get(-2, base) if isinstance(rec.get(-2, base), str) else base
-        name = base + rec.get(0, "") if isinstance(rec.get(0, ""), str) else ""
-        if name in ("cmd", node + "/cmd") and isinstance(rec.get(3), str):
-            out.append(rec[3])
-    return out
+    return [v for sensor, _t, v in readings if sensor == "cmd" and isinstance(v, str)]
 
 
 ACK_FOR = {"stored": ACK_STORED, "duplicate": ACK_DUPLICATE, "rejected": ACK_REJECTED}
