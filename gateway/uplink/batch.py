@@ -227,7 +227,7 @@ def frame_readings(node: str, received: float, senml: bytes) -> list[tuple[str, 
     parser.parse(senml, received)
     sids, ts, vs, other = parser.take()
     prefix = node + "/"
-    names = [n[len(prefix):] if n.startswith(prefix) else n for n in parser.names]
+    names = [_sensor(n, prefix) for n in parser.names]
     return [(names[sid], t, v) for sid, t, v in zip(sids, ts, vs)] + [(names[sid], t, v) for sid, t, v in other]
 
 
