@@ -47,6 +47,17 @@ _FRAME = 0x46  # b"F": seq (4 bytes) length (2) message
 _GONE = 0x41   # b"A": seq (4 bytes), acked or dropped
 
 
+def _record(kind, seq, msg=None):
+    """A log record: kind, seq (4 bytes), and for a frame its length (2) and bytes."""
+    rec = bytearray(5 if msg is None else 7 + len(msg))
+    rec[0] = kind
+    rec[1:5] = seq.to_bytes(4, "big")
+    if msg is not None:
+        rec[5:7] = len(msg).to_bytes(2, "big")
+        rec[7:] = msg
+    return rec
+
+
 class Outbox:
     """Bounded FIFO of [seq, message, last send ms, tries]; the oldest go when full.
 
@@ -100,12 +111,7 @@ class Outbox:
     def _log(self, kind, seq, msg=None):
         if not self.path:
             return
-        rec = bytearray(5 if msg is None else 7 + len(msg))
-        rec[0] = kind
-        rec[1:5] = seq.to_bytes(4, "big")
-        if msg is not None:
-            rec[5:7] = len(msg).to_bytes(2, "big")
-            rec[7:] = msg
+        rec = _record(kind, seq, msg)
         with open(self.path, "ab") as f:
             f.write(rec)
         self.log_size += len(rec)
@@ -149,12 +155,7 @@ class Outbox:
         size = 0
         with open(tmp, "wb") as f:
             for item in self.items:
-                msg = item[1]
-                rec = bytearray(7 + len(msg))
-                rec[0] = _FRAME
-                rec[1:5] = item[0].to_bytes(4, "big")
-                rec[5:7] = len(msg).to_bytes(2, "big")
-                rec[7:] = msg
+                rec = _record(_FRAME, item[0], item[1])
                 f.write(rec)
                 size += len(rec)
         os.rename(tmp, self.path)
