@@ -52,6 +52,9 @@ class Node:
         self.stale = self.outbox.keep(self._ours)
         self.dropped_told = 0  # the outbox's drop count as last reported in a frame
         self.sensors, self.problems = sensors.build(cfg["sensors"], cfg["seed"], board)
+        # sensors that convert for a while before a read (DS18B20: up to 750 ms) are all
+        # started first, then read once the longest is done; the loop runs meanwhile
+        self.converters = [s for s in self.sensors if hasattr(s, "start")]
         self.wdt = None  # the hardware watchdog, started by run()
         if cfg["transport"] == "serial":
             import link_serial
@@ -107,6 +110,14 @@ class Node:
         tick = 0
         while not cfg["frames"] or self.made < cfg["frames"]:
             now = board.epoch_ms()
+            wait = 0
+            for s in self.converters:
+                if not tick % s.every:
+                    ms = s.start()
+                    if ms > wait:
+                        wait = ms
+            if wait:
+                await sleep_ms(wait)  # acks, resends and the watchdog go on
             for s in self.sensors:
                 if tick % s.every:
                     continue  # a sensor with a longer period than the node's

@@ -33,8 +33,10 @@ def crc8(data):
 
 class DS18B20:
     """Temperature in °C, at `resolution` bits (9-12: 0.5 to 0.0625 °C, 94 to 750 ms a
-    conversion: read() waits that long). `rom`: the sensor's 16 hex digit ROM code when
-    several share the bus. Raises SensorError: no presence pulse, a bad CRC, a bus held low."""
+    conversion). The node calls start(), waits the milliseconds it returns without holding
+    its loop (several sensors convert at once), then read(); read() alone converts and
+    waits itself. `rom`: the sensor's 16 hex digit ROM code when several share the bus.
+    Raises SensorError: no presence pulse, a bad CRC, a bus held low."""
 
     every = 1
 
@@ -48,6 +50,8 @@ class DS18B20:
         self.buf = bytearray(9)
         self.cmd = bytearray(4)
         self.conv_ms = _CONVERT_MS[resolution - 9]
+        self.started = False  # a conversion was started by start() and is read by read()
+        self.fault = None  # type: SensorError | None  # what start() met, raised by the read() that follows
         self.mask = -(1 << (12 - resolution))  # the low bits are undefined below 12 bits
         cfg = ((resolution - 9) << 5) | 0x1F
         pad = self._scratchpad()
@@ -76,10 +80,27 @@ class DS18B20:
             raise SensorError("%s: not a DS18B20 scratchpad (config byte 0x%02x)" % (self.name, buf[4]))
         return buf
 
+    def start(self):
+        """Start a conversion; the ms until read() has it. An error is kept for read()."""
+        try:
+            self._select()
+            self.bus.writebyte(_CONVERT_T)
+        except SensorError as e:
+            self.fault = e
+            return 0
+        self.started = True
+        return self.conv_ms
+
     def read(self):
-        self._select()
-        self.bus.writebyte(_CONVERT_T)
-        self.board.sleep_ms(self.conv_ms)
+        fault = self.fault
+        if fault is not None:
+            self.fault = None
+            raise fault
+        if not self.started:
+            self._select()
+            self.bus.writebyte(_CONVERT_T)
+            self.board.sleep_ms(self.conv_ms)
+        self.started = False
         buf = self._scratchpad()
         raw = buf[0] | buf[1] << 8
         if raw & 0x8000:

@@ -158,6 +158,38 @@ def test_sensors_from_the_config_on_the_boards_buses(interpreter, tmp_path, gate
     assert seq == 0 and records[0][0] == "amb_t" and records[0][2] == 25.08
 
 
+def test_ds18b20_conversions_overlap_and_do_not_hold_the_loop(interpreter, tmp_path, gateway_port):
+    # three DS18B20 at 12 bits (750 ms a conversion) on one bus: read one after another
+    # they would hold the loop 2.25 s, past the 2 s watchdog; started together they take 0.75 s
+    sensors = []
+    for i in (1, 2, 3):
+        sensors.append({"name": "t%d" % i, "driver": "ds18b20", "pin": 4, "resolution": 12,
+                        "rom": "ROM%d" % i})
+    cfg_sensors = json.dumps(sensors)
+    p = run(interpreter, f"""\
+        import json, board, devices, main
+        log = []
+        bus = board.onewire(4)
+        sensors = json.loads({cfg_sensors!r})
+        for i, s in enumerate(sensors):
+            bus.attach(devices.DS18B20Model(serial=i + 1, raw=0x0191 + 16 * i, log=log))
+            s["rom"] = "".join("%02x" % x for x in devices.rom_code(i + 1))
+        cfg = json.load(open({node_config(tmp_path, gateway_port, batch=3, frames=2, watchdog_ms=2000)!r}))
+        cfg["sensors"] = sensors
+        json.dump(cfg, open("node2.json", "w"))
+        rc = main.main(["main", "node2.json"])
+        print("LOG", json.dumps(log))
+        sys.exit(rc)
+        """, tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    sent = [e for e in events(p) if e["ev"] == "sent"]
+    assert [[r[0] for r in e["r"]] for e in sent] == [["t1", "t2", "t3"]] * 2
+    assert [r[2] for r in sent[0]["r"]] == [25.0625, 26.0625, 27.0625]
+    log = json.loads(p.stdout.split("LOG ", 1)[1].splitlines()[0])
+    # the set-up reads each scratchpad once; then each round converts all three, then reads them
+    assert [e for _, e in log] == ["read"] * 3 + (["convert"] * 3 + ["read"] * 3) * 2, log
+
+
 def test_a_bad_setting_falls_back_and_is_reported_in_an_error_frame(interpreter, tmp_path, gateway_port):
     cfg = node_config(tmp_path, gateway_port, batch=100, colour="red",
                       sensors=["temp", {"name": "water", "driver": "ds18b20"}])

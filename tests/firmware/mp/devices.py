@@ -17,9 +17,12 @@ def rom_code(serial):
 class DS18B20Model:
     """Byte-level DS18B20: ROM commands (skip, match, read), convert T, read and write
     scratchpad. `raw` is the temperature register a conversion loads (datasheet table 1);
-    `corrupt` flips a bit of what is read."""
+    `corrupt` flips a bit of what is read. `log`, a list, gets (serial, "convert" or
+    "read") for each conversion and scratchpad read, to see their order across sensors."""
 
-    def __init__(self, serial=1, raw=0x0191):
+    def __init__(self, serial=1, raw=0x0191, log=None):
+        self.serial = serial
+        self.log = log
         self.rom = rom_code(serial)
         self.raw = raw
         self.pad = bytearray([0x50, 0x05, 0x4B, 0x46, 0x7F, 0xFF, 0x0C, 0x10, 0])  # power-on: 85 °C
@@ -53,8 +56,12 @@ class DS18B20Model:
                 v = self.raw & (0xFFFF << (3 - bits)) & 0xFFFF
                 self.pad[0], self.pad[1] = v & 0xFF, v >> 8
                 self.converts += 1
+                if self.log is not None:
+                    self.log.append((self.serial, "convert"))
                 self.state = "idle"
             elif b == 0xBE:
+                if self.log is not None:
+                    self.log.append((self.serial, "read"))
                 self.pad[8] = crc8(self.pad[:8])
                 self.out = list(self.pad)
                 if self.corrupt:

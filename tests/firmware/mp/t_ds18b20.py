@@ -108,4 +108,36 @@ except SensorError:
     pass
 else:
     raise AssertionError("a ROM code with a bad CRC was accepted")
+
+# start() then read(): the node starts every sensor's conversion, waits the longest out
+# without holding its loop, then reads; read() itself waits no more
+log = []
+two = FakeOneWire()
+a = two.attach(DS18B20Model(serial=1, raw=0x0191, log=log))
+b = two.attach(DS18B20Model(serial=2, raw=0xFF5E, log=log))
+sa = DS18B20(two, "ta", board, rom=rom_a, resolution=12)
+sb = DS18B20(two, "tb", board, rom=rom_b, resolution=11)
+del log[:]
+waits = len(board.waits)
+assert sa.start() == 750 and sb.start() == 375
+assert sa.read() == 25.0625 and sb.read() == -10.125
+assert len(board.waits) == waits, board.waits[waits:]  # no wait inside read()
+assert [e for _, e in log] == ["convert", "convert", "read", "read"], log
+assert a.converts == 1 and b.converts == 1
+assert sa.read() == 25.0625 and board.waits[-1] == 750 and a.converts == 2  # read() alone converts and waits
+
+# start() on a sensor that has gone: no wait asked, and the read() that follows raises
+one = FakeOneWire()
+c = one.attach(DS18B20Model(raw=0x0008))
+sc = DS18B20(one, "tc", board, resolution=9)
+c.present = False
+assert sc.start() == 0
+try:
+    sc.read()
+except SensorError as e:
+    assert "no DS18B20" in str(e), e
+else:
+    raise AssertionError("read after a failed start gave a value")
+c.present = True
+assert sc.read() == 0.5  # the error was raised once; the sensor is back
 print("OK t_ds18b20 %d table rows" % len(TABLE))
