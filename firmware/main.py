@@ -55,6 +55,8 @@ class Node:
         # sensors that convert for a while before a read (DS18B20: up to 750 ms) are all
         # started first, then read once the longest is done; the loop runs meanwhile
         self.converters = [s for s in self.sensors if hasattr(s, "start")]
+        # and those that take a window of samples (ADXL345) fill it while the loop runs
+        self.fillers = [s for s in self.sensors if hasattr(s, "fill")]
         self.wdt = None  # the hardware watchdog, started by run()
         if cfg["transport"] == "serial":
             import link_serial
@@ -116,7 +118,12 @@ class Node:
                     ms = s.start()
                     if ms > wait:
                         wait = ms
-            if wait:
+            t0 = board.ticks_ms()
+            for s in self.fillers:
+                if not tick % s.every:
+                    await s.fill(sleep_ms)
+            wait -= board.ticks_diff(board.ticks_ms(), t0)
+            if wait > 0:
                 await sleep_ms(wait)  # acks, resends and the watchdog go on
             for s in self.sensors:
                 if tick % s.every:

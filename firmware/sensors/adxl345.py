@@ -79,7 +79,7 @@ def velocity_rms(buf, n, axis, dt, stride=3):
 
 class Vibration:
     """Vibration RMS over `samples` samples at `rate_hz` (a window of samples / rate_hz
-    seconds: read() waits that long), in `unit` "mm/s" (velocity) or "g" (acceleration),
+    seconds: the node awaits fill() then calls read(); read() alone waits that long), in `unit` "mm/s" (velocity) or "g" (acceleration),
     over `axis` "x", "y", "z" or "xyz" (the root of the three axes' sum of squares)."""
 
     every = 1
@@ -97,6 +97,8 @@ class Vibration:
         self.buf = array.array("h", bytes(6 * samples))  # x, y, z interleaved
         self.six = bytearray(6)
         self.one = bytearray(1)
+        self.filled = False  # fill() took the window that read() is to use
+        self.fault = None  # type: SensorError | None  # what fill() met, raised by the next read()
         i2c.readfrom_mem_into(addr, _DEVID, self.one)
         if self.one[0] != _ADXL345_ID:
             raise SensorError("device id 0x%02x at 0x%02x is not an ADXL345's (0xE5)" % (self.one[0], addr))
@@ -114,8 +116,9 @@ class Vibration:
         self.i2c.readfrom_mem_into(self.addr, _FIFO_STATUS, self.one)
         return self.one[0] & 0x3F
 
-    def window(self):
-        """Fill the buffer with `samples` fresh samples (what waited in the FIFO goes first)."""
+    def _window(self):
+        """Fill the buffer with `samples` fresh samples (what waited in the FIFO goes first),
+        yielding the ms to wait whenever the FIFO is empty."""
         i2c, addr, six, buf, n = self.i2c, self.addr, self.six, self.buf, self.n
         for _ in range(self._fifo()):  # older than this reading: drop
             i2c.readfrom_mem_into(addr, _DATAX0, six)
@@ -127,7 +130,7 @@ class Vibration:
                 idle += 1
                 if idle > limit:
                     raise SensorError("ADXL345 at 0x%02x: no samples (is it measuring?)" % addr)
-                self.board.sleep_ms(1)
+                yield 1
                 continue
             for _ in range(min(avail, n - got)):
                 i2c.readfrom_mem_into(addr, _DATAX0, six)  # six bytes pop one FIFO entry
@@ -137,8 +140,30 @@ class Vibration:
                 buf[j + 2] = _s16(six[4], six[5])
                 got += 1
 
+    def window(self):
+        """Take a window, sleeping while the FIFO fills (the node's loop waits)."""
+        for ms in self._window():
+            self.board.sleep_ms(ms)
+
+    async def fill(self, sleep_ms):
+        """Take a window, awaiting `sleep_ms(ms)` while the FIFO fills, so the node's loop
+        runs on; the read() that follows uses it. An error is kept for that read()."""
+        try:
+            for ms in self._window():
+                await sleep_ms(ms)
+        except SensorError as e:
+            self.fault = e
+            return
+        self.filled = True
+
     def read(self):
-        self.window()
+        fault = self.fault
+        if fault is not None:
+            self.fault = None
+            raise fault
+        if not self.filled:
+            self.window()
+        self.filled = False
         total = 0.0
         for a in self.axes:
             if self.unit == "g":

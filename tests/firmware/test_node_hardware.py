@@ -190,6 +190,21 @@ def test_ds18b20_conversions_overlap_and_do_not_hold_the_loop(interpreter, tmp_p
     assert [e for _, e in log] == ["read"] * 3 + (["convert"] * 3 + ["read"] * 3) * 2, log
 
 
+def test_a_long_vibration_window_does_not_hold_the_loop(interpreter, tmp_path, gateway_port):
+    # 1024 samples at 400 Hz: a 2.56 s window, past the 2 s watchdog; the FIFO fills in
+    # real time, and the node's loop runs (feeding the watchdog) while it does
+    cfg = node_config(tmp_path, gateway_port, batch=1, frames=1, watchdog_ms=2000, sensors=[
+        {"name": "vib", "driver": "adxl345", "samples": 1024, "rate_hz": 400, "unit": "g", "axis": "x"}])
+    p = run(interpreter, f"""\
+        import board, devices, main
+        board.i2c(0).attach(0x53, devices.ADXL345Model(devices.sine(100, 50, 400), rate_hz=400))
+        sys.exit(main.main(["main", {cfg!r}]))
+        """, tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    sent = [e for e in events(p) if e["ev"] == "sent"]
+    assert len(sent) == 1 and abs(sent[0]["r"][0][2] - 100 * 0.0039 / 2 ** 0.5) < 0.01, sent
+
+
 def test_a_bad_setting_falls_back_and_is_reported_in_an_error_frame(interpreter, tmp_path, gateway_port):
     cfg = node_config(tmp_path, gateway_port, batch=100, colour="red",
                       sensors=["temp", {"name": "water", "driver": "ds18b20"}])

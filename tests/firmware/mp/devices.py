@@ -3,6 +3,7 @@
 # scripts on MicroPython and CPython.
 import math
 import struct
+import time
 
 from board.fake import Registers
 from sensors.ds18b20 import crc8
@@ -113,19 +114,39 @@ class BME280Model(Registers):
             self.regs[0xF4] = value & 0xFC
 
 
-class ADXL345Model(Registers):
-    """ADXL345 registers with a FIFO that is always full: each 6-byte read from DATAX0
-    pops the next sample of `signal(k) -> (x, y, z)` in LSB."""
+def _ms():
+    try:
+        return time.ticks_ms()  # type: ignore[attr-defined]
+    except AttributeError:  # CPython
+        return int(time.monotonic() * 1000)
 
-    def __init__(self, signal, devid=0xE5):
+
+class ADXL345Model(Registers):
+    """ADXL345 registers with a FIFO: each 6-byte read from DATAX0 pops the next sample of
+    `signal(k) -> (x, y, z)` in LSB. The FIFO is always full, or with `rate_hz` it fills
+    in real time at that rate (32 entries at most, older samples lost, as in stream mode)."""
+
+    def __init__(self, signal, devid=0xE5, rate_hz=None):
         Registers.__init__(self)
         self.regs[0x00] = devid
         self.signal = signal
         self.k = 0
+        self.rate_hz = rate_hz
+        self.t0 = None
+
+    def _entries(self):
+        if self.rate_hz is None:
+            return 32
+        if self.t0 is None:
+            self.t0 = _ms()
+        made = (_ms() - self.t0) * self.rate_hz // 1000  # samples taken since measuring began
+        if made - self.k > 32:
+            self.k = made - 32  # stream mode: the oldest are overwritten
+        return made - self.k
 
     def on_read(self, reg):
         if reg == 0x39:
-            self.regs[0x39] = 32 if self.regs[0x2D] & 0x08 else 0  # entries, only while measuring
+            self.regs[0x39] = self._entries() if self.regs[0x2D] & 0x08 else 0  # only while measuring
         elif reg == 0x32:
             x, y, z = self.signal(self.k)
             self.k += 1

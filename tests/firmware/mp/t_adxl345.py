@@ -62,4 +62,40 @@ except SensorError as e:
     assert "ADXL345" in str(e)
 else:
     raise AssertionError("a device with the wrong id was taken for an ADXL345")
+
+# fill(): the window taken while the node's loop runs (awaiting its sleep), from a FIFO
+# that fills in real time; the read() that follows uses it and pops nothing more
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio  # type: ignore[no-redef]
+waits = []
+
+
+async def sleep_ms(ms):
+    waits.append(ms)
+    await asyncio.sleep(ms / 1000)
+
+
+paced = FakeI2C()
+pm = paced.attach(0x53, ADXL345Model(sine(amp, 50, 1600), rate_hz=1600))
+pv = Vibration(paced, "vib", board, rate_hz=1600, samples=256, unit="g", axis="x")
+asyncio.run(pv.fill(sleep_ms))
+k = pm.k
+got = pv.read()
+assert pm.k == k and len(waits) >= 10, (pm.k, k, len(waits))  # 256 samples at 1600 Hz: 160 ms awaited
+assert abs(got - want_g) / want_g < 0.01, (got, want_g)
+assert abs(pv.read() - want_g) / want_g < 0.01 and pm.k > k  # read() alone takes its own window
+
+# a sensor that stops measuring: fill() gives up, and the next read() raises it, once
+short = Vibration(paced, "vib", board, rate_hz=3200, samples=32, unit="g")
+pm.regs[0x2D] = 0
+asyncio.run(short.fill(sleep_ms))
+try:
+    short.read()
+except SensorError as e:
+    assert "no samples" in str(e), e
+else:
+    raise AssertionError("a window from a sensor that is not measuring")
+assert short.fault is None
 print("OK t_adxl345")
