@@ -1,6 +1,8 @@
+# cython: cdivision=True
 # The bit-level pieces of the series codec (compiled into _codec, which cimports them):
-# bucketing, zigzag, exact division, residuals, the raw-bit writer, varints, the rANS
-# decoding loop and integration. docs/codec.md describes the format they implement.
+# bucketing, zigzag, exact division, residuals and their divisor, varints, 8-byte loads
+# and stores (for the raw bits), constant runs. The entropy coder is _codec_rans.pxd;
+# docs/codec.md describes the format they implement.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef enum:
@@ -49,6 +51,20 @@ cdef inline uint64_t gcd64(uint64_t a, uint64_t b) noexcept nogil:
     return a
 
 
+# Tags that pick a copy of a loop per delta order at compile time (fused types): a test
+# of the order left inside a loop costs registers and a branch a value.
+cdef struct Order0:
+    char unused
+cdef struct Order1:
+    char unused
+cdef struct Order2:
+    char unused
+ctypedef fused DeltaOrder:
+    Order0
+    Order1
+    Order2
+
+
 cdef inline uint64_t residual_at(const int64_t* x, Py_ssize_t i, int order, uint64_t base) noexcept nogil:
     """Residual i in two's complement: x - base (order 0) or wrapped differences, computed
     where it is needed (a buffer of them would cost a page fault every 512 values)."""
@@ -59,25 +75,80 @@ cdef inline uint64_t residual_at(const int64_t* x, Py_ssize_t i, int order, uint
     return (<uint64_t>x[i + 2] - <uint64_t>x[i + 1]) - (<uint64_t>x[i + 1] - <uint64_t>x[i])
 
 
-cdef inline bint all_zero(const int64_t* x, Py_ssize_t count, int order, uint64_t base) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(count):
-        if residual_at(x, i, order, base):
-            return False
-    return True
-
-
 cdef inline uint64_t common_divisor(const int64_t* x, Py_ssize_t count, int order, uint64_t base) noexcept nogil:
-    cdef uint64_t g = 0, a
+    """The divisor an istream stores: that of the residuals, or 1 when they are all 0 or it
+    is above 2**62."""
+    cdef uint64_t g = residual_gcd(x, count, order, base)
+    return 1 if g == 0 or g > (<uint64_t>1 << 62) else g
+
+
+cdef inline Py_ssize_t zero_residuals(const int64_t* x, Py_ssize_t count, int order, uint64_t base) noexcept nogil:
+    """How many residuals from the first are 0, in blocks of 256 (a multiple of 256, or count)."""
+    cdef Py_ssize_t i, start = 0, end
+    cdef uint64_t any_
+    while start < count:
+        end = start + 256 if count - start > 256 else count
+        any_ = 0
+        # one loop per order, without a branch inside: the compiler runs them on vectors
+        if order == 0:
+            for i in range(start, end):
+                any_ |= <uint64_t>x[i] - base
+        elif order == 1:
+            for i in range(start, end):
+                any_ |= <uint64_t>x[i + 1] - <uint64_t>x[i]
+        else:
+            for i in range(start, end):
+                any_ |= (<uint64_t>x[i + 2] - <uint64_t>x[i + 1]) - (<uint64_t>x[i + 1] - <uint64_t>x[i])
+        if any_:
+            return start
+        start = end
+    return count
+
+
+cdef inline uint64_t residual_gcd(const int64_t* x, Py_ssize_t count, int order, uint64_t base) noexcept nogil:
+    """The greatest common divisor of the residuals (their absolute values), 0 if all are 0."""
+    # a regular clock or a constant: every residual 0, found on vectors
+    cdef Py_ssize_t start = zero_residuals(x, count, order, base)
+    if order == 0:
+        return gcd_from(<Order0*>NULL, x, start, count, base)
+    if order == 1:
+        return gcd_from(<Order1*>NULL, x, start, count, base)
+    return gcd_from(<Order2*>NULL, x, start, count, base)
+
+
+cdef inline uint64_t gcd_from(DeltaOrder* order, const int64_t* x, Py_ssize_t start, Py_ssize_t count,
+                              uint64_t base) noexcept nogil:
+    """residual_gcd over residuals start..count (those before are 0)."""
+    cdef uint64_t g = 0, a, s, odd, inv = 1, lim = 0, low = 0
     cdef Py_ssize_t i
-    for i in range(count):
-        a = residual_at(x, i, order, base)
-        if order and <int64_t>a < 0:
-            a = 0 - a
+    cdef int shift = 0, k
+    for i in range(start, count):
+        if DeltaOrder is Order0:
+            a = <uint64_t>x[i] - base
+        else:
+            if DeltaOrder is Order1:
+                a = <uint64_t>x[i + 1] - <uint64_t>x[i]
+            else:
+                a = (<uint64_t>x[i + 2] - <uint64_t>x[i + 1]) - (<uint64_t>x[i + 1] - <uint64_t>x[i])
+            s = <uint64_t>(<int64_t>a >> 63)
+            a = (a ^ s) - s  # |a|, without a branch on the sign (a coin toss)
+        # most residuals are multiples of the divisor so far: test that with a mask, a
+        # multiplication and a compare (odd d divides a iff a·d⁻¹ mod 2**64 <= (2**64-1)/d)
+        # and leave the divisions of Euclid to the few that change it. While g is 0 the
+        # test passes only a = 0 (low = 0, inv = 1, lim = 0).
+        if (a & low) == 0 and (a >> shift) * inv <= lim:
+            continue
         g = gcd64(g, a)
         if g == 1:
             break
-    return 1 if g == 0 or g > (<uint64_t>1 << 62) else g
+        shift = __builtin_ctzll(g)
+        low = (<uint64_t>1 << shift) - 1
+        odd = g >> shift
+        inv = odd
+        for k in range(5):
+            inv *= 2 - odd * inv
+        lim = 0xFFFFFFFFFFFFFFFFULL // odd
+    return g
 
 
 cdef struct Divisor:
@@ -107,46 +178,6 @@ cdef inline uint64_t unsigned_residual(uint64_t r, int order, Divisor g) noexcep
     return zz(<int64_t>((<uint64_t>(<int64_t>r >> g.shift)) * g.inv))
 
 
-cdef struct BitWriter:
-    uint8_t* out
-    Py_ssize_t pos
-    uint64_t acc
-    int nbits
-
-
-cdef inline void put32(BitWriter* w, uint64_t v, int e) noexcept nogil:
-    # fewer than 32 bits wait in the accumulator; 32 go out at once, least significant first
-    w.acc |= v << w.nbits
-    w.nbits += e
-    if w.nbits >= 32:
-        w.out[w.pos] = <uint8_t>w.acc
-        w.out[w.pos + 1] = <uint8_t>(w.acc >> 8)
-        w.out[w.pos + 2] = <uint8_t>(w.acc >> 16)
-        w.out[w.pos + 3] = <uint8_t>(w.acc >> 24)
-        w.pos += 4
-        w.acc >>= 32
-        w.nbits -= 32
-
-
-cdef inline void flush_bits(BitWriter* w) noexcept nogil:
-    """The bits still waiting, padded with zeros to a whole byte."""
-    while w.nbits > 0:
-        w.out[w.pos] = <uint8_t>w.acc
-        w.pos += 1
-        w.acc >>= 8
-        w.nbits -= 8
-    w.nbits = 0
-
-
-cdef inline void put_bits(BitWriter* w, uint64_t v, int e) noexcept nogil:
-    # at most 32 bits a step keeps the accumulator from overflowing
-    if e > 32:
-        put32(w, v & (<uint64_t>0xFFFFFFFF), 32)
-        v >>= 32
-        e -= 32
-    put32(w, v, e)
-
-
 cdef inline Py_ssize_t put_varint(uint8_t* o, Py_ssize_t pos, uint64_t v) noexcept:
     while v >= 0x80:
         o[pos] = <uint8_t>(v & 0x7F) | 0x80
@@ -156,80 +187,25 @@ cdef inline Py_ssize_t put_varint(uint8_t* o, Py_ssize_t pos, uint64_t v) noexce
     return pos + 1
 
 
-cdef inline int decode_loop(uint32_t* fb, uint16_t* te, const uint8_t* words, Py_ssize_t nwords,
-                     const uint8_t* raw, Py_ssize_t nraw, int64_t* dst, Py_ssize_t count,
-                     uint64_t* states, Py_ssize_t* word_end) noexcept nogil:
-    """The rANS and raw-bit decoding of `count` residuals. Every piece of state is a local,
-    so it stays in registers (state behind a pointer would be reloaded after each store
-    to dst, which may alias it). Per slot, `fb` holds frequency << 16 | (slot - cumulative)
-    and `te` raw-bit count << 8 | the bucket's top bits: one load a step on each chain.
-    Returns 0, or 1 (rANS words run out) or 2 (raw bits run out)."""
-    cdef uint64_t x0 = states[0], x1 = states[1], acc = 0, low, top, info
-    cdef Py_ssize_t pos = 8, rpos = 0, i = 0
-    cdef int nbits = 0, e, j, e1, k
-    cdef uint32_t slot0, slot1, t0, t1
-    cdef uint32_t NONE = 0xFFFFFFFF
-    while i < count:
-        # two states take turns: their steps do not depend on each other, the CPU overlaps them
-        slot0 = x0 & (PROB_SCALE - 1)
-        info = fb[slot0]
-        x0 = (info >> 16) * (x0 >> PROB_BITS) + (info & 0xFFFF)
-        if x0 < RANS_L:
-            if pos + 2 > nwords:
-                return 1
-            x0 = (x0 << 16) | words[pos] | (<uint64_t>words[pos + 1] << 8)
-            pos += 2
-        t0 = te[slot0]
-        if i + 1 < count:
-            slot1 = x1 & (PROB_SCALE - 1)
-            info = fb[slot1]
-            x1 = (info >> 16) * (x1 >> PROB_BITS) + (info & 0xFFFF)
-            if x1 < RANS_L:
-                if pos + 2 > nwords:
-                    return 1
-                x1 = (x1 << 16) | words[pos] | (<uint64_t>words[pos + 1] << 8)
-                pos += 2
-            t1 = te[slot1]
-        else:
-            t1 = NONE
-        for j in range(2):
-            if j == 1:
-                if t1 == NONE:
-                    break
-                t0 = t1
-            e = t0 >> 8
-            top = t0 & 0xFF
-            if nbits < e:
-                while nbits <= 56 and rpos < nraw:
-                    acc |= <uint64_t>raw[rpos] << nbits
-                    rpos += 1
-                    nbits += 8
-            if e <= nbits:
-                low = acc & ((<uint64_t>1 << e) - 1)
-                acc >>= e
-                nbits -= e
-            else:
-                # more than 56 raw bits: in steps of 32 so the accumulator never overflows
-                low = 0
-                e1 = 0
-                while e1 < e:
-                    k = e - e1 if e - e1 <= 32 else 32
-                    while nbits < k and rpos < nraw:
-                        acc |= <uint64_t>raw[rpos] << nbits
-                        rpos += 1
-                        nbits += 8
-                    if nbits < k:
-                        return 2
-                    low |= (acc & ((<uint64_t>1 << k) - 1)) << e1
-                    acc >>= k
-                    nbits -= k
-                    e1 += k
-            dst[i] = <int64_t>((top << e) | low)
-            i += 1
-    states[0] = x0
-    states[1] = x1
-    word_end[0] = pos
-    return 0
+cdef extern from *:
+    """
+    #include <string.h>
+    static inline unsigned long long headrace_load64(const unsigned char* p) {
+        unsigned long long v; memcpy(&v, p, 8);  /* eight bytes, least significant first */
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap64(v);
+    #endif
+        return v;
+    }
+    static inline void headrace_store64(unsigned char* p, unsigned long long v) {
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap64(v);
+    #endif
+        memcpy(p, &v, 8);  /* eight bytes, least significant first */
+    }
+    """
+    uint64_t load64 "headrace_load64"(const uint8_t* p) noexcept nogil
+    void store64 "headrace_store64"(uint8_t* p, uint64_t v) noexcept nogil
 
 
 cdef inline void constant_run(int64_t* o, Py_ssize_t n, int order, uint64_t u, uint64_t g, uint64_t base) noexcept nogil:
@@ -251,23 +227,3 @@ cdef inline void constant_run(int64_t* o, Py_ssize_t n, int order, uint64_t u, u
             d += step
             cur += d
         o[i] = <int64_t>cur
-
-
-cdef inline void _integrate(int64_t* o, Py_ssize_t n, int order, uint64_t base, uint64_t g) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef uint64_t cur, d
-    if order == 0:
-        for i in range(n):
-            o[i] = <int64_t>(base + <uint64_t>o[i])
-    elif order == 1:
-        cur = <uint64_t>o[0]
-        for i in range(1, n):
-            cur += <uint64_t>unzz(<uint64_t>o[i]) * g
-            o[i] = <int64_t>cur
-    else:
-        d = <uint64_t>o[1] - <uint64_t>o[0]
-        cur = <uint64_t>o[1]
-        for i in range(2, n):
-            d += <uint64_t>unzz(<uint64_t>o[i]) * g
-            cur += d
-            o[i] = <int64_t>cur

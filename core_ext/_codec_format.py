@@ -23,6 +23,7 @@ import math
 import struct
 import sys
 from array import array
+from itertools import compress
 
 # numpy only where it is needed (decoding, the bounded-error modes): the gateway encodes
 # lossless batches and runs without it, 13 MB smaller
@@ -191,10 +192,9 @@ def coarse_hist(fine, m: int) -> dict[int, int]:
     """Histogram at bucket width m, by symbol (ascending), from the finest one."""
     hist: dict[int, int] = {}
     table = COARSE_SYM[m]
-    for s, c in enumerate(fine):
-        if c:
-            sym = table[s]
-            hist[sym] = hist.get(sym, 0) + c
+    for s in compress(range(len(fine)), fine):  # the few nonzero bins, found in C
+        sym = table[s]
+        hist[sym] = hist.get(sym, 0) + fine[s]
     return hist
 
 
@@ -268,12 +268,17 @@ def write_istream(w: Writer, ints, k, plan=None) -> None:
     w.varint(gcd)
     if n <= order:
         return
-    if fine is None:  # a long stream: the histogram comes from the encoding pass itself
+    first = next(compress(range(len(fine)), fine)) if fine is not None else None  # lowest bucket used
+    if first is None or first >= (2 << m) or fine[first] != n - order:
+        # the frequencies come from the encoding pass itself (the same as the plan's, whose
+        # fine buckets map exactly onto these): one call, no table built in Python
         table, rans, extra = k.encode_body(ints, order, base, gcd, m)
         w.raw(table)
         w.blob(rans)
         w.blob(extra)
         return
+    # one symbol and no raw bits (a regular clock, a constant): nothing to encode, the
+    # rANS states never move, and no pass over the values is made
     pairs = normalise(coarse_hist(fine, m))
     w.raw(k.write_table(array("q", [s for s, _ in pairs]), array("q", [f for _, f in pairs])))
     freq, cum = tables(pairs, nsym_of(m))

@@ -172,9 +172,51 @@ def _outcome(impl, data):
         return ("error", type(exc).__name__)
 
 
-def test_corrupt_streams_raise_codec_error_in_both():
+def test_long_series_whose_divisor_changes_and_many_levels():
+    # past the sampled plan's threshold: the divisor of the clock changes late (from
+    # 1 s to 0.5 s), and the dictionary has levels of both signs and many magnitudes
+    rng = np.random.default_rng(11)
+    ts = T0 + np.cumsum(rng.choice([SECOND, 2 * SECOND], 20_000))
+    ts[15_000:] = ts[14_999] + np.cumsum(rng.choice([SECOND // 2, SECOND], 5_000))
+    levels = np.round(rng.normal(0, 1e4, 2_000), 1) * rng.choice([-1.0, 1.0, 1e-3, 1e12], 2_000)
+    vs = rng.choice(levels, 20_000)
+    for impl in IMPLS.values():
+        _, out = roundtrip(impl, ts, vs)
+        assert bits(out) == bits(vs)
+
+
+def test_threads_encode_and_decode_at_once():
+    # the kernels release the GIL: each call must keep to its own memory (the gateway may
+    # encode in a worker thread while another thread does too)
+    from concurrent.futures import ThreadPoolExecutor
+    impl = IMPLS.get("cython", IMPLS["python"])
+    rng = np.random.default_rng(12)
+    series = [(clock(20_000), rng.choice(np.round(rng.normal(0, 50, 500 * (k + 1)), 2), 20_000)) for k in range(4)]
+    expected = [impl.encode(ts, vs) for ts, vs in series]
+
+    def work(k):
+        data = impl.encode(*series[k % 4])
+        t, v = impl.decode(data)
+        return data, bits(v) == bits(series[k % 4][1])
+
+    with ThreadPoolExecutor(4) as pool:
+        for k, (data, exact) in enumerate(pool.map(work, range(32))):
+            assert data == expected[k % 4] and exact
+
+
+def _corrupt_bases():
     rng = np.random.default_rng(10)
-    base = IMPLS["python"].encode(clock(300), np.round(rng.normal(0, 5, 300), 2))
+    ts = clock(300)
+    py = IMPLS["python"]
+    return [py.encode(ts, np.round(rng.normal(0, 5, 300), 2)),             # decimal
+            py.encode(ts, rng.choice([0.5, -2.25, np.nan, 7.0], 300)),       # dictionary
+            py.encode(ts[:40], rng.normal(0, 1, 40)),                        # float bits
+            py.encode(ts[:20], rng.integers(0, 2**62, 20).view(np.float64)),  # raw
+            py.encode(ts, np.repeat(rng.normal(0, 1, 6), 50), max_error=0.01)]  # lossy
+
+
+@pytest.mark.parametrize("base", _corrupt_bases(), ids=["decimal", "dictionary", "bits", "raw", "lossy"])
+def test_corrupt_streams_raise_codec_error_in_both(base):
     for i in range(len(base)):
         for flip in (0x01, 0x80, 0xFF):
             data = bytearray(base)
@@ -198,6 +240,16 @@ def test_corrupt_streams_raise_codec_error_in_both():
 def test_bad_headers_say_what_is_wrong(impl, data, message):
     with pytest.raises(CodecError, match=message):
         impl.decode(data)
+
+
+def test_a_varint_past_64_bits_is_an_error(impl):
+    # a divisor whose tenth byte carries bits above 2**64 (a decoder reading into a
+    # 64-bit integer would silently drop them)
+    ok = fmt.MAGIC + bytes((fmt.VERSION, 0, 1, 1)) + b"\x00\x00\x00" + b"\xff" * 9 + b"\x01"
+    with pytest.raises(CodecError):
+        impl.decode(ok[:-1] + b"\x02")
+    with pytest.raises(CodecError):
+        impl.decode(ok)  # 2**64 - 1 itself is a varint, but this stream lacks the rest
 
 
 def test_decoder_rejects_non_bytes(impl):

@@ -1,0 +1,336 @@
+# cython: cdivision=True
+# The series codec's entropy coder (compiled into _codec, which cimports it): frequency
+# normalisation, the rANS encoder, and the decoder's loop with its raw-bit reader and its
+# copies per delta order and output. docs/codec.md describes the format.
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport qsort
+from libc.string cimport memset
+
+from ._codec_bits cimport *
+
+
+# --- encoding -------------------------------------------------------------------------
+
+cdef struct SymCount:
+    int64_t count
+    int64_t sym
+
+
+cdef inline int cmp_count(const void* a, const void* b) noexcept nogil:
+    # by count, largest first, then by symbol: fmt.normalise's order
+    cdef int64_t ca = (<SymCount*>a).count, cb = (<SymCount*>b).count
+    if ca != cb:
+        return -1 if ca > cb else 1
+    return ((<SymCount*>a).sym > (<SymCount*>b).sym) - ((<SymCount*>a).sym < (<SymCount*>b).sym)
+
+
+cdef inline void normalise(const int64_t* hist, Py_ssize_t nsym, uint32_t* f, uint32_t* c) noexcept nogil:
+    """fmt.normalise, in C: frequencies (f) summing to PROB_SCALE, and their cumulative
+    sums (c). Floor shares, at least 1, the shortfall to the most frequent symbol (or
+    taken from symbols in count order while they have more than 1)."""
+    cdef SymCount order_[NSYM]
+    cdef Py_ssize_t k, i, npresent = 0
+    cdef int64_t total = 0, short, step
+    memset(f, 0, nsym * sizeof(uint32_t))
+    for k in range(nsym):
+        total += hist[k]
+    short = PROB_SCALE
+    for k in range(nsym):
+        if hist[k]:
+            f[k] = <uint32_t>max(1, hist[k] * PROB_SCALE // total)
+            short -= f[k]
+            order_[npresent].count = hist[k]
+            order_[npresent].sym = k
+            npresent += 1
+    qsort(order_, npresent, sizeof(SymCount), cmp_count)
+    k = 0
+    while short != 0:
+        i = order_[k % npresent].sym
+        if short > 0:
+            f[i] += <uint32_t>short
+            short = 0
+        elif f[i] > 1:
+            step = min(<int64_t>f[i] - 1, -short)
+            f[i] -= <uint32_t>step
+            short += step
+        k += 1
+    total = 0
+    for k in range(nsym):
+        c[k] = <uint32_t>total
+        total += f[k]
+
+
+cdef extern from *:
+    ctypedef unsigned long long uint128 "unsigned __int128"
+
+
+cdef struct EncSym:
+    uint64_t rcp      # ceil(2**64 / f), or 0 for f = 1 (the quotient is then x itself)
+    uint64_t bound    # f << (32 - PROB_BITS): a state at or above it sheds 16 bits first
+    uint32_t freq
+    uint32_t cum
+
+
+cdef inline uint64_t rans_put(uint64_t x, const EncSym* e, uint16_t* wd, Py_ssize_t* wpos) noexcept nogil:
+    cdef uint64_t q
+    cdef int shed = x >= e.bound
+    # without a branch (whether a state sheds 16 bits is a coin toss): the word is written
+    # below the last one either way, and kept only if the state shed it
+    wd[wpos[0] - 1] = <uint16_t>(x & 0xFFFF)
+    wpos[0] -= shed
+    x >>= 16 * shed
+    q = <uint64_t>((<uint128>x * e.rcp) >> 64) if e.rcp else x
+    return (q << PROB_BITS) + (x - q * e.freq) + e.cum
+
+
+cdef inline Py_ssize_t rans_encode(const uint16_t* sy, Py_ssize_t count, const uint32_t* f, const uint32_t* c,
+                                   Py_ssize_t nsym, uint8_t* out, uint64_t* states) noexcept nogil:
+    """rANS over the symbols, backwards so that the decoder reads forwards; two states
+    take turns (even and odd symbols) so that a decoder can work on both at once. The
+    words end at out's slot count + 2 (uint16); returns the first one's slot, and the
+    final states in `states`."""
+    cdef uint16_t* wd = <uint16_t*>out
+    cdef EncSym es[NSYM]
+    cdef Py_ssize_t i, wpos = count + 2
+    # the two states in locals, so that they stay in registers
+    cdef uint64_t x0 = RANS_L, x1 = RANS_L
+    # x / f as a multiplication by ceil(2**64 / f): exact for x < 2**32 and f < 2**15, as
+    # here, and several times cheaper than a division on the encoder's critical path
+    for i in range(nsym):
+        es[i].rcp = 0xFFFFFFFFFFFFFFFFULL // f[i] + 1 if f[i] > 1 else 0
+        es[i].bound = <uint64_t>f[i] << (32 - PROB_BITS)
+        es[i].freq = f[i]
+        es[i].cum = c[i]
+    if count and f[sy[0]] != PROB_SCALE:  # else one symbol: the states never move
+        i = count - 1
+        if not i & 1:
+            x0 = rans_put(x0, &es[sy[i]], wd, &wpos)
+            i -= 1
+        # pairs (odd, even), so that each state has its own line of code
+        while i > 0:
+            x1 = rans_put(x1, &es[sy[i]], wd, &wpos)
+            x0 = rans_put(x0, &es[sy[i - 1]], wd, &wpos)
+            i -= 2
+    states[0] = x0
+    states[1] = x1
+    return wpos
+
+
+# --- decoding -------------------------------------------------------------------------
+
+cdef struct BitReader:
+    const uint8_t* raw
+    Py_ssize_t nraw
+    Py_ssize_t rpos
+    uint64_t acc
+    int nbits
+
+
+cdef inline int read_bits(BitReader* r, int e, uint64_t* low) noexcept nogil:
+    """The next e (<= 63) raw bits into low; 1 when the raw bits run out."""
+    cdef int e1, kk
+    cdef Py_ssize_t k
+    cdef uint64_t v
+    if r.nbits < e:
+        if r.rpos + 8 <= r.nraw:
+            # refill with one load: the bytes that fit whole are taken; the bits above
+            # them are the stream's next ones, ORed in again at the next refill
+            r.acc |= load64(r.raw + r.rpos) << r.nbits
+            k = (63 - r.nbits) >> 3
+            r.rpos += k
+            r.nbits += <int>k * 8
+        else:
+            while r.nbits <= 56 and r.rpos < r.nraw:
+                r.acc |= <uint64_t>r.raw[r.rpos] << r.nbits
+                r.rpos += 1
+                r.nbits += 8
+    if e <= r.nbits:
+        low[0] = r.acc & ((<uint64_t>1 << e) - 1)
+        r.acc >>= e
+        r.nbits -= e
+        return 0
+    # more than 56 raw bits: in steps of 32 so the accumulator never overflows
+    v = 0
+    e1 = 0
+    while e1 < e:
+        kk = e - e1 if e - e1 <= 32 else 32
+        while r.nbits < kk and r.rpos < r.nraw:
+            r.acc |= <uint64_t>r.raw[r.rpos] << r.nbits
+            r.rpos += 1
+            r.nbits += 8
+        if r.nbits < kk:
+            return 1
+        v |= (r.acc & ((<uint64_t>1 << kk) - 1)) << e1
+        r.acc >>= kk
+        r.nbits -= kk
+        e1 += kk
+    low[0] = v
+    return 0
+
+
+cdef enum:
+    # what the decoder makes of each integer as it writes it: the integer itself, a
+    # decimal (integer / 10**e), an ordered bit pattern's float, a dictionary entry
+    AS_INT = 0
+    AS_DECIMAL = 1
+    AS_FLOAT_BITS = 2
+    AS_ENTRY = 3
+
+
+cdef struct Conv:
+    int kind
+    double p                 # AS_DECIMAL: 10**e
+    const int64_t* table     # AS_ENTRY: the dictionary's values (as bit patterns)
+    uint64_t size            # AS_ENTRY: its length
+
+
+cdef inline int convert(int64_t* o, Py_ssize_t n, const Conv* cv) noexcept nogil:
+    """The integers o[:n] made what cv says, in place (NULL: left as they are); 1 for an
+    index outside the dictionary. For the few values `decode_loop` does not write."""
+    cdef Py_ssize_t i
+    cdef uint64_t v
+    if cv == NULL or cv.kind == AS_INT:
+        return 0
+    for i in range(n):
+        v = <uint64_t>o[i]
+        if cv.kind == AS_DECIMAL:
+            (<double*>o)[i] = <double><int64_t>v / cv.p
+        elif cv.kind == AS_FLOAT_BITS:
+            o[i] = <int64_t>(v ^ <uint64_t>0x7FFFFFFFFFFFFFFF) if <int64_t>v < 0 else <int64_t>v
+        elif cv.kind == AS_ENTRY:
+            if v >= cv.size:
+                return 1
+            o[i] = cv.table[v]
+    return 0
+
+
+# Tags that pick a copy of the decoding loop at compile time (fused types): what each
+# integer becomes (the delta order's tags are in _codec_bits). One copy per pair keeps
+# the loop's state in registers; a run-time switch inside it would not.
+cdef struct AsInt:
+    char unused
+cdef struct AsDecimal:
+    char unused
+cdef struct AsFloatBits:
+    char unused
+cdef struct AsEntry:
+    char unused
+ctypedef fused Output:
+    AsInt
+    AsDecimal
+    AsFloatBits
+    AsEntry
+
+
+cdef inline int decode_loop(DeltaOrder* order, Output* kind, const uint32_t* fb, const uint16_t* te,
+                            const uint8_t* words, Py_ssize_t nwords, const uint8_t* raw, Py_ssize_t nraw,
+                            int64_t* dst, Py_ssize_t count, uint64_t* states, Py_ssize_t* word_end,
+                            uint64_t g, uint64_t base, const Conv* cv) noexcept nogil:
+    """The rANS and raw-bit decoding of `count` residuals, integrated on the fly: order 0
+    writes base + u·g, orders 1 and 2 continue the heads in dst[-order:]. Per slot, `fb`
+    holds frequency << 16 | (slot - cumulative) and `te` raw-bit count << 8 | the bucket's
+    top bits: one load a step on each chain. The state is in locals, so it stays in
+    registers (state behind a pointer would be reloaded after each store to dst).
+    Each value is written as `kind` says (see Conv). Returns 0, or 1 (rANS words run
+    out), 2 (raw bits run out) or 3 (an index outside the dictionary)."""
+    cdef double p = cv.p
+    cdef const int64_t* table = cv.table
+    cdef uint64_t size = cv.size
+    cdef uint64_t x0 = states[0], x1 = states[1], info0, info1, low, u, cur = 0, d = 0
+    cdef Py_ssize_t pos = 8, i = 0, j
+    cdef uint32_t t0, t1, t, NONE = 0xFFFFFFFF
+    cdef BitReader br
+    br.raw = raw
+    br.nraw = nraw
+    br.rpos = 0
+    br.acc = 0
+    br.nbits = 0
+    if DeltaOrder is not Order0:
+        cur = <uint64_t>dst[-1]
+    if DeltaOrder is Order2:
+        d = <uint64_t>dst[-1] - <uint64_t>dst[-2]
+    while i < count:
+        # the two states take turns (even and odd residuals): their steps do not depend
+        # on each other, so the CPU overlaps them
+        info0 = fb[x0 & (PROB_SCALE - 1)]
+        t0 = te[x0 & (PROB_SCALE - 1)]
+        x0 = (info0 >> 16) * (x0 >> PROB_BITS) + (info0 & 0xFFFF)
+        if x0 < RANS_L:
+            if pos + 2 > nwords:
+                return 1
+            x0 = (x0 << 16) | words[pos] | (<uint64_t>words[pos + 1] << 8)
+            pos += 2
+        t1 = NONE
+        if i + 1 < count:
+            info1 = fb[x1 & (PROB_SCALE - 1)]
+            t1 = te[x1 & (PROB_SCALE - 1)]
+            x1 = (info1 >> 16) * (x1 >> PROB_BITS) + (info1 & 0xFFFF)
+            if x1 < RANS_L:
+                if pos + 2 > nwords:
+                    return 1
+                x1 = (x1 << 16) | words[pos] | (<uint64_t>words[pos + 1] << 8)
+                pos += 2
+        for j in range(2):
+            t = t0 if j == 0 else t1
+            if t == NONE:
+                break
+            if read_bits(&br, t >> 8, &low):
+                return 2
+            u = ((<uint64_t>(t & 0xFF)) << (t >> 8)) | low
+            if DeltaOrder is Order0:
+                cur = base + u * g
+            elif DeltaOrder is Order1:
+                cur += <uint64_t>unzz(u) * g
+            else:
+                d += <uint64_t>unzz(u) * g
+                cur += d
+            if Output is AsInt:
+                dst[i] = <int64_t>cur
+            elif Output is AsDecimal:
+                (<double*>dst)[i] = <double><int64_t>cur / p
+            elif Output is AsFloatBits:
+                dst[i] = <int64_t>(cur ^ <uint64_t>0x7FFFFFFFFFFFFFFF) if <int64_t>cur < 0 else <int64_t>cur
+            else:
+                if cur >= size:
+                    return 3
+                dst[i] = table[cur]
+            i += 1
+    states[0] = x0
+    states[1] = x1
+    word_end[0] = pos
+    return 0
+
+
+cdef inline int decode_kind(const uint32_t* fb, const uint16_t* te, const uint8_t* rb, Py_ssize_t nrb,
+                            const uint8_t* xb, Py_ssize_t nraw, int64_t* dst, Py_ssize_t count,
+                            uint64_t* states, Py_ssize_t* word_end, int order, uint64_t g, uint64_t base,
+                            const Conv* cv) noexcept nogil:
+    """`decode_loop`'s copy for this delta order and output."""
+    if cv.kind == AS_INT:
+        if order == 0:
+            return decode_loop(<Order0*>NULL, <AsInt*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        elif order == 1:
+            return decode_loop(<Order1*>NULL, <AsInt*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        else:
+            return decode_loop(<Order2*>NULL, <AsInt*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+    elif cv.kind == AS_DECIMAL:
+        if order == 0:
+            return decode_loop(<Order0*>NULL, <AsDecimal*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        elif order == 1:
+            return decode_loop(<Order1*>NULL, <AsDecimal*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        else:
+            return decode_loop(<Order2*>NULL, <AsDecimal*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+    elif cv.kind == AS_FLOAT_BITS:
+        if order == 0:
+            return decode_loop(<Order0*>NULL, <AsFloatBits*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        elif order == 1:
+            return decode_loop(<Order1*>NULL, <AsFloatBits*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        else:
+            return decode_loop(<Order2*>NULL, <AsFloatBits*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+    else:
+        if order == 0:
+            return decode_loop(<Order0*>NULL, <AsEntry*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        elif order == 1:
+            return decode_loop(<Order1*>NULL, <AsEntry*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        else:
+            return decode_loop(<Order2*>NULL, <AsEntry*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
