@@ -8,13 +8,17 @@ format and every choice live in `_codec_format`, shared by both. Bounds checks
 are off in the loops below: every index is checked against lengths the code
 itself derives, and the differential and fuzz tests feed them corrupt streams.
 The loops run without the GIL, on memory of their own call (see `Spare`).
-The entropy coder is in `_codec_rans.pxd`, the bit-level helpers in `_codec_bits.pxd`.
+This module holds the kernels `_codec_format` calls and the memory they work in; their
+C helpers are cimported: the decoder's driver from `_codec_decode.pxd`, the plan's cost
+model and the entropy coder from `_codec_rans.pxd`, the bit-level helpers (the encoder's
+symbols and raw bits among them) from `_codec_bits.pxd`.
 """
 import sys
 
 import array as _array
 from cpython cimport array
-from libc.math cimport fabs, isfinite, log2, rint, signbit, INFINITY
+from cpython.object cimport PyObject
+from libc.math cimport fabs, isfinite, rint, signbit, INFINITY
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -23,6 +27,7 @@ from . import _codec_format as fmt
 from ._codec_format import CodecError
 from ._codec_bits cimport *
 from ._codec_rans cimport *
+from ._codec_decode cimport *
 from ._columns cimport as_d, as_q
 
 # numpy is not imported here: the gateway encodes batches with this module, and numpy
@@ -41,12 +46,7 @@ cdef inline array.array new_d(Py_ssize_t n):
 
 __all__ = ["encode", "decode", "CodecError"]
 
-# chunk kinds, as C constants for the decoder's driver (the format's numbers: fmt.K_*)
-cdef enum:
-    K_RAW = 0
-    K_DECIMAL = 1
-    K_BITS = 2
-    K_DICT = 3
+# the decoder's chunk kinds (_codec_decode.pxd) are the format's
 assert (K_RAW, K_DECIMAL, K_BITS, K_DICT) == (fmt.K_RAW, fmt.K_DECIMAL, fmt.K_BITS, fmt.K_DICT)
 
 # the sampled plan's runs (fmt.plan_runs), as C constants
@@ -56,96 +56,14 @@ cdef enum:
 assert (PLAN_RUNS, PLAN_RUN) == (fmt.PLAN_RUNS, fmt.PLAN_RUN)
 
 cdef double EXACT = 9007199254740992.0
-cdef bint LITTLE_ENDIAN = sys.byteorder == "little"
 cdef uint64_t GCD_MAX = (<uint64_t>1) << 62
 
 
-cdef int64_t COARSE_SYM_C[4][496]
-cdef int64_t COARSE_EXTRA_C[4][496]
+cdef CoarseMap COARSE  # the format's coarse symbols, for the plan's cost_of
 for _m in range(4):
     for _s in range(fmt.NSYM_FINE):
-        COARSE_SYM_C[_m][_s] = fmt.COARSE_SYM[_m][_s]
-        COARSE_EXTRA_C[_m][_s] = fmt.COARSE_EXTRA[_m][_s]
-
-
-cdef double cost_of(const int64_t* fine, int* m_out) noexcept nogil:
-    """fmt.istream_cost: the same sum in the same order (coarse symbols ascending;
-    the fine-to-coarse map is monotone, so runs of the nonzero fine bins give it)."""
-    cdef int nz_sym[496]
-    cdef Py_ssize_t s, nz = 0, k
-    cdef int64_t extra, total, c, run
-    cdef int m, cur, nsy
-    cdef double bits, best = INFINITY
-    for s in range(496):
-        if fine[s]:
-            nz_sym[nz] = <int>s
-            nz += 1
-    total = 0
-    for k in range(nz):
-        total += fine[nz_sym[k]]
-    for m in range(4):
-        extra = 0
-        nsy = 0
-        cur = -1
-        for k in range(nz):
-            s = nz_sym[k]
-            extra += COARSE_EXTRA_C[m][s] * fine[s]
-            if COARSE_SYM_C[m][s] != cur:
-                cur = <int>COARSE_SYM_C[m][s]
-                nsy += 1
-        bits = <double>extra + 8.0 * (3 * nsy + 2)
-        cur = -1
-        run = 0
-        for k in range(nz + 1):
-            if k == nz or COARSE_SYM_C[m][nz_sym[k]] != cur:
-                if run:
-                    bits += <double>run * log2(<double>total / <double>run)
-                if k == nz:
-                    break
-                cur = <int>COARSE_SYM_C[m][nz_sym[k]]
-                run = 0
-            run += fine[nz_sym[k]]
-        if bits < best:
-            best = bits
-            m_out[0] = m
-    return best
-
-
-cdef inline void _analyze(DeltaOrder* order, const int64_t* x, Py_ssize_t n, int32_t[4][NSYM] h4) noexcept nogil:
-    """Adds the fine bucket symbols of one run's residuals at this order, with the run's own
-    base and divisor (`_codec_py.analyze`), to h4: four histograms taken in turn, as
-    increments of one counter in a row wait on each other."""
-    cdef Py_ssize_t i
-    cdef int extra
-    cdef uint64_t lo = 0, u
-    cdef Divisor dg
-    if DeltaOrder is Order0:
-        lo = <uint64_t>x[0]
-        for i in range(n):
-            if x[i] < <int64_t>lo:
-                lo = <uint64_t>x[i]
-        dg = divisor(common_divisor(x, n, 0, lo))
-        for i in range(n):
-            u = unsigned_residual(<uint64_t>x[i] - lo, 0, dg)
-            h4[i & 3][bucket(u, FINE_M, &extra)] += 1
-    elif DeltaOrder is Order1:
-        dg = divisor(common_divisor(x, n - 1, 1, 0))
-        for i in range(n - 1):
-            u = unsigned_residual(<uint64_t>x[i + 1] - <uint64_t>x[i], 1, dg)
-            h4[i & 3][bucket(u, FINE_M, &extra)] += 1
-    else:
-        dg = divisor(common_divisor(x, n - 2, 2, 0))
-        for i in range(n - 2):
-            u = unsigned_residual((<uint64_t>x[i + 2] - <uint64_t>x[i + 1]) - (<uint64_t>x[i + 1] - <uint64_t>x[i]), 2, dg)
-            h4[i & 3][bucket(u, FINE_M, &extra)] += 1
-
-
-cdef inline uint64_t gcd_step(uint64_t g, uint64_t a, int signed_) noexcept nogil:
-    if signed_ and <int64_t>a < 0:
-        a = 0 - a
-    if a == g or a == 0:
-        return g  # a regular clock repeats one difference: spare the division
-    return gcd64(g, a)
+        COARSE.sym[_m][_s] = fmt.COARSE_SYM[_m][_s]
+        COARSE.extra[_m][_s] = fmt.COARSE_EXTRA[_m][_s]
 
 
 def plan(ints):
@@ -178,7 +96,7 @@ cdef plan_sampled(const int64_t[::1] x):
     cdef Py_ssize_t starts[PLAN_RUNS]
     cdef int64_t lo
     cdef uint64_t g
-    cdef int o, order = 0, m, mo
+    cdef int o, order = 0, m = 0, mo = 0
     cdef double bits, least = INFINITY
     for k, s in enumerate(fmt.plan_runs(n)):
         starts[k] = s
@@ -194,7 +112,7 @@ cdef plan_sampled(const int64_t[::1] x):
                     _analyze(<Order2*>NULL, &x[starts[k]], PLAN_RUN, h4)
             for s in range(NSYM):
                 acc[o][s] = h4[0][s] + h4[1][s] + h4[2][s] + h4[3][s]
-            bits = cost_of(acc[o], &mo)
+            bits = cost_of(acc[o], &COARSE, &mo)
             if bits < least:
                 order, least, m = o, bits, mo
         lo = 0
@@ -210,70 +128,22 @@ cdef plan_sampled(const int64_t[::1] x):
         # every residual 0 (a regular clock, a constant): the histogram is known exactly
         memset(h, 0, sizeof(h))
         h[0] = n - order
-        bits = cost_of(h, &m)
+        bits = cost_of(h, &COARSE, &m)
         return bits, order, m, int(lo), 1, histogram(h)
     sampled = fmt.PLAN_RUNS * (fmt.PLAN_RUN - order)
     return least * (n - order) / sampled, order, m, int(lo), int(g), None
 
 
 cdef plan_full(const int64_t[::1] x):
-    cdef Py_ssize_t n = x.shape[0], i
+    """`plan` of a short istream: all three orders measured in full (`plan_orders`)."""
     cdef int64_t h[3][NSYM]
-    cdef int32_t h4[4][3][NSYM]
-    cdef Py_ssize_t j
     cdef uint64_t g[3]
     cdef int m[3]
     cdef double bits[3]
-    cdef int order, top = 2 if n > 2 else <int>n, best = 0, extra
-    cdef int64_t lo = x[0] if n else 0
-    cdef uint64_t hi = <uint64_t>lo, d = 0, prev_d = 0, dd
-    cdef int32_t* hp = &h4[0][0][0]
-    cdef Divisor dv[3]
-    memset(h4, 0, sizeof(h4))
+    cdef int64_t lo
+    cdef int best
     with nogil:
-        g[0] = g[1] = g[2] = 0
-        for i in range(n):
-            if x[i] < lo:
-                lo = x[i]
-            if x[i] > <int64_t>hi:
-                hi = <uint64_t>x[i]
-            if i >= 1:
-                d = <uint64_t>x[i] - <uint64_t>x[i - 1]
-                if g[1] != 1:
-                    g[1] = gcd_step(g[1], d, 1)
-                if i >= 2 and g[2] != 1:
-                    g[2] = gcd_step(g[2], d - prev_d, 1)
-                prev_d = d
-        if hi - <uint64_t>lo < (<uint64_t>1 << 63):
-            # no difference wrapped, so the divisor of x - min is that of the differences
-            g[0] = g[1]
-        else:
-            for i in range(n):
-                g[0] = gcd_step(g[0], <uint64_t>x[i] - <uint64_t>lo, 0)
-                if g[0] == 1:
-                    break
-        for order in range(3):
-            if g[order] == 0 or g[order] > GCD_MAX:
-                g[order] = 1
-            dv[order] = divisor(g[order])
-        # four copies of each histogram, taken in turn: increments of one counter
-        # in a row wait on each other, and sensor residuals hit a few counters a lot
-        for i in range(n):
-            j = (i & 3) * 3 * NSYM
-            hp[j + bucket(unsigned_residual(<uint64_t>x[i] - <uint64_t>lo, 0, dv[0]), FINE_M, &extra)] += 1
-            if i >= 1:
-                d = <uint64_t>x[i] - <uint64_t>x[i - 1]
-                hp[j + NSYM + bucket(unsigned_residual(d, 1, dv[1]), FINE_M, &extra)] += 1
-                if i >= 2:
-                    hp[j + 2 * NSYM + bucket(unsigned_residual(d - prev_d, 2, dv[2]), FINE_M, &extra)] += 1
-                prev_d = d
-        for order in range(3):
-            for i in range(NSYM):
-                h[order][i] = h4[0][order][i] + h4[1][order][i] + h4[2][order][i] + h4[3][order][i]
-        for order in range(top + 1):
-            bits[order] = cost_of(h[order], &m[order])
-            if bits[order] < bits[best]:
-                best = order
+        best = plan_orders(&x[0], x.shape[0], &COARSE, h, g, m, bits, &lo)
     return bits[best], best, m[best], int(lo) if best == 0 else 0, int(g[best]), histogram(h[best])
 
 
@@ -356,71 +226,6 @@ def encode_ints(ints, int order, base, gcd, int m, freq, cum):
         give_back(&_scratch, scratch, size)
 
 
-cdef Py_ssize_t bucketize(const int64_t* xp, Py_ssize_t count, int order, uint64_t base, uint64_t g, int m,
-                          uint8_t* scratch, int64_t* hist) noexcept nogil:
-    """The residuals' bucket symbols (uint16, at `scratch`) and their raw bits (packed, at
-    scratch + 4·(count + 2)), and the symbols' histogram into `hist` unless NULL; the
-    count of raw bytes. `scratch` holds 12·(count + 2) + 8 bytes."""
-    cdef int32_t hist4[4][NSYM]
-    cdef Py_ssize_t k, nraw
-    memset(hist4, 0, sizeof(hist4))
-    # a copy of the loop per delta order (fused types), so that no test of it is left inside
-    if order == 0:
-        nraw = bucketize_loop(<Order0*>NULL, xp, count, base, g, m, scratch, hist4)
-    elif order == 1:
-        nraw = bucketize_loop(<Order1*>NULL, xp, count, base, g, m, scratch, hist4)
-    else:
-        nraw = bucketize_loop(<Order2*>NULL, xp, count, base, g, m, scratch, hist4)
-    if hist != NULL:
-        for k in range(NSYM):
-            hist[k] = hist4[0][k] + hist4[1][k] + hist4[2][k] + hist4[3][k]
-    return nraw
-
-
-cdef inline Py_ssize_t bucketize_loop(DeltaOrder* order, const int64_t* xp, Py_ssize_t count, uint64_t base,
-                                      uint64_t g, int m, uint8_t* scratch, int32_t[4][NSYM] hist4) noexcept nogil:
-    cdef uint16_t* sy = <uint16_t*>scratch
-    cdef uint8_t* out = scratch + 4 * (count + 2)
-    cdef Divisor dg = divisor(g)
-    cdef Py_ssize_t i, pos = 0
-    cdef uint64_t u, r, acc = 0
-    cdef uint32_t s
-    cdef int e, nbits = 0
-    for i in range(count):
-        if DeltaOrder is Order0:
-            u = unsigned_residual(<uint64_t>xp[i] - base, 0, dg)
-        elif DeltaOrder is Order1:
-            u = unsigned_residual(<uint64_t>xp[i + 1] - <uint64_t>xp[i], 1, dg)
-        else:
-            r = (<uint64_t>xp[i + 2] - <uint64_t>xp[i + 1]) - (<uint64_t>xp[i + 1] - <uint64_t>xp[i])
-            u = unsigned_residual(r, 2, dg)
-        s = bucket(u, m, &e)
-        sy[i] = <uint16_t>s
-        hist4[i & 3][s] += 1  # four counters in turn: increments of one in a row wait on each other
-        # the raw bits: fewer than 8 wait in acc; each value stores all eight bytes of acc
-        # and moves on by the whole ones, so there is no branch on how many bits there
-        # are (a coin toss on real data); `out` has 8 bytes to spare past the last
-        if e > 56:
-            acc |= (u & <uint64_t>0xFFFFFFFF) << nbits
-            nbits += 32
-            store64(out + pos, acc)
-            pos += nbits >> 3
-            acc >>= nbits & ~7
-            nbits &= 7
-            u >>= 32
-            e -= 32
-        acc |= (u & ((<uint64_t>1 << e) - 1)) << nbits
-        nbits += e
-        store64(out + pos, acc)
-        pos += nbits >> 3
-        acc >>= nbits & ~7
-        nbits &= 7
-    if nbits:
-        out[pos] = <uint8_t>acc
-        pos += 1
-    return pos
-
-
 def encode_body(ints, int order, base, gcd, int m):
     """(frequency table bytes, rANS bytes, raw bits) of the residuals at width m, the
     frequencies taken from this very pass (fmt.normalise, in C): `_codec_py.encode_body`."""
@@ -475,136 +280,8 @@ def decode_ints(Py_ssize_t n, int order, heads, gcd, int m, freq, cum, rans, ext
     if rb.shape[0] < 8 or rb.shape[0] % 2:
         raise CodecError("rANS block has a bad length")
     ints_into(n, order, hd, gcd, m, &f[0], &c[0], f.shape[0], &rb[0], rb.shape[0],
-              &xb[0] if xb.shape[0] else NULL, xb.shape[0], &out_v[0], NULL)
+              &xb[0] if xb.shape[0] else NULL, xb.shape[0], &out_v[0], NULL, CodecError)
     return out
-
-
-cdef Conv AS_INTS
-AS_INTS.kind = AS_INT
-
-
-cdef int ints_into(Py_ssize_t n, int order, const int64_t* heads, uint64_t g, int m,
-                   const uint32_t* f, const uint32_t* c, Py_ssize_t nsym,
-                   const uint8_t* rb, Py_ssize_t nrb, const uint8_t* xb, Py_ssize_t nraw,
-                   int64_t* o, const Conv* cv) except -1:
-    """n (> order) int64 values into o from an istream's parts (heads, divisor, table,
-    rANS words of even length >= 8, raw bits), each made what cv says (NULL: kept as
-    integers); CodecError when the blocks are corrupt."""
-    cdef Py_ssize_t count = n - order if order else n, i, s, j, word_end = 0
-    cdef uint32_t fb[PROB_SCALE]
-    cdef uint16_t te[PROB_SCALE]
-    cdef uint64_t states[2]
-    cdef uint32_t direct = 2 << m, t, tev
-    cdef int bad = 0
-    cdef int64_t* dst = o if order == 0 else o + order
-    cdef uint64_t base0 = <uint64_t>heads[0] if order == 0 else 0
-    with nogil:
-        for s in range(nsym):
-            if not f[s]:
-                continue
-            t = <uint32_t>s - direct
-            tev = ((((t >> m) + 1) << 8) | ((1 << m) | (t & ((1 << m) - 1)))) if <uint32_t>s >= direct else <uint32_t>s
-            for j in range(c[s], c[s] + f[s]):
-                fb[j] = (f[s] << 16) | <uint32_t>(j - c[s])
-                te[j] = <uint16_t>tev
-        for i in range(order):
-            o[i] = heads[i]
-        states[0] = rb[0] | (<uint64_t>rb[1] << 8) | (<uint64_t>rb[2] << 16) | (<uint64_t>rb[3] << 24)
-        states[1] = rb[4] | (<uint64_t>rb[5] << 8) | (<uint64_t>rb[6] << 16) | (<uint64_t>rb[7] << 24)
-        if (fb[0] >> 16) == PROB_SCALE and (te[0] >> 8) == 0:
-            # one symbol with no raw bits (a regular clock, a constant): rANS leaves
-            # the states as they are and reads nothing; the values follow in one pass
-            word_end = 8
-            constant_run(o, n, order, <uint64_t>(te[0] & 0xFF), g, base0)
-            if convert(o, n, cv):
-                bad = 3
-        else:
-            if cv == NULL:
-                cv = &AS_INTS
-            # a copy of the loop per delta order and conversion, each step inlined: the
-            # conversion rides along with the rANS chains, which wait on loads
-            if order == 0:
-                bad = decode_kind(fb, te, rb, nrb, xb, nraw, dst, count, states, &word_end, 0, g, base0, cv)
-            elif order == 1:
-                bad = decode_kind(fb, te, rb, nrb, xb, nraw, dst, count, states, &word_end, 1, g, base0, cv)
-            else:
-                bad = decode_kind(fb, te, rb, nrb, xb, nraw, dst, count, states, &word_end, 2, g, base0, cv)
-            if not bad and convert(o, order, cv):  # the heads, read as integers by the loop
-                bad = 3
-    if bad == 1:
-        raise CodecError("rANS block ends early")
-    if bad == 2:
-        raise CodecError("raw bits end early")
-    if bad == 3:
-        raise CodecError("dictionary index out of range")
-    if states[0] != RANS_L or states[1] != RANS_L or word_end != nrb:
-        raise CodecError("rANS block does not end where it should (corrupt stream)")
-    return 0
-
-
-# --- the decoder's driver: a whole stream in C, each chunk decoded into its place --------
-# (the reference's steps, `fmt.decode` and `fmt.read_values`, without a Python call, an
-# intermediate array or a copy between them; the bounded-error kinds go back to
-# `fmt.read_values`, as they need numpy anyway)
-
-cdef struct Src:
-    const uint8_t* d
-    Py_ssize_t size
-    Py_ssize_t pos
-
-
-cdef inline int need(Src* r, Py_ssize_t k) except -1:
-    if k < 0 or r.pos + k > r.size:
-        raise CodecError(f"stream ends early: {k} more bytes needed", r.pos)
-    return 0
-
-
-cdef inline int u8(Src* r) except -1:
-    need(r, 1)
-    r.pos += 1
-    return r.d[r.pos - 1]
-
-
-cdef uint64_t varint(Src* r, uint64_t limit) except? 0xFFFFFFFFFFFFFFFF:
-    """A LEB128 varint below `limit` (0: any uint64), as `fmt.Reader.varint`."""
-    cdef uint64_t v = 0, b
-    cdef int shift = 0
-    while True:
-        b = <uint64_t>u8(r)
-        if shift == 63 and (b & 0x7F) > 1:
-            raise CodecError("varint value out of range (>= 2**64)", r.pos)
-        v |= (b & 0x7F) << shift
-        if not b & 0x80:
-            break
-        shift += 7
-        if shift > 63:
-            raise CodecError("varint longer than 64 bits", r.pos)
-    if limit and v >= limit:
-        raise CodecError(f"value {v} out of range (< {limit})", r.pos)
-    return v
-
-
-cdef int table_into(Src* r, Py_ssize_t nsym, uint32_t* fv, uint32_t* cv) except -1:
-    """A frequency table (`write_table`) into fv, cv (nsym entries each)."""
-    cdef Py_ssize_t count, i
-    cdef int64_t s = -1
-    cdef uint64_t f, total = 0
-    memset(fv, 0, nsym * sizeof(uint32_t))
-    memset(cv, 0, nsym * sizeof(uint32_t))
-    count = varint(r, nsym + 1)
-    if count == 0:
-        raise CodecError("empty frequency table", r.pos)
-    for i in range(count):
-        s += varint(r, nsym) + 1
-        f = varint(r, PROB_SCALE) + 1 if count > 1 else PROB_SCALE
-        if s >= nsym:
-            raise CodecError(f"symbol {s} out of range", r.pos)
-        fv[s] = <uint32_t>f
-        cv[s] = <uint32_t>total
-        total += f
-    if total != PROB_SCALE:
-        raise CodecError("frequencies do not sum to the scale", r.pos)
-    return 0
 
 
 def read_table(data, Py_ssize_t pos, int nsym):
@@ -618,200 +295,12 @@ def read_table(data, Py_ssize_t pos, int nsym):
     r.d = &d[0] if d.shape[0] else NULL
     r.size = d.shape[0]
     r.pos = pos
+    r.error = <PyObject*>CodecError
     table_into(&r, nsym, &fv[0], &cv[0])
     return freq, cum, r.pos
 
 
-cdef const uint8_t* blob(Src* r, Py_ssize_t* size) except? NULL:
-    size[0] = <Py_ssize_t>varint(r, r.size + 1)
-    need(r, size[0])
-    r.pos += size[0]
-    return r.d + r.pos - size[0] if size[0] else NULL
-
-
-cdef int istream_into(Src* r, Py_ssize_t n, int64_t* o, const Conv* cv) except -1:
-    """n int64 values into o, each made what cv says (NULL: integers): `fmt._read_istream`."""
-    cdef int order = u8(r), m = u8(r)
-    cdef int64_t heads[2]
-    cdef Py_ssize_t i, nh, nrb, nraw
-    cdef uint64_t g
-    cdef uint32_t f[NSYM]
-    cdef uint32_t c[NSYM]
-    cdef const uint8_t* rb
-    cdef const uint8_t* xb
-    if order > 2 or m > FINE_M:
-        raise CodecError(f"istream order {order} / bucket width {m} unknown", r.pos)
-    nh = 1 if order == 0 else min(<Py_ssize_t>order, n)
-    for i in range(nh):
-        heads[i] = unzz(varint(r, 0))
-    g = varint(r, 0)
-    if g == 0:
-        raise CodecError("divisor 0", r.pos)
-    if n <= order:
-        for i in range(n):
-            o[i] = heads[i]
-        if convert(o, n, cv):
-            raise CodecError("dictionary index out of range", r.pos)
-        return 0
-    nsym = (2 << m) + (63 - m) * (1 << m)
-    table_into(r, nsym, f, c)
-    rb = blob(r, &nrb)
-    xb = blob(r, &nraw)
-    if nrb < 8 or nrb % 2:
-        raise CodecError("rANS block has a bad length")
-    return ints_into(n, order, heads, g, m, f, c, nsym, rb, nrb, xb, nraw, o, cv)
-
-
-cdef int values_into(Src* r, Py_ssize_t n, double* out, bytes buf, ts, int depth) except -1:
-    """One chunk of n values into out: `fmt.read_values`. The integers are made floats as
-    the rANS loop writes them (see Conv), not in a pass of their own."""
-    cdef Py_ssize_t start = r.pos, i, d, count
-    cdef int kind = u8(r), e
-    cdef int64_t* o = <int64_t*>out
-    cdef const int64_t* pv
-    cdef const int64_t* xv
-    cdef Conv cv
-    if kind == K_RAW:
-        need(r, 8 * n)
-        if LITTLE_ENDIAN:
-            memcpy(out, r.d + r.pos, 8 * n)
-        else:
-            for i in range(n):
-                o[i] = <int64_t>load64(r.d + r.pos + 8 * i)
-        r.pos += 8 * n
-        return 0
-    if kind == K_BITS:
-        cv.kind = AS_FLOAT_BITS
-        istream_into(r, n, o, &cv)
-        return 0
-    if kind == K_DECIMAL:
-        e = u8(r)
-        if e > fmt.MAX_EXPONENT:
-            raise CodecError(f"decimal exponent {e} out of range", r.pos)
-        count = varint(r, n + 1)
-        if count:
-            positions = new_q(count)
-            patterns = new_q(count)
-            pv = <const int64_t*>(<array.array>positions).data.as_voidptr
-            xv = <const int64_t*>(<array.array>patterns).data.as_voidptr
-            istream_into(r, count, <int64_t*>pv, NULL)
-            for i in range(count):
-                if not 0 <= pv[i] < n:
-                    raise CodecError("exception position out of range", r.pos)
-            cv.kind = AS_FLOAT_BITS
-            istream_into(r, count, <int64_t*>xv, &cv)
-        cv.kind = AS_DECIMAL
-        cv.p = 10.0 ** e
-        istream_into(r, n, o, &cv)
-        for i in range(count):
-            o[pv[i]] = xv[i]
-        return 0
-    if kind == K_DICT and depth == 0:
-        d = varint(r, n + 1)
-        if d == 0:
-            raise CodecError("empty dictionary", r.pos)
-        uniq = new_q(d)
-        cv.kind = AS_ENTRY
-        cv.table = <const int64_t*>(<array.array>uniq).data.as_voidptr
-        cv.size = d
-        values_into(r, d, <double*>cv.table, buf, ts, depth + 1)
-        istream_into(r, n, o, &cv)
-        return 0
-    # the bounded-error kinds (and every error the reference reports about a kind)
-    rd = fmt.Reader(buf)
-    rd.pos = start
-    got = fmt._np().ascontiguousarray(fmt.read_values(rd, n, ts, _KERNELS, depth), fmt._np().float64)
-    cdef const double[::1] gv = got
-    if gv.shape[0] != n:
-        raise CodecError("chunk of the wrong length", start)
-    if n:
-        memcpy(out, &gv[0], 8 * n)
-    r.pos = rd.pos
-    return 0
-
-
-cdef object _decode(data):
-    """`fmt.decode`, driven from C (see above)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CodecError(f"expected bytes, got {type(data).__name__}")
-    cdef bytes buf = bytes(data)
-    cdef Src r
-    cdef Py_ssize_t n, chunk, start, size = len(buf)
-    r.d = <const uint8_t*>buf
-    r.size = size
-    r.pos = 0
-    if bytes(data[:3]) != fmt.MAGIC:  # as the reference reads it (a memoryview's items)
-        raise CodecError("not a headrace series stream (magic HRZ missing)", 0)
-    r.pos = 3
-    version = u8(&r)
-    if version != fmt.VERSION:
-        raise CodecError(f"series format version {version} is not supported (this decoder reads {fmt.VERSION})", 3)
-    u8(&r)  # flags: informative (1 = lossy)
-    n = varint(&r, fmt.MAX_N)
-    chunk = varint(&r, fmt.MAX_CHUNK + 1)
-    if not chunk:
-        raise CodecError("chunk size 0", r.pos)
-    # the reference's bound on what a short or hostile stream can make us allocate
-    if -(-n // chunk) > size - r.pos or n > fmt.MAX_VALUES_PER_BYTE * size:
-        raise CodecError(f"{n} values in chunks of {chunk} cannot fit in {size} bytes", r.pos)
-    np = fmt._np()
-    ts = np.empty(n, np.int64)
-    vs = np.empty(n, np.float64)
-    cdef int64_t[::1] tv = ts
-    cdef double[::1] vv = vs
-    if n:
-        istream_into(&r, n, &tv[0], NULL)
-    for start in range(0, n, chunk):
-        values_into(&r, min(chunk, n - start), &vv[start], buf, ts[start:start + chunk], 0)
-    if r.pos != size:
-        raise CodecError(f"{size - r.pos} bytes after the end of the stream", r.pos)
-    return ts, vs
-
-
-cdef struct KeyId:
-    int64_t key
-    int64_t id
-
-
 cdef int64_t LOW63 = 0x7FFFFFFFFFFFFFFF
-
-
-cdef void sort_keys(KeyId* a, KeyId* tmp, Py_ssize_t n) noexcept nogil:
-    """a by key (signed), with tmp (n entries) as room: a radix sort of the keys' bytes,
-    least significant first, skipping the bytes all keys share (the high ones, for a
-    sensor's range of values); several times faster than qsort's calls to a comparison."""
-    cdef Py_ssize_t cnt[8][256]
-    cdef Py_ssize_t i, acc, c
-    cdef uint64_t k, first
-    cdef int d, b
-    cdef KeyId* src = a
-    cdef KeyId* dst = tmp
-    cdef KeyId* t
-    if n < 2:
-        return
-    memset(cnt, 0, sizeof(cnt))
-    for i in range(n):
-        k = <uint64_t>a[i].key ^ (<uint64_t>1 << 63)
-        for d in range(8):
-            cnt[d][(k >> (8 * d)) & 0xFF] += 1
-    first = <uint64_t>a[0].key ^ (<uint64_t>1 << 63)
-    for d in range(8):
-        if cnt[d][(first >> (8 * d)) & 0xFF] == n:
-            continue
-        acc = 0
-        for b in range(256):
-            c = cnt[d][b]
-            cnt[d][b] = acc
-            acc += c
-        for i in range(n):
-            b = ((<uint64_t>src[i].key ^ (<uint64_t>1 << 63)) >> (8 * d)) & 0xFF
-            dst[cnt[d][b]] = src[i]
-            cnt[d][b] += 1
-        t = src
-        src = dst
-        dst = t
-    if src != a:
-        memcpy(a, src, n * sizeof(KeyId))
 
 
 def dictionary(values, Py_ssize_t limit):
@@ -1097,4 +586,4 @@ def encode(timestamps, values, *, double max_error=0.0):
 
 def decode(data):
     """(timestamps int64 ns, values float64) from `encode`'s bytes; CodecError if invalid."""
-    return _decode(data)
+    return _decode(data, fmt, _KERNELS)

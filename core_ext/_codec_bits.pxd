@@ -1,9 +1,11 @@
 # cython: cdivision=True
 # The bit-level pieces of the series codec (compiled into _codec, which cimports them):
 # bucketing, zigzag, exact division, residuals and their divisor, varints, 8-byte loads
-# and stores (for the raw bits), constant runs. The entropy coder is _codec_rans.pxd;
-# docs/codec.md describes the format they implement.
+# and stores (for the raw bits), constant runs, the encoder's bucket symbols and raw bits
+# (bucketize), and the radix sort that orders the dictionary. The entropy coder is
+# _codec_rans.pxd; docs/codec.md describes the format they implement.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
 
 cdef enum:
     PROB_BITS = 14
@@ -49,6 +51,14 @@ cdef inline uint64_t gcd64(uint64_t a, uint64_t b) noexcept nogil:
         a = b
         b = t
     return a
+
+
+cdef inline uint64_t gcd_step(uint64_t g, uint64_t a, int signed_) noexcept nogil:
+    if signed_ and <int64_t>a < 0:
+        a = 0 - a
+    if a == g or a == 0:
+        return g  # a regular clock repeats one difference: spare the division
+    return gcd64(g, a)
 
 
 # Tags that pick a copy of a loop per delta order at compile time (fused types): a test
@@ -227,3 +237,115 @@ cdef inline void constant_run(int64_t* o, Py_ssize_t n, int order, uint64_t u, u
             d += step
             cur += d
         o[i] = <int64_t>cur
+
+
+# --- the encoder's symbols and raw bits -----------------------------------------------
+
+cdef inline Py_ssize_t bucketize(const int64_t* xp, Py_ssize_t count, int order, uint64_t base, uint64_t g, int m,
+                                 uint8_t* scratch, int64_t* hist) noexcept nogil:
+    """The residuals' bucket symbols (uint16, at `scratch`) and their raw bits (packed, at
+    scratch + 4·(count + 2)), and the symbols' histogram into `hist` unless NULL; the
+    count of raw bytes. `scratch` holds 12·(count + 2) + 8 bytes."""
+    cdef int32_t hist4[4][NSYM]
+    cdef Py_ssize_t k, nraw
+    memset(hist4, 0, sizeof(hist4))
+    # a copy of the loop per delta order (fused types), so that no test of it is left inside
+    if order == 0:
+        nraw = bucketize_loop(<Order0*>NULL, xp, count, base, g, m, scratch, hist4)
+    elif order == 1:
+        nraw = bucketize_loop(<Order1*>NULL, xp, count, base, g, m, scratch, hist4)
+    else:
+        nraw = bucketize_loop(<Order2*>NULL, xp, count, base, g, m, scratch, hist4)
+    if hist != NULL:
+        for k in range(NSYM):
+            hist[k] = hist4[0][k] + hist4[1][k] + hist4[2][k] + hist4[3][k]
+    return nraw
+
+
+cdef inline Py_ssize_t bucketize_loop(DeltaOrder* order, const int64_t* xp, Py_ssize_t count, uint64_t base,
+                                      uint64_t g, int m, uint8_t* scratch, int32_t[4][NSYM] hist4) noexcept nogil:
+    cdef uint16_t* sy = <uint16_t*>scratch
+    cdef uint8_t* out = scratch + 4 * (count + 2)
+    cdef Divisor dg = divisor(g)
+    cdef Py_ssize_t i, pos = 0
+    cdef uint64_t u, r, acc = 0
+    cdef uint32_t s
+    cdef int e, nbits = 0
+    for i in range(count):
+        if DeltaOrder is Order0:
+            u = unsigned_residual(<uint64_t>xp[i] - base, 0, dg)
+        elif DeltaOrder is Order1:
+            u = unsigned_residual(<uint64_t>xp[i + 1] - <uint64_t>xp[i], 1, dg)
+        else:
+            r = (<uint64_t>xp[i + 2] - <uint64_t>xp[i + 1]) - (<uint64_t>xp[i + 1] - <uint64_t>xp[i])
+            u = unsigned_residual(r, 2, dg)
+        s = bucket(u, m, &e)
+        sy[i] = <uint16_t>s
+        hist4[i & 3][s] += 1  # four counters in turn: increments of one in a row wait on each other
+        # the raw bits: fewer than 8 wait in acc; each value stores all eight bytes of acc
+        # and moves on by the whole ones, so there is no branch on how many bits there
+        # are (a coin toss on real data); `out` has 8 bytes to spare past the last
+        if e > 56:
+            acc |= (u & <uint64_t>0xFFFFFFFF) << nbits
+            nbits += 32
+            store64(out + pos, acc)
+            pos += nbits >> 3
+            acc >>= nbits & ~7
+            nbits &= 7
+            u >>= 32
+            e -= 32
+        acc |= (u & ((<uint64_t>1 << e) - 1)) << nbits
+        nbits += e
+        store64(out + pos, acc)
+        pos += nbits >> 3
+        acc >>= nbits & ~7
+        nbits &= 7
+    if nbits:
+        out[pos] = <uint8_t>acc
+        pos += 1
+    return pos
+
+
+# --- the dictionary's order -----------------------------------------------------------
+
+cdef struct KeyId:
+    int64_t key
+    int64_t id
+
+
+cdef inline void sort_keys(KeyId* a, KeyId* tmp, Py_ssize_t n) noexcept nogil:
+    """a by key (signed), with tmp (n entries) as room: a radix sort of the keys' bytes,
+    least significant first, skipping the bytes all keys share (the high ones, for a
+    sensor's range of values); several times faster than qsort's calls to a comparison."""
+    cdef Py_ssize_t cnt[8][256]
+    cdef Py_ssize_t i, acc, c
+    cdef uint64_t k, first
+    cdef int d, b
+    cdef KeyId* src = a
+    cdef KeyId* dst = tmp
+    cdef KeyId* t
+    if n < 2:
+        return
+    memset(cnt, 0, sizeof(cnt))
+    for i in range(n):
+        k = <uint64_t>a[i].key ^ (<uint64_t>1 << 63)
+        for d in range(8):
+            cnt[d][(k >> (8 * d)) & 0xFF] += 1
+    first = <uint64_t>a[0].key ^ (<uint64_t>1 << 63)
+    for d in range(8):
+        if cnt[d][(first >> (8 * d)) & 0xFF] == n:
+            continue
+        acc = 0
+        for b in range(256):
+            c = cnt[d][b]
+            cnt[d][b] = acc
+            acc += c
+        for i in range(n):
+            b = ((<uint64_t>src[i].key ^ (<uint64_t>1 << 63)) >> (8 * d)) & 0xFF
+            dst[cnt[d][b]] = src[i]
+            cnt[d][b] += 1
+        t = src
+        src = dst
+        dst = t
+    if src != a:
+        memcpy(a, src, n * sizeof(KeyId))

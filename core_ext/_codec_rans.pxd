@@ -1,12 +1,156 @@
 # cython: cdivision=True
-# The series codec's entropy coder (compiled into _codec, which cimports it): frequency
+# The series codec's entropy coder (compiled into _codec, which cimports it): the plan's
+# cost model (fine histograms, and what they would cost at each bucket width), frequency
 # normalisation, the rANS encoder, and the decoder's loop with its raw-bit reader and its
-# copies per delta order and output. docs/codec.md describes the format.
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+# copies per delta order and output. The driver that calls that loop is _codec_decode.pxd;
+# docs/codec.md describes the format.
+from libc.math cimport log2, INFINITY
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memset
 
 from ._codec_bits cimport *
+
+
+# --- the plan: what each delta order and bucket width would cost ----------------------
+
+cdef struct CoarseMap:
+    # each fine symbol's coarse symbol and raw bits at widths 0..3 (fmt.COARSE_SYM, COARSE_EXTRA)
+    int64_t sym[4][NSYM]
+    int64_t extra[4][NSYM]
+
+
+cdef inline double cost_of(const int64_t* fine, const CoarseMap* coarse, int* m_out) noexcept nogil:
+    """fmt.istream_cost: the same sum in the same order (coarse symbols ascending;
+    the fine-to-coarse map is monotone, so runs of the nonzero fine bins give it)."""
+    cdef int nz_sym[496]
+    cdef Py_ssize_t s, nz = 0, k
+    cdef int64_t extra, total, c, run
+    cdef int m, cur, nsy
+    cdef double bits, best = INFINITY
+    for s in range(496):
+        if fine[s]:
+            nz_sym[nz] = <int>s
+            nz += 1
+    total = 0
+    for k in range(nz):
+        total += fine[nz_sym[k]]
+    for m in range(4):
+        extra = 0
+        nsy = 0
+        cur = -1
+        for k in range(nz):
+            s = nz_sym[k]
+            extra += coarse.extra[m][s] * fine[s]
+            if coarse.sym[m][s] != cur:
+                cur = <int>coarse.sym[m][s]
+                nsy += 1
+        bits = <double>extra + 8.0 * (3 * nsy + 2)
+        cur = -1
+        run = 0
+        for k in range(nz + 1):
+            if k == nz or coarse.sym[m][nz_sym[k]] != cur:
+                if run:
+                    bits += <double>run * log2(<double>total / <double>run)
+                if k == nz:
+                    break
+                cur = <int>coarse.sym[m][nz_sym[k]]
+                run = 0
+            run += fine[nz_sym[k]]
+        if bits < best:
+            best = bits
+            m_out[0] = m
+    return best
+
+
+cdef inline void _analyze(DeltaOrder* order, const int64_t* x, Py_ssize_t n, int32_t[4][NSYM] h4) noexcept nogil:
+    """Adds the fine bucket symbols of one run's residuals at this order, with the run's own
+    base and divisor (`_codec_py.analyze`), to h4: four histograms taken in turn, as
+    increments of one counter in a row wait on each other."""
+    cdef Py_ssize_t i
+    cdef int extra
+    cdef uint64_t lo = 0, u
+    cdef Divisor dg
+    if DeltaOrder is Order0:
+        lo = <uint64_t>x[0]
+        for i in range(n):
+            if x[i] < <int64_t>lo:
+                lo = <uint64_t>x[i]
+        dg = divisor(common_divisor(x, n, 0, lo))
+        for i in range(n):
+            u = unsigned_residual(<uint64_t>x[i] - lo, 0, dg)
+            h4[i & 3][bucket(u, FINE_M, &extra)] += 1
+    elif DeltaOrder is Order1:
+        dg = divisor(common_divisor(x, n - 1, 1, 0))
+        for i in range(n - 1):
+            u = unsigned_residual(<uint64_t>x[i + 1] - <uint64_t>x[i], 1, dg)
+            h4[i & 3][bucket(u, FINE_M, &extra)] += 1
+    else:
+        dg = divisor(common_divisor(x, n - 2, 2, 0))
+        for i in range(n - 2):
+            u = unsigned_residual((<uint64_t>x[i + 2] - <uint64_t>x[i + 1]) - (<uint64_t>x[i + 1] - <uint64_t>x[i]), 2, dg)
+            h4[i & 3][bucket(u, FINE_M, &extra)] += 1
+
+
+cdef inline int plan_orders(const int64_t* x, Py_ssize_t n, const CoarseMap* coarse, int64_t[3][NSYM] h,
+                            uint64_t* g, int* m, double* bits, int64_t* lo_out) noexcept nogil:
+    """`_codec_py.plan` of a short istream, all three orders measured in two passes: each
+    order's divisor (g), fine histogram (h) and estimated bits at its best width (m); the
+    minimum in lo_out (order 0's base). Returns the cheapest order."""
+    cdef Py_ssize_t i
+    cdef int32_t h4[4][3][NSYM]
+    cdef Py_ssize_t j
+    cdef int order, top = 2 if n > 2 else <int>n, best = 0, extra
+    cdef int64_t lo = x[0] if n else 0
+    cdef uint64_t hi = <uint64_t>lo, d = 0, prev_d = 0
+    cdef int32_t* hp = &h4[0][0][0]
+    cdef Divisor dv[3]
+    memset(h4, 0, sizeof(h4))
+    g[0] = g[1] = g[2] = 0
+    for i in range(n):
+        if x[i] < lo:
+            lo = x[i]
+        if x[i] > <int64_t>hi:
+            hi = <uint64_t>x[i]
+        if i >= 1:
+            d = <uint64_t>x[i] - <uint64_t>x[i - 1]
+            if g[1] != 1:
+                g[1] = gcd_step(g[1], d, 1)
+            if i >= 2 and g[2] != 1:
+                g[2] = gcd_step(g[2], d - prev_d, 1)
+            prev_d = d
+    if hi - <uint64_t>lo < (<uint64_t>1 << 63):
+        # no difference wrapped, so the divisor of x - min is that of the differences
+        g[0] = g[1]
+    else:
+        for i in range(n):
+            g[0] = gcd_step(g[0], <uint64_t>x[i] - <uint64_t>lo, 0)
+            if g[0] == 1:
+                break
+    for order in range(3):
+        if g[order] == 0 or g[order] > (<uint64_t>1 << 62):
+            g[order] = 1
+        dv[order] = divisor(g[order])
+    # four copies of each histogram, taken in turn: increments of one counter
+    # in a row wait on each other, and sensor residuals hit a few counters a lot
+    for i in range(n):
+        j = (i & 3) * 3 * NSYM
+        hp[j + bucket(unsigned_residual(<uint64_t>x[i] - <uint64_t>lo, 0, dv[0]), FINE_M, &extra)] += 1
+        if i >= 1:
+            d = <uint64_t>x[i] - <uint64_t>x[i - 1]
+            hp[j + NSYM + bucket(unsigned_residual(d, 1, dv[1]), FINE_M, &extra)] += 1
+            if i >= 2:
+                hp[j + 2 * NSYM + bucket(unsigned_residual(d - prev_d, 2, dv[2]), FINE_M, &extra)] += 1
+            prev_d = d
+    for order in range(3):
+        for i in range(NSYM):
+            h[order][i] = h4[0][order][i] + h4[1][order][i] + h4[2][order][i] + h4[3][order][i]
+    for order in range(top + 1):
+        bits[order] = cost_of(h[order], coarse, &m[order])
+        if bits[order] < bits[best]:
+            best = order
+    lo_out[0] = lo
+    return best
 
 
 # --- encoding -------------------------------------------------------------------------
