@@ -1,6 +1,7 @@
 """Gateway end to end: frames/s from load generators to the spool (acked) and on to mosquitto.
 
     python bench/gateway_e2e.py [--frames N] [--serial-ports K] [--window W] [--coap N]
+    python bench/gateway_e2e.py --hot-path N [--nodes K]
 
 Serial: one CPython load generator per socat pty pair writes pre-built,
 authenticated 8-reading frames with W frames awaiting their ack (the gateway acks
@@ -8,6 +9,13 @@ only after its SQLite commit). CoAP: aiocoap clients with up to 16 requests in
 flight. Reports acked frames/s, readings/s, frames/s seen by a subscriber at the
 broker, the gateway's CPU time per frame and its RSS. The durable settings are
 the gateway's defaults (WAL, synchronous=FULL, ack after commit).
+
+`--hot-path` measures the gateway's own per-frame work without transports,
+load generators or broker, in one process: N frames of K nodes offered to the
+pipeline (MAC check, replay window, SenML into columns), group-committed to a
+real spool and acked, then read back and encoded as the uplink does. CPU time
+per frame (all threads), so a busy machine moves it far less than the end to end
+figures.
 """
 from __future__ import annotations
 
@@ -85,6 +93,56 @@ async def coap_load(port: int, shares: list[list[bytes]], result: dict) -> None:
         await ctx.shutdown()
 
 
+async def hot_path(n: int, nodes: int, tmp: Path) -> None:
+    from gateway.config import from_dict
+    from gateway.ingest import Ingest
+    from gateway.metrics import Metrics
+    from gateway.pipeline import Pipeline
+    from gateway.registry import Registry
+    from gateway.spool import PRIO_FRAME, Spool
+    from gateway.uplink import batch
+
+    cfg = from_dict({"gateway": {"data_dir": str(tmp)}})
+    reg = Registry()
+    keys = {f"n{i}": os.urandom(32) for i in range(nodes)}
+    for name, key in keys.items():
+        reg.add(name, key)
+    per = {name: make_frames(name, key, n // nodes, time.time()) for name, key in keys.items()}
+    order = [per[f"n{i % nodes}"][i // nodes] for i in range(n // nodes * nodes)]
+    spool = await Spool.open(cfg.spool_path)
+    pipe = Pipeline(cfg, Ingest(reg, {}), spool, Metrics())
+    task = asyncio.create_task(pipe.run())
+    all_acked = asyncio.Event()
+    acked = 0
+
+    def done(ack, err):
+        nonlocal acked
+        acked += 1
+        if acked == len(order):
+            all_acked.set()
+
+    c0, w0 = time.process_time(), time.perf_counter()
+    for i, frame in enumerate(order):
+        if not pipe.has_space():
+            await pipe.wait_space()
+        pipe.offer(frame, "serial", done)
+        if i % 64 == 63:
+            await asyncio.sleep(0)  # let the committer run, as a transport's reads would
+    await all_acked.wait()
+    c1, w1 = time.process_time(), time.perf_counter()
+    after = 0
+    while rows := await spool.read(PRIO_FRAME, after, 256):
+        after = rows[-1][0]
+        batch.encode("gw", "site", [body for _id, _kind, body in rows], [])
+    c2 = time.process_time()
+    print(f"hot path: {len(order):,} frames of {nodes} nodes: offer + commit + ack {(c1 - c0) / len(order) * 1e6:.1f} "
+          f"µs CPU/frame ({len(order) / (w1 - w0):,.0f} frames/s); uplink read + encode "
+          f"{(c2 - c1) / len(order) * 1e6:.1f} µs CPU/frame")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await spool.close()
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -103,7 +161,15 @@ def main() -> None:
     ap.add_argument("--serial-ports", type=int, default=2)
     ap.add_argument("--window", type=int, default=64, help="serial frames awaiting ack per port")
     ap.add_argument("--coap", type=int, default=3000, help="CoAP frames (0 to skip)")
+    ap.add_argument("--hot-path", type=int, default=0, metavar="N",
+                    help="only the gateway's per-frame work, in process: N frames (no transports, no broker)")
+    ap.add_argument("--nodes", type=int, default=10, help="nodes for --hot-path")
     args = ap.parse_args()
+    if args.hot_path:
+        import uvloop
+        with tempfile.TemporaryDirectory(prefix="headrace-bench-") as tmp:
+            uvloop.run(hot_path(args.hot_path, args.nodes, Path(tmp)))
+        return
 
     with tempfile.TemporaryDirectory(prefix="headrace-bench-") as tmp:
         tmp = Path(tmp)

@@ -45,6 +45,7 @@ class CoapSection:
     bind: str = "127.0.0.1"
     port: int = 5683
     dedup_seconds: float = 8.0
+    dedup_max: int = 16384
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,9 @@ def _validate(cfg: Config) -> None:
     if not 1 <= cfg.coap.dedup_seconds <= 300:
         raise ConfigError("[coap] dedup_seconds", f"{cfg.coap.dedup_seconds} s is out of range",
                           "use 1 to 300 seconds (repeats older than this are answered by the replay window)")
+    if not 64 <= cfg.coap.dedup_max <= 10_000_000:
+        raise ConfigError("[coap] dedup_max", f"{cfg.coap.dedup_max} exchanges is out of range",
+                          "use 64 to 10000000 (about 200 bytes each, twice over: two generations)")
     if not 1 <= cfg.mqtt.reconnect_max <= 3600:
         raise ConfigError("[mqtt] reconnect_max", f"{cfg.mqtt.reconnect_max} s is out of range",
                           "use 1 to 3600 seconds between reconnection attempts at the most")

@@ -68,6 +68,9 @@ class Accepted:
     count: int
 
 
+_MAC_KEYS = 128  # nodes whose MacKey is kept (about 600 bytes each)
+
+
 class Ingest:
     """Stateless checks plus the per-node replay windows (restored from the spool)."""
 
@@ -77,6 +80,18 @@ class Ingest:
         self.parser = Parser(max_series=max_series)
         self._committed: dict[str, tuple[int, int]] = dict(windows or {})
         self.windows: dict[str, ReplayWindow] = {n: ReplayWindow(*s) for n, s in self._committed.items()}
+        self._mac_keys: dict[bytes, cose.MacKey] = {}
+
+    def mac_key(self, key: bytes) -> cose.MacKey | bytes:
+        """The MacKey of a node's key, for its frames' MACs and its acks'; kept for the first
+        _MAC_KEYS keys seen, the key itself for the others (a bound on memory, not a cache
+        that churns when many nodes take turns)."""
+        mk = self._mac_keys.get(key)
+        if mk is None:
+            if len(self._mac_keys) >= _MAC_KEYS:
+                return key  # the plain key: a one-shot HMAC, as fast as making a MacKey for one use
+            mk = self._mac_keys[key] = cose.MacKey(key)
+        return mk
 
     def committed(self, windows: dict[str, tuple[int, int]]) -> None:
         """Record window states the spool has just made durable."""
@@ -93,7 +108,7 @@ class Ingest:
         node = self.registry.by_kid(mac0.kid)
         if node is None:
             raise AuthError(f"unknown node kid {mac0.kid!r}: not in the registry", node=mac0.kid.decode("utf-8", "replace"))
-        payload = mac0.verify(node.key)
+        payload = mac0.verify(self.mac_key(node.key))
         if mac0.seq is None:
             raise AuthError(f"node {node.name}: frame without a sequence number (partial IV)", node=node.name)
         window = self.windows.get(node.name)
@@ -115,7 +130,7 @@ class Ingest:
         return {n: self.windows[n].state() for n in nodes if n in self.windows}
 
 
-def ack_message(key: bytes, seq: int, status: int, commands=()) -> bytes:
+def ack_message(key: bytes | cose.MacKey, seq: int, status: int, commands=()) -> bytes:
     """The gateway's ack (docs/protocol.md §3): COSE_Mac0 kid 'gw', payload [1, seq, status],
     with [[id, cmd, args], ...] appended when it carries commands for the node."""
     body = [MSG_ACK, seq, status]

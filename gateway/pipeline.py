@@ -191,7 +191,7 @@ class Pipeline:
         self._readings_committed(group)
         for item in group:
             commands = self.downlink.for_ack(item.node) if self.downlink is not None and item.node else ()
-            item.done(ack_message(item.key, item.seq, item.status, commands), None)
+            item.done(ack_message(self.ingest.mac_key(item.key), item.seq, item.status, commands), None)
         self.committed.set()
 
     def _commit_failed(self, group: list[_Item], exc: SpoolError) -> None:

@@ -102,7 +102,8 @@ class Gateway:
             self.serial.append(link)
             self._spawn(link.run(), f"serial:{port.path}")
         if cfg.coap.enabled:
-            self.coap = CoapServer(cfg.coap.bind, cfg.coap.port, self.pipeline, cfg.coap.dedup_seconds)
+            self.coap = CoapServer(cfg.coap.bind, cfg.coap.port, self.pipeline, cfg.coap.dedup_seconds,
+                                   cfg.coap.dedup_max)
             await self.coap.start()
         if cfg.http.port:
             self.http = StatusServer(cfg.http.bind, cfg.http.port, self)

@@ -74,3 +74,52 @@ def test_commands_from_the_cloud_are_validated_and_answered(tmp_path, mosquitto,
         assert "rejected command for node 'ghost'" in gw.log()
     finally:
         gw.stop()
+
+
+def test_batches_encoded_on_the_encoder_thread_leave_in_spool_order_events_first(tmp_path, mosquitto, subscriber,
+                                                                                  monkeypatch):
+    """The uplink in process against the real broker: data batches are encoded on the uplink's
+    encoder thread (not the event loop's), yet batches leave in spool order, events before
+    data, and the spool is empty only after every PUBACK."""
+    import asyncio
+    import threading
+
+    from gateway.config import from_dict
+    from gateway.metrics import Metrics
+    from gateway.spool import Spool
+    from gateway.uplink import batch, events
+    from gateway.uplink.mqtt import MqttUplink
+
+    threads = []
+    encode = batch.encode
+
+    def recording_encode(*args):
+        threads.append(threading.current_thread().name)
+        return encode(*args)
+
+    monkeypatch.setattr(batch, "encode", recording_encode)
+    cfg = from_dict({"gateway": {"data_dir": str(tmp_path / "data"), "id": "gwtest", "site": "bench"},
+                     "mqtt": {"port": mosquitto.port, "batch_records": 100, "inflight": 4, "batch_delay": 0}})
+
+    async def main():
+        spool = await Spool.open(cfg.spool_path)
+        senml = lambda seq: cbor2.dumps([{-2: "n1/", -3: 1.7e9 + seq, 0: "t", 2: seq / 4}])  # noqa: E731
+        for start in range(0, 1000, 100):
+            await spool.commit([("frame", batch.frame_body("n1", s, 1.7e9 + s, senml(s)))
+                                for s in range(start, start + 100)], {})
+        await spool.commit([("event", events.event_body({"type": "alarm", "n": i})) for i in range(3)], {})
+        up = MqttUplink(cfg, spool, asyncio.Event(), Metrics())
+        loop_thread = threading.current_thread().name
+        assert await up.drain(timeout=30) == 1003
+        assert await spool.depth() == (0, 0)  # deleted: every batch was PUBACKed
+        await spool.close()
+        return loop_thread
+
+    loop_thread = asyncio.run(main())
+    # ten batches of 100 frames on the encoder thread; the last (3 events) is spliced on the loop
+    assert len(threads) == 10 and all(t.startswith("uplink-encode") and t != loop_thread for t in threads), threads
+    wait_for(lambda: len(subscriber.frames()) == 1000, 15, "every frame at the broker")
+    topics = [t.rsplit("/", 1)[1] for t, _ in subscriber.messages if t.endswith(("/data", "/events"))]
+    assert topics[0] == "events" and topics.count("events") == 1
+    seqs = [s for t, p in subscriber.messages if t.endswith("/data") for _n, s in batch.frame_ids(batch.decode(p))]
+    assert seqs == list(range(1000))  # spool order, each frame once

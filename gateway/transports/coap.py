@@ -1,6 +1,6 @@
 """CoAP transport (RFC 7252): `POST /d` with a COSE_Mac0 (Content-Format 17), over UDP.
 
-Configuration: `[coap] enabled, bind, port, dedup_seconds`.
+Configuration: `[coap] enabled, bind, port, dedup_seconds, dedup_max`.
 Usage: nodes send confirmable POSTs; the piggybacked 2.04 response carries the
 ack and is sent only after the spool commit. Non-confirmable POSTs are answered
 with a non-confirmable 2.04. Error codes as in docs/protocol.md §5.
@@ -15,7 +15,11 @@ retransmissions; at 500 frames/s that grew the gateway by 1.7 MB/s. Here a
 retransmitted CON (same endpoint and message id) within `dedup_seconds` (to twice that) gets
 the stored response bytes, and beyond that the replay window answers a repeated
 frame as a duplicate, which a node treats like the first ack. That costs about
-200 bytes per recent exchange and a fraction of the CPU.
+200 bytes per recent exchange and a fraction of the CPU. At most `dedup_max`
+exchanges are remembered per generation: a full generation is swapped early, so at
+15000 requests/s the memory stays bounded (about 6 MB at the default) and the
+window shrinks instead; a repeat past it costs a MAC check and is acked as a
+duplicate after the next commit.
 """
 from __future__ import annotations
 
@@ -116,9 +120,10 @@ _MISSING = object()
 class CoapServer(asyncio.DatagramProtocol):
     """Owns the UDP endpoint; answers POST /d from the pipeline's acks."""
 
-    def __init__(self, bind: str, port: int, pipeline: Pipeline, dedup_seconds: float = 8.0):
+    def __init__(self, bind: str, port: int, pipeline: Pipeline, dedup_seconds: float = 8.0,
+                 dedup_max: int = 16384):
         self.bind, self.port, self.pipeline = bind, port, pipeline
-        self.dedup_seconds = dedup_seconds
+        self.dedup_seconds, self.dedup_max = dedup_seconds, dedup_max
         self._transport: asyncio.DatagramTransport | None = None
         # (endpoint, message id) as one int -> response, None while in progress. Two
         # generations swapped every dedup_seconds, so an exchange is remembered between
@@ -228,7 +233,9 @@ class CoapServer(asyncio.DatagramProtocol):
 
     def _expire(self) -> None:
         now = time.monotonic()
-        if now >= self._rotate_at:
+        if now >= self._rotate_at or len(self._recent) >= self.dedup_max:
+            if now < self._rotate_at:
+                self.pipeline.metrics.inc("headrace_coap_dedup_full_total")
             idle = now >= self._rotate_at + self.dedup_seconds
             self._older = {} if idle else self._recent
             self._recent = {}

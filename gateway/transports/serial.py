@@ -20,6 +20,11 @@ from ..protocol.framing import Deframer, encode_frame
 
 log = logging.getLogger("headrace.serial")
 TRANSPORT = "serial"
+# Bytes buffered per port while the pipeline is full: beyond twice this the port stops
+# being read and the line (then the node's outbox) holds the rest. asyncio's default
+# (64 KiB, so 128 KiB a port, plus a 64 KiB read) lets 100 ports hold up to 19 MB;
+# 8 KiB is still over half a second of a 115200 baud line.
+READ_LIMIT = 8192
 
 
 class SerialLink:
@@ -36,7 +41,8 @@ class SerialLink:
         """Open, serve, and reopen on loss, until cancelled."""
         while True:
             try:
-                reader, writer = await serial_asyncio_fast.open_serial_connection(url=self.path, baudrate=self.baudrate)
+                reader, writer = await serial_asyncio_fast.open_serial_connection(url=self.path, baudrate=self.baudrate,
+                                                                              limit=READ_LIMIT)
             except (serial.SerialException, OSError) as exc:
                 log.warning("cannot open serial port %s: %s; retrying in %.0f s", self.path, exc, self.reopen_delay)
                 await asyncio.sleep(self.reopen_delay)
@@ -58,7 +64,10 @@ class SerialLink:
         deframer = Deframer()
         pipeline = self.pipeline
         while True:
-            data = await reader.read(65536)
+            writer = self._writer
+            if writer is not None and writer.transport.get_write_buffer_size() > READ_LIMIT:
+                await writer.drain()  # a node that does not read its acks is not read either
+            data = await reader.read(READ_LIMIT)
             if not data:
                 raise OSError("end of file")
             for item in deframer.feed(data):

@@ -11,15 +11,20 @@ the gateway dies is published again after restart. Every frame carries
 (node, seq) so consumers drop the repeat.
 
 The MQTT protocol engine is paho-mqtt, driven from asyncio without its thread:
-its socket is registered with the event loop (add_reader/add_writer).
+its socket is registered with the event loop (add_reader/add_writer). Large data
+batches are encoded (the series codec) on one encoder thread the uplink owns, so
+the event loop goes on taking frames meanwhile; the pump awaits each batch
+before it publishes it, so batches leave in spool order and events first.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import paho.mqtt.client as paho
 
@@ -107,6 +112,10 @@ class MqttUplink:
     """Owns the broker session and the pump from spool to broker."""
 
     STATE_INTERVAL = 60.0  # seconds between retained state updates
+    # Data batches with fewer frames are encoded on the loop: under about half a millisecond
+    # of work (windows are spliced, not encoded), a thread hop is not worth it, and a gateway
+    # at low load runs no encoder thread at all
+    ENCODE_INLINE_FRAMES = 64
 
     def __init__(self, cfg: Config, spool: Spool, committed: asyncio.Event, metrics: Metrics):
         self.cfg, self.spool, self.committed, self.metrics = cfg, spool, committed, metrics
@@ -122,9 +131,29 @@ class MqttUplink:
         self._session: _Session | None = None
         self._since = time.time()
         self._state_at = 0.0
+        self._encoder: ThreadPoolExecutor | None = None
+        self._encoding_on = False
+
+    @contextlib.contextmanager
+    def _encoding(self):
+        """Batches may be encoded on the encoder thread for the time of `run` or `drain`; the
+        thread starts with the first large batch, and on exit finishes the batch it is
+        encoding (milliseconds) and stops."""
+        self._encoding_on = True
+        try:
+            yield
+        finally:
+            self._encoding_on = False
+            encoder, self._encoder = self._encoder, None
+            if encoder is not None:
+                encoder.shutdown(wait=True, cancel_futures=True)
 
     async def run(self) -> None:
         """Connect, pump, reconnect with jittered exponential backoff; until cancelled."""
+        with self._encoding():
+            await self._run()
+
+    async def _run(self) -> None:
         delay = 0.5
         while True:
             try:
@@ -238,7 +267,8 @@ class MqttUplink:
         await self._connect()
         before, _ = await self.spool.depth()
         try:
-            await asyncio.wait_for(self._pump(until_empty=True), timeout)
+            with self._encoding():
+                await asyncio.wait_for(self._pump(until_empty=True), timeout)
         finally:
             await self._teardown()
         after, _ = await self.spool.depth()
@@ -265,7 +295,10 @@ class MqttUplink:
                         break
                 if not rows:
                     break
-                self._publish(s, prio, rows)
+                payload = await self._encode(prio, rows)
+                if s.lost.is_set():
+                    break  # lost while encoding: the rows are read again after the reconnect
+                self._publish(s, prio, rows, payload)
                 sent = True
             if s.lost.is_set():
                 break
@@ -298,13 +331,22 @@ class MqttUplink:
             except asyncio.TimeoutError:
                 return
 
-    def _publish(self, s: _Session, prio: int, rows) -> None:
+    async def _encode(self, prio: int, rows) -> bytes:
+        """The payload of one batch of spool rows. Events are spliced (microseconds) on the loop;
+        data batches of ENCODE_INLINE_FRAMES frames or more are compressed on the encoder thread."""
+        gw, site = self.cfg.gateway.id, self.cfg.gateway.site
         if prio == PRIO_EVENT:
-            payload = events.encode(self.cfg.gateway.id, self.cfg.gateway.site, [body for _id, _k, body in rows])
-        else:
-            frames = [body for _id, kind, body in rows if kind == KIND_FRAME]
-            windows = [body for _id, kind, body in rows if kind == KIND_WINDOW]
-            payload = batch.encode(self.cfg.gateway.id, self.cfg.gateway.site, frames, windows)
+            return events.encode(gw, site, [body for _id, _k, body in rows])
+        frames = [body for _id, kind, body in rows if kind == KIND_FRAME]
+        windows = [body for _id, kind, body in rows if kind == KIND_WINDOW]
+        if not self._encoding_on or len(frames) < self.ENCODE_INLINE_FRAMES:
+            return batch.encode(gw, site, frames, windows)
+        if self._encoder is None:
+            self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uplink-encode")
+        return await asyncio.get_running_loop().run_in_executor(self._encoder, batch.encode, gw, site, frames,
+                                                                windows)
+
+    def _publish(self, s: _Session, prio: int, rows, payload: bytes) -> None:
         topic = self.topic_events if prio == PRIO_EVENT else self.topic_data
         info = s.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE)
         if info.rc != paho.MQTT_ERR_SUCCESS:

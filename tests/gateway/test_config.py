@@ -25,6 +25,7 @@ def test_full_example_file_is_valid():
     ({"serial": {"ports": [{"baudrate": 9600}]}}, "[serial.ports[0]] path", "/dev/ttyUSB0"),
     ({"mqtt": {"tls_cert": "/x.pem"}}, "[mqtt] tls_cert", "both"),
     ({"nonsense": {}}, "[nonsense]", "valid sections"),
+    ({"coap": {"dedup_max": 10}}, "[coap] dedup_max", "64 to 10000000"),
 ])
 def test_errors_name_key_and_fix(raw, key, fix):
     with pytest.raises(ConfigError) as info:

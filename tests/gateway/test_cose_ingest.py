@@ -117,3 +117,57 @@ def test_fuzz_structured_cose(obj):
         cose.parse_mac0(cbor2.dumps(cbor2.CBORTag(17, obj)))
     except CoseError:
         pass
+
+
+def test_the_plain_layout_reader_agrees_with_the_cbor_parser():
+    """cose._parse_plain (the fast path for nodes' frames) accepts only what the general
+    parser accepts, with the same fields; on anything else it declines (None)."""
+    import random
+
+    from gateway.errors import CoseError as _CoseError
+    from gateway.protocol.cose import _parse_cbor, _parse_plain
+
+    rnd = random.Random(7)
+    accepted = 0
+    for i in range(5000):
+        payload = bytes(rnd.randrange(256) for _ in range(rnd.choice((0, 1, 23, 24, 200, 255, 256, 300))))
+        kid = bytes(rnd.randrange(97, 123) for _ in range(rnd.choice((0, 1, 2, 23, 24, 30))))
+        msg = bytearray(cose.mac0(bytes(32), kid, payload, seq=rnd.choice((None, 0, 1, 2**24, 2**40 - 1, 2**40))))
+        for _ in range(rnd.choice((0, 0, 1, 2))):  # mutate: flip, cut, or extend
+            op = rnd.randrange(3)
+            if op == 0 and msg:
+                msg[rnd.randrange(len(msg))] = rnd.randrange(256)
+            elif op == 1:
+                del msg[rnd.randrange(len(msg) + 1):]
+            else:
+                msg += bytes([rnd.randrange(256)])
+        msg = bytes(msg)
+        plain = _parse_plain(msg)
+        if plain is None:
+            continue
+        accepted += 1
+        try:
+            full = _parse_cbor(msg)
+        except _CoseError as exc:
+            raise AssertionError(f"plain accepted what the parser rejects: {msg.hex()}: {exc}")
+        assert [getattr(plain, f) for f in plain.__slots__] == [getattr(full, f) for f in full.__slots__], msg.hex()
+    assert accepted > 1000
+
+
+def test_hand_built_cbor_is_what_cbor2_writes():
+    """mac0() and the MAC_structure are built by hand: the same bytes cbor2 gives."""
+    import hashlib
+    import hmac as _hmac
+
+    for kid in (b"n", b"k" * 23, b"k" * 24, b"k" * 300):
+        for payload in (b"", b"\x80", bytes(23), bytes(24), bytes(255), bytes(256), bytes(70000)):
+            for seq in (None, 0, 255, 2**32):
+                header = {1: 4, 4: kid}
+                if seq is not None:
+                    header[6] = cose.encode_piv(seq)
+                protected = cbor2.dumps(header)
+                structure = cbor2.dumps(["MAC0", protected, b"", payload])
+                tag = _hmac.new(KEY, structure, hashlib.sha256).digest()[:8]
+                want = cbor2.dumps(cbor2.CBORTag(17, [protected, {}, payload, tag]))
+                assert cose.mac0(KEY, kid, payload, seq=seq) == want
+                assert cose.mac0(cose.MacKey(KEY), kid, payload, seq=seq) == want
