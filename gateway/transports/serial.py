@@ -47,6 +47,7 @@ class SerialLink:
                 log.warning("cannot open serial port %s: %s; retrying in %.0f s", self.path, exc, self.reopen_delay)
                 await asyncio.sleep(self.reopen_delay)
                 continue
+            _read_more(writer.transport)
             log.info("serial port %s open at %d baud", self.path, self.baudrate)
             self._writer = writer
             self.connected.set()
@@ -92,3 +93,11 @@ class SerialLink:
         data, self._out = bytes(self._out), bytearray()
         if self._writer is not None and data:
             self._writer.write(data)
+
+
+def _read_more(transport: asyncio.BaseTransport) -> None:
+    """Let the transport read up to READ_LIMIT bytes a call. pyserial-asyncio-fast reads
+    1 KiB at a time (`_max_read_size`, no public setter), so a busy line costs one
+    select and one read every 1 KiB; where the attribute is missing, its default stays."""
+    if hasattr(transport, "_max_read_size"):
+        transport._max_read_size = READ_LIMIT
