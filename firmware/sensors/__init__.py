@@ -15,6 +15,14 @@ class SensorError(Exception):
     """A sensor gave no valid value: no answer, a wrong chip id, a bad CRC."""
 
 
+def raise_kept(sensor):
+    """Raise, once, the error a sensor's start() or fill() kept for the read() after it."""
+    fault = sensor.fault
+    if fault is not None:
+        sensor.fault = None
+        raise fault
+
+
 def build(specs, seed, board):
     """The sensors of a validated config's `sensors` (config.py: kind names of simulated
     sensors, or entries completed by sensors/schema.py), on `board`'s buses.

@@ -11,7 +11,7 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc]
         return x
 
-from sensors import SensorError
+from sensors import SensorError, raise_kept
 
 _DEVID = const(0x00)
 _ADXL345_ID = const(0xE5)
@@ -157,10 +157,7 @@ class Vibration:
         self.filled = True
 
     def read(self):
-        fault = self.fault
-        if fault is not None:
-            self.fault = None
-            raise fault
+        raise_kept(self)
         if not self.filled:
             self.window()
         self.filled = False

@@ -7,7 +7,7 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc]
         return x
 
-from sensors import SensorError
+from sensors import SensorError, raise_kept
 
 _MATCH_ROM = const(0x55)
 _SKIP_ROM = const(0xCC)
@@ -92,10 +92,7 @@ class DS18B20:
         return self.conv_ms
 
     def read(self):
-        fault = self.fault
-        if fault is not None:
-            self.fault = None
-            raise fault
+        raise_kept(self)
         if not self.started:
             self._select()
             self.bus.writebyte(_CONVERT_T)
