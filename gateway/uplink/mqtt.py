@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,24 +68,43 @@ class _Session:
         self._on_lost = on_lost
         self.client = c
         self._sock = None
+        self._loop_thread = threading.get_ident()  # made by the uplink, on the loop's thread
 
-    # paho may open the socket on an executor thread (connect); hop to the loop
+    # paho calls these from the thread that runs connect (an executor thread) as well as from
+    # the loop: the selector is only ever touched on the loop's thread, in the order called
+    def _on_loop(self, fn, sock) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(sock)
+        else:
+            self.loop.call_soon_threadsafe(fn, sock)
+
     def _sock_open(self, client, userdata, sock):
-        self.loop.call_soon_threadsafe(self._add_reader, sock)
+        self._on_loop(self._add_reader, sock)
 
     def _add_reader(self, sock):
-        self._sock = sock
-        self.loop.add_reader(sock, self.client.loop_read)
+        if sock.fileno() != -1:  # not closed while this waited for the loop
+            self._sock = sock
+            self.loop.add_reader(sock, self.client.loop_read)
 
     def _sock_close(self, client, userdata, sock):
-        self.loop.remove_reader(sock)
-        self.loop.remove_writer(sock)
+        self._on_loop(self._remove, sock)
+
+    def _remove(self, sock):
+        try:
+            self.loop.remove_reader(sock)
+            self.loop.remove_writer(sock)
+        except ValueError:
+            pass  # closed before it was ever registered (a connect that failed)
 
     def _want_write(self, client, userdata, sock):
-        self.loop.add_writer(sock, self.client.loop_write)
+        self._on_loop(self._add_writer, sock)
+
+    def _add_writer(self, sock):
+        if sock.fileno() != -1:
+            self.loop.add_writer(sock, self.client.loop_write)
 
     def _no_write(self, client, userdata, sock):
-        self.loop.remove_writer(sock)
+        self._on_loop(self.loop.remove_writer, sock)
 
     def _on_connect(self, client, userdata, flags, reason, properties):
         if not self.connected.done():

@@ -1,0 +1,56 @@
+"""The MQTT session's socket callbacks: paho calls them from the thread that runs connect
+as well as from the loop; the loop's selector must only be touched on the loop's thread
+(asyncio's selector is not thread-safe: a registration racing the loop's select failed
+with "is already registered")."""
+import asyncio
+import socket
+import threading
+
+from gateway.config import from_dict
+from gateway.uplink.mqtt import _Session
+
+
+def test_socket_callbacks_from_another_thread_run_on_the_loop_in_order(tmp_path):
+    cfg = from_dict({"gateway": {"data_dir": str(tmp_path), "id": "gw", "site": "s"}})
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        s = _Session(cfg, loop, lambda mid: None, lambda: None)
+        calls = []
+        for name in ("add_reader", "add_writer", "remove_reader", "remove_writer"):
+            real = getattr(loop, name)
+
+            def record(sock, *args, _name=name, _real=real):
+                calls.append((_name, threading.current_thread() is threading.main_thread()))
+                return _real(sock, *args)
+            setattr(loop, name, record)
+        a, b = socket.socketpair()
+        try:
+            def paho_connecting():  # what paho does on the executor thread during connect
+                s._sock_open(None, None, a)
+                s._want_write(None, None, a)
+                s._no_write(None, None, a)
+            t = threading.Thread(target=paho_connecting)
+            t.start()
+            t.join()
+            assert calls == []  # nothing touched the selector from that thread
+            await asyncio.sleep(0.05)
+            assert calls == [("add_reader", True), ("add_writer", True), ("remove_writer", True)]
+            s._want_write(None, None, a)  # on the loop's thread: at once
+            assert calls[-1] == ("add_writer", True)
+            s._sock_close(None, None, a)
+            assert calls[-2:] == [("remove_reader", True), ("remove_writer", True)]
+            # a socket closed before the loop got to register it is left alone
+            c, d = socket.socketpair()
+            t = threading.Thread(target=lambda: (s._sock_open(None, None, c), c.close(), s._sock_close(None, None, c)))
+            t.start()
+            t.join()
+            n = len(calls)
+            await asyncio.sleep(0.05)
+            assert ("add_reader", True) not in calls[n:]
+            d.close()
+        finally:
+            a.close()
+            b.close()
+
+    asyncio.run(main())
