@@ -445,36 +445,29 @@ cdef inline int decode_loop(DeltaOrder* order, Output* kind, const uint32_t* fb,
     return 0
 
 
+cdef inline int _decode_order(Output* kind, const uint32_t* fb, const uint16_t* te, const uint8_t* rb,
+                              Py_ssize_t nrb, const uint8_t* xb, Py_ssize_t nraw, int64_t* dst, Py_ssize_t count,
+                              uint64_t* states, Py_ssize_t* word_end, int order, uint64_t g, uint64_t base,
+                              const Conv* cv) noexcept nogil:
+    """`decode_loop`'s copy for this output (`kind`, a typed NULL) and delta order."""
+    if order == 0:
+        return decode_loop(<Order0*>NULL, kind, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+    elif order == 1:
+        return decode_loop(<Order1*>NULL, kind, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+    return decode_loop(<Order2*>NULL, kind, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+
+
 cdef inline int decode_kind(const uint32_t* fb, const uint16_t* te, const uint8_t* rb, Py_ssize_t nrb,
                             const uint8_t* xb, Py_ssize_t nraw, int64_t* dst, Py_ssize_t count,
                             uint64_t* states, Py_ssize_t* word_end, int order, uint64_t g, uint64_t base,
                             const Conv* cv) noexcept nogil:
     """`decode_loop`'s copy for this delta order and output."""
     if cv.kind == AS_INT:
-        if order == 0:
-            return decode_loop(<Order0*>NULL, <AsInt*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
-        elif order == 1:
-            return decode_loop(<Order1*>NULL, <AsInt*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
-        else:
-            return decode_loop(<Order2*>NULL, <AsInt*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        return _decode_order(<AsInt*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, order, g, base, cv)
     elif cv.kind == AS_DECIMAL:
-        if order == 0:
-            return decode_loop(<Order0*>NULL, <AsDecimal*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
-        elif order == 1:
-            return decode_loop(<Order1*>NULL, <AsDecimal*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
-        else:
-            return decode_loop(<Order2*>NULL, <AsDecimal*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        return _decode_order(<AsDecimal*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, order, g,
+                             base, cv)
     elif cv.kind == AS_FLOAT_BITS:
-        if order == 0:
-            return decode_loop(<Order0*>NULL, <AsFloatBits*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
-        elif order == 1:
-            return decode_loop(<Order1*>NULL, <AsFloatBits*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
-        else:
-            return decode_loop(<Order2*>NULL, <AsFloatBits*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
-    else:
-        if order == 0:
-            return decode_loop(<Order0*>NULL, <AsEntry*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
-        elif order == 1:
-            return decode_loop(<Order1*>NULL, <AsEntry*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
-        else:
-            return decode_loop(<Order2*>NULL, <AsEntry*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, g, base, cv)
+        return _decode_order(<AsFloatBits*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, order, g,
+                             base, cv)
+    return _decode_order(<AsEntry*>NULL, fb, te, rb, nrb, xb, nraw, dst, count, states, word_end, order, g, base, cv)
