@@ -366,9 +366,9 @@ def dictionary(values, Py_ssize_t limit):
     return keys, first
 
 
-def ordered(values):
-    """float64 bit patterns as int64 in the floats' order (-0.0 just below +0.0), NaNs kept."""
-    cdef const int64_t[::1] b = memoryview(as_d(values)).cast("B").cast("q")
+cdef object _flip_negatives(const int64_t[::1] b):
+    """b with each negative's low 63 bits flipped: float64 bit patterns to ints in the floats'
+    order, and, being its own inverse, back."""
     cdef Py_ssize_t i, n = b.shape[0]
     out = new_q(n)
     cdef int64_t[::1] o = out
@@ -378,16 +378,14 @@ def ordered(values):
     return out
 
 
+def ordered(values):
+    """float64 bit patterns as int64 in the floats' order (-0.0 just below +0.0), NaNs kept."""
+    return _flip_negatives(memoryview(as_d(values)).cast("B").cast("q"))
+
+
 def unordered(ints):
     """The inverse of `ordered`."""
-    cdef const int64_t[::1] b = as_q(ints)
-    cdef Py_ssize_t i, n = b.shape[0]
-    out = new_q(n)
-    cdef int64_t[::1] o = out
-    with nogil:
-        for i in range(n):
-            o[i] = b[i] ^ LOW63 if b[i] < 0 else b[i]
-    return _array.array("d", out.tobytes())
+    return _array.array("d", _flip_negatives(as_q(ints)).tobytes())
 
 
 def take(values, positions):
