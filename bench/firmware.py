@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.ingest import ack_message  # noqa: E402
+from gateway.runtime.ingest import ack_message  # noqa: E402
 from gateway.protocol import cose as gw_cose  # noqa: E402
 from gateway.protocol.framing import Deframer, encode_frame  # noqa: E402
-from gateway.sim.nodes import micropython_command  # noqa: E402
+from gateway.tools.sim.nodes import micropython_command  # noqa: E402
 
 MODULES = ["cbor", "cose", "framing", "senml", "outbox", "config", "link_serial", "link_coap", "main"]
 # what a unix-port node with simulated sensors loads (the other drivers and ports stay off its heap)

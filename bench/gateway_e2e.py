@@ -34,7 +34,7 @@ import cbor2  # noqa: E402
 
 from gateway.protocol import cose  # noqa: E402
 from gateway.protocol.framing import Deframer, encode_frame  # noqa: E402
-from hil_tests.bench import GatewayProcess, Mosquitto, PtyPair, Subscriber, wait_for  # noqa: E402
+from hil_tests.rig import GatewayProcess, Mosquitto, PtyPair, Subscriber, wait_for  # noqa: E402
 
 
 def make_frames(node: str, key: bytes, n: int, t0: float) -> list[bytes]:
@@ -95,12 +95,12 @@ async def coap_load(port: int, shares: list[list[bytes]], result: dict) -> None:
 
 async def hot_path(n: int, nodes: int, tmp: Path) -> None:
     from gateway.config import from_dict
-    from gateway.ingest import Ingest
-    from gateway.metrics import Metrics
-    from gateway.pipeline import Pipeline
-    from gateway.registry import Registry
-    from gateway.spool import PRIO_FRAME, Spool
-    from gateway.uplink import batch
+    from gateway.runtime.ingest import Ingest
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.pipeline import Pipeline
+    from gateway.runtime.registry import Registry
+    from gateway.runtime.spool import PRIO_FRAME, Spool
+    from gateway.runtime.uplink import batch
 
     cfg = from_dict({"gateway": {"data_dir": str(tmp)}})
     reg = Registry()

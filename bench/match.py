@@ -128,8 +128,8 @@ def bench_latency(samples: int) -> None:
     import cbor2
 
     from gateway.protocol import cose
-    from gateway.uplink import batch, events
-    from hil_tests.bench import GatewayProcess, Mosquitto, Subscriber, wait_for
+    from gateway.runtime.uplink import batch, events
+    from hil_tests.rig import GatewayProcess, Mosquitto, Subscriber, wait_for
 
     class TimedSubscriber(Subscriber):
         def _on_message(self, client, userdata, msg):

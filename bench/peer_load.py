@@ -58,9 +58,9 @@ from bench.soak import coap_post  # noqa: E402
 from gateway.protocol import cose  # noqa: E402
 from gateway.protocol.framing import encode_frame  # noqa: E402
 from gateway.protocol.numbers import SENML_BN, SENML_BT, SENML_N, SENML_V  # noqa: E402
-from gateway.transports.coap import CODE_CHANGED, CODE_SERVICE_UNAVAILABLE  # noqa: E402
-from gateway.uplink import batch  # noqa: E402
-from hil_tests.bench import GatewayProcess, Mosquitto, PtyPair, Subscriber, wait_for  # noqa: E402
+from gateway.runtime.transports.coap import CODE_CHANGED, CODE_SERVICE_UNAVAILABLE  # noqa: E402
+from gateway.runtime.uplink import batch  # noqa: E402
+from hil_tests.rig import GatewayProcess, Mosquitto, PtyPair, Subscriber, wait_for  # noqa: E402
 
 READINGS_PER_MESSAGE = 8
 WARM_SEQ = 0  # the load's messages take sequence numbers from 1 on

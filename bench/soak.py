@@ -27,7 +27,7 @@ import cbor2  # noqa: E402
 
 from bench.gateway_e2e import cpu_seconds, rss_mb  # noqa: E402
 from gateway.protocol import cose  # noqa: E402
-from hil_tests.bench import GatewayProcess, Mosquitto, Subscriber, wait_for  # noqa: E402
+from hil_tests.rig import GatewayProcess, Mosquitto, Subscriber, wait_for  # noqa: E402
 
 
 def coap_post(mid: int, token: bytes, payload: bytes) -> bytes:

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from gateway.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -109,7 +109,7 @@ class Config:
     spool: SpoolSection = field(default_factory=SpoolSection)
     http: HttpSection = field(default_factory=HttpSection)
     dispatch: DispatchSection = field(default_factory=DispatchSection)
-    # rules, resources and zones: see gateway/rules.py, gateway/dispatch.py, gateway/zones.py
+    # rules, resources and zones: see gateway/decisions/rules.py, gateway/decisions/dispatch.py, gateway/decisions/zones.py
     rules: tuple = ()
     resources: tuple = ()
     zones: object = None
@@ -265,7 +265,7 @@ def from_dict(raw: dict) -> Config:
             values[name] = section
         else:
             values[name] = _section(sections[name].default_factory, name, body)
-    from . import dispatch, rules, zones
+    from gateway.decisions import dispatch, rules, zones
 
     values["zones"] = zones.parse(raw["zones"]) if "zones" in raw else zones.ZoneMap()
     values["resources"] = dispatch.parse_resources(raw.get("resources", []))

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from .bench import Mosquitto, PtyPair, SimBoard, Subscriber
+from .rig import Mosquitto, PtyPair, SimBoard, Subscriber
 
 WIRES = ("uart", "relay", "i2c", "onewire", "adc")
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from .bench import REPO, PtyPair, SimBoard
+from .rig import REPO, PtyPair, SimBoard
 
 pytestmark = pytest.mark.hil
 

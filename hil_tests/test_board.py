@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from gateway import cli
-from gateway.flash import flash
+from gateway.tools import cli
+from gateway.tools.flash import flash
 
-from .bench import GatewayProcess, json_events, wait_for
+from .rig import GatewayProcess, json_events, wait_for
 from .test_commands import publish, wait_applied
 
 pytestmark = pytest.mark.hil

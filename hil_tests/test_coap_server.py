@@ -8,9 +8,9 @@ import struct
 import cbor2
 
 from gateway.protocol import cose
-from gateway.transports.coap import parse, response
+from gateway.runtime.transports.coap import parse, response
 
-from .bench import GatewayProcess
+from .rig import GatewayProcess
 
 KEY = os.urandom(32)
 

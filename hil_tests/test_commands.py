@@ -19,7 +19,7 @@ import paho.mqtt.client as paho
 from gateway.protocol import cose
 from gateway.protocol.framing import Deframer
 
-from .bench import GatewayProcess, Node, wait_for
+from .rig import GatewayProcess, Node, wait_for
 from .test_reliability import node_cfg
 
 ROOT = "headrace/v1/bench/gwtest/"

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from .bench import GatewayProcess, Node, wait_for
+from .rig import GatewayProcess, Node, wait_for
 
 FRAMES = 40
 

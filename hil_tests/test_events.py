@@ -16,9 +16,9 @@ import cbor2
 from aiocoap.numbers.codes import Code
 
 from gateway.protocol import cose
-from gateway.uplink import batch, events
+from gateway.runtime.uplink import batch, events
 
-from .bench import REPO, GatewayProcess, Mosquitto, Subscriber, coap_post, wait_for
+from .rig import REPO, GatewayProcess, Mosquitto, Subscriber, coap_post, wait_for
 
 RULES = """
 [[rules]]
@@ -89,7 +89,7 @@ def test_alarms_and_dispatches_reach_the_broker_on_events(tmp_path, mosquitto, s
         assert coap_post(gw.coap_port, reading(km, "m1", 1, "done", float(did))).code == Code.CHANGED
         assert coap_post(gw.coap_port, reading(kp, "p1", 2, "vib", 5.0)).code == Code.CHANGED
         # and an operator asks from the command line
-        cli = subprocess.run([sys.executable, "-m", "gateway.cli", "demand", "mechanic", "--at", "1,2", "--priority",
+        cli = subprocess.run([sys.executable, "-m", "gateway", "demand", "mechanic", "--at", "1,2", "--priority",
                               "9", "--url", f"http://127.0.0.1:{gw.http_port}"], capture_output=True, text=True,
                              cwd=REPO, timeout=30)
         assert cli.returncode == 0, cli.stderr
@@ -106,7 +106,7 @@ def test_alarms_and_dispatches_reach_the_broker_on_events(tmp_path, mosquitto, s
                 assert not list(batch.rows(batch.decode(p)))
             elif t.endswith("/data"):
                 assert "events" not in batch.decode(p)
-        dec = subprocess.run([sys.executable, "-m", "gateway.cli", "decode", "-"], input=payload,
+        dec = subprocess.run([sys.executable, "-m", "gateway", "decode", "-"], input=payload,
                              capture_output=True, cwd=REPO, timeout=30)
         assert dec.returncode == 0 and json.loads(dec.stdout.splitlines()[0])["rule"] == "vib-high"
         assert gw.metric('headrace_dispatches_total{state="done"}') == 1
@@ -168,7 +168,7 @@ def test_events_are_never_dropped_by_the_quota_and_go_first(tmp_path, pty_pairs)
 def test_demo_shows_alarms_and_dispatches(tmp_path):
     """`headrace demo` (what `./run.sh demo` runs): the pump's vibration rises, rules raise an
     alarm and a demand, the dispatcher sends a mechanic; the forklift gets the operator's request."""
-    p = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--duration", "25", "--workdir", str(tmp_path)],
+    p = subprocess.run([sys.executable, "-m", "gateway", "demo", "--duration", "25", "--workdir", str(tmp_path)],
                        capture_output=True, text=True, cwd=REPO, timeout=90)
     assert p.returncode == 0, p.stderr[-2000:]
     out = p.stdout

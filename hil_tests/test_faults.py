@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from .bench import GatewayProcess, Node, wait_for
+from .rig import GatewayProcess, Node, wait_for
 
 
 class LossyUdpProxy:

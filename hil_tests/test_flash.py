@@ -19,10 +19,10 @@ import time
 
 import pytest
 
-from gateway import cli
-from gateway.registry import Registry
+from gateway.tools import cli
+from gateway.runtime.registry import Registry
 
-from .bench import GatewayProcess, PtyPair, SimBoard, require, wait_for
+from .rig import GatewayProcess, PtyPair, SimBoard, require, wait_for
 
 pytestmark = pytest.mark.hil
 
@@ -47,7 +47,7 @@ def bench(tmp_path, mosquitto):
 
 
 def flash_cmd(bench, *extra) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "gateway.cli", "node", "flash", "--board", "unix", "--port", bench["board"].port,
+    argv = [sys.executable, "-m", "gateway", "node", "flash", "--board", "unix", "--port", bench["board"].port,
             "--config", str(bench["config"]), "--gateway-url", bench["url"], "--timeout", "30", *extra]
     return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
@@ -131,7 +131,7 @@ def test_no_repl_on_the_port(tmp_path, mosquitto):
         wait_for(lambda: os.path.exists(noisy), 10, "the noisy pty")
         for port, expect in ((pair.b, "no MicroPython REPL answered"), (str(noisy), "answered, but not as a MicroPython REPL")):
             t0 = time.monotonic()
-            p = subprocess.run([sys.executable, "-m", "gateway.cli", "node", "flash", "--board", "unix", "--port", port,
+            p = subprocess.run([sys.executable, "-m", "gateway", "node", "flash", "--board", "unix", "--port", port,
                                 "--config", str(config), "--gateway-url", f"http://127.0.0.1:{gw.http_port}",
                                 "--timeout", "2"], capture_output=True, text=True, timeout=60)
             assert p.returncode == 1 and expect in p.stderr, p.stderr
@@ -147,7 +147,7 @@ def test_no_repl_on_the_port(tmp_path, mosquitto):
 def test_no_gateway_and_no_port(tmp_path):
     config = tmp_path / "n1.json"
     assert cli.main(["node", "provision", "n1", "--registry", str(tmp_path / "nodes.toml"), "-o", str(config)]) == 0
-    base = [sys.executable, "-m", "gateway.cli", "node", "flash", "--board", "unix", "--config", str(config)]
+    base = [sys.executable, "-m", "gateway", "node", "flash", "--board", "unix", "--config", str(config)]
     p = subprocess.run(base + ["--port", str(tmp_path / "nothing"), "--gateway-url", "http://127.0.0.1:9"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "[gateway]" not in p.stderr and "does not answer" in p.stderr, p.stderr

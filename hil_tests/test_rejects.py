@@ -20,7 +20,7 @@ from gateway.protocol import cose
 from gateway.protocol.framing import Deframer, encode_frame
 from gateway.protocol.numbers import MAX_MESSAGE
 
-from .bench import GatewayProcess, require, wait_for
+from .rig import GatewayProcess, require, wait_for
 
 KEY = secrets.token_bytes(32)
 NODE = "tester"

@@ -14,10 +14,10 @@ import sqlite3
 import threading
 import time
 
-from gateway.sim.nullmodem import NullModem
-from gateway.uplink import batch
+from gateway.tools.sim.nullmodem import NullModem
+from gateway.runtime.uplink import batch
 
-from .bench import GatewayProcess, Mosquitto, Node, Subscriber, wait_for
+from .rig import GatewayProcess, Mosquitto, Node, Subscriber, wait_for
 
 
 def node_cfg(tmp_path, name, key, frames, **extra):
@@ -185,7 +185,7 @@ def test_spool_commands_stats_inspect_replay(tmp_path, mosquitto, subscriber):
 
     from gateway.protocol import cose
 
-    from .bench import coap_post, free_port
+    from .rig import coap_post, free_port
 
     key = os.urandom(32)
     dead_broker = free_port()  # nothing listens: everything stays in the spool
@@ -198,7 +198,7 @@ def test_spool_commands_stats_inspect_replay(tmp_path, mosquitto, subscriber):
         gw.stop()
 
     def cli(*args):
-        p = subprocess.run([sys.executable, "-m", "gateway.cli", "spool", *args, "--config", str(gw.config)],
+        p = subprocess.run([sys.executable, "-m", "gateway", "spool", *args, "--config", str(gw.config)],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         return p.stdout
@@ -220,7 +220,7 @@ def test_disk_quota_drops_the_oldest_frames_and_says_so(tmp_path, pty_pairs):
 
     from bench.gateway_e2e import make_frames, serial_load
 
-    from .bench import Mosquitto, free_port
+    from .rig import Mosquitto, free_port
 
     key = os.urandom(32)
     pair = pty_pairs("q")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from .bench import GatewayProcess, Node, coap_post, wait_for
+from .rig import GatewayProcess, Node, coap_post, wait_for
 
 
 def test_ready_and_watchdog_through_notify_socket(tmp_path, mosquitto, subscriber):
@@ -21,7 +21,7 @@ def test_ready_and_watchdog_through_notify_socket(tmp_path, mosquitto, subscribe
     gw = GatewayProcess(tmp_path, mosquitto.port, {"n1": os.urandom(32)})
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
     gw._log = open(gw.log_path, "ab")
-    gw.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(gw.config)],
+    gw.proc = subprocess.Popen([sys.executable, "-m", "gateway", "gateway", "run", "--config", str(gw.config)],
                                stdout=gw._log, stderr=subprocess.STDOUT, env=env)
     got: list[str] = []
     deadline = time.monotonic() + 20
@@ -59,7 +59,7 @@ def test_sighup_reloads_the_registry(tmp_path, mosquitto, subscriber):
     from aiocoap.numbers.codes import Code
 
     from gateway.protocol import cose
-    from gateway.registry import Registry
+    from gateway.runtime.registry import Registry
 
     gw = GatewayProcess(tmp_path, mosquitto.port, {"old": os.urandom(32)}).start()
     key = os.urandom(32)
@@ -100,7 +100,7 @@ def test_status_command_lists_nodes(tmp_path, mosquitto):
     try:
         assert post() == Code.CHANGED
         assert post() == Code.CHANGED  # the same frame again: a duplicate (its ack was lost), an error
-        p = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config", str(gw.config)],
+        p = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(gw.config)],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, p.stderr
         line = next(l for l in p.stdout.splitlines() if l.startswith("pump7"))
@@ -111,7 +111,7 @@ def test_status_command_lists_nodes(tmp_path, mosquitto):
         assert gw.metric("headrace_uplink_lag_seconds") >= 0
     finally:
         gw.stop()
-    p = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config", str(gw.config)],
+    p = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(gw.config)],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and "cannot reach the gateway" in p.stderr
 

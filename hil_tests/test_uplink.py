@@ -11,7 +11,7 @@ from aiocoap.numbers.codes import Code
 
 from gateway.protocol import cose
 
-from .bench import GatewayProcess, Mosquitto, Subscriber, coap_post, make_tls, wait_for
+from .rig import GatewayProcess, Mosquitto, Subscriber, coap_post, make_tls, wait_for
 
 
 def frame(key: bytes, seq: int, value: float) -> bytes:
@@ -85,10 +85,10 @@ def test_batches_encoded_on_the_encoder_thread_leave_in_spool_order_events_first
     import threading
 
     from gateway.config import from_dict
-    from gateway.metrics import Metrics
-    from gateway.spool import Spool
-    from gateway.uplink import batch, events
-    from gateway.uplink.mqtt import MqttUplink
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.spool import Spool
+    from gateway.runtime.uplink import batch, events
+    from gateway.runtime.uplink.mqtt import MqttUplink
 
     threads = []
     encode = batch.encode

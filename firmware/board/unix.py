@@ -52,7 +52,7 @@ def lightsleep(ms):
 
 def deepsleep(ms):
     """Sleep, then boot again: the process exits with 75, the code the bench's board
-    supervisor (hil_tests/bench.py) restarts on, as a board resets on waking."""
+    supervisor (hil_tests/rig.py) restarts on, as a board resets on waking."""
     sleep_ms(ms)
     reset()
     raise SystemExit(75)

@@ -6,8 +6,8 @@ import hmac
 
 import cbor2
 
-from ..errors import AuthError, CoseError
-from .numbers import (
+from gateway.errors import AuthError, CoseError
+from gateway.protocol.numbers import (
     COSE_ALG_HMAC_256_64,
     COSE_HDR_ALG,
     COSE_HDR_KID,

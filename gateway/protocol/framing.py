@@ -9,8 +9,8 @@ import zlib
 
 from cobs import cobs
 
-from ..errors import FrameError
-from .numbers import CRC_BYTES, MAX_MESSAGE
+from gateway.errors import FrameError
+from gateway.protocol.numbers import CRC_BYTES, MAX_MESSAGE
 
 _DELIM = b"\x00"
 # COBS adds one byte per 254 and one at the start

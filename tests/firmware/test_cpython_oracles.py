@@ -85,9 +85,9 @@ def test_cbor_decoder_fuzz(firmware_path, data):
 
 def test_golden_frames_decode_on_the_gateway():
     """One wire format, one set of vectors: the gateway parses what the firmware emits."""
-    from gateway.ingest import Ingest
+    from gateway.runtime.ingest import Ingest
     from gateway.protocol.framing import Deframer
-    from gateway.registry import Registry
+    from gateway.runtime.registry import Registry
 
     golden = json.loads((ROOT / "tests" / "vectors" / "frames.json").read_text())
     key = bytes.fromhex(golden["key"])

@@ -47,7 +47,7 @@ def gateway_port():
 @pytest.fixture
 def acking_gateway():
     """A UDP socket that answers every CoAP POST with a piggybacked 2.04 carrying the ack."""
-    from gateway.ingest import ack_message
+    from gateway.runtime.ingest import ack_message
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     s.settimeout(0.1)

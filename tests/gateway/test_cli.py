@@ -2,10 +2,10 @@ import json
 import subprocess
 import sys
 
-from gateway import cli
+from gateway.tools import cli
 import cbor2
 
-from gateway.uplink import batch
+from gateway.runtime.uplink import batch
 
 
 def sample_batch() -> bytes:
@@ -26,13 +26,13 @@ def test_decode_file_prints_json_lines(tmp_path, capsys):
 
 
 def test_decode_stdin_and_bad_input():
-    p = subprocess.run([sys.executable, "-m", "gateway.cli", "decode", "-"], input=sample_batch(), capture_output=True)
+    p = subprocess.run([sys.executable, "-m", "gateway", "decode", "-"], input=sample_batch(), capture_output=True)
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 3
-    p = subprocess.run([sys.executable, "-m", "gateway.cli", "decode", "-"], input=b"\xff\x00", capture_output=True)
+    p = subprocess.run([sys.executable, "-m", "gateway", "decode", "-"], input=b"\xff\x00", capture_output=True)
     assert p.returncode == 1 and b"not CBOR" in p.stderr
     damaged = cbor2.loads(sample_batch())
     damaged["frames"] = [b"junk", b"junk"]
-    p = subprocess.run([sys.executable, "-m", "gateway.cli", "decode", "-"], input=cbor2.dumps(damaged),
+    p = subprocess.run([sys.executable, "-m", "gateway", "decode", "-"], input=cbor2.dumps(damaged),
                        capture_output=True)
     assert p.returncode == 1 and b"inconsistent batch" in p.stderr and b"Traceback" not in p.stderr
 
@@ -51,7 +51,7 @@ def test_provision_writes_registry_and_node_config(tmp_path):
     assert cli.main(["node", "provision", "pump9", "--registry", str(reg), "--transport", "coap",
                      "--sensors", "temp,vib", "-o", str(out)]) == 0
     cfg = json.loads(out.read_text())
-    from gateway.registry import Registry
+    from gateway.runtime.registry import Registry
     node = Registry.load(reg).nodes["pump9"]
     assert node.key.hex() == cfg["key"] and cfg["sensors"] == ["temp", "vib"]
     assert (reg.stat().st_mode & 0o777) == 0o600

@@ -8,8 +8,8 @@ import socket
 import cbor2
 
 from gateway.protocol import cose
-from gateway.spool import PRIO_FRAME
-from gateway.transports.coap import CODE_CHANGED, CoapServer, parse
+from gateway.runtime.spool import PRIO_FRAME
+from gateway.runtime.transports.coap import CODE_CHANGED, CoapServer, parse
 
 from .test_pipeline import KEY, frame, make, stop
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gateway.errors import AuthError, CoseError, PayloadError, ReplayError
-from gateway.ingest import Ingest, ReplayWindow, ack_message
+from gateway.runtime.ingest import Ingest, ReplayWindow, ack_message
 from gateway.protocol import cose
-from gateway.registry import Registry
+from gateway.runtime.registry import Registry
 
 KEY = bytes(range(32))
 
@@ -100,7 +100,7 @@ def test_piv_encoding():
 @settings(max_examples=400)
 @given(st.binary(max_size=300))
 def test_fuzz_wire_parsers_raise_only_typed_errors(data):
-    from gateway.uplink import batch
+    from gateway.runtime.uplink import batch
     for parse, errors in ((cose.parse_mac0, CoseError), (batch.decode, batch.BatchError)):
         try:
             parse(data)

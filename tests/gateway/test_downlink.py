@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from gateway.downlink import CommandError, Downlink, parse
-from gateway.registry import Registry
+from gateway.decisions.downlink import CommandError, Downlink, parse
+from gateway.runtime.registry import Registry
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_commands_ride_acks_until_the_node_reports_them(reg):
 
 
 def test_a_command_nobody_answers_expires(reg):
-    from gateway.downlink import MAX_TRIES
+    from gateway.decisions.downlink import MAX_TRIES
     answers = []
     dl = Downlink(reg, on_result=lambda node, a: answers.append(a))
     dl.submit("pump3", cmd(id="lost", cmd="identify"))
@@ -77,8 +77,8 @@ def test_a_command_nobody_answers_expires(reg):
 def test_ack_with_commands_and_reports_in_frames():
     import cbor2
 
-    from gateway.downlink import Command
-    from gateway.ingest import ack_message, command_reports
+    from gateway.decisions.downlink import Command
+    from gateway.runtime.ingest import ack_message, command_reports
     from gateway.protocol import cose
     key = bytes(range(32))
     msg = ack_message(key, 9, 0, [Command("pump3", "c1", "set_period", {"period_ms": 500})])

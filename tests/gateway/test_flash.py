@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli, flash
-from gateway.flash import BOARDS, BoardInfo, FlashError
-from gateway.registry import Registry
-from gateway.sim.nodes import firmware_dir
+from gateway.tools import cli, flash
+from gateway.tools.flash import BOARDS, BoardInfo, FlashError
+from gateway.runtime.registry import Registry
+from gateway.tools.sim.nodes import firmware_dir
 
 
 def test_esptool_command_line():
@@ -146,7 +146,7 @@ def test_board_checks():
 
 def test_probe_code_runs_on_micropython(tmp_path):
     """The probe, as the board runs it (on the unix port, in an empty folder)."""
-    from gateway.sim.nodes import micropython_command
+    from gateway.tools.sim.nodes import micropython_command
 
     mp = micropython_command()
     if mp is None:

@@ -6,9 +6,10 @@ import json
 import urllib.error
 import urllib.request
 
-from gateway import cli, config
-from gateway.dispatch import Dispatcher
-from gateway.http import StatusServer
+from gateway.tools import cli
+from gateway import config
+from gateway.decisions.dispatch import Dispatcher
+from gateway.runtime.http import StatusServer
 
 
 class FakeGateway:

@@ -7,7 +7,7 @@ import socket
 import threading
 
 from gateway.config import from_dict
-from gateway.uplink.mqtt import _Session
+from gateway.runtime.uplink.mqtt import _Session
 
 
 def test_socket_callbacks_from_another_thread_run_on_the_loop_in_order(tmp_path):

@@ -22,7 +22,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
 
 
 def test_sample_config_checks_clean(tmp_path):
-    from gateway import cli
+    from gateway.tools import cli
     reg = tmp_path / "nodes.toml"
     reg.write_text("")
     text = (PACKAGING / "gateway.toml").read_text().replace("/etc/headrace/nodes.toml", str(reg))
@@ -32,7 +32,7 @@ def test_sample_config_checks_clean(tmp_path):
 
 
 def test_install_service_into_a_staging_root(tmp_path, capsys):
-    from gateway import cli
+    from gateway.tools import cli
     exe = tmp_path / "bin" / "headrace"
     exe.parent.mkdir()
     exe.write_text("#!/bin/sh\n")
@@ -56,6 +56,6 @@ def test_install_service_into_a_staging_root(tmp_path, capsys):
 
 
 def test_install_service_errors_are_clear(tmp_path, capsys):
-    from gateway import cli
+    from gateway.tools import cli
     assert cli.main(["gateway", "install-service", "--root", str(tmp_path), "--executable", "/nope/headrace"]) == 1
     assert "cannot find the headrace command" in capsys.readouterr().err

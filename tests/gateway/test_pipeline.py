@@ -8,12 +8,12 @@ import pytest
 
 from gateway.config import from_dict
 from gateway.errors import AuthError, SpoolError
-from gateway.ingest import Ingest
-from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
+from gateway.runtime.ingest import Ingest
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.pipeline import Pipeline
 from gateway.protocol import cose
-from gateway.registry import Registry
-from gateway.spool import PRIO_FRAME, PRIO_WINDOW, Spool
+from gateway.runtime.registry import Registry
+from gateway.runtime.spool import PRIO_FRAME, PRIO_WINDOW, Spool
 
 KEY = bytes(32)
 
@@ -121,7 +121,7 @@ def test_windows_closed_into_spool(tmp_path):
 
 
 def test_node_rate_over_the_last_minute():
-    from gateway.pipeline import NodeStatus
+    from gateway.runtime.pipeline import NodeStatus
     st = NodeStatus()
     for i in range(30):
         st.count(6000.0 + i)          # 30 frames in minute 100

@@ -8,16 +8,16 @@ import json
 import cbor2
 
 from gateway.config import from_dict
-from gateway.dispatch import Dispatcher
-from gateway.events import EventSink
-from gateway.ingest import Ingest
-from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
+from gateway.decisions.dispatch import Dispatcher
+from gateway.decisions.events import EventSink
+from gateway.runtime.ingest import Ingest
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.pipeline import Pipeline
 from gateway.protocol import cose
-from gateway.registry import Registry
-from gateway.rules import RuleEngine
-from gateway.spool import PRIO_EVENT, Spool
-from gateway.uplink import batch, events
+from gateway.runtime.registry import Registry
+from gateway.decisions.rules import RuleEngine
+from gateway.runtime.spool import PRIO_EVENT, Spool
+from gateway.runtime.uplink import batch, events
 
 KEY = bytes(32)
 T0 = 1_700_000_000.0
@@ -130,7 +130,7 @@ def test_a_broken_rule_evaluation_never_stops_the_commits(tmp_path):
 
 
 def test_events_batch_round_trip_and_decode(tmp_path, capsys):
-    from gateway import cli
+    from gateway.tools import cli
     evs = [{"type": "alarm", "rule": "vib-high", "state": "raised", "t": T0, "value": 9.5, "severity": "warning",
             "node": "pump1", "series": "pump1/vib"},
            {"type": "dispatch", "demand": 17, "need": "mechanic", "resource": "mech1", "state": "assigned",

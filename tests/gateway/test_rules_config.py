@@ -5,8 +5,8 @@ import pytest
 
 from gateway import config
 from gateway.errors import ConfigError
-from gateway.registry import Registry
-from gateway.rules import check_nodes
+from gateway.runtime.registry import Registry
+from gateway.decisions.rules import check_nodes
 
 MECH = {"id": "mech1", "capabilities": ["mechanic"], "home": [0, 0], "speed": 1.5}
 ZONES = {"points": {"hall": [0, 0], "pumps": [20, 10], "dock": [40, 0]},
@@ -131,7 +131,7 @@ def test_dispatch_section():
 
 
 def test_check_config_names_unregistered_nodes(tmp_path, capsys):
-    from gateway import cli
+    from gateway.tools import cli
     reg = Registry(path=tmp_path / "nodes.toml")
     reg.add("pump1")
     reg.save()

@@ -5,7 +5,7 @@ import os
 import tty
 
 from gateway.protocol.framing import Deframer, encode_frame
-from gateway.transports import serial as serial_transport
+from gateway.runtime.transports import serial as serial_transport
 
 
 class Recorder:

@@ -6,8 +6,8 @@ import cbor2
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gateway.spool import KIND_FRAME, KIND_WINDOW, PRIO_FRAME, PRIO_WINDOW, Spool
-from gateway.uplink import batch
+from gateway.runtime.spool import KIND_FRAME, KIND_WINDOW, PRIO_FRAME, PRIO_WINDOW, Spool
+from gateway.runtime.uplink import batch
 
 
 def run(coro):
@@ -35,7 +35,7 @@ def test_survives_kill_9(tmp_path):
     # a child commits then dies by SIGKILL before any clean close; the data is there
     code = f"""
 import asyncio, os, signal, sys
-from gateway.spool import Spool, KIND_FRAME
+from gateway.runtime.spool import Spool, KIND_FRAME
 async def main():
     s = await Spool.open({str(tmp_path / 'k.sqlite')!r})
     for i in range(50):
@@ -139,7 +139,7 @@ def test_batch_errors(data, msg):
 
 
 def test_overflow_policy_ttl_then_quota_never_events(tmp_path):
-    from gateway.spool import KIND_EVENT, PRIO_EVENT
+    from gateway.runtime.spool import KIND_EVENT, PRIO_EVENT
 
     async def main():
         s = await Spool.open(tmp_path / "q.sqlite")

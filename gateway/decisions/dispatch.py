@@ -17,7 +17,7 @@ Configuration:
     min_battery = 20.0         # a resource reporting less battery is not dispatched
     max_open = 10000           # demands waiting at once at most
 
-Usage: demands come from demand rules (`gateway/rules.py`), `POST /demands` and
+Usage: demands come from demand rules (`gateway/decisions/rules.py`), `POST /demands` and
 `headrace demand`. Every tick the open demands (rows) and the free resources
 (columns) make a cost matrix: priority × travel time (distance along the zone
 graph or straight, over the resource's speed), `inf` where the resource lacks the
@@ -51,9 +51,9 @@ from dataclasses import dataclass, field
 
 from core_ext.match import assign
 
-from .errors import ConfigError
-from .rules import NODE
-from .zones import ZoneMap, _xy
+from gateway.errors import ConfigError
+from gateway.decisions.rules import NODE
+from gateway.decisions.zones import ZoneMap, _xy
 
 log = logging.getLogger("headrace.dispatch")
 

@@ -19,7 +19,7 @@ import urllib.request
 
 import cbor2
 
-from ..protocol import cose
+from gateway.protocol import cose
 
 # The plant map (metres), the rules and the crew: merged into the demo's gateway config.
 CONFIG = {

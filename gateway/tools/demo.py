@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import from_dict
-from .registry import Registry
-from .service import Gateway
-from .sim.nodes import NodeProcess
-from .sim.nullmodem import NullModem
-from .sim.plant import CONFIG as PLANT, CREW, PUMP_AT, Plant, stale_rules
+from gateway.config import from_dict
+from gateway.runtime.registry import Registry
+from gateway.runtime.service import Gateway
+from gateway.tools.sim.nodes import NodeProcess
+from gateway.tools.sim.nullmodem import NullModem
+from gateway.tools.sim.plant import CONFIG as PLANT, CREW, PUMP_AT, Plant, stale_rules
 
 log = logging.getLogger("headrace.demo")
 

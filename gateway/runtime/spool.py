@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .errors import SpoolError
+from gateway.errors import SpoolError
 
 PRIO_EVENT = 2
 PRIO_WINDOW = 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 
-from .uplink.events import event_body
+from gateway.runtime.uplink.events import event_body
 
 log = logging.getLogger("headrace.events")
 

@@ -36,7 +36,7 @@ from core_ext import codec
 from core_ext.ingest import Parser
 
 VERSION = 2
-VERSIONS = (1, 2)  # read; events batches are version 1 (gateway/uplink/events.py)
+VERSIONS = (1, 2)  # read; events batches are version 1 (gateway/runtime/uplink/events.py)
 NS = 1_000_000_000
 WINDOW_FIELDS = ("series", "width", "start", "count", "min", "max", "sum", "sumsq", "first", "last", "twa",
                  "correction")

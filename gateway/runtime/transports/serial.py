@@ -14,9 +14,9 @@ import logging
 import serial
 import serial_asyncio_fast
 
-from ..errors import FrameError, RejectedFrame
-from ..pipeline import Pipeline
-from ..protocol.framing import Deframer, encode_frame
+from gateway.errors import FrameError, RejectedFrame
+from gateway.runtime.pipeline import Pipeline
+from gateway.protocol.framing import Deframer, encode_frame
 
 log = logging.getLogger("headrace.serial")
 TRANSPORT = "serial"

@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import HeadraceError
+from gateway.errors import HeadraceError
 
 MANIFEST = "/.headrace-manifest.json"
 MAIN_PY = """\
@@ -405,7 +405,7 @@ def _tail(p: subprocess.CompletedProcess) -> str:
 # -- verify -----------------------------------------------------------------------------------
 
 class GatewayWatch:
-    """The running gateway's status API (gateway/http.py), seen from the installer's side."""
+    """The running gateway's status API (gateway/runtime/http.py), seen from the installer's side."""
 
     def __init__(self, url: str, node: str):
         self.url, self.node = url.rstrip("/"), node
@@ -460,7 +460,7 @@ def flash(port: str, config: str | None = None, node: str | None = None, board: 
           image: str | None = None, gateway_url: str = "http://127.0.0.1:9108", timeout: float = 60.0,
           verify: bool = True, chip: str = "esp32", force: bool = False, mounts: str = "/proc/mounts") -> float:
     """Flash one node (module docstring); returns the seconds it took. Raises FlashError."""
-    from .sim.nodes import firmware_dir
+    from gateway.tools.sim.nodes import firmware_dir
 
     started = time.monotonic()
     kind = BOARDS[board]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from gateway.sim.nodes import firmware_dir, micropython_command
-from gateway.uplink import batch
+from gateway.tools.sim.nodes import firmware_dir, micropython_command
+from gateway.runtime.uplink import batch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -240,7 +240,7 @@ port = {self.http_port}
 
     def start(self) -> "GatewayProcess":
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--config",
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "gateway", "run", "--config",
                                       str(self.config)], stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
         wait_for(self._healthy, 20, "the gateway's /health")
         return self

@@ -35,7 +35,7 @@ import collections
 import json
 from dataclasses import dataclass
 
-from .registry import Registry
+from gateway.runtime.registry import Registry
 
 QUEUE_PER_NODE = 16
 PER_ACK = 4      # commands one ack carries

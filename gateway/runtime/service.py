@@ -16,22 +16,22 @@ import signal
 import socket
 import time
 
-from . import config as config_module
-from .config import Config
-from .dispatch import Dispatcher
-from .downlink import Downlink
-from .errors import ConfigError
-from .events import EventSink
-from .ingest import Ingest
-from .metrics import Metrics
-from .pipeline import Pipeline
-from .registry import Registry
-from .rules import RuleEngine
-from .spool import Spool
-from .transports.coap import CoapServer
-from .transports.serial import SerialLink
-from .uplink.mqtt import MqttUplink
-from .http import StatusServer
+from gateway import config as config_module
+from gateway.config import Config
+from gateway.decisions.dispatch import Dispatcher
+from gateway.decisions.downlink import Downlink
+from gateway.errors import ConfigError
+from gateway.decisions.events import EventSink
+from gateway.runtime.ingest import Ingest
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.pipeline import Pipeline
+from gateway.runtime.registry import Registry
+from gateway.decisions.rules import RuleEngine
+from gateway.runtime.spool import Spool
+from gateway.runtime.transports.coap import CoapServer
+from gateway.runtime.transports.serial import SerialLink
+from gateway.runtime.uplink.mqtt import MqttUplink
+from gateway.runtime.http import StatusServer
 
 log = logging.getLogger("headrace.service")
 

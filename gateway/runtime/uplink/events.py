@@ -17,7 +17,7 @@ from typing import Iterator
 
 import cbor2
 
-from .batch import cbor_head
+from gateway.runtime.uplink.batch import cbor_head
 
 VERSION = 1  # the envelope's version, shared with data batches (batch.decode checks it)
 

@@ -20,7 +20,7 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from gateway.errors import ConfigError
 
 Point = tuple[float, float]
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from core_ext import rules as core
 
-from .errors import ConfigError
+from gateway.errors import ConfigError
 
 log = logging.getLogger("headrace.rules")
 
@@ -243,7 +243,7 @@ def _emit_fields(raw: dict, where: str, zones, fields: dict) -> None:
                               f"declare it in [zones] points, or use one of: {known}")
         fields["zone"] = raw["zone"]
     else:
-        from .zones import _xy
+        from gateway.decisions.zones import _xy
         fields["at"] = _xy(raw["at"], f"{where} at", "at = [12.0, 4.5]")
     fields.update(need=need, priority=priority)
 

@@ -17,14 +17,14 @@ from typing import Callable
 
 from core_ext.aggregate import Aggregator
 
-from .config import Config
-from .errors import PayloadError, RejectedFrame, ReplayError, SpoolError
-from .ingest import Accepted, Ingest, ack_message, command_reports
-from .logs import RateLimited
-from .metrics import Metrics
-from .protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED
-from .spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, Spool
-from .uplink import batch
+from gateway.config import Config
+from gateway.errors import PayloadError, RejectedFrame, ReplayError, SpoolError
+from gateway.runtime.ingest import Accepted, Ingest, ack_message, command_reports
+from gateway.runtime.logs import RateLimited
+from gateway.runtime.metrics import Metrics
+from gateway.protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED
+from gateway.runtime.spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, Spool
+from gateway.runtime.uplink import batch
 
 log = logging.getLogger("headrace.pipeline")
 

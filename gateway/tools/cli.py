@@ -6,12 +6,13 @@ import asyncio
 import json
 import sys
 
-from .errors import ConfigError
+from gateway.errors import ConfigError
 
 
 def _cmd_gateway_run(args) -> int:
-    from . import config, logs, service
-    from .registry import Registry
+    from gateway import config
+    from gateway.runtime import logs, service
+    from gateway.runtime.registry import Registry
 
     cfg = config.load(args.config)
     logs.setup(cfg.gateway.log_level)
@@ -23,7 +24,7 @@ def _cmd_gateway_run(args) -> int:
 def _cmd_install_service(args) -> int:
     from pathlib import Path
 
-    from .install import InstallError, install
+    from gateway.tools.install import InstallError, install
 
     try:
         install(Path(args.root), args.user, start=not args.no_start, executable=args.executable,
@@ -35,12 +36,12 @@ def _cmd_install_service(args) -> int:
 
 
 def _cmd_check_config(args) -> int:
-    from . import config
-    from .registry import Registry
+    from gateway import config
+    from gateway.runtime.registry import Registry
 
     cfg = config.load(args.config)
     registry = Registry.load(cfg.gateway.registry)
-    from .rules import check_nodes
+    from gateway.decisions.rules import check_nodes
     check_nodes(cfg, registry)
     print(f"{args.config or '(embedded defaults)'}: OK — gateway {cfg.gateway.site}/{cfg.gateway.id}, "
           f"{len(registry)} nodes, {len(cfg.serial.ports)} serial ports, "
@@ -53,7 +54,7 @@ def _cmd_status(args) -> int:
     import time
     import urllib.request
 
-    from . import config
+    from gateway import config
 
     cfg = config.load(args.config)
     base = args.url or f"http://{cfg.http.bind}:{cfg.http.port}"
@@ -85,7 +86,7 @@ def _cmd_status(args) -> int:
 def _spool_path(args):
     from pathlib import Path
 
-    from . import config
+    from gateway import config
 
     if args.spool:
         return Path(args.spool), config.load(args.config)
@@ -96,8 +97,8 @@ def _spool_path(args):
 def _cmd_spool(args) -> int:
     import time
 
-    from .spool import PRIORITY, Spool
-    from .uplink import batch
+    from gateway.runtime.spool import PRIORITY, Spool
+    from gateway.runtime.uplink import batch
 
     path, cfg = _spool_path(args)
     if not path.exists():
@@ -126,8 +127,8 @@ def _cmd_spool(args) -> int:
                         shown += 1
                 return 0
             cfg2 = cfg.replace(mqtt={k: v for k, v in (("host", args.mqtt_host), ("port", args.mqtt_port)) if v})
-            from .metrics import Metrics
-            from .uplink.mqtt import MqttUplink
+            from gateway.runtime.metrics import Metrics
+            from gateway.runtime.uplink.mqtt import MqttUplink
             up = MqttUplink(cfg2, spool, asyncio.Event(), Metrics())
             n = await up.drain()
             print(f"replayed {n} records from {path} to {cfg2.mqtt.host}:{cfg2.mqtt.port}; "
@@ -158,7 +159,7 @@ def _describe(rid: int, kind: str, body: bytes, batch) -> dict:
 
 
 def _cmd_decode(args) -> int:
-    from .uplink import batch
+    from gateway.runtime.uplink import batch
 
     data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
     try:
@@ -166,7 +167,7 @@ def _cmd_decode(args) -> int:
     except batch.BatchError as exc:
         print(f"headrace decode: {exc}", file=sys.stderr)
         return 1
-    from .uplink import events
+    from gateway.runtime.uplink import events
     out = sys.stdout
     try:
         for row in batch.rows(decoded):
@@ -183,7 +184,7 @@ def _cmd_demand(args) -> int:
     import urllib.error
     import urllib.request
 
-    from . import config
+    from gateway import config
 
     body: dict = {"need": args.need, "priority": args.priority}
     if args.zone:
@@ -214,7 +215,8 @@ def _cmd_demand(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from . import demo, logs
+    from gateway.tools import demo
+    from gateway.runtime import logs
 
     logs.setup("warning" if not args.verbose else "info")
     return _run(demo.run_demo(args.duration, args.mqtt_host, args.mqtt_port, args.period_ms,
@@ -222,7 +224,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_node_provision(args) -> int:
-    from .registry import Registry
+    from gateway.runtime.registry import Registry
 
     try:
         reg = Registry.load(args.registry)
@@ -246,7 +248,7 @@ def _cmd_node_provision(args) -> int:
 
 
 def _cmd_node_list(args) -> int:
-    from .registry import Registry
+    from gateway.runtime.registry import Registry
 
     reg = Registry.load(args.registry)
     print(f"{'node':<32} {'transport':<9} {'key id':<8}")
@@ -257,7 +259,7 @@ def _cmd_node_list(args) -> int:
 
 
 def _cmd_node_remove(args) -> int:
-    from .registry import Registry
+    from gateway.runtime.registry import Registry
 
     reg = Registry.load(args.registry)
     node = reg.remove(args.name)
@@ -271,7 +273,7 @@ def _cmd_node_rekey(args) -> int:
     import os
     from pathlib import Path
 
-    from .registry import Registry
+    from gateway.runtime.registry import Registry
 
     reg = Registry.load(args.registry)
     reg.node(args.name)  # not registered: a ConfigError before anything is written
@@ -301,7 +303,7 @@ def _cmd_node_rekey(args) -> int:
 
 
 def _cmd_node_flash(args) -> int:
-    from .flash import FlashError, flash
+    from gateway.tools.flash import FlashError, flash
 
     try:
         flash(args.port, config=args.config, node=args.node, board=args.board, image=args.firmware_image,

@@ -1,6 +1,6 @@
 """Status API: `GET /metrics` (Prometheus text), `GET /health` (JSON), `GET /nodes` (JSON);
 demands: `GET /demands`, `POST /demands` and `POST /demands/<id>/accept|decline|done|cancel`
-(JSON, see gateway/dispatch.py and docs/matching.md).
+(JSON, see gateway/decisions/dispatch.py and docs/matching.md).
 
 A deliberately tiny HTTP/1.0 server on asyncio streams: a handful of endpoints
 need no framework. Bound to loopback by default (`[http] bind`): it has no

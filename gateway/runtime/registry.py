@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from gateway.errors import ConfigError
 
 NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 KEY_BYTES = 32

@@ -17,10 +17,10 @@ import cbor2
 
 from core_ext.ingest import IngestError, Parser
 
-from .errors import AuthError, PayloadError, ReplayError
-from .protocol import cose
-from .protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED, GATEWAY_KID, MSG_ACK, REPLAY_WINDOW
-from .registry import Registry
+from gateway.errors import AuthError, PayloadError, ReplayError
+from gateway.protocol import cose
+from gateway.protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED, GATEWAY_KID, MSG_ACK, REPLAY_WINDOW
+from gateway.runtime.registry import Registry
 
 _MASK = (1 << REPLAY_WINDOW) - 1
 
@@ -147,7 +147,7 @@ def command_reports(node: str, payload: bytes) -> list[str]:
     `<node>/cmd`), cheap when there are none; none from a payload that is not SenML."""
     if _CMD_RECORD not in payload:
         return []
-    from .uplink.batch import frame_readings  # the SenML names resolved as everywhere else
+    from gateway.runtime.uplink.batch import frame_readings  # the SenML names resolved as everywhere else
     try:
         readings = frame_readings(node, 0.0, payload)
     except IngestError:

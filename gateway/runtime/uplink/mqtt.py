@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import paho.mqtt.client as paho
 
-from ..config import Config
-from ..metrics import Metrics
-from ..spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
-from . import batch, events
+from gateway.config import Config
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
+from gateway.runtime.uplink import batch, events
 
 log = logging.getLogger("headrace.mqtt")
 QOS_AT_LEAST_ONCE = 1
@@ -207,7 +207,7 @@ class MqttUplink:
 
     def _command(self, topic: str, payload: bytes) -> None:
         """A command from the cloud: validate, queue, answer on cmd_result/<node>."""
-        from ..downlink import CommandError
+        from gateway.decisions.downlink import CommandError
 
         node = topic[len(self.topic_cmd):]
         try:

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-FIRMWARE = Path(__file__).resolve().parent.parent.parent / "firmware"
+FIRMWARE = Path(__file__).resolve().parents[3] / "firmware"
 
 
 def micropython_command() -> str | None:

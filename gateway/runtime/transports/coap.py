@@ -29,9 +29,9 @@ import socket
 import struct
 import time
 
-from ..errors import AuthError, CoseError, FrameError
-from ..pipeline import Pipeline
-from ..protocol.numbers import CF_COSE_MAC0, MAX_MESSAGE
+from gateway.errors import AuthError, CoseError, FrameError
+from gateway.runtime.pipeline import Pipeline
+from gateway.protocol.numbers import CF_COSE_MAC0, MAX_MESSAGE
 
 log = logging.getLogger("headrace.coap")
 TRANSPORT = "coap"
