@@ -11,15 +11,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.protocol.names import NODE_NAME
 
-NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 KEY_BYTES = 32
 
 

@@ -41,7 +41,7 @@ def _cmd_check_config(args) -> int:
 
     cfg = config.load(args.config)
     registry = Registry.load(cfg.gateway.registry)
-    from gateway.decisions.rules import check_nodes
+    from gateway.config import check_nodes
     check_nodes(cfg, registry)
     print(f"{args.config or '(embedded defaults)'}: OK — gateway {cfg.gateway.site}/{cfg.gateway.id}, "
           f"{len(registry)} nodes, {len(cfg.serial.ports)} serial ports, "

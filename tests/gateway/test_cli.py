@@ -56,3 +56,13 @@ def test_provision_writes_registry_and_node_config(tmp_path):
     assert node.key.hex() == cfg["key"] and cfg["sensors"] == ["temp", "vib"]
     assert (reg.stat().st_mode & 0o777) == 0o600
     assert cli.main(["node", "provision", "pump9", "--registry", str(reg)]) == 1
+
+
+def test_check_config_reports_every_error(tmp_path, capsys):
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[gateway]\nid = "Bad Name"\n[mqtt]\nport = "x"\nkeepalive = 1\n[coap]\nprot = 5683\n')
+    assert cli.main(["gateway", "check-config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    for key in ("[gateway] id", "[mqtt] port", "[mqtt] keepalive", "[coap] prot"):
+        assert f"  {key}: " in err
+    assert err.count("fix:") == 4 and "4 errors" in err

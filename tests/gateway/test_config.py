@@ -39,3 +39,27 @@ def test_bad_toml_syntax(tmp_path):
     p.write_text("[mqtt\nport = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(p)
+
+
+def test_every_mistake_is_reported_in_one_run():
+    raw = {"mqtt": {"port": "x", "keepalive": 1}, "gateway": {"id": "Bad Name"}, "spool": {"bogus": 1},
+           "zones": {"points": {"a": [0, 0], "b": "far"}, "edges": [["a", "c"]]},
+           "resources": [{"id": "m1", "capabilities": ["mechanic"]}, {"id": "m2", "capabilities": []}],
+           "rules": [{"name": "r1", "series": "p1/t"}, {"name": "r2", "series": "p1/t", "above": 1, "emit": "demand",
+                                                       "need": "crane", "at": [0, 0]}]}
+    with pytest.raises(config.ConfigErrors) as info:
+        config.from_dict(raw)
+    keys = [e.key for e in info.value.errors]
+    # the tables in file order, then the checks across keys and ranges
+    assert keys == ["[mqtt] port", "[spool] bogus", "[zones] points.b", "[zones] edges[0]", "[resources.m1] home",
+                    "[resources.m2] capabilities", "[rules.r1] above", "[rules.r2] need", "[gateway] id",
+                    "[mqtt] keepalive"]
+    text = str(info.value)
+    assert text.startswith("10 errors:") and all(f"  {k}: " in text for k in keys)
+    assert all(e.fix for e in info.value.errors), "every error says how to fix it"
+
+
+def test_one_mistake_is_a_plain_config_error():
+    with pytest.raises(ConfigError) as info:
+        config.from_dict({"mqtt": {"port": "x"}})
+    assert type(info.value) is ConfigError and info.value.key == "[mqtt] port"

@@ -169,7 +169,7 @@ def test_resource_state_mirrored_from_its_node():
 
 
 def test_rule_demands_one_at_a_time():
-    from gateway.decisions.rules import Rule
+    from gateway.config.rules import Rule
     d, events, clock, _ = make([res("r1", ["m"], 0, 0)])
     rule = Rule("vib", emit="demand", need="m", priority=7, at=(3.0, 4.0))
     d.demand_from_rule(rule, 1.0, 9.0)

@@ -6,7 +6,7 @@ import pytest
 from gateway import config
 from gateway.errors import ConfigError
 from gateway.runtime.registry import Registry
-from gateway.decisions.rules import check_nodes
+from gateway.config import check_nodes
 
 MECH = {"id": "mech1", "capabilities": ["mechanic"], "home": [0, 0], "speed": 1.5}
 ZONES = {"points": {"hall": [0, 0], "pumps": [20, 10], "dock": [40, 0]},

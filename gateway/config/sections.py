@@ -1,22 +1,17 @@
-"""Gateway configuration: one TOML file, validated into one frozen object.
-
-Every error names the key and the fix (`ConfigError`). Unknown keys are errors
-too: a typo must not silently fall back to a default. All keys have sane
-defaults, so an empty file (or none) runs a gateway on loopback.
-See `gateway/data/gateway.toml` for the commented sample.
-"""
+"""The sections of gateway.toml: one frozen dataclass each, their keys checked by type and range."""
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.protocol.names import NODE_NAME
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+from gateway.config.problems import Problems
+
 
 
 @dataclass(frozen=True)
@@ -109,7 +104,7 @@ class Config:
     spool: SpoolSection = field(default_factory=SpoolSection)
     http: HttpSection = field(default_factory=HttpSection)
     dispatch: DispatchSection = field(default_factory=DispatchSection)
-    # rules, resources and zones: see gateway/decisions/rules.py, gateway/decisions/dispatch.py, gateway/decisions/zones.py
+    # rules, resources and zones: parsed by gateway/config/rules.py, resources.py, zones.py
     rules: tuple = ()
     resources: tuple = ()
     zones: object = None
@@ -151,129 +146,146 @@ def _check(section: str, key: str, value, kind, default):
     return value
 
 
-def _section(cls, name: str, raw: dict):
+def _section(cls, name: str, raw: dict, problems: Problems):
+    """One [section] table into its dataclass; a wrong key is recorded and its default kept."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"[{name}]", "must be a table", f"write a [{name}] header with keys under it")
+        problems.add(ConfigError(f"[{name}]", "must be a table", f"write a [{name}] header with keys under it"))
+        return cls()
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(f"[{name}] {key}", "unknown key", f"valid keys: {', '.join(fields)}")
+            problems.add(ConfigError(f"[{name}] {key}", "unknown key", f"valid keys: {', '.join(fields)}"))
+            continue
         f = fields[key]
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = {"bool": bool, "int": int, "float": float, "str": str}.get(str(f.type))
-        values[key] = _check(name, key, value, kind, default)
+        checked = problems.take(_check, name, key, value, kind, default, default=problems)
+        if checked is not problems:
+            values[key] = checked
     return cls(**values)
 
 
-def _serial(raw) -> SerialSection:
+def _serial(raw, problems: Problems) -> SerialSection:
     if not isinstance(raw, dict):
-        raise ConfigError("[serial]", "must be a table", "write [[serial.ports]] tables with path = \"/dev/ttyUSB0\"")
-    extra = set(raw) - {"ports"}
-    if extra:
-        raise ConfigError(f"[serial] {sorted(extra)[0]}", "unknown key", "list ports as [[serial.ports]] tables")
+        problems.add(ConfigError("[serial]", "must be a table",
+                                 "write [[serial.ports]] tables with path = \"/dev/ttyUSB0\""))
+        return SerialSection()
+    for key in sorted(set(raw) - {"ports"}):
+        problems.add(ConfigError(f"[serial] {key}", "unknown key", "list ports as [[serial.ports]] tables"))
     ports = []
     for i, p in enumerate(raw.get("ports", [])):
-        port = _section(SerialPort, f"serial.ports[{i}]", p) if "path" in p else None
-        if port is None:
-            raise ConfigError(f"[serial.ports[{i}]] path", "missing", 'write path = "/dev/ttyUSB0"')
-        ports.append(port)
+        if not isinstance(p, dict) or "path" not in p:
+            problems.add(ConfigError(f"[serial.ports[{i}]] path", "missing", 'write path = "/dev/ttyUSB0"'))
+            continue
+        ports.append(_section(SerialPort, f"serial.ports[{i}]", p, problems))
     return SerialSection(ports=tuple(ports))
 
 
-def _validate(cfg: Config) -> None:
+def _aggregate(raw, problems: Problems) -> AggregateSection:
+    body = dict(raw) if isinstance(raw, dict) else raw
+    widths = body.pop("widths", None) if isinstance(body, dict) else None
+    section = _section(AggregateSection, "aggregate", body, problems)
+    if widths is not None:
+        if not isinstance(widths, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                   for w in widths):
+            problems.add(ConfigError("[aggregate] widths", f"must be a list of numbers, got {widths!r}",
+                                     "write widths = [10, 60]"))
+        else:
+            section = dataclasses.replace(section, widths=tuple(float(w) for w in widths))
+    return section
+
+
+def _validate(cfg: Config):
+    """Checks across keys and ranges, each yielding its ConfigError (all of them are reported)."""
     g = cfg.gateway
     for key in ("id", "site"):
-        if not _NAME.match(getattr(g, key)):
-            raise ConfigError(f"[gateway] {key}", f"{getattr(g, key)!r} is not a valid name",
+        if not NODE_NAME.match(getattr(g, key)):
+            yield ConfigError(f"[gateway] {key}", f"{getattr(g, key)!r} is not a valid name",
                               "use 1-32 lowercase letters, digits, - or _, starting with a letter or digit")
     if g.log_level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("[gateway] log_level", f"{g.log_level!r} is not a level", "use debug, info, warning or error")
+        yield ConfigError("[gateway] log_level", f"{g.log_level!r} is not a level", "use debug, info, warning or error")
     for section, key, low, high in (("coap", "port", 0, 65535), ("mqtt", "port", 1, 65535), ("http", "port", 0, 65535),
                                     ("mqtt", "keepalive", 5, 3600), ("mqtt", "inflight", 1, 65535),
                                     ("mqtt", "batch_records", 1, 100000), ("spool", "commit_max_frames", 1, 100000)):
         value = getattr(getattr(cfg, section), key)
         if not low <= value <= high:
-            raise ConfigError(f"[{section}] {key}", f"{value} is out of range", f"use a value from {low} to {high}")
+            yield ConfigError(f"[{section}] {key}", f"{value} is out of range", f"use a value from {low} to {high}")
     if not 0 <= cfg.spool.commit_interval <= 1:
-        raise ConfigError("[spool] commit_interval", f"{cfg.spool.commit_interval} s is out of range",
+        yield ConfigError("[spool] commit_interval", f"{cfg.spool.commit_interval} s is out of range",
                           "use 0 to 1 second (longer delays every ack to the nodes)")
     if cfg.spool.max_bytes < 1 << 20:
-        raise ConfigError("[spool] max_bytes", f"{cfg.spool.max_bytes} bytes is too small",
+        yield ConfigError("[spool] max_bytes", f"{cfg.spool.max_bytes} bytes is too small",
                           "give at least 1048576 (1 MiB); size it for the longest uplink outage to ride out")
     for key in ("ttl_frames", "ttl_windows", "ttl_events"):
         if getattr(cfg.spool, key) < 0:
-            raise ConfigError(f"[spool] {key}", "must not be negative", f"write {key} = 0 to keep records until sent")
+            yield ConfigError(f"[spool] {key}", "must not be negative", f"write {key} = 0 to keep records until sent")
     if not 0.1 <= cfg.spool.check_interval <= 3600:
-        raise ConfigError("[spool] check_interval", f"{cfg.spool.check_interval} s is out of range", "use 0.1 to 3600")
+        yield ConfigError("[spool] check_interval", f"{cfg.spool.check_interval} s is out of range", "use 0.1 to 3600")
     if not 1 <= cfg.coap.dedup_seconds <= 300:
-        raise ConfigError("[coap] dedup_seconds", f"{cfg.coap.dedup_seconds} s is out of range",
+        yield ConfigError("[coap] dedup_seconds", f"{cfg.coap.dedup_seconds} s is out of range",
                           "use 1 to 300 seconds (repeats older than this are answered by the replay window)")
     if not 64 <= cfg.coap.dedup_max <= 10_000_000:
-        raise ConfigError("[coap] dedup_max", f"{cfg.coap.dedup_max} exchanges is out of range",
+        yield ConfigError("[coap] dedup_max", f"{cfg.coap.dedup_max} exchanges is out of range",
                           "use 64 to 10000000 (about 200 bytes each, twice over: two generations)")
     if not 1 <= cfg.mqtt.reconnect_max <= 3600:
-        raise ConfigError("[mqtt] reconnect_max", f"{cfg.mqtt.reconnect_max} s is out of range",
+        yield ConfigError("[mqtt] reconnect_max", f"{cfg.mqtt.reconnect_max} s is out of range",
                           "use 1 to 3600 seconds between reconnection attempts at the most")
     if cfg.mqtt.batch_delay < 0 or cfg.mqtt.batch_delay > 60:
-        raise ConfigError("[mqtt] batch_delay", f"{cfg.mqtt.batch_delay} s is out of range", "use 0 to 60 seconds")
+        yield ConfigError("[mqtt] batch_delay", f"{cfg.mqtt.batch_delay} s is out of range", "use 0 to 60 seconds")
     if not cfg.aggregate.widths or any(w <= 0 for w in cfg.aggregate.widths):
-        raise ConfigError("[aggregate] widths", f"{list(cfg.aggregate.widths)} is invalid",
+        yield ConfigError("[aggregate] widths", f"{list(cfg.aggregate.widths)} is invalid",
                           "list positive window widths in seconds, e.g. widths = [10, 60]")
     if cfg.aggregate.late_policy not in ("drop", "correct"):
-        raise ConfigError("[aggregate] late_policy", f"{cfg.aggregate.late_policy!r} is not a policy",
+        yield ConfigError("[aggregate] late_policy", f"{cfg.aggregate.late_policy!r} is not a policy",
                           'write late_policy = "drop" (count and drop late readings) or "correct" (emit corrections)')
     if cfg.aggregate.max_open < 1000:
-        raise ConfigError("[aggregate] max_open", f"{cfg.aggregate.max_open} is too small",
+        yield ConfigError("[aggregate] max_open", f"{cfg.aggregate.max_open} is too small",
                           "allow at least one open window per series and width (about 150 bytes each)")
     if cfg.aggregate.lateness < 0:
-        raise ConfigError("[aggregate] lateness", "must not be negative", "write lateness = 2.0")
+        yield ConfigError("[aggregate] lateness", "must not be negative", "write lateness = 2.0")
     d = cfg.dispatch
     for key, low, high in (("tick", 0.01, 10), ("accept_timeout", 1, 86400), ("done_timeout", 1, 30 * 86400),
                            ("min_battery", 0, 100), ("max_open", 1, 1_000_000)):
         if not low <= getattr(d, key) <= high:
-            raise ConfigError(f"[dispatch] {key}", f"{getattr(d, key)} is out of range", f"use {low} to {high}")
+            yield ConfigError(f"[dispatch] {key}", f"{getattr(d, key)} is out of range", f"use {low} to {high}")
     tls = (cfg.mqtt.tls_cert, cfg.mqtt.tls_key)
     if any(tls) and not all(tls):
-        raise ConfigError("[mqtt] tls_cert", "a client certificate needs its key and the reverse",
+        yield ConfigError("[mqtt] tls_cert", "a client certificate needs its key and the reverse",
                           "set both tls_cert and tls_key, or neither")
     for key in ("tls_ca", "tls_cert", "tls_key"):
         path = getattr(cfg.mqtt, key)
         if path and not os.path.exists(path):
-            raise ConfigError(f"[mqtt] {key}", f"file {path} does not exist", "give the path of a PEM file")
+            yield ConfigError(f"[mqtt] {key}", f"file {path} does not exist", "give the path of a PEM file")
 
 
 def from_dict(raw: dict) -> Config:
-    """Validate a parsed TOML document into a Config."""
+    """Validate a parsed TOML document into a Config; every mistake found is reported at once
+    (one as a ConfigError, several as ConfigErrors)."""
+    from gateway.config import resources, rules, zones
+
+    problems = Problems()
     sections = {f.name: f for f in dataclasses.fields(Config)}
     values = {}
     for name, body in raw.items():
         if name not in sections:
-            raise ConfigError(f"[{name}]", "unknown section", f"valid sections: {', '.join(sections)}")
-        if name in ("rules", "resources", "zones"):
-            continue  # after the sections they refer to, below
-        if name == "serial":
-            values[name] = _serial(body)
+            problems.add(ConfigError(f"[{name}]", "unknown section", f"valid sections: {', '.join(sections)}"))
+        elif name == "serial":
+            values[name] = _serial(body, problems)
         elif name == "aggregate":
-            body = dict(body) if isinstance(body, dict) else body
-            widths = body.pop("widths", None) if isinstance(body, dict) else None
-            section = _section(AggregateSection, name, body)
-            if widths is not None:
-                if not isinstance(widths, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in widths):
-                    raise ConfigError("[aggregate] widths", f"must be a list of numbers, got {widths!r}", "write widths = [10, 60]")
-                section = dataclasses.replace(section, widths=tuple(float(w) for w in widths))
-            values[name] = section
-        else:
-            values[name] = _section(sections[name].default_factory, name, body)
-    from gateway.decisions import dispatch, rules, zones
-
-    values["zones"] = zones.parse(raw["zones"]) if "zones" in raw else zones.ZoneMap()
-    values["resources"] = dispatch.parse_resources(raw.get("resources", []))
+            values[name] = _aggregate(body, problems)
+        elif name not in ("rules", "resources", "zones"):  # those after the sections they refer to, below
+            values[name] = _section(sections[name].default_factory, name, body, problems)
+    values["zones"] = problems.take(zones.parse, raw["zones"], default=zones.ZoneMap()) if "zones" in raw \
+        else zones.ZoneMap()
+    values["resources"] = resources.parse(raw.get("resources", []), problems)
     widths = values["aggregate"].widths if "aggregate" in values else AggregateSection().widths
     values["rules"] = rules.parse(raw.get("rules", []), values["zones"], widths,
-                                  {c for r in values["resources"] for c in r.capabilities})
+                                  {c for r in values["resources"] for c in r.capabilities}, problems)
     cfg = Config(**values)
-    _validate(cfg)
+    for error in _validate(cfg):
+        problems.add(error)
+    problems.raise_any()
     return cfg
 
 
