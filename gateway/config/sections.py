@@ -61,6 +61,20 @@ class MqttSection:
 
 
 @dataclass(frozen=True)
+class JetStreamSection:
+    """The uplink to a NATS JetStream cluster instead of MQTT (gateway/runtime/uplink/jetstream.py)."""
+    enabled: bool = False
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    stream: str = "HEADRACE"
+    replicas: int = 3
+    inflight: int = 32
+    timeout: float = 10.0
+    batch_records: int = 256
+    batch_delay: float = 0.2
+    reconnect_max: float = 30.0
+
+
+@dataclass(frozen=True)
 class AggregateSection:
     widths: tuple[float, ...] = (10.0,)
     lateness: float = 2.0
@@ -100,6 +114,7 @@ class Config:
     serial: SerialSection = field(default_factory=SerialSection)
     coap: CoapSection = field(default_factory=CoapSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    jetstream: JetStreamSection = field(default_factory=JetStreamSection)
     aggregate: AggregateSection = field(default_factory=AggregateSection)
     spool: SpoolSection = field(default_factory=SpoolSection)
     http: HttpSection = field(default_factory=HttpSection)
@@ -196,6 +211,19 @@ def _aggregate(raw, problems: Problems) -> AggregateSection:
     return section
 
 
+def _jetstream(raw, problems: Problems) -> JetStreamSection:
+    body = dict(raw) if isinstance(raw, dict) else raw
+    servers = body.pop("servers", None) if isinstance(body, dict) else None
+    section = _section(JetStreamSection, "jetstream", body, problems)
+    if servers is not None:
+        if not isinstance(servers, list) or not servers or not all(isinstance(x, str) for x in servers):
+            problems.add(ConfigError("[jetstream] servers", f"must be a list of URLs, got {servers!r}",
+                                     'write servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]'))
+        else:
+            section = dataclasses.replace(section, servers=tuple(servers))
+    return section
+
+
 def _validate(cfg: Config):
     """Checks across keys and ranges, each yielding its ConfigError (all of them are reported)."""
     g = cfg.gateway
@@ -244,6 +272,11 @@ def _validate(cfg: Config):
                           "allow at least one open window per series and width (about 150 bytes each)")
     if cfg.aggregate.lateness < 0:
         yield ConfigError("[aggregate] lateness", "must not be negative", "write lateness = 2.0")
+    j = cfg.jetstream
+    for key, low, high in (("replicas", 1, 5), ("inflight", 1, 65535), ("timeout", 0.5, 600),
+                           ("batch_records", 1, 100000), ("batch_delay", 0, 60), ("reconnect_max", 1, 3600)):
+        if not low <= getattr(j, key) <= high:
+            yield ConfigError(f"[jetstream] {key}", f"{getattr(j, key)} is out of range", f"use {low} to {high}")
     d = cfg.dispatch
     for key, low, high in (("tick", 0.01, 10), ("accept_timeout", 1, 86400), ("done_timeout", 1, 30 * 86400),
                            ("min_battery", 0, 100), ("max_open", 1, 1_000_000)):
@@ -272,6 +305,8 @@ def from_dict(raw: dict) -> Config:
             problems.add(ConfigError(f"[{name}]", "unknown section", f"valid sections: {', '.join(sections)}"))
         elif name == "serial":
             values[name] = _serial(body, problems)
+        elif name == "jetstream":
+            values[name] = _jetstream(body, problems)
         elif name == "aggregate":
             values[name] = _aggregate(body, problems)
         elif name not in ("rules", "resources", "zones"):  # those after the sections they refer to, below

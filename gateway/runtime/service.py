@@ -84,7 +84,11 @@ class Gateway:
         self.spool = await Spool.open(cfg.spool_path)
         ingest = Ingest(self.registry, await self.spool.replay_windows())
         self.pipeline = Pipeline(cfg, ingest, self.spool, self.metrics)
-        self.uplink = MqttUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
+        if cfg.jetstream.enabled:
+            from gateway.runtime.uplink.jetstream import JetStreamUplink
+            self.uplink = JetStreamUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
+        else:
+            self.uplink = MqttUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
         self.downlink = Downlink(self.registry, on_result=self.uplink.command_result)
         self.uplink.downlink = self.downlink
         self.pipeline.downlink = self.downlink

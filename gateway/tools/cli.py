@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 
 from gateway.errors import ConfigError
@@ -315,6 +316,20 @@ def _cmd_node_flash(args) -> int:
     return 0
 
 
+def _cmd_sink_run(args) -> int:
+    from sink import config as sink_config
+    from sink.service import main
+
+    try:
+        cfg = sink_config.load(args.config)
+    except ConfigError as exc:
+        print(f"headrace sink: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return _run(main(cfg))
+
+
 def _run(coro) -> int:
     try:
         import uvloop  # optional: faster datagram and stream paths
@@ -373,6 +388,13 @@ def parser() -> argparse.ArgumentParser:
     dec = sub.add_parser("decode", help="decode an uplink payload into JSON Lines")
     dec.add_argument("file", help="a payload file taken from the broker, or - for stdin")
     dec.set_defaults(fn=_cmd_decode)
+
+    sk = sub.add_parser("sink", help="the cloud end: store gateways' batches in PostgreSQL or SQLite").add_subparsers(
+        dest="sub", required=True)
+    skr = sk.add_parser("run", help="run one sink worker (start more for more throughput)")
+    skr.add_argument("--config", default=None, help="sink.toml (docs/cloud.md); default: SQLite, local NATS")
+    skr.add_argument("-v", "--verbose", action="store_true")
+    skr.set_defaults(fn=_cmd_sink_run)
 
     sp = sub.add_parser("spool", help="look into the spool, or send it to a broker").add_subparsers(
         dest="sub", required=True)

@@ -1,0 +1,143 @@
+"""The sink's configuration: one TOML file, validated into one frozen object.
+
+    [sink]
+    database = "postgresql://headrace@db.example/headrace"  # empty: the SQLite file below
+    sqlite = "/var/lib/headrace/cloud.sqlite"
+    source = "jetstream"         # or "mqtt" (a persistent session on mosquitto, one site)
+    allow = ["gw1", "gw2"]       # gateways whose messages are stored; empty: any
+    group = 64                   # messages a transaction at most
+    metrics_port = 0             # Prometheus text on 127.0.0.1:PORT/metrics; 0: off
+
+    [jetstream]
+    servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222"]
+    stream = "HEADRACE"
+    replicas = 3
+    durable = "sink"             # one durable consumer; every worker pulls from it
+    ack_wait = 30.0              # seconds before an unacknowledged message is delivered again
+
+    [mqtt]
+    host = "127.0.0.1"
+    port = 1883
+    client_id = "headrace-sink"  # the persistent session's name
+    topic = "headrace/v1/#"      # "$share/sink/headrace/v1/#" for several workers on mosquitto
+
+Errors name the key and the fix (`gateway.errors.ConfigError`); unknown keys are errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class SinkSection:
+    database: str = ""
+    sqlite: str = "/var/lib/headrace/cloud.sqlite"
+    source: str = "jetstream"
+    allow: tuple[str, ...] = ()
+    group: int = 64
+    metrics_port: int = 0
+
+
+@dataclass(frozen=True)
+class JetStreamSection:
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    stream: str = "HEADRACE"
+    replicas: int = 3
+    durable: str = "sink"
+    ack_wait: float = 30.0
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "headrace-sink"
+    topic: str = "headrace/v1/#"
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    sink: SinkSection = field(default_factory=SinkSection)
+    jetstream: JetStreamSection = field(default_factory=JetStreamSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+
+    @property
+    def database(self) -> str:
+        """Where rows go: the PostgreSQL URL, or the SQLite file when none is given."""
+        return self.sink.database or self.sink.sqlite
+
+
+_TYPES = {"str": str, "int": int, "float": float, "tuple[str, ...]": tuple}
+
+
+def _section(cls, name: str, raw) -> object:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}]", "must be a table", f"write a [{name}] header with keys under it")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"[{name}] {key}", "unknown key", f"valid keys: {', '.join(fields)}")
+        kind = _TYPES[str(fields[key].type)]
+        default = fields[key].default
+        if kind is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"[{name}] {key}", f"must be a list of strings, got {value!r}",
+                                  f'write {key} = ["…", "…"]')
+            value = tuple(value)
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"[{name}] {key}", f"must be a {kind.__name__}, got {value!r}",
+                              f"write {key} = {default!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def from_dict(raw: dict) -> SinkConfig:
+    known = {"sink": SinkSection, "jetstream": JetStreamSection, "mqtt": MqttSection}
+    values = {}
+    for name, body in raw.items():
+        if name not in known:
+            raise ConfigError(f"[{name}]", "unknown section", f"valid sections: {', '.join(known)}")
+        values[name] = _section(known[name], name, body)
+    cfg = SinkConfig(**values)
+    s, js = cfg.sink, cfg.jetstream
+    if s.source not in ("jetstream", "mqtt"):
+        raise ConfigError("[sink] source", f"{s.source!r} is not a source", 'write source = "jetstream" or "mqtt"')
+    if not 1 <= s.group <= 10000:
+        raise ConfigError("[sink] group", f"{s.group} is out of range", "use 1 to 10000 messages a transaction")
+    if not 0 <= s.metrics_port <= 65535:
+        raise ConfigError("[sink] metrics_port", f"{s.metrics_port} is out of range", "use 0 (off) to 65535")
+    if not js.servers:
+        raise ConfigError("[jetstream] servers", "is empty", 'list the cluster, e.g. servers = ["nats://host:4222"]')
+    if not _NAME.match(js.stream) or not _NAME.match(js.durable):
+        raise ConfigError("[jetstream] stream", f"{js.stream!r} / {js.durable!r} are not valid names",
+                          "use letters, digits, - and _ for stream and durable")
+    if js.replicas not in (1, 3, 5):
+        raise ConfigError("[jetstream] replicas", f"{js.replicas} is not 1, 3 or 5",
+                          "use 3 on a three-node cluster (the stream survives one node), 1 on a single server")
+    if not 1 <= js.ack_wait <= 3600:
+        raise ConfigError("[jetstream] ack_wait", f"{js.ack_wait} s is out of range", "use 1 to 3600 seconds")
+    return cfg
+
+
+def load(path) -> SinkConfig:
+    """Read and validate a TOML file; None gives the defaults."""
+    if path is None:
+        return from_dict({})
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}", "check the path given with --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the syntax at the line shown") from None
+    return from_dict(raw)

@@ -1,0 +1,157 @@
+"""`headrace sink run`: one sink worker, from the broker into the database.
+
+Each turn: fetch up to `[sink] group` messages, decode each (`sink.decode`),
+store the group in one transaction (`sink.store`), and only then acknowledge
+the messages. A message that cannot be stored as data (undecodable, an unknown
+batch version, a gateway not in `[sink] allow`, a topic that is not ours) is
+counted, logged with its topic and stream position, parked in `dead_letters`
+with its bytes, in the same transaction, and acknowledged: it never blocks the
+stream. When the database is away the messages stay unacknowledged (JetStream:
+`nak`, delivered again) and the worker retries with backoff.
+
+Usage: `headrace sink run --config sink.toml` (one process a worker; start more
+for more throughput: they share one durable consumer). `Sink(cfg).run()` from Python.
+
+Counters (`metrics_port`): headrace_sink_messages_total{kind}, headrace_sink_readings_total,
+headrace_sink_duplicates_total, headrace_sink_windows_total, headrace_sink_events_total,
+headrace_sink_dead_letters_total{reason}, headrace_sink_store_errors_total.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway.runtime.metrics import Metrics
+from sink.config import SinkConfig
+from sink.decode import DeadLetter, Decoder
+from sink.sources import JetStreamSource, MqttSource
+from sink.store import Dead, StoreUnavailable, open_store
+
+log = logging.getLogger("headrace.sink")
+
+
+class Sink:
+    """One worker: a source, a decoder, a store; owns them and closes them on stop."""
+
+    def __init__(self, cfg: SinkConfig, source=None, store=None, metrics: Metrics | None = None):
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.decoder = Decoder(cfg.sink.allow)
+        self.source = source or (JetStreamSource(cfg.jetstream) if cfg.sink.source == "jetstream"
+                                 else MqttSource(cfg.mqtt))
+        self._store = store
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-db")
+        self._stop = asyncio.Event()
+
+    @property
+    def store(self):
+        return self._store
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Until `stop()`: fetch, decode, store, acknowledge."""
+        loop = asyncio.get_running_loop()
+        if self._store is None:
+            self._store = await self._retry(lambda: loop.run_in_executor(self._db, open_store, self.cfg.database))
+        await self.source.start()
+        log.info("sink worker storing into %s from %s", self._store.kind, self.cfg.sink.source)
+        try:
+            while not self._stop.is_set():
+                msgs = await self.source.fetch(self.cfg.sink.group, 0.5)
+                if msgs:
+                    await self.handle(msgs)
+        finally:
+            await self.source.stop()
+            self._db.shutdown(wait=True)
+
+    async def _retry(self, make):
+        delay = 0.2
+        while True:
+            try:
+                return await make()
+            except StoreUnavailable as exc:
+                self.metrics.inc("headrace_sink_store_errors_total")
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def handle(self, msgs) -> None:
+        """Decode, store in one transaction, then acknowledge; retry the store until it works."""
+        decoded, dead = [], []
+        for m in msgs:
+            try:
+                decoded.append(self.decoder.decode(m.topic, m.payload))
+            except DeadLetter as exc:
+                self.metrics.inc("headrace_sink_dead_letters_total", reason=exc.reason)
+                log.warning("dead letter (%s) on %s at position %s: %s", exc.reason, m.topic, m.position, exc.detail)
+                dead.append(Dead(m.topic, m.position, exc, bytes(m.payload), self.cfg.sink.source))
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        while True:
+            try:
+                written = await loop.run_in_executor(self._db, self._store.write, decoded, dead)
+                break
+            except StoreUnavailable as exc:
+                self.metrics.inc("headrace_sink_store_errors_total")
+                log.warning("%s; %d messages kept unacknowledged, retrying in %.1f s", exc, len(msgs), delay)
+                if self._stop.is_set():
+                    for m in msgs:
+                        await m.nak()
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for m in msgs:
+            await m.ack()
+        for d in decoded:
+            self.metrics.inc("headrace_sink_messages_total", kind=d.kind)
+        self.metrics.inc("headrace_sink_readings_total", written.readings)
+        self.metrics.inc("headrace_sink_duplicates_total", written.duplicates)
+        self.metrics.inc("headrace_sink_windows_total", written.windows)
+        self.metrics.inc("headrace_sink_events_total", written.events)
+
+
+async def _serve_metrics(metrics: Metrics, port: int):
+    async def handle(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            body = metrics.render().encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", port)
+
+
+async def main(cfg: SinkConfig) -> int:
+    """Run one worker until SIGTERM or SIGINT; a summary line every 10 s."""
+    sink = Sink(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sink.stop)
+    server = await _serve_metrics(sink.metrics, cfg.sink.metrics_port) if cfg.sink.metrics_port else None
+    task = asyncio.create_task(sink.run(), name="sink")
+    try:
+        last = time.monotonic()
+        while not task.done():
+            await asyncio.wait([task], timeout=10)
+            if time.monotonic() - last >= 10:
+                last = time.monotonic()
+                m = sink.metrics
+                log.info("sink: %d readings stored, %d repeats dropped, %d events, %d dead letters",
+                         m.total("headrace_sink_readings_total"), m.total("headrace_sink_duplicates_total"),
+                         m.total("headrace_sink_events_total"), m.total("headrace_sink_dead_letters_total"))
+        await task
+    finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+    return 0

@@ -1,0 +1,147 @@
+"""Where the sink's messages come from: a durable JetStream consumer, or an MQTT session.
+
+Both give `Message`s in groups (`fetch`) and take their acknowledgement only
+after the caller's database commit (`Message.ack`). A message not acknowledged
+is delivered again: JetStream after `ack_wait` or at once on `nak`, mosquitto
+when the session reconnects.
+
+Usage: `source = JetStreamSource(cfg.jetstream)` (or `MqttSource(cfg.mqtt)`), then
+`await source.start()`, `await source.fetch(64, 1.0)` in a loop, `await source.stop()`.
+
+Caveats: on JetStream every worker pulls from one durable consumer, so they
+share the stream's messages (competing consumers) and a worker that dies leaves
+its unacknowledged messages to the others after `ack_wait`. On mosquitto the
+session is persistent (clean_session false, fixed client id): a worker that
+restarts gets what arrived meanwhile; several workers need a shared subscription
+(`$share/<group>/headrace/v1/#`) and distinct client ids.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+log = logging.getLogger("headrace.sink")
+
+
+@dataclass
+class Message:
+    topic: str
+    payload: bytes
+    position: str | None  # the stream sequence on JetStream; None on MQTT
+    ack: Callable[[], Awaitable[None]]
+    nak: Callable[[], Awaitable[None]]
+
+
+class JetStreamSource:
+    """A pull subscription on the durable consumer `durable` of `stream`; makes both if missing."""
+
+    def __init__(self, cfg, subjects: str = "headrace.v1.>"):
+        self.cfg = cfg
+        self.subjects = subjects
+        self.nc = None
+        self.sub = None
+
+    async def start(self) -> None:
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        from gateway.runtime.uplink.jetstream import ensure_stream
+
+        self.nc = await nats.connect(servers=list(self.cfg.servers), max_reconnect_attempts=-1,
+                                     reconnect_time_wait=0.5, connect_timeout=5, name="headrace-sink",
+                                     error_cb=self._error, disconnected_cb=self._disconnected)
+        js = self.nc.jetstream(timeout=10)
+        await ensure_stream(js, self.cfg.stream, [self.subjects], self.cfg.replicas)
+        self.sub = await js.pull_subscribe(
+            self.subjects, durable=self.cfg.durable, stream=self.cfg.stream,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                                  ack_wait=self.cfg.ack_wait, max_ack_pending=20000,
+                                  num_replicas=self.cfg.replicas))
+
+    async def _error(self, exc) -> None:
+        log.warning("NATS: %s", exc)
+
+    async def _disconnected(self) -> None:
+        log.warning("NATS: disconnected; reconnecting to %s", ", ".join(self.cfg.servers))
+
+    async def fetch(self, n: int, timeout: float) -> list[Message]:
+        import nats.errors
+
+        try:
+            msgs = await self.sub.fetch(n, timeout=timeout)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+        except (nats.errors.ConnectionClosedError, nats.errors.NoServersError) as exc:
+            raise ConnectionError(f"NATS: {exc}") from None
+        except nats.errors.Error as exc:  # a leader election, a reconnect: pull again shortly
+            log.warning("NATS fetch: %s", exc)
+            await asyncio.sleep(0.5)
+            return []
+        return [Message(m.subject, m.data, str(m.metadata.sequence.stream), m.ack, m.nak) for m in msgs]
+
+    async def stop(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+
+
+class MqttSource:
+    """A persistent MQTT session (QoS 1, acknowledged by hand after the commit), e.g. on mosquitto."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._q: queue.Queue = queue.Queue()
+        self.client = None
+        self._connected = threading.Event()
+
+    async def start(self) -> None:
+        import paho.mqtt.client as paho
+
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id, clean_session=False,
+                        protocol=paho.MQTTv311)
+        c.manual_ack_set(True)  # PUBACK only once the rows are committed (Message.ack)
+        c.reconnect_delay_set(0.5, 5)
+
+        def on_connect(client, _u, _flags, reason, _p):
+            if not reason.is_failure:
+                client.subscribe(self.cfg.topic, qos=1)
+                self._connected.set()
+
+        c.on_connect = on_connect
+        c.on_message = lambda _c, _u, msg: self._q.put((msg.topic, msg.payload, msg.mid))
+        self.client = c
+        c.connect_async(self.cfg.host, self.cfg.port, keepalive=30)
+        c.loop_start()
+        if not await asyncio.get_running_loop().run_in_executor(None, self._connected.wait, 10):
+            raise ConnectionError(f"MQTT broker {self.cfg.host}:{self.cfg.port} did not answer")
+
+    async def fetch(self, n: int, timeout: float) -> list[Message]:
+        loop = asyncio.get_running_loop()
+        try:
+            first = await loop.run_in_executor(None, self._q.get, True, timeout)
+        except queue.Empty:
+            return []
+        items = [first]
+        while len(items) < n:
+            try:
+                items.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        return [Message(topic, payload, None, self._acker(mid), _nothing) for topic, payload, mid in items]
+
+    def _acker(self, mid: int):
+        async def ack() -> None:
+            self.client.ack(mid, 1)
+        return ack
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            self.client.loop_stop()
+            self.client.disconnect()
+
+
+async def _nothing() -> None:
+    """MQTT has no negative acknowledgement: the broker sends again when the session resumes."""

@@ -1,0 +1,337 @@
+"""The sink's storage: PostgreSQL (psycopg 3) in production, SQLite when embedded.
+
+Usage: `open_store("postgresql://user@host/db")` or `open_store("/var/lib/headrace/cloud.sqlite")`;
+then `store.write(decoded, dead)` per group of broker messages, and only once it
+returns, acknowledge them. docs/cloud.md shows the schema and the queries.
+
+One transaction a group: PostgreSQL gets the readings, windows and events by
+`COPY` into temporary staging tables and one `INSERT … SELECT … ON CONFLICT DO
+NOTHING` per table, ordered by the key so that two workers racing on overlapping
+batches take their row locks in one order (and cannot deadlock); SQLite gets
+`INSERT OR IGNORE` in one transaction. A repeat (redelivery, a batch the gateway
+sent again, two workers on one batch) makes no second row. The mirror tables
+(gateways, nodes, resources) are upserted in the same transaction, newer over older.
+
+Caveats: a dead letter redelivered before its acknowledgement reached the broker
+is stored again unless it carries a stream position (JetStream does; MQTT has none).
+Errors: `StoreUnavailable` when the database cannot be reached (the caller keeps the
+messages unacknowledged and retries); a deadlock or serialization failure is retried here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+
+from sink.decode import Decoded, DeadLetter
+
+READING_COLS = ("site", "gateway", "node", "seq", "idx", "sensor", "t", "v", "vs", "vb", "vd")
+WINDOW_COLS = ("site", "gateway", "key", "node", "sensor", "width", "start", "count", "min", "max", "sum", "sumsq",
+               "first", "last", "twa", "correction")
+EVENT_COLS = ("site", "gateway", "type", "key", "t", "node", "body")
+KEYS = {"readings": ("site", "gateway", "node", "seq", "idx"), "windows": ("site", "gateway", "key"),
+        "events": ("site", "gateway", "type", "key")}
+COLS = {"readings": READING_COLS, "windows": WINDOW_COLS, "events": EVENT_COLS}
+
+# PostgreSQL types; SQLite takes the same DDL with its own affinities (_sqlite_ddl)
+SCHEMA = {
+    "readings": """site text NOT NULL, gateway text NOT NULL, node text NOT NULL, seq bigint NOT NULL,
+        idx integer NOT NULL, sensor text NOT NULL, t double precision NOT NULL, v double precision,
+        vs text, vb boolean, vd bytea""",
+    "windows": """site text NOT NULL, gateway text NOT NULL, key bytea NOT NULL, node text NOT NULL,
+        sensor text NOT NULL, width double precision NOT NULL, start double precision NOT NULL,
+        count bigint NOT NULL, min double precision, max double precision, sum double precision,
+        sumsq double precision, first double precision, last double precision, twa double precision,
+        correction boolean NOT NULL""",
+    "events": """site text NOT NULL, gateway text NOT NULL, type text NOT NULL, key text NOT NULL,
+        t double precision, node text, body JSON NOT NULL""",
+}
+MIRROR = [
+    """CREATE TABLE IF NOT EXISTS gateways (site text NOT NULL, gateway text NOT NULL, online boolean NOT NULL,
+        since double precision, at double precision NOT NULL, state JSON NOT NULL, PRIMARY KEY (site, gateway))""",
+    """CREATE TABLE IF NOT EXISTS nodes (site text NOT NULL, gateway text NOT NULL, node text NOT NULL,
+        last_seen double precision, last_seq bigint, last_values JSON NOT NULL, PRIMARY KEY (site, gateway, node))""",
+    """CREATE TABLE IF NOT EXISTS resources (site text NOT NULL, gateway text NOT NULL, resource text NOT NULL,
+        demand bigint, state text, t double precision, PRIMARY KEY (site, gateway, resource))""",
+]
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or refused the write; nothing of the group was stored."""
+
+
+@dataclass
+class Written:
+    """What one write stored: new rows, and repeats that were already there."""
+
+    readings: int = 0
+    duplicates: int = 0
+    windows: int = 0
+    events: int = 0
+    dead: int = 0
+
+
+@dataclass
+class Dead:
+    """A dead letter to park: where it came from, why, and its bytes."""
+
+    topic: str
+    position: str | None
+    error: DeadLetter
+    payload: bytes
+    source: str = ""
+
+
+def _table_ddl(name: str, body: str, json_type: str, bytes_type: str) -> str:
+    key = ", ".join(KEYS[name])
+    body = body.replace("JSON", json_type).replace("bytea", bytes_type)
+    return f"CREATE TABLE IF NOT EXISTS {name} ({body}, PRIMARY KEY ({key}))"
+
+
+def _merge_nodes(items: list[Decoded]) -> dict:
+    out: dict = {}
+    for d in items:
+        for node, (t, seq, values) in d.nodes.items():
+            k = (d.site, d.gateway, node)
+            prev = out.get(k)
+            if prev is None or (t is not None and (prev[0] is None or t >= prev[0])):
+                out[k] = (t, seq, {**(prev[2] if prev else {}), **values})
+    return out
+
+
+def _json(obj) -> str:
+    """JSON that PostgreSQL's jsonb takes: NaN and infinities (which it refuses) become null."""
+    try:
+        return json.dumps(obj, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_no_nan(obj), default=str)
+
+
+def _no_nan(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
+def open_store(url: str):
+    """A PostgreSQL store for a postgresql:// (or postgres://) URL, else an SQLite file."""
+    if url.startswith(("postgresql://", "postgres://")) or url.startswith("host=") or " dbname=" in url:
+        return PostgresStore(url)
+    return SqliteStore(url)
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file in WAL mode. Safe for several threads of one process."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: str):
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        for name, body in SCHEMA.items():
+            self._db.execute(_table_ddl(name, body, "TEXT", "BLOB"))
+        for ddl in MIRROR:
+            self._db.execute(ddl.replace("JSON", "TEXT"))
+        self._db.execute("""CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at REAL NOT NULL, source TEXT, topic TEXT NOT NULL, position TEXT, reason TEXT NOT NULL,
+            detail TEXT NOT NULL, payload BLOB NOT NULL, UNIQUE (topic, position))""")
+        self._db.execute("CREATE INDEX IF NOT EXISTS readings_t ON readings (t)")
+
+    def write(self, items: list[Decoded], dead: list[Dead] = ()) -> Written:
+        out = Written()
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for name, attr in (("readings", "readings"), ("windows", "windows"), ("events", "events")):
+                    rows = [r for d in items for r in getattr(d, attr)]
+                    if not rows:
+                        continue
+                    before = db.total_changes
+                    marks = ", ".join("?" * len(COLS[name]))
+                    db.executemany(f"INSERT OR IGNORE INTO {name} ({', '.join(COLS[name])}) VALUES ({marks})", rows)
+                    new = db.total_changes - before
+                    if name == "readings":
+                        out.readings, out.duplicates = new, len(rows) - new
+                    else:
+                        setattr(out, name, new)
+                self._mirror(db, items)
+                for d in dead:
+                    before = db.total_changes
+                    db.execute("INSERT OR IGNORE INTO dead_letters (received_at, source, topic, position, reason, "
+                               "detail, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (time.time(), d.source, d.topic, d.position, d.error.reason, d.error.detail,
+                                d.payload))
+                    out.dead += db.total_changes - before
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return out
+
+    def _mirror(self, db, items: list[Decoded]) -> None:
+        for d in items:
+            if d.state is not None:
+                at = d.state.get("at") if isinstance(d.state.get("at"), (int, float)) else time.time()
+                db.execute("""INSERT INTO gateways VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site, gateway) DO UPDATE
+                    SET online = excluded.online, since = excluded.since, at = excluded.at, state = excluded.state
+                    WHERE excluded.at >= gateways.at""",
+                           (d.site, d.gateway, d.state["online"], d.state.get("since"), at, _json(d.state)))
+            for res, (demand, state, t) in d.resources.items():
+                db.execute("""INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site, gateway, resource)
+                    DO UPDATE SET demand = excluded.demand, state = excluded.state, t = excluded.t
+                    WHERE excluded.t >= resources.t OR resources.t IS NULL""",
+                           (d.site, d.gateway, res, demand, state, t))
+        for (site, gw, node), (t, seq, values) in _merge_nodes(items).items():
+            db.execute("""INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site, gateway, node) DO UPDATE
+                SET last_seen = excluded.last_seen, last_seq = excluded.last_seq,
+                    last_values = json_patch(nodes.last_values, excluded.last_values)
+                WHERE nodes.last_seen IS NULL OR excluded.last_seen >= nodes.last_seen""",
+                       (site, gw, node, t, seq, _json(values)))
+
+    def query(self, sql: str, args=()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class PostgresStore:
+    """PostgreSQL through psycopg 3: COPY into staging, one idempotent INSERT a table a group."""
+
+    kind = "postgresql"
+    RETRIES = 5
+
+    def __init__(self, url: str, connect_timeout: float = 10.0):
+        import psycopg
+
+        self._psycopg = psycopg
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._conn = None
+        self._lock = threading.Lock()
+        with self._lock:
+            self._connect()
+            with self._conn.transaction():
+                # two workers starting at once must not race on CREATE TABLE IF NOT EXISTS
+                self._conn.execute("SELECT pg_advisory_xact_lock(4242014)")
+                for name, body in SCHEMA.items():
+                    self._conn.execute(_table_ddl(name, body, "jsonb", "bytea"))
+                for ddl in MIRROR:
+                    self._conn.execute(ddl.replace("JSON", "jsonb"))
+                self._conn.execute("""CREATE TABLE IF NOT EXISTS dead_letters (id bigserial PRIMARY KEY,
+                    received_at timestamptz NOT NULL DEFAULT now(), source text, topic text NOT NULL, position text,
+                    reason text NOT NULL, detail text NOT NULL, payload bytea NOT NULL, UNIQUE (topic, position))""")
+                # readings arrive roughly in time order: a BRIN index on t is a few pages a year
+                self._conn.execute("CREATE INDEX IF NOT EXISTS readings_t ON readings USING brin (t)")
+                self._conn.execute("CREATE INDEX IF NOT EXISTS events_t ON events (t)")
+
+    def _connect(self) -> None:
+        try:
+            self._conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+        except self._psycopg.OperationalError as exc:
+            self._conn = None
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}".strip()) from None
+        self._staged: set[str] = set()  # temporary tables live as long as their connection
+
+    def write(self, items: list[Decoded], dead: list[Dead] = ()) -> Written:
+        """Store a group in one transaction; StoreUnavailable if the database is away."""
+        errors = self._psycopg.errors
+        with self._lock:
+            for attempt in range(self.RETRIES):
+                try:
+                    if self._conn is None or self._conn.closed:
+                        self._connect()
+                    return self._write(items, dead)
+                except (errors.DeadlockDetected, errors.SerializationFailure):
+                    time.sleep(0.01 * (attempt + 1))
+                except self._psycopg.OperationalError as exc:
+                    self._drop()
+                    raise StoreUnavailable(f"PostgreSQL: {exc}".strip()) from None
+                except self._psycopg.InterfaceError as exc:
+                    self._drop()
+                    raise StoreUnavailable(f"PostgreSQL connection: {exc}".strip()) from None
+            raise StoreUnavailable(f"deadlocked {self.RETRIES} times in a row")
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+        self._conn = None
+
+    def _write(self, items, dead) -> Written:
+        out = Written()
+        conn = self._conn
+        with conn.transaction():
+            cur = conn.cursor()
+            for name in ("readings", "windows", "events"):
+                rows = [r for d in items for r in getattr(d, name)]
+                if not rows:
+                    continue
+                cols = ", ".join(COLS[name])
+                if name not in self._staged:
+                    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_{name} (LIKE {name} INCLUDING DEFAULTS) "
+                                "ON COMMIT DELETE ROWS")
+                with cur.copy(f"COPY stage_{name} ({cols}) FROM STDIN") as copy:
+                    for r in rows:
+                        copy.write_row(r)
+                key = ", ".join(KEYS[name])
+                cur.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM stage_{name} ORDER BY {key} "
+                            f"ON CONFLICT ({key}) DO NOTHING")
+                if name == "readings":
+                    out.readings, out.duplicates = cur.rowcount, len(rows) - cur.rowcount
+                else:
+                    setattr(out, name, cur.rowcount)
+            self._mirror(cur, items)
+            for d in dead:
+                cur.execute("INSERT INTO dead_letters (source, topic, position, reason, detail, payload) "
+                            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            (d.source, d.topic, d.position, d.error.reason, d.error.detail, d.payload))
+                out.dead += cur.rowcount
+        self._staged.update(name for name in ("readings", "windows", "events") if any(getattr(d, name) for d in items))
+        return out
+
+    def _mirror(self, cur, items: list[Decoded]) -> None:
+        for d in items:
+            if d.state is not None:
+                at = d.state.get("at") if isinstance(d.state.get("at"), (int, float)) else time.time()
+                cur.execute("""INSERT INTO gateways VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (site, gateway)
+                    DO UPDATE SET online = EXCLUDED.online, since = EXCLUDED.since, at = EXCLUDED.at,
+                    state = EXCLUDED.state WHERE EXCLUDED.at >= gateways.at""",
+                            (d.site, d.gateway, d.state["online"], d.state.get("since"), at, _json(d.state)))
+            for res, (demand, state, t) in d.resources.items():
+                cur.execute("""INSERT INTO resources VALUES (%s, %s, %s, %s, %s, %s)
+                    ON CONFLICT (site, gateway, resource) DO UPDATE SET demand = EXCLUDED.demand,
+                    state = EXCLUDED.state, t = EXCLUDED.t WHERE EXCLUDED.t >= resources.t OR resources.t IS NULL""",
+                            (d.site, d.gateway, res, demand, state, t))
+        nodes = sorted(_merge_nodes(items).items())
+        if nodes:
+            cur.executemany("""INSERT INTO nodes VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (site, gateway, node)
+                DO UPDATE SET last_seen = EXCLUDED.last_seen, last_seq = EXCLUDED.last_seq,
+                last_values = nodes.last_values || EXCLUDED.last_values
+                WHERE nodes.last_seen IS NULL OR EXCLUDED.last_seen >= nodes.last_seen""",
+                            [(s, g, n, t, seq, _json(v)) for (s, g, n), (t, seq, v) in nodes])
+
+    def query(self, sql: str, args=()) -> list[tuple]:
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._connect()
+            return self._conn.execute(sql.replace("?", "%s"), args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()

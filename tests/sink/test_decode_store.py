@@ -1,0 +1,180 @@
+"""The sink's decode step and the SQLite store: exactly once at rest, dead letters, the mirror."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import cbor2
+import pytest
+
+from gateway.runtime.uplink import batch
+from sink.config import from_dict
+from sink.decode import DeadLetter, Decoder, split_topic
+from sink.service import Sink
+from sink.sources import Message
+from sink.store import Dead
+
+from .conftest import T0, data_batch, events_batch
+
+
+def test_topics_and_subjects():
+    assert split_topic("headrace/v1/s1/gw1/data") == ("s1", "gw1", "data")
+    assert split_topic("headrace.v1.s1.gw1.events") == ("s1", "gw1", "events")
+    for bad in ("headrace/v1/s1/gw1/cmd/n1", "other/v1/s/g/data", "headrace/v1/s1/gw1/nope"):
+        with pytest.raises(DeadLetter) as e:
+            split_topic(bad)
+        assert e.value.reason == "topic"
+
+
+def test_readings_are_what_headrace_decode_prints():
+    payload = data_batch("gw1", [("n1", 1), ("n2", 1), ("n1", 2)])
+    d = Decoder().decode("headrace/v1/s1/gw1/data", payload)
+    assert d.frames == 3 and len(d.readings) == 12
+    expected = list(batch.rows(batch.decode(payload)))
+    got = [{"gw": r[1], "node": r[2], "seq": r[3], "sensor": r[5], "t": r[6], "v": r[7]} for r in d.readings]
+    assert got == expected
+    assert [r[4] for r in d.readings[:4]] == [0, 1, 2, 3]  # index in frame
+    assert d.nodes["n1"][1] == 2  # the mirror's last seq of n1
+
+
+def test_exactly_once_at_rest(sqlite_store):
+    dec = Decoder()
+    a = data_batch("gw1", [("n1", s) for s in range(1, 6)])
+    # the gateway sends again after a crash, grouped differently: frames 4-7
+    b = data_batch("gw1", [("n1", s) for s in range(4, 8)])
+    w1 = sqlite_store.write([dec.decode("headrace/v1/s1/gw1/data", a)])
+    assert (w1.readings, w1.duplicates) == (20, 0)
+    w2 = sqlite_store.write([dec.decode("headrace/v1/s1/gw1/data", a)])  # redelivered
+    assert (w2.readings, w2.duplicates) == (0, 20)
+    w3 = sqlite_store.write([dec.decode("headrace/v1/s1/gw1/data", b)])
+    assert (w3.readings, w3.duplicates) == (8, 8)
+    # the same node name behind another gateway is another node
+    w4 = sqlite_store.write([dec.decode("headrace/v1/s1/gw2/data", a)])
+    assert w4.readings == 20
+    n = sqlite_store.query("SELECT count(*), count(DISTINCT gateway || node || seq || '/' || idx) FROM readings")
+    assert n == [(48, 48)]
+    assert sqlite_store.query("SELECT max(seq) FROM readings WHERE gateway = 'gw1'") == [(7,)]
+
+
+def test_values_and_times_exact(sqlite_store):
+    payload = data_batch("gw1", [("n1", 9)], seed=5)
+    sqlite_store.write([Decoder().decode("headrace/v1/s1/gw1/data", payload)])
+    want = [(r["sensor"], r["t"], r["v"]) for r in batch.rows(batch.decode(payload))]
+    got = sqlite_store.query("SELECT sensor, t, v FROM readings ORDER BY idx")
+    assert got == want
+
+
+def test_windows_and_events_once(sqlite_store):
+    w = batch.window_body("n1/temp", 10.0, T0, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 3.0, 2.5, 0)
+    payload = data_batch("gw1", [("n1", 1)], windows=[w])
+    dec = Decoder()
+    evs = [{"type": "alarm", "rule": "hot", "state": "raised", "t": T0, "value": 7.5, "severity": "warning",
+            "node": "n1"},
+           {"type": "demand", "id": 3, "need": "mechanic", "priority": 5, "at": [1, 2], "source": "api", "t": T0},
+           {"type": "dispatch", "demand": 3, "need": "mechanic", "resource": "mech1", "state": "assigned",
+            "t": T0 + 1, "attempt": 1, "eta": 4.0}]
+    ev = events_batch("gw1", evs)
+    for _ in range(2):
+        sqlite_store.write([dec.decode("headrace/v1/s1/gw1/data", payload), dec.decode("headrace/v1/s1/gw1/events", ev)])
+    assert sqlite_store.query("SELECT node, sensor, count, min, max, sum, twa, correction FROM windows") == \
+        [("n1", "temp", 3, 1.0, 3.0, 6.0, 2.5, 0)]
+    rows = sqlite_store.query("SELECT type, key, body FROM events ORDER BY type")
+    assert [(t, k) for t, k, _ in rows] == [("alarm", f"hot|raised|{T0!r}"), ("demand", "3"),
+                                             ("dispatch", "3|assigned|1")]
+    assert json.loads(rows[0][2])["value"] == 7.5
+    assert sqlite_store.query("SELECT resource, demand, state FROM resources") == [("mech1", 3, "assigned")]
+
+
+def test_mirror_of_gateways_and_nodes(sqlite_store):
+    dec = Decoder()
+    born = json.dumps({"online": True, "since": T0, "at": T0 + 5, "spool": {}}).encode()
+    sqlite_store.write([dec.decode("headrace/v1/s1/gw1/state", born)])
+    sqlite_store.write([dec.decode("headrace/v1/s1/gw1/state", b'{"online": false}')])  # the LWT
+    assert sqlite_store.query("SELECT online FROM gateways") == [(0,)]
+    sqlite_store.write([dec.decode("headrace/v1/s1/gw1/data", data_batch("gw1", [("n1", 2)]))])
+    sqlite_store.write([dec.decode("headrace/v1/s1/gw1/data", data_batch("gw1", [("n1", 1)]))])  # older, late
+    (seen, seq, values), = sqlite_store.query("SELECT last_seen, last_seq, last_values FROM nodes")
+    assert seq == 2 and seen == pytest.approx(T0 + 2 + 0.03)
+    assert set(json.loads(values)) == {"temp", "vib"}
+
+
+@pytest.mark.parametrize("topic,payload,reason", [
+    ("headrace/v1/s1/gw1/data", b"\xff\x00garbage", "undecodable"),
+    ("headrace/v1/s1/gw1/data", cbor2.dumps({"v": 99, "gw": "gw1"}), "version"),
+    ("headrace/v1/s1/gw1/data", cbor2.dumps({"v": 2, "gw": "gw1", "frames": [b"x", b"y"], "nodes": []}),
+     "undecodable"),
+    ("headrace/v1/s1/gw1/events", cbor2.dumps({"v": 1, "gw": "gw1", "events": 5}), "undecodable"),
+    ("headrace/v1/s1/gw1/state", b"not json", "undecodable"),
+    ("headrace/v1/s1/intruder/data", None, "not_allowed"),
+])
+def test_dead_letters(topic, payload, reason):
+    payload = payload if payload is not None else data_batch("intruder", [("n1", 1)])
+    with pytest.raises(DeadLetter) as e:
+        Decoder(allow=("gw1",)).decode(topic, payload)
+    assert e.value.reason == reason and e.value.detail
+
+
+class ListSource:
+    """Messages from a list, acknowledged into `acked` (the sink's loop against a known input)."""
+
+    def __init__(self, messages):
+        self.pending = list(messages)
+        self.acked: list[str] = []
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    async def fetch(self, n, timeout):
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return [Message(t, p, str(i), self._ack(i), self._ack(None)) for i, t, p in out]
+
+    def _ack(self, i):
+        async def ack():
+            if i is not None:
+                self.acked.append(i)
+        return ack
+
+
+def test_worker_stores_acks_and_parks_dead_letters(sqlite_store, caplog):
+    good = data_batch("gw1", [("n1", 1), ("n1", 2)])
+    msgs = [(1, "headrace/v1/s1/gw1/data", good), (2, "headrace/v1/s1/gw1/data", b"\x01\x02"),
+            (3, "headrace/v1/s1/gw9/data", good), (4, "headrace/v1/s1/gw1/data", good)]
+    cfg = from_dict({"sink": {"allow": ["gw1"], "group": 3}})
+    src = ListSource(msgs)
+    sink = Sink(cfg, source=src, store=sqlite_store)
+
+    async def main():
+        for _ in range(2):
+            await sink.handle(await src.fetch(3, 0))
+
+    asyncio.run(main())
+    assert sorted(src.acked) == [1, 2, 3, 4]  # dead letters too: they never block the stream
+    m = sink.metrics
+    assert m.total("headrace_sink_readings_total") == 8 and m.total("headrace_sink_duplicates_total") == 8
+    assert m.get("headrace_sink_dead_letters_total", reason="undecodable") == 1
+    assert m.get("headrace_sink_dead_letters_total", reason="not_allowed") == 1
+    dead = sqlite_store.query("SELECT topic, position, reason, payload FROM dead_letters ORDER BY id")
+    assert dead == [("headrace/v1/s1/gw1/data", "2", "undecodable", b"\x01\x02"),
+                    ("headrace/v1/s1/gw9/data", "3", "not_allowed", good)]
+    assert "dead letter (undecodable) on headrace/v1/s1/gw1/data at position 2" in caplog.text
+
+
+def test_a_dead_letter_redelivered_is_parked_once(sqlite_store):
+    err = DeadLetter("undecodable", "not CBOR")
+    for _ in range(2):
+        sqlite_store.write([], [Dead("headrace/v1/s1/gw1/data", "17", err, b"x")])
+    assert sqlite_store.query("SELECT count(*) FROM dead_letters") == [(1,)]
+
+
+def test_config_errors_name_the_key():
+    from gateway.errors import ConfigError
+    for raw, key in (({"sink": {"source": "kafka"}}, "[sink] source"), ({"sink": {"grup": 1}}, "[sink] grup"),
+                     ({"jetstream": {"replicas": 2}}, "[jetstream] replicas"),
+                     ({"sink": {"allow": "gw1"}}, "[sink] allow")):
+        with pytest.raises(ConfigError) as e:
+            from_dict(raw)
+        assert e.value.key == key
+    assert from_dict({}).database.endswith("cloud.sqlite")
