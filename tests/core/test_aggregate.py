@@ -4,9 +4,7 @@ from array import array
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core_ext import implementations
-
-IMPLS = implementations("aggregate")
+pytestmark = pytest.mark.core("aggregate")
 
 FIELDS = ("sid", "start", "count", "min", "max", "sum", "sumsq", "first", "last", "twa", "correction")
 BASIC = FIELDS[:9]
@@ -19,8 +17,8 @@ def rows(cols, fields=BASIC):
     return list(zip(*(cols[f] for f in fields)))
 
 
-def test_windows_and_statistics(agg_impl):
-    a = agg_impl.Aggregator(10.0)
+def test_windows_and_statistics(impl):
+    a = impl.Aggregator(10.0)
     for t, v in ((0.0, 3.0), (9.999, 1.0), (5.0, 2.0), (10.0, 7.0)):
         assert a.add(1, t, v)
     assert a.open_windows == 2
@@ -30,24 +28,24 @@ def test_windows_and_statistics(agg_impl):
     assert a.open_windows == 0
 
 
-def test_negative_times_and_order_of_output(agg_impl):
-    a = agg_impl.Aggregator(1.0)
+def test_negative_times_and_order_of_output(impl):
+    a = impl.Aggregator(1.0)
     a.add(5, -0.5, 1.0)
     a.add(2, -0.5, 2.0)
     a.add(2, 0.5, 3.0)
     assert [(r[0], r[1]) for r in rows(a.flush())] == [(2, -1.0), (5, -1.0), (2, 0.0)]
 
 
-def test_first_and_last_ties(agg_impl):
-    a = agg_impl.Aggregator(10.0)
+def test_first_and_last_ties(impl):
+    a = impl.Aggregator(10.0)
     for v in (1.0, 2.0, 3.0):
         a.add(1, 5.0, v)
     (r,) = rows(a.flush())
     assert (r[7], r[8]) == (1.0, 3.0)  # first added among ties, last added among ties
 
 
-def test_lateness_and_late_counting(agg_impl):
-    a = agg_impl.Aggregator(10.0, lateness=5.0)
+def test_lateness_and_late_counting(impl):
+    a = impl.Aggregator(10.0, lateness=5.0)
     a.add(1, 1.0, 1.0)
     assert rows(a.close(14.9)) == []  # 0 + 10 + 5 > 14.9: still open
     assert a.add(1, 2.0, 2.0)  # within lateness
@@ -58,8 +56,8 @@ def test_lateness_and_late_counting(agg_impl):
     assert a.open_windows == 1
 
 
-def test_invalid_values_and_times(agg_impl):
-    a = agg_impl.Aggregator(1.0)
+def test_invalid_values_and_times(impl):
+    a = impl.Aggregator(1.0)
     assert not a.add(1, 1.0, math.nan)
     assert not a.add(1, math.inf, 1.0)
     assert not a.add(1, 1e300, 1.0)
@@ -67,8 +65,8 @@ def test_invalid_values_and_times(agg_impl):
     assert a.add(1, 1.0, math.inf)
 
 
-def test_time_weighted_mean(agg_impl):
-    a = agg_impl.Aggregator(10.0)
+def test_time_weighted_mean(impl):
+    a = impl.Aggregator(10.0)
     # 1.0 held from t=0 to 2, 3.0 from 2 to 10: (2*1 + 8*3) / 10
     a.add(1, 0.0, 1.0)
     a.add(1, 2.0, 3.0)
@@ -79,8 +77,8 @@ def test_time_weighted_mean(agg_impl):
     assert rows(a.flush(), ("twa",)) == [(4.0,)]
 
 
-def test_late_policy_correct_emits_a_correction_window(agg_impl):
-    a = agg_impl.Aggregator(10.0, late_policy="correct")
+def test_late_policy_correct_emits_a_correction_window(impl):
+    a = impl.Aggregator(10.0, late_policy="correct")
     a.add(1, 1.0, 5.0)
     assert rows(a.close(10.0), ("start", "count", "correction")) == [(0.0, 1, 0)]
     assert a.add(1, 2.0, 7.0) and a.add(1, 3.0, 9.0)  # late, but kept
@@ -89,11 +87,11 @@ def test_late_policy_correct_emits_a_correction_window(agg_impl):
     assert out == [(0.0, 2, 16.0, 7.0, 1)]  # emitted at once, whatever the watermark
     assert a.late == 2 and a.open_windows == 1
     with pytest.raises(ValueError, match="late_policy"):
-        agg_impl.Aggregator(1.0, late_policy="keep")
+        impl.Aggregator(1.0, late_policy="keep")
 
 
-def test_max_open(agg_impl):
-    a = agg_impl.Aggregator(1.0, max_open=3)
+def test_max_open(impl):
+    a = impl.Aggregator(1.0, max_open=3)
     for sid in range(3):
         a.add(sid, 0.0, 1.0)
     a.add(0, 0.5, 1.0)  # an open window: fine
@@ -103,13 +101,13 @@ def test_max_open(agg_impl):
 
 @pytest.mark.parametrize("kwargs", [{"width": 0}, {"width": -1}, {"width": math.nan}, {"width": 1, "lateness": -1},
                                     {"width": 1, "max_open": 0}])
-def test_bad_arguments(agg_impl, kwargs):
+def test_bad_arguments(impl, kwargs):
     with pytest.raises(ValueError):
-        agg_impl.Aggregator(**kwargs)
+        impl.Aggregator(**kwargs)
 
 
-def test_add_columns_accepts_buffers_and_lists(agg_impl):
-    a = agg_impl.Aggregator(10.0)
+def test_add_columns_accepts_buffers_and_lists(impl):
+    a = impl.Aggregator(10.0)
     assert a.add_columns(array("q", [1, 1, 2]), array("d", [1.0, 2.0, 3.0]), array("d", [1.0, 2.0, 3.0])) == 3
     assert a.add_columns([3], [1.0], [5.0]) == 1
     with pytest.raises(ValueError, match="differ in length"):
@@ -127,12 +125,9 @@ events = st.lists(st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(events, st.sampled_from([0.5, 1.0, 7.0, 60.0]), st.sampled_from([0.0, 0.25, 30.0]),
        st.sampled_from(["drop", "correct"]))
-def test_compiled_equals_reference(evs, width, lateness, policy):
-    agg_impls = IMPLS
-    if "cython" not in agg_impls:
-        pytest.skip("compiled module not built (the reference alone is tested)")
-    ref = agg_impls["python"].Aggregator(width, lateness, late_policy=policy)
-    fast = agg_impls["cython"].Aggregator(width, lateness, late_policy=policy)
+def test_compiled_equals_reference(impls, compiled, evs, width, lateness, policy):
+    ref = impls["python"].Aggregator(width, lateness, late_policy=policy)
+    fast = compiled.Aggregator(width, lateness, late_policy=policy)
     for ev in evs:
         if ev[0] == "add":
             assert ref.add(*ev[1:]) == fast.add(*ev[1:])
@@ -144,17 +139,14 @@ def test_compiled_equals_reference(evs, width, lateness, policy):
 
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 3000), st.integers(1, 400))
-def test_compiled_equals_reference_columns_many_series(n, nseries):
-    agg_impls = IMPLS
-    if "cython" not in agg_impls:
-        pytest.skip("compiled module not built (the reference alone is tested)")
+def test_compiled_equals_reference_columns_many_series(impls, compiled, n, nseries):
     import random
     rng = random.Random(n * 7919 + nseries)
     sids = array("q", (rng.randrange(nseries) for _ in range(n)))
     ts = array("d", (rng.uniform(0, 100) for _ in range(n)))
     vs = array("d", (rng.gauss(0, 10) for _ in range(n)))
-    ref = agg_impls["python"].Aggregator(5.0, 1.0)
-    fast = agg_impls["cython"].Aggregator(5.0, 1.0)
+    ref = impls["python"].Aggregator(5.0, 1.0)
+    fast = compiled.Aggregator(5.0, 1.0)
     assert ref.add_columns(sids, ts, vs) == fast.add_columns(sids, ts, vs)
     assert _bits(ref.close(50.0)) == _bits(fast.close(50.0))
     assert _bits(ref.flush()) == _bits(fast.flush())

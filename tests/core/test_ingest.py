@@ -6,16 +6,10 @@ import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from core_ext import implementations
 from core_ext.ingest import IngestError
 
-IMPLS = implementations("ingest")
+pytestmark = pytest.mark.core("ingest")
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "frames.json").read_text())
-
-
-@pytest.fixture(params=sorted(IMPLS))
-def impl(request):
-    return IMPLS[request.param]
 
 
 def parse(impl, payload, now=1000.0, **kw):
@@ -123,25 +117,22 @@ def _nan_safe(vs):
     return [("nan" if v != v else v.hex()) for v in vs]
 
 
-@pytest.mark.skipif("cython" not in IMPLS, reason="compiled module not built (the reference alone is tested)")
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(packs())
-def test_compiled_equals_reference(data):
-    assert outcome(IMPLS["cython"], data) == outcome(IMPLS["python"], data)
+def test_compiled_equals_reference(impls, compiled, data):
+    assert outcome(compiled, data) == outcome(impls["python"], data)
 
 
-@pytest.mark.skipif("cython" not in IMPLS, reason="compiled module not built (the reference alone is tested)")
 @pytest.mark.parametrize("data", [
     bytes.fromhex("89bfffa2f4f6f4f42b0000"),  # found by fuzz/fuzz_ingest.py: a False key is not label 0
     cbor2.dumps([{0: "x", 2.0: 1.0, True: "n"}]),
 ])
-def test_non_integer_keys_are_never_labels(data):
-    assert outcome(IMPLS["cython"], data) == outcome(IMPLS["python"], data)
-    assert outcome(IMPLS["python"], data)[0] == "error"
+def test_non_integer_keys_are_never_labels(impls, compiled, data):
+    assert outcome(compiled, data) == outcome(impls["python"], data)
+    assert outcome(impls["python"], data)[0] == "error"
 
 
-@pytest.mark.skipif("cython" not in IMPLS, reason="compiled module not built (the reference alone is tested)")
 @settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=200))
-def test_fuzz_random_bytes(data):
-    assert outcome(IMPLS["cython"], data) == outcome(IMPLS["python"], data)
+def test_fuzz_random_bytes(impls, compiled, data):
+    assert outcome(compiled, data) == outcome(impls["python"], data)

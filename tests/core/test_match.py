@@ -6,14 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.optimize import linear_sum_assignment
 
-from core_ext import implementations
-
-IMPLS = implementations("match")
-
-
-@pytest.fixture(params=sorted(IMPLS))
-def impl(request):
-    return IMPLS[request.param]
+pytestmark = pytest.mark.core("match")
 
 
 def brute(cost):
@@ -49,11 +42,11 @@ def test_small_examples(impl):
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32 - 1), st.sampled_from(["float", "int"]))
-def test_dense_same_total_as_scipy(nr, nc, seed, kind):
+def test_dense_same_total_as_scipy(impls, nr, nc, seed, kind):
     rng = np.random.default_rng(seed)
     cost = rng.random((nr, nc)) * 100 if kind == "float" else rng.integers(0, 5, (nr, nc)).astype(float)
     r0, c0 = linear_sum_assignment(cost)
-    for impl in IMPLS.values():
+    for impl in impls.values():
         rows, cols = impl.assign(cost)
         assert list(rows) == sorted(rows) and len(rows) == min(nr, nc)
         assert abs(cost[rows, cols].sum() - cost[r0, c0].sum()) < 1e-9
@@ -61,13 +54,13 @@ def test_dense_same_total_as_scipy(nr, nc, seed, kind):
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 5), st.integers(1, 5), st.integers(0, 2**32 - 1), st.floats(0.0, 0.9))
-def test_sparse_max_cardinality_then_min_cost(nr, nc, seed, p_forbidden):
+def test_sparse_max_cardinality_then_min_cost(impls, nr, nc, seed, p_forbidden):
     rng = np.random.default_rng(seed)
     cost = [[math.inf if rng.random() < p_forbidden else float(rng.integers(0, 20)) for _ in range(nc)]
             for _ in range(nr)]
     k, best = brute(cost)
     results = []
-    for impl in IMPLS.values():
+    for impl in impls.values():
         rows, cols = impl.assign(cost)
         assert all(cost[r][c] != math.inf for r, c in zip(rows, cols)), "a forbidden pair was chosen"
         assert len(rows) == k and total(cost, rows, cols) == pytest.approx(best if k else 0)
@@ -75,10 +68,9 @@ def test_sparse_max_cardinality_then_min_cost(nr, nc, seed, p_forbidden):
     assert all(r == results[0] for r in results), "the implementations disagree"
 
 
-@pytest.mark.skipif("cython" not in IMPLS, reason="compiled module not built (the reference alone is tested)")
-def test_compiled_equals_reference_on_ties():
+def test_compiled_equals_reference_on_ties(impls, compiled):
     rng = np.random.default_rng(3)
     for _ in range(50):
         cost = rng.integers(0, 3, (7, 9)).astype(float)
         cost[rng.random((7, 9)) < 0.3] = math.inf
-        assert IMPLS["cython"].assign(cost) == IMPLS["python"].assign(cost.tolist())
+        assert compiled.assign(cost) == impls["python"].assign(cost.tolist())

@@ -15,6 +15,14 @@ def test_socket_callbacks_from_another_thread_run_on_the_loop_in_order(tmp_path)
 
     async def main():
         loop = asyncio.get_running_loop()
+
+        async def threadsafe_callbacks_ran():
+            # the loop runs call_soon_threadsafe callbacks in order: one scheduled now runs
+            # after every one the other thread scheduled before
+            done = loop.create_future()
+            loop.call_soon_threadsafe(done.set_result, None)
+            await asyncio.wait_for(done, 5)
+
         s = _Session(cfg, loop, lambda mid: None, lambda: None)
         calls = []
         for name in ("add_reader", "add_writer", "remove_reader", "remove_writer"):
@@ -34,7 +42,7 @@ def test_socket_callbacks_from_another_thread_run_on_the_loop_in_order(tmp_path)
             t.start()
             t.join()
             assert calls == []  # nothing touched the selector from that thread
-            await asyncio.sleep(0.05)
+            await threadsafe_callbacks_ran()
             assert calls == [("add_reader", True), ("add_writer", True), ("remove_writer", True)]
             s._want_write(None, None, a)  # on the loop's thread: at once
             assert calls[-1] == ("add_writer", True)
@@ -46,7 +54,7 @@ def test_socket_callbacks_from_another_thread_run_on_the_loop_in_order(tmp_path)
             t.start()
             t.join()
             n = len(calls)
-            await asyncio.sleep(0.05)
+            await threadsafe_callbacks_ran()
             assert ("add_reader", True) not in calls[n:]
             d.close()
         finally:

@@ -6,52 +6,26 @@ import asyncio
 import cbor2
 import pytest
 
-from gateway.config import from_dict
 from gateway.errors import AuthError, SpoolError
-from gateway.runtime.ingest import Ingest
-from gateway.runtime.metrics import Metrics
-from gateway.runtime.pipeline import Pipeline
 from gateway.protocol import cose
-from gateway.runtime.registry import Registry
-from gateway.runtime.spool import PRIO_FRAME, PRIO_WINDOW, Spool
+from gateway.runtime.spool import PRIO_FRAME, PRIO_WINDOW
 
-KEY = bytes(32)
-
-
-def frame(seq: int, value: float = 1.0, t: float = 1_700_000_000.0) -> bytes:
-    return cose.mac0(KEY, b"n1", cbor2.dumps([{-2: "n1/", -3: t, 0: "temp", 2: value}]), seq=seq)
-
-
-async def make(tmp_path):
-    cfg = from_dict({"gateway": {"data_dir": str(tmp_path)}, "aggregate": {"widths": [10], "lateness": 0}})
-    reg = Registry()
-    reg.add("n1", KEY)
-    spool = await Spool.open(cfg.spool_path)
-    pipe = Pipeline(cfg, Ingest(reg, await spool.replay_windows()), spool, Metrics())
-    task = asyncio.create_task(pipe.run())
-    return cfg, spool, pipe, task
-
-
-async def offer(pipe, msg):
+async def offer(rig, pipe, msg):
     fut = asyncio.get_running_loop().create_future()
     pipe.offer(msg, "test", lambda ack, err: fut.set_result((ack, err)))
     ack, err = await asyncio.wait_for(fut, 5)
-    return (cbor2.loads(cose.parse_mac0(ack).verify(KEY)) if ack else None), err
+    return (cbor2.loads(cose.parse_mac0(ack).verify(rig.key)) if ack else None), err
 
 
-async def stop(spool, task):
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await spool.close()
+def test_ack_after_commit_then_duplicate(pipeline_rig):
+    rig = pipeline_rig
 
-
-def test_ack_after_commit_then_duplicate(tmp_path):
     async def main():
-        _, spool, pipe, task = await make(tmp_path)
-        assert await offer(pipe, frame(1)) == ([1, 1, 0], None)
+        _, spool, pipe, task = await rig.make()
+        assert await offer(rig, pipe, rig.frame(1)) == ([1, 1, 0], None)
         # the ack came after the commit: the row is there already
         assert len(await spool.read(PRIO_FRAME, 0, 10)) == 1
-        assert await offer(pipe, frame(1)) == ([1, 1, 1], None)
+        assert await offer(rig, pipe, rig.frame(1)) == ([1, 1, 1], None)
         assert len(await spool.read(PRIO_FRAME, 0, 10)) == 1
         with pytest.raises(AuthError):
             pipe.offer(cose.mac0(bytes(range(32)), b"n1", b"\x80", seq=2), "test", lambda *a: None)
@@ -59,34 +33,38 @@ def test_ack_after_commit_then_duplicate(tmp_path):
         assert m.get("headrace_frames_rejected_total", transport="test", reason="replay") == 1
         assert m.get("headrace_frames_rejected_total", transport="test", reason="auth") == 1
         assert m.get("headrace_frames_accepted_total", transport="test") == 1
-        await stop(spool, task)
+        await rig.stop(spool, task)
     asyncio.run(main())
 
 
-def test_replay_window_survives_restart(tmp_path):
+def test_replay_window_survives_restart(pipeline_rig):
+    rig = pipeline_rig
+
     async def main():
-        _, spool, pipe, task = await make(tmp_path)
-        assert (await offer(pipe, frame(5)))[0] == [1, 5, 0]
-        await stop(spool, task)
-        _, spool, pipe, task = await make(tmp_path)
-        assert (await offer(pipe, frame(5)))[0] == [1, 5, 1]
-        assert (await offer(pipe, frame(6)))[0] == [1, 6, 0]
-        await stop(spool, task)
+        _, spool, pipe, task = await rig.make()
+        assert (await offer(rig, pipe, rig.frame(5)))[0] == [1, 5, 0]
+        await rig.stop(spool, task)
+        _, spool, pipe, task = await rig.make()
+        assert (await offer(rig, pipe, rig.frame(5)))[0] == [1, 5, 1]
+        assert (await offer(rig, pipe, rig.frame(6)))[0] == [1, 6, 0]
+        await rig.stop(spool, task)
     asyncio.run(main())
 
 
-def test_full_disk_nothing_acked_nothing_lost(tmp_path):
+def test_full_disk_nothing_acked_nothing_lost(pipeline_rig):
+    rig = pipeline_rig
+
     async def main():
-        _, spool, pipe, task = await make(tmp_path)
-        assert (await offer(pipe, frame(1)))[0] == [1, 1, 0]
+        _, spool, pipe, task = await rig.make()
+        assert (await offer(rig, pipe, rig.frame(1)))[0] == [1, 1, 0]
         pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
         assert spool._db.execute(f"PRAGMA max_page_count = {pages}").fetchone() == (pages,)  # no room to grow
         def big(seq):
-            return cose.mac0(KEY, b"n1", cbor2.dumps([{-2: "n1/", -3: 1.7e9, 0: "s", 3: "x" * 900}]), seq=seq)
+            return cose.mac0(rig.key, b"n1", cbor2.dumps([{-2: "n1/", -3: 1.7e9, 0: "s", 3: "x" * 900}]), seq=seq)
 
         stored, seq = 1, 2
         while True:  # fill the free space of the last page, then the next commit needs a page: disk full
-            ack, err = await offer(pipe, big(seq))
+            ack, err = await offer(rig, pipe, big(seq))
             if err is not None:
                 break
             assert ack == [1, seq, 0]
@@ -95,17 +73,19 @@ def test_full_disk_nothing_acked_nothing_lost(tmp_path):
         assert ack is None and isinstance(err, SpoolError) and "full" in str(err)
         assert pipe.metrics.get("headrace_spool_errors_total") == 1
         spool._db.execute("PRAGMA max_page_count = 1073741823")  # space again: the node's resend is accepted
-        assert (await offer(pipe, big(seq)))[0] == [1, seq, 0]
+        assert (await offer(rig, pipe, big(seq)))[0] == [1, seq, 0]
         assert len(await spool.read(PRIO_FRAME, 0, 100)) == stored + 1
-        await stop(spool, task)
+        await rig.stop(spool, task)
     asyncio.run(main())
 
 
-def test_windows_closed_into_spool(tmp_path):
+def test_windows_closed_into_spool(pipeline_rig):
+    rig = pipeline_rig
+
     async def main():
-        _, spool, pipe, task = await make(tmp_path)
+        _, spool, pipe, task = await rig.make()
         for seq, v in enumerate((1.0, 3.0, 2.0)):
-            await offer(pipe, frame(seq, v, t=1_700_000_000.0 + seq))
+            await offer(rig, pipe, rig.frame(seq, v, t=1_700_000_000.0 + seq))
         assert pipe.close_windows(1_700_000_100.0) == 1
         for _ in range(100):
             rows = await spool.read(PRIO_WINDOW, 0, 10)
@@ -116,7 +96,7 @@ def test_windows_closed_into_spool(tmp_path):
         assert (series, width, start, count, vmin, vmax, vsum, sumsq, first, last, corr) == \
             ("n1/temp", 10.0, 1_700_000_000.0, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 2.0, 0)
         assert twa == (1.0 * 1 + 3.0 * 1 + 2.0 * 8) / 10
-        await stop(spool, task)
+        await rig.stop(spool, task)
     asyncio.run(main())
 
 
