@@ -10,7 +10,7 @@ and appended only when the whole payload is valid.
 """
 from cpython cimport array
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.math cimport ldexp, isfinite, NAN, INFINITY
+from libc.math cimport isfinite, NAN
 from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memcmp, memset
@@ -18,32 +18,16 @@ from libc.string cimport memcpy, memcmp, memset
 import array as _array
 import struct as _struct
 
+from cpython.ref cimport PyObject
+
+from core_ext._cbor cimport (K_NONE, K_NUM, K_TEXT, K_BYTES, K_BOOL, K_NULL, K_OTHER, K_BREAK, Item, Reader,
+                             cbor_head, cbor_item, cbor_fail)
 from core_ext._ingest_py import IngestError, RELATIVE_TIME_LIMIT
 
 cdef array.array _Q = _array.array("q")
 cdef array.array _D = _array.array("d")
 
 DEF MAX_NAME = 255
-DEF MAX_DEPTH = 16
-
-# value kinds of a decoded scalar
-cdef enum:
-    K_NONE = 0
-    K_NUM = 1      # int or float -> d
-    K_TEXT = 2     # p, n
-    K_BYTES = 3    # p, n
-    K_BOOL = 4     # d = 0/1
-    K_NULL = 5
-    K_OTHER = 6    # a container, undefined or an unusable key
-    K_BREAK = 7
-
-ctypedef struct Item:
-    int kind
-    bint is_int
-    double d
-    const unsigned char* p
-    Py_ssize_t n
-    Py_ssize_t at
 
 ctypedef struct Staged:
     uint32_t name_off   # into the stage's name buffer
@@ -83,50 +67,6 @@ ctypedef struct Rec:
     const unsigned char* mu_p   # first must-understand label (text ending in "_")
     Py_ssize_t mu_n
     bint mu
-
-
-cdef inline double _half(uint16_t h) noexcept nogil:
-    cdef int e = (h >> 10) & 0x1F
-    cdef int m = h & 0x3FF
-    cdef double v
-    if e == 0:
-        v = ldexp(m, -24)
-    elif e == 31:
-        v = INFINITY if m == 0 else NAN
-    else:
-        v = ldexp(m + 1024, e - 25)
-    return -v if h & 0x8000 else v
-
-
-cdef inline bint _utf8_ok(const unsigned char* s, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i = 0
-    cdef unsigned char c
-    cdef int k, j
-    cdef uint32_t cp
-    while i < n:
-        c = s[i]
-        if c < 0x80:
-            i += 1
-            continue
-        if 0xC2 <= c <= 0xDF:
-            k = 1
-            cp = c & 0x1F
-        elif 0xE0 <= c <= 0xEF:
-            k = 2
-            cp = c & 0x0F
-        elif 0xF0 <= c <= 0xF4:
-            k = 3
-            cp = c & 0x07
-        else:
-            return False
-        for j in range(1, k + 1):
-            if i + j >= n or (s[i + j] & 0xC0) != 0x80:
-                return False
-            cp = (cp << 6) | (s[i + j] & 0x3F)
-        if (k == 2 and (cp < 0x800 or 0xD800 <= cp <= 0xDFFF)) or (k == 3 and (cp < 0x10000 or cp > 0x10FFFF)):
-            return False
-        i += k + 1
-    return True
 
 
 cdef inline bint _name_char(unsigned char c) noexcept nogil:
@@ -177,9 +117,7 @@ cdef class Parser:
     cdef Staged* _st
     cdef unsigned char* _names   # staged full names
     # reader state
-    cdef const unsigned char* _d
-    cdef Py_ssize_t _len, _p
-    cdef int _depth
+    cdef Reader _r                 # the CBOR reader over the payload being parsed
     cdef Py_ssize_t _err_at
     cdef object _err_msg
 
@@ -334,150 +272,19 @@ cdef class Parser:
         self._n = 0
         return s, t, v, other
 
-    # -- the CBOR reader ------------------------------------------------------------------
-
     cdef int _fail(self, Py_ssize_t at, msg) except -1:
         raise IngestError(at, msg)
-
-    cdef int _head(self, int* major, int* info, uint64_t* arg, bint* indef, Py_ssize_t* at) except -1:
-        cdef Py_ssize_t p = self._p
-        cdef unsigned char ib
-        cdef int nb, i
-        cdef uint64_t a = 0
-        if p >= self._len:
-            self._fail(p, "truncated: expected a CBOR item")
-        ib = self._d[p]
-        major[0] = ib >> 5
-        info[0] = ib & 31
-        at[0] = p
-        indef[0] = False
-        if info[0] < 24:
-            arg[0] = info[0]
-            self._p = p + 1
-            return 0
-        if info[0] > 27:
-            if info[0] == 31 and major[0] in (2, 3, 4, 5, 7):
-                indef[0] = True
-                arg[0] = 0
-                self._p = p + 1
-                return 0
-            self._fail(p, f"reserved additional information {info[0]}")
-        nb = 1 << (info[0] - 24)
-        if p + 1 + nb > self._len:
-            self._fail(p, "truncated: the item's argument runs past the end")
-        for i in range(nb):
-            a = (a << 8) | self._d[p + 1 + i]
-        arg[0] = a
-        self._p = p + 1 + nb
-        return 0
-
-    cdef int _item(self, Item* it) except -1:
-        """Read one item. Scalars are decoded into `it`; containers are walked (checked)
-        and reported as K_OTHER."""
-        cdef int major, info
-        cdef uint64_t arg, k
-        cdef bint indef
-        cdef Py_ssize_t at, end
-        cdef Item sub
-        cdef uint32_t f32
-        cdef float fv
-        cdef uint64_t u64
-        cdef double dv
-        self._head(&major, &info, &arg, &indef, &at)
-        it.at = at
-        it.is_int = False
-        if major == 0:
-            it.kind = K_NUM
-            it.is_int = True
-            it.d = <double>arg
-            return 0
-        if major == 1:
-            it.kind = K_NUM
-            it.is_int = True
-            if arg < 0x8000000000000000ULL:
-                it.d = <double>(-1 - <int64_t>arg)
-            elif arg == 0xFFFFFFFFFFFFFFFFULL:
-                it.d = -18446744073709551616.0
-            else:
-                it.d = -(<double>(arg + 1))
-            return 0
-        if major == 2 or major == 3:
-            if indef:
-                self._fail(at, "indefinite-length strings are not supported")
-            if arg > <uint64_t>(self._len - self._p):
-                self._fail(at, "truncated: the string runs past the end")
-            it.p = self._d + self._p
-            it.n = <Py_ssize_t>arg
-            self._p += <Py_ssize_t>arg
-            if major == 3:
-                if not _utf8_ok(it.p, it.n):
-                    self._fail(at, "text string is not valid UTF-8")
-                it.kind = K_TEXT
-            else:
-                it.kind = K_BYTES
-            return 0
-        if major == 4 or major == 5:
-            self._depth += 1
-            if self._depth > MAX_DEPTH:
-                self._fail(at, "nested more than 16 levels")
-            k = 0
-            while indef or k < arg:
-                self._item(&sub)
-                if sub.kind == K_BREAK:
-                    if not indef:
-                        self._fail(self._p - 1, "break inside a definite-length " + ("array" if major == 4 else "map"))
-                    break
-                if major == 5:
-                    if sub.kind == K_OTHER and sub.n == -1:
-                        self._fail(sub.at, "map key must be an integer or a string")
-                    self._item(&sub)
-                    if sub.kind == K_BREAK:
-                        self._fail(self._p - 1, "break where a map value belongs")
-                k += 1
-            self._depth -= 1
-            it.kind = K_OTHER
-            it.n = -1  # marks a container
-            return 0
-        if major == 6:
-            self._fail(at, f"tag {arg}: SenML uses no CBOR tags")
-        it.n = 0
-        if info == 20 or info == 21:
-            it.kind = K_BOOL
-            it.d = info - 20
-            return 0
-        if info == 22 or info == 23:
-            it.kind = K_NULL
-            return 0
-        if info == 25:
-            it.kind = K_NUM
-            it.d = _half(<uint16_t>arg)
-            return 0
-        if info == 26:
-            f32 = <uint32_t>arg
-            memcpy(&fv, &f32, 4)
-            it.kind = K_NUM
-            it.d = fv
-            return 0
-        if info == 27:
-            u64 = arg
-            memcpy(&dv, &u64, 8)
-            it.kind = K_NUM
-            it.d = dv
-            return 0
-        if indef:
-            it.kind = K_BREAK
-            return 0
-        self._fail(at, f"unsupported simple value {arg}")
 
     # -- SenML ----------------------------------------------------------------------------
 
     def parse(self, payload, double now):
         """Append one pack's readings; returns how many numeric readings it held."""
         cdef const unsigned char[::1] view = _bytes_view(payload)
-        self._len = view.shape[0]
-        self._d = &view[0] if self._len else <const unsigned char*>b""
-        self._p = 0
-        self._depth = 0
+        self._r.len = view.shape[0]
+        self._r.d = &view[0] if self._r.len else <const unsigned char*>b""
+        self._r.p = 0
+        self._r.depth = 0
+        self._r.error = <PyObject*>IngestError
         return self._parse(now)
 
     cdef int _record(self, Rec* r, Py_ssize_t rat) except -1:
@@ -489,24 +296,24 @@ cdef class Parser:
         cdef Item key, val
         cdef int64_t label
         memset(r, 0, sizeof(Rec))
-        if self._p >= self._len or (self._d[self._p] >> 5) != 5:
-            self._item(&val)  # the reference parses the whole item before it looks at its type
+        if self._r.p >= self._r.len or (self._r.d[self._r.p] >> 5) != 5:
+            cbor_item(&self._r, &val)  # the reference parses the whole item before it looks at its type
             if val.kind == K_BREAK:
                 return 1
             return 2
-        self._head(&major, &info, &arg, &indef, &at)
-        self._depth += 1
+        cbor_head(&self._r, &major, &info, &arg, &indef, &at)
+        self._r.depth += 1
         while indef or k < arg:
-            self._item(&key)
+            cbor_item(&self._r, &key)
             if key.kind == K_BREAK:
                 if not indef:
-                    self._fail(self._p - 1, "break inside a definite-length map")
+                    self._fail(self._r.p - 1, "break inside a definite-length map")
                 break
             if key.kind == K_OTHER and key.n == -1:
                 self._fail(key.at, "map key must be an integer or a string")
-            self._item(&val)
+            cbor_item(&self._r, &val)
             if val.kind == K_BREAK:
-                self._fail(self._p - 1, "break where a map value belongs")
+                self._fail(self._r.p - 1, "break where a map value belongs")
             k += 1
             if key.kind == K_TEXT:
                 if key.n and key.p[key.n - 1] == b'_' and not r.mu:
@@ -525,7 +332,7 @@ cdef class Parser:
             r.f[fi].d = val.d
             r.f[fi].p = val.p
             r.f[fi].n = val.n
-        self._depth -= 1
+        self._r.depth -= 1
         return 0
 
     cdef Py_ssize_t _parse(self, double now) except -1:
@@ -541,15 +348,15 @@ cdef class Parser:
         cdef Staged* st
         cdef unsigned char* name
         cdef int64_t sid
-        self._head(&major, &info, &count, &indef, &at)
+        cbor_head(&self._r, &major, &info, &count, &indef, &at)
         if major != 4:
             self._fail(at, "a SenML pack must be an array of records")
         while indef or nrec < count:
-            rat = self._p
+            rat = self._r.p
             kind = self._record(&rec, rat)
             if kind == 1:  # a break
                 if not indef:
-                    self._fail(self._p - 1, "break inside a definite-length array")
+                    self._fail(self._r.p - 1, "break inside a definite-length array")
                 break
             nrec += 1
             if nrec > <uint64_t>self.max_records:
@@ -636,8 +443,8 @@ cdef class Parser:
                 st.vp = f[F_VD].p
                 st.vn = f[F_VD].n
             nst += 1
-        if self._p != self._len:
-            self._fail(self._p, "bytes after the end of the pack")
+        if self._r.p != self._r.len:
+            self._fail(self._r.p, "bytes after the end of the pack")
         if nst == 0:
             self._fail(0, "the pack holds no reading")
         # all checks passed: intern names (rolled back if the table fills), then append
