@@ -160,22 +160,24 @@ def _describe(rid: int, kind: str, body: bytes, batch) -> dict:
 
 
 def _cmd_decode(args) -> int:
-    from gateway.runtime.uplink import batch
+    from gateway.runtime.uplink import payloads
 
-    data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
     try:
-        decoded = batch.decode(data)
-    except batch.BatchError as exc:
-        print(f"headrace decode: {exc}", file=sys.stderr)
+        data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
+    except OSError as exc:
+        print(f"headrace decode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 1
-    from gateway.runtime.uplink import events
-    out = sys.stdout
     try:
-        for row in batch.rows(decoded):
-            out.write(json.dumps(row, allow_nan=True) + "\n")
-        for row in events.rows(decoded):  # a batch from the events topic
-            out.write(json.dumps(row, allow_nan=True) + "\n")
-    except batch.BatchError as exc:
+        kind, rows = payloads.read(data)
+    except payloads.BatchError as exc:
+        print(f"headrace decode: {exc} (reads the data, events and state topics' payloads)", file=sys.stderr)
+        return 1
+    if args.kind:
+        print(kind, file=sys.stderr)
+    try:
+        for row in rows:
+            sys.stdout.write(json.dumps(row, allow_nan=True) + "\n")
+    except payloads.BatchError as exc:
         print(f"headrace decode: {exc} (the rows before it are printed)", file=sys.stderr)
         return 1
     return 0
@@ -386,7 +388,8 @@ def parser() -> argparse.ArgumentParser:
     dm.set_defaults(fn=_cmd_demand)
 
     dec = sub.add_parser("decode", help="decode an uplink payload into JSON Lines")
-    dec.add_argument("file", help="a payload file taken from the broker, or - for stdin")
+    dec.add_argument("file", help="a payload file taken from the broker (data, events or state topic), or - for stdin")
+    dec.add_argument("--kind", action="store_true", help="also print the payload's kind (data, events, state) on stderr")
     dec.set_defaults(fn=_cmd_decode)
 
     sk = sub.add_parser("sink", help="the cloud end: store gateways' batches in PostgreSQL or SQLite").add_subparsers(
@@ -462,6 +465,12 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"headrace: configuration error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`headrace decode FILE | head`): end quietly, and keep Python's
+        # final flush of stdout from raising again at exit
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

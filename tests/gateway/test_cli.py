@@ -66,3 +66,36 @@ def test_check_config_reports_every_error(tmp_path, capsys):
     for key in ("[gateway] id", "[mqtt] port", "[mqtt] keepalive", "[coap] prot"):
         assert f"  {key}: " in err
     assert err.count("fix:") == 4 and "4 errors" in err
+
+
+def _decode(payload: bytes, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", "decode", *extra, "-"], input=payload, capture_output=True)
+
+
+def test_decode_reads_every_topic_kind():
+    from gateway.runtime.uplink import events
+    ev = events.encode("gw1", "site1", [events.event_body({"type": "alarm", "t": 1700000000.0, "rule": "r1"})])
+    p = _decode(ev, "--kind")
+    assert p.returncode == 0 and p.stderr.strip() == b"events"
+    assert json.loads(p.stdout) == {"gw": "gw1", "type": "alarm", "t": 1700000000.0, "rule": "r1"}
+    state = json.dumps({"online": True, "spool": {"frame": 3}}).encode()
+    p = _decode(state, "--kind")
+    assert p.returncode == 0 and p.stderr.strip() == b"state"
+    assert json.loads(p.stdout) == {"state": {"online": True, "spool": {"frame": 3}}}
+    p = _decode(sample_batch(), "--kind")
+    assert p.returncode == 0 and p.stderr.strip() == b"data"
+    p = _decode(b'{"online": tru')
+    assert p.returncode == 1 and b"not JSON" in p.stderr and b"Traceback" not in p.stderr
+    p = _decode(cbor2.dumps([1, 2]))
+    assert p.returncode == 1 and b"data, events and state" in p.stderr
+
+
+def test_decode_into_a_closed_pipe_ends_quietly(tmp_path):
+    many = batch.encode("gw1", "site1", [batch.frame_body("pump1", s, 1700000001.0 + s, cbor2.dumps(
+        [{-2: "pump1/", -3: 1700000000.5 + s, 0: "temp", 2: 21.25}] + [{0: "vib", 6: k, 2: 0.5} for k in range(60)]))
+        for s in range(200)], [])
+    f = tmp_path / "big.cbor"
+    f.write_bytes(many)
+    p = subprocess.run(f"{sys.executable} -m gateway decode {f} | head -n 1", shell=True, capture_output=True)
+    assert len(p.stdout.splitlines()) == 1
+    assert p.stderr == b"", p.stderr.decode()
