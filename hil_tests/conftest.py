@@ -101,3 +101,27 @@ def pty_pairs(tmp_path):
     yield make
     for pair in made:
         pair.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL cluster for the session; each test takes a fresh database (`postgres.database`)."""
+    from .rig import Postgres
+
+    pg = Postgres().start() if _installed("postgresql", "initdb") else None
+    yield pg
+    pg.close()
+
+
+def _installed(package: str, binary: str) -> bool:
+    """Whether a part of the bench is installed; skips the test with the fix if not, except in CI
+    (`CI` set), where ./run.sh has installed it and its absence is a failure."""
+    import os
+
+    from .rig import find_binary
+
+    if find_binary(binary):
+        return True
+    if os.environ.get("CI"):
+        pytest.fail(f"`{binary}` is missing in CI: ./run.sh test installs {package}")
+    pytest.skip(f"`{binary}` not installed: install {package} (./run.sh test does)")

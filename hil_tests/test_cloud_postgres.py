@@ -1,0 +1,166 @@
+"""The sink on a real PostgreSQL: COPY + one idempotent insert, racing workers, a restart of the
+database; and the sink on a real mosquitto (a persistent session, acknowledged after commit)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+
+import cbor2
+import paho.mqtt.client as paho
+import pytest
+
+from gateway.runtime.uplink import batch
+from sink.config import from_dict
+from sink.decode import DeadLetter, Decoder
+from sink.service import Sink
+from sink.store import Dead, PostgresStore, StoreUnavailable
+from tests.sink.conftest import T0, data_batch, events_batch
+
+from .rig import wait_for
+
+DATA = "headrace/v1/s1/gw1/data"
+
+
+def test_copy_and_idempotent_insert(postgres):
+    store = PostgresStore(postgres.database("copy"))
+    dec = Decoder()
+    try:
+        w = batch.window_body("n1/temp", 10.0, T0, 0, math.nan, math.nan, 0.0, 0.0, math.nan, math.nan, math.nan, 1)
+        payload = data_batch("gw1", [("n1", s) for s in range(1, 51)], windows=[w])
+        first = store.write([dec.decode(DATA, payload)])
+        again = store.write([dec.decode(DATA, payload)])
+        assert (first.readings, first.duplicates, first.windows) == (200, 0, 1)
+        assert (again.readings, again.duplicates, again.windows) == (0, 200, 0)
+        want = [(r["node"], r["seq"], r["sensor"], r["t"], r["v"]) for r in batch.rows(batch.decode(payload))
+                if "window" not in r]
+        got = store.query("SELECT node, seq, sensor, t, v FROM readings ORDER BY seq, idx")
+        assert got == want  # double precision: the exact value and time
+        assert store.query("SELECT min, correction FROM windows") == [(None, True)]  # NaN of an empty window
+        # NaN in the mirror's JSON (which jsonb refuses) becomes null
+        nan = data_batch("gw1", [("n1", 99)])
+        d = dec.decode(DATA, nan)
+        d.nodes["n1"] = (T0 + 1000, 99, {"temp": math.nan})
+        store.write([d])
+        assert store.query("SELECT last_values->>'temp', last_seq FROM nodes") == [(None, 99)]
+        store.write([], [Dead(DATA, "5", DeadLetter("version", "v 9"), b"\xa1\x61v\x09")])
+        assert store.query("SELECT reason, payload FROM dead_letters") == [("version", b"\xa1\x61v\x09")]
+    finally:
+        store.close()
+
+
+def test_two_workers_racing_on_overlapping_batches(postgres):
+    url = postgres.database("race")
+    stores = [PostgresStore(url), PostgresStore(url)]
+    dec = Decoder()
+    # the same frames in different groupings, as a gateway resends after a crash, handed to
+    # both workers at once: the key order of the insert keeps them from deadlocking
+    payloads = [data_batch("gw1", [("n1", s) for s in range(a, a + 40)]) for a in range(1, 400, 20)]
+    decoded = [dec.decode(DATA, p) for p in payloads]
+    results, errors = [[], []], []
+
+    def work(i):
+        try:
+            for d in (decoded if i == 0 else decoded[::-1]):
+                results[i].append(stores[i].write([d]))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    new = sum(w.readings for r in results for w in r)
+    dup = sum(w.duplicates for r in results for w in r)
+    distinct = 420 * 4  # frames 1..420, 4 readings each
+    assert new == distinct and new + dup == 2 * 40 * 4 * len(payloads)
+    assert stores[0].query("SELECT count(*), count(DISTINCT (node, seq, idx)) FROM readings") == [(distinct, distinct)]
+    for s in stores:
+        s.close()
+
+
+def test_database_restart(postgres):
+    store = PostgresStore(postgres.database("restart"))
+    dec = Decoder()
+    try:
+        store.write([dec.decode(DATA, data_batch("gw1", [("n1", 1)]))])
+        postgres.stop("immediate")
+        with pytest.raises(StoreUnavailable):
+            store.write([dec.decode(DATA, data_batch("gw1", [("n1", 2)]))])
+        postgres.start()
+        w = store.write([dec.decode(DATA, data_batch("gw1", [("n1", 2)]))])  # reconnects
+        assert w.readings == 4
+        assert store.query("SELECT count(*) FROM readings") == [(8,)]
+    finally:
+        if not postgres.data.joinpath("postmaster.pid").exists():
+            postgres.start()
+        store.close()
+
+
+def publish(port: int, messages: list[tuple[str, bytes]]) -> None:
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-pub")
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    infos = [c.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
+
+
+def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
+    """A worker stores, dead-letters and acknowledges; stopped, it gets what arrived meanwhile."""
+    url = postgres.database("mqtt")
+    cfg = from_dict({"sink": {"database": url, "source": "mqtt", "allow": ["gw1"]},
+                     "mqtt": {"port": mosquitto.port, "client_id": "sink-test"}})
+    evs = [{"type": "demand", "id": 1, "need": "mechanic", "priority": 5, "at": [0, 0], "source": "api", "t": T0}]
+
+    async def run_until(pred, what):
+        sink = Sink(cfg)
+        task = asyncio.create_task(sink.run())
+        try:
+            for _ in range(300):
+                await asyncio.sleep(0.1)
+                if sink.store is not None and pred(sink):
+                    return sink
+                assert not task.done(), task.exception()
+            raise TimeoutError(what)
+        finally:
+            sink.stop()
+            await asyncio.wait_for(task, 10)
+
+    async def main():
+        # the first run makes the persistent session, then messages come
+        sink = Sink(cfg)
+        task = asyncio.create_task(sink.run())
+        await asyncio.sleep(1.0)
+        publish(mosquitto.port, [(DATA, data_batch("gw1", [("n1", 1), ("n1", 2)])),
+                                 ("headrace/v1/s1/gw1/events", events_batch("gw1", evs)),
+                                 (DATA, b"\x00 not a batch"),
+                                 ("headrace/v1/s1/gw1/state", json.dumps({"online": True, "at": T0}).encode())])
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if sink.metrics.total("headrace_sink_messages_total") >= 3:
+                break
+        sink.stop()
+        await asyncio.wait_for(task, 10)
+        assert sink.metrics.total("headrace_sink_readings_total") == 8
+        assert sink.metrics.get("headrace_sink_dead_letters_total", reason="undecodable") == 1
+        # while no worker runs, the broker keeps the session's messages
+        publish(mosquitto.port, [(DATA, data_batch("gw1", [("n1", 2), ("n1", 3)]))])
+        again = await run_until(lambda s: s.metrics.total("headrace_sink_messages_total") >= 1, "the queued batch")
+        assert again.metrics.total("headrace_sink_readings_total") == 4
+        assert again.metrics.total("headrace_sink_duplicates_total") == 4
+
+    asyncio.run(main())
+    store = PostgresStore(url)
+    try:
+        assert store.query("SELECT count(*) FROM readings") == [(12,)]
+        assert store.query("SELECT type, key FROM events") == [("demand", "1")]
+        assert store.query("SELECT gateway, online FROM gateways") == [("gw1", True)]
+        assert store.query("SELECT reason FROM dead_letters") == [("undecodable",)]
+    finally:
+        store.close()
