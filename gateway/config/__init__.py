@@ -22,6 +22,7 @@ from gateway.config.sections import (
     MqttSection,
     SerialPort,
     SerialSection,
+    SparkplugSection,
     SpoolSection,
     from_dict,
     load,
@@ -30,4 +31,4 @@ from gateway.errors import ConfigError
 
 __all__ = ["AggregateSection", "CoapSection", "Config", "ConfigError", "ConfigErrors", "DispatchSection",
            "GatewaySection", "HttpSection", "MqttSection", "Problems", "SerialPort", "SerialSection",
-           "SpoolSection", "check_nodes", "from_dict", "load"]
+           "SparkplugSection", "SpoolSection", "check_nodes", "from_dict", "load"]

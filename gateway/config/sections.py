@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,20 @@ class DispatchSection:
 
 
 @dataclass(frozen=True)
+class SparkplugSection:
+    """`[sparkplug]`: the uplink speaks Sparkplug B 3.0 instead of headrace's own format
+    (docs/sparkplug.md)."""
+    enabled: bool = False
+    group_id: str = "headrace"
+    edge_node_id: str = ""  # default: the gateway's id
+    primary_host_id: str = ""  # "": publish without waiting for a host application's STATE
+    device_timeout: float = 60.0  # seconds of silence after which a node's device gets a DDEATH
+
+
+_SPARKPLUG_ID = re.compile(r"^[^/+#]{1,64}$")
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     serial: SerialSection = field(default_factory=SerialSection)
@@ -119,6 +134,7 @@ class Config:
     spool: SpoolSection = field(default_factory=SpoolSection)
     http: HttpSection = field(default_factory=HttpSection)
     dispatch: DispatchSection = field(default_factory=DispatchSection)
+    sparkplug: SparkplugSection = field(default_factory=SparkplugSection)
     # rules, resources and zones: parsed by gateway/config/rules.py, resources.py, zones.py
     rules: tuple = ()
     resources: tuple = ()
@@ -282,6 +298,7 @@ def _validate(cfg: Config):
                            ("min_battery", 0, 100), ("max_open", 1, 1_000_000)):
         if not low <= getattr(d, key) <= high:
             yield ConfigError(f"[dispatch] {key}", f"{getattr(d, key)} is out of range", f"use {low} to {high}")
+    yield from _validate_sparkplug(cfg)
     tls = (cfg.mqtt.tls_cert, cfg.mqtt.tls_key)
     if any(tls) and not all(tls):
         yield ConfigError("[mqtt] tls_cert", "a client certificate needs its key and the reverse",
@@ -290,6 +307,22 @@ def _validate(cfg: Config):
         path = getattr(cfg.mqtt, key)
         if path and not os.path.exists(path):
             yield ConfigError(f"[mqtt] {key}", f"file {path} does not exist", "give the path of a PEM file")
+
+
+def _validate_sparkplug(cfg: Config):
+    sp = cfg.sparkplug
+    if sp.enabled and cfg.jetstream.enabled:
+        yield ConfigError("[sparkplug] enabled", "Sparkplug B goes over MQTT, and [jetstream] is enabled too",
+                          "enable one uplink: [sparkplug] (MQTT, Sparkplug B) or [jetstream]")
+    for key in ("group_id", "edge_node_id", "primary_host_id"):
+        value = getattr(sp, key)
+        if (value or key == "group_id") and not _SPARKPLUG_ID.match(value):
+            yield ConfigError(f"[sparkplug] {key}", f"{value!r} is not a Sparkplug id",
+                              "use 1-64 characters without '/', '+' or '#' (they are MQTT topic levels)"
+                              + ("; leave it out to use the gateway's id" if key == "edge_node_id" else ""))
+    if not 1 <= sp.device_timeout <= 86400:
+        yield ConfigError("[sparkplug] device_timeout", f"{sp.device_timeout} s is out of range",
+                          "use 1 to 86400 seconds: longer than a node's period between frames")
 
 
 def from_dict(raw: dict) -> Config:

@@ -31,6 +31,7 @@ from gateway.runtime.spool import Spool
 from gateway.runtime.transports.coap import CoapServer
 from gateway.runtime.transports.serial import SerialLink
 from gateway.runtime.uplink.mqtt import MqttUplink
+from gateway.runtime.uplink.sparkplug import SparkplugUplink
 from gateway.runtime.http import StatusServer
 
 log = logging.getLogger("headrace.service")
@@ -87,6 +88,9 @@ class Gateway:
         if cfg.jetstream.enabled:
             from gateway.runtime.uplink.jetstream import JetStreamUplink
             self.uplink = JetStreamUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
+        elif cfg.sparkplug.enabled:  # Sparkplug B over MQTT instead of headrace's own batches
+            self.uplink = SparkplugUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
+            self.uplink.nodes = self.pipeline.nodes  # silent nodes are DDEATHs
         else:
             self.uplink = MqttUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
         self.downlink = Downlink(self.registry, on_result=self.uplink.command_result)

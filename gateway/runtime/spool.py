@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS replay (
     top    INTEGER NOT NULL,
     bitmap INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 
@@ -213,6 +217,30 @@ class Spool:
     def _replay_windows(self):
         rows = self._db.execute("SELECT node, top, bitmap FROM replay").fetchall()
         return {node: (top, bitmap & (2**64 - 1)) for node, top, bitmap in rows}
+
+    async def last_id(self) -> int:
+        """The id of the newest record waiting, or of the last one ever spooled; 0 for none."""
+        return await self._run(self._last_id)
+
+    def _last_id(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        return row[0] if row else 0
+
+    async def get_meta(self, key: str, default: int | None = None) -> int | None:
+        """A small durable integer the uplink keeps beside the records (Sparkplug's bdSeq)."""
+        return await self._run(self._get_meta, key, default)
+
+    def _get_meta(self, key, default):
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    async def set_meta(self, key: str, value: int) -> None:
+        """Store `value` under `key`, durably (synchronous=FULL) before returning; SpoolError on failure."""
+        await self._run(self._set_meta, key, value)
+
+    def _set_meta(self, key, value) -> None:
+        with self._transaction("meta") as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     async def integrity_check(self) -> str:
         return await self._run(lambda: self._db.execute("PRAGMA integrity_check").fetchone()[0])

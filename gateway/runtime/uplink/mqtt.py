@@ -41,7 +41,8 @@ QOS_AT_LEAST_ONCE = 1
 class _Session:
     """One MQTT connection: paho client bound to the running loop."""
 
-    def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop, on_puback, on_lost):
+    def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop, on_puback, on_lost,
+                 will: tuple[str, bytes | str, bool] | None = None):
         m = cfg.mqtt
         self.loop = loop
         self.connected = loop.create_future()
@@ -55,7 +56,8 @@ class _Session:
             c.username_pw_set(m.username, m.password or None)
         if m.tls_ca or m.tls_cert:
             c.tls_set(ca_certs=m.tls_ca or None, certfile=m.tls_cert or None, keyfile=m.tls_key or None)
-        c.will_set(cfg.topic_root + "state", json.dumps({"online": False}), qos=1, retain=True)
+        topic, payload, retain = will or (cfg.topic_root + "state", json.dumps({"online": False}), True)
+        c.will_set(topic, payload, qos=1, retain=retain)
         c.on_socket_open = self._sock_open
         c.on_socket_close = self._sock_close
         c.on_socket_register_write = self._want_write
@@ -191,7 +193,7 @@ class MqttUplink:
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         self.metrics.inc("headrace_uplink_connects_total")
-        s = self._session = _Session(self.cfg, loop, self._puback, self._wake.set)
+        s = self._session = _Session(self.cfg, loop, self._puback, self._wake.set, self._will())
         await loop.run_in_executor(None, s.client.connect, self.cfg.mqtt.host, self.cfg.mqtt.port,
                                    self.cfg.mqtt.keepalive)
         self._misc = asyncio.create_task(s.misc(), name="mqtt-keepalive")
@@ -200,6 +202,15 @@ class MqttUplink:
         self.metrics.set("headrace_uplink_connected", 1)
         log.info("MQTT connected to %s:%d", self.cfg.mqtt.host, self.cfg.mqtt.port)
         self._since = time.time()
+        await self._begin(s)
+
+    def _will(self) -> tuple[str, bytes | str, bool] | None:
+        """The session's Will (topic, payload, retain), registered with CONNECT; None: the
+        retained `{"online": false}` on `state`. The Sparkplug edge node gives its NDEATH."""
+        return None
+
+    async def _begin(self, s: _Session) -> None:
+        """After CONNACK, before the pump: the retained birth, and the `cmd/#` subscription."""
         self.publish_state()
         if self.downlink is not None:
             s.on_command = self._command
