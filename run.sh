@@ -7,14 +7,15 @@
 #
 # Set-up is idempotent and skipped when nothing changed: the Debian packages the
 # tests need when missing (mosquitto, socat, libcoap3-bin, postgresql, systemd for
-# systemd-analyze), a virtual environment in .venv (HEADRACE_VENV to move it),
+# systemd-analyze, chromium for the status page's browser test), a virtual
+# environment in .venv (HEADRACE_VENV to move it),
 # and `pip install -e .[test]` with the Cython core required to build.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=${HEADRACE_VENV:-.venv}
 PY=${PYTHON:-python3}
-TEST_DEBS=(mosquitto socat libcoap3-bin systemd postgresql)
+TEST_DEBS=(mosquitto socat libcoap3-bin systemd postgresql chromium)
 
 say() { printf '\033[1m[headrace]\033[0m %s\n' "$*" >&2; }
 

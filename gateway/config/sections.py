@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -96,8 +97,15 @@ class SpoolSection:
 
 @dataclass(frozen=True)
 class HttpSection:
+    """The status page and API. Bound to loopback it may stay open; bound elsewhere it needs
+    a `token` (sent as `Authorization: Bearer …`, or once as `?token=` by a browser) or TLS
+    client certificates (`tls_client_ca`)."""
     bind: str = "127.0.0.1"
     port: int = 9108
+    token: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
 
 @dataclass(frozen=True)
@@ -307,6 +315,43 @@ def _validate(cfg: Config):
         path = getattr(cfg.mqtt, key)
         if path and not os.path.exists(path):
             yield ConfigError(f"[mqtt] {key}", f"file {path} does not exist", "give the path of a PEM file")
+    yield from _validate_http(cfg.http)
+
+
+TOKEN_MIN = 16  # characters of [http] token
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or an interface address: reachable from elsewhere
+
+
+def _validate_http(h: HttpSection):
+    """The [http] access checks, each yielding its ConfigError."""
+    if h.token and (len(h.token) < TOKEN_MIN or not all(33 <= ord(c) < 127 for c in h.token)):
+        yield ConfigError("[http] token", f"must be at least {TOKEN_MIN} printable ASCII characters without spaces",
+                          "write token = \"…\" with the output of: python3 -c 'import secrets; "
+                          "print(secrets.token_urlsafe(24))'")
+    if bool(h.tls_cert) != bool(h.tls_key):
+        yield ConfigError("[http] tls_cert", "a server certificate needs its key and the reverse",
+                          "set both tls_cert and tls_key, or neither")
+    if h.tls_client_ca and not h.tls_cert:
+        yield ConfigError("[http] tls_client_ca", "client certificates need TLS: no tls_cert and tls_key",
+                          "set tls_cert and tls_key (the gateway's certificate and key) too")
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(h, key)
+        if path and not os.path.exists(path):
+            yield ConfigError(f"[http] {key}", f"file {path} does not exist", "give the path of a PEM file")
+    if h.port and not is_loopback(h.bind) and not (h.token or h.tls_client_ca):
+        yield ConfigError("[http] bind", f"{h.bind!r} is reachable from the network, and neither a token nor client "
+                          "certificates guard the status page and the API (whoever reaches it may open demands)",
+                          'set token = "<a long random string>" (or tls_client_ca with tls_cert and tls_key), '
+                          'or bind = "127.0.0.1"')
 
 
 def _validate_sparkplug(cfg: Config):

@@ -36,6 +36,7 @@ class Metrics:
         "headrace_dispatches_total": "Dispatch lifecycle steps, by state (assigned, accepted, done, timeout...).",
         "headrace_demands_open": "Demands open, assigned or accepted.",
         "headrace_demand_requests_refused_total": "Requests to /demands refused (bad field, unknown need, full).",
+        "headrace_http_refused_total": "HTTP requests refused for want of the [http] token, by reason (no_token, bad_token).",
     }
 
     def __init__(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from core_ext.aggregate import Aggregator
@@ -55,6 +55,7 @@ class NodeStatus:
     minute: int = 0  # the current minute (since the epoch) and the frames in it and in the one before
     this_minute: int = 0
     last_minute: int = 0
+    causes: dict = field(default_factory=dict)  # rejected frames by reason (the metrics' label)
 
     def count(self, now: float) -> None:
         m = int(now // 60)
@@ -133,7 +134,9 @@ class Pipeline:
     def _reject(self, exc: RejectedFrame, transport: str) -> None:
         self.metrics.inc("headrace_frames_rejected_total", transport=transport, reason=exc.reason)
         if exc.node and exc.node in self.nodes:
-            self.nodes[exc.node].rejected += 1
+            st = self.nodes[exc.node]
+            st.rejected += 1
+            st.causes[exc.reason] = st.causes.get(exc.reason, 0) + 1
         self._warn.warning(exc.reason, "rejected %s frame (%s): %s", transport, exc.reason, exc)
 
     def _enqueue(self, item: _Item) -> None:

@@ -114,7 +114,7 @@ class Gateway:
                                    cfg.coap.dedup_max)
             await self.coap.start()
         if cfg.http.port:
-            self.http = StatusServer(cfg.http.bind, cfg.http.port, self)
+            self.http = StatusServer(cfg.http, self)
             await self.http.start()
         depth, _ = await self.spool.depth()
         log.info("gateway %s/%s up: %d nodes registered, %d serial ports, CoAP %s, spool %s (%d records waiting)",

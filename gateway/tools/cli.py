@@ -58,11 +58,11 @@ def _cmd_status(args) -> int:
     from gateway import config
 
     cfg = config.load(args.config)
-    base = args.url or f"http://{cfg.http.bind}:{cfg.http.port}"
+    base = args.url or _api_base(cfg)
     try:
-        with urllib.request.urlopen(base + "/nodes", timeout=5) as r:
+        with urllib.request.urlopen(_api_request(cfg, base + "/nodes"), timeout=5) as r:
             nodes = json.load(r)
-        with urllib.request.urlopen(base + "/health", timeout=5) as r:
+        with urllib.request.urlopen(_api_request(cfg, base + "/health"), timeout=5) as r:
             health = json.load(r)
     except OSError as exc:
         print(f"headrace status: cannot reach the gateway at {base} ({exc}); is it running? "
@@ -82,6 +82,23 @@ def _cmd_status(args) -> int:
     print("errors: frames rejected or duplicated (resends whose ack was lost); quality: the share of a node's "
           "frames taken first time")
     return 0
+
+
+def _api_base(cfg) -> str:
+    """The gateway's API address from [http]; a wildcard bind is reached on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.http.bind, cfg.http.bind)
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if cfg.http.tls_cert else 'http'}://{host}:{cfg.http.port}"
+
+
+def _api_request(cfg, url: str, **kw):
+    """A request carrying the [http] token, when the config sets one."""
+    import urllib.request
+
+    req = urllib.request.Request(url, **kw)
+    if cfg.http.token:
+        req.add_header("Authorization", f"Bearer {cfg.http.token}")
+    return req
 
 
 def _spool_path(args):
@@ -201,14 +218,19 @@ def _cmd_demand(args) -> int:
             print(f"headrace demand: --at takes X,Y in plant metres, got {args.at!r}", file=sys.stderr)
             return 2
     cfg = config.load(args.config)
-    base = args.url or f"http://{cfg.http.bind}:{cfg.http.port}"
-    req = urllib.request.Request(base + "/demands", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    base = args.url or _api_base(cfg)
+    req = _api_request(cfg, base + "/demands", data=json.dumps(body).encode(), method="POST",
+                       headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             d = json.load(r)
     except urllib.error.HTTPError as exc:
-        print(f"headrace demand: refused: {json.load(exc).get('error', exc.reason)}", file=sys.stderr)
+        text = exc.read().decode(errors="replace")
+        try:
+            text = json.loads(text).get("error", exc.reason)
+        except ValueError:  # not the dispatcher's answer: a 401 for want of [http] token, say
+            text = f"{exc.code} {exc.reason}: {text.strip()}"
+        print(f"headrace demand: refused: {text}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"headrace demand: cannot reach the gateway at {base} ({exc}); is it running?", file=sys.stderr)

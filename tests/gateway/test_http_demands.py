@@ -37,7 +37,7 @@ def get(url):
 def test_demands_over_http_and_the_cli(capsys):
     async def main():
         gw = FakeGateway()
-        server = StatusServer("127.0.0.1", 0, gw)
+        server = StatusServer(config.HttpSection(port=0), gw)
         await server.start()
         base = f"http://127.0.0.1:{server.port}"
         try:

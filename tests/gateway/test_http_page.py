@@ -1,0 +1,210 @@
+"""The status page and its event stream, on a real gateway in this process (a spool in a temp
+folder, frames offered as a transport offers them); what the page shows, and the stream's
+`state` and `ev` messages. The browser's side is hil_tests/test_status_page.py."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+
+import cbor2
+
+from gateway import config
+from gateway.protocol import cose
+from gateway.runtime.http import StatusServer
+from gateway.runtime.registry import Registry
+from gateway.runtime.service import Gateway
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sender:
+    """A node in this process: authenticated frames offered to the pipeline."""
+
+    def __init__(self, gw, name, key):
+        self.gw, self.name, self.key, self.seq = gw, name, key, 100
+
+    def send(self, **readings) -> None:
+        items = list(readings.items())
+        recs = [{-2: f"{self.name}/", -3: time.time(), 0: items[0][0], 2: float(items[0][1])}]
+        recs += [{0: k, 2: float(v)} for k, v in items[1:]]
+        self.seq += 1
+        self.gw.pipeline.offer(cose.mac0(self.key, self.name.encode(), cbor2.dumps(recs), seq=self.seq), "sim",
+                               lambda ack, err: None)
+
+
+def _gateway(tmp_path, names):
+    registry = Registry(path=tmp_path / "nodes.toml")
+    keys = {n: registry.add(n, transport="serial").key for n in names}
+    registry.save()
+    cfg = config.from_dict({
+        "gateway": {"data_dir": str(tmp_path), "registry": str(registry.path)},
+        "coap": {"enabled": False}, "mqtt": {"port": _free_port(), "reconnect_max": 1},  # no broker: down
+        "http": {"port": 0},
+        "rules": [{"name": "pump1-hot", "series": "pump1/temp", "above": 80, "severity": "critical"}],
+        "resources": [{"id": "mech1", "capabilities": ["mechanic"], "home": [1, 2]}],
+        "zones": {"points": {"hall": [0, 0], "pumps": [20, 10]}, "edges": [["hall", "pumps"]]},
+    })
+    return Gateway(cfg, registry), keys
+
+
+async def _get(port, path, headers=None):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(f"GET {path} HTTP/1.0\r\n{head}\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), head.decode(), body
+
+
+async def _events(reader, want: int, timeout: float = 10):
+    """The next `want` Server-Sent Events as (kind, object)."""
+    out = []
+    while len(out) < want:
+        block = await asyncio.wait_for(reader.readuntil(b"\n\n"), timeout)
+        fields = dict(line.split(": ", 1) for line in block.decode().strip().splitlines() if ": " in line)
+        if "event" in fields:
+            out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+def test_page_shows_nodes_uplink_alarms_and_the_map(tmp_path):
+    async def main():
+        gw, keys = _gateway(tmp_path, ["pump1", "pump2"])
+        async with gw:
+            server = StatusServer(config.HttpSection(port=0), gw)
+            server.page.history.period = 0.05
+            await server.start()
+            try:
+                p1, p2 = Sender(gw, "pump1", keys["pump1"]), Sender(gw, "pump2", keys["pump2"])
+                p1.send(temp=41.5, battery=87)
+                p2.send(pressure=2.25)
+                await asyncio.sleep(0.3)
+                p1.send(temp=90.0, battery=86)  # raises pump1-hot
+                await asyncio.sleep(0.3)
+                code, head, body = await _get(server.port, "/")
+                html = body.decode()
+                assert code == 200 and "text/html" in head
+                assert '<tr data-node="pump1"' in html and '<tr data-node="pump2"' in html
+                assert '<i>90</i>' in html and '<i>2.25</i>' in html  # the latest readings
+                assert "DISCONNECTED" in html  # no broker on that port
+                initial = json.loads(html.split('id="initial">', 1)[1].split("</script>", 1)[0])
+                assert [a["rule"] for a in initial["alarms"]] == ["pump1-hot"]
+                assert initial["alarms"][0]["severity"] == "critical" and initial["alarms"][0]["value"] == 90
+                assert initial["dispatch"]["points"] == {"hall": [0.0, 0.0], "pumps": [20.0, 10.0]}
+                assert [r["id"] for r in initial["dispatch"]["resources"]] == ["mech1"]
+                raised = [e for e in initial["events"] if e["type"] == "alarm" and e["state"] == "raised"]
+                assert raised and raised[0]["t"] == initial["alarms"][0]["since"]  # times keep every digit
+                assert abs(raised[0]["t"] - time.time()) < 5
+                code, _, body = await _get(server.port, "/status")
+                st = json.loads(body)
+                row = next(r for r in st["nodes"] if r["node"] == "pump1")
+                assert row["frames"] == 2 and row["battery"] == 86 and row["last"] == {"battery": 86, "temp": 90}
+                assert row["per_min"] > 0 and row["quality"] == 1.0 and row["causes"] == {}
+                assert st["uplink"]["connected"] is False and st["uplink"]["depth"] >= 2
+                assert st["gateway"]["disk_total"] > 0 and st["gateway"]["version"]
+                code, _, body = await _get(server.port, "/status/history?nodes=pump1,nobody")
+                hist = json.loads(body)
+                assert set(hist["nodes"]) == {"pump1"} and len(hist["t"]) >= 2
+                assert 90 in hist["nodes"]["pump1"]["temp"]
+                code, head, body = await _get(server.port, "/static/uPlot.iife.min.js")
+                assert code == 200 and b"uPlot" in body and "javascript" in head
+                assert (await _get(server.port, "/static/../config.py"))[0] == 404
+            finally:
+                await server.stop()
+
+    asyncio.run(main())
+
+
+def test_stream_sends_full_state_then_changes_and_events_at_once(tmp_path):
+    async def main():
+        gw, keys = _gateway(tmp_path, ["pump1", "pump2"])
+        async with gw:
+            server = StatusServer(config.HttpSection(port=0), gw)
+            server.page.tick = 0.2
+            await server.start()
+            try:
+                p1, p2 = Sender(gw, "pump1", keys["pump1"]), Sender(gw, "pump2", keys["pump2"])
+                p1.send(temp=20)
+                p2.send(temp=21)
+                await asyncio.sleep(0.3)
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(b"GET /status/stream HTTP/1.0\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert b"text/event-stream" in head
+                [(kind, first)] = await _events(reader, 1)
+                assert kind == "state" and first["full"] and {r["node"] for r in first["nodes"]} == {"pump1", "pump2"}
+                p1.send(temp=22)
+                sent = time.time()
+                for _ in range(20):  # the next states carry only pump1, whose row changed
+                    [(kind, st)] = await _events(reader, 1)
+                    if st["nodes"]:
+                        break
+                assert not st["full"] and [r["node"] for r in st["nodes"]] == ["pump1"]
+                assert st["nodes"][0]["frames"] == 2 and st["nodes"][0]["last"]["temp"] == 22
+                assert time.time() - sent < 2
+                gw.dispatcher.submit("mechanic", zone="pumps", priority=7)
+                got = []
+                while not any(e["type"] == "dispatch" for k, e in got if k == "ev"):
+                    got += await _events(reader, 1)
+                evs = [e for k, e in got if k == "ev"]
+                assert evs[0]["type"] == "demand" and evs[0]["zone"] == "pumps"
+                assert evs[-1] == {**evs[-1], "type": "dispatch", "resource": "mech1", "state": "assigned"}
+                writer.close()
+            finally:
+                await server.stop()
+            assert not server.page._clients
+
+    asyncio.run(main())
+
+
+def test_node_extra_fields_show_in_rows_and_a_failing_one_is_skipped(tmp_path, caplog):
+    async def main():
+        gw, keys = _gateway(tmp_path, ["pump1"])
+        async with gw:
+            server = StatusServer(config.HttpSection(port=0), gw)
+            await server.start()
+            try:
+                Sender(gw, "pump1", keys["pump1"]).send(temp=20)
+                await asyncio.sleep(0.3)
+                server.page.node_extras.append(lambda node: {"update": "42 %"} if node == "pump1" else {})
+                server.page.node_extras.append(lambda node: 1 / 0)
+                with caplog.at_level(logging.WARNING, "headrace.page"):
+                    st = await server.page.snapshot()
+                assert st["nodes"][0]["extra"] == {"update": "42 %"}
+                assert "ZeroDivisionError" in caplog.text and "pump1" in caplog.text
+                code, _, body = await _get(server.port, "/")
+                assert code == 200 and "update: 42 %" in body.decode()
+            finally:
+                await server.stop()
+
+    asyncio.run(main())
+
+
+def test_rejects_by_cause_per_node(tmp_path):
+    async def main():
+        gw, keys = _gateway(tmp_path, ["pump1"])
+        async with gw:
+            server = StatusServer(config.HttpSection(port=0), gw)
+            await server.start()
+            try:
+                s = Sender(gw, "pump1", keys["pump1"])
+                s.send(temp=20)
+                await asyncio.sleep(0.3)
+                s.seq -= 1
+                s.send(temp=20)  # the same sequence number again: a replay
+                await asyncio.sleep(0.3)
+                row = (await server.page.snapshot())["nodes"][0]
+                assert row["causes"] == {"replay": 1} and row["rejected"] == 1 and row["quality"] == 0.5
+                assert (await server.page.snapshot())["uplink"]["rejects"] == {"replay": 1}
+            finally:
+                await server.stop()
+
+    asyncio.run(main())
