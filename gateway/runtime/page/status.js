@@ -211,6 +211,7 @@
     const w = x1 - x0, h = Math.max(y1 - y0, w / 4), fs = Math.max(w, h) / 45;
     m.setAttribute("viewBox", `${x0} 0 ${w} ${h}`);
     const Y = y => y1 - y;  // north up
+    const right = x => x > x0 + 0.6 * w;  // labels of points on the right run leftwards, inside the map
     const out = [];
     for (const [a, b] of d.edges) {
       const p = d.points[a], q = d.points[b];
@@ -230,13 +231,15 @@
       const [cx, cy] = [x.at[0], Y(x.at[1])], s = fs * 0.9;
       out.push(svg("path", { d: `M${cx} ${cy - s}L${cx + s} ${cy}L${cx} ${cy + s}L${cx - s} ${cy}Z`,
                              class: `demand ${x.state}`, "data-demand": x.id }));
-      out.push(svg("text", { x: cx + s * 1.2, y: cy - s * 0.6, "font-size": fs, class: "dlabel" },
+      out.push(svg("text", { x: right(cx) ? cx - s * 1.2 : cx + s * 1.2, y: cy - s * 0.6, "font-size": fs,
+                             class: "dlabel", "text-anchor": right(cx) ? "end" : "start" },
                    `${short(x.id)} ${x.need} p${x.priority} ${x.state}`));
     }
     for (const r of d.resources) {
       const kind = r.demand !== null ? "busy" : r.available ? "free" : "off";
       out.push(svg("circle", { cx: r.at[0], cy: Y(r.at[1]), r: fs * 0.7, class: `res ${kind}`, "data-res": r.id }));
-      out.push(svg("text", { x: r.at[0] + fs, y: Y(r.at[1]) - fs * 0.4, "font-size": fs, class: "rlabel" }, r.id));
+      out.push(svg("text", { x: right(r.at[0]) ? r.at[0] - fs : r.at[0] + fs, y: Y(r.at[1]) - fs * 0.4,
+                             "font-size": fs, class: "rlabel", "text-anchor": right(r.at[0]) ? "end" : "start" }, r.id));
     }
     m.replaceChildren(...out);
     $('[data-k="demands"]').textContent = `· ${d.demands.length} open demand${d.demands.length === 1 ? "" : "s"}`;
