@@ -31,7 +31,7 @@ from gateway.protocol import cose as gw_cose  # noqa: E402
 from gateway.protocol.framing import Deframer, encode_frame  # noqa: E402
 from gateway.tools.sim.nodes import micropython_command  # noqa: E402
 
-MODULES = ["cbor", "cose", "framing", "senml", "outbox", "config", "link_serial", "link_coap", "main"]
+MODULES = ["cbor", "cose", "framing", "senml", "protocol", "outbox", "config", "link_serial", "link_coap", "main"]
 # what a unix-port node with simulated sensors loads (the other drivers and ports stay off its heap)
 PACKAGES = {"board": ["__init__", "_files", "fake", "unix"], "sensors": ["__init__", "schema", "sim"]}
 
@@ -83,8 +83,8 @@ def wire_bytes_per_reading() -> dict[int, float]:
     out = {}
     for n in (1, 8, 16):
         sensors = [SimSensor(k, i) for i, k in enumerate(["temp", "vib"])]
-        readings = [(sensors[i % 2].name, (i // 2) * 0.25, sensors[i % 2].read()) for i in range(n)]
-        payload = senml.encode_pack("pump03", readings, 1_700_000_000.125)
+        readings = [(sensors[i % 2].name, (i // 2) * 250, sensors[i % 2].read()) for i in range(n)]
+        payload = senml.encode_pack("pump03", readings, 1_700_000_000_125)
         frame = encode_frame(cose.mac0(mac, b"pump03", payload, 123456))
         out[n] = len(frame) / n
     return out

@@ -140,8 +140,9 @@ def check_against_firmware(load: Load, t: float) -> None:
         sys.path.remove(str(REPO / "firmware"))
     for i in range(64):
         node, vals = load.devices[load.device(i)], load.values(i)
-        ours = senml_pack(node, load.sensors, vals, t + i / 7)
-        theirs = senml.encode_pack(node, [(s, 0, v) for s, v in zip(load.sensors, vals)], number(t + i / 7))
+        ms = round((t + i / 7) * 1000)  # the node keeps integer ms
+        ours = senml_pack(node, load.sensors, vals, ms / 1000)
+        theirs = senml.encode_pack(node, [(s, 0, v) for s, v in zip(load.sensors, vals)], ms)
         if ours != bytes(theirs):
             raise AssertionError(f"pack {i} differs from the firmware's: {ours.hex()} != {bytes(theirs).hex()}")
 

@@ -11,9 +11,9 @@ except ImportError:
         return x
 
 COSE_TAG_MAC0 = const(17)
-_HDR_ALG = const(1)
-_HDR_KID = const(4)
-_HDR_PIV = const(6)
+HDR_ALG = const(1)
+HDR_KID = const(4)
+HDR_PIV = const(6)
 _ALG_HMAC_256_64 = const(4)
 _TAG_LEN = const(8)
 _BLOCK = const(64)
@@ -61,9 +61,9 @@ def tag_of(mac, protected, payload):
 
 def mac0(mac, kid, payload, seq=None):
     """A tagged COSE_Mac0 (bytes). `mac` is a Mac (the node's key), `kid` bytes."""
-    header = {_HDR_ALG: _ALG_HMAC_256_64, _HDR_KID: kid}
+    header = {HDR_ALG: _ALG_HMAC_256_64, HDR_KID: kid}
     if seq is not None:
-        header[_HDR_PIV] = piv(seq)
+        header[HDR_PIV] = piv(seq)
     protected = cbor.dumps(header)
     out = bytearray(b"\xd1\x84")  # tag 17, array(4)
     out.extend(_bstr(protected))
@@ -85,7 +85,7 @@ def verify_mac0(mac, msg):
     if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(tag, bytes):
         raise ValueError("COSE_Mac0 items of the wrong type")
     header = cbor.loads(protected)
-    if not isinstance(header, dict) or header.get(_HDR_ALG) != _ALG_HMAC_256_64:
+    if not isinstance(header, dict) or header.get(HDR_ALG) != _ALG_HMAC_256_64:
         raise ValueError("unsupported COSE algorithm")
     expect = tag_of(mac, protected, payload)
     diff = len(expect) ^ len(tag)

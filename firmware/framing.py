@@ -7,9 +7,12 @@ except ImportError:
     def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
         return x
 
-MAX_MESSAGE = const(1024)
+MAX_MESSAGE = const(1024)  # the whole COSE_Mac0 (docs/protocol.md §2)
 _CRC_LEN = const(4)
-MAX_ENCODED = const(1024 + 4 + 5 + 1)  # message + CRC + one COBS byte per 254 + one
+# the longest frame between delimiters: message + CRC, one COBS code byte first and one more
+# per 254 bytes, (1024 + 4) + 1028 // 254 + 1 = 1033 (1034 on the wire with the delimiter);
+# gateway/protocol/framing.py derives the same figure
+MAX_ENCODED = const(1033)
 
 try:
     from binascii import crc32 as _native_crc32

@@ -3,8 +3,7 @@ import board
 import cbor
 import cose
 import framing
-
-_ACK = 1
+import protocol
 
 
 class SerialLink:
@@ -43,12 +42,12 @@ def parse_ack(mac, msg):
     is not one. Commands are [[id, cmd, args], ...] (docs/protocol.md §3)."""
     try:
         header, payload = cose.verify_mac0(mac, msg)
-        if header.get(4) != b"gw":
+        if header.get(cose.HDR_KID) != protocol.GATEWAY_KID:
             return None
         body = cbor.loads(payload)
     except (ValueError, TypeError):
         return None
-    if not isinstance(body, list) or len(body) not in (3, 4) or body[0] != _ACK:
+    if not isinstance(body, list) or len(body) not in (3, 4) or body[0] != protocol.MSG_ACK:
         return None
     cmds = body[3] if len(body) == 4 and isinstance(body[3], list) else None
     return body[1], body[2], cmds

@@ -13,6 +13,7 @@ import json
 import board
 import config
 import cose
+import protocol
 import senml
 import sensors
 from outbox import Outbox, SeqStore
@@ -79,18 +80,19 @@ class Node:
             header = cose.verify_mac0(self.mac, msg)[0]
         except ValueError:
             return False
-        return header.get(4) == self.kid
+        return header.get(cose.HDR_KID) == self.kid
 
     def make_frame(self, samples):
+        # times are integer ms since 1970 from the first sample's on (never floats: single
+        # precision on most boards would put them minutes off)
         t0 = samples[0][1] if samples else board.epoch_ms()
-        readings = [(name, (t - t0) / 1000, v) for name, t, v in samples]
+        readings = [(name, t - t0, v) for name, t, v in samples]
         if self.outbox.dropped != self.dropped_told:
             # frames lost to a full outbox are reported in the next one: a series of their own
             self.dropped_told = self.outbox.dropped
             readings.append(("dropped", 0, self.dropped_told))
-        bt = t0 / 1000
         texts = self.commands.take_reports()
-        payload = senml.encode_pack(self.name, readings, bt, texts)
+        payload = senml.encode_pack(self.name, readings, t0, texts)
         seq = self.seq.take()
         self.outbox.push(seq, cose.mac0(self.mac, self.kid, payload, seq))
         if samples:
@@ -98,8 +100,10 @@ class Node:
         if self.cfg["quiet"]:
             emit_seq(seq)
         else:
-            emit({"ev": "sent", "seq": seq, "r": [[n, bt + dt, v] for n, dt, v in readings]
-                  + [[n, bt, text] for n, text in texts]})
+            # the readings in the order the pack carries them (grouped by sensor), times in ms
+            emit({"ev": "sent", "seq": seq, "r": [[readings[i][0], t0 + readings[i][1], readings[i][2]]
+                                                  for i in senml.wire_order(readings)]
+                  + [[n, t0, text] for n, text in texts]})
         if self.cfg["quiet"] and self.made % 64 == 1 and hasattr(gc, "mem_alloc"):
             gc.collect()  # live data only: what the heap must hold
             used = gc.mem_alloc()
@@ -159,7 +163,7 @@ class Node:
             for seq, status, cmds in link.poll(now):
                 if self.outbox.ack(seq):
                     self.acked += 1
-                    if status == 2:
+                    if status == protocol.ACK_REJECTED:
                         self.rejected += 1
                     if not self.cfg["quiet"]:
                         emit({"ev": "ack", "seq": seq, "st": status})
@@ -204,7 +208,7 @@ class Node:
     def report(self, text):
         """An error frame: a text record `error` (what config.error() or a sensor said)."""
         emit({"ev": "error", "what": text})
-        payload = senml.encode_pack(self.name, [], board.epoch_ms() / 1000, [("error", text[:200])])
+        payload = senml.encode_pack(self.name, [], board.epoch_ms(), [("error", text[:200])])
         seq = self.seq.take()
         self.outbox.push(seq, cose.mac0(self.mac, self.kid, payload, seq))
 
@@ -281,9 +285,9 @@ class Commands:
     def run(self, cid, name, args):
         cfg = self.node.cfg
         if name == "set_period":
-            return _set(cfg, "period_ms", args.get("period_ms"), 10, 86400000)
+            return _set(cfg, "period_ms", args.get("period_ms"), protocol.PERIOD_MS_MIN, protocol.PERIOD_MS_MAX)
         if name == "set_batch":
-            return _set(cfg, "batch", args.get("batch"), 1, 64)
+            return _set(cfg, "batch", args.get("batch"), protocol.BATCH_MIN, protocol.BATCH_MAX)
         if name == "identify":
             if hasattr(board, "identify"):
                 board.identify(args.get("seconds", 10))

@@ -25,10 +25,20 @@ def test_golden_frames(impl):
     for v in VECTORS["frames"]:
         total += p.parse(bytes.fromhex(v["senml_hex"]), 0.0)
     sids, ts, vs, other = p.take()
-    assert total == len(sids) == 13 and other == []
-    assert p.names == ["pump3/temp", "pump3/vib", "n-7_x/p", "press1/pressure"]
-    assert list(vs[:3]) == [21.5, 21.0625, 2.015625]
+    assert total == len(sids) == 19
+    # grouped by sensor: a run of records after bn "node/sensor" (RFC 8428: name = bn + n)
+    assert p.names == ["pump3/temp", "pump3/vib", "n-7_x/p", "press1/pressure", "pump3/flow", "pump3/cmd",
+                       "pump3/error"]
+    assert list(vs[:5]) == [21.5, 21.0625, 21.125, -3, 1e6]
     assert math.copysign(1, vs[10]) == -1  # -0.0 keeps its sign
+    # a base time with a fractional second and ms offsets: bt is the double nearest ms / 1000, and
+    # bt + t lands within a microsecond of the node's integer ms
+    assert ts[13] == 1700000000.123
+    assert [round(t * 1000) for t in ts[13:19]] == [1700000000123, 1700000000123, 1700000000124, 1700000100248,
+                                                    1700000000123, 1700000001122]
+    assert [(p.names[sid], t, v) for sid, t, v in other] == [
+        ("pump3/cmd", 1700000000.123, "c-1:ok"),
+        ("pump3/error", 1700000001.001, "sensor vib (adxl345) did not start: no device")]
     assert len(p) == 0 and p.take()[0].tolist() == []
 
 

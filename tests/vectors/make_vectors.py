@@ -17,22 +17,44 @@ KEY = bytes(range(32))
 
 
 def num(x):
-    """protocol.md §1: integral values in integer form (but -0.0 stays a float)."""
-    if isinstance(x, float) and x.is_integer() and (x != 0 or math.copysign(1.0, x) > 0):
+    """protocol.md §1: integral values below 2**64 in integer form (but -0.0 stays a float)."""
+    if isinstance(x, float) and x.is_integer() and abs(x) < 2**64 and (x != 0 or math.copysign(1.0, x) > 0):
         return int(x)
     return x
 
 
-def senml(node, bt, readings):
+def senml(node, base_ms, readings, texts=()):
+    """protocol.md §1: times are integer ms, sent in seconds (the double nearest ms / 1000);
+    sensors read once in the pack first, as {n, v} under bn "node/"; then each sensor read
+    several times as a run of {v, t} after bn "node/sensor"; text records last."""
+    count = {}
+    for name, _dt, _v in readings:
+        count[name] = count.get(name, 0) + 1
+    singles = [r for r in readings if count[r[0]] == 1]
+    runs = []
+    for name in dict.fromkeys(r[0] for r in readings):
+        if count[name] > 1:
+            runs.append([r for r in readings if r[0] == name])
     recs = []
-    for i, (name, dt, v) in enumerate(readings):
-        r = {0: name, 2: num(v)}
-        if i == 0:
-            r[-2] = node + "/"
-            r[-3] = num(bt)
+    for name, dt, v in singles:
+        recs.append({0: name, 2: num(v)})
         if dt:
-            r[6] = num(dt)
-        recs.append(r)
+            recs[-1][6] = num(dt / 1000)
+    for run in runs:
+        for i, (name, dt, v) in enumerate(run):
+            recs.append({2: num(v)})
+            if i == 0:
+                recs[-1][-2] = f"{node}/{name}"
+            if dt:
+                recs[-1][6] = num(dt / 1000)
+    for name, text in texts:
+        recs.append({0: name, 3: text})
+        if runs and len(recs) > 1 and -2 not in recs[-1]:
+            recs[-1][-2] = node + "/"
+            runs = []
+    if -2 not in recs[0]:
+        recs[0][-2] = node + "/"
+    recs[0][-3] = num(base_ms / 1000)
     return cbor2.dumps(recs, canonical=True)
 
 
@@ -49,13 +71,20 @@ def frame(msg):
     return cobs.encode(msg + struct.pack("<I", zlib.crc32(msg))) + b"\x00"
 
 
+# (node, seq, base time in ms since 1970, readings (sensor, ms after the base time, value), texts)
 CASES = [
-    ("pump3", 0, 1700000000, [("temp", 0, 21.5)]),
-    ("pump3", 300, 1700000000.25, [("temp", 0, 21.0625), ("vib", 0, 2.015625), ("temp", 0.5, 21.125),
-                                   ("vib", 0.5, 1.5), ("temp", 1, -3.0), ("vib", 1, 0.1),
-                                   ("temp", 1.5, 1e6), ("vib", 1.5, 65504.0)]),
-    ("n-7_x", 70000, 1700000123.5, [("p", 0, 4.0078125), ("p", 0.25, -0.0), ("p", 0.75, 100000.5)]),
-    ("press1", 2**32 + 5, 1800000000, [("pressure", 0, 3.99)]),
+    ("pump3", 0, 1700000000000, [("temp", 0, 21.5)], []),
+    ("pump3", 300, 1700000000250, [("temp", 0, 21.0625), ("vib", 0, 2.015625), ("temp", 500, 21.125),
+                                   ("vib", 500, 1.5), ("temp", 1000, -3.0), ("vib", 1000, 0.1),
+                                   ("temp", 1500, 1e6), ("vib", 1500, 65504.0)], []),
+    ("n-7_x", 70000, 1700000123500, [("p", 0, 4.0078125), ("p", 250, -0.0), ("p", 750, 100000.5)], []),
+    ("press1", 2**32 + 5, 1800000000000, [("pressure", 0, 3.99)], []),
+    # a base time with a fractional second (the double nearest 1700000000.123), ms offsets, a
+    # sensor read once among runs, a command report after a run
+    ("pump3", 301, 1700000000123, [("temp", 0, 21.0625), ("flow", 0, 30), ("vib", 0, 2.5), ("temp", 1, 21.125),
+                                   ("vib", 999, 2.25), ("temp", 100125, 21.1875)], [("cmd", "c-1:ok")]),
+    # only a text record (an error frame)
+    ("pump3", 302, 1700000001001, [], [("error", "sensor vib (adxl345) did not start: no device")]),
 ]
 
 
@@ -88,10 +117,10 @@ def annotate(v):
 
 def main():
     out = {"key": KEY.hex(), "frames": [], "acks": []}
-    for node, seq, bt, readings in CASES:
-        payload = senml(node, bt, readings)
+    for node, seq, bt, readings, texts in CASES:
+        payload = senml(node, bt, readings, texts)
         msg = mac0(KEY, node.encode(), payload, seq)
-        out["frames"].append({"node": node, "seq": seq, "base_time": bt, "readings": readings,
+        out["frames"].append({"node": node, "seq": seq, "base_ms": bt, "readings": readings, "texts": texts,
                               "senml_hex": payload.hex(), "cose_hex": msg.hex(), "frame_hex": frame(msg).hex()})
     for seq, status in ((5, 0), (300, 1), (7, 2)):
         msg = mac0(KEY, b"gw", cbor2.dumps([1, seq, status]))

@@ -39,6 +39,17 @@ assert d.crc_errors + d.cobs_errors == 1
 # oversize: dropped without buffering, then resync
 got = d.feed(b"\x01" * 5000 + b"\x00" + framing.frame(b"ok"))
 assert got == [b"ok"] and d.oversize == 1
+# the longest message with a CRC free of zeros: the longest frame, MAX_ENCODED bytes and the delimiter
+assert framing.MAX_ENCODED == 1024 + 4 + (1024 + 4) // 254 + 1 == 1033
+for k in range(256):
+    longest = bytes([1 + (i + k) % 255 for i in range(framing.MAX_MESSAGE)])
+    crc = framing.crc32(longest)
+    if all((crc >> (8 * j)) & 0xFF for j in range(4)):
+        break
+wire = framing.frame(longest)
+assert len(wire) == framing.MAX_ENCODED + 1, len(wire)
+assert d.feed(wire) == [longest] and d.oversize == 1
+assert d.feed(b"\x01" * (framing.MAX_ENCODED + 1) + b"\x00") == [] and d.oversize == 2
 try:
     framing.frame(bytes(1025))
 except ValueError:

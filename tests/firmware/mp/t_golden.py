@@ -18,7 +18,7 @@ hexl = lambda b: binascii.hexlify(b).decode()  # noqa: E731
 
 for v in golden["frames"]:
     readings = [(r[0], r[1], r[2]) for r in v["readings"]]
-    payload = senml.encode_pack(v["node"], readings, v["base_time"])
+    payload = senml.encode_pack(v["node"], readings, v["base_ms"], [(t[0], t[1]) for t in v["texts"]])
     assert hexl(payload) == v["senml_hex"], (v["seq"], hexl(payload), v["senml_hex"])
     msg = cose.mac0(mac, v["node"].encode(), payload, v["seq"])
     assert hexl(msg) == v["cose_hex"], (v["seq"], hexl(msg))

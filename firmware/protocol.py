@@ -1,0 +1,19 @@
+# The numbers of headrace's own protocol (docs/protocol.md), named once for the firmware;
+# gateway/protocol/numbers.py names the same on the gateway's side. RFC numbers are named
+# where they are used (cbor.py, senml.py, cose.py, framing.py, link_coap.py).
+try:
+    from micropython import const
+except ImportError:
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
+        return x
+
+GATEWAY_KID = b"gw"         # the kid of every message from the gateway (§2)
+MSG_ACK = const(1)          # an ack: [MSG_ACK, seq, status] or [MSG_ACK, seq, status, commands] (§3)
+ACK_STORED = const(0)       # the frame's readings are durable in the gateway's spool
+ACK_DUPLICATE = const(1)    # a frame the gateway had already stored
+ACK_REJECTED = const(2)     # a frame the gateway will never store (a bad payload): do not resend
+# commands' limits (§3, as gateway/decisions/downlink.py checks them before sending)
+PERIOD_MS_MIN = const(10)
+PERIOD_MS_MAX = const(86400000)
+BATCH_MIN = const(1)
+BATCH_MAX = const(64)
