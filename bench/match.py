@@ -121,13 +121,12 @@ def bench_rules(n_rules: int, n_readings: int) -> None:
 
 def bench_latency(samples: int) -> None:
     import socket
-    import struct
     import tempfile
     import urllib.request
 
     import cbor2
 
-    from gateway.protocol import cose
+    from gateway.protocol import coap, cose
     from gateway.runtime.uplink import batch, events
     from hil_tests.rig import GatewayProcess, Mosquitto, Subscriber, wait_for
 
@@ -152,8 +151,7 @@ def bench_latency(samples: int) -> None:
         def send(value: float) -> float:
             nonlocal seq
             msg = cose.mac0(key, b"p1", cbor2.dumps([{-2: "p1/", -3: time.time(), 0: "vib", 2: value}]), seq=seq)
-            # CoAP CON POST /d, Content-Format 17 (RFC 7252 §3)
-            dgram = bytes([0x41, 0x02]) + struct.pack(">H", seq & 0xFFFF) + b"\x01" + b"\xb1d\x11\x11\xff" + msg
+            dgram = coap.request(seq & 0xFFFF, msg, b"\x01")  # CoAP CON POST /d, Content-Format 17
             seq += 1
             t0 = time.perf_counter()
             sock.sendto(dgram, ("127.0.0.1", gw.coap_port))

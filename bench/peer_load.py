@@ -58,7 +58,7 @@ from bench.soak import coap_post  # noqa: E402
 from gateway.protocol import cose  # noqa: E402
 from gateway.protocol.framing import encode_frame  # noqa: E402
 from gateway.protocol.numbers import SENML_BN, SENML_BT, SENML_N, SENML_V  # noqa: E402
-from gateway.runtime.transports.coap import CODE_CHANGED, CODE_SERVICE_UNAVAILABLE  # noqa: E402
+from gateway.protocol.numbers import COAP_CHANGED, COAP_SERVICE_UNAVAILABLE  # noqa: E402
 from gateway.runtime.uplink import batch  # noqa: E402
 from hil_tests.rig import GatewayProcess, Mosquitto, PtyPair, Subscriber, wait_for  # noqa: E402
 
@@ -233,9 +233,9 @@ class Links:
             except (BlockingIOError, ConnectionRefusedError):
                 return
             code = data[1] if len(data) > 1 else 0
-            if code == CODE_CHANGED:
+            if code == COAP_CHANGED:
                 self.acks += 1
-            elif code == CODE_SERVICE_UNAVAILABLE:
+            elif code == COAP_SERVICE_UNAVAILABLE:
                 self.busy += 1
             else:
                 self.other += 1

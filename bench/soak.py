@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cbor2  # noqa: E402
 
 from bench.gateway_e2e import cpu_seconds, rss_mb  # noqa: E402
-from gateway.protocol import cose  # noqa: E402
+from gateway.protocol import coap, cose  # noqa: E402
+from gateway.protocol.numbers import COAP_CHANGED  # noqa: E402
 from hil_tests.rig import GatewayProcess, Mosquitto, Subscriber, wait_for  # noqa: E402
 
 
 def coap_post(mid: int, token: bytes, payload: bytes) -> bytes:
-    # CON POST, Uri-Path "d" (option 11), Content-Format 17 (option 12)
-    return bytes([0x40 | len(token), 0x02]) + struct.pack(">H", mid) + token + b"\xb1d\x11\x11\xff" + payload
+    return coap.request(mid, payload, token)  # CON POST /d, Content-Format 17
 
 
 class SimNode:
@@ -78,7 +78,7 @@ class SimNode:
         except OSError:
             return
         tkl = data[0] & 15
-        if data[4:4 + tkl] == token and data[1] == 0x44 and self.waiting and not self.waiting.done():
+        if data[4:4 + tkl] == token and data[1] == COAP_CHANGED and self.waiting and not self.waiting.done():
             self.waiting.set_result(True)
 
 

@@ -23,6 +23,8 @@ from cpython.ref cimport PyObject
 from core_ext._cbor cimport (K_NONE, K_NUM, K_TEXT, K_BYTES, K_BOOL, K_NULL, K_OTHER, K_BREAK, Item, Reader,
                              cbor_head, cbor_item, cbor_fail)
 from core_ext._ingest_py import IngestError, RELATIVE_TIME_LIMIT
+from gateway.protocol.numbers import (SENML_BN, SENML_BS, SENML_BT, SENML_BV, SENML_N, SENML_S, SENML_T, SENML_V,
+                                      SENML_VB, SENML_VD, SENML_VS)
 
 cdef array.array _Q = _array.array("q")
 cdef array.array _D = _array.array("d")
@@ -321,10 +323,10 @@ cdef class Parser:
                     r.mu_p = key.p
                     r.mu_n = key.n
                 continue
-            if key.kind != K_NUM or not key.is_int or key.d < -6 or key.d > 8:
+            if key.kind != K_NUM or not key.is_int or key.d < _LABEL_LOW or key.d > _LABEL_HIGH:
                 continue
             label = <int64_t>key.d
-            fi = _FIELD_OF[label + 6]
+            fi = _FIELD_OF[label - _LABEL_LOW]
             if fi < 0:
                 continue
             r.f[fi].present = True
@@ -508,8 +510,14 @@ cdef class Parser:
 
 
 # label (-6..8) -> field index, -1 for labels read but not needed (bu, bver, u, ut)
+# the field of each SenML label from bs (-6) to vd (8); -1: a label read past
+cdef int64_t _LABEL_LOW = SENML_BS, _LABEL_HIGH = SENML_VD  # C globals: the hot loop compares no Python object
 cdef int _FIELD_OF[15]
-_FIELD_OF[:] = [F_BS, F_BV, -1, F_BT, F_BN, -1, F_N, -1, F_V, F_VS, F_VB, F_S, F_T, -1, F_VD]
+_FIELD_OF[:] = [-1] * 15
+for _label, _field in ((SENML_BS, F_BS), (SENML_BV, F_BV), (SENML_BT, F_BT), (SENML_BN, F_BN), (SENML_N, F_N),
+                       (SENML_V, F_V), (SENML_VS, F_VS), (SENML_VB, F_VB), (SENML_S, F_S), (SENML_T, F_T),
+                       (SENML_VD, F_VD)):
+    _FIELD_OF[_label - SENML_BS] = _field
 
 
 cdef object _bytes_view(object payload):

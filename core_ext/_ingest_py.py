@@ -24,9 +24,29 @@ import math
 import struct
 from array import array
 
-RELATIVE_TIME_LIMIT = 2.0**28
-_LABELS = {-6: "bs", -5: "bv", -4: "bu", -3: "bt", -2: "bn", -1: "bver",
-           0: "n", 1: "u", 2: "v", 3: "vs", 4: "vb", 5: "s", 6: "t", 7: "ut", 8: "vd"}
+from gateway.protocol.numbers import (
+    SENML_BN,
+    SENML_BS,
+    SENML_BT,
+    SENML_BU,
+    SENML_BV,
+    SENML_BVER,
+    SENML_N,
+    SENML_RELATIVE_TIME_LIMIT,
+    SENML_S,
+    SENML_T,
+    SENML_U,
+    SENML_UT,
+    SENML_V,
+    SENML_VB,
+    SENML_VD,
+    SENML_VS,
+)
+
+RELATIVE_TIME_LIMIT = float(SENML_RELATIVE_TIME_LIMIT)
+_LABELS = {SENML_BS: "bs", SENML_BV: "bv", SENML_BU: "bu", SENML_BT: "bt", SENML_BN: "bn", SENML_BVER: "bver",
+           SENML_N: "n", SENML_U: "u", SENML_V: "v", SENML_VS: "vs", SENML_VB: "vb", SENML_S: "s", SENML_T: "t",
+           SENML_UT: "ut", SENML_VD: "vd"}
 _BREAK = object()
 
 
@@ -225,43 +245,43 @@ class Parser:
             for k in rec:
                 if isinstance(k, str) and k.endswith("_"):
                     raise IngestError(rat, f"record {n - 1} has a must-understand label {k!r}")
-            if -2 in rec:
-                if not isinstance(rec[-2], str):
+            if SENML_BN in rec:
+                if not isinstance(rec[SENML_BN], str):
                     raise IngestError(rat, f"record {n - 1}: bn must be text")
-                bn = rec[-2].encode()
-            if -3 in rec:
-                bt = _num(rec[-3], rat, "bt")
-            if -5 in rec:
-                bv = _num(rec[-5], rat, "bv")
-            if -6 in rec:
-                bs = _num(rec[-6], rat, "bs")
-            kinds = [k for k in (2, 3, 4, 8, 5) if k in rec]
+                bn = rec[SENML_BN].encode()
+            if SENML_BT in rec:
+                bt = _num(rec[SENML_BT], rat, "bt")
+            if SENML_BV in rec:
+                bv = _num(rec[SENML_BV], rat, "bv")
+            if SENML_BS in rec:
+                bs = _num(rec[SENML_BS], rat, "bs")
+            kinds = [k for k in (SENML_V, SENML_VS, SENML_VB, SENML_VD, SENML_S) if k in rec]
             if not kinds:
                 if bv is None and bs is None:
-                    if 0 in rec or 6 in rec:
+                    if SENML_N in rec or SENML_T in rec:
                         raise IngestError(rat, f"record {n - 1} has no value")
                     continue  # base fields only
-            elif len(kinds) > 1 and kinds != [2, 5]:
+            elif len(kinds) > 1 and kinds != [SENML_V, SENML_S]:
                 raise IngestError(rat, f"record {n - 1} has several values")
-            name = rec.get(0, "")
+            name = rec.get(SENML_N, "")
             if not isinstance(name, str):
                 raise IngestError(rat, f"record {n - 1}: n must be text")
             full = bn + name.encode()
             if not _valid_name(full):
                 raise IngestError(rat, f"record {n - 1}: invalid name {full!r}")
-            t = bt + (_num(rec[6], rat, "t") if 6 in rec else 0.0)
+            t = bt + (_num(rec[SENML_T], rat, "t") if SENML_T in rec else 0.0)
             if not math.isfinite(t):
                 raise IngestError(rat, f"record {n - 1}: time is not finite")
             if t < RELATIVE_TIME_LIMIT:
                 t += now
-            if 2 in rec or (not kinds and bv is not None):
-                rows.append((full, t, _resolve(bv, rec, 2, rat, "v"), rat))
-            elif 5 in rec or (not kinds and bs is not None):
-                rows.append((full, t, _resolve(bs, rec, 5, rat, "s"), rat))
+            if SENML_V in rec or (not kinds and bv is not None):
+                rows.append((full, t, _resolve(bv, rec, SENML_V, rat, "v"), rat))
+            elif SENML_S in rec or (not kinds and bs is not None):
+                rows.append((full, t, _resolve(bs, rec, SENML_S, rat, "s"), rat))
             else:
                 k = kinds[0]
                 value = rec[k]
-                want = {3: str, 4: bool, 8: bytes}[k]
+                want = {SENML_VS: str, SENML_VB: bool, SENML_VD: bytes}[k]
                 if not isinstance(value, want):
                     raise IngestError(rat, f"record {n - 1}: {_LABELS[k]} must be {want.__name__}")
                 other.append((full, t, value, rat))

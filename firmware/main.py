@@ -309,7 +309,8 @@ class Commands:
             sys.exit(3)
 
 
-def _set(cfg, key, value, low, high):
+def _set(cfg, key, value, spec):
+    low, high = spec[0], spec[1]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         return "%s must be a whole number from %d to %d" % (key, low, high)
     cfg[key] = value

@@ -17,3 +17,13 @@ PERIOD_MS_MIN = const(10)
 PERIOD_MS_MAX = const(86400000)
 BATCH_MIN = const(1)
 BATCH_MAX = const(64)
+IDENTIFY_S_MIN = const(1)
+IDENTIFY_S_MAX = const(600)
+# the commands a node takes from the cloud: name -> {argument: (low, high, required)}; the gateway
+# refuses a cloud command outside this table before it is queued
+COMMANDS = {
+    "set_period": {"period_ms": (PERIOD_MS_MIN, PERIOD_MS_MAX, True)},
+    "set_batch": {"batch": (BATCH_MIN, BATCH_MAX, True)},
+    "identify": {"seconds": (IDENTIFY_S_MIN, IDENTIFY_S_MAX, False)},
+    "reboot": {},
+}

@@ -3,12 +3,29 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 
 import cbor2
 
-from gateway.protocol import cose
-from gateway.runtime.transports.coap import parse, response
+from gateway.protocol import coap, cose
+from gateway.protocol.coap import parse, response
+from gateway.protocol.numbers import (
+    CF_COSE_MAC0,
+    COAP_ACK,
+    COAP_BAD_OPTION,
+    COAP_BAD_REQUEST,
+    COAP_CHANGED,
+    COAP_CON,
+    COAP_EMPTY,
+    COAP_METHOD_NOT_ALLOWED,
+    COAP_NON,
+    COAP_NOT_FOUND,
+    COAP_OPT_CONTENT_FORMAT,
+    COAP_POST,
+    COAP_REQUEST_ENTITY_TOO_LARGE,
+    COAP_RST,
+    COAP_UNAUTHORIZED,
+    COAP_UNSUPPORTED_CONTENT_FORMAT,
+)
 
 from .rig import GatewayProcess
 
@@ -19,16 +36,13 @@ def frame(seq):
     return cose.mac0(KEY, b"c1", cbor2.dumps([{-2: "c1/", -3: 1.7e9, 0: "t", 2: 1.5}]), seq=seq)
 
 
-def request(mid, payload=b"", code=0x02, path=b"d", mtype=0, cf=17, extra=b"", token=b"\x01\x02"):
-    out = bytes([0x40 | mtype << 4 | len(token), code]) + struct.pack(">H", mid) + token
-    if path is not None:
-        out += bytes([0xB0 | len(path)]) + path
-        if cf is not None:
-            out += b"\x11" + bytes([cf])
-    out += extra
-    if payload:
-        out += b"\xff" + payload
-    return out
+CF_JSON = 50  # RFC 7252 §12.3
+UNKNOWN_CRITICAL_OPTION = 17  # odd, so critical (RFC 7252 §5.4.1), and registered to nothing we know
+
+
+def request(mid, payload=b"", code=COAP_POST, path="d", mtype=COAP_CON, cf=CF_COSE_MAC0, options=(),
+            token=b"\x01\x02"):
+    return coap.request(mid, payload, token, path, cf, mtype, code, options)
 
 
 def exchange(sock, port, data):
@@ -44,22 +58,23 @@ def test_answers(tmp_path, mosquitto):
     try:
         p = gw.coap_port
         mtype, code, mid, token, options, payload = exchange(sock, p, request(1, frame(0)))
-        assert (mtype, code, mid, token) == (2, 0x44, 1, b"\x01\x02") and options[12] == [b"\x11"]
+        assert (mtype, code, mid, token) == (COAP_ACK, COAP_CHANGED, 1, b"\x01\x02")
+        assert options[COAP_OPT_CONTENT_FORMAT] == [bytes([CF_COSE_MAC0])]
         assert cbor2.loads(cose.parse_mac0(payload).verify(KEY)) == [1, 0, 0]
         # a retransmission (same message id) gets the very same bytes, without a second commit
         sock.sendto(request(1, frame(0)), ("127.0.0.1", p))
-        assert sock.recvfrom(4096)[0] == response(2, 0x44, 1, b"\x01\x02", payload, 17)
-        assert exchange(sock, p, request(2, frame(1), mtype=1))[:2] == (1, 0x44)  # NON gets NON
-        assert exchange(sock, p, request(3, frame(2), path=b"x"))[1] == 0x84  # 4.04
-        assert exchange(sock, p, request(4, b"", code=0x01))[1] == 0x85  # GET: 4.05
-        assert exchange(sock, p, request(5, frame(3), cf=50))[1] == 0x8F  # JSON: 4.15
-        assert exchange(sock, p, request(6, frame(4), extra=b"\x51\x01"))[1] == 0x82  # option 17: critical, unknown
-        assert exchange(sock, p, request(7, os.urandom(1100)))[1] == 0x8D  # 4.13
-        assert exchange(sock, p, request(8, b"\x01"))[1] == 0x80  # not a COSE_Mac0: 4.00
-        assert exchange(sock, p, request(9, cose.mac0(os.urandom(32), b"c1", b"\x80", seq=9)))[1] == 0x81
-        assert exchange(sock, p, bytes([0x40, 0, 0, 10]))[:3] == (3, 0, 10)  # ping: RST
+        assert sock.recvfrom(4096)[0] == response(COAP_ACK, COAP_CHANGED, 1, b"\x01\x02", payload, CF_COSE_MAC0)
+        assert exchange(sock, p, request(2, frame(1), mtype=COAP_NON))[:2] == (COAP_NON, COAP_CHANGED)  # NON gets NON
+        assert exchange(sock, p, request(3, frame(2), path="x"))[1] == COAP_NOT_FOUND
+        assert exchange(sock, p, request(4, b"", code=0x01))[1] == COAP_METHOD_NOT_ALLOWED  # 0.01 GET
+        assert exchange(sock, p, request(5, frame(3), cf=CF_JSON))[1] == COAP_UNSUPPORTED_CONTENT_FORMAT
+        assert exchange(sock, p, request(6, frame(4), options=[(UNKNOWN_CRITICAL_OPTION, b"\x01")]))[1] == COAP_BAD_OPTION
+        assert exchange(sock, p, request(7, os.urandom(1100)))[1] == COAP_REQUEST_ENTITY_TOO_LARGE
+        assert exchange(sock, p, request(8, b"\x01"))[1] == COAP_BAD_REQUEST  # not a COSE_Mac0
+        assert exchange(sock, p, request(9, cose.mac0(os.urandom(32), b"c1", b"\x80", seq=9)))[1] == COAP_UNAUTHORIZED
+        assert exchange(sock, p, coap.encode(COAP_CON, COAP_EMPTY, 10))[:3] == (COAP_RST, COAP_EMPTY, 10)  # ping
         sock.sendto(b"\x00\x01", ("127.0.0.1", p))  # garbage: counted, no answer, still serving
-        assert exchange(sock, p, request(11, frame(5)))[1] == 0x44
+        assert exchange(sock, p, request(11, frame(5)))[1] == COAP_CHANGED
         assert gw.metric('headrace_frames_rejected_total{reason="coap",transport="coap"}') == 1
         assert gw.metric('headrace_frames_accepted_total{transport="coap"}') == 3
     finally:

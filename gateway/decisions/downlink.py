@@ -35,17 +35,13 @@ import collections
 import json
 from dataclasses import dataclass
 
+from firmware import protocol as node_protocol
 from gateway.runtime.registry import Registry
 
 QUEUE_PER_NODE = 16
 PER_ACK = 4      # commands one ack carries
 MAX_TRIES = 32   # acks a command rides without an answer before it expires
-_SPEC = {
-    "set_period": {"period_ms": (10, 86_400_000, True)},
-    "set_batch": {"batch": (1, 64, True)},
-    "identify": {"seconds": (1, 600, False)},
-    "reboot": {},
-}
+_SPEC = node_protocol.COMMANDS  # the node's own table of commands and argument ranges
 
 
 class CommandError(ValueError):

@@ -12,7 +12,9 @@ import threading
 import cbor2
 import pytest
 
+from gateway.protocol import coap
 from gateway.protocol.cose import parse_mac0
+from gateway.protocol.numbers import CF_COSE_MAC0, COAP_ACK, COAP_CHANGED
 
 from .conftest import FIRMWARE, ROOT
 
@@ -59,9 +61,9 @@ def acking_gateway():
                 data, addr = s.recvfrom(2048)
             except OSError:
                 continue
-            tkl = data[0] & 15
-            seq = parse_mac0(data[data.index(b"\xff", 4 + tkl) + 1:]).seq
-            s.sendto(bytes([0x60 | tkl, 0x44]) + data[2:4 + tkl] + b"\xff" + ack_message(KEY, seq, 0), addr)
+            _type, _code, mid, token, _opts, payload = coap.parse(data)
+            ack = ack_message(KEY, parse_mac0(payload).seq, 0)
+            s.sendto(coap.response(COAP_ACK, COAP_CHANGED, mid, token, ack, CF_COSE_MAC0), addr)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -73,9 +75,7 @@ def acking_gateway():
 
 def first_payload(sock):
     data, _ = sock.recvfrom(2048)
-    tkl = data[0] & 15
-    msg = data[data.index(b"\xff", 4 + tkl) + 1:]
-    m = parse_mac0(msg)
+    m = parse_mac0(coap.parse(data)[5])
     return m.seq, cbor2.loads(m.verify(KEY))
 
 

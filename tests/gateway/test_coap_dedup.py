@@ -9,12 +9,13 @@ import cbor2
 
 from gateway.protocol import cose
 from gateway.runtime.spool import PRIO_FRAME
-from gateway.runtime.transports.coap import CODE_CHANGED, CoapServer, parse
+from gateway.protocol.coap import parse, request
+from gateway.protocol.numbers import COAP_CHANGED
+from gateway.runtime.transports.coap import CoapServer
 
 
 def post(mid: int, payload: bytes) -> bytes:
-    # CON POST, token = mid, Uri-Path "d", Content-Format 17, payload
-    return bytes([0x41, 0x02]) + mid.to_bytes(2, "big") + bytes([mid & 0xFF, 0xB1]) + b"d" + b"\x11\x11\xff" + payload
+    return request(mid, payload, token=bytes([mid & 0xFF]))
 
 
 async def exchange(sock, port: int, mid: int, payload: bytes, key: bytes) -> tuple[int, list]:
@@ -37,15 +38,15 @@ def test_exchanges_remembered_are_bounded_and_repeats_past_them_answered(pipelin
         sock.setblocking(False)
         try:
             for seq in range(300):
-                assert await exchange(sock, server.port, seq, rig.frame(seq), rig.key) == (CODE_CHANGED, [1, seq, 0])
+                assert await exchange(sock, server.port, seq, rig.frame(seq), rig.key) == (COAP_CHANGED, [1, seq, 0])
                 assert len(server._recent) <= 64 and len(server._older) <= 64
             assert pipe.metrics.get("headrace_coap_dedup_full_total") >= 4
             # a recent repeat: the stored answer, nothing offered again
             offered = pipe.metrics.get("headrace_frames_in_total", transport="coap")
-            assert await exchange(sock, server.port, 299, rig.frame(299), rig.key) == (CODE_CHANGED, [1, 299, 0])
+            assert await exchange(sock, server.port, 299, rig.frame(299), rig.key) == (COAP_CHANGED, [1, 299, 0])
             assert pipe.metrics.get("headrace_frames_in_total", transport="coap") == offered
             # a repeat the server has forgotten: the replay window answers it as a duplicate
-            assert await exchange(sock, server.port, 5, rig.frame(5), rig.key) == (CODE_CHANGED, [1, 5, 1])
+            assert await exchange(sock, server.port, 5, rig.frame(5), rig.key) == (COAP_CHANGED, [1, 5, 1])
             assert len(await spool.read(PRIO_FRAME, 0, 1000)) == 300
         finally:
             sock.close()

@@ -67,6 +67,17 @@ def mac0(key, kid, payload, seq=None):
     return cbor2.dumps(cbor2.CBORTag(17, [prot, {}, payload, tag]))
 
 
+def coap(mtype, code, mid, token, cf, payload, path=None):
+    """RFC 7252 §3 by hand: header, token, options (Uri-Path 11, Content-Format 12, deltas < 13), payload."""
+    out = bytes([0x40 | mtype << 4 | len(token), code]) + struct.pack(">H", mid) + token
+    last = 0
+    if path is not None:
+        out += bytes([(11 - last) << 4 | len(path)]) + path
+        last = 11
+    out += bytes([(12 - last) << 4 | 1, cf])
+    return out + b"\xff" + payload
+
+
 def frame(msg):
     return cobs.encode(msg + struct.pack("<I", zlib.crc32(msg))) + b"\x00"
 
@@ -130,6 +141,16 @@ def main():
     msg = mac0(KEY, b"gw", cbor2.dumps([1, 42, 0, cmds]))
     out["command_acks"] = [{"seq": 42, "status": 0, "commands": cmds, "cose_hex": msg.hex(),
                             "frame_hex": frame(msg).hex()}]
+    # CoAP (docs/protocol.md §5): a node's CON POST /d of the second frame, and the gateway's
+    # piggybacked 2.04 carrying the ack; then the same exchange non-confirmable
+    f = out["frames"][1]
+    ack = mac0(KEY, b"gw", cbor2.dumps([1, f["seq"], 0]))
+    out["coap"] = []
+    for name, req_type, resp_type, mid, token in (("con", 0, 2, 0x1234, b"\x00\x00\x00\x07"),
+                                                  ("non", 1, 1, 0xFFFF, b"\x01\x02\x03\x04")):
+        out["coap"].append({"exchange": name, "mid": mid, "token_hex": token.hex(), "seq": f["seq"],
+                            "request_hex": coap(req_type, 0x02, mid, token, 17, bytes.fromhex(f["cose_hex"]), b"d").hex(),
+                            "response_hex": coap(resp_type, 0x44, mid, token, 17, ack).hex(), "ack_cose_hex": ack.hex()})
     out["annotated"] = annotate(out["frames"][0])
     print(json.dumps(out, indent=1, ensure_ascii=True))
 

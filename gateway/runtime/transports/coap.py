@@ -26,92 +26,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 import time
 
 from gateway.errors import AuthError, CoseError, FrameError
 from gateway.runtime.pipeline import Pipeline
-from gateway.protocol.numbers import CF_COSE_MAC0, MAX_MESSAGE
+from gateway.protocol.coap import CoapFormatError, parse, response
+from gateway.protocol.numbers import (
+    CF_COSE_MAC0,
+    COAP_ACK,
+    COAP_BAD_OPTION,
+    COAP_BAD_REQUEST,
+    COAP_CHANGED,
+    COAP_CON,
+    COAP_DATA_PATH,
+    COAP_EMPTY,
+    COAP_METHOD_NOT_ALLOWED,
+    COAP_NON,
+    COAP_NOT_FOUND,
+    COAP_OPT_CONTENT_FORMAT,
+    COAP_OPT_SIZE1,
+    COAP_OPT_URI_HOST,
+    COAP_OPT_URI_PATH,
+    COAP_OPT_URI_PORT,
+    COAP_OPT_URI_QUERY,
+    COAP_POST,
+    COAP_REQUEST_ENTITY_TOO_LARGE,
+    COAP_RST,
+    COAP_SERVICE_UNAVAILABLE,
+    COAP_UNAUTHORIZED,
+    COAP_UNSUPPORTED_CONTENT_FORMAT,
+    MAX_MESSAGE,
+)
 
 log = logging.getLogger("headrace.coap")
 TRANSPORT = "coap"
 
-# RFC 7252 §3 and §12
-VERSION = 1
-TYPE_CON, TYPE_NON, TYPE_ACK, TYPE_RST = 0, 1, 2, 3
-CODE_EMPTY = 0x00
-CODE_POST = 0x02
-CODE_CHANGED = 0x44  # 2.04
-CODE_BAD_REQUEST = 0x80  # 4.00
-CODE_UNAUTHORIZED = 0x81  # 4.01
-CODE_BAD_OPTION = 0x82  # 4.02
-CODE_NOT_FOUND = 0x84  # 4.04
-CODE_METHOD_NOT_ALLOWED = 0x85  # 4.05
-CODE_TOO_LARGE = 0x8D  # 4.13
-CODE_UNSUPPORTED_FORMAT = 0x8F  # 4.15
-CODE_SERVICE_UNAVAILABLE = 0xA3  # 5.03
-OPT_URI_PATH = 11
-OPT_CONTENT_FORMAT = 12
-PAYLOAD_MARKER = 0xFF
-_KNOWN_OPTIONS = {OPT_URI_PATH, OPT_CONTENT_FORMAT, 3, 7, 15, 60}  # Uri-Host, Uri-Port, Uri-Query, Size1
-
-
-class CoapFormatError(ValueError):
-    """A datagram that is not a CoAP message we can answer."""
-
-
-def parse(data: bytes) -> tuple[int, int, int, bytes, dict, bytes]:
-    """(type, code, message id, token, {option: [values]}, payload); CoapFormatError if malformed."""
-    if len(data) < 4:
-        raise CoapFormatError("shorter than a CoAP header")
-    first, code, mid = data[0], data[1], int.from_bytes(data[2:4], "big")
-    if first >> 6 != VERSION:
-        raise CoapFormatError(f"CoAP version {first >> 6}")
-    mtype, tkl = (first >> 4) & 3, first & 15
-    if tkl > 8:
-        raise CoapFormatError("token longer than 8 bytes")
-    i = 4 + tkl
-    if i > len(data):
-        raise CoapFormatError("truncated token")
-    token = data[4:i]
-    options: dict[int, list[bytes]] = {}
-    number = 0
-    n = len(data)
-    while i < n:
-        b = data[i]
-        i += 1
-        if b == PAYLOAD_MARKER:
-            if i == n:
-                raise CoapFormatError("payload marker without payload")
-            return mtype, code, mid, token, options, data[i:]
-        delta, length = b >> 4, b & 15
-        delta, i = _extended(delta, data, i)
-        length, i = _extended(length, data, i)
-        number += delta
-        if i + length > n:
-            raise CoapFormatError("truncated option")
-        options.setdefault(number, []).append(data[i:i + length])
-        i += length
-    return mtype, code, mid, token, options, b""
-
-
-def _extended(v: int, data: bytes, i: int) -> tuple[int, int]:
-    if v < 13:
-        return v, i
-    if v == 13 and i < len(data):
-        return data[i] + 13, i + 1
-    if v == 14 and i + 1 < len(data):
-        return int.from_bytes(data[i:i + 2], "big") + 269, i + 2
-    raise CoapFormatError("reserved option nibble 15 or truncated extension")
-
-
-def response(mtype: int, code: int, mid: int, token: bytes, payload: bytes = b"", cf: int | None = None) -> bytes:
-    out = bytearray([VERSION << 6 | mtype << 4 | len(token), code]) + struct.pack(">H", mid) + token
-    if cf is not None:
-        out += bytes([OPT_CONTENT_FORMAT << 4 | 1, cf])
-    if payload:
-        out += bytes([PAYLOAD_MARKER]) + payload
-    return bytes(out)
+# critical options a POST /d may carry and that need no action here (RFC 7252 §5.4.1)
+_KNOWN_OPTIONS = {COAP_OPT_URI_PATH, COAP_OPT_CONTENT_FORMAT, COAP_OPT_URI_HOST, COAP_OPT_URI_PORT,
+                  COAP_OPT_URI_QUERY, COAP_OPT_SIZE1}
 
 
 _MISSING = object()
@@ -154,13 +106,13 @@ class CoapServer(asyncio.DatagramProtocol):
         except CoapFormatError as exc:
             self.pipeline.reject_frame(FrameError("coap", f"malformed CoAP datagram from {addr[0]}: {exc}"), TRANSPORT)
             return
-        if mtype in (TYPE_ACK, TYPE_RST):
+        if mtype in (COAP_ACK, COAP_RST):
             return  # we send no confirmable messages: nothing to match
-        if code == CODE_EMPTY:
-            if mtype == TYPE_CON:
-                self._send(response(TYPE_RST, CODE_EMPTY, mid, b""), addr)  # CoAP ping
+        if code == COAP_EMPTY:
+            if mtype == COAP_CON:
+                self._send(response(COAP_RST, COAP_EMPTY, mid, b""), addr)  # CoAP ping
             return
-        reply_type = TYPE_ACK if mtype == TYPE_CON else TYPE_NON
+        reply_type = COAP_ACK if mtype == COAP_CON else COAP_NON
         key = self._key(addr, mid)
         self._expire()
         stored = self._recent.get(key, _MISSING)
@@ -168,7 +120,7 @@ class CoapServer(asyncio.DatagramProtocol):
             stored = self._older.get(key, _MISSING)
         if stored is not _MISSING:
             self.duplicates += 1
-            if stored is not None and mtype == TYPE_CON:
+            if stored is not None and mtype == COAP_CON:
                 self._send(stored, addr)  # a retransmission: the same answer again
             return
         answer = self._check(code, options, payload)
@@ -179,37 +131,37 @@ class CoapServer(asyncio.DatagramProtocol):
 
         def done(ack: bytes | None, error: Exception | None) -> None:
             if ack is None:
-                msg = response(reply_type, CODE_SERVICE_UNAVAILABLE, mid, token, str(error).encode()[:200])
+                msg = response(reply_type, COAP_SERVICE_UNAVAILABLE, mid, token, str(error).encode()[:200])
             else:
-                msg = response(reply_type, CODE_CHANGED, mid, token, ack, CF_COSE_MAC0)
+                msg = response(reply_type, COAP_CHANGED, mid, token, ack, CF_COSE_MAC0)
             self._remember(key, msg, addr)
 
         try:
             self.pipeline.offer(payload, TRANSPORT, done)
         except AuthError:
-            self._remember(key, response(reply_type, CODE_UNAUTHORIZED, mid, token), addr)
+            self._remember(key, response(reply_type, COAP_UNAUTHORIZED, mid, token), addr)
         except CoseError:
-            self._remember(key, response(reply_type, CODE_BAD_REQUEST, mid, token), addr)
+            self._remember(key, response(reply_type, COAP_BAD_REQUEST, mid, token), addr)
 
     def _check(self, code: int, options: dict, payload: bytes) -> int | None:
         """A response code for a request we will not offer to the pipeline, or None."""
         unknown = [n for n in options if n & 1 and n not in _KNOWN_OPTIONS]
         if unknown:
-            return CODE_BAD_OPTION  # an unrecognised critical option (RFC 7252 §5.4.1)
-        path = [p.decode("utf-8", "replace") for p in options.get(OPT_URI_PATH, [])]
-        if path != ["d"]:
-            return CODE_NOT_FOUND
-        if code != CODE_POST:
-            return CODE_METHOD_NOT_ALLOWED
-        cf = options.get(OPT_CONTENT_FORMAT)
+            return COAP_BAD_OPTION  # an unrecognised critical option (RFC 7252 §5.4.1)
+        path = [p.decode("utf-8", "replace") for p in options.get(COAP_OPT_URI_PATH, [])]
+        if path != [COAP_DATA_PATH]:
+            return COAP_NOT_FOUND
+        if code != COAP_POST:
+            return COAP_METHOD_NOT_ALLOWED
+        cf = options.get(COAP_OPT_CONTENT_FORMAT)
         if cf is not None and int.from_bytes(cf[0], "big") != CF_COSE_MAC0:
-            return CODE_UNSUPPORTED_FORMAT
+            return COAP_UNSUPPORTED_CONTENT_FORMAT
         if len(payload) > MAX_MESSAGE:
             self.pipeline.reject_frame(FrameError("oversize", f"CoAP payload of {len(payload)} bytes exceeds "
                                                   f"{MAX_MESSAGE}"), TRANSPORT)
-            return CODE_TOO_LARGE
+            return COAP_REQUEST_ENTITY_TOO_LARGE
         if not self.pipeline.has_space():
-            return CODE_SERVICE_UNAVAILABLE  # the commit queue is full: the node retries
+            return COAP_SERVICE_UNAVAILABLE  # the commit queue is full: the node retries
         return None
 
     def _key(self, addr, mid: int) -> int:

@@ -1,0 +1,116 @@
+"""CoAP messages (RFC 7252 §3): the one encoder and parser of the project's CoAP bytes.
+
+The gateway's server (gateway/runtime/transports/coap.py) parses requests and
+builds responses with it; tests and benchmarks build their requests with
+`request()` rather than by hand. Numbers are named in gateway/protocol/numbers.py.
+
+Caveats: options are returned raw (bytes per occurrence, in order); no block-wise
+transfer, no observe. A malformed datagram raises CoapFormatError saying what is wrong.
+"""
+from __future__ import annotations
+
+import struct
+
+from gateway.protocol.numbers import (
+    CF_COSE_MAC0,
+    COAP_CON,
+    COAP_DATA_PATH,
+    COAP_MAX_TOKEN,
+    COAP_OPT_CONTENT_FORMAT,
+    COAP_OPT_URI_PATH,
+    COAP_PAYLOAD_MARKER,
+    COAP_POST,
+    COAP_VERSION,
+)
+
+
+class CoapFormatError(ValueError):
+    """A datagram that is not a well-formed CoAP message."""
+
+
+def parse(data: bytes) -> tuple[int, int, int, bytes, dict, bytes]:
+    """(type, code, message id, token, {option: [values]}, payload); CoapFormatError if malformed."""
+    if len(data) < 4:
+        raise CoapFormatError("shorter than a CoAP header")
+    first, code, mid = data[0], data[1], int.from_bytes(data[2:4], "big")
+    if first >> 6 != COAP_VERSION:
+        raise CoapFormatError(f"CoAP version {first >> 6}")
+    mtype, tkl = (first >> 4) & 3, first & 15
+    if tkl > COAP_MAX_TOKEN:
+        raise CoapFormatError(f"token longer than {COAP_MAX_TOKEN} bytes")
+    i = 4 + tkl
+    if i > len(data):
+        raise CoapFormatError("truncated token")
+    token = data[4:i]
+    options: dict[int, list[bytes]] = {}
+    number = 0
+    n = len(data)
+    while i < n:
+        b = data[i]
+        i += 1
+        if b == COAP_PAYLOAD_MARKER:
+            if i == n:
+                raise CoapFormatError("payload marker without payload")
+            return mtype, code, mid, token, options, data[i:]
+        delta, length = b >> 4, b & 15
+        delta, i = _extended(delta, data, i)
+        length, i = _extended(length, data, i)
+        number += delta
+        if i + length > n:
+            raise CoapFormatError("truncated option")
+        options.setdefault(number, []).append(data[i:i + length])
+        i += length
+    return mtype, code, mid, token, options, b""
+
+
+def _extended(v: int, data: bytes, i: int) -> tuple[int, int]:
+    if v < 13:
+        return v, i
+    if v == 13 and i < len(data):
+        return data[i] + 13, i + 1
+    if v == 14 and i + 1 < len(data):
+        return int.from_bytes(data[i:i + 2], "big") + 269, i + 2
+    raise CoapFormatError("reserved option nibble 15 or truncated extension")
+
+
+def _nibble(v: int) -> tuple[int, bytes]:
+    if v < 13:
+        return v, b""
+    if v < 269:
+        return 13, bytes([v - 13])
+    return 14, (v - 269).to_bytes(2, "big")
+
+
+def uint(value: int) -> bytes:
+    """An option's uint value in the fewest bytes (RFC 7252 §3.2: 0 is the empty string)."""
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
+def encode(mtype: int, code: int, mid: int, token: bytes = b"", options=(), payload: bytes = b"") -> bytes:
+    """A CoAP message; `options` is [(number, value bytes), ...] in any order (sorted here, stably)."""
+    if len(token) > COAP_MAX_TOKEN:
+        raise ValueError(f"token longer than {COAP_MAX_TOKEN} bytes")
+    out = bytearray([COAP_VERSION << 6 | mtype << 4 | len(token), code]) + struct.pack(">H", mid) + token
+    last = 0
+    for number, value in sorted(options, key=lambda o: o[0]):
+        d, dx = _nibble(number - last)
+        n, nx = _nibble(len(value))
+        out += bytes([d << 4 | n]) + dx + nx + value
+        last = number
+    if payload:
+        out += bytes([COAP_PAYLOAD_MARKER]) + payload
+    return bytes(out)
+
+
+def response(mtype: int, code: int, mid: int, token: bytes, payload: bytes = b"", cf: int | None = None) -> bytes:
+    """A response (piggybacked in an ACK for a CON request, a NON for a NON)."""
+    return encode(mtype, code, mid, token, [(COAP_OPT_CONTENT_FORMAT, uint(cf))] if cf is not None else (), payload)
+
+
+def request(mid: int, payload: bytes, token: bytes = b"", path: str = COAP_DATA_PATH, cf: int | None = CF_COSE_MAC0,
+            mtype: int = COAP_CON, code: int = COAP_POST, options=()) -> bytes:
+    """A node's request: by default a confirmable POST /d of a COSE_Mac0 (Content-Format 17)."""
+    opts = [(COAP_OPT_URI_PATH, seg.encode()) for seg in path.split("/") if seg]
+    if cf is not None:
+        opts.append((COAP_OPT_CONTENT_FORMAT, uint(cf)))
+    return encode(mtype, code, mid, token, opts + list(options), payload)
