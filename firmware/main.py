@@ -309,8 +309,7 @@ class Commands:
             sys.exit(3)
 
 
-def _set(cfg, key, value, spec):
-    low, high = spec[0], spec[1]
+def _set(cfg, key, value, low, high):
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         return "%s must be a whole number from %d to %d" % (key, low, high)
     cfg[key] = value
