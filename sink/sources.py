@@ -39,9 +39,8 @@ class Message:
 class JetStreamSource:
     """A pull subscription on the durable consumer `durable` of `stream`; makes both if missing."""
 
-    def __init__(self, cfg, subjects: str = "headrace.v1.>"):
+    def __init__(self, cfg):
         self.cfg = cfg
-        self.subjects = subjects
         self.nc = None
         self.sub = None
 
@@ -49,18 +48,23 @@ class JetStreamSource:
         import nats
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        from gateway.runtime.uplink.jetstream import ensure_stream
+        from gateway.runtime.uplink.jetstream import SUBJECTS, ensure_stream
 
         self.nc = await nats.connect(servers=list(self.cfg.servers), max_reconnect_attempts=-1,
                                      reconnect_time_wait=0.5, connect_timeout=5, name="headrace-sink",
                                      error_cb=self._error, disconnected_cb=self._disconnected)
         js = self.nc.jetstream(timeout=10)
-        await ensure_stream(js, self.cfg.stream, [self.subjects], self.cfg.replicas)
-        self.sub = await js.pull_subscribe(
-            self.subjects, durable=self.cfg.durable, stream=self.cfg.stream,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                                  ack_wait=self.cfg.ack_wait, max_ack_pending=20000,
-                                  num_replicas=self.cfg.replicas))
+        await ensure_stream(js, self.cfg.stream, SUBJECTS, self.cfg.replicas)
+        # every worker binds to one durable consumer of the whole stream: competing consumers
+        from nats.js.errors import BadRequestError
+
+        try:
+            await js.add_consumer(self.cfg.stream, ConsumerConfig(
+                durable_name=self.cfg.durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.cfg.ack_wait, max_ack_pending=20000, num_replicas=self.cfg.replicas))
+        except BadRequestError as exc:  # made before with other settings: use it as it is
+            log.warning("JetStream consumer %s exists with other settings (%s); using it", self.cfg.durable, exc)
+        self.sub = await js.pull_subscribe_bind(durable=self.cfg.durable, stream=self.cfg.stream)
 
     async def _error(self, exc) -> None:
         log.warning("NATS: %s", exc)

@@ -1,0 +1,190 @@
+"""The cloud end on real parts: a 3-node NATS cluster (JetStream, R3), PostgreSQL, two gateways
+fed by MicroPython nodes, two sink workers; and what a PUBACK from NATS's MQTT listener means."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import threading
+import time
+
+import paho.mqtt.client as paho
+import pytest
+
+from sink.store import PostgresStore
+
+from .rig import GatewayProcess, Node, SinkProcess, free_port, wait_for
+
+
+def test_mqtt_puback_does_not_mean_the_stream_stored_it(nats_cluster):
+    """kill -9 of the server that holds a stream: NATS's MQTT listener still PUBACKs QoS 1
+    messages for the stream's subject, which the stream never stores; a JetStream publish gets
+    no acknowledgement. So the gateway deletes spool records on JetStream acks, never on
+    a PUBACK from NATS (gateway/runtime/uplink/jetstream.py)."""
+    import nats
+    from nats.js.api import Placement, StreamConfig
+
+    async def js_call(fn):
+        nc = await nats.connect(servers=nats_cluster.urls)
+        try:
+            return await fn(nc.jetstream(timeout=3))
+        finally:
+            await nc.close()
+
+    # R1 on server n2 (placement by tag), so that one kill takes the stream away while
+    # the MQTT listener's own state (replicated on the other two servers) stays up
+    asyncio.run(js_call(lambda js: js.add_stream(StreamConfig(
+        name="ONE", subjects=["headrace.v1.*.*.data"], num_replicas=1, placement=Placement(tags=["n2"])))))
+    connected = threading.Event()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="gw-probe", protocol=paho.MQTTv311)
+    c.on_connect = lambda *a: connected.set()
+    c.connect("127.0.0.1", nats_cluster.mqtt_ports[0])
+    c.loop_start()
+    try:
+        assert connected.wait(30), "no CONNACK from NATS's MQTT listener"
+        first = c.publish("headrace/v1/s/gw/data", b"stored", qos=1)
+        first.wait_for_publish(10)
+
+        async def count(js):
+            return (await js.stream_info("ONE")).state.messages
+
+        wait_for(lambda: asyncio.run(js_call(count)) == 1, 10, "the first message in the stream")
+        nats_cluster.kill(2)
+        infos = [c.publish("headrace/v1/s/gw/data", f"lost {i}".encode(), qos=1) for i in range(5)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(i.is_published() for i in infos):
+            time.sleep(0.05)
+        pubacked = sum(i.is_published() for i in infos)
+
+        async def js_publish(js):
+            try:
+                await js.publish("headrace.v1.s.gw.data", b"js", timeout=3)
+                return True
+            except Exception:
+                return False
+
+        js_acked = asyncio.run(js_call(js_publish))
+        nats_cluster.start(2)
+        time.sleep(2)  # anything the listener kept would be delivered to the stream by now
+
+        async def stored(js):
+            for _ in range(60):
+                try:
+                    return (await js.stream_info("ONE")).state.messages
+                except Exception:
+                    await asyncio.sleep(0.5)
+            raise TimeoutError("stream ONE did not come back")
+
+        in_stream = asyncio.run(js_call(stored))
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    print(f"stream's server killed: MQTT PUBACKs {pubacked}/5, stored {in_stream - 1}/5; "
+          f"JetStream publish acked: {js_acked}")
+    assert pubacked == 5, "the MQTT listener did not PUBACK: nothing shown"
+    assert in_stream == 1, "messages PUBACKed while the stream was away are in it after all"
+    assert not js_acked
+
+
+FRAMES = 600  # per node: 4 nodes, 8 readings a frame, ~25 frames/s each
+
+
+def _rule(node: str) -> str:
+    return (f'[[rules]]\nname = "{node}-vib"\nseries = "{node}/vib"\nabove = 2.3\nhysteresis = 0.2\n'
+            'severity = "warning"\n')
+
+
+def test_two_gateways_through_faults_exactly_once(tmp_path, nats_cluster, postgres):
+    url = postgres.database("cloud")
+    sink_toml = tmp_path / "sink.toml"
+    sink_toml.write_text(f'[sink]\ndatabase = "{url}"\nsource = "jetstream"\ngroup = 32\n'
+                         f'[jetstream]\nservers = {json.dumps(nats_cluster.urls)}\nreplicas = 3\nack_wait = 4.0\n')
+    workers = [SinkProcess(tmp_path, sink_toml, f"sink{i}").start() for i in (0, 1)]
+    gateways, nodes = {}, []
+    try:
+        for gw in ("gwa", "gwb"):
+            d = tmp_path / gw
+            d.mkdir()
+            keys = {f"{gw}n{i}": os.urandom(32) for i in (1, 2)}
+            extra = (f"[jetstream]\nenabled = true\nservers = {json.dumps(nats_cluster.urls)}\nreplicas = 3\n"
+                     "timeout = 3.0\nbatch_delay = 0.05\nreconnect_max = 2\n" + "".join(_rule(n) for n in keys))
+            gateways[gw] = GatewayProcess(d, free_port(), keys, extra=extra, gateway_id=gw).start()
+            for name, key in keys.items():
+                nodes.append((gw, Node(d, {"node": name, "key": key.hex(), "transport": "coap", "host": "127.0.0.1",
+                                           "coap_port": gateways[gw].coap_port, "sensors": ["temp", "vib"],
+                                           "period_ms": 5, "batch": 8, "frames": FRAMES,
+                                           "seed": sum(map(ord, name)), "state_file": str(d / f"{name}.seq"),
+                                           "ack_timeout_ms": 500, "drain_timeout_s": 120})))
+        store = PostgresStore(url)
+
+        def stored() -> int:
+            try:
+                return store.query("SELECT count(*) FROM readings")[0][0]
+            except Exception:
+                return 0
+
+        # the faults, while the nodes send
+        wait_for(lambda: stored() > 500, 60, "the first readings in PostgreSQL")
+        workers[0].kill()
+        time.sleep(2)
+        leader = nats_cluster.leader("HEADRACE")
+        nats_cluster.kill(leader)
+        time.sleep(4)
+        nats_cluster.start(leader)
+        store.close()
+        postgres.stop("immediate")
+        time.sleep(2)
+        postgres.start()
+        workers[0].start()
+        for gw, node in nodes:
+            assert node.wait(240) == 0, node.out_path.read_text()[-2000:]
+        sent = {}
+        for gw, node in nodes:
+            done = node.events("done")[-1]
+            assert done["unacked"] == 0 and done["acked"] >= FRAMES, done
+            for ev in node.events("sent"):
+                sent[(gw, node.name, ev["seq"])] = ev["r"]
+        want = sum(len(r) for r in sent.values())
+        store = PostgresStore(url)
+        wait_for(lambda: stored() >= want and all(g.metric("headrace_spool_depth") == 0 for g in gateways.values()),
+                 120, f"{want} readings in PostgreSQL")
+        time.sleep(3)  # anything redelivered late would land now
+        rows = store.query("SELECT gateway, node, seq, idx, sensor, t, v FROM readings ORDER BY 1, 2, 3, 4")
+        got: dict = {}
+        for gw, node, seq, idx, sensor, t, v in rows:
+            got.setdefault((gw, node, seq), []).append((idx, sensor, t, v))
+        assert set(got) == set(sent), "frames in PostgreSQL that no node sent, or sent frames missing"
+        for key, readings in sent.items():
+            row = got[key]
+            assert [r[0] for r in row] == list(range(len(readings))), key  # each reading once, in order
+            for (name, t, v), (_i, sensor, t2, v2) in zip(readings, row):
+                assert name.split("/")[-1] == sensor and v2 == v and t2 == pytest.approx(t, abs=1e-3), (key, name)
+        events = {gw: sum(v for k, v in g.metrics().items() if k.startswith("headrace_events_total"))
+                  for gw, g in gateways.items()}
+        in_db = dict(store.query("SELECT gateway, count(*) FROM events GROUP BY gateway"))
+        assert events["gwa"] > 0 and in_db == {gw: int(n) for gw, n in events.items()}, (events, in_db)
+        mirror = store.query("SELECT gateway, online FROM gateways ORDER BY 1")
+        assert mirror == [("gwa", True), ("gwb", True)]
+        nodes_seen = store.query("SELECT count(*) FROM nodes WHERE last_seen IS NOT NULL")[0][0]
+        dead = store.query("SELECT count(*) FROM dead_letters")[0][0]
+        store.close()
+        assert nodes_seen == 4 and dead == 0
+        # the faults struck while data flowed: the gateways' publishes failed and were retried, the
+        # live worker kept a group unacknowledged while PostgreSQL was away
+        assert any("JetStream uplink:" in g.log() for g in gateways.values())
+        assert "kept unacknowledged" in workers[1].log()
+        for w in workers:
+            assert w.stop() == 0
+        repeats = sum(int(m) for w in workers for m in re.findall(r"(\d+) repeats dropped", w.log().splitlines()[-1]))
+        print(f"{len(sent)} frames from 4 MicroPython nodes of 2 gateways, {len(rows)} readings in PostgreSQL, "
+              f"each once with its exact value and time; {sum(in_db.values())} events, each once; faults: kill -9 "
+              f"of sink worker 0, kill -9 of the stream's leader n{leader}, PostgreSQL restarted (immediate); "
+              f"repeats dropped at rest by the workers' last runs: {repeats}")
+    finally:
+        for w in workers:
+            w.stop()
+        for g in gateways.values():
+            g.stop()
+        for _gw, node in nodes:
+            node.kill()
