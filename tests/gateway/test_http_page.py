@@ -93,7 +93,7 @@ def test_page_shows_nodes_uplink_alarms_and_the_map(tmp_path):
                 html = body.decode()
                 assert code == 200 and "text/html" in head
                 assert '<tr data-node="pump1"' in html and '<tr data-node="pump2"' in html
-                assert '<i>90</i>' in html and '<i>2.25</i>' in html  # the latest readings
+                assert '<span data-s="temp">90</span>' in html and '<span data-s="pressure">2.25</span>' in html  # the latest readings
                 assert "DISCONNECTED" in html  # no broker on that port
                 initial = json.loads(html.split('id="initial">', 1)[1].split("</script>", 1)[0])
                 assert [a["rule"] for a in initial["alarms"]] == ["pump1-hot"]

@@ -77,23 +77,19 @@ def fmt(v) -> str:
 
 
 def node_row(r: dict, now: float) -> str:
+    """One row of the node table. Kept lean (a page may hold thousands): cells by position
+    (status.js: CELLS), each sensor a span whose name CSS shows from data-s, sparklines
+    drawn by the script for the rows in view."""
     e = html.escape
     causes = ", ".join(f"{k} {v}" for k, v in sorted(r["causes"].items()))
-    readings = "".join(f'<span class="rd" data-s="{e(k)}"><b>{e(k)}</b> <i>{e(fmt(v))}</i>'
-                       f'<svg class="sp" viewBox="0 0 60 16" preserveAspectRatio="none"></svg></span>'
-                       for k, v in r["last"].items())
+    readings = "".join(f'<span data-s="{e(k)}">{e(fmt(v))}</span>' for k, v in r["last"].items())
     extra = " ".join(f"{e(str(k))}: {e(fmt(v))}" for k, v in r["extra"].items())
     quality = f"{100 * r['quality']:.1f} %" if r["quality"] is not None else "–"
-    return (f'<tr data-node="{e(r["node"])}" data-last-seen="{r["last_seen"]}"'
-            f'{" class=late" if late(r, now) else ""}>'
-            f'<td class="name">{e(r["node"])}</td><td data-k="transport">{e(r["transport"])}</td>'
-            f'<td data-k="seen">{ago(now - r["last_seen"] if r["last_seen"] else None)}</td>'
-            f'<td data-k="per_min" class="num">{r["per_min"]:.1f}</td>'
-            f'<td data-k="frames" class="num">{r["frames"]}</td>'
-            f'<td data-k="quality" class="num">{quality}</td>'
-            f'<td data-k="rejected">{r["rejected"]}{f" ({e(causes)})" if causes else ""}</td>'
-            f'<td data-k="battery" class="num">{e(fmt(r["battery"]))}</td>'
-            f'<td data-k="last" class="readings">{readings}</td><td data-k="extra">{extra}</td></tr>')
+    return (f'<tr data-node="{e(r["node"])}" data-last-seen="{r["last_seen"]}"{" class=late" if late(r, now) else ""}>'
+            f'<td>{e(r["node"])}<td>{e(r["transport"])}<td>{ago(now - r["last_seen"] if r["last_seen"] else None)}'
+            f'<td>{r["per_min"]:.1f}<td>{r["frames"]}<td>{quality}'
+            f'<td>{r["rejected"]}{f" ({e(causes)})" if causes else ""}<td>{e(fmt(r["battery"]))}'
+            f'<td>{readings}<td>{extra}</tr>')
 
 
 def gateway_panel(g: dict) -> str:

@@ -2,6 +2,7 @@
 // (Server-Sent Events). No build step. Cell formats match gateway/runtime/page/render.py.
 "use strict";
 (() => {
+  performance.mark("headrace-script");
   const $ = (sel, el = document) => el.querySelector(sel);
   const SVG = "http://www.w3.org/2000/svg";
   const initial = JSON.parse($("#initial").textContent);
@@ -52,13 +53,14 @@
   // -- nodes --------------------------------------------------------------------------
   for (const tr of tbody.rows) rows.set(tr.dataset.node, tr);
 
+  // the node table's cells, by position (render.py's node_row writes them in this order)
+  const CELLS = { name: 0, transport: 1, seen: 2, per_min: 3, frames: 4, quality: 5, rejected: 6, battery: 7,
+                  last: 8, extra: 9 };
+
   function newRow(name) {
     const tr = el("tr", { "data-node": name });
-    tr.append(el("td", { class: "name" }, name));
-    for (const k of ["transport", "seen", "per_min", "frames", "quality", "rejected", "battery", "last", "extra"]) {
-      tr.append(el("td", { "data-k": k, class: ["per_min", "frames", "quality", "battery"].includes(k) ? "num" :
-        k === "last" ? "readings" : "" }));
-    }
+    for (let i = 0; i < 10; i++) tr.append(el("td"));
+    tr.cells[CELLS.name].textContent = name;
     const after = [...rows.keys()].filter(n => n > name).sort()[0];
     tbody.insertBefore(tr, after ? rows.get(after) : null);
     rows.set(name, tr);
@@ -67,7 +69,7 @@
   }
 
   function cell(tr, k, text) {
-    const td = tr.querySelector(`td[data-k="${k}"]`);
+    const td = tr.cells[CELLS[k]];
     if (td.textContent !== text) td.textContent = text;
   }
 
@@ -82,16 +84,16 @@
     cell(tr, "rejected", causes ? `${r.rejected} (${causes})` : String(r.rejected));
     cell(tr, "battery", fmt(r.battery));
     cell(tr, "extra", Object.entries(r.extra).map(([k, v]) => `${k}: ${fmt(v)}`).join(" "));
-    const td = tr.querySelector('td[data-k="last"]');
+    const td = tr.cells[CELLS.last];
     for (const [k, v] of Object.entries(r.last)) {
       let span = [...td.children].find(s => s.dataset.s === k);
       if (!span) {
-        span = el("span", { class: "rd", "data-s": k });
-        span.append(el("b", {}, k), " ", el("i"),
-          svg("svg", { class: "sp", viewBox: "0 0 60 16", preserveAspectRatio: "none" }));
+        span = el("span", { "data-s": k }, "");
         td.append(span);
       }
-      span.querySelector("i").textContent = fmt(v);
+      const text = fmt(v);  // the span's text node; its sparkline, if drawn, follows it
+      if (!span.firstChild || span.firstChild.nodeType !== Node.TEXT_NODE) span.prepend(document.createTextNode(""));
+      if (span.firstChild.nodeValue !== text) span.firstChild.nodeValue = text;
     }
     if (tr.dataset.lastSeen !== String(r.last_seen)) {
       tr.dataset.lastSeen = String(r.last_seen);
@@ -254,7 +256,12 @@
   for (const tr of rows.values()) watch(tr);
   let plotNode = null, plots = [];
 
-  function spark(svgEl, values) {
+  function spark(span, values) {  // the span's sparkline, made on first use
+    let svgEl = span.querySelector("svg");
+    if (!svgEl) {
+      svgEl = svg("svg", { class: "sp", viewBox: "0 0 60 16", preserveAspectRatio: "none" });
+      span.append(svgEl);
+    }
     const pts = values.map((v, i) => [i, v]).filter(p => p[1] !== null);
     if (pts.length < 2) { svgEl.replaceChildren(); return; }
     const vs = pts.map(p => p[1]), lo = Math.min(...vs), hi = Math.max(...vs), n = values.length - 1;
@@ -274,7 +281,7 @@
       for (const [name, sensors] of Object.entries(h.nodes)) {
         const tr = rows.get(name);
         if (!tr) continue;
-        for (const span of tr.querySelectorAll(".rd")) if (sensors[span.dataset.s]) spark($("svg", span), sensors[span.dataset.s]);
+        for (const span of tr.cells[CELLS.last].children) if (sensors[span.dataset.s]) spark(span, sensors[span.dataset.s]);
       }
       if (plotNode && h.nodes[plotNode]) plot(h.t, h.nodes[plotNode]);
     } catch (err) { /* the stream's banner says the gateway is gone */ }
@@ -353,9 +360,10 @@
   for (const e of initial.events || []) addEvent(e, false);
   for (const tr of rows.values()) {  // rows rendered by the server: what they show, for ageing
     data.set(tr.dataset.node, { last_seen: Number(tr.dataset.lastSeen) || 0,
-      per_min: Number(tr.querySelector('[data-k="per_min"]').textContent) });
+      per_min: Number(tr.cells[CELLS.per_min].textContent) });
   }
   ageAll();
+  performance.mark("headrace-ready");
   connect();
   setInterval(ageAll, 1000);
   (function loop() { history().finally(() => setTimeout(loop, period * 1000)); })();
