@@ -6,7 +6,10 @@ unless `--mqtt-host` names one. The plant (`sim/plant.py`): a pump whose
 vibration rises until rules raise alarms and a demand for a mechanic, two
 mechanics and a forklift that the dispatcher sends around the plant map, and an
 operator asking for the forklift over the HTTP API. A live view refreshes once a
-second: the nodes, the map, the alarms and the latest events.
+second: the nodes, the uplink, the map, the alarms and the latest events, as a table
+redrawn in place on a terminal (rich), as plain lines otherwise. The gateway's status
+page (gateway/runtime/page/) shows the same live in a browser: its address is printed
+first.
 """
 from __future__ import annotations
 
@@ -108,7 +111,9 @@ async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int
             await node.start()
             stack.push_async_callback(node.stop)
         plant = await stack.enter_async_context(Plant(gw, keys))
-        view = LiveView(gw, nodes, broker=f"{mqtt_host or 'embedded'}:{broker_port}", plant=plant)
+        page = gw.http.url if gw.http else ""
+        print(f"headrace demo: status page {page or 'off'} (open it in a browser)", flush=True)
+        view = LiveView(gw, nodes, broker=f"{mqtt_host or 'embedded'}:{broker_port}", plant=plant, page=page)
         gw.events.listeners.append(view.event)
         try:
             await asyncio.wait_for(_view_loop(view, stop), timeout=duration)
@@ -134,20 +139,43 @@ async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int
 
 
 async def _view_loop(view: "LiveView", stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        view.draw()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+    with view:
+        while not stop.is_set():
+            view.draw()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
 
 class LiveView:
-    """A terminal table redrawn in place (ANSI) on a tty, or a status line every 5 s otherwise."""
+    """On a terminal, a table redrawn in place (rich): one row per node with its latest
+    readings and rates, the uplink, the plant map, the alarms raised and the latest events.
+    Otherwise (a pipe, a log file) plain lines: a status line every 5 s and each event as
+    it happens. `page` is the status page's address, shown in both."""
 
-    def __init__(self, gw: Gateway, nodes: list[NodeProcess], broker: str, plant: Plant | None = None):
-        self.gw, self.nodes, self.broker, self.plant = gw, nodes, broker, plant
-        self.tty = sys.stdout.isatty()
+    def __init__(self, gw: Gateway, nodes: list[NodeProcess], broker: str, plant: Plant | None = None,
+                 page: str = "", console=None):
+        from rich.console import Console
+
+        self.gw, self.nodes, self.broker, self.plant, self.page = gw, nodes, broker, plant, page
+        self.console = console or Console()
+        self.tty = self.console.is_terminal
         self._last = (time.monotonic(), 0.0)
         self._ticks = 0
+        self._live = None
+
+    def __enter__(self) -> "LiveView":
+        if self.tty:
+            from rich.live import Live
+
+            # no refresh thread: draw() hands over a finished renderable once a second
+            self._live = Live(console=self.console, auto_refresh=False, transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
     def draw(self) -> None:
         m = self.gw.metrics
@@ -157,33 +185,67 @@ class LiveView:
         rate = (frames - f0) / (now - t0) if now > t0 else 0.0
         self._last = (now, frames)
         self._ticks += 1
-        rejected = int(m.total("headrace_frames_rejected_total"))
-        up_bytes = int(m.total("headrace_uplink_bytes_total"))
-        up_msgs = int(m.total("headrace_uplink_messages_total"))
-        link = "connected" if self.gw.uplink.connected else "DOWN"
         if not self.tty:  # events are printed as they happen (event())
             if self._ticks % 5 == 1:
-                print(f"frames {int(frames)} ({rate:.1f}/s), rejected {rejected}, uplink {link} "
-                      f"{up_msgs} msgs {up_bytes} B", flush=True)
+                print(f"frames {int(frames)} ({rate:.1f}/s), rejected {int(m.total('headrace_frames_rejected_total'))}, "
+                      f"uplink {self.uplink_state()} {int(m.total('headrace_uplink_messages_total'))} msgs "
+                      f"{int(m.total('headrace_uplink_bytes_total'))} B", flush=True)
             return
-        lines = ["\x1b[H\x1b[2J" + "headrace demo — gateway 'demo' — Ctrl-C to stop", "",
-                 f"frames in {int(frames):>7}   {rate:7.1f} frames/s   rejected {rejected}",
-                 f"uplink    MQTT {self.broker} {link}: {up_msgs} messages, {up_bytes} bytes", "",
-                 f"{'node':<8} {'link':<7} {'frames':>7} {'acked':>7}  last readings"]
-        table = {n["node"]: n for n in self.gw.node_table()}
+        if self._live is not None:
+            self._live.update(self.render(rate), refresh=True)
+
+    def uplink_state(self) -> str:
+        return "connected" if self.gw.uplink.connected else "DOWN"
+
+    def render(self, rate: float = 0.0):
+        """The whole view as one rich renderable."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        m = self.gw.metrics
+        head = Text.assemble(("headrace demo", "bold"), " — gateway 'demo' — status page ",
+                             (self.page or "off", "bold cyan underline"), " — Ctrl-C to stop")
+        up = self.gw.uplink.connected
+        uplink = Text.assemble(
+            "uplink  MQTT ", self.broker, " ", ("connected" if up else "DOWN", "green" if up else "bold red"),
+            f": {int(m.total('headrace_uplink_messages_total'))} messages, "
+            f"{int(m.total('headrace_uplink_bytes_total'))} bytes;  frames in "
+            f"{int(m.total('headrace_frames_accepted_total'))} ({rate:.1f}/s), rejected "
+            f"{int(m.total('headrace_frames_rejected_total'))}")
+        table = Table(box=None, header_style="bold", pad_edge=False, expand=False)
+        for name, just in (("node", "left"), ("link", "left"), ("frames", "right"), ("acked", "right"),
+                           ("frames/s (1 min)", "right"), ("last seen", "right"), ("last readings", "left")):
+            table.add_column(name, justify=just, no_wrap=name != "last readings")
+        rows = {n["node"]: n for n in self.gw.node_table()}
+        wall = time.time()
         for node in self.nodes:
-            row = table.get(node.name, {})
+            row = rows.get(node.name, {})
             last = row.get("last", {})
             shown = "  ".join(f"{k.split('/', 1)[-1]}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in sorted(last.items()))
-            lines.append(f"{node.name:<8} {node.config['transport']:<7} {row.get('frames', 0):>7} "
-                         f"{node.acked:>7}  {shown}")
+            seen = f"{wall - row['last_seen']:.0f} s ago" if row.get("last_seen") else "never"
             if node.proc and node.proc.returncode not in (None, 0):
-                lines.append(f"         node exited with {node.proc.returncode}: "
-                             f"{node.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
-        if self.plant is not None:
-            lines += [""] + self.plant_lines()
-        print("\n".join(lines), flush=True)
+                shown = Text(f"exited with {node.proc.returncode}: "
+                             f"{node.stderr.decode(errors='replace').strip().splitlines()[-1:]}", "red")
+            table.add_row(node.name, node.config["transport"], str(row.get("frames", 0)), str(node.acked),
+                          f"{row.get('rate', 0.0):.2f}", seen, shown)
+        parts = [head, Text(""), table, Text(""), uplink]
+        alarms = Table(box=None, header_style="bold", pad_edge=False, title="alarms raised", title_justify="left")
+        for name in ("rule", "severity", "series", "value", "since"):
+            alarms.add_column(name, no_wrap=True)
+        for name, e in sorted(self.gw.rules.active.items()):
+            value = e.get("value")
+            alarms.add_row(name, Text(e["severity"], "bold red" if e["severity"] == "critical" else "yellow"),
+                           e.get("series", e.get("node", "")), f"{value:.2f}" if isinstance(value, float) else str(value),
+                           time.strftime("%H:%M:%S", time.localtime(e["t"])))
+        parts += [Text(""), alarms if self.gw.rules.active else Text("alarms raised: none")]
+        events = [Text(describe(e), "red" if e["type"] == "alarm" else "blue" if e["type"] == "dispatch" else "")
+                  for e in list(self.gw.events.recent)[-8:]]
+        parts += [Text(""), Text("alarms, demands and dispatch steps (latest):", "bold"), *(events or [Text("  none yet")])]
+        if self.plant is not None:  # last: a short terminal crops it first
+            parts += [Text(""), Text("\n".join(self.plant_lines()))]
+        return Group(*parts)
 
     def plant_lines(self) -> list[str]:
         """The plant map (north up, 1 m a column, 2 m a row), the alarms raised, the latest events."""
@@ -210,14 +272,11 @@ class LiveView:
             r = disp.resources[rid]
             job = disp.demands.get(r.demand)
             side.append(f"{ch} {rid:<6} {'→ #…%04d %s' % (job.id % 10000, job.state) if job else 'free'}")
-        side += [f"! demands open: {len(disp.demands)}", "", "alarms raised:"]
-        side += [f"  {name} ({e['severity']})" for name, e in sorted(self.gw.rules.active.items())] or ["  none"]
+        side.append(f"! demands open: {len(disp.demands)}")
         out = ["plant map (metres; zones +, corridors ·)"]
         out += ["|" + "".join(row) + "|  " + (side[i] if i < len(side) else "") for i, row in enumerate(grid)]
         out += [" " * 45 + line for line in side[8:]]
         out.append("zones: " + ", ".join(f"{n} ({x:g}, {y:g})" for n, (x, y) in zones.points.items()))
-        out += ["", "latest events:"]
-        out += [describe(e) for e in list(self.gw.events.recent)[-8:]] or ["  none yet"]
         return out
 
     def event(self, event: dict) -> None:
