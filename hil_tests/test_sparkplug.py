@@ -86,8 +86,7 @@ def test_edge_node_session_in_process(tmp_path, mosquitto):
         await spool.commit([("frame", batch.frame_body("pump3", s, 1.7e9 + s, _senml("pump3", 1.7e9 + s, s / 4)))
                             for s in range(5)], {})
         committed = asyncio.Event()
-        up = SparkplugUplink(cfg, spool, committed, Metrics())
-        up.downlink = Downlink(registry, on_result=up.command_result)
+        up = SparkplugUplink(cfg, spool, committed, Metrics(), Downlink(registry))
         task = asyncio.create_task(up.run())
         try:
             await asyncio.sleep(1.0)

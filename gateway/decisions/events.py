@@ -4,7 +4,7 @@ metrics, the log and whoever watches (the demo's terminal view).
 
 An event is a dict with `type` (`alarm`, `demand`, `dispatch`) and `t` (seconds);
 docs/protocol.md §8 lists the fields. `emit` never blocks: the body joins the
-pipeline's next group commit.
+pipeline's next group commit (the Pipeline made with `events=` this sink routes it).
 """
 from __future__ import annotations
 
@@ -17,13 +17,21 @@ log = logging.getLogger("headrace.events")
 
 
 class EventSink:
-    def __init__(self, pipeline, metrics, keep: int = 200):
-        self.pipeline, self.metrics = pipeline, metrics
+    def __init__(self, metrics, keep: int = 200):
+        self.metrics = metrics
         self.recent: collections.deque = collections.deque(maxlen=keep)
         self.listeners: list = []  # callables taking each event, e.g. a terminal view
+        self._commit = None
+
+    def route(self, commit) -> None:
+        """Where event bodies go to be spooled: the pipeline's next group commit (it routes
+        itself here when it is made with this sink)."""
+        self._commit = commit
 
     def emit(self, event: dict) -> None:
-        self.pipeline.add_event(event_body(event))
+        if self._commit is None:
+            raise RuntimeError("EventSink.emit before a pipeline was made with this sink: the event would be lost")
+        self._commit(event_body(event))
         self.metrics.inc("headrace_events_total", type=event["type"])
         self.recent.append(event)
         log.info("event %s", event)

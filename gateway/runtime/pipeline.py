@@ -76,15 +76,20 @@ class NodeStatus:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, ingest: Ingest, spool: Spool, metrics: Metrics):
+    def __init__(self, cfg: Config, ingest: Ingest, spool: Spool, metrics: Metrics, *, rules=None, downlink=None,
+                 events=None):
+        """`rules` (a RuleEngine) gets the committed readings and the closed windows; `downlink`
+        (a Downlink) gives the commands that ride the acks and takes the nodes' reports;
+        `events` (an EventSink) has its events committed with the next group."""
         self.cfg, self.ingest, self.spool, self.metrics = cfg, ingest, spool, metrics
         self.nodes: dict[str, NodeStatus] = {}
         self.committed = asyncio.Event()  # set after each commit; the uplink waits on it
         self._pending: list[_Item] = []
         self._windows: list[bytes] = []
         self._events: list[bytes] = []  # rule and dispatcher events for the next commit (never dropped)
-        self.rules = None  # a RuleEngine (set by the service): committed readings and closed windows go to it
-        self.downlink = None  # a Downlink (set by the service): commands ride the acks, reports come in frames
+        self.rules, self.downlink = rules, downlink
+        if events is not None:
+            events.route(self.add_event)
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -259,6 +264,10 @@ class Pipeline:
         sids, ts, vs, a, b = st.last_rows
         names = self.ingest.parser.names
         return {names[sids[i]]: (ts[i], vs[i]) for i in range(a, b)}
+
+    def replace_rules(self, rules) -> None:
+        """A reloaded rule table (SIGHUP) takes the readings from the next commit on."""
+        self.rules = rules
 
     def add_event(self, body: bytes) -> None:
         """Spool an event record with the next commit."""

@@ -84,23 +84,23 @@ class Gateway:
         cfg = self.cfg
         self.spool = await Spool.open(cfg.spool_path)
         ingest = Ingest(self.registry, await self.spool.replay_windows())
-        self.pipeline = Pipeline(cfg, ingest, self.spool, self.metrics)
-        if cfg.jetstream.enabled:
-            from gateway.runtime.uplink.jetstream import JetStreamUplink
-            self.uplink = JetStreamUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
-        elif cfg.sparkplug.enabled:  # Sparkplug B over MQTT instead of headrace's own batches
-            self.uplink = SparkplugUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
-            self.uplink.nodes = self.pipeline.nodes  # silent nodes are DDEATHs
-        else:
-            self.uplink = MqttUplink(cfg, self.spool, self.pipeline.committed, self.metrics)
-        self.downlink = Downlink(self.registry, on_result=self.uplink.command_result)
-        self.uplink.downlink = self.downlink
-        self.pipeline.downlink = self.downlink
-        self.events = EventSink(self.pipeline, self.metrics)
+        # made in the order they depend on each other, each given its collaborators
+        self.events = EventSink(self.metrics)
+        self.downlink = Downlink(self.registry)
         self.dispatcher = Dispatcher(cfg, self.events.emit, self.downlink, self.metrics)
         self.rules = RuleEngine(cfg.rules, cfg.resources, ingest.parser, self.events.emit, self.dispatcher,
                                 self.metrics)
-        self.pipeline.rules = self.rules
+        self.pipeline = Pipeline(cfg, ingest, self.spool, self.metrics, rules=self.rules, downlink=self.downlink,
+                                 events=self.events)
+        committed = self.pipeline.committed
+        if cfg.jetstream.enabled:
+            from gateway.runtime.uplink.jetstream import JetStreamUplink
+            self.uplink = JetStreamUplink(cfg, self.spool, committed, self.metrics, self.downlink)
+        elif cfg.sparkplug.enabled:  # Sparkplug B over MQTT instead of headrace's own batches
+            self.uplink = SparkplugUplink(cfg, self.spool, committed, self.metrics, self.downlink,
+                                          nodes=self.pipeline.nodes)  # silent nodes are DDEATHs
+        else:
+            self.uplink = MqttUplink(cfg, self.spool, committed, self.metrics, self.downlink)
         self._spawn(self.rules.run(), "rules")
         self._spawn(self.dispatcher.run(), "dispatcher")
         self._spawn(self.pipeline.run(), "pipeline")
@@ -155,7 +155,8 @@ class Gateway:
                            self.dispatcher, self.metrics)
         names = {r.name for r in cfg.rules}
         rules.active = {name: ev for name, ev in self.rules.active.items() if name in names}
-        self.rules, self.pipeline.rules = rules, rules
+        self.rules = rules
+        self.pipeline.replace_rules(rules)
         for task in [t for t in self._tasks if t.get_name() == "rules"]:
             task.cancel()
             self._tasks.remove(task)

@@ -45,10 +45,10 @@ async def make(tmp_path):
     spool = await Spool.open(cfg.spool_path)
     metrics = Metrics()
     ingest = Ingest(reg, await spool.replay_windows())
-    pipe = Pipeline(cfg, ingest, spool, metrics)
-    sink = EventSink(pipe, metrics)
+    sink = EventSink(metrics)
     disp = Dispatcher(cfg, sink.emit, None, metrics)
-    pipe.rules = RuleEngine(cfg.rules, cfg.resources, ingest.parser, sink.emit, disp, metrics)
+    rules = RuleEngine(cfg.rules, cfg.resources, ingest.parser, sink.emit, disp, metrics)
+    pipe = Pipeline(cfg, ingest, spool, metrics, rules=rules, events=sink)
     task = asyncio.create_task(pipe.run())
     return spool, pipe, disp, task
 

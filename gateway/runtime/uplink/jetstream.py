@@ -67,12 +67,14 @@ class JetStreamUplink:
 
     STATE_INTERVAL = 60.0
 
-    def __init__(self, cfg, spool: Spool, committed: asyncio.Event, metrics: Metrics):
+    def __init__(self, cfg, spool: Spool, committed: asyncio.Event, metrics: Metrics, downlink=None):
         self.cfg, self.spool, self.committed, self.metrics = cfg, spool, committed, metrics
         root = f"headrace.v1.{cfg.gateway.site}.{cfg.gateway.id}."
         self.subject_data, self.subject_events, self.subject_state = root + "data", root + "events", root + "state"
         self.subject_cmd = root + "cmd."
-        self.downlink = None
+        self.downlink = downlink
+        if downlink is not None:
+            downlink.on_result = self.command_result
         self.connected = False
         self.nc = None
         self.js = None

@@ -139,13 +139,17 @@ class MqttUplink:
     # at low load runs no encoder thread at all
     ENCODE_INLINE_FRAMES = 64
 
-    def __init__(self, cfg: Config, spool: Spool, committed: asyncio.Event, metrics: Metrics):
+    def __init__(self, cfg: Config, spool: Spool, committed: asyncio.Event, metrics: Metrics, downlink=None):
+        """`downlink` (a Downlink) takes the commands that arrive on cmd/<node>; its results
+        are answered on cmd_result/<node>."""
         self.cfg, self.spool, self.committed, self.metrics = cfg, spool, committed, metrics
         self.topic_data = cfg.topic_root + "data"
         self.topic_events = cfg.topic_root + "events"
         self.topic_state = cfg.topic_root + "state"
         self.topic_cmd = cfg.topic_root + "cmd/"
-        self.downlink = None  # a Downlink, set by the service: commands arrive on cmd/<node>
+        self.downlink = downlink
+        if downlink is not None:
+            downlink.on_result = self.command_result
         self.connected = False
         self._inflight: dict[int, tuple[list[int], int]] = {}
         self._acked: list[int] = []

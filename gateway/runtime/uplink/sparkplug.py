@@ -53,8 +53,10 @@ WATCH_PERIOD = 1.0  # seconds between checks for silent or removed nodes
 class SparkplugUplink(MqttUplink):
     """The edge node `spBv1.0/<group>/…/<edge node>`; each sensor node is a device."""
 
-    def __init__(self, cfg: Config, spool: Spool, committed: asyncio.Event, metrics: Metrics):
-        super().__init__(cfg, spool, committed, metrics)
+    def __init__(self, cfg: Config, spool: Spool, committed: asyncio.Event, metrics: Metrics, downlink=None,
+                 nodes: dict | None = None):
+        """`nodes`: the pipeline's NodeStatus by node, which tells who is silent (DDEATH)."""
+        super().__init__(cfg, spool, committed, metrics, downlink)
         sp = cfg.sparkplug
         self.group, self.edge = sp.group_id, sp.edge_node_id or cfg.gateway.id
         self.host = sp.primary_host_id
@@ -62,7 +64,7 @@ class SparkplugUplink(MqttUplink):
         self.topic = {kind: f"{base}{kind}/{self.edge}" for kind in
                       ("NBIRTH", "NDEATH", "NDATA", "NCMD", "DBIRTH", "DDEATH", "DDATA", "DCMD")}
         self.topic_host = f"{spb.NAMESPACE}/STATE/{self.host}" if self.host else None
-        self.nodes: dict | None = None  # the pipeline's NodeStatus by node (set by the service): who is silent
+        self.nodes = nodes
         self.bdseq = 0
         self._bdseq_key = f"sparkplug/{self.group}/{self.edge}/bdSeq"
         self._seq = 0
