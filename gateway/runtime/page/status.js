@@ -221,7 +221,8 @@
     }
     for (const [name, p] of Object.entries(d.points)) {
       out.push(svg("rect", { x: p[0] - fs / 2, y: Y(p[1]) - fs / 2, width: fs, height: fs, class: "zone" }));
-      out.push(svg("text", { x: p[0] + fs * 0.8, y: Y(p[1]) + fs * 1.6, "font-size": fs, class: "zlabel" }, name));
+      out.push(svg("text", { x: right(p[0]) ? p[0] - fs * 0.8 : p[0] + fs * 0.8, y: Y(p[1]) + fs * 1.6, "font-size": fs,
+                             class: "zlabel", "text-anchor": right(p[0]) ? "end" : "start" }, name));
     }
     const byId = new Map(d.demands.map(x => [x.id, x]));
     for (const r of d.resources) {
@@ -233,14 +234,14 @@
       const [cx, cy] = [x.at[0], Y(x.at[1])], s = fs * 0.9;
       out.push(svg("path", { d: `M${cx} ${cy - s}L${cx + s} ${cy}L${cx} ${cy + s}L${cx - s} ${cy}Z`,
                              class: `demand ${x.state}`, "data-demand": x.id }));
-      out.push(svg("text", { x: right(cx) ? cx - s * 1.2 : cx + s * 1.2, y: cy - s * 0.6, "font-size": fs,
+      out.push(svg("text", { x: right(cx) ? cx - s * 1.4 : cx + s * 1.4, y: cy + s * 0.4, "font-size": fs,
                              class: "dlabel", "text-anchor": right(cx) ? "end" : "start" },
                    `${short(x.id)} ${x.need} p${x.priority} ${x.state}`));
     }
     for (const r of d.resources) {
       const kind = r.demand !== null ? "busy" : r.available ? "free" : "off";
       out.push(svg("circle", { cx: r.at[0], cy: Y(r.at[1]), r: fs * 0.7, class: `res ${kind}`, "data-res": r.id }));
-      out.push(svg("text", { x: right(r.at[0]) ? r.at[0] - fs : r.at[0] + fs, y: Y(r.at[1]) - fs * 0.4,
+      out.push(svg("text", { x: right(r.at[0]) ? r.at[0] - fs : r.at[0] + fs, y: Y(r.at[1]) - fs * 0.9,
                              "font-size": fs, class: "rlabel", "text-anchor": right(r.at[0]) ? "end" : "start" }, r.id));
     }
     m.replaceChildren(...out);
