@@ -137,19 +137,20 @@ class Decoder:
 
     def _data(self, site, gw, obj) -> Decoded:
         out = Decoded("data", site, gw)
-        rows, nodes = out.readings, out.nodes
+        append = out.readings.append
+        last: dict = {}
+        # runs for every reading of every batch: floats (nearly all) take the short branch
         for node, seq, _received, frame in batch_format.readings(obj):
             out.frames += 1
-            last = {}
-            t_last = None
             for idx, (sensor, t, value) in enumerate(frame):
-                rows.append((site, gw, node, seq, idx, sensor, t, *_value_columns(value)))
-                last[sensor] = value.hex() if isinstance(value, (bytes, bytearray)) else value
-                t_last = t if t_last is None or t > t_last else t_last
-            prev = nodes.get(node)
-            if prev is None or (t_last is not None and (prev[0] is None or t_last >= prev[0])):
-                merged = {**prev[2], **last} if prev else last
-                nodes[node] = (t_last, seq, merged)
+                if type(value) is float:
+                    append((site, gw, node, seq, idx, sensor, t, value, None, None, None))
+                else:
+                    append((site, gw, node, seq, idx, sensor, t, *_value_columns(value)))
+            last[node] = (seq, frame)
+        for node, (seq, frame) in last.items():  # the mirror: each node's last frame of the batch
+            values = {s: v.hex() if isinstance(v, (bytes, bytearray)) else v for s, _t, v in frame}
+            out.nodes[node] = (max((t for _s, t, _v in frame), default=None), seq, values)
         windows = obj.get("windows", ())
         if not isinstance(windows, (list, tuple)):
             raise batch_format.BatchError("inconsistent batch: windows must be a list")

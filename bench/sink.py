@@ -1,0 +1,152 @@
+"""The sink's write path against COPY of the same rows already decoded, on a private PostgreSQL.
+
+    python bench/sink.py [--batches 160] [--frames 256] [--group 16] [--rounds 3]
+
+Batches are made by the gateway's own encoder (`uplink/batch.py`): frames of 8
+readings from 64 simulated nodes (values with 2-3 decimals, 10 ms apart),
+`--frames` frames a batch as the gateway's default `batch_records`. Three ways of
+putting them into one `readings` table (same columns, primary key and BRIN index
+as the sink's), interleaved for `--rounds` rounds on a fresh database each time:
+
+- baseline: the rows decoded beforehand (not timed), then `COPY readings FROM STDIN` (binary, as the sink's)
+  in groups of `--group` batches, one transaction a group;
+- 1 worker: the sink's own code from payload bytes (sink.decode.Decoder, then
+  PostgresStore.write: COPY into staging, one INSERT … ON CONFLICT DO NOTHING per
+  group, the mirror upserts), one process;
+- 2 workers: the same in two processes, each taking every other group.
+
+Printed: readings/s of each (median of the rounds) and the ratios; targets
+(DESIGN.md): 1 worker >= 0.5x the baseline, 2 workers >= 1.6x 1 worker. No broker:
+what is measured is decode + dedup + write. The machine's cores are shared with the
+PostgreSQL server (and whatever else runs): read ratios, not absolute rates.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cbor2  # noqa: E402
+
+from gateway.runtime.uplink import batch  # noqa: E402
+from sink.decode import Decoder  # noqa: E402
+from sink.store import COPY_TYPES, READING_COLS, PostgresStore  # noqa: E402
+
+T0 = 1_800_000_000.0
+SENSORS = ("temp", "vib", "pressure", "current", "humidity", "level", "flow", "rpm")
+
+
+def make_batches(n: int, frames: int, nodes: int = 64, seed: int = 1) -> list[bytes]:
+    rng = random.Random(seed)
+    seqs = [0] * nodes
+    out = []
+    for b in range(n):
+        bodies = []
+        for f in range(frames):
+            node = (b * frames + f) % nodes
+            seqs[node] += 1
+            t = T0 + seqs[node] * 0.08
+            pack = [{-2: f"n{node}/", -3: t, 0: SENSORS[0], 2: round(rng.uniform(15, 30), 2)}]
+            pack += [{0: s, 2: round(rng.uniform(0, 100), 3), 6: 0.01 * i} for i, s in enumerate(SENSORS[1:], 1)]
+            bodies.append(batch.frame_body(f"n{node}", seqs[node], t + 0.05, cbor2.dumps(pack)))
+        out.append(batch.encode("gw1", "s1", bodies, []))
+    return out
+
+
+def groups(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def baseline(url: str, rows_by_group: list[list[tuple]]) -> float:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        t = time.perf_counter()
+        for rows in rows_by_group:
+            with conn.transaction():
+                with conn.cursor().copy(f"COPY readings ({', '.join(READING_COLS)}) FROM STDIN (FORMAT BINARY)") \
+                        as copy:
+                    copy.set_types(COPY_TYPES["readings"])
+                    for r in rows:
+                        copy.write_row(r)
+        return time.perf_counter() - t
+
+
+def worker(url: str, payload_groups: list[list[bytes]], start, done) -> None:
+    store = PostgresStore(url)
+    dec = Decoder()
+    start.wait()
+    for group in payload_groups:
+        store.write([dec.decode("headrace/v1/s1/gw1/data", p) for p in group])
+    store.close()
+    done.put(time.perf_counter())
+
+
+def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> float:
+    ctx = mp.get_context("fork")
+    start, done = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(url, payload_groups[i::n], start, done)) for i in range(n)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # connected and schema checked: time the writes only
+    t = time.perf_counter()
+    start.set()
+    ends = [done.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise RuntimeError(f"a worker failed with {p.exitcode}")
+    return max(ends) - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batches", type=int, default=160)
+    ap.add_argument("--frames", type=int, default=256)
+    ap.add_argument("--group", type=int, default=16, help="batches a transaction ([sink] group)")
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    from hil_tests.rig import Postgres
+
+    payloads = make_batches(a.batches, a.frames)
+    dec = Decoder()
+    rows = [r for p in payloads for r in dec.decode("headrace/v1/s1/gw1/data", p).readings]
+    n = len(rows)
+    pgroups = groups(payloads, a.group)
+    rgroups = [[r for p in g for r in dec.decode("headrace/v1/s1/gw1/data", p).readings] for g in pgroups]
+    print(f"{len(payloads)} batches of {a.frames} frames, {n} readings, {sum(map(len, payloads)) / n:.1f} "
+          f"bytes a reading on the wire; {len(pgroups)} transactions of {a.group} batches")
+    pg = Postgres().start()
+    rates: dict[str, list[float]] = {"baseline COPY": [], "sink, 1 worker": [], "sink, 2 workers": []}
+    try:
+        for r in range(a.rounds):
+            for name in rates:
+                url = pg.database(f"bench{r}_{name.split()[-1].replace(',', '')}_{len(rates[name])}")
+                PostgresStore(url).close()  # the sink's schema, for the baseline too
+                if name.startswith("baseline"):
+                    secs = baseline(url, rgroups)
+                else:
+                    secs = run_workers(url, pgroups, 1 if "1 worker" in name else 2)
+                store = PostgresStore(url)
+                stored = store.query("SELECT count(*) FROM readings")[0][0]
+                store.close()
+                assert stored == n, f"{name}: {stored} rows stored, {n} expected"
+                rates[name].append(n / secs)
+                print(f"round {r + 1}: {name:16s} {n / secs:12,.0f} readings/s", flush=True)
+    finally:
+        pg.close()
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    base, one, two = med["baseline COPY"], med["sink, 1 worker"], med["sink, 2 workers"]
+    print(f"\nmedian readings/s: baseline COPY {base:,.0f}, sink 1 worker {one:,.0f}, sink 2 workers {two:,.0f}")
+    print(f"1 worker / baseline COPY: {one / base:.2f}x (target >= 0.5x)")
+    print(f"2 workers / 1 worker:     {two / one:.2f}x (target >= 1.6x)")
+
+
+if __name__ == "__main__":
+    main()
