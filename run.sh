@@ -7,15 +7,20 @@
 #
 # Set-up is idempotent and skipped when nothing changed: the Debian packages the
 # tests need when missing (mosquitto, socat, libcoap3-bin, postgresql, systemd for
-# systemd-analyze, chromium for the status page's browser test), a virtual
-# environment in .venv (HEADRACE_VENV to move it),
-# and `pip install -e .[test]` with the Cython core required to build.
+# systemd-analyze, chromium for the status page's browser test; nodejs and npm
+# for the Sparkplug host application, unless node and npm are already there), a
+# virtual environment in .venv (HEADRACE_VENV to move it),
+# and `pip install -e .[test]` with the Cython core required to build; the
+# Sparkplug host's npm packages (`npm ci` of hil_tests/sparkplug_host/package-lock.json)
+# in .cache/sparkplug_host (HEADRACE_CACHE to move .cache).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=${HEADRACE_VENV:-.venv}
 PY=${PYTHON:-python3}
 TEST_DEBS=(mosquitto socat libcoap3-bin systemd postgresql chromium)
+NODE_DEBS=(nodejs npm)  # a machine with another build of node (one that bundles npm) keeps it
+CACHE=${HEADRACE_CACHE:-$PWD/.cache}
 
 say() { printf '\033[1m[headrace]\033[0m %s\n' "$*" >&2; }
 
@@ -51,12 +56,28 @@ python_env() {
     fi
 }
 
+sparkplug_host() {
+    command -v node >/dev/null && command -v npm >/dev/null || apt_install "${NODE_DEBS[@]}"
+    local src=hil_tests/sparkplug_host dest="$CACHE/sparkplug_host"
+    local want
+    want=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -d' ' -f1)
+    if [ ! -f "$dest/.installed" ] || [ "$(cat "$dest/.installed")" != "$want" ]; then
+        say "installing the Sparkplug host's npm packages into $dest (npm ci)"
+        rm -rf "$dest"
+        mkdir -p "$dest"
+        cp "$src/package.json" "$src/package-lock.json" "$dest/"
+        (cd "$dest" && npm ci --no-audit --no-fund --ignore-scripts --cache "$CACHE/npm" >/dev/null)
+        echo "$want" > "$dest/.installed"
+    fi
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
     setup)
         apt_install "${TEST_DEBS[@]}"
         python_env
+        sparkplug_host
         ;;
     demo)
         python_env
@@ -65,6 +86,8 @@ case "$cmd" in
     test)
         apt_install "${TEST_DEBS[@]}"
         python_env
+        sparkplug_host
+        export HEADRACE_CACHE="$CACHE"
         export HEADRACE_BUILD_EXT=1 HEADRACE_REQUIRE_EXT=1
         PYTHON="$PY" bash firmware/typecheck.sh  # the firmware against the esp32 and rp2 MicroPython stubs
         say "tests with the compiled core (tests/ and the simulated bench in hil_tests/)"
@@ -73,7 +96,7 @@ case "$cmd" in
         HEADRACE_PURE=1 HEADRACE_BUILD_EXT=0 HEADRACE_REQUIRE_EXT=0 "$VENV/bin/python" -m pytest -q tests "$@"
         ;;
     *)
-        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

@@ -109,6 +109,8 @@ def test_sparkplug_section_is_checked():
         with pytest.raises(ConfigError) as err:
             from_dict({"sparkplug": raw})
         assert f"[sparkplug] {key}" in str(err.value)
+    with pytest.raises(ConfigError, match=r"\[sparkplug\] enabled.*one uplink"):
+        from_dict({"sparkplug": {"enabled": True}, "jetstream": {"enabled": True}})
 
 
 def test_bdseq_and_the_last_record_id_survive_a_reopen(tmp_path):

@@ -120,7 +120,10 @@ class SparkplugUplink(MqttUplink):
         await super()._teardown()
 
     def _send(self, s: _Session, topic: str, payload: Payload, ids=()) -> None:
-        """Publish with the next seq (QoS 1); `ids`: the spool records it carries."""
+        """Publish with the next seq (QoS 1); `ids`: the spool records it carries. Nothing is sent
+        outside a session (after NDEATH: a clean stop, or the host gone): records stay spooled."""
+        if not self._born and topic != self.topic["NBIRTH"]:
+            return
         self._seq = 0 if topic == self.topic["NBIRTH"] else (self._seq + 1) % 256
         payload.seq = self._seq
         data = payload.SerializeToString()
@@ -325,8 +328,8 @@ class SparkplugUplink(MqttUplink):
     async def final_state(self, state: dict) -> None:
         """A clean stop: NDEATH with this session's bdSeq (the broker drops the Will on DISCONNECT)."""
         s = self._session
-        if s is None or not self.connected:
-            return
+        if s is None or not self.connected or not self._born:
+            return  # never born on this connection: the clean DISCONNECT discards the Will, and that is all
         self._born = False
         info = s.client.publish(self.topic["NDEATH"], spb.death(self.bdseq), qos=QOS_AT_LEAST_ONCE)
         deadline = time.monotonic() + 2
