@@ -101,7 +101,7 @@ def test_frames_alarms_and_dispatch_steps_show_within_2_s(tmp_path, mosquitto, p
     keys = {"pump1": os.urandom(32), "probe": os.urandom(32)}
     pair = pty_pairs("pump1")
     gw = GuardedGateway(tmp_path, mosquitto.port, keys, serial_ports=[pair.a], extra=PLANT).start()
-    node = None
+    node = page = None
     try:
         node = Node(tmp_path, {"node": "pump1", "key": keys["pump1"].hex(), "transport": "serial",
                                "port": pair.b, "sensors": ["temp", "vib"], "period_ms": 250, "batch": 2,
@@ -169,6 +169,11 @@ def test_frames_alarms_and_dispatch_steps_show_within_2_s(tmp_path, mosquitto, p
         assert not errors, errors
         print(f"screenshots: {shot}, status-page-lost.png, status-page-reconnected.png in {tmp_path}; "
               f"frame lags {['%.2f' % x for x in lags]} s")
+    except BaseException:
+        if page is not None:  # what the page showed when it went wrong
+            page.screenshot(path=str(tmp_path / "status-page-failure.png"), full_page=True)
+            print(f"page at the failure: {tmp_path / 'status-page-failure.png'}; gateway log:\n{gw.log()[-3000:]}")
+        raise
     finally:
         if node is not None:
             node.kill()

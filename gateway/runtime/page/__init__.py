@@ -27,7 +27,8 @@ the node table's last column. A callable that raises is logged and skipped.
 Caveats: the page's timings (frames a minute, late) use the gateway's clock;
 sparklines sample each node's newest frame every `History.period` seconds (see
 history.py). A client that cannot keep up (64 messages queued) is dropped and
-reconnects to a full state.
+reconnects to a full state; at most MAX_STREAMS pages stream at once (others get 503
+and retry every 2 s).
 """
 from __future__ import annotations
 
@@ -44,12 +45,14 @@ from typing import Callable
 
 from gateway.config.sections import is_loopback
 from gateway.runtime.page.history import History
+from gateway.runtime.service import BATTERY_NAMES
 from gateway.runtime.page.render import render_page
 
 log = logging.getLogger("headrace.page")
 
-BATTERY_NAMES = ("battery", "bat", "vbat", "batt")  # as gateway/runtime/service.py reads them
 QUEUE = 64
+MAX_STREAMS = 32  # pages open at once; each costs a queue and a row diff a tick
+INF = math.inf
 ASSETS = {"status.js": "text/javascript; charset=utf-8", "status.css": "text/css; charset=utf-8",
           "uPlot.iife.min.js": "text/javascript; charset=utf-8", "uPlot.min.css": "text/css; charset=utf-8",
           "uPlot.LICENSE": "text/plain; charset=utf-8"}
@@ -138,12 +141,7 @@ class StatusPage:
     async def snapshot(self, changed_only: bool = False) -> dict:
         """Everything the page shows. `changed_only`: the nodes whose row changed since the last call."""
         gw, now = self.gw, time.time()
-        rows = self.node_rows(now)
-        if changed_only:
-            sent, self._sent = self._sent, {r["node"]: _signature(r) for r in rows}
-            rows = [r for r in rows if sent.get(r["node"]) != self._sent[r["node"]]]
-        else:
-            self._sent.update({r["node"]: _signature(r) for r in rows})
+        rows = self.node_rows(now, changed_only)
         state = {"now": round(now, 3), "gateway": await self.gateway_view(now), "uplink": await self.uplink_view(now),
                  "nodes": rows, "node_count": len(gw.pipeline.nodes), "full": not changed_only,
                  "alarms": self.alarms(), "dispatch": self.dispatch_view()}
@@ -151,18 +149,27 @@ class StatusPage:
             state["events"] = [_plain(e) for e in list(gw.events.recent)[-40:]] if gw.events else []
         return state
 
-    def node_rows(self, now: float) -> list[dict]:
+    def node_rows(self, now: float, changed_only: bool = False) -> list[dict]:
+        """The node table's rows; with `changed_only`, those whose row changed since the last call
+        (decided on counters before a row is built: most nodes send less often than once a tick)."""
         p = self.gw.pipeline
-        rows = []
+        rows, sent = [], self._sent
         for name, st in sorted(p.nodes.items()):
-            last = {series.split("/", 1)[-1]: _num(v) for series, (_t, v) in p.node_last(name).items()}
+            per_min = round(st.rate(now) * 60, 1)
+            extra = self._extras(name) if self.node_extras else {}
+            sig = (st.frames, st.rejected, per_min, st.transport, tuple(extra.items()))
+            if changed_only and sent.get(name) == sig:
+                continue
+            sent[name] = sig
+            last = {series.split("/", 1)[-1]: (v if -INF < v < INF else None)  # NaN and infinities: null
+                    for series, (_t, v) in sorted(p.node_last(name).items())}
             battery = next((v for k, v in last.items() if k in BATTERY_NAMES), None)
             taken = st.frames + st.rejected
             rows.append({"node": name, "transport": st.transport, "last_seen": round(st.last_seen, 3),
-                         "per_min": round(st.rate(now) * 60, 1), "frames": st.frames, "readings": st.readings,
-                         "rejected": st.rejected, "causes": dict(getattr(st, "causes", {})),
+                         "per_min": per_min, "frames": st.frames, "readings": st.readings,
+                         "rejected": st.rejected, "causes": dict(st.causes),
                          "quality": round(st.frames / taken, 4) if taken else None, "battery": battery,
-                         "last": dict(sorted(last.items())), "extra": self._extras(name)})
+                         "last": last, "extra": extra})
         return rows
 
     def _extras(self, name: str) -> dict:
@@ -236,6 +243,11 @@ class StatusPage:
 
     async def stream(self, writer: asyncio.StreamWriter) -> None:
         """Serve one Server-Sent Events client until it goes or the page stops."""
+        if len(self._clients) >= MAX_STREAMS:
+            log.warning("status page: %d pages open already; refusing another", MAX_STREAMS)
+            writer.write(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+                         b"too many status pages open at once\n")
+            return
         writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n"
                      b"Connection: close\r\n\r\nretry: 1000\n\n")
         q: asyncio.Queue = asyncio.Queue(QUEUE)
@@ -273,13 +285,9 @@ def _sse(kind: str, obj) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(obj, separators=(',', ':'), default=str)}\n\n".encode()
 
 
-def _signature(row: dict) -> tuple:
-    return (row["frames"], row["rejected"], row["per_min"], row["transport"], tuple(row["extra"].items()))
-
-
 def _num(v):
     if isinstance(v, float):
-        return None if not math.isfinite(v) else float(f"{v:.6g}")
+        return v if -INF < v < INF else None
     return v
 
 

@@ -71,9 +71,12 @@ def late(row: dict, now: float) -> bool:
 
 
 def fmt(v) -> str:
+    """A value for a cell, safe in HTML (numbers need no escaping; anything else is escaped)."""
     if isinstance(v, float):
         return f"{v:.4g}"
-    return "–" if v is None else str(v)
+    if isinstance(v, int):
+        return str(v)
+    return "–" if v is None else html.escape(str(v))
 
 
 def node_row(r: dict, now: float) -> str:
@@ -82,13 +85,13 @@ def node_row(r: dict, now: float) -> str:
     drawn by the script for the rows in view."""
     e = html.escape
     causes = ", ".join(f"{k} {v}" for k, v in sorted(r["causes"].items()))
-    readings = "".join(f'<span data-s="{e(k)}">{e(fmt(v))}</span>' for k, v in r["last"].items())
-    extra = " ".join(f"{e(str(k))}: {e(fmt(v))}" for k, v in r["extra"].items())
+    readings = "".join(f'<span data-s="{e(k)}">{fmt(v)}</span>' for k, v in r["last"].items())  # numbers: no markup
+    extra = " ".join(f"{e(str(k))}: {fmt(v)}" for k, v in r["extra"].items())
     quality = f"{100 * r['quality']:.1f} %" if r["quality"] is not None else "–"
     return (f'<tr data-node="{e(r["node"])}" data-last-seen="{r["last_seen"]}"{" class=late" if late(r, now) else ""}>'
             f'<td>{e(r["node"])}<td>{e(r["transport"])}<td>{ago(now - r["last_seen"] if r["last_seen"] else None)}'
             f'<td>{r["per_min"]:.1f}<td>{r["frames"]}<td>{quality}'
-            f'<td>{r["rejected"]}{f" ({e(causes)})" if causes else ""}<td>{e(fmt(r["battery"]))}'
+            f'<td>{r["rejected"]}{f" ({e(causes)})" if causes else ""}<td>{fmt(r["battery"])}'
             f'<td>{readings}<td>{extra}</tr>')
 
 
