@@ -24,7 +24,7 @@ class SmallGateway:
         self.dispatcher = Dispatcher(cfg, self.events.append)
 
     def health(self):
-        return {"ok": True}
+        return {"ok": True, "uplink_connected": False, "nodes": 0, "uptime_s": 1.0}
 
     def node_table(self):
         return []
@@ -130,3 +130,31 @@ def test_check_config_refuses_a_network_bind_without_a_token(tmp_path, capsys):
     assert "[http] bind" in err and "token" in err and "fix:" in err
     path.write_text(path.read_text() + f'token = "{TOKEN}"\n')
     assert cli.main(["gateway", "check-config", "--config", str(path)]) == 0
+
+
+def test_the_command_line_sends_the_token_of_its_config(tmp_path, capsys):
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[http]\ntoken = "{TOKEN}"\n')
+    bare = tmp_path / "bare.toml"
+    bare.write_text("")
+
+    async def main():
+        gw = SmallGateway()
+        server = StatusServer(config.HttpSection(port=0, token=TOKEN), gw)
+        await server.start()
+        base = f"http://127.0.0.1:{server.port}"
+        try:
+            assert await asyncio.to_thread(cli.main, ["status", "--config", str(path), "--url", base]) == 0
+            assert "0 nodes seen" in capsys.readouterr().out
+            assert await asyncio.to_thread(cli.main, ["status", "--config", str(bare), "--url", base]) == 1
+            assert "401" in capsys.readouterr().err
+            rc = await asyncio.to_thread(cli.main, ["demand", "mechanic", "--at", "1,2", "--config", str(path),
+                                                    "--url", base])
+            assert rc == 0 and "open: mechanic" in capsys.readouterr().out
+            rc = await asyncio.to_thread(cli.main, ["demand", "mechanic", "--at", "1,2", "--config", str(bare),
+                                                    "--url", base])
+            assert rc == 1 and "refused: 401 Unauthorized: a token is required" in capsys.readouterr().err
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
