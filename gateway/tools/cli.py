@@ -48,6 +48,9 @@ def _cmd_check_config(args) -> int:
           f"{len(registry)} nodes, {len(cfg.serial.ports)} serial ports, "
           f"CoAP {'on' if cfg.coap.enabled else 'off'}, MQTT {cfg.mqtt.host}:{cfg.mqtt.port}, "
           f"{len(cfg.rules)} rules, {len(cfg.resources)} resources")
+    from gateway.config.advice import config_warnings
+    for warning in config_warnings(cfg):
+        print(f"warning: {warning}")
     return 0
 
 

@@ -130,6 +130,8 @@ def test_check_config_refuses_a_network_bind_without_a_token(tmp_path, capsys):
     assert "[http] bind" in err and "token" in err and "fix:" in err
     path.write_text(path.read_text() + f'token = "{TOKEN}"\n')
     assert cli.main(["gateway", "check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out  # valid, with advice: the token would cross the network in clear
+    assert ": OK" in out and "warning: [http] bind = '0.0.0.0' with a token over plain HTTP" in out
 
 
 def test_the_command_line_sends_the_token_of_its_config(tmp_path, capsys):
