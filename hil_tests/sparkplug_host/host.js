@@ -124,7 +124,7 @@ client.on("message", (topic, buf) => {
     return;
   }
   const seq = payload.seq === undefined ? null : num(payload.seq);
-  const ev = {ev: "msg", kind, device, seq, n: payload.metrics.length,
+  const ev = {ev: "msg", kind, device, seq, at: Date.now(), n: payload.metrics.length,
               hist: payload.metrics.filter((m) => m.isHistorical).length};
   if (kind === "NBIRTH" || kind === "NDEATH") {
     const bd = payload.metrics.find((m) => m.name === "bdSeq");
