@@ -130,3 +130,74 @@ def test_bdseq_and_the_last_record_id_survive_a_reopen(tmp_path):
             await spool.close()
 
     asyncio.run(main())
+
+
+# -- what hosts send: NCMD, DCMD, STATE from the wire ---------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from gateway.decisions.downlink import Downlink  # noqa: E402
+from gateway.runtime.metrics import Metrics  # noqa: E402
+from gateway.runtime.registry import Registry  # noqa: E402
+from gateway.runtime.uplink.sparkplug import SparkplugUplink  # noqa: E402
+
+
+def edge_node(tmp_path=None):
+    cfg = from_dict({"sparkplug": {"enabled": True, "group_id": "g", "primary_host_id": "scada"},
+                     "gateway": {"id": "gw"}})
+    registry = Registry()
+    registry.add("pump3")
+    up = SparkplugUplink(cfg, None, None, Metrics())
+    up.downlink = Downlink(registry, on_result=up.command_result)
+    up.catalog.device("pump3")
+    return up
+
+
+def dcmd(*metrics) -> bytes:
+    p = Payload(timestamp=1)
+    for name, datatype, field, value in metrics:
+        m = p.metrics.add()
+        m.name, m.datatype = name, datatype
+        setattr(m, field, value)
+    return p.SerializeToString()
+
+
+def test_dcmd_metrics_are_validated_like_cmd_topic_commands():
+    up = edge_node()
+    up._message("spBv1.0/g/DCMD/gw/pump3", dcmd(("Commands/set_period", 4, "long_value", 500),
+                                                 ("Commands/set_period", 4, "long_value", 5),
+                                                 ("Commands/identify", 10, "double_value", 2.5),
+                                                 ("Commands/json", 12, "string_value",
+                                                  '{"id": "c9", "cmd": "set_batch", "args": {"batch": 4}}'),
+                                                 ("Node Control/Rebirth", 11, "boolean_value", True)))
+    up._message("spBv1.0/g/DCMD/gw/ghost", dcmd(("Commands/reboot", 11, "boolean_value", True)))
+    assert [(c.cmd, c.args) for c in up.downlink.pending("pump3")] == [("set_period", {"period_ms": 500}),
+                                                                       ("set_batch", {"batch": 4})]
+    assert up.metrics.total("headrace_commands_total") == 6
+    assert up.metrics.by_label("headrace_commands_total") == [({"result": "queued"}, 2), ({"result": "rejected"}, 4)]
+
+
+def test_state_from_the_primary_host_is_checked_and_ordered():
+    up = edge_node()
+    up._message("spBv1.0/STATE/scada", b'{"online": true, "timestamp": 10}')
+    assert up._host_up.is_set()
+    up._message("spBv1.0/STATE/scada", b'{"online": false, "timestamp": 9}')  # older: ignored
+    assert up._host_up.is_set()
+    up._message("spBv1.0/STATE/scada", b'{"online": "no", "timestamp": 11}')  # not a STATE: counted
+    up._message("spBv1.0/STATE/scada", b"ONLINE")  # the pre-3.0 form
+    assert up._host_up.is_set()
+    assert up.metrics.total("headrace_sparkplug_rejected_total") == 2
+    up._message("spBv1.0/STATE/scada", b'{"online": false, "timestamp": 12}')
+    assert not up._host_up.is_set()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["spBv1.0/g/NCMD/gw", "spBv1.0/g/DCMD/gw/pump3", "spBv1.0/STATE/scada"]),
+       st.one_of(st.binary(max_size=200),
+                 st.builds(lambda b, i, x: b[:i] + bytes([x]) + b[i + 1:],
+                           st.just(dcmd(("Commands/set_period", 4, "long_value", 500))),
+                           st.integers(0, 20), st.integers(0, 255))))
+def test_fuzz_host_messages_are_taken_or_counted_never_raised(topic, payload):
+    up = edge_node()
+    up._message(topic, payload)  # a command, a rejection or a counted bad message; nothing escapes
+    assert len(up.downlink.pending("pump3")) <= 1
