@@ -34,10 +34,16 @@ or the API. Assigned but not accepted within `accept_timeout`, or accepted but n
 done within `done_timeout`: a `timeout` event, the demand opens again and that
 resource is not offered it again while another capable resource exists.
 
-Caveats: demands live in memory; after a restart the spooled events tell what was
-open, and a demand rule that still holds raises a new demand. Demand ids are the
-gateway's start time in milliseconds plus a counter, so they do not repeat across
-restarts (they fit a float reading exactly).
+Durability: with a ledger (gateway/decisions/ledger.py) every open demand and dispatch
+in progress is a row of the spool's `decisions` table, written in the commit that
+spools the event of its change; at start `restore` takes them back (an assigned or
+accepted demand keeps its resource, its attempt and the time its step began, so its
+timeouts run on), and a demand rule whose demand is still open does not open another.
+
+Caveats: demand ids are the gateway's start time in milliseconds plus a counter (and
+above every restored id), so they do not repeat across restarts (they fit a float
+reading exactly). A demand answered over the API (201) is durable a commit later
+(`[spool] commit_interval`, milliseconds).
 """
 from __future__ import annotations
 
@@ -52,6 +58,7 @@ from dataclasses import dataclass, field
 from core_ext.match import assign
 
 from gateway.config.resources import Resource
+from gateway.decisions.ledger import restore_rows
 from gateway.decisions.zones import ZoneMap
 
 log = logging.getLogger("headrace.dispatch")
@@ -87,6 +94,16 @@ class Demand:
                 "source": self.source, "created": self.created, "state": self.state, "resource": self.resource,
                 "since": self.since, "attempt": self.attempt}
 
+    def record(self) -> dict:
+        """The ledger's row: everything `from_record` needs to carry on after a restart."""
+        return {**self.view(), "excluded": sorted(self.excluded)}
+
+    @classmethod
+    def from_record(cls, r: dict) -> "Demand":
+        return cls(int(r["id"]), r["need"], tuple(r["at"]), int(r["priority"]), r["source"], float(r["created"]),
+                   r.get("zone", ""), r["state"], r.get("resource"), float(r["since"]), int(r["attempt"]),
+                   set(r.get("excluded", ())))
+
 
 @dataclass
 class ResourceState:
@@ -109,9 +126,9 @@ class ResourceState:
 class Dispatcher:
     """Owns the demands and the resources' state; `run()` ticks until cancelled."""
 
-    def __init__(self, cfg, emit, downlink=None, metrics=None, clock=time.time):
+    def __init__(self, cfg, emit, downlink=None, metrics=None, clock=time.time, ledger=None):
         self.settings, self.zones, self.emit = cfg.dispatch, cfg.zones or ZoneMap(), emit
-        self.downlink, self.metrics, self.clock = downlink, metrics, clock
+        self.downlink, self.metrics, self.clock, self.ledger = downlink, metrics, clock, ledger
         self.resources = {r.id: ResourceState(r, r.home) for r in cfg.resources}
         self.capabilities = {c for r in cfg.resources for c in r.capabilities}
         self.demands: dict[int, Demand] = {}     # open, assigned or accepted
@@ -119,6 +136,34 @@ class Dispatcher:
         self._rule_demand: dict[str, int] = {}   # rule name -> its demand still open
         self._next_id = int(clock() * 1000)
         self._wake = asyncio.Event()
+
+    # -- durability -----------------------------------------------------------------------
+
+    def _changed(self, d: Demand) -> None:
+        if self.ledger is not None:
+            did = d.id
+            self.ledger.mark("demand", str(did), lambda: self.demands[did].record() if did in self.demands else None)
+
+    def restore(self, rows) -> int:
+        """Take back the demands the spool's rows recorded [(kind, key, body)]; returns how many.
+        A demand whose resource is gone from the config, or already taken, opens again."""
+        n = 0
+        for _key, r in sorted(restore_rows(rows, "demand"), key=lambda kv: int(kv[0])):
+            d = Demand.from_record(r)
+            self.demands[d.id] = d
+            self._next_id = max(self._next_id, d.id)
+            if d.source.startswith("rule:"):
+                self._rule_demand[d.source[5:]] = d.id
+            if d.resource is not None:
+                res = self.resources.get(d.resource)
+                if res is None or res.demand is not None:
+                    self._reopen(d, "reassigned", recall=False)
+                else:
+                    res.demand = d.id
+            n += 1
+        self._count()
+        self._wake.set()
+        return n
 
     # -- demands in -----------------------------------------------------------------------
 
@@ -141,6 +186,7 @@ class Dispatcher:
         self._next_id += 1
         d = Demand(self._next_id, need, (float(at[0]), float(at[1])), priority, source, now, zone, since=now)
         self.demands[d.id] = d
+        self._changed(d)
         event = {"type": "demand", "id": d.id, "need": need, "priority": priority, "at": list(d.at),
                  "source": source, "t": now}
         if zone:
@@ -177,6 +223,7 @@ class Dispatcher:
         d = self._get(did, resource, (ASSIGNED, ACCEPTED))
         if d.state == ASSIGNED:
             d.state, d.since = ACCEPTED, self.clock()
+            self._changed(d)
             self._event(d, ACCEPTED)
         return d
 
@@ -206,6 +253,7 @@ class Dispatcher:
             self.resources[d.resource].demand = None
         d.state, d.since = state, self.clock()
         del self.demands[d.id]
+        self._changed(d)
         self.closed.append(d)
         for name, did in list(self._rule_demand.items()):
             if did == d.id:
@@ -218,8 +266,10 @@ class Dispatcher:
         if recall:
             self._recall(d)
         d.excluded.add(d.resource)
-        self.resources[d.resource].demand = None
+        if d.resource in self.resources and self.resources[d.resource].demand == d.id:
+            self.resources[d.resource].demand = None
         d.state, d.resource, d.since = OPEN, None, self.clock()
+        self._changed(d)
         self._wake.set()
 
     def update(self, cfg) -> None:
@@ -303,6 +353,7 @@ class Dispatcher:
             capable = {r.spec.id for r in self.resources.values() if d.need in r.spec.capabilities}
             if d.excluded and capable <= d.excluded:
                 d.excluded.clear()  # every capable resource failed it once: offer it to all again
+                self._changed(d)
         eta = [[math.inf if r.spec.id in d.excluded else self.travel(r, d) for r in free] for d in open_]
         weighted = [[d.priority * x for x in row] for d, row in zip(open_, eta)]
         # a bonus per served demand, by priority, above any sum of travel costs: when not all can be
@@ -317,14 +368,15 @@ class Dispatcher:
         d.state, d.resource, d.since = ASSIGNED, res.spec.id, now
         d.attempt += 1
         res.demand = d.id
+        self._changed(d)
         self._event(d, ASSIGNED, eta=round(eta, 3))
         if self.downlink is not None and res.spec.node:
             self.downlink.put(res.spec.node, "dispatch", {"demand": d.id, "need": d.need, "x": d.at[0],
                                                           "y": d.at[1], "priority": d.priority}, f"dispatch-{d.id}")
 
     def _recall(self, d: Demand) -> None:
-        res = self.resources[d.resource]
-        if self.downlink is not None and res.spec.node:
+        res = self.resources.get(d.resource)
+        if res is not None and self.downlink is not None and res.spec.node:
             self.downlink.put(res.spec.node, "recall", {"demand": d.id}, f"recall-{d.id}-{d.attempt}")
 
     def _event(self, d: Demand, state: str, **extra) -> None:

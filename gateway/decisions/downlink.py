@@ -28,12 +28,21 @@ answer. The outcome is answered on `cmd_result/<node>` too: `applied`, `failed`
 The gateway queues commands of its own the same way (`put`): the dispatcher's
 `dispatch` (args `demand`, `need`, `x`, `y`, `priority`) to a resource's node, and
 `recall` (args `demand`) when it takes a dispatch back.
+
+Durability: with a ledger (gateway/decisions/ledger.py) each node's queued and in-flight
+commands are a row of the spool's `decisions` table, committed with the frame or event
+that changed them, and restored at start (`restore`); a command starts riding acks only
+once its row is committed, so a `kill -9` never leaves a node holding a command the
+gateway forgot. After a restart the commands in flight ride again from the first try;
+the node answers a repeated id without applying it twice (docs/protocol.md §3).
 """
 from __future__ import annotations
 
 import collections
 import json
 from dataclasses import dataclass
+
+from gateway.decisions.ledger import restore_rows
 
 from firmware import protocol as node_protocol
 from gateway.runtime.registry import Registry
@@ -94,13 +103,39 @@ def parse(node: str, payload: bytes, registry: Registry) -> Command:
 class Downlink:
     """Bounded per-node queues of validated commands, and the commands in flight."""
 
-    def __init__(self, registry: Registry, per_node: int = QUEUE_PER_NODE, on_result=None):
+    def __init__(self, registry: Registry, per_node: int = QUEUE_PER_NODE, on_result=None, ledger=None):
         self.registry = registry
         self.per_node = per_node
         self.queues: dict[str, collections.deque] = {}
         self.inflight: dict[str, dict[str, list]] = {}  # node -> id -> [command, acks ridden]
         self.dropped = 0
         self.on_result = on_result  # (node, {"id", "status", ...}): the uplink answers on cmd_result
+        self.ledger = ledger
+        self._made: dict[tuple[str, str], int] = {}  # (node, id) -> ledger epoch it was queued at
+
+    def _ready(self, command: Command) -> bool:
+        """A command may ride an ack once the row that records it is committed."""
+        if self.ledger is None:
+            return True
+        return self.ledger.durable(self._made.get((command.node, command.id), -1))
+
+    def _changed(self, node: str) -> None:
+        if self.ledger is not None:
+            self.ledger.mark("commands", node, lambda: self._row(node))
+
+    def _row(self, node: str):
+        pending = self.pending(node)
+        return [[c.id, c.cmd, c.args] for c in pending] or None
+
+    def restore(self, rows) -> int:
+        """Queue again the commands the spool's rows recorded [(kind, key, body)]; returns how many."""
+        n = 0
+        for node, commands in restore_rows(rows, "commands"):
+            q = self.queues.setdefault(node, collections.deque())
+            for cid, cmd, args in commands:
+                q.append(Command(node, cid, cmd, args))
+                n += 1
+        return n
 
     def for_ack(self, node: str) -> list[Command]:
         """The commands the next ack to `node` carries: those in flight, topped up from
@@ -110,8 +145,9 @@ class Downlink:
         if not flying and not q:
             return []
         flying = self.inflight.setdefault(node, {})
-        while q and len(flying) < PER_ACK:
+        while q and len(flying) < PER_ACK and self._ready(q[0]):
             c = q.popleft()
+            self._made.pop((node, c.id), None)
             flying[c.id] = [c, 0]
         if q is not None and not q:
             del self.queues[node]
@@ -119,6 +155,7 @@ class Downlink:
         for cid, entry in list(flying.items()):
             if entry[1] >= MAX_TRIES:
                 del flying[cid]
+                self._changed(node)
                 self._answer(node, {"id": cid, "status": "expired",
                                     "error": f"no answer from the node after {MAX_TRIES} acks"})
                 continue
@@ -137,6 +174,7 @@ class Downlink:
         del flying[cid]
         if not flying:
             self.inflight.pop(node, None)
+        self._changed(node)
         ok = rest == "ok"
         answer = {"id": cid, "status": "applied" if ok else "failed"}
         if not ok:
@@ -159,14 +197,22 @@ class Downlink:
     def _queue(self, command: Command) -> Command:
         q = self.queues.setdefault(command.node, collections.deque())
         if len(q) >= self.per_node:
-            q.popleft()
+            gone = q.popleft()
+            self._made.pop((gone.node, gone.id), None)
             self.dropped += 1
         q.append(command)
+        if self.ledger is not None:
+            self._made[(command.node, command.id)] = self.ledger.epoch
+        self._changed(command.node)
         return command
 
     def take(self, node: str) -> list[Command]:
         """Every command waiting for a node, oldest first; its queue is emptied (the link carries them)."""
         q = self.queues.pop(node, None)
+        if q:
+            for c in q:
+                self._made.pop((node, c.id), None)
+            self._changed(node)
         return list(q) if q else []
 
     def pending(self, node: str) -> list[Command]:

@@ -77,10 +77,11 @@ class NodeStatus:
 
 class Pipeline:
     def __init__(self, cfg: Config, ingest: Ingest, spool: Spool, metrics: Metrics, *, rules=None, downlink=None,
-                 events=None):
+                 events=None, ledger=None):
         """`rules` (a RuleEngine) gets the committed readings and the closed windows; `downlink`
         (a Downlink) gives the commands that ride the acks and takes the nodes' reports;
-        `events` (an EventSink) has its events committed with the next group."""
+        `events` (an EventSink) has its events committed with the next group; `ledger` (a
+        gateway.decisions.ledger.Ledger) has the decisions' changed rows committed with them."""
         self.cfg, self.ingest, self.spool, self.metrics = cfg, ingest, spool, metrics
         self.nodes: dict[str, NodeStatus] = {}
         self.committed = asyncio.Event()  # set after each commit; the uplink waits on it
@@ -91,6 +92,9 @@ class Pipeline:
         if events is not None:
             events.route(self.add_event)
         self._wake = asyncio.Event()
+        self.ledger = ledger
+        if ledger is not None:
+            ledger.route(self._wake.set)
         self._space = asyncio.Event()
         self._space.set()
         self._max_pending = cfg.spool.commit_max_frames * 8
@@ -168,7 +172,7 @@ class Pipeline:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending or self._windows or self._events:
+            while self._pending or self._windows or self._events or self._ledger_dirty():
                 started = time.monotonic()
                 await self._commit_group()
                 left = gap - (time.monotonic() - started)
@@ -187,12 +191,18 @@ class Pipeline:
         records += [(KIND_WINDOW, body) for body in windows]
         records += [(KIND_EVENT, body) for body in events]
         replay = self.ingest.dirty_state({i.node for i in group if i.status != ACK_DUPLICATE})
+        # taken in the same turn of the loop as the events: the rows describe what they did
+        epoch, decisions = self.ledger.take() if self.ledger is not None else (0, None)
         try:
-            await self.spool.commit(records, replay)
+            await self.spool.commit(records, replay, decisions)
         except SpoolError as exc:
             self._events[:0] = events  # events wait for the next commit
+            if self.ledger is not None:
+                self.ledger.failed(decisions)
             self._commit_failed(group, exc)
             return
+        if self.ledger is not None:
+            self.ledger.committed(epoch)  # the downlink may now send the commands this commit recorded
         self.ingest.committed(replay)
         self.metrics.inc("headrace_spool_commits_total")
         self.metrics.inc("headrace_windows_total", len(windows))
@@ -269,6 +279,9 @@ class Pipeline:
         """A reloaded rule table (SIGHUP) takes the readings from the next commit on."""
         self.rules = rules
 
+    def _ledger_dirty(self) -> bool:
+        return self.ledger is not None and self.ledger.dirty
+
     def add_event(self, body: bytes) -> None:
         """Spool an event record with the next commit."""
         self._events.append(body)
@@ -325,5 +338,5 @@ class Pipeline:
         """On shutdown: flush open windows and commit what is queued."""
         self.close_windows(time.time(), flush=True)
         deadline = time.monotonic() + timeout
-        while (self._pending or self._windows or self._events) and time.monotonic() < deadline:
+        while (self._pending or self._windows or self._events or self._ledger_dirty()) and time.monotonic() < deadline:
             await self._commit_group()

@@ -20,6 +20,7 @@ from gateway import config as config_module
 from gateway.config import Config
 from gateway.decisions.dispatch import Dispatcher
 from gateway.decisions.downlink import Downlink
+from gateway.decisions.ledger import Ledger
 from gateway.errors import ConfigError
 from gateway.decisions.events import EventSink
 from gateway.runtime.ingest import Ingest
@@ -86,12 +87,18 @@ class Gateway:
         ingest = Ingest(self.registry, await self.spool.replay_windows())
         # made in the order they depend on each other, each given its collaborators
         self.events = EventSink(self.metrics)
-        self.downlink = Downlink(self.registry)
-        self.dispatcher = Dispatcher(cfg, self.events.emit, self.downlink, self.metrics)
+        self.ledger = Ledger()  # demands, dispatches and queued commands, committed with their events
+        self.downlink = Downlink(self.registry, ledger=self.ledger)
+        self.dispatcher = Dispatcher(cfg, self.events.emit, self.downlink, self.metrics, ledger=self.ledger)
         self.rules = RuleEngine(cfg.rules, cfg.resources, ingest.parser, self.events.emit, self.dispatcher,
                                 self.metrics)
         self.pipeline = Pipeline(cfg, ingest, self.spool, self.metrics, rules=self.rules, downlink=self.downlink,
-                                 events=self.events)
+                                 events=self.events, ledger=self.ledger)
+        # what the decisions knew at the last commit carries on (after a restart, a crash, a kill -9)
+        rows = await self.spool.decisions()
+        restored = self.dispatcher.restore(rows), self.downlink.restore(rows)
+        if any(restored):
+            log.info("restored from the spool: %d open demands and dispatches, %d queued commands", *restored)
         committed = self.pipeline.committed
         if cfg.jetstream.enabled:
             from gateway.runtime.uplink.jetstream import JetStreamUplink

@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS decisions (
+    kind TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 """
 
 
@@ -98,12 +104,15 @@ class Spool:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def commit(self, records: list[tuple[str, bytes]], replay: dict[str, tuple[int, int]]) -> None:
-        """Append records [(kind, body)] and store replay windows {node: (top, bitmap)}, atomically.
+    async def commit(self, records: list[tuple[str, bytes]], replay: dict[str, tuple[int, int]],
+                     decisions: dict[tuple[str, str], bytes | None] | None = None) -> None:
+        """Append records [(kind, body)], store replay windows {node: (top, bitmap)} and the
+        decisions' rows {(kind, key): JSON bytes, or None to delete} (gateway/decisions/ledger.py),
+        atomically.
 
         Raises SpoolError (disk full, I/O error); then nothing was written.
         """
-        await self._run(self._commit, records, replay)
+        await self._run(self._commit, records, replay, decisions)
 
     @contextlib.contextmanager
     def _transaction(self, what: str):
@@ -118,7 +127,7 @@ class Spool:
                 db.execute("ROLLBACK")
             raise SpoolError(f"spool {what} failed ({self.path}): {exc}") from exc
 
-    def _commit(self, records, replay) -> None:
+    def _commit(self, records, replay, decisions=None) -> None:
         now = time.time()
         with self._transaction("commit") as db:
             db.executemany("INSERT INTO records (prio, kind, body, created) VALUES (?, ?, ?, ?)",
@@ -126,6 +135,11 @@ class Spool:
             if replay:
                 db.executemany("INSERT OR REPLACE INTO replay (node, top, bitmap) VALUES (?, ?, ?)",
                                [(node, top, _to_signed(bitmap)) for node, (top, bitmap) in replay.items()])
+            if decisions:
+                db.executemany("INSERT OR REPLACE INTO decisions (kind, key, body) VALUES (?, ?, ?)",
+                               [(k, key, body) for (k, key), body in decisions.items() if body is not None])
+                db.executemany("DELETE FROM decisions WHERE kind = ? AND key = ?",
+                               [(k, key) for (k, key), body in decisions.items() if body is None])
         for kind, body in records:
             self._rows[PRIORITY[kind]] += 1
             self._bytes[PRIORITY[kind]] += len(body)
@@ -217,6 +231,13 @@ class Spool:
     def _replay_windows(self):
         rows = self._db.execute("SELECT node, top, bitmap FROM replay").fetchall()
         return {node: (top, bitmap & (2**64 - 1)) for node, top, bitmap in rows}
+
+    async def decisions(self) -> list[tuple[str, str, bytes]]:
+        """The decisions' committed rows [(kind, key, JSON bytes)], read once at start."""
+        return await self._run(self._decisions)
+
+    def _decisions(self):
+        return self._db.execute("SELECT kind, key, body FROM decisions ORDER BY kind, key").fetchall()
 
     async def last_id(self) -> int:
         """The id of the newest record waiting, or of the last one ever spooled; 0 for none."""

@@ -1,0 +1,190 @@
+"""What the gateway's decisions know survives it: demands, dispatches in progress and queued
+commands are rows of the spool, committed with the events that changed them, and restored.
+
+The rig wires the real roles as the service does (event sink, ledger, downlink, dispatcher,
+pipeline over a real SQLite spool); a "crash" stops the pipeline without its shutdown drain
+and closes the spool, which is what the spool holds after a kill -9 at that point."""
+from __future__ import annotations
+
+import asyncio
+
+from gateway import config
+from gateway.decisions.dispatch import ACCEPTED, ASSIGNED, OPEN, Dispatcher
+from gateway.decisions.downlink import Downlink
+from gateway.decisions.events import EventSink
+from gateway.decisions.ledger import Ledger
+from gateway.runtime.ingest import Ingest
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.pipeline import Pipeline
+from gateway.runtime.registry import Registry
+from gateway.runtime.spool import Spool
+from gateway.errors import SpoolError
+
+RES = [{"id": "mech1", "capabilities": ["mechanic"], "home": [0.0, 0.0], "node": "m1"},
+       {"id": "mech2", "capabilities": ["mechanic"], "home": [50.0, 0.0], "node": "m2"}]
+
+
+class Gw:
+    """The decision roles over one spool, wired as gateway/runtime/service.py wires them."""
+
+    def __init__(self, data_dir, resources=RES):
+        self.cfg = config.from_dict({"gateway": {"data_dir": str(data_dir)}, "resources": resources,
+                                     "dispatch": {"accept_timeout": 100}})
+
+    async def start(self):
+        reg = Registry()
+        for n in ("m1", "m2"):
+            reg.add(n, bytes(32))
+        self.spool = await Spool.open(self.cfg.spool_path)
+        self.metrics = Metrics()
+        self.events = EventSink(self.metrics)
+        self.ledger = Ledger()
+        self.downlink = Downlink(reg, ledger=self.ledger)
+        self.dispatcher = Dispatcher(self.cfg, self.events.emit, self.downlink, self.metrics, ledger=self.ledger)
+        self.pipe = Pipeline(self.cfg, Ingest(reg, {}), self.spool, self.metrics, downlink=self.downlink,
+                             events=self.events, ledger=self.ledger)
+        rows = await self.spool.decisions()
+        self.restored = self.dispatcher.restore(rows), self.downlink.restore(rows)
+        self.task = asyncio.create_task(self.pipe.run())
+        return self
+
+    async def committed(self):
+        """Wait until everything changed so far is in the spool."""
+        for _ in range(200):
+            if not (self.ledger.dirty or self.pipe._events):
+                self.pipe.committed.clear()
+                await asyncio.sleep(0.05)  # a commit may still be running
+                if not (self.ledger.dirty or self.pipe._events):
+                    return
+            await asyncio.sleep(0.01)
+        raise AssertionError("nothing committed")
+
+    async def crash(self):
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.spool.close()
+
+
+def run(coro):
+    asyncio.run(coro)
+
+
+def test_a_dispatch_and_its_command_carry_on_after_a_crash(tmp_path):
+    async def main():
+        gw = await Gw(tmp_path).start()
+        a = gw.dispatcher.submit("mechanic", at=(1.0, 0.0), priority=5)
+        assert gw.dispatcher.tick(gw.dispatcher.clock()) == 1
+        assert gw.dispatcher.demands[a.id].resource == "mech1"
+        # the dispatch command waits until the row that records it is committed
+        assert gw.downlink.pending("m1")[0].cmd == "dispatch"
+        assert gw.downlink.for_ack("m1") == []
+        await gw.committed()
+        (cmd,) = gw.downlink.for_ack("m1")
+        assert (cmd.cmd, cmd.args["demand"]) == ("dispatch", a.id)
+        b = gw.dispatcher.submit("mechanic", at=(60.0, 0.0), priority=3)
+        c = gw.dispatcher.submit("mechanic", at=(70.0, 0.0), priority=2)
+        gw.dispatcher.tick(gw.dispatcher.clock())
+        assert gw.dispatcher.demands[b.id].resource == "mech2" and gw.dispatcher.demands[c.id].state == OPEN
+        gw.dispatcher.accept(b.id, "mech2")
+        await gw.committed()
+        await gw.crash()
+
+        gw2 = await Gw(tmp_path).start()
+        assert gw2.restored == (3, 2)
+        d = gw2.dispatcher.demands
+        assert (d[a.id].state, d[a.id].resource, d[a.id].attempt) == (ASSIGNED, "mech1", 1)
+        assert (d[b.id].state, d[b.id].resource) == (ACCEPTED, "mech2")
+        assert d[c.id].state == OPEN
+        assert d[a.id].since == a.since  # its accept timeout runs on, not from the restart
+        # nobody is dispatched twice: both mechanics are busy, the open demand waits
+        assert gw2.dispatcher.tick(gw2.dispatcher.clock()) == 0
+        # the dispatch that was in flight rides again, under its own id (the node answers a repeat
+        # without applying it twice); nothing new was queued for it
+        assert [(x.id, x.cmd) for x in gw2.downlink.for_ack("m1")] == [(f"dispatch-{a.id}", "dispatch")]
+        # the steps go on: done frees mech2, which takes the demand that waited
+        gw2.dispatcher.done(b.id, "mech2")
+        assert gw2.dispatcher.tick(gw2.dispatcher.clock()) == 1
+        assert gw2.dispatcher.demands[c.id].resource == "mech2"
+        # ids never repeat across the restart
+        assert gw2.dispatcher.submit("mechanic", at=(0, 0)).id > c.id
+        await gw2.committed()
+        await gw2.crash()
+
+        gw3 = await Gw(tmp_path).start()
+        assert set(gw3.dispatcher.demands) == {a.id, c.id} | {max(gw3.dispatcher.demands)}
+        assert b.id not in gw3.dispatcher.demands  # done: its row went with its event
+        await gw3.crash()
+    run(main())
+
+
+def test_a_rule_with_an_open_demand_does_not_open_another_after_a_restart(tmp_path):
+    class Rule:
+        name, need, at, zone, priority = "p1-mech", "mechanic", (5.0, 5.0), "", 7
+
+    async def main():
+        gw = await Gw(tmp_path).start()
+        gw.dispatcher.demand_from_rule(Rule, 0.0, 9.0)
+        await gw.committed()
+        await gw.crash()
+        gw2 = await Gw(tmp_path).start()
+        gw2.dispatcher.demand_from_rule(Rule, 0.0, 9.0)  # the condition still holds after the restart
+        assert len(gw2.dispatcher.demands) == 1
+        await gw2.crash()
+    run(main())
+
+
+def test_a_resource_removed_across_the_restart_gives_its_demand_back(tmp_path):
+    async def main():
+        gw = await Gw(tmp_path).start()
+        a = gw.dispatcher.submit("mechanic", at=(1.0, 0.0))
+        gw.dispatcher.tick(gw.dispatcher.clock())
+        assert gw.dispatcher.demands[a.id].resource == "mech1"
+        await gw.committed()
+        await gw.crash()
+        gw2 = await Gw(tmp_path, resources=RES[1:]).start()
+        d = gw2.dispatcher.demands[a.id]
+        assert d.state == OPEN and "mech1" in d.excluded
+        assert gw2.dispatcher.tick(gw2.dispatcher.clock()) == 1 and d.resource == "mech2"
+        await gw2.committed()
+        await gw2.crash()
+    run(main())
+
+
+def test_a_failed_commit_keeps_the_rows_for_the_next_one(tmp_path):
+    async def main():
+        gw = await Gw(tmp_path).start()
+        real = gw.spool._commit
+        fails = []
+
+        def failing(records, replay, decisions=None):
+            if not fails:
+                fails.append(decisions)
+                raise SpoolError("disk full (test)")
+            return real(records, replay, decisions)
+        gw.spool._commit = failing
+        a = gw.dispatcher.submit("mechanic", at=(1.0, 0.0))
+        gw.dispatcher.tick(gw.dispatcher.clock())
+        await gw.committed()
+        assert fails and ("demand", str(a.id)) in fails[0]
+        assert [c.cmd for c in gw.downlink.for_ack("m1")] == ["dispatch"]  # durable after the retry
+        await gw.crash()
+        gw2 = await Gw(tmp_path).start()
+        assert gw2.dispatcher.demands[a.id].resource == "mech1"
+        await gw2.crash()
+    run(main())
+
+
+def test_ledger_epochs():
+    ledger = Ledger()
+    woken = []
+    ledger.route(lambda: woken.append(1))
+    made = ledger.mark("demand", "1", lambda: {"x": 1})
+    assert woken and not ledger.durable(made) and ledger.durable(-1)
+    epoch, rows = ledger.take()
+    assert rows == {("demand", "1"): b'{"x":1}'} and not ledger.durable(made)
+    ledger.failed(rows)
+    assert ledger.dirty
+    epoch2, rows2 = ledger.take()
+    assert rows2 == rows and epoch2 == epoch + 1
+    ledger.committed(epoch2)
+    assert ledger.durable(made)
