@@ -7,6 +7,7 @@ each node sent arrived exactly once per (node, seq), with its value.
 from __future__ import annotations
 
 import os
+import zlib
 
 
 from .rig import GatewayProcess, Node, wait_for
@@ -16,7 +17,7 @@ FRAMES = 40
 
 def node_config(name, key, transport, tmp_path, **extra):
     cfg = {"node": name, "key": key.hex(), "transport": transport, "sensors": ["temp", "vib"],
-           "period_ms": 5, "batch": 8, "frames": FRAMES, "seed": abs(hash(name)) % 1000 + 1,
+           "period_ms": 5, "batch": 8, "frames": FRAMES, "seed": zlib.crc32(name.encode()) % 1000 + 1,
            "state_file": str(tmp_path / f"{name}.seq"), "ack_timeout_ms": 500, "drain_timeout_s": 20}
     cfg.update(extra)
     return cfg

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import select
 import subprocess
 import time
 import zlib
@@ -53,10 +54,12 @@ class SerialPeer:
     def read_acks(self, want: int, timeout: float = 5.0) -> list:
         deadline = time.monotonic() + timeout
         while len(self.acks) < want and time.monotonic() < deadline:
+            readable, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not readable:
+                continue
             try:
                 data = os.read(self.fd, 4096)
             except BlockingIOError:
-                time.sleep(0.01)
                 continue
             for msg in self.deframer.feed(data):
                 if isinstance(msg, bytes):

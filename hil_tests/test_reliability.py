@@ -105,7 +105,10 @@ def test_broker_outage_buffers_and_delivers_in_order(tmp_path):
         waiting = gw.metric("headrace_spool_depth")
         assert waiting > 0, "nothing buffered during the outage"
         broker.start()  # same port, same persistence file
-        time.sleep(2)
+        wait_for(lambda: gw.metric("headrace_uplink_connected") == 1, 30, "the uplink to reconnect")
+        last = max(ev["seq"] for ev in node.events("ack"))
+        wait_for(lambda: any(seq > last for _n, seq in sub.frames()), 30,
+                 "a frame acked after the reconnection at the broker")
         node.kill()
         # a frame the node had not seen acked when it was killed may never have reached the gateway
         acked = {ev["seq"] for ev in node.events("ack")}

@@ -149,7 +149,9 @@ def test_sighup_reloads_rules_and_resources_without_dropping_frames(tmp_path, mo
         gw.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "take effect at the next restart" in gw.log(), 10, "the restart-only setting named")
         wait_for(lambda: "2 rules, 1 resources" in gw.log(), 10, "the second reload of the rules")
-        time.sleep(1)  # readings flow through the new table
+        readings = gw.metric("headrace_readings_total")
+        wait_for(lambda: gw.metric("headrace_readings_total") >= readings + 40, 20,
+                 "readings through the new rule table")
         assert gw.metric('headrace_events_total{type="alarm"}') == 1, "the reload raised the same alarm again"
         assert node.wait(120) == 0, node.out_path.read_text()[-1500:]
         done = node.events("done")[-1]

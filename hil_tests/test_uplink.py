@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import cbor2
 from aiocoap.numbers.codes import Code
@@ -12,6 +11,13 @@ from aiocoap.numbers.codes import Code
 from gateway.protocol import cose
 
 from .rig import GatewayProcess, Mosquitto, Subscriber, coap_post, make_tls, wait_for
+
+
+def wait_for_or_none(pred, timeout: float):
+    try:
+        return wait_for(pred, timeout, "")
+    except TimeoutError:
+        return None
 
 
 def frame(key: bytes, seq: int, value: float) -> bytes:
@@ -52,25 +58,39 @@ def test_commands_from_the_cloud_are_validated_and_answered(tmp_path, mosquitto,
     root = "headrace/v1/bench/gwtest/"
     try:
         wait_for(lambda: gw.metric("headrace_uplink_connected") == 1, 10, "the uplink")
-        wait_for(lambda: "MQTT connected" in gw.log(), 10, "the subscription")
-        time.sleep(0.3)
+        wait_for(lambda: "MQTT connected" in gw.log(), 10, "the connection")
         pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-cloud")
         pub.connect("127.0.0.1", mosquitto.port)
         pub.loop_start()
+
+        def answers(prefix):
+            return [a for t, p in subscriber.messages if "/cmd_result/" in t
+                    and str((a := json.loads(p)).get("id")).startswith(prefix)]
+
+        # the gateway's subscription is live once it answers a probe (the broker drops commands
+        # published before it); the probes go to cmd/ghost, the topic of the last command below,
+        # so every probe the gateway got is answered before that command's answer
+        probes = iter(range(1, 1000))
+
+        def probe_answered():
+            pub.publish(root + "cmd/ghost", json.dumps({"id": f"probe-{next(probes)}", "cmd": "reboot"}),
+                        qos=1).wait_for_publish(5)
+            return wait_for_or_none(lambda: answers("probe-"), 0.5)
+        wait_for(probe_answered, 10, "the gateway's subscription to cmd/#")
         pub.publish(root + "cmd/pump3", json.dumps({"id": "c1", "cmd": "set_period", "args": {"period_ms": 500}}),
                     qos=1).wait_for_publish(5)
         pub.publish(root + "cmd/pump3", json.dumps({"id": "c2", "cmd": "format_disk"}), qos=1).wait_for_publish(5)
         pub.publish(root + "cmd/ghost", json.dumps({"id": "c3", "cmd": "reboot"}), qos=1).wait_for_publish(5)
         pub.loop_stop()
         pub.disconnect()
-        results = wait_for(lambda: r if len(r := [json.loads(p) for t, p in subscriber.messages
-                                                  if "/cmd_result/" in t]) == 3 else None, 10, "three answers")
+        results = wait_for(lambda: r if len(r := answers("c")) == 3 else None, 10, "three answers")
+        probed = len(answers("probe-"))
         by_id = {r["id"]: r for r in results}
         assert by_id["c1"] == {"id": "c1", "status": "queued"}
         assert by_id["c2"]["status"] == "rejected" and "unknown cmd" in by_id["c2"]["error"]
         assert by_id["c3"]["status"] == "rejected" and "unknown node" in by_id["c3"]["error"]
         assert gw.metric('headrace_commands_total{result="queued"}') == 1
-        assert gw.metric('headrace_commands_total{result="rejected"}') == 2
+        assert gw.metric('headrace_commands_total{result="rejected"}') == 2 + probed
         assert "rejected command for node 'ghost'" in gw.log()
     finally:
         gw.stop()
