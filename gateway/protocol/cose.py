@@ -187,6 +187,9 @@ def _parse_cbor(message: bytes) -> Mac0:
         raise CoseError(f"protected header is not CBOR: {exc}") from None
     if not hasattr(header, "get"):
         raise CoseError("protected header must be a map")
+    odd = [k for k in header if type(k) not in (int, str)]
+    if odd:  # RFC 9052 §3.1: labels are integers or text strings; a true key is not label 1 (alg)
+        raise CoseError(f"protected header label {odd[0]!r} is neither an integer nor a text string")
     if header.get(COSE_HDR_ALG) != COSE_ALG_HMAC_256_64:
         raise CoseError(f"unsupported alg {header.get(COSE_HDR_ALG)!r}: only 4 (HMAC 256/64)")
     kid = header.get(COSE_HDR_KID)

@@ -119,6 +119,18 @@ def test_fuzz_structured_cose(obj):
         pass
 
 
+@pytest.mark.parametrize("header", [{True: 4, 4: b"n", 6: b"\x01"}, {1: 4, 4.0: b"n", 6: b"\x01"},
+                                    {1: 4, 4: b"n", b"": b"\x00"}, {1: 4, 4: b"n", None: 0}])
+def test_protected_header_labels_are_integers_or_text(header):
+    # found by fuzz/fuzz_cose.py: the general reader took `true` as label 1 (alg) and 4.0 as
+    # the kid's label, and let a byte-string label pass (RFC 9052 §3.1: int or tstr)
+    msg = cbor2.dumps(cbor2.CBORTag(17, [cbor2.dumps(header), {}, b"", bytes(8)]))
+    with pytest.raises(CoseError, match="neither an integer nor a text string"):
+        cose.parse_mac0(msg)
+    ok = cbor2.dumps(cbor2.CBORTag(17, [cbor2.dumps({1: 4, 4: b"n", 6: b"\x01", "note": "x"}), {}, b"", bytes(8)]))
+    assert cose.parse_mac0(ok).kid == b"n"
+
+
 def test_the_plain_layout_reader_agrees_with_the_cbor_parser():
     """cose._parse_plain (the fast path for nodes' frames) accepts only what the general
     parser accepts, with the same fields; on anything else it declines (None)."""
