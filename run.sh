@@ -2,7 +2,8 @@
 # headrace: one entry point that sets itself up on a fresh machine (Python and gcc only).
 #
 #   ./run.sh demo [headrace demo options]   the gateway with three simulated MicroPython nodes
-#   ./run.sh test [pytest options]          the whole test suite (compiled core, then the pure references)
+#   ./run.sh test [pytest options]          the whole test suite (compiled core, then the pure references),
+#                                           then every fuzz target for 20 s (HEADRACE_FUZZ_SECONDS)
 #   ./run.sh setup                          only the set-up: system packages, .venv, build
 #
 # Set-up is idempotent and skipped when nothing changed: the Debian packages the
@@ -94,9 +95,13 @@ case "$cmd" in
         "$VENV/bin/python" -m pytest -q "$@"
         say "tests of the pure-Python references (HEADRACE_PURE=1)"
         HEADRACE_PURE=1 HEADRACE_BUILD_EXT=0 HEADRACE_REQUIRE_EXT=0 "$VENV/bin/python" -m pytest -q tests "$@"
+        if [ "${HEADRACE_FUZZ_SECONDS:-20}" != 0 ]; then
+            say "fuzz targets, ${HEADRACE_FUZZ_SECONDS:-20} s each (fuzz/run.py; HEADRACE_FUZZ_SECONDS=0 skips)"
+            "$VENV/bin/python" fuzz/run.py --seconds "${HEADRACE_FUZZ_SECONDS:-20}"
+        fi
         ;;
     *)
-        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cbor2  # noqa: E402
-from mutation import from_seeds, fuzz  # noqa: E402
+from mutation import from_seeds, fuzz, instrumented  # noqa: E402
 
-from gateway.errors import CoseError  # noqa: E402
-from gateway.protocol import cose  # noqa: E402
+with instrumented(__name__ == "__main__"):
+    from gateway.errors import CoseError
+    from gateway.protocol import cose
 
 KEY = bytes(range(32))
 SEEDS = [cose.mac0(KEY, kid, payload, seq=seq) for kid, payload, seq in (

@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of the SenML parser (libFuzzer via atheris).
 
-    pip install atheris && python fuzz/fuzz_ingest.py -max_total_time=300
+    python fuzz/fuzz_ingest.py -max_total_time=300        # or: python fuzz/run.py fuzz_ingest
 
 Each input goes to the compiled parser and to the pure-Python reference; they
 must agree (same readings, or an IngestError at the same offset), and nothing
@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import atheris  # noqa: E402
+from mutation import fuzz, instrumented  # noqa: E402
 
-with atheris.instrument_imports():
+with instrumented(__name__ == "__main__"):
     from core_ext import implementations
     from core_ext.ingest import IngestError
-
-IMPLS = implementations("ingest")
+    IMPLS = implementations("ingest")  # imports the reference: instrumented too
 
 
 def outcome(impl, data):
@@ -31,12 +31,11 @@ def outcome(impl, data):
     return ("ok", n, p.names, bytes(sids), bytes(ts), [v if v == v else "nan" for v in vs], other)
 
 
-def test_one(data: bytes) -> None:
+def check(data: bytes) -> None:
     results = {name: outcome(impl, data) for name, impl in IMPLS.items()}
     if len(set(map(repr, results.values()))) > 1:
         raise AssertionError(f"implementations disagree on {data.hex()}: {results}")
 
 
 if __name__ == "__main__":
-    atheris.Setup(sys.argv, test_one)
-    atheris.Fuzz()
+    fuzz(check, sys.argv)
