@@ -1,12 +1,13 @@
-"""Coverage-guided fuzzing of the CoAP server's message parser and datagram handling
-(libFuzzer via atheris), in gateway/runtime/transports/coap.py.
+"""Coverage-guided fuzzing of the CoAP message parser (gateway/protocol/coap.py) and the
+server's datagram handling (gateway/runtime/transports/coap.py), libFuzzer via atheris.
 
     python fuzz/fuzz_coap.py -max_total_time=300        # or: python fuzz/run.py fuzz_coap
 
 An input is up to four datagrams (split at the bytes `\\xc0\\xfe`), each received by one
 server from one of two endpoints, so repeats and message ids collide. Checked:
-- `parse` returns a message or raises CoapFormatError, nothing else; what it accepts,
-  the RFC 7252 §3 encoder below writes back byte for byte (the option encoding is unique);
+- `parse` (gateway/protocol/coap.py) returns a message or raises CoapFormatError, nothing
+  else; what it accepts, `encode` writes back byte for byte (RFC 7252 §3 leaves one way to
+  write each option, so parser and encoder must agree exactly);
 - `datagram_received` never raises; it answers a datagram at most once, never an ACK, an
   RST or a malformed one; each answer parses, has the request's message id and token, is
   an ACK to a CON, a NON to a NON, an RST to a CON ping; a malformed datagram is counted;
@@ -36,44 +37,27 @@ with instrumented(__name__ == "__main__"):
     from gateway.runtime.pipeline import Pipeline
     from gateway.runtime.registry import Registry
     from gateway.runtime.spool import Spool
-    from gateway.runtime.transports import coap
+    from gateway.protocol.coap import CoapFormatError, encode, parse, request
+    from gateway.protocol.numbers import COAP_ACK, COAP_CON, COAP_EMPTY, COAP_NON, COAP_OPT_SIZE1, COAP_RST
+    from gateway.runtime.transports.coap import CoapServer
 
 KEY = bytes(range(32))
 SPLIT = b"\xc0\xfe"
 ENDPOINTS = [("127.0.0.1", 40001), ("::1", 40002)]
 
 
-def encode(mtype: int, code: int, mid: int, token: bytes, options: dict, payload: bytes) -> bytes:
-    """RFC 7252 §3, written from the RFC: header, token, options in order of number (delta and
-    length nibbles, 13 → one extension byte, 14 → two), 0xFF and the payload."""
-    out = bytearray([1 << 6 | mtype << 4 | len(token), code]) + mid.to_bytes(2, "big") + token
-    last = 0
-    for number in sorted(options):
-        for value in options[number]:
-            fields = []
-            for v in (number - last, len(value)):
-                fields.append((v, b"") if v < 13 else (13, bytes([v - 13])) if v < 269 else
-                              (14, (v - 269).to_bytes(2, "big")))
-            (d, dx), (n, nx) = fields
-            out += bytes([d << 4 | n]) + dx + nx + value
-            last = number
-    if payload:
-        out += b"\xff" + payload
-    return bytes(out)
-
-
-def post(mid: int, payload: bytes, mtype: int = coap.TYPE_CON) -> bytes:
-    return encode(mtype, coap.CODE_POST, mid, mid.to_bytes(2, "big"),
-                  {coap.OPT_URI_PATH: [b"d"], coap.OPT_CONTENT_FORMAT: [bytes([17])]}, payload)
+def as_options(options: dict) -> list:
+    return [(number, value) for number, values in options.items() for value in values]
 
 
 def _frame(seq: int) -> bytes:
     return cose.mac0(KEY, b"n1", cbor2.dumps([{-2: "n1/", -3: 1_700_000_000 + seq, 0: "temp", 2: 20.5}]), seq=seq)
 
 
-SEEDS = [post(7, _frame(1)), post(8, _frame(2), coap.TYPE_NON), post(9, _frame(3)) + SPLIT + post(9, _frame(3)),
-         encode(0, 0, 5, b"", {}, b""),  # a CON ping
-         encode(0, 1, 6, b"\x01", {coap.OPT_URI_PATH: [b"d"], 60: [b"\x04\x00"], 300: [b"x" * 20]}, b"q")]
+SEEDS = [request(7, _frame(1), b"\x07"), request(8, _frame(2), b"\x08", mtype=COAP_NON),
+         request(9, _frame(3), b"\x09") + SPLIT + request(9, _frame(3), b"\x09"),
+         encode(COAP_CON, COAP_EMPTY, 5),  # a CON ping
+         request(6, b"q", b"\x01", cf=None, code=1, options=[(COAP_OPT_SIZE1, b"\x04\x00"), (300, b"x" * 20)])]
 
 
 class Recorder:
@@ -96,12 +80,12 @@ class Bench:
         self.spool = self.loop.run_until_complete(Spool.open(self.cfg.spool_path))
         self.pipeline = None
 
-    def server(self) -> coap.CoapServer:
+    def server(self) -> CoapServer:
         if self.pipeline is None or not self.pipeline.has_space():
             reg = Registry()
             reg.add("n1", KEY)
             self.pipeline = Pipeline(self.cfg, Ingest(reg), self.spool, Metrics())
-        server = coap.CoapServer("127.0.0.1", 0, self.pipeline)
+        server = CoapServer("127.0.0.1", 0, self.pipeline)
         server._transport = Recorder()
         return server
 
@@ -112,10 +96,11 @@ logging.disable(logging.WARNING)  # every rejected frame is logged: millions her
 
 def check_parse(data: bytes):
     try:
-        msg = coap.parse(data)
-    except coap.CoapFormatError:
+        msg = parse(data)
+    except CoapFormatError:
         return None
-    if encode(*msg) != data:
+    mtype, code, mid, token, options, payload = msg
+    if encode(mtype, code, mid, token, as_options(options), payload) != data:
         raise AssertionError(f"parse then encode changed the datagram {data.hex()}: {msg}")
     return msg
 
@@ -139,27 +124,27 @@ def check(raw: bytes) -> None:
                 raise AssertionError(f"a malformed datagram answered or not counted: {data.hex()}")
             continue
         mtype, code, mid, token, _options, _payload = msg
-        if sent and mtype in (coap.TYPE_ACK, coap.TYPE_RST):
+        if sent and mtype in (COAP_ACK, COAP_RST):
             raise AssertionError(f"an answer to an ACK or RST: {data.hex()}")
         key = (addr, mid)
-        if code != coap.CODE_EMPTY and mtype in (coap.TYPE_CON, coap.TYPE_NON) and key in seen:
+        if code != COAP_EMPTY and mtype in (COAP_CON, COAP_NON) and key in seen:
             # a duplicate (RFC 7252 §4.5: same endpoint, same message id): the stored answer
             # again to a CON, nothing to a NON or while the first is in progress
-            if sent and (mtype != coap.TYPE_CON or sent[0][0] != seen[key]):
+            if sent and (mtype != COAP_CON or sent[0][0] != seen[key]):
                 raise AssertionError(f"a duplicate {data.hex()} answered {sent[0][0].hex()}, first {seen[key]}")
             continue
         if not sent:
-            if mtype == coap.TYPE_CON and code == coap.CODE_EMPTY:
+            if mtype == COAP_CON and code == COAP_EMPTY:
                 raise AssertionError(f"a CON ping not answered: {data.hex()}")
-            if code != coap.CODE_EMPTY and mtype in (coap.TYPE_CON, coap.TYPE_NON):
+            if code != COAP_EMPTY and mtype in (COAP_CON, COAP_NON):
                 seen[key] = None
             continue
         answer, to = sent[0]
-        rtype, rcode, rmid, rtoken, _, _ = coap.parse(answer)
-        want = (coap.TYPE_RST if code == coap.CODE_EMPTY else coap.TYPE_ACK) if mtype == coap.TYPE_CON else coap.TYPE_NON
-        if to != addr or rmid != mid or rtype != want or (code != coap.CODE_EMPTY and rtoken != token):
+        rtype, rcode, rmid, rtoken, _, _ = parse(answer)
+        want = (COAP_RST if code == COAP_EMPTY else COAP_ACK) if mtype == COAP_CON else COAP_NON
+        if to != addr or rmid != mid or rtype != want or (code != COAP_EMPTY and rtoken != token):
             raise AssertionError(f"answer {answer.hex()} to {to} does not match request {data.hex()} from {addr}")
-        if code != coap.CODE_EMPTY:
+        if code != COAP_EMPTY:
             seen[key] = answer
 
 if __name__ == "__main__":
