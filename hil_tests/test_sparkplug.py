@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cbor2
 import paho.mqtt.client as paho
+import pytest
 
 from gateway.config import from_dict
 from gateway.decisions.downlink import Downlink
@@ -74,17 +75,19 @@ def _senml(node: str, t: float, v: float) -> bytes:
     return cbor2.dumps([{-2: node + "/", -3: t, 0: "vib", 2: v}, {0: "temp", 2: v + 20}])
 
 
-def test_edge_node_session_in_process(tmp_path, mosquitto):
+@pytest.mark.parametrize("qos", [1, 0])
+def test_edge_node_session_in_process(tmp_path, mosquitto, qos):
     """Host offline at start: nothing is born, records wait; host online: NBIRTH (bdSeq,
     seq 0), DBIRTH, historical DDATA in spool order; live records after the birth are not
     historical; NCMD rebirth on the same connection; DCMD validated like cmd/#; a STATE
-    offline ends the session with NDEATH and the next birth has bdSeq + 1."""
+    offline ends the session with NDEATH and the next birth has bdSeq + 1. With [sparkplug]
+    qos = 0 as with 1: records leave the spool once sent."""
     w = Watcher(mosquitto.port)
     host = "spBv1.0/STATE/scada"
     w.publish(host, json.dumps({"online": False, "timestamp": 1}), retain=True)
     cfg = from_dict({"gateway": {"data_dir": str(tmp_path / "data"), "id": "gwtest", "site": "bench"},
                      "mqtt": {"port": mosquitto.port, "batch_delay": 0},
-                     "sparkplug": {"enabled": True, "group_id": "plant", "primary_host_id": "scada"}})
+                     "sparkplug": {"enabled": True, "group_id": "plant", "primary_host_id": "scada", "qos": qos}})
     registry = Registry()
     registry.add("pump3")
 
@@ -192,8 +195,6 @@ async def _until(pred, timeout: float = 15.0):
 def host_modules() -> Path:
     """The host's node_modules: `npm ci` of its package-lock.json, which ./run.sh makes in
     .cache/sparkplug_host (HEADRACE_CACHE moves .cache)."""
-    import pytest
-
     cache = Path(os.environ.get("HEADRACE_CACHE") or REPO / ".cache") / "sparkplug_host" / "node_modules"
     if shutil.which("node") is None or not (cache / "sparkplug-payload").is_dir():
         pytest.skip(f"the Sparkplug host needs node and {cache} (./run.sh setup installs both)")

@@ -27,4 +27,11 @@ def config_warnings(cfg) -> list[str]:
     if cfg.spool.ttl_frames and cfg.spool.ttl_frames < 3600:
         out.append(f"[spool] ttl_frames = {cfg.spool.ttl_frames:g} s: readings are dropped after an uplink "
                    "outage of less than an hour")
+    sp = cfg.sparkplug
+    if sp.enabled and not sp.primary_host_id:
+        out.append("[sparkplug] primary_host_id is empty: data goes to the broker whether or not a host listens, "
+                   "and leaves the spool; name the SCADA's host id so the spool keeps it while the host is away")
+    if sp.enabled and sp.qos == 0:
+        out.append("[sparkplug] qos = 0: records leave the spool once written to the socket; a broker that fails "
+                   "before delivering them loses them (qos = 1 waits for its PUBACK)")
     return out

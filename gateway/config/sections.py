@@ -126,6 +126,7 @@ class SparkplugSection:
     edge_node_id: str = ""  # default: the gateway's id
     primary_host_id: str = ""  # "": publish without waiting for a host application's STATE
     device_timeout: float = 60.0  # seconds of silence after which a node's device gets a DDEATH
+    qos: int = 1  # births and data: 1 keeps store and forward (deleted after PUBACK); 0 as Sparkplug 3.0 asks
 
 
 _SPARKPLUG_ID = re.compile(r"^[^/+#]{1,64}$")
@@ -365,6 +366,9 @@ def _validate_sparkplug(cfg: Config):
             yield ConfigError(f"[sparkplug] {key}", f"{value!r} is not a Sparkplug id",
                               "use 1-64 characters without '/', '+' or '#' (they are MQTT topic levels)"
                               + ("; leave it out to use the gateway's id" if key == "edge_node_id" else ""))
+    if sp.qos not in (0, 1):
+        yield ConfigError("[sparkplug] qos", f"{sp.qos} is not 0 or 1",
+                          "write qos = 1 (records leave the spool after the broker's PUBACK) or qos = 0")
     if not 1 <= sp.device_timeout <= 86400:
         yield ConfigError("[sparkplug] device_timeout", f"{sp.device_timeout} s is out of range",
                           "use 1 to 86400 seconds: longer than a node's period between frames")

@@ -109,6 +109,14 @@ def test_sparkplug_section_is_checked():
         with pytest.raises(ConfigError) as err:
             from_dict({"sparkplug": raw})
         assert f"[sparkplug] {key}" in str(err.value)
+    from gateway.config.advice import config_warnings
+
+    advice = config_warnings(from_dict({"sparkplug": {"enabled": True, "qos": 0}}))
+    assert any("[sparkplug] primary_host_id is empty" in a for a in advice)
+    assert any("[sparkplug] qos = 0" in a for a in advice)
+    assert not [a for a in config_warnings(cfg) if "sparkplug" in a]
+    with pytest.raises(ConfigError, match=r"\[sparkplug\] qos"):
+        from_dict({"sparkplug": {"qos": 2}})
     with pytest.raises(ConfigError, match=r"\[sparkplug\] enabled.*one uplink"):
         from_dict({"sparkplug": {"enabled": True}, "jetstream": {"enabled": True}})
 

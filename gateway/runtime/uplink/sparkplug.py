@@ -1,8 +1,9 @@
 """The Sparkplug B 3.0 edge node: the gateway's uplink in the standard SCADA hosts read.
 
 Configuration: `[sparkplug] enabled = true`, `group_id`, `edge_node_id` (default: the
-gateway's id), `primary_host_id` ("" for none), `device_timeout` (s); the broker and
-its session settings stay in `[mqtt]`. docs/sparkplug.md has the topics and metric names.
+gateway's id), `primary_host_id` ("" for none), `device_timeout` (s), `qos` (births and
+data: 1, deleted from the spool after PUBACK; 0 as Sparkplug 3.0 asks, deleted once
+written); the broker and its session settings stay in `[mqtt]`. docs/sparkplug.md has the topics and metric names.
 
 Usage: `gateway.runtime.service.Gateway` makes a `SparkplugUplink` in place of the
 native `MqttUplink` when enabled. It is the same uplink (session, reconnection with
@@ -120,14 +121,15 @@ class SparkplugUplink(MqttUplink):
         await super()._teardown()
 
     def _send(self, s: _Session, topic: str, payload: Payload, ids=()) -> None:
-        """Publish with the next seq (QoS 1); `ids`: the spool records it carries. Nothing is sent
+        """Publish with the next seq at `[sparkplug] qos`; `ids`: the spool records it carries,
+        deleted once the broker acknowledges them (at QoS 0: once written to the socket). Nothing is sent
         outside a session (after NDEATH: a clean stop, or the host gone): records stay spooled."""
         if not self._born and topic != self.topic["NBIRTH"]:
             return
         self._seq = 0 if topic == self.topic["NBIRTH"] else (self._seq + 1) % 256
         payload.seq = self._seq
         data = payload.SerializeToString()
-        info = s.client.publish(topic, data, qos=QOS_AT_LEAST_ONCE)
+        info = s.client.publish(topic, data, qos=self.cfg.sparkplug.qos)
         if info.rc != 0:
             raise ConnectionError(f"publish failed on {topic}: rc {info.rc}")
         self._inflight[info.mid] = (list(ids), len(data))
