@@ -149,11 +149,14 @@ def _cmd_spool(args) -> int:
                 return 0
             cfg2 = cfg.replace(mqtt={k: v for k, v in (("host", args.mqtt_host), ("port", args.mqtt_port)) if v})
             from gateway.runtime.metrics import Metrics
-            from gateway.runtime.uplink.mqtt import MqttUplink
-            up = MqttUplink(cfg2, spool, asyncio.Event(), Metrics())
+            if cfg2.jetstream.enabled and not (args.mqtt_host or args.mqtt_port):
+                from gateway.runtime.uplink.jetstream import JetStreamUplink
+                up, where = JetStreamUplink(cfg2, spool, asyncio.Event(), Metrics()), ", ".join(cfg2.jetstream.servers)
+            else:
+                from gateway.runtime.uplink.mqtt import MqttUplink
+                up, where = MqttUplink(cfg2, spool, asyncio.Event(), Metrics()), f"{cfg2.mqtt.host}:{cfg2.mqtt.port}"
             n = await up.drain()
-            print(f"replayed {n} records from {path} to {cfg2.mqtt.host}:{cfg2.mqtt.port}; "
-                  f"{(await spool.depth())[0]} left")
+            print(f"replayed {n} records from {path} to {where}; {(await spool.depth())[0]} left")
             return 0
         finally:
             await spool.close()
