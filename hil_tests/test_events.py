@@ -177,3 +177,11 @@ def test_demo_shows_alarms_and_dispatches(tmp_path):
     assert "mechanic → mech1: assigned" in out and "mechanic → mech1: accepted" in out
     assert "lift → fork1: assigned" in out
     assert "rejected 0" in out
+    # the demo's cloud end: a sink worker on the embedded broker stored each reading once in SQLite
+    import re
+    import sqlite3
+    stored = int(re.search(r"cloud: (\d+) readings", out).group(1))
+    db = sqlite3.connect(tmp_path / "cloud.sqlite")
+    assert stored > 0 and db.execute("SELECT count(*), count(DISTINCT node || '/' || seq || '/' || idx) FROM readings"
+                                     ).fetchone() == (stored, stored)
+    assert db.execute("SELECT count(*) FROM events WHERE type = 'alarm'").fetchone()[0] > 0

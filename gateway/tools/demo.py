@@ -60,6 +60,33 @@ async def embedded_broker(port: int):
         await broker.shutdown()
 
 
+@contextlib.asynccontextmanager
+async def demo_sink(path: Path, host: str, port: int):
+    """The cloud end of the demo: a sink worker on the demo's broker into an SQLite file (docs/cloud.md)."""
+    from sink.config import from_dict as sink_config
+    from sink.service import Sink
+
+    sink = Sink(sink_config({"sink": {"sqlite": str(path), "source": "mqtt"},
+                             "mqtt": {"host": host, "port": port, "client_id": f"headrace-demo-sink-{port}"}}))
+    task = asyncio.create_task(sink.run(), name="demo-sink")
+    try:
+        yield sink
+    finally:
+        await asyncio.sleep(0.5)  # the gateway's last batches
+        sink.stop()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def cloud_summary(sink) -> str:
+    if sink.store is None:
+        return "the sink did not start"
+    n = {t: sink.store.query(f"SELECT count(*) FROM {t}")[0][0]
+         for t in ("readings", "windows", "events", "nodes", "dead_letters")}
+    return (f"{n['readings']} readings, {n['windows']} windows, {n['events']} events of {n['nodes']} nodes stored "
+            f"once each in SQLite ({Path(sink.store.path).name}; {int(sink.metrics.total('headrace_sink_duplicates_total'))} "
+            f"repeats dropped, {n['dead_letters']} dead letters)")
+
+
 async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int, period_ms: int,
                    python_nodes: bool, workdir: str | None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="headrace-demo-") if workdir is None else None
@@ -106,6 +133,7 @@ async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int
         for cable in cables:
             cable.start()
             stack.callback(cable.close)
+        cloud = await stack.enter_async_context(demo_sink(base / "cloud.sqlite", mqtt_host or "127.0.0.1", broker_port))
         gw = await stack.enter_async_context(Gateway(cfg, registry))
         for node in nodes:
             await node.start()
@@ -131,6 +159,7 @@ async def run_demo(duration: float | None, mqtt_host: str | None, mqtt_port: int
         print(f"  events: {int(gw.metrics.get('headrace_events_total', type='alarm'))} alarms, "
               f"{int(gw.metrics.get('headrace_events_total', type='demand'))} demands, "
               f"{int(gw.metrics.get('headrace_events_total', type='dispatch'))} dispatch steps", flush=True)
+    print(f"  cloud: {cloud_summary(cloud)}", flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
     if tmp:
