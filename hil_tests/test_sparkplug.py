@@ -182,6 +182,45 @@ def test_edge_node_session_in_process(tmp_path, mosquitto, qos):
     assert w.of("DDEATH")[0][0] == "spBv1.0/plant/DDEATH/gwtest/pump3"
 
 
+def test_a_silent_node_gets_a_ddeath_also_when_nothing_waits(tmp_path, mosquitto):
+    """A node born again by a new session's births, and silent since: DDEATH after
+    device_timeout, though the spool was empty at the birth (no backlog to wait for)."""
+    from gateway.runtime.pipeline import NodeStatus
+
+    w = Watcher(mosquitto.port)
+    host = "spBv1.0/STATE/scada"
+    w.publish(host, json.dumps({"online": True, "timestamp": 1}), retain=True)
+    cfg = from_dict({"gateway": {"data_dir": str(tmp_path / "data"), "id": "gwtest", "site": "bench"},
+                     "mqtt": {"port": mosquitto.port, "batch_delay": 0},
+                     "sparkplug": {"enabled": True, "group_id": "plant", "primary_host_id": "scada",
+                                   "device_timeout": 1.0}})
+
+    async def main():
+        spool = await Spool.open(cfg.spool_path)
+        await spool.commit([("frame", batch.frame_body("pump3", 0, 1.7e9, _senml("pump3", 1.7e9, 1.0)))], {})
+        up = SparkplugUplink(cfg, spool, asyncio.Event(), Metrics())
+        up.nodes = {"pump3": NodeStatus(last_seen=time.time() + 3600)}  # heard from: alive
+        task = asyncio.create_task(up.run())
+        try:
+            await _until(lambda: len(w.of("DDATA")) == 1 and spool.stats()["frame"]["records"] == 0)
+            w.publish(host, json.dumps({"online": False, "timestamp": 2}), retain=True)
+            await _until(lambda: len(w.of("NDEATH")) == 1)
+            w.publish(host, json.dumps({"online": True, "timestamp": 3}), retain=True)
+            await _until(lambda: len(w.of("DBIRTH")) == 2)  # born again with the new session
+            up.nodes["pump3"].last_seen = time.time() - 10  # and silent since
+            await _until(lambda: len(w.of("DDEATH")) == 1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await spool.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        w.close()
+    assert w.kinds()[-1] == "DDEATH"
+
+
 async def _until(pred, timeout: float = 15.0):
     deadline = time.monotonic() + timeout
     while not pred():

@@ -108,7 +108,8 @@ class SparkplugUplink(MqttUplink):
             if s.lost.is_set():
                 raise ConnectionError("connection lost while waiting for the primary host")
         self._live_after = await self.spool.last_id()
-        self._sent_upto = 0
+        # nothing waiting: no backlog to send before silent nodes may be declared dead
+        self._sent_upto = self._live_after if (await self.spool.depth())[0] == 0 else 0
         self._birth(s)
         self._watch = asyncio.create_task(self._watch_devices(s), name="sparkplug-devices")
 
