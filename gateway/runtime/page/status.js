@@ -344,8 +344,9 @@
     if (yes) $("#live").textContent = "not live";
   }
 
-  function connect() {
-    const es = new EventSource("/status/stream");
+  function connect(early) {
+    // the first stream is the one the page's head opened while it loaded (its messages so far queued)
+    const es = early ? early.es : new EventSource("/status/stream");
     es.addEventListener("state", m => apply(JSON.parse(m.data)));
     es.addEventListener("ev", m => onEvent(JSON.parse(m.data)));
     es.onopen = () => lost(false);
@@ -353,8 +354,15 @@
       lost(true);
       // the browser retries by itself after a dropped connection, but gives up on an HTTP error
       // (a restarting gateway, a changed token): then start over
-      if (es.readyState === EventSource.CLOSED) setTimeout(connect, 2000);
+      if (es.readyState === EventSource.CLOSED) setTimeout(() => connect(null), 2000);
     };
+    if (early) {
+      const queued = early.queue;
+      early.queue = null;
+      if (es.readyState === EventSource.OPEN) lost(false);
+      else if (es.readyState === EventSource.CLOSED) es.onerror();
+      for (const [kind, data] of queued) (kind === "state" ? apply : onEvent)(JSON.parse(data));
+    }
   }
 
   alarms(initial.alarms); map(initial.dispatch);
@@ -365,7 +373,7 @@
   }
   ageAll();
   performance.mark("headrace-ready");
-  connect();
+  connect(window.headraceEarly);
   setInterval(ageAll, 1000);
   (function loop() { history().finally(() => setTimeout(loop, period * 1000)); })();
 })();
