@@ -163,6 +163,13 @@ def test_two_gateways_through_faults_exactly_once(tmp_path, nats_cluster, postgr
                   for gw, g in gateways.items()}
         in_db = dict(store.query("SELECT gateway, count(*) FROM events GROUP BY gateway"))
         assert events["gwa"] > 0 and in_db == {gw: int(n) for gw, n in events.items()}, (events, in_db)
+        # every window a gateway closed and committed (10 s tumbling windows), once
+        def windows_match():
+            made = {gw: int(g.metric("headrace_windows_total")) for gw, g in gateways.items()}
+            there = dict(store.query("SELECT gateway, count(*) FROM windows GROUP BY gateway"))
+            return made if made == there and min(made.values()) > 0 else None
+
+        windows = wait_for(windows_match, 60, "the gateways' windows in PostgreSQL")
         mirror = store.query("SELECT gateway, online FROM gateways ORDER BY 1")
         assert mirror == [("gwa", True), ("gwb", True)]
         nodes_seen = store.query("SELECT count(*) FROM nodes WHERE last_seen IS NOT NULL")[0][0]
@@ -177,7 +184,8 @@ def test_two_gateways_through_faults_exactly_once(tmp_path, nats_cluster, postgr
             assert w.stop() == 0
         repeats = sum(int(m) for w in workers for m in re.findall(r"(\d+) repeats dropped", w.log().splitlines()[-1]))
         print(f"{len(sent)} frames from 4 MicroPython nodes of 2 gateways, {len(rows)} readings in PostgreSQL, "
-              f"each once with its exact value and time; {sum(in_db.values())} events, each once; faults: kill -9 "
+              f"each once with its exact value and time; {sum(in_db.values())} events and {sum(windows.values())} "
+              f"windows, each once; faults: kill -9 "
               f"of sink worker 0, kill -9 of the stream's leader n{leader}, PostgreSQL restarted (immediate); "
               f"repeats dropped at rest by the workers' last runs: {repeats}")
     finally:
