@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import time
+import urllib.request
 
 import paho.mqtt.client as paho
 
@@ -86,6 +87,20 @@ def test_mqtt_puback_does_not_mean_the_stream_stored_it(nats_cluster):
     assert not js_acked
 
 
+async def _command(servers, root: str, node: str) -> dict:
+    """Send a command on root + cmd.<node> (core NATS) and return the gateway's answer."""
+    import nats
+
+    nc = await nats.connect(servers=servers)
+    try:
+        sub = await nc.subscribe(root + "cmd_result." + node)
+        await nc.publish(root + "cmd." + node, json.dumps({"id": "c1", "cmd": "reboot", "args": {}}).encode())
+        msg = await sub.next_msg(timeout=10)
+        return json.loads(msg.data)
+    finally:
+        await nc.close()
+
+
 FRAMES = 600  # per node: 4 nodes, 8 readings a frame, ~25 frames/s each
 
 
@@ -96,10 +111,14 @@ def _rule(node: str) -> str:
 
 def test_two_gateways_through_faults_exactly_once(tmp_path, nats_cluster, postgres):
     url = postgres.database("cloud")
-    sink_toml = tmp_path / "sink.toml"
-    sink_toml.write_text(f'[sink]\ndatabase = "{url}"\nsource = "jetstream"\ngroup = 32\n'
-                         f'[jetstream]\nservers = {json.dumps(nats_cluster.urls)}\nreplicas = 3\nack_wait = 4.0\n')
-    workers = [SinkProcess(tmp_path, sink_toml, f"sink{i}").start() for i in (0, 1)]
+    metrics_port = free_port()
+    tomls = []
+    for i in (0, 1):
+        tomls.append(tmp_path / f"sink{i}.toml")
+        tomls[i].write_text(f'[sink]\ndatabase = "{url}"\nsource = "jetstream"\ngroup = 32\n'
+                            f'metrics_port = {metrics_port if i else 0}\n'
+                            f'[jetstream]\nservers = {json.dumps(nats_cluster.urls)}\nreplicas = 3\nack_wait = 4.0\n')
+    workers = [SinkProcess(tmp_path, tomls[i], f"sink{i}").start() for i in (0, 1)]
     gateways, nodes = {}, []
     try:
         for gw in ("gwa", "gwb"):
@@ -176,6 +195,10 @@ def test_two_gateways_through_faults_exactly_once(tmp_path, nats_cluster, postgr
         dead = store.query("SELECT count(*) FROM dead_letters")[0][0]
         store.close()
         assert nodes_seen == 4 and dead == 0
+        # worker 1's counters, and a command over NATS to a node the gateway does not know
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            assert re.search(r"^headrace_sink_readings_total [1-9]", r.read().decode(), re.M)
+        assert asyncio.run(_command(nats_cluster.urls, "headrace.v1.bench.gwa.", "nobody"))["status"] == "rejected"
         # the faults struck while data flowed: the gateways' publishes failed and were retried, the
         # live worker kept a group unacknowledged while PostgreSQL was away
         assert any("JetStream uplink:" in g.log() for g in gateways.values())
