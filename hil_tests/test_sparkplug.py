@@ -218,7 +218,39 @@ def test_a_silent_node_gets_a_ddeath_also_when_nothing_waits(tmp_path, mosquitto
         asyncio.run(main())
     finally:
         w.close()
-    assert w.kinds()[-1] == "DDEATH"
+    kinds = w.kinds()
+    assert kinds.index("DDEATH") > [i for i, k in enumerate(kinds) if k == "DBIRTH"][1]
+
+
+def test_spool_replay_is_a_session_of_its_own(tmp_path, mosquitto):
+    """`headrace spool replay` in Sparkplug mode: NBIRTH with the next bdSeq, the spool as
+    historical DDATA, NDEATH with the same bdSeq; the spool is empty."""
+    from gateway.tools.cli import main as cli
+
+    w = Watcher(mosquitto.port)
+    data = tmp_path / "data"
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{data}"\nregistry = "{tmp_path / "nodes.toml"}"\n'
+                      f'[mqtt]\nport = {mosquitto.port}\n[sparkplug]\nenabled = true\ngroup_id = "plant"\n')
+
+    async def fill():
+        spool = await Spool.open(data / "spool.sqlite")
+        await spool.commit([("frame", batch.frame_body("pump3", s, 1.7e9 + s, _senml("pump3", 1.7e9 + s, s)))
+                            for s in range(3)], {})
+        await spool.set_meta("sparkplug/plant/gw1/bdSeq", 41)  # the service's last session
+        await spool.close()
+
+    asyncio.run(fill())
+    try:
+        assert cli(["spool", "replay", "--config", str(config)]) == 0
+        wait_for(lambda: len(w.of("NDEATH")) == 1, 10, "the NDEATH")
+    finally:
+        w.close()
+    assert w.kinds() == ["NBIRTH", "DBIRTH", "DDATA", "NDEATH"]
+    bd = [next(m.long_value for m in p.metrics if m.name == "bdSeq") for _, p in w.of("NBIRTH") + w.of("NDEATH")]
+    assert bd == [42, 42]
+    ddata = w.of("DDATA")[0][1]
+    assert len(ddata.metrics) == 6 and all(m.is_historical for m in ddata.metrics)
 
 
 async def _until(pred, timeout: float = 15.0):

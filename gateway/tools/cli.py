@@ -154,7 +154,9 @@ def _cmd_spool(args) -> int:
                 up, where = JetStreamUplink(cfg2, spool, asyncio.Event(), Metrics()), ", ".join(cfg2.jetstream.servers)
             else:
                 from gateway.runtime.uplink.mqtt import MqttUplink
-                up, where = MqttUplink(cfg2, spool, asyncio.Event(), Metrics()), f"{cfg2.mqtt.host}:{cfg2.mqtt.port}"
+                from gateway.runtime.uplink.sparkplug import SparkplugUplink
+                uplink = SparkplugUplink if cfg2.sparkplug.enabled else MqttUplink  # the format the service speaks
+                up, where = uplink(cfg2, spool, asyncio.Event(), Metrics()), f"{cfg2.mqtt.host}:{cfg2.mqtt.port}"
             n = await up.drain()
             print(f"replayed {n} records from {path} to {where}; {(await spool.depth())[0]} left")
             return 0

@@ -28,7 +28,8 @@ after their PUBACK) with Sparkplug's session rules on top:
 Caveats: delivery is at least once, as in the native format: a DDATA published but
 not acknowledged when the session ends is sent again in the next session (as
 historical). Aliases are renumbered by each process: every birth states them.
-`headrace spool replay` speaks the native format only.
+`headrace spool replay` speaks Sparkplug too when it is enabled: births, the spool
+as historical data, NDEATH.
 """
 from __future__ import annotations
 
@@ -114,6 +115,9 @@ class SparkplugUplink(MqttUplink):
         self._watch = asyncio.create_task(self._watch_devices(s), name="sparkplug-devices")
 
     async def _teardown(self) -> None:
+        s = self._session
+        if self._born and s is not None and not s.lost.is_set():
+            await self.final_state({})  # a session ended while connected (`spool replay`): NDEATH first
         self._born = False
         watch, self._watch = self._watch, None
         if watch is not None:
