@@ -8,6 +8,9 @@ COSE_HDR_PARTIAL_IV = 6
 COSE_ALG_HMAC_256_64 = 4
 HMAC_256_64_TAG_BYTES = 8
 MAC0_CONTEXT = "MAC0"
+COSE_TAG_SIGN1 = 18                                            # §4.2 COSE_Sign1 (node updates)
+COSE_ALG_EDDSA = -8                                            # RFC 9053 §2.2 (Ed25519 here)
+SIGN1_CONTEXT = "Signature1"
 
 # RFC 8428: SenML CBOR labels
 SENML_BN = -2
@@ -41,6 +44,10 @@ ACK_STORED = 0
 ACK_DUPLICATE = 1
 ACK_REJECTED = 2
 REPLAY_WINDOW = 64
+RELEASE_FORMAT = 1               # docs/installer.md "Updating nodes": the release manifest's "fmt"
+RELEASE_KID_BYTES = 8            # kid of a release key: the first bytes of SHA-256 of its public key
+RELEASE_MAX_PARTS = 64
+RELEASE_MAX_PART = 65536         # bytes
 
 # RFC 7252: CoAP
 COAP_VERSION = 1

@@ -348,6 +348,35 @@ def _cmd_node_flash(args) -> int:
     return 0
 
 
+def _cmd_release(args) -> int:
+    from pathlib import Path
+
+    from gateway.tools import release
+
+    try:
+        if args.sub == "keygen":
+            priv, pub = release.keygen(Path(args.out), force=args.force)
+            print(f"private key {priv} (mode 0600: keep it off the gateways, back it up offline)")
+            print(f"public key  {pub}: provision nodes with it (docs/installer.md, Updating nodes)")
+        elif args.sub == "build":
+            m = release.build(Path(args.key), args.version, Path(args.output), target=args.target)
+            print(f"{args.output}: version {release.version_text(m.version)}, target {m.target}, "
+                  f"{len(m.parts)} parts, {m.size} bytes, signed")
+        else:
+            running = release.parse_version(args.running) if args.running else None
+            m = release.read(Path(args.file).read_bytes(), release.load_public(Path(args.pub)), running,
+                             args.target)[0]
+            print(f"{args.file}: OK: version {release.version_text(m.version)}, target {m.target}, "
+                  f"{len(m.parts)} parts, {m.size} bytes, signature and hashes good")
+    except release.ReleaseError as exc:
+        print(f"headrace release {args.sub}: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"headrace release {args.sub}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_sink_run(args) -> int:
     from sink import config as sink_config
     from sink.service import main
@@ -485,6 +514,25 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--no-verify", action="store_true", help="do not wait for the node at the gateway")
     fl.add_argument("--force", action="store_true", help="copy every file, whatever the board's manifest says")
     fl.set_defaults(fn=_cmd_node_flash)
+
+    rl = sub.add_parser("release", help="make release keys; build, sign and check node updates").add_subparsers(
+        dest="sub", required=True)
+    kg = rl.add_parser("keygen", help="a new Ed25519 release key pair (release.pem, release.pub)")
+    kg.add_argument("--out", default=".", help="folder for release.pem and release.pub")
+    kg.add_argument("--force", action="store_true", help="replace an existing key (nodes trust the old one)")
+    kg.set_defaults(fn=_cmd_release)
+    bd = rl.add_parser("build", help="compile the firmware and sign a release (a manifest + the .mpy parts)")
+    bd.add_argument("--key", required=True, help="the private release key (release.pem)")
+    bd.add_argument("--version", required=True, help="MAJOR.MINOR.PATCH, newer than what the nodes run")
+    bd.add_argument("--output", "-o", required=True, help="the release file to write")
+    bd.add_argument("--target", default=None, help="the nodes' .mpy version, e.g. mpy6 (default: mpy-cross's)")
+    bd.set_defaults(fn=_cmd_release)
+    vf = rl.add_parser("verify", help="check a release: signature, every part's size and SHA-256")
+    vf.add_argument("file")
+    vf.add_argument("--pub", required=True, help="the release public key (release.pub)")
+    vf.add_argument("--running", default=None, help="refuse unless newer than this version")
+    vf.add_argument("--target", default=None, help="refuse unless built for this target")
+    vf.set_defaults(fn=_cmd_release)
     return p
 
 
