@@ -40,12 +40,15 @@ async def sleep_ms(ms):
 
 
 class Node:
-    def __init__(self, cfg):
+    def __init__(self, cfg, trial=None):
         self.cfg = cfg
         self.name = cfg["node"]
         self.kid = self.name.encode()
         self.mac = cose.Mac(cfg["key"])
         self.seq = SeqStore(cfg["state_file"])
+        self.trial = trial  # node updates (firmware/update.py, bootstage.py): None when booted without
+        if trial is not None:
+            trial.first_seq = self.seq.next
         # unacked frames survive a reboot or a power cut in a log beside the sequence file
         self.outbox = Outbox(cfg["outbox"], cfg["state_file"] + ".out" if cfg["state_file"] else None)
         # frames restored from the log under another key (the node was rekeyed) would never
@@ -92,6 +95,8 @@ class Node:
             self.dropped_told = self.outbox.dropped
             readings.append(("dropped", 0, self.dropped_told))
         texts = self.commands.take_reports()
+        if self.trial is not None:
+            texts += self.trial.take_reports()  # node updates: installed, refused, rolled back, confirmed
         payload = senml.encode_pack(self.name, readings, t0, texts)
         seq = self.seq.take()
         self.outbox.push(seq, cose.mac0(self.mac, self.kid, payload, seq))
@@ -165,6 +170,8 @@ class Node:
                     self.acked += 1
                     if status == protocol.ACK_REJECTED:
                         self.rejected += 1
+                    elif self.trial is not None:
+                        self.trial.acked(seq)  # node updates: the slot on trial works
                     if not self.cfg["quiet"]:
                         emit({"ev": "ack", "seq": seq, "st": status})
                     if cmds:
@@ -316,7 +323,7 @@ def _set(cfg, key, value, low, high):
     return None
 
 
-def main(argv):
+def main(argv, trial=None):
     if len(argv) < 2:
         sys.stderr.write("usage: main.py CONFIG.json\n")
         return 2
@@ -331,7 +338,7 @@ def main(argv):
     if code:
         board.show_code(config.blink_pattern(code))  # once; the error frame says what is wrong
     try:
-        node = Node(cfg)
+        node = Node(cfg, trial)
     except (OSError, ValueError) as e:  # the link did not open (a serial port, Wi-Fi): try again
         emit({"ev": "error", "what": "link: %s" % e})
         board.show_code(config.blink_pattern(config.FAULT_LINK))

@@ -9,6 +9,11 @@ module("config.py")
 module("link_serial.py")
 module("link_coap.py")
 module("main.py")
+# node updates: the boot stage, the slots, and the release signature check (Ed25519 on SHA-512)
+module("bootstage.py")
+module("update.py")
+module("ed25519.py")
+module("sha512.py")
 # sensors/: __init__ (SensorError, build), sim, adc, ds18b20, bme280, adxl345; a node
 # imports only the drivers its config names
 package("sensors")

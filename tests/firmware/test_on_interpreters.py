@@ -14,3 +14,47 @@ def test_script(interpreter, script, tmp_path):
                                       str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.strip().splitlines()[-1].startswith(f"OK {script}"), p.stdout
+
+
+def _releases(folder):
+    """The releases t_update.py installs, made and signed by gateway/tools/release.py."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gateway.tools import release
+
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    (folder / "release.pub").write_text(release.public_bytes(key).hex())
+    blob = bytes(range(256)) * 2
+
+    def app(version, body=None):
+        return {"app.py": (body or f"VERSION = {version!r}\n").encode(), "data/blob.bin": blob}
+
+    cases = {
+        "good": (key, "1.1.0", app("1.1.0")),
+        "good2": (key, "1.2.0", app("1.2.0")),
+        "forged": (other, "1.1.0", app("1.1.0")),
+        "downgrade": (key, "0.9.0", {"app.py": b"VERSION = '0.9.0'\n"}),
+        "same": (key, "1.0.0", app("1.0.0")),
+        "crash": (key, "1.3.0", app("1.3.0", "raise ValueError('crashes at boot')\n")),
+        "badhash": (key, "1.1.0", app("1.1.0")),
+    }
+    for name, (signer, version, parts) in cases.items():
+        manifest, bodies = release.split(release.make(signer, release.parse_version(version), "mpy6", parts))
+        body = b"".join(bodies)
+        if name == "badhash":
+            body = body[:5] + bytes([body[5] ^ 1]) + body[6:]
+        (folder / f"{name}.man").write_bytes(manifest)
+        (folder / f"{name}.bin").write_bytes(body)
+
+
+def test_update(interpreter, tmp_path):
+    """firmware/update.py: t_update.py with releases signed by `headrace release`'s code."""
+    rel = tmp_path / "releases"
+    rel.mkdir()
+    _releases(rel)
+    work = tmp_path / "node"
+    work.mkdir()
+    p = subprocess.run(interpreter + [str(ROOT / "tests" / "firmware" / "mp" / "t_update.py"), str(ROOT),
+                                      str(work), str(rel)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.strip().splitlines()[-1].startswith("OK t_update"), p.stdout
