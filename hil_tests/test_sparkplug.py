@@ -272,6 +272,25 @@ def host_modules() -> Path:
     return cache
 
 
+def test_tahu_javascript_decodes_data_values_with_datatypes_only(tmp_path):
+    """Eclipse Tahu's JavaScript decodePayload reads a metric's value by its datatype: in data
+    without datatypes (what Sparkplug 3.0 advises, the default) its values are null, so hosts
+    built on it alone need `[sparkplug] datatypes = true`; host.js resolves them from the birth."""
+    from gateway.runtime.uplink import sparkplug_payload as spb
+
+    modules = host_modules()
+    cat = spb.Catalog([])
+    vib = cat.device_metric(cat.device("n1"), "vib", spb.DOUBLE)
+    script = ("const sp = require('sparkplug-payload').get('spBv1.0');"
+              "const bufs = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "console.log(JSON.stringify(bufs.map((h) => sp.decodePayload(Buffer.from(h, 'hex'))"
+              ".metrics.map((m) => m.value))));")
+    bodies = [spb.data([(vib, 1, 2.5)], False, datatypes).SerializeToString().hex() for datatypes in (False, True)]
+    out = subprocess.run(["node", "-e", script], input=json.dumps(bodies).encode(), capture_output=True, check=True,
+                         env={**os.environ, "NODE_PATH": str(modules)}, timeout=30).stdout
+    assert json.loads(out) == [[None], [2.5]]
+
+
 class HostApp:
     """hil_tests/sparkplug_host/host.js as a child process: JSON lines in, events out."""
 

@@ -127,6 +127,7 @@ class SparkplugSection:
     primary_host_id: str = ""  # "": publish without waiting for a host application's STATE
     device_timeout: float = 60.0  # seconds of silence after which a node's device gets a DDEATH
     qos: int = 1  # births and data: 1 keeps store and forward (deleted after PUBACK); 0 as Sparkplug 3.0 asks
+    datatypes: bool = False  # datatypes in NDATA/DDATA too: hosts that read values without the birth need them
 
 
 _SPARKPLUG_ID = re.compile(r"^[^/+#]{1,64}$")

@@ -50,6 +50,8 @@ def test_births_declare_name_alias_and_datatype_and_data_uses_aliases_only():
         (vib.alias, 1700000000125, 4.25, True, ""), (vib.alias, 1700000000225, -1.5, True, "")]
     again = Payload.FromString(spb.device_birth(dev).SerializeToString())  # a rebirth states the last value
     assert {m.name: m.double_value for m in again.metrics}["vib"] == -1.5
+    assert [m.datatype for m in spb.data([(vib, 1, 2.0)], False, datatypes=True).metrics] == [spb.DOUBLE]
+    assert not spb.data([(vib, 1, 2.0)], False).metrics[0].HasField("datatype")
 
 
 def test_ndeath_carries_bdseq_and_no_seq():

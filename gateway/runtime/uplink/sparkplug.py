@@ -3,7 +3,9 @@
 Configuration: `[sparkplug] enabled = true`, `group_id`, `edge_node_id` (default: the
 gateway's id), `primary_host_id` ("" for none), `device_timeout` (s), `qos` (births and
 data: 1, deleted from the spool after PUBACK; 0 as Sparkplug 3.0 asks, deleted once
-written); the broker and its session settings stay in `[mqtt]`. docs/sparkplug.md has the topics and metric names.
+written), `datatypes` (datatypes in data messages too, for hosts that need them); the
+broker and its session settings stay in `[mqtt]`. docs/sparkplug.md has the topics and
+metric names.
 
 Usage: `gateway.runtime.service.Gateway` makes a `SparkplugUplink` in place of the
 native `MqttUplink` when enabled. It is the same uplink (session, reconnection with
@@ -213,14 +215,15 @@ class SparkplugUplink(MqttUplink):
         metrics = [(self._metric(None, name, datatype), at, value) for name, datatype, at, value in points]
         if len(self.catalog.node) != known:
             self._birth(s)  # a metric NBIRTH did not declare (a rule added by a reload): rebirth first
-        self._send(s, self.topic["NDATA"], spb.data(metrics, historical), ids)
+        self._send(s, self.topic["NDATA"], spb.data(metrics, historical, self.cfg.sparkplug.datatypes), ids)
 
     def _device_data(self, s: _Session, name: str, points, historical: bool, ids=()) -> None:
         device = self.catalog.device(name)
         metrics = [(self._metric(device, n, datatype), at, value) for n, datatype, at, value in points]
         if not device.born or not device.born_with.issuperset(device.metrics):
             self._device_birth(s, device)
-        self._send(s, f"{self.topic['DDATA']}/{name}", spb.data(metrics, historical), ids)
+        payload = spb.data(metrics, historical, self.cfg.sparkplug.datatypes)
+        self._send(s, f"{self.topic['DDATA']}/{name}", payload, ids)
 
     def _metric(self, device: spb.Device | None, name: str, datatype: int) -> spb.Metric:
         """The metric of that name, or of `<name>/<type>` when a value's type differs from the first."""

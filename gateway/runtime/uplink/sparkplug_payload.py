@@ -195,12 +195,15 @@ def device_birth(device: Device) -> Payload:
     return p
 
 
-def data(points, historical: bool) -> Payload:
-    """NDATA/DDATA from [(Metric, time ms, value)], metrics by alias only (§6.4.10)."""
+def data(points, historical: bool, datatypes: bool = False) -> Payload:
+    """NDATA/DDATA from [(Metric, time ms, value)], metrics by alias only (§6.4.10); with
+    `datatypes`, each metric's datatype too (for hosts that cannot take it from the birth)."""
     p = Payload(timestamp=now_ms())
     for m, at, value in points:
         out = p.metrics.add()
         out.alias, out.timestamp = m.alias, at
+        if datatypes:
+            out.datatype = m.datatype
         if historical:
             out.is_historical = True
         set_value(out, m.datatype, value)
