@@ -1,13 +1,22 @@
 """Soak: N simulated nodes at a fixed rate for a set time, through CoAP, to mosquitto.
 
-    python bench/soak.py [--nodes 1000] [--rate 1000] [--duration 60]
+    python bench/soak.py [--nodes 1000] [--rate 1000] [--duration 60] [--repeat 1]
+                         [--baseline "[spool]\ncommit_interval = 0"]
 
 Each simulated node has its own key and UDP socket and sends authenticated
 8-reading frames as confirmable CoAP POSTs (one in flight per node, as NSTART=1),
 spread evenly so the gateway sees `--rate` frames/s in all. Every 5 s the
 gateway's RSS and CPU are sampled. At the end a subscriber checks that every
 acked frame reached the broker. Prints frames/s, loss, RSS over time (it must
-stay flat; target <= 40 MB with 1000 nodes) and CPU per frame.
+stay flat; target <= 40 MB with 1000 nodes), CPU per frame, the node's ack
+latency (send to 2.04, p50/p99), the bytes the gateway process wrote to the disk
+(`write_bytes` of /proc/<pid>/io: SQLite's WAL and its checkpoints, logs) per
+reading against the frame bytes per reading (target <= 3x), the commits per
+second, and the uplinked data bytes per reading.
+
+`--baseline TOML` runs a second gateway configuration (TOML appended to the
+bench's) interleaved with the defaults, `--repeat` times each, and prints the
+ratios defaults / baseline with the spread of the runs.
 """
 from __future__ import annotations
 
@@ -15,6 +24,7 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import struct
 import sys
 import tempfile
@@ -31,6 +41,9 @@ from gateway.protocol.numbers import COAP_CHANGED  # noqa: E402
 from hil_tests.rig import GatewayProcess, Mosquitto, Subscriber, wait_for  # noqa: E402
 
 
+READINGS = 8  # a frame's readings
+
+
 def coap_post(mid: int, token: bytes, payload: bytes) -> bytes:
     return coap.request(mid, payload, token)  # CON POST /d, Content-Format 17
 
@@ -45,6 +58,8 @@ class SimNode:
         self.acked = 0
         self.timeouts = 0
         self.waiting: asyncio.Future | None = None
+        self.latencies: list[float] = []  # seconds from the first send to the 2.04
+        self.frame_bytes = 0
 
     def frame(self, t: float) -> bytes:
         recs = [{-2: self.name + "/", -3: t, 0: "temp", 2: 21.0 + (self.seq % 16) / 16}]
@@ -53,15 +68,19 @@ class SimNode:
 
     async def send_one(self, loop) -> None:
         token = struct.pack(">I", self.seq)
-        data = coap_post(self.seq & 0xFFFF, token, self.frame(time.time()))
+        frame = self.frame(time.time())
+        data = coap_post(self.seq & 0xFFFF, token, frame)
         fut = loop.create_future()
         self.waiting = fut
         loop.add_reader(self.sock, self._readable, token)
         try:
+            sent = time.perf_counter()
             for attempt in range(4):  # RFC 7252 retransmission, short timeouts on loopback
                 self.sock.send(data)
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), 1.0 * 2 ** attempt)
+                    self.latencies.append(time.perf_counter() - sent)
+                    self.frame_bytes += len(frame)
                     self.acked += 1
                     self.seq += 1
                     return
@@ -100,22 +119,36 @@ async def load(nodes: list[SimNode], rate: float, duration: float, tick) -> None
     ticker.cancel()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--nodes", type=int, default=1000)
-    ap.add_argument("--rate", type=float, default=1000.0, help="frames/s in all")
-    ap.add_argument("--duration", type=float, default=60.0, help="seconds")
-    args = ap.parse_args()
+def write_bytes(pid: int) -> int:
+    """Bytes this process caused to be written to the storage layer (/proc/<pid>/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def quantile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def soak(args, extra: str, label: str) -> dict:
+    """One gateway run under the load; returns its figures."""
     with tempfile.TemporaryDirectory(prefix="headrace-soak-") as tmp:
         tmp = Path(tmp)
         broker = Mosquitto(tmp).start()
         keys = {f"n{i:04d}": os.urandom(32) for i in range(args.nodes)}
-        gw = GatewayProcess(tmp, broker.port, keys).start()
+        gw = GatewayProcess(tmp, broker.port, keys, extra=extra)
+        # the sample configuration's uplink delay, not the test rig's 0.05 s
+        gw.config.write_text(gw.config.read_text().replace("batch_delay = 0.05", f"batch_delay = {args.batch_delay}"))
+        gw.start()
         sub = Subscriber(broker.port)
         samples = []
         try:
             pid = gw.proc.pid
-            rss0, cpu0, t0 = rss_mb(pid), cpu_seconds(pid), time.monotonic()
+            time.sleep(1.0)  # start-up writes (the spool's creation) are not the load's
+            m0 = gw.metrics()
+            rss0, cpu0, io0, t0 = rss_mb(pid), cpu_seconds(pid), write_bytes(pid), time.monotonic()
             nodes = [SimNode(n, k, gw.coap_port) for n, k in keys.items()]
 
             async def tick():
@@ -123,27 +156,81 @@ def main() -> None:
                     await asyncio.sleep(5)
                     samples.append((time.monotonic() - t0, rss_mb(pid)))
                     print(f"  t={samples[-1][0]:5.0f} s  gateway RSS {samples[-1][1]:5.1f} MB  "
-                          f"acked {sum(n.acked for n in nodes):,}", flush=True)
+                          f"acked {sum(n.acked for n in nodes):,}", flush=True, file=sys.stderr)
 
-            print(f"soak: {args.nodes} nodes, {args.rate:.0f} frames/s for {args.duration:.0f} s "
-                  f"(gateway RSS at start {rss0:.1f} MB)", flush=True)
+            print(f"soak [{label}]: {args.nodes} nodes, {args.rate:.0f} frames/s for {args.duration:.0f} s "
+                  f"(gateway RSS at start {rss0:.1f} MB)", flush=True, file=sys.stderr)
             asyncio.run(load(nodes, args.rate, args.duration, tick))
             wall = time.monotonic() - t0
-            cpu = cpu_seconds(pid) - cpu0
             acked = sum(n.acked for n in nodes)
             timeouts = sum(n.timeouts for n in nodes)
             sent = {(n.name, s) for n in nodes for s in range(n.seq)}
             got = wait_for(lambda: f if len(f := set(sub.frames())) >= acked else None, 120, "frames at the broker")
+            # what the gateway spent on the load, its uplink and its deletes after PUBACK included
+            time.sleep(args.settle)
+            cpu = cpu_seconds(pid) - cpu0
+            written = write_bytes(pid) - io0
+            m1 = gw.metrics()
             missing = len(sent - got) - timeouts  # frames the node timed out on may be missing: not loss
             rss = [r for _, r in samples]
-            print(f"soak result: {acked:,} frames acked in {wall:.0f} s = {acked / wall:,.0f} frames/s; "
-                  f"{timeouts} timed out at the node; {max(missing, 0)} acked but not at the broker (loss); "
-                  f"gateway CPU {cpu / max(acked, 1) * 1e6:.0f} µs/frame; RSS start {rss0:.1f} MB, "
-                  f"min {min(rss, default=0):.1f}, max {max(rss, default=0):.1f}, end {rss[-1] if rss else 0:.1f} MB")
+            lat = [x for n in nodes for x in n.latencies]
+            readings = acked * READINGS
+            frame_bytes = sum(n.frame_bytes for n in nodes)
+
+            def delta(name):
+                return m1.get(name, 0.0) - m0.get(name, 0.0)
+            r = {"label": label, "acked": acked, "rate": acked / wall, "timeouts": timeouts, "loss": max(missing, 0),
+                 "cpu_us_frame": cpu / max(acked, 1) * 1e6, "ack_p50_ms": quantile(lat, 0.5) * 1e3,
+                 "ack_p99_ms": quantile(lat, 0.99) * 1e3, "disk_b_reading": written / max(readings, 1),
+                 "frame_b_reading": frame_bytes / max(readings, 1),
+                 "commits_s": delta("headrace_spool_commits_total") / wall,
+                 "uplink_b_reading": delta("headrace_uplink_bytes_total") / max(readings, 1),
+                 "uplink_msgs": delta("headrace_uplink_messages_total"),
+                 "rss_start": rss0, "rss_max": max(rss, default=0), "rss_end": rss[-1] if rss else 0}
+            r["disk_x_frame"] = r["disk_b_reading"] / max(r["frame_b_reading"], 1e-9)
+            print(f"soak result [{label}]: {acked:,} frames acked in {wall:.0f} s = {r['rate']:,.0f} frames/s; "
+                  f"{timeouts} timed out at the node; {r['loss']} acked but not at the broker (loss); "
+                  f"gateway CPU {r['cpu_us_frame']:.0f} µs/frame; ack p50 {r['ack_p50_ms']:.1f} ms, "
+                  f"p99 {r['ack_p99_ms']:.1f} ms; {r['commits_s']:.1f} commits/s; disk written "
+                  f"{r['disk_b_reading']:.1f} B/reading = {r['disk_x_frame']:.2f}x the frame bytes "
+                  f"({r['frame_b_reading']:.1f} B/reading); uplink {r['uplink_b_reading']:.1f} B/reading in "
+                  f"{r['uplink_msgs']:.0f} messages; RSS start {rss0:.1f} MB, min {min(rss, default=0):.1f}, "
+                  f"max {r['rss_max']:.1f}, end {r['rss_end']:.1f} MB", flush=True)
+            return r
         finally:
             sub.close()
             gw.stop()
             broker.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=1000.0, help="frames/s in all")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds")
+    ap.add_argument("--extra", default="", help="TOML appended to the bench configuration of every run")
+    ap.add_argument("--batch-delay", type=float, default=0.2,
+                    help="[mqtt] batch_delay, seconds (default: the sample configuration's)")
+    ap.add_argument("--baseline", default=None, help="TOML appended for the baseline runs, interleaved")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration")
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds after the last frame, for the uplink")
+    args = ap.parse_args()
+    runs: dict[str, list[dict]] = {"defaults": [], "baseline": []}
+    for _ in range(args.repeat):
+        runs["defaults"].append(soak(args, args.extra, "defaults"))
+        if args.baseline is not None:
+            runs["baseline"].append(soak(args, args.extra + "\n" + args.baseline, "baseline"))
+    keys = ("cpu_us_frame", "ack_p99_ms", "disk_b_reading", "disk_x_frame", "commits_s", "uplink_b_reading",
+            "rss_end")
+    for label, rs in runs.items():
+        if rs:
+            print(f"{label}: " + "; ".join(
+                f"{k} median {statistics.median(r[k] for r in rs):.2f} [{min(r[k] for r in rs):.2f}-"
+                f"{max(r[k] for r in rs):.2f}]" for k in keys))
+    if runs["baseline"]:
+        print("defaults / baseline (medians): " + "; ".join(
+            f"{k} {statistics.median(r[k] for r in runs['defaults']) / max(statistics.median(r[k] for r in runs['baseline']), 1e-9):.2f}"
+            for k in keys))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ KIND_EVENT = "event"
 PRIORITY = {KIND_EVENT: PRIO_EVENT, KIND_WINDOW: PRIO_WINDOW, KIND_FRAME: PRIO_FRAME}
 KIND_OF = {v: k for k, v in PRIORITY.items()}
 _DROP_CHUNK = 500
+# SQLite page size of a new spool, bytes. A commit of a few frames touches about three
+# pages (the records' last leaf, the index's, the node's replay row): 1 KiB pages write a
+# quarter of what 4 KiB pages do to the WAL per commit.
+PAGE_SIZE = 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -88,6 +92,10 @@ class Spool:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Before the first table exists (later it is a no-op: a spool keeps the page size it was
+        # made with). Each commit appends every page it touched to the WAL, so at low rates the
+        # bytes written to flash per commit are a few pages, whatever the commit holds.
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
@@ -150,9 +158,17 @@ class Spool:
 
     def _delete(self, ids) -> None:
         # a batch's ids are mostly consecutive: one statement a run of them, not one an id
-        # (the spool thread holds the GIL between statements, which the event loop waits for)
-        self._write_deleting([("DELETE FROM records WHERE id BETWEEN ? AND ? RETURNING prio, length(body)", run)
-                              for run in _runs(ids)])
+        # (the spool thread holds the GIL between statements, which the event loop waits for).
+        # A delete needs no fsync of its own: lost in a crash, it only means a batch sent
+        # again (delivery is at least once anyway), and the next commit's fsync makes it
+        # durable, the WAL being written in order. At low rates this halves the fsyncs.
+        db = self._db
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._write_deleting([("DELETE FROM records WHERE id BETWEEN ? AND ? RETURNING prio, length(body)", run)
+                                  for run in _runs(ids)])
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
 
     def _write_deleting(self, statements) -> list[tuple[int, int]]:
         """Run DELETE … RETURNING prio, length(body) statements in one transaction; keep the counts."""
