@@ -1,6 +1,6 @@
 """headrace against the peer gateways, side by side: the same load, interleaved runs, one broker count.
 
-    python bench/peers.py [--peers thingsboard,nodered] [--rates 500,1000,2000,...] [--duration S]
+    python bench/peers.py [--peers thingsboard,nodered] [--rates 100,500,1000,2000,...] [--duration S]
                           [--transports serial,coap] [--tb-storage sqlite,memory] [--quick] [--out FILE]
 
 Peers run as their harnesses in ../shared/peers/ do (their own `run_peer.sh`,
@@ -12,7 +12,9 @@ and CoAP from bench/peer_load.py, with its durable defaults, and a subscriber
 checks and times every reading at a private mosquitto. Runs alternate
 (headrace, peer, headrace, …) from the lowest rate up; a gateway stops at its
 first rate with loss; runs disturbed by other processes are retried and left
-out. Method and figures: docs/performance.md. Progress on stderr, JSON lines
+out. At every rate where both delivered everything, the CPU each gateway spent
+per delivered message is compared (headrace ÷ peer; targets ≤ 0.5× Node-RED's
+and ≤ 0.25× ThingsBoard's). Method and figures: docs/performance.md. Progress on stderr, JSON lines
 to --out, tables with ratios headrace/peer on stdout.
 """
 from __future__ import annotations
@@ -321,7 +323,45 @@ def tables(runs: list[dict], o, unavailable: dict) -> str:
                 met = "met" if ratio >= 10 and mem <= 1 / 3 else "not met"
                 lines.append(f"{row} {'≥ ' if not lost else ''}{ratio:.1f}× {p[0]} {p[1]} | {mem:.2f} | {met} |")
                 row = "| | | | | | |"
-    return "\n".join(lines + [""] + same_rate(clean, o))
+    return "\n".join(lines + [""] + same_rate(clean, o) + [""] + cost_per_message(clean, o))
+
+
+# CPU per message of headrace at most this share of each peer's, at the same rate (issue 17)
+CPU_TARGET = {"nodered": 0.5, "thingsboard": 0.25}
+
+
+def cpu_us(r: dict) -> float | None:
+    """Gateway CPU per delivered message, µs (all its threads, over the load)."""
+    if r.get("cpu_pct") is None or not r.get("delivered"):
+        return None
+    return r["cpu_pct"] / 100 * r["duration"] / r["delivered"] * 1e6
+
+
+def cost_per_message(clean: list[dict], o) -> list[str]:
+    """At each rate where both delivered every message: CPU µs per message, and headrace ÷ peer."""
+    lines = ["## Cost per message: gateway CPU µs per delivered message (medians of clean runs, min–max)", "",
+             "| load | msg/s | headrace | µs/msg | peer | µs/msg | headrace ÷ peer | target | |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for peer in o.loads:
+        ours, theirs = streams_for(peer, o)
+        for rate in sorted({r["rate"] for r in clean}):
+            at = {s: [r for r in clean if (r["gateway"], r["transport"], r["load"], r["rate"]) == (*s, rate)
+                      and r["zero_loss"]] for s in ours + theirs}
+            for h in ours:
+                for p in theirs:
+                    if not at[h] or not at[p]:
+                        continue
+                    hu = [x for x in map(cpu_us, at[h]) if x is not None]
+                    pu = [x for x in map(cpu_us, at[p]) if x is not None]
+                    if not hu or not pu:
+                        continue
+                    ratio = statistics.median(hu) / statistics.median(pu)
+                    target = CPU_TARGET[p[0]]
+                    lines.append(f"| {peer} | {rate:g} | {h[1]} | {statistics.median(hu):.0f} ({min(hu):.0f}–"
+                                 f"{max(hu):.0f}) | {p[0]} {p[1]} | {statistics.median(pu):.0f} ({min(pu):.0f}–"
+                                 f"{max(pu):.0f}) | {ratio:.2f} | ≤ {target} | "
+                                 f"{'met' if ratio <= target else 'not met'} |")
+    return lines
 
 
 def same_rate(clean: list[dict], o) -> list[str]:
@@ -351,7 +391,7 @@ def _ratio(a, b) -> str:
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--peers", default="thingsboard,nodered", help="peer harnesses, comma-separated, or none")
-    ap.add_argument("--rates", default="500,1000,1500,2000,5000,10000,15000,20000,30000,40000",
+    ap.add_argument("--rates", default="100,500,1000,1500,2000,5000,10000,15000,20000,30000,40000",
                     help="messages/s, ascending")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     ap.add_argument("--transports", default="serial,coap", help="headrace's ingest: serial, coap")

@@ -14,8 +14,16 @@ latency (send to 2.04, p50/p99), the bytes the gateway process wrote to the disk
 reading against the frame bytes per reading (target <= 3x), the commits per
 second, and the uplinked data bytes per reading.
 
+`--firmware` measures the uplink at the demo's rate instead: the real node
+firmware under MicroPython (three nodes over CoAP, two simulated sensors each,
+one 8-reading frame a second each, as `headrace demo` runs them) against the
+gateway with the sample configuration's uplink settings, and prints the data
+bytes uplinked per reading (the payloads of the `data` topic, and apart from
+them the retained schema) against the nodes' SenML bytes per reading (target
+<= 0.25x), with the delay from reception to the broker (p99 <= 5 s).
+
 `--baseline TOML` runs a second gateway configuration (TOML appended to the
-bench's) interleaved with the defaults, `--repeat` times each, and prints the
+bench's; lines before the first table header are [mqtt] keys) interleaved with the defaults, `--repeat` times each, and prints the
 ratios defaults / baseline with the spread of the runs.
 """
 from __future__ import annotations
@@ -132,16 +140,24 @@ def quantile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+def gateway(tmp: Path, broker_port: int, keys: dict, extra: str, args) -> GatewayProcess:
+    """The bench's gateway; `extra` is TOML, its lines before any table header go to [mqtt]."""
+    head, sep, rest = extra.partition("\n[")
+    mqtt, extra = (head, sep[1:] + rest) if not head.lstrip().startswith("[") else ("", extra)
+    gw = GatewayProcess(tmp, broker_port, keys, extra=extra)
+    # the sample configuration's uplink delay, not the test rig's 0.05 s
+    gw.config.write_text(gw.config.read_text().replace(
+        "batch_delay = 0.05", f"batch_delay = {args.batch_delay}\n{mqtt.strip()}"))
+    return gw.start()
+
+
 def soak(args, extra: str, label: str) -> dict:
     """One gateway run under the load; returns its figures."""
     with tempfile.TemporaryDirectory(prefix="headrace-soak-") as tmp:
         tmp = Path(tmp)
         broker = Mosquitto(tmp).start()
         keys = {f"n{i:04d}": os.urandom(32) for i in range(args.nodes)}
-        gw = GatewayProcess(tmp, broker.port, keys, extra=extra)
-        # the sample configuration's uplink delay, not the test rig's 0.05 s
-        gw.config.write_text(gw.config.read_text().replace("batch_delay = 0.05", f"batch_delay = {args.batch_delay}"))
-        gw.start()
+        gw = gateway(tmp, broker.port, keys, extra, args)
         sub = Subscriber(broker.port)
         samples = []
         try:
@@ -203,6 +219,78 @@ def soak(args, extra: str, label: str) -> dict:
             broker.stop()
 
 
+DEMO_SENSORS = (["temp", "vib"], ["temp", "pressure"], ["pressure", "temp"])  # gateway/tools/demo.py
+
+
+def uplink(args, extra: str, label: str) -> dict:
+    """The firmware's nodes at one 8-reading frame a second each; uplink bytes per reading."""
+    from gateway.runtime.uplink import batch
+    from gateway.tools.sim.nodes import NodeProcess
+
+    with tempfile.TemporaryDirectory(prefix="headrace-uplink-") as tmp:
+        tmp = Path(tmp)
+        broker = Mosquitto(tmp).start()
+        keys = {f"node{i}": os.urandom(32) for i in range(args.nodes)}
+        gw = gateway(tmp, broker.port, keys, extra, args)
+        sub = Subscriber(broker.port)
+        arrivals: list[tuple[float, str, bytes]] = []
+        on_message = sub.client.on_message
+        sub.client.on_message = lambda c, u, msg: (arrivals.append((time.time(), msg.topic, msg.payload)),
+                                                   on_message(c, u, msg))
+        try:
+            async def run_nodes():
+                nodes = [NodeProcess({"node": n, "key": k.hex(), "transport": "coap", "host": "127.0.0.1",
+                                      "coap_port": gw.coap_port, "sensors": list(DEMO_SENSORS[i % 3]),
+                                      "period_ms": 250, "batch": READINGS, "seed": i + 1, "quiet": True,
+                                      "state_file": str(tmp / f"{n}.seq")}, tmp)
+                         for i, (n, k) in enumerate(keys.items())]
+                for node in nodes:
+                    await node.start()
+                try:
+                    await asyncio.sleep(args.duration)
+                finally:
+                    for node in nodes:
+                        await node.stop()
+            print(f"uplink [{label}]: {args.nodes} firmware nodes, one {READINGS}-reading frame a second each, "
+                  f"{args.duration:.0f} s, batch_delay {args.batch_delay} s", flush=True, file=sys.stderr)
+            m0 = gw.metrics()
+            asyncio.run(run_nodes())
+            time.sleep(args.batch_delay + args.settle)
+            m1 = gw.metrics()
+        finally:
+            sub.close()
+            gw.stop()
+            broker.stop()
+        dec = batch.Decoder()
+        data_bytes = schema_bytes = readings = 0
+        delays = []
+        for t, topic, payload in arrivals:
+            if topic.endswith("/schema"):
+                schema_bytes += len(payload)
+                dec.feed(payload)
+            elif topic.endswith("/data"):
+                data_bytes += len(payload)
+                for _node, _seq, received, rs in batch.readings(dec.decode(payload)):
+                    readings += len(rs)
+                    delays.append(t - received)
+        senml = (m1.get("headrace_payload_bytes_total", 0) - m0.get("headrace_payload_bytes_total", 0)) / max(
+            m1.get("headrace_readings_total", 0) - m0.get("headrace_readings_total", 0), 1)
+        r = {"label": label, "readings": readings, "senml_b_reading": senml,
+             "data_b_reading": data_bytes / max(readings, 1), "schema_bytes": schema_bytes,
+             "data_msgs": sum(1 for _, t, _ in arrivals if t.endswith("/data")),
+             "delay_p99_s": quantile(delays, 0.99)}
+        r["data_x_senml"] = r["data_b_reading"] / max(senml, 1e-9)
+        if args.dump:
+            Path(args.dump).mkdir(parents=True, exist_ok=True)
+            for i, (_t, topic, payload) in enumerate(arrivals):
+                Path(args.dump, f"{label}-{i:04d}-{topic.rsplit('/', 1)[1]}.cbor").write_bytes(payload)
+        print(f"uplink result [{label}]: {readings} readings; nodes' SenML {senml:.1f} B/reading; data uplinked "
+              f"{r['data_b_reading']:.2f} B/reading = {r['data_x_senml']:.3f}x in {r['data_msgs']} messages "
+              f"(+ {schema_bytes} B of schema, + {33 * r['data_msgs'] / max(readings, 1):.2f} B/reading of MQTT "
+              f"PUBLISH headers); reception to broker p99 {r['delay_p99_s']:.2f} s", flush=True)
+        return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=1000)
@@ -214,14 +302,20 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="TOML appended for the baseline runs, interleaved")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds after the last frame, for the uplink")
+    ap.add_argument("--firmware", action="store_true",
+                    help="the uplink at the demo's rate: --nodes firmware nodes (default 3), 1 frame/s each")
+    ap.add_argument("--dump", default=None, help="with --firmware: write every payload received to this folder")
     args = ap.parse_args()
+    if args.firmware and args.nodes == 1000:
+        args.nodes = 3
+    run = uplink if args.firmware else soak
     runs: dict[str, list[dict]] = {"defaults": [], "baseline": []}
     for _ in range(args.repeat):
-        runs["defaults"].append(soak(args, args.extra, "defaults"))
+        runs["defaults"].append(run(args, args.extra, "defaults"))
         if args.baseline is not None:
-            runs["baseline"].append(soak(args, args.extra + "\n" + args.baseline, "baseline"))
-    keys = ("cpu_us_frame", "ack_p99_ms", "disk_b_reading", "disk_x_frame", "commits_s", "uplink_b_reading",
-            "rss_end")
+            runs["baseline"].append(run(args, args.baseline + "\n" + args.extra, "baseline"))
+    keys = ("data_b_reading", "data_x_senml", "delay_p99_s") if args.firmware else (
+        "cpu_us_frame", "ack_p99_ms", "disk_b_reading", "disk_x_frame", "commits_s", "uplink_b_reading", "rss_end")
     for label, rs in runs.items():
         if rs:
             print(f"{label}: " + "; ".join(

@@ -142,6 +142,7 @@ class Subscriber:
         """With `persistent_session`, the broker keeps this subscriber's session and queued
         messages across its disconnections (clean_session false), and paho reconnects within 2 s."""
         self.messages: list[tuple[str, bytes]] = []
+        self.decoder = batch.Decoder()  # fed every schema message as it arrives
         self._lock = threading.Lock()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{port}",
                                   clean_session=not persistent_session)
@@ -157,7 +158,18 @@ class Subscriber:
 
     def _on_message(self, client, userdata, msg):
         with self._lock:
-            self.messages.append((msg.topic, msg.payload))
+            self._keep(msg.topic, msg.payload)
+
+    def _keep(self, topic: str, payload: bytes) -> None:
+        # under the lock
+        self.messages.append((topic, payload))
+        if topic.endswith("/schema") and payload:
+            self.decoder.feed(payload)
+
+    def decode(self, payload: bytes) -> dict:
+        """A data or events batch, its schema resolved from the schema messages received."""
+        with self._lock:
+            return self.decoder.decode(payload)
 
     def frames(self) -> dict[tuple[str, int], list]:
         """(node, seq) -> list of reading lists, one per copy received."""
@@ -167,7 +179,7 @@ class Subscriber:
         for topic, payload in msgs:
             if not topic.endswith("/data"):
                 continue
-            for node, seq, _received, readings in batch.readings(batch.decode(payload)):
+            for node, seq, _received, readings in batch.readings(self.decode(payload)):
                 out[(node, seq)].append([list(r) for r in readings])
         return out
 
@@ -177,7 +189,7 @@ class Subscriber:
             msgs = list(self.messages)
         for topic, payload in msgs:
             if topic.endswith("/data"):
-                rows += [r for r in batch.rows(batch.decode(payload)) if "window" in r]
+                rows += [r for r in batch.rows(self.decode(payload)) if "window" in r]
         return rows
 
     def close(self) -> None:

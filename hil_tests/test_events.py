@@ -105,7 +105,7 @@ def test_alarms_and_dispatches_reach_the_broker_on_events(tmp_path, mosquitto, s
             if t.endswith("/events"):
                 assert not list(batch.rows(batch.decode(p)))
             elif t.endswith("/data"):
-                assert "events" not in batch.decode(p)
+                assert "events" not in subscriber.decode(p)
         dec = subprocess.run([sys.executable, "-m", "gateway", "decode", "-"], input=payload,
                              capture_output=True, cwd=REPO, timeout=30)
         assert dec.returncode == 0 and json.loads(dec.stdout.splitlines()[0])["rule"] == "vib-high"

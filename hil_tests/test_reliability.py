@@ -118,7 +118,7 @@ def test_broker_outage_buffers_and_delivers_in_order(tmp_path):
         # in order per series: first copies arrive in sequence order
         seqs = []
         for topic, payload in list(sub.messages):
-            for _n, seq in batch.frame_ids(batch.decode(payload)) if topic.endswith("/data") else ():
+            for _n, seq in batch.frame_ids(sub.decode(payload)) if topic.endswith("/data") else ():
                 if seq not in seqs:
                     seqs.append(seq)
         assert seqs == sorted(seqs), "frames of one series out of order after the outage"

@@ -141,5 +141,5 @@ def test_batches_encoded_on_the_encoder_thread_leave_in_spool_order_events_first
     wait_for(lambda: len(subscriber.frames()) == 1000, 15, "every frame at the broker")
     topics = [t.rsplit("/", 1)[1] for t, _ in subscriber.messages if t.endswith(("/data", "/events"))]
     assert topics[0] == "events" and topics.count("events") == 1
-    seqs = [s for t, p in subscriber.messages if t.endswith("/data") for _n, s in batch.frame_ids(batch.decode(p))]
+    seqs = [s for t, p in subscriber.messages if t.endswith("/data") for _n, s in batch.frame_ids(subscriber.decode(p))]
     assert seqs == list(range(1000))  # spool order, each frame once

@@ -55,7 +55,8 @@ class MqttSection:
     keepalive: int = 30
     inflight: int = 32
     batch_records: int = 256
-    batch_delay: float = 0.2
+    batch_delay: float = 4.0
+    schema: bool = True
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
@@ -86,7 +87,7 @@ class AggregateSection:
 
 @dataclass(frozen=True)
 class SpoolSection:
-    commit_interval: float = 0.0
+    commit_interval: float = 0.025
     commit_max_frames: int = 512
     max_bytes: int = 1 << 30
     ttl_frames: float = 7 * 86400.0

@@ -185,17 +185,28 @@ def _describe(rid: int, kind: str, body: bytes, batch) -> dict:
 
 
 def _cmd_decode(args) -> int:
-    from gateway.runtime.uplink import payloads
+    from gateway.runtime.uplink import batch, payloads
 
     try:
         data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
     except OSError as exc:
         print(f"headrace decode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 1
+    decoder = batch.Decoder()  # the schemas that version 3 data batches refer to
+    for path in args.schema or ():
+        try:
+            decoder.feed(open(path, "rb").read())
+        except OSError as exc:
+            print(f"headrace decode: cannot read the schema {path}: {exc.strerror}", file=sys.stderr)
+            return 1
+        except batch.BatchError as exc:
+            print(f"headrace decode: {path}: {exc}", file=sys.stderr)
+            return 1
     try:
-        kind, rows = payloads.read(data)
+        kind, rows = payloads.read(data, schemas=decoder)
     except payloads.BatchError as exc:
-        print(f"headrace decode: {exc} (reads the data, events and state topics' payloads)", file=sys.stderr)
+        print(f"headrace decode: {exc} (reads the data, events, schema and state topics' payloads)",
+              file=sys.stderr)
         return 1
     if args.kind:
         print(kind, file=sys.stderr)
@@ -447,8 +458,13 @@ def parser() -> argparse.ArgumentParser:
     dm.set_defaults(fn=_cmd_demand)
 
     dec = sub.add_parser("decode", help="decode an uplink payload into JSON Lines")
-    dec.add_argument("file", help="a payload file taken from the broker (data, events or state topic), or - for stdin")
-    dec.add_argument("--kind", action="store_true", help="also print the payload's kind (data, events, state) on stderr")
+    dec.add_argument("file", help="a payload file taken from the broker (data, events, schema or state topic), "
+                                  "or - for stdin")
+    dec.add_argument("--kind", action="store_true",
+                     help="also print the payload's kind (data, events, schema, state) on stderr")
+    dec.add_argument("--schema", action="append", metavar="FILE",
+                     help="the retained payload of headrace/v1/<site>/<gw>/schema, which version 3 data batches "
+                          "refer to (repeat for several gateways or lineages)")
     dec.set_defaults(fn=_cmd_decode)
 
     sk = sub.add_parser("sink", help="the cloud end: store gateways' batches in PostgreSQL or SQLite").add_subparsers(

@@ -1,10 +1,11 @@
-"""The uplink data batch (version 2), documented in docs/protocol.md §7.
+"""The uplink data batch (versions 1-3) and the schema message, documented in docs/protocol.md §7.
 
 A batch is one CBOR map published on `headrace/v1/<site>/<gateway>/data`. Its
 raw readings are compressed with the series codec (core_ext.codec, docs/codec.md):
 
-    {"v": 2, "gw": "<gateway>", "site": "<site>",
-     "nodes": [node, ...], "patterns": [[sensor, ...], ...],
+    {"v": 3, "gw": "<gateway>", "site": "<site>",
+     "schema": [lineage, n_nodes, n_patterns],
+     "nodes": [node, ...], "patterns": [[sensor, ...], ...],      (only those the schema lacks)
      "frames": [codec(received ns, seq), codec(node index, pattern index)],
      "sensors": [[sensor, codec(time ns, value), [[node index, count], ...]], ...],
      "other":  [[frame index, sensor, time, value], ...],
@@ -12,21 +13,56 @@ raw readings are compressed with the series codec (core_ext.codec, docs/codec.md
 
 Each accepted frame is a row of the frame table: its node, sequence number and
 reception time, and its pattern, the sensors of its numeric readings in record
-order (nodes repeat one pattern frame after frame, so it is stored once). The
-readings of one sensor name, across every node of the batch, make one codec
-stream (sensors of one name share units and precision, and one stream a name
-keeps the per-stream cost low when a batch holds one frame from each of
-hundreds of nodes), node after node, each node's readings in frame order, with
-their counts. Walking the frames gives every frame's readings back exactly, in
-record order: (node, seq) still identifies each frame, and a consumer drops a
-frame it has seen (at-least-once delivery made exactly-once). Text, boolean
-and data values go in `other`, as they are.
+order. The readings of one sensor name, across every node of the batch, make one
+codec stream, node after node, each node's readings in frame order, with their
+counts. Walking the frames gives every frame's readings back exactly, in record
+order: (node, seq) still identifies each frame, and a consumer drops a frame it
+has seen (at-least-once delivery made exactly-once). Text, boolean and data
+values go in `other`, as they are.
 
-Version 1 batches (the SenML packs spliced as they arrived) are still read.
+What repeats from batch to batch, the node names and the frames' sensor
+patterns, is described once in the schema message, retained on
+`headrace/v1/<site>/<gateway>/schema`:
+
+    {"v": 1, "kind": "schema", "gw": "<gateway>", "site": "<site>", "lineage": L,
+     "nodes": [node, ...], "patterns": [[sensor, ...], ...]}
+
+A schema only grows (entries are appended, never changed or removed), and its
+lineage is a random number drawn when the gateway starts. A batch refers to
+the first n_nodes nodes and n_patterns patterns of lineage L; node index i >=
+n_nodes is the batch's own `nodes[i - n_nodes]`, and likewise for patterns. Any
+schema message of lineage L at least that long decodes the batch, so a
+consumer that joins late needs only the retained one. A batch whose schema the
+consumer has not seen is an `UnknownSchema` error, never wrong data.
+
+Version 2 is version 3 with every node and pattern in the batch (no schema);
+version 1 spliced the SenML packs as they arrived. Both are still read.
+
+Usage (a consumer):
+
+    decoder = batch.Decoder()
+    for topic, payload in messages:                 # schema, data and events topics, in order
+        item = decoder.message(topic, payload)      # a schema is kept; a batch is parsed (None: a schema)
+        if item is not None:
+            for row in batch.rows(item): ...        # or batch.readings(item), batch.frame_ids(item)
+
+or `decoder.feed(schema_payload)` and `decoder.decode(batch_payload)`, or
+`batch.decode(payload, schemas=decoder)`; a decoder's `schemas` can be saved
+(`decoder.export()`) and loaded (`Decoder(saved)`) by a consumer that restarts.
+The gateway side: `Schema(gateway, site)` collects nodes and patterns as
+`encode(..., schema=...)` meets them (up to `Schema.MAX_ENTRIES` each; others
+travel in the batch); `schema.message()` is what the uplink retains.
+
+Caveats: the gateway publishes a schema before the first batch that refers to
+it, on the same connection, QoS 1; a broker forwards one publisher's messages
+to a subscriber in that order (mosquitto, NATS). A consumer that reads the
+topics through different connections must feed the schema first, or retry a
+batch that raised UnknownSchema once the schema arrived.
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterator
 
 import cbor2
@@ -35,8 +71,10 @@ from array import array
 from core_ext import codec
 from core_ext.ingest import Parser
 
-VERSION = 2
-VERSIONS = (1, 2)  # read; events batches are version 1 (gateway/runtime/uplink/events.py)
+VERSION = 3
+VERSIONS = (1, 2, 3)  # read; events batches are version 1 (gateway/runtime/uplink/events.py)
+SCHEMA_VERSION = 1
+SCHEMA_VERSIONS = (1,)
 NS = 1_000_000_000
 WINDOW_FIELDS = ("series", "width", "start", "count", "min", "max", "sum", "sumsq", "first", "last", "twa",
                  "correction")
@@ -75,12 +113,68 @@ def frame_body(node: str, seq: int, received: float, senml: bytes) -> bytes:
 
 def window_body(series: str, width: float, start: float, count: int, vmin: float, vmax: float,
                 vsum: float, sumsq: float, first: float, last: float, twa: float, correction: int) -> bytes:
-    return cbor2.dumps([series, width, start, count, vmin, vmax, vsum, sumsq, first, last, twa, correction])
+    # floats in their shortest exact form (RFC 8949 §4.2.2): a sensor's quantised values
+    # fit half or single precision, so a window is about a third smaller
+    return cbor2.dumps([series, width, start, count, vmin, vmax, vsum, sumsq, first, last, twa, correction],
+                       canonical=True)
 
 
-def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes]) -> bytes:
+class Schema:
+    """The gateway's side of the schema message: node names and sensor patterns, append only.
+
+    `encode(..., schema=s)` adds what it meets (up to MAX_ENTRIES nodes and as many
+    patterns; past that, entries travel in each batch, as in version 2). After an
+    encode, `changed` says whether the schema grew since `message()` was last taken:
+    the uplink then publishes the new message (retained) before the batch.
+    """
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, gateway: str, site: str, lineage: int | None = None):
+        self.gateway, self.site = gateway, site
+        # 53 bits: an exact integer in every JSON and CBOR consumer
+        self.lineage = lineage if lineage is not None else int.from_bytes(os.urandom(7), "big") >> 3
+        self.nodes: list[str] = []
+        self.patterns: list[tuple[str, ...]] = []
+        self._node_ix: dict[str, int] = {}
+        self._pattern_ix: dict[tuple, int] = {}
+        self._published = (0, 0)
+
+    @property
+    def id(self) -> list[int]:
+        """[lineage, nodes, patterns]: what a batch encoded now refers to."""
+        return [self.lineage, len(self.nodes), len(self.patterns)]
+
+    @property
+    def changed(self) -> bool:
+        return (len(self.nodes), len(self.patterns)) != self._published
+
+    def node(self, name: str) -> int | None:
+        i = self._node_ix.get(name)
+        if i is None and len(self.nodes) < self.MAX_ENTRIES:
+            i = self._node_ix[name] = len(self.nodes)
+            self.nodes.append(name)
+        return i
+
+    def pattern(self, sensors: tuple) -> int | None:
+        i = self._pattern_ix.get(sensors)
+        if i is None and len(self.patterns) < self.MAX_ENTRIES:
+            i = self._pattern_ix[sensors] = len(self.patterns)
+            self.patterns.append(sensors)
+        return i
+
+    def message(self) -> bytes:
+        """The schema message (CBOR), as the uplink retains it; marks it published."""
+        self._published = (len(self.nodes), len(self.patterns))
+        return cbor2.dumps({"v": SCHEMA_VERSION, "kind": "schema", "gw": self.gateway, "site": self.site,
+                            "lineage": self.lineage, "nodes": self.nodes, "patterns": [list(p) for p in self.patterns]})
+
+
+def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], schema: Schema | None = None) -> bytes:
     """One batch from spooled frame and window bodies: frames parsed again and their
-    numeric readings compressed per series; windows spliced as they are."""
+    numeric readings compressed per series; windows spliced as they are. With a
+    `schema`, a version 3 batch that refers to it (the schema grows with what it
+    lacks); without, a self-contained version 2 batch."""
     parser = Parser()
     nodes: dict[str, int] = {}
     patterns: dict[tuple, int] = {}
@@ -112,18 +206,41 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes]) -
         seqs.append(seq)
         node_col.append(ni)
         pattern_col.append(pidx)
-    body = {
-        "v": VERSION, "gw": gateway, "site": site,
-        "nodes": list(nodes), "patterns": [list(p) for p in patterns],
-        # array.array, not numpy: the gateway encodes batches without numpy loaded (13 MB less)
-        "frames": [codec.encode(array("q", received), array("d", seqs)),
-                   codec.encode(array("q", node_col), array("d", pattern_col))],
-        "sensors": _sensor_streams(series),
-        "other": other,
-    }
+    body: dict = {"v": VERSION if schema is not None else 2, "gw": gateway, "site": site}
+    if schema is None:
+        body["nodes"], body["patterns"] = list(nodes), [list(p) for p in patterns]
+    else:
+        node_map = _to_schema(list(nodes), schema.node, body, "nodes", schema)
+        pattern_map = _to_schema(list(patterns), schema.pattern, body, "patterns", schema)
+        node_col = [node_map[i] for i in node_col]
+        pattern_col = [pattern_map[i] for i in pattern_col]
+        series = {(node_map[ni], sensor): cols for (ni, sensor), cols in series.items()}
+        body["schema"] = schema.id
+        for key in ("nodes", "patterns"):  # what the schema lacks, indexed after its entries
+            body[key] = [list(x) if isinstance(x, tuple) else x for x in body[key]]
+            if not body[key]:
+                del body[key]
+    # array.array, not numpy: the gateway encodes batches without numpy loaded (13 MB less)
+    body["frames"] = [codec.encode(array("q", received), array("d", seqs)),
+                      codec.encode(array("q", node_col), array("d", pattern_col))]
+    body["sensors"] = _sensor_streams(series)
+    if other:
+        body["other"] = other
     head = cbor2.dumps(body)
     # the map gets one more entry, spliced: the windows as spooled, not re-encoded
     return b"".join([cbor_head(5, len(body) + 1), head[1:], cbor2.dumps("windows"), cbor_head(4, len(windows)), *windows])
+
+
+def _to_schema(items: list, add, body: dict, key: str, schema: Schema) -> list[int]:
+    """Batch-local index -> index in the schema, or past it into body[key] (the batch's own)."""
+    body[key] = []
+    out = [add(x) for x in items]
+    base = len(schema.nodes) if key == "nodes" else len(schema.patterns)
+    for i, x in enumerate(items):
+        if out[i] is None:
+            out[i] = base + len(body[key])
+            body[key].append(x)
+    return out
 
 
 def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]]) -> list:
@@ -148,17 +265,117 @@ class BatchError(ValueError):
     """Not a headrace batch, or a version this decoder does not know."""
 
 
-def decode(data: bytes) -> dict:
-    """Parse a batch into a dict (its codec streams still compressed; `readings()`
-    opens them); raise BatchError with what is wrong."""
+class UnknownSchema(BatchError):
+    """A version 3 batch refers to a schema the decoder has not been given (or a shorter one)."""
+
+    def __init__(self, gw, site, ref):
+        self.gw, self.site, self.ref = gw, site, ref
+        super().__init__(f"batch of gateway {gw!r} (site {site!r}) refers to schema {ref!r} "
+                         f"([lineage, nodes, patterns]), which this decoder has not seen: feed it the retained "
+                         f"message of headrace/v1/{site}/{gw}/schema first")
+
+
+def _loads(data: bytes):
     try:
         obj = cbor2.loads(data)
     except Exception as exc:
         raise BatchError(f"not CBOR: {exc}") from None
     if not hasattr(obj, "get") or "v" not in obj:
         raise BatchError("not a headrace batch: expected a CBOR map with a 'v' key")
+    return obj
+
+
+def is_schema(obj) -> bool:
+    return hasattr(obj, "get") and obj.get("kind") == "schema"
+
+
+def _check_schema(obj) -> dict:
+    if obj.get("v") not in SCHEMA_VERSIONS:
+        raise BatchError(f"schema version {obj.get('v')!r} is not supported by this decoder (knows {SCHEMA_VERSIONS})")
+    lineage, nodes, patterns = obj.get("lineage"), obj.get("nodes"), obj.get("patterns")
+    if not (isinstance(lineage, int) and isinstance(nodes, (list, tuple)) and isinstance(patterns, (list, tuple))
+            and all(isinstance(n, str) for n in nodes)
+            and all(isinstance(p, (list, tuple)) and all(isinstance(x, str) for x in p) for p in patterns)):
+        raise BatchError("inconsistent schema message: expected an integer lineage, a list of node names and a "
+                         "list of sensor-name lists")
+    return obj
+
+
+class Decoder:
+    """Decodes batches of every version, given the schema messages met so far.
+
+    `schemas` maps (gateway, site, lineage) to the longest schema of that lineage
+    (a dict as in the schema message). Not thread-safe: one decoder per consumer.
+    """
+
+    def __init__(self, saved=()):
+        """`saved`: what `export()` gave (schema dicts), or schema messages (bytes)."""
+        self.schemas: dict[tuple, dict] = {}
+        for sch in saved:
+            self.feed(sch if isinstance(sch, (bytes, bytearray, memoryview)) else {"v": SCHEMA_VERSION,
+                                                                                  "kind": "schema", **sch})
+
+    def feed(self, payload: bytes | dict) -> dict:
+        """Take a schema message (CBOR bytes, or already parsed); returns it. Raises BatchError."""
+        obj = _loads(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+        if not is_schema(obj):
+            raise BatchError("not a schema message: expected a CBOR map with \"kind\": \"schema\"")
+        _check_schema(obj)
+        key = (obj.get("gw"), obj.get("site"), obj["lineage"])
+        old = self.schemas.get(key)
+        if old is None or (len(obj["nodes"]) >= len(old["nodes"]) and len(obj["patterns"]) >= len(old["patterns"])):
+            self.schemas[key] = {"gw": obj.get("gw"), "site": obj.get("site"), "lineage": obj["lineage"],
+                                 "nodes": list(obj["nodes"]), "patterns": [list(p) for p in obj["patterns"]]}
+        return obj
+
+    def decode(self, data: bytes) -> dict:
+        """A batch (data or events) with its schema resolved; see `decode`."""
+        return decode(data, schemas=self)
+
+    def message(self, topic: str, payload: bytes) -> dict | None:
+        """One MQTT message of a gateway's topics: a schema (on `.../schema`) is kept and
+        None returned; anything else is decoded as a batch."""
+        if topic.endswith("/schema"):
+            self.feed(payload)
+            return None
+        return self.decode(payload)
+
+    def export(self) -> list[dict]:
+        """The schemas, to save (CBOR or JSON) and give back to `Decoder()` after a restart."""
+        return list(self.schemas.values())
+
+    def resolve(self, obj: dict) -> dict:
+        """A parsed version 3 batch with its `nodes` and `patterns` made whole from its schema
+        (and `"resolved": True`)."""
+        ref = obj.get("schema")
+        if not (isinstance(ref, (list, tuple)) and len(ref) == 3 and all(isinstance(x, int) for x in ref)):
+            raise BatchError(f"inconsistent batch: schema must be [lineage, nodes, patterns], got {ref!r:.60}")
+        lineage, n_nodes, n_patterns = ref
+        sch = self.schemas.get((obj.get("gw"), obj.get("site"), lineage))
+        if sch is None or len(sch["nodes"]) < n_nodes or len(sch["patterns"]) < n_patterns:
+            raise UnknownSchema(obj.get("gw"), obj.get("site"), list(ref))
+        out = dict(obj)
+        out["nodes"] = sch["nodes"][:n_nodes] + list(obj.get("nodes", ()))
+        out["patterns"] = sch["patterns"][:n_patterns] + list(obj.get("patterns", ()))
+        out["resolved"] = True  # nodes and patterns are whole (readings() checks)
+        return out
+
+
+def decode(data: bytes, schemas: "Decoder | dict | list | None" = None) -> dict:
+    """Parse a batch into a dict (its codec streams still compressed; `readings()`
+    opens them); raise BatchError with what is wrong. A version 3 batch needs its
+    schema: `schemas` is a Decoder, or what `Decoder.export()` gave, or the schema
+    messages (bytes); without it, UnknownSchema. A schema message itself is
+    returned as parsed (`is_schema()` tells)."""
+    obj = _loads(data)
+    if is_schema(obj):
+        return _check_schema(obj)
     if obj["v"] not in VERSIONS:
         raise BatchError(f"batch version {obj['v']!r} is not supported by this decoder (knows {VERSIONS})")
+    if obj["v"] == 3:
+        if not isinstance(schemas, Decoder):
+            schemas = Decoder(schemas.values() if isinstance(schemas, dict) else schemas or ())
+        return schemas.resolve(obj)
     return obj
 
 
@@ -166,6 +383,7 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
     """(node, seq, received, [(sensor, time, value), ...]) per frame, in batch order:
     numeric readings in record order, then text, boolean and data values. Times in
     seconds since the epoch. Raises BatchError on a batch whose parts disagree."""
+    _resolved(batch)
     if batch.get("v") == 1:
         for node, seq, received, senml in batch.get("frames", ()):
             yield node, seq, received, frame_readings(node, received, senml)
@@ -207,6 +425,7 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
 
 def frame_ids(batch: dict) -> list[tuple[str, int]]:
     """(node, seq) of every frame in a batch, in order, without opening the series."""
+    _resolved(batch)
     if batch.get("v") == 1:
         return [(f[0], f[1]) for f in batch.get("frames", ())]
     frames = batch.get("frames") or []
@@ -218,6 +437,11 @@ def frame_ids(batch: dict) -> list[tuple[str, int]]:
         return [(batch["nodes"][int(n)], int(s)) for n, s in zip(node_col, seqs)]
     except (codec.CodecError, KeyError, IndexError) as exc:
         raise BatchError(f"inconsistent batch: {exc}") from None
+
+
+def _resolved(batch: dict) -> None:
+    if batch.get("v") == 3 and batch.get("resolved") is not True:
+        raise BatchError("a version 3 batch must be decoded with its schema (batch.decode(payload, schemas=...))")
 
 
 def frame_readings(node: str, received: float, senml: bytes) -> list[tuple[str, float, object]]:

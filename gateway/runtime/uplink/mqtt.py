@@ -1,11 +1,14 @@
 """MQTT uplink: spool → broker, QoS 1, deleted from the spool only after PUBACK.
 
 Configuration: `[mqtt]` host, port, client_id, username/password, TLS files,
-keepalive, inflight (batches awaiting PUBACK), batch_records, batch_delay.
+keepalive, inflight (batches awaiting PUBACK), batch_records, batch_delay, schema.
 Topics under `headrace/v1/<site>/<gateway>/`: `data` (batches, see
-`uplink/batch.py`), `events` (sent ahead of data), `state` (retained birth
-`{"online": true}`; the broker publishes the LWT `{"online": false}` if the
-gateway vanishes).
+`uplink/batch.py`), `events` (sent ahead of data), `schema` (retained: the node
+and sensor-name patterns that data batches refer to by id, published on every
+connection and before the first batch that needs a grown one; with `schema =
+false`, self-contained version 2 batches and no schema topic), `state`
+(retained birth `{"online": true}`; the broker publishes the LWT
+`{"online": false}` if the gateway vanishes).
 Caveats: delivery is at least once: a batch published but not yet deleted when
 the gateway dies is published again after restart. Every frame carries
 (node, seq) so consumers drop the repeat.
@@ -146,12 +149,15 @@ class MqttUplink:
         self.topic_data = cfg.topic_root + "data"
         self.topic_events = cfg.topic_root + "events"
         self.topic_state = cfg.topic_root + "state"
+        self.topic_schema = cfg.topic_root + "schema"
+        # what repeats from batch to batch, described once (a new lineage each start)
+        self.schema = batch.Schema(cfg.gateway.id, cfg.gateway.site) if cfg.mqtt.schema else None
         self.topic_cmd = cfg.topic_root + "cmd/"
         self.downlink = downlink
         if downlink is not None:
             downlink.on_result = self.command_result
         self.connected = False
-        self._inflight: dict[int, tuple[list[int], int]] = {}
+        self._inflight: dict[int, tuple[list[int], int, int]] = {}  # mid -> (spool ids, bytes, priority)
         self._acked: list[int] = []
         self._wake = asyncio.Event()
         self._session: _Session | None = None
@@ -216,6 +222,8 @@ class MqttUplink:
     async def _begin(self, s: _Session) -> None:
         """After CONNACK, before the pump: the retained birth, and the `cmd/#` subscription."""
         self.publish_state()
+        if self.schema is not None and (self.schema.nodes or self.schema.patterns):
+            self.publish_schema()  # a broker that lost its retained messages gets it again
         if self.downlink is not None:
             s.on_command = self._command
             s.client.subscribe(self.topic_cmd + "#", qos=1)
@@ -264,6 +272,16 @@ class MqttUplink:
             s.client.publish(self.topic_state, json.dumps(self.state()), qos=1, retain=True)
             self._state_at = time.monotonic()
 
+    def publish_schema(self) -> None:
+        """The schema message, retained, QoS 1: ahead of every batch that refers to it,
+        on the same connection."""
+        s = self._session
+        if s is not None and self.schema is not None:
+            payload = self.schema.message()
+            s.client.publish(self.topic_schema, payload, qos=1, retain=True)
+            self.metrics.inc("headrace_uplink_schema_messages_total")
+            self.metrics.inc("headrace_uplink_bytes_total", len(payload))
+
     async def _teardown(self) -> None:
         self.connected = False
         self.metrics.set("headrace_uplink_connected", 0)
@@ -290,7 +308,7 @@ class MqttUplink:
         entry = self._inflight.pop(mid, None)
         if entry is None:
             return
-        ids, nbytes = entry
+        ids, nbytes, _prio = entry
         self._acked.extend(ids)
         self.metrics.inc("headrace_uplink_messages_total")
         self.metrics.inc("headrace_uplink_bytes_total", nbytes)
@@ -310,61 +328,93 @@ class MqttUplink:
         return before - after
 
     async def _pump(self, until_empty: bool = False) -> None:
+        """Spool → broker. Events go at once. Data (windows, frames) goes when a full batch
+        (`batch_records`) is waiting, or `batch_delay` after the first commit that found
+        nothing waiting; the rest of the time the pump sleeps, however many commits and
+        PUBACKs arrive (a PUBACK wakes it only to delete)."""
         s = self._session
         cursors = {PRIO_EVENT: 0, PRIO_WINDOW: 0, PRIO_FRAME: 0}
         window = self.cfg.mqtt.inflight
         limit = self.cfg.mqtt.batch_records
+        delay = self.cfg.mqtt.batch_delay
+        due: float | None = time.monotonic()  # what the spool holds at connect goes at once
         while not s.lost.is_set():
             if time.monotonic() - self._state_at >= self.STATE_INTERVAL:
                 self.publish_state()
             if self._acked:
                 ids, self._acked = self._acked, []
                 await self.spool.delete(ids)
-            sent = False
-            while len(self._inflight) < window and not s.lost.is_set():
+            events, data = self._unsent()
+            data_now = until_empty or not delay or data >= limit or (due is not None and time.monotonic() >= due)
+            prios = (PRIO_EVENT, PRIO_WINDOW, PRIO_FRAME) if data_now else (PRIO_EVENT,) if events else ()
+            sent = drained = False
+            while prios and len(self._inflight) < window and not s.lost.is_set():
+                self.committed.clear()  # a commit from here on is seen by the wait below
                 rows = []
-                for prio in (PRIO_EVENT, PRIO_WINDOW, PRIO_FRAME):
+                for prio in prios:
                     rows = await self.spool.read(prio, cursors[prio], limit)
                     if rows:
                         cursors[prio] = rows[-1][0]
                         break
+                if rows and prio == PRIO_WINDOW and len(rows) < limit:
+                    # windows and frames in one batch: one message, one envelope
+                    more = await self.spool.read(PRIO_FRAME, cursors[PRIO_FRAME], limit - len(rows))
+                    if more:
+                        cursors[PRIO_FRAME] = more[-1][0]
+                        rows, prio = rows + more, PRIO_FRAME
                 if not rows:
+                    drained = len(prios) == 3
                     break
                 payload = await self._encode(prio, rows)
                 if s.lost.is_set():
                     break  # lost while encoding: the rows are read again after the reconnect
+                if self.schema is not None and self.schema.changed:
+                    self.publish_schema()
                 self._publish(s, prio, rows, payload)
                 sent = True
+                if prio == PRIO_FRAME and len(rows) < limit and not until_empty:
+                    drained = True  # a partial batch: what came since waits for the next delay
+                    break
+            if drained:
+                due = None
             if s.lost.is_set():
                 break
-            if not sent and until_empty and not self._inflight:
+            if until_empty and not sent and not self._inflight:
                 if self._acked:
                     continue  # delete the last acked records first
                 return
-            if not sent:
-                self.committed.clear()
+            if sent and len(self._inflight) < window and not drained:
+                continue
+            if len(self._inflight) >= window or due is None:
+                timeout = self.STATE_INTERVAL  # a PUBACK or a commit wakes the pump
+            elif until_empty:
+                timeout = 0.05
+            else:
+                timeout = due - time.monotonic()  # <= 0: the delay is over, data goes now
+            if not self.committed.is_set() and not self._wake.is_set() and timeout > 0:
                 waits = [asyncio.ensure_future(self.committed.wait()), asyncio.ensure_future(self._wake.wait())]
                 try:
-                    await asyncio.wait(waits, timeout=self.STATE_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for w in waits:
                         w.cancel()
                     await asyncio.gather(*waits, return_exceptions=True)
-                self._wake.clear()
-                if self.cfg.mqtt.batch_delay and not self._acked:
-                    await self._gather(self.cfg.mqtt.batch_delay)
+            if self.committed.is_set():
+                self.committed.clear()
+                if due is None:
+                    due = time.monotonic() + delay
+            self._wake.clear()
         raise ConnectionError("connection lost")
 
-    async def _gather(self, delay: float) -> None:
-        """Let a batch gather for `delay` seconds, unless events are waiting: they go at once,
-        also when they are committed during the delay."""
-        deadline = time.monotonic() + delay
-        while not self.spool.stats()[KIND_EVENT]["records"] and (left := deadline - time.monotonic()) > 0:
-            self.committed.clear()
-            try:
-                await asyncio.wait_for(self.committed.wait(), left)
-            except asyncio.TimeoutError:
-                return
+    def _unsent(self) -> tuple[int, int]:
+        """(event records, window and frame records) in the spool, not yet published."""
+        stats = self.spool.stats()
+        inflight = {PRIO_EVENT: 0, PRIO_FRAME: 0}
+        for ids, _nbytes, prio in self._inflight.values():
+            inflight[PRIO_EVENT if prio == PRIO_EVENT else PRIO_FRAME] += len(ids)
+        acked = len(self._acked)  # not yet deleted (counted as data: events are few)
+        return (stats[KIND_EVENT]["records"] - inflight[PRIO_EVENT],
+                stats[KIND_FRAME]["records"] + stats[KIND_WINDOW]["records"] - inflight[PRIO_FRAME] - acked)
 
     async def _encode(self, prio: int, rows) -> bytes:
         """The payload of one batch of spool rows. Events are spliced (microseconds) on the loop;
@@ -375,18 +425,19 @@ class MqttUplink:
         frames = [body for _id, kind, body in rows if kind == KIND_FRAME]
         windows = [body for _id, kind, body in rows if kind == KIND_WINDOW]
         if not self._encoding_on or len(frames) < self.ENCODE_INLINE_FRAMES:
-            return batch.encode(gw, site, frames, windows)
+            return batch.encode(gw, site, frames, windows, self.schema)
         if self._encoder is None:
             self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uplink-encode")
+        # the schema is touched by one encode at a time: the pump awaits each
         return await asyncio.get_running_loop().run_in_executor(self._encoder, batch.encode, gw, site, frames,
-                                                                windows)
+                                                                windows, self.schema)
 
     def _publish(self, s: _Session, prio: int, rows, payload: bytes) -> None:
         topic = self.topic_events if prio == PRIO_EVENT else self.topic_data
         info = s.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise ConnectionError(f"publish failed: {paho.error_string(info.rc)}")
-        self._inflight[info.mid] = ([r[0] for r in rows], len(payload))
+        self._inflight[info.mid] = ([r[0] for r in rows], len(payload), prio)
 
     async def final_state(self, state: dict) -> None:
         """Publish a last retained state (clean shutdown); best effort within 2 s."""

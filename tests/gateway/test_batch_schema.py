@@ -1,0 +1,134 @@
+"""Version 3 batches and the schema message: what repeats is described once, referred to by id."""
+import json
+import sqlite3
+import subprocess
+import sys
+
+import cbor2
+import pytest
+
+from gateway.runtime.uplink import batch
+from tests.gateway.test_spool_batch import _frames
+
+
+def _bodies(frames):
+    return [batch.frame_body(*f) for f in frames]
+
+
+def test_version_3_gives_back_what_version_2_does_and_is_smaller():
+    frames = _frames(40)
+    w = batch.window_body("pump1/temp", 10.0, 1.7e9, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 3.0, 2.5, 0)
+    v2 = batch.encode("gw1", "site1", _bodies(frames), [w])
+    schema = batch.Schema("gw1", "site1")
+    first = batch.encode("gw1", "site1", _bodies(frames), [w], schema)
+    assert schema.changed and cbor2.loads(first)["v"] == 3
+    dec = batch.Decoder()
+    dec.feed(schema.message())
+    assert not schema.changed
+    second = batch.encode("gw1", "site1", _bodies(frames), [w], schema)
+    assert not schema.changed  # nothing new: the schema message is not sent again
+    assert "nodes" not in cbor2.loads(second) and "patterns" not in cbor2.loads(second)
+    for data in (first, second):
+        got = dec.decode(data)
+        assert list(batch.readings(got)) == list(batch.readings(batch.decode(v2)))
+        assert list(batch.rows(got)) == list(batch.rows(batch.decode(v2)))
+        assert batch.frame_ids(got) == [(f[0], f[1]) for f in frames]
+    assert len(second) < len(v2) - sum(len(n) + 1 for n in ("pump1", "fork2", "tank3"))
+
+
+def test_unknown_schema_is_an_error_never_wrong_data():
+    frames = _frames(3)
+    a = batch.Schema("gw1", "site1")
+    batch.encode("gw1", "site1", _bodies(frames[:3]), [], a)  # pump1, fork2, tank3
+    old_message = a.message()
+    data = batch.encode("gw1", "site1", _bodies(frames), [], a)
+    with pytest.raises(batch.UnknownSchema, match="headrace/v1/site1/gw1/schema"):
+        batch.decode(data)  # no schema at all
+    # another lineage with the same names in another order: a decoder holding it refuses
+    b = batch.Schema("gw1", "site1")
+    batch.encode("gw1", "site1", _bodies(list(reversed(frames))), [], b)
+    with pytest.raises(batch.UnknownSchema):
+        batch.decode(data, schemas=[b.message()])
+    # a shorter schema of the same lineage than the batch needs
+    a.node("late-node")
+    grown = batch.encode("gw1", "site1", _bodies(frames) + [batch.frame_body("late-node", 1, 1.7e9, cbor2.dumps(
+        [{0: "late-node/x", 2: 1.0, 6: 1.7e9}]))], [], a)
+    with pytest.raises(batch.UnknownSchema):
+        batch.decode(grown, schemas=[old_message])
+    # another gateway's schema of the same lineage number is not this one's
+    other = cbor2.loads(a.message())
+    other["gw"] = "gw2"
+    with pytest.raises(batch.UnknownSchema):
+        batch.decode(grown, schemas=[cbor2.dumps(other)])
+    # the one retained message decodes every batch of its lineage, old and new (a late joiner)
+    late = batch.Decoder()
+    late.feed(a.message())
+    assert batch.frame_ids(late.decode(data)) == [(f[0], f[1]) for f in frames]
+    assert batch.frame_ids(late.decode(grown))[-1] == ("late-node", 1)
+    # an unresolved version 3 batch is refused by the readers too
+    with pytest.raises(batch.BatchError, match="schema"):
+        list(batch.readings(cbor2.loads(data)))
+
+
+def test_entries_past_the_schema_bound_travel_in_the_batch():
+    class Small(batch.Schema):
+        MAX_ENTRIES = 2
+    frames = _frames(10)
+    schema = Small("gw1", "site1")
+    data = batch.encode("gw1", "site1", _bodies(frames), [], schema)
+    raw = cbor2.loads(data)
+    assert raw["schema"][1:] == [2, 2] and len(raw["nodes"]) == 1 and len(raw["patterns"]) >= 1
+    got = batch.decode(data, schemas=[schema.message()])
+    assert batch.frame_ids(got) == [(f[0], f[1]) for f in frames]
+    assert [r[3] for r in batch.readings(got)] == [batch.frame_readings(f[0], f[2], f[3]) for f in frames]
+
+
+def test_decoder_by_topic_export_and_bad_schemas():
+    frames = _frames(5)
+    schema = batch.Schema("gw1", "site1")
+    data = batch.encode("gw1", "site1", _bodies(frames), [], schema)
+    dec = batch.Decoder()
+    assert dec.message("headrace/v1/site1/gw1/schema", schema.message()) is None
+    got = dec.message("headrace/v1/site1/gw1/data", data)
+    assert batch.frame_ids(got) == [(f[0], f[1]) for f in frames]
+    again = batch.Decoder(json.loads(json.dumps({str(i): s for i, s in enumerate(dec.export())})).values())
+    assert batch.frame_ids(batch.decode(data, schemas=again.export())) == batch.frame_ids(got)
+    for bad, msg in ((cbor2.dumps({"v": 1, "kind": "schema", "lineage": "x", "nodes": [], "patterns": []}),
+                      "inconsistent schema"),
+                     (cbor2.dumps({"v": 9, "kind": "schema"}), "schema version 9"),
+                     (cbor2.dumps({"v": 1, "events": []}), "not a schema message")):
+        with pytest.raises(batch.BatchError, match=msg):
+            dec.feed(bad)
+    damaged = cbor2.loads(data)
+    damaged["schema"] = "gw1"
+    with pytest.raises(batch.BatchError, match=r"schema must be \[lineage"):
+        dec.decode(cbor2.dumps(damaged))
+
+
+def test_headrace_decode_reads_the_schema_and_version_3(tmp_path):
+    frames = _frames(2)
+    schema = batch.Schema("gw1", "site1")
+    data = batch.encode("gw1", "site1", _bodies(frames), [], schema)
+    (tmp_path / "schema.cbor").write_bytes(schema.message())
+    (tmp_path / "data.cbor").write_bytes(data)
+    run = [sys.executable, "-m", "gateway", "decode"]
+    p = subprocess.run(run + [str(tmp_path / "data.cbor"), "--schema", str(tmp_path / "schema.cbor")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert {(r["node"], r["seq"]) for r in rows} == {(f[0], f[1]) for f in frames}
+    p = subprocess.run(run + [str(tmp_path / "data.cbor")], capture_output=True, text=True)
+    assert p.returncode == 1 and "has not seen" in p.stderr and "--schema" not in p.stdout and not p.stdout
+    p = subprocess.run(run + [str(tmp_path / "schema.cbor")], capture_output=True, text=True)
+    assert p.returncode == 0 and json.loads(p.stdout)["nodes"] == ["pump1", "fork2", "tank3"]
+
+
+def test_a_new_spool_has_small_pages(tmp_path):
+    import asyncio
+    from gateway.runtime.spool import PAGE_SIZE, Spool
+
+    async def main():
+        s = await Spool.open(tmp_path / "s.sqlite")
+        await s.close()
+    asyncio.run(main())
+    assert sqlite3.connect(tmp_path / "s.sqlite").execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 1024
