@@ -297,7 +297,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0, help="frames/s in all")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds")
     ap.add_argument("--extra", default="", help="TOML appended to the bench configuration of every run")
-    ap.add_argument("--batch-delay", type=float, default=0.2,
+    ap.add_argument("--batch-delay", type=float, default=4.0,
                     help="[mqtt] batch_delay, seconds (default: the sample configuration's)")
     ap.add_argument("--baseline", default=None, help="TOML appended for the baseline runs, interleaved")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration")

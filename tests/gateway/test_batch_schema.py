@@ -1,5 +1,6 @@
 """Version 3 batches and the schema message: what repeats is described once, referred to by id."""
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -7,12 +8,20 @@ import sys
 import cbor2
 import pytest
 
-from gateway.runtime.uplink import batch
+from gateway.runtime.uplink import batch, columns
 from tests.gateway.test_spool_batch import _frames
 
 
 def _bodies(frames):
     return [batch.frame_body(*f) for f in frames]
+
+
+def _raw(data: bytes) -> dict:
+    """A batch's map as sent, its deflated part opened."""
+    obj = cbor2.loads(data)
+    if "deflate" in obj:
+        obj.update(cbor2.loads(columns.inflate(obj.pop("deflate"))))
+    return obj
 
 
 def test_version_3_gives_back_what_version_2_does_and_is_smaller():
@@ -27,7 +36,7 @@ def test_version_3_gives_back_what_version_2_does_and_is_smaller():
     assert not schema.changed
     second = batch.encode("gw1", "site1", _bodies(frames), [w], schema)
     assert not schema.changed  # nothing new: the schema message is not sent again
-    assert "nodes" not in cbor2.loads(second) and "patterns" not in cbor2.loads(second)
+    assert "nodes" not in _raw(second) and "patterns" not in _raw(second)
     for data in (first, second):
         got = dec.decode(data)
         assert list(batch.readings(got)) == list(batch.readings(batch.decode(v2)))
@@ -76,7 +85,7 @@ def test_entries_past_the_schema_bound_travel_in_the_batch():
     frames = _frames(10)
     schema = Small("gw1", "site1")
     data = batch.encode("gw1", "site1", _bodies(frames), [], schema)
-    raw = cbor2.loads(data)
+    raw = _raw(data)
     assert raw["schema"][1:] == [2, 2] and len(raw["nodes"]) == 1 and len(raw["patterns"]) >= 1
     got = batch.decode(data, schemas=[schema.message()])
     assert batch.frame_ids(got) == [(f[0], f[1]) for f in frames]
@@ -99,7 +108,7 @@ def test_decoder_by_topic_export_and_bad_schemas():
                      (cbor2.dumps({"v": 1, "events": []}), "not a schema message")):
         with pytest.raises(batch.BatchError, match=msg):
             dec.feed(bad)
-    damaged = cbor2.loads(data)
+    damaged = _raw(data)
     damaged["schema"] = "gw1"
     with pytest.raises(batch.BatchError, match=r"schema must be \[lineage"):
         dec.decode(cbor2.dumps(damaged))
@@ -132,3 +141,59 @@ def test_a_new_spool_has_small_pages(tmp_path):
         await s.close()
     asyncio.run(main())
     assert sqlite3.connect(tmp_path / "s.sqlite").execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 1024
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_times = st.lists(st.integers(1_600_000_000_000, 1_900_000_000_000), min_size=1, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ms=_times, jitter=st.lists(st.integers(-999_999, 999_999), min_size=60, max_size=60),
+       values=st.lists(st.one_of(st.integers(-10**6, 10**6).map(lambda i: i / 16),
+                                 st.integers(-10**6, 10**6).map(lambda i: i / 1000),
+                                 st.floats(allow_nan=True, allow_infinity=True)), min_size=60, max_size=60),
+       exact_ms=st.booleans())
+def test_compact_series_give_every_time_and_value_back_bit_exact(ms, jitter, values, exact_ms):
+    # times as the batch holds them (integer ns of the float seconds), values as float64
+    secs = [m / 1000 + (0 if exact_ms else j / 1e9) for m, j in zip(ms, jitter)]
+    ns = [batch._ns(t) for t in secs]
+    vs = values[:len(ns)]
+    col = columns.encode_series(ns, vs)
+    if col is None:  # no exact scale: the codec stream is kept; never for sixteenths or thousandths
+        assert not all(math.isfinite(v) and str(v) != "-0.0" and abs(v) <= 10**6
+                       and (float(round(v * 16)) / 16 == v or round(v * 1000) / 1000 == v) for v in vs)
+        return
+    ts, back = columns.decode_series(cbor2.loads(cbor2.dumps(col)), len(ns))
+    assert ts == [batch._seconds_one(t) for t in ns]
+    assert [struct_bits(v) for v in back] == [struct_bits(v) for v in vs]
+
+
+def struct_bits(v: float) -> bytes:
+    import struct
+    return struct.pack("<d", v)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(0, 400), flip=st.integers(0, 400), byte=st.integers(0, 255))
+def test_damaged_compact_batches_are_batch_errors(cut, flip, byte):
+    frames = _frames(6)
+    schema = batch.Schema("gw1", "site1")
+    data = batch.encode("gw1", "site1", _bodies(frames), [], schema)
+    inner = cbor2.dumps({k: v for k, v in _raw(data).items() if k not in ("v", "gw", "site", "schema")})
+    damaged = bytearray(inner[:max(cut, 1)] if cut < len(inner) else inner)
+    if flip < len(damaged):
+        damaged[flip] = byte
+    env = {"v": 3, "gw": "gw1", "site": "site1", "schema": schema.id, "deflate": columns.deflate(bytes(damaged))}
+    try:
+        got = batch.decode(cbor2.dumps(env), schemas=[schema.message()])
+        list(batch.readings(got))
+        list(batch.rows(got))
+    except batch.BatchError:
+        pass
+
+
+def test_a_deflate_bomb_is_refused():
+    env = {"v": 3, "gw": "g", "site": "s", "schema": [1, 0, 0], "deflate": columns.deflate(bytes(80 << 20))}
+    with pytest.raises(batch.BatchError, match="inflates to more than"):
+        batch.decode(cbor2.dumps(env), schemas=[])

@@ -70,9 +70,11 @@ from array import array
 
 from core_ext import codec
 from core_ext.ingest import Parser
+from gateway.runtime.uplink import columns
 
 VERSION = 3
 VERSIONS = (1, 2, 3)  # read; events batches are version 1 (gateway/runtime/uplink/events.py)
+TABLE_FRAMES = 64  # frames in a batch up to which the frame table is in compact columns (columns.py)
 SCHEMA_VERSION = 1
 SCHEMA_VERSIONS = (1,)
 NS = 1_000_000_000
@@ -206,29 +208,51 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
         seqs.append(seq)
         node_col.append(ni)
         pattern_col.append(pidx)
-    body: dict = {"v": VERSION if schema is not None else 2, "gw": gateway, "site": site}
     if schema is None:
-        body["nodes"], body["patterns"] = list(nodes), [list(p) for p in patterns]
+        body = {"v": 2, "gw": gateway, "site": site, "nodes": list(nodes), "patterns": [list(p) for p in patterns],
+                # array.array, not numpy: the gateway encodes batches without numpy loaded (13 MB less)
+                "frames": [codec.encode(array("q", received), array("d", seqs)),
+                           codec.encode(array("q", node_col), array("d", pattern_col))],
+                "sensors": _sensor_streams(series)}
+        if other:
+            body["other"] = other
+        return _spliced(body, windows)
+    envelope = {"v": VERSION, "gw": gateway, "site": site}
+    inner: dict = {}
+    node_map = _to_schema(list(nodes), schema.node, inner, "nodes", schema)
+    pattern_map = _to_schema(list(patterns), schema.pattern, inner, "patterns", schema)
+    node_col = [node_map[i] for i in node_col]
+    pattern_col = [pattern_map[i] for i in pattern_col]
+    series = {(node_map[ni], sensor): cols for (ni, sensor), cols in series.items()}
+    envelope["schema"] = schema.id
+    for key in ("nodes", "patterns"):  # what the schema lacks, indexed after its entries
+        inner[key] = [list(x) if isinstance(x, tuple) else x for x in inner[key]]
+        if not inner[key]:
+            del inner[key]
+    if len(frames) <= TABLE_FRAMES:
+        inner["table"] = columns.encode_table([_seconds_one(r) for r in received], seqs, node_col, pattern_col)
     else:
-        node_map = _to_schema(list(nodes), schema.node, body, "nodes", schema)
-        pattern_map = _to_schema(list(patterns), schema.pattern, body, "patterns", schema)
-        node_col = [node_map[i] for i in node_col]
-        pattern_col = [pattern_map[i] for i in pattern_col]
-        series = {(node_map[ni], sensor): cols for (ni, sensor), cols in series.items()}
-        body["schema"] = schema.id
-        for key in ("nodes", "patterns"):  # what the schema lacks, indexed after its entries
-            body[key] = [list(x) if isinstance(x, tuple) else x for x in body[key]]
-            if not body[key]:
-                del body[key]
-    # array.array, not numpy: the gateway encodes batches without numpy loaded (13 MB less)
-    body["frames"] = [codec.encode(array("q", received), array("d", seqs)),
-                      codec.encode(array("q", node_col), array("d", pattern_col))]
-    body["sensors"] = _sensor_streams(series)
+        inner["frames"] = [codec.encode(array("q", received), array("d", seqs)),
+                           codec.encode(array("q", node_col), array("d", pattern_col))]
+    inner["sensors"] = _sensor_streams(series, compact=True)
     if other:
-        body["other"] = other
+        inner["other"] = other
+    plain = _spliced(inner, windows)
+    packed = columns.deflate(plain)
+    if len(packed) + 12 < len(plain):  # the key and the byte string's head
+        envelope["deflate"] = packed
+        return cbor2.dumps(envelope)
+    return _spliced({**envelope, **inner}, windows)
+
+
+def _spliced(body: dict, windows: list[bytes]) -> bytes:
     head = cbor2.dumps(body)
     # the map gets one more entry, spliced: the windows as spooled, not re-encoded
     return b"".join([cbor_head(5, len(body) + 1), head[1:], cbor2.dumps("windows"), cbor_head(4, len(windows)), *windows])
+
+
+def _seconds_one(ns: int) -> float:
+    return ns // NS + (ns % NS) / NS
 
 
 def _to_schema(items: list, add, body: dict, key: str, schema: Schema) -> list[int]:
@@ -243,7 +267,7 @@ def _to_schema(items: list, add, body: dict, key: str, schema: Schema) -> list[i
     return out
 
 
-def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]]) -> list:
+def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]], compact: bool = False) -> list:
     by_sensor: dict[str, list[int]] = {}
     for ni, sensor in series:
         by_sensor.setdefault(sensor, []).append(ni)
@@ -257,7 +281,10 @@ def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]]) -> list:
             ts += t
             vs += v
             counts.append([ni, len(t)])
-        out.append([sensor, codec.encode(array("q", ts), array("d", vs)), counts])
+        stream = columns.encode_series(ts, vs) if compact and len(ts) <= columns.SMALL else None
+        if stream is None:
+            stream = codec.encode(array("q", ts), array("d", vs))
+        out.append([sensor, stream, counts])
     return out
 
 
@@ -361,6 +388,23 @@ class Decoder:
         return out
 
 
+_ENVELOPE = ("v", "gw", "site", "schema")
+
+
+def _inflated(obj: dict) -> dict:
+    try:
+        inner = cbor2.loads(columns.inflate(obj["deflate"]))
+    except columns.ColumnError as exc:
+        raise BatchError(f"inconsistent batch: {exc}") from None
+    except Exception as exc:
+        raise BatchError(f"inconsistent batch: the deflated part is not CBOR: {exc}") from None
+    if not hasattr(inner, "get") or any(k in inner for k in _ENVELOPE + ("deflate",)):
+        raise BatchError("inconsistent batch: the deflated part must be a map without v, gw, site, schema")
+    out = {k: v for k, v in obj.items() if k != "deflate"}
+    out.update(inner)
+    return out
+
+
 def decode(data: bytes, schemas: "Decoder | dict | list | None" = None) -> dict:
     """Parse a batch into a dict (its codec streams still compressed; `readings()`
     opens them); raise BatchError with what is wrong. A version 3 batch needs its
@@ -373,6 +417,8 @@ def decode(data: bytes, schemas: "Decoder | dict | list | None" = None) -> dict:
     if obj["v"] not in VERSIONS:
         raise BatchError(f"batch version {obj['v']!r} is not supported by this decoder (knows {VERSIONS})")
     if obj["v"] == 3:
+        if "deflate" in obj:
+            obj = _inflated(obj)
         if not isinstance(schemas, Decoder):
             schemas = Decoder(schemas.values() if isinstance(schemas, dict) else schemas or ())
         return schemas.resolve(obj)
@@ -389,16 +435,18 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
             yield node, seq, received, frame_readings(node, received, senml)
         return
     try:
-        frames = batch.get("frames") or []
-        if not frames:
+        table = _frame_table(batch)
+        if table is None:
             return
-        received, seqs = codec.decode(frames[0])
-        node_col, pattern_col = codec.decode(frames[1])
+        received, seqs, node_col, pattern_col = table
         nodes, patterns = batch["nodes"], batch["patterns"]
         cols = {}
         for sensor, data, counts in batch.get("sensors", ()):
-            ts, vs = codec.decode(data)
-            ts, vs = _seconds(ts), vs.tolist()
+            if isinstance(data, (list, tuple)):  # compact columns (v3)
+                ts, vs = columns.decode_series(data, sum(n for _ni, n in counts))
+            else:
+                ts, vs = codec.decode(data)
+                ts, vs = _seconds(ts), vs.tolist()
             start = 0
             for ni, n in counts:
                 cols[(ni, sensor)] = [ts[start:start + n], vs[start:start + n], 0]
@@ -408,7 +456,6 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
         other: dict[int, list] = {}
         for fi, sensor, t, v in batch.get("other", ()):
             other.setdefault(fi, []).append((sensor, t, v))
-        received = _seconds(received)
         for fi in range(len(received)):
             ni = int(node_col[fi])
             out = []
@@ -423,19 +470,30 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
         raise BatchError(f"inconsistent batch: {type(exc).__name__}: {exc}") from None
 
 
+def _frame_table(batch: dict):
+    """(received s, seqs, node indexes, pattern indexes) as lists, or None for no frames."""
+    if "table" in batch:
+        return columns.decode_table(batch["table"])
+    frames = batch.get("frames") or []
+    if not frames:
+        return None
+    received, seqs = codec.decode(frames[0])
+    node_col, pattern_col = codec.decode(frames[1])
+    return _seconds(received), seqs.tolist(), node_col.tolist(), pattern_col.tolist()
+
+
 def frame_ids(batch: dict) -> list[tuple[str, int]]:
     """(node, seq) of every frame in a batch, in order, without opening the series."""
     _resolved(batch)
     if batch.get("v") == 1:
         return [(f[0], f[1]) for f in batch.get("frames", ())]
-    frames = batch.get("frames") or []
-    if not frames:
-        return []
     try:
-        _, seqs = codec.decode(frames[0])
-        node_col, _ = codec.decode(frames[1])
+        table = _frame_table(batch)
+        if table is None:
+            return []
+        _, seqs, node_col, _ = table
         return [(batch["nodes"][int(n)], int(s)) for n, s in zip(node_col, seqs)]
-    except (codec.CodecError, KeyError, IndexError) as exc:
+    except (codec.CodecError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise BatchError(f"inconsistent batch: {exc}") from None
 
 
