@@ -8,7 +8,10 @@ code behind `headrace decode`), never a copy of it, so the sink reads every batc
 version the gateway writes as soon as that decoder does.
 
 Topics (or NATS subjects, with `.` for `/`): `headrace/v1/<site>/<gateway>/<kind>`,
-kind `data`, `events` or `state`; anything else is a dead letter (`topic`).
+kind `data`, `events`, `schema` or `state`; anything else is a dead letter (`topic`).
+A `schema` message (retained: the node and sensor-name patterns that version 3
+data batches refer to) is kept by the decoder and stores nothing; a batch whose
+schema the worker has not seen is a dead letter (`schema`), its bytes kept.
 
 Identity: a reading is (site, gateway, node, seq, index in frame); a window is
 its fields' digest; an event is its type and the key docs/protocol.md §8 gives
@@ -31,7 +34,7 @@ import cbor2
 from gateway.runtime.uplink import batch as batch_format
 from gateway.runtime.uplink import events as events_format
 
-KINDS = ("data", "events", "state")
+KINDS = ("data", "events", "schema", "state")
 
 
 class DeadLetter(Exception):
@@ -62,7 +65,7 @@ def split_topic(topic: str) -> tuple[str, str, str]:
     """(site, gateway, kind) of an MQTT topic or a NATS subject; DeadLetter('topic') if not ours."""
     parts = topic.replace(".", "/").split("/") if "/" not in topic else topic.split("/")
     if len(parts) != 5 or parts[:2] != ["headrace", "v1"] or parts[4] not in KINDS:
-        raise DeadLetter("topic", f"{topic!r} is not headrace/v1/<site>/<gateway>/(data|events|state)")
+        raise DeadLetter("topic", f"{topic!r} is not headrace/v1/<site>/<gateway>/(data|events|schema|state)")
     return parts[2], parts[3], parts[4]
 
 
@@ -103,6 +106,7 @@ class Decoder:
 
     def __init__(self, allow: tuple[str, ...] = ()):
         self.allow = frozenset(allow)
+        self.schemas = batch_format.Decoder()  # the schema messages seen, for version 3 batches
 
     def decode(self, topic: str, payload: bytes) -> Decoded:
         site, gw, kind = split_topic(topic)
@@ -111,6 +115,9 @@ class Decoder:
         try:
             if kind == "state":
                 return self._state(site, gw, payload)
+            if kind == "schema":
+                self.schemas.feed(payload)
+                return Decoded("schema", site, gw)
             obj = self.decode_batch(payload)
             if kind == "events":
                 return self._events(site, gw, obj)
@@ -118,13 +125,16 @@ class Decoder:
         except DeadLetter as dl:
             dl.site, dl.gateway = site, gw
             raise
+        except batch_format.UnknownSchema as exc:
+            raise DeadLetter("schema", str(exc), site, gw) from None
         except batch_format.BatchError as exc:
             reason = "version" if "version" in str(exc) and "not supported" in str(exc) else "undecodable"
             raise DeadLetter(reason, str(exc), site, gw) from None
 
     def decode_batch(self, payload: bytes) -> dict:
-        """A data or events batch, any version the gateway writes (BatchError if not)."""
-        return batch_format.decode(payload)
+        """A data or events batch, any version the gateway writes (BatchError if not; UnknownSchema
+        for a version 3 batch whose schema message has not come)."""
+        return self.schemas.decode(payload)
 
     def _state(self, site, gw, payload) -> Decoded:
         try:

@@ -112,6 +112,10 @@ class MqttSource:
         def on_connect(client, _u, _flags, reason, _p):
             if not reason.is_failure:
                 client.subscribe(self.cfg.topic, qos=1)
+                if self.cfg.topic.startswith("$share/"):
+                    # a shared subscription gets no retained messages, and each message goes to one
+                    # worker: every worker reads the gateways' schemas on its own subscription
+                    client.subscribe("headrace/v1/+/+/schema", qos=1)
                 self._connected.set()
 
         c.on_connect = on_connect

@@ -87,7 +87,7 @@ def test_decode_reads_every_topic_kind():
     p = _decode(b'{"online": tru')
     assert p.returncode == 1 and b"not JSON" in p.stderr and b"Traceback" not in p.stderr
     p = _decode(cbor2.dumps([1, 2]))
-    assert p.returncode == 1 and b"data, events and state" in p.stderr
+    assert p.returncode == 1 and b"data, events, schema and state" in p.stderr
 
 
 def test_decode_into_a_closed_pipe_ends_quietly(tmp_path):

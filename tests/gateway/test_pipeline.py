@@ -100,15 +100,17 @@ def test_windows_closed_into_spool(pipeline_rig):
     asyncio.run(main())
 
 
-def test_the_default_commit_window_bounds_commits(tmp_path):
+def test_the_default_commit_window_bounds_commits(pipeline_rig):
+    rig = pipeline_rig
+
     async def main():
-        cfg, spool, pipe, task = await make(tmp_path)
+        cfg, spool, pipe, task = await rig.make()
         assert cfg.spool.commit_interval == 0.025
         loop = asyncio.get_running_loop()
         acks = []
         start = loop.time()
         for seq in range(1, 61):  # a frame every 2 ms: 500 frames/s
-            pipe.offer(frame(seq), "test", lambda ack, err: acks.append((ack is not None, err)))
+            pipe.offer(rig.frame(seq), "test", lambda ack, err: acks.append((ack is not None, err)))
             await asyncio.sleep(0.002)
         while len(acks) < 60 and loop.time() - start < 10:
             await asyncio.sleep(0.005)
@@ -117,8 +119,8 @@ def test_the_default_commit_window_bounds_commits(tmp_path):
         commits = pipe.metrics.get("headrace_spool_commits_total")
         # one commit at most per window (and the first at once); without it, one per frame here
         assert 2 <= commits <= elapsed / cfg.spool.commit_interval + 1, (commits, elapsed)
-        assert pipe.metrics.get("headrace_payload_bytes_total") == 60 * len(cose.parse_mac0(frame(1)).payload)
-        await stop(spool, task)
+        assert pipe.metrics.get("headrace_payload_bytes_total") == 60 * len(cose.parse_mac0(rig.frame(1)).payload)
+        await rig.stop(spool, task)
     asyncio.run(main())
 
 

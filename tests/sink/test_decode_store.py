@@ -37,6 +37,22 @@ def test_readings_are_what_headrace_decode_prints():
     assert d.nodes["n1"][1] == 2  # the mirror's last seq of n1
 
 
+def test_version_3_batches_after_their_schema_message():
+    from .conftest import frame
+    schema = batch.Schema("gw1", "s1")
+    bodies = [frame("n1", seq, [1.5, 2.25, 3.0, 4.0], T0 + seq) for seq in (1, 2)]
+    payload = batch.encode("gw1", "s1", bodies, [], schema)
+    dec = Decoder()
+    with pytest.raises(DeadLetter) as e:  # before the schema: a dead letter, never wrong rows
+        dec.decode("headrace/v1/s1/gw1/data", payload)
+    assert e.value.reason == "schema" and "schema" in e.value.detail
+    assert dec.decode("headrace/v1/s1/gw1/schema", schema.message()).kind == "schema"
+    d = dec.decode("headrace/v1/s1/gw1/data", payload)
+    assert d.frames == 2 and [r[7] for r in d.readings[:4]] == [1.5, 2.25, 3.0, 4.0]
+    assert d.readings == Decoder().decode("headrace/v1/s1/gw1/data",
+                                          batch.encode("gw1", "s1", bodies, [])).readings  # as version 2
+
+
 def test_exactly_once_at_rest(sqlite_store):
     dec = Decoder()
     a = data_batch("gw1", [("n1", s) for s in range(1, 6)])

@@ -308,7 +308,7 @@ class MqttUplink:
         entry = self._inflight.pop(mid, None)
         if entry is None:
             return
-        ids, nbytes, _prio = entry
+        ids, nbytes = entry[0], entry[1]
         self._acked.extend(ids)
         self.metrics.inc("headrace_uplink_messages_total")
         self.metrics.inc("headrace_uplink_bytes_total", nbytes)
@@ -410,8 +410,9 @@ class MqttUplink:
         """(event records, window and frame records) in the spool, not yet published."""
         stats = self.spool.stats()
         inflight = {PRIO_EVENT: 0, PRIO_FRAME: 0}
-        for ids, _nbytes, prio in self._inflight.values():
-            inflight[PRIO_EVENT if prio == PRIO_EVENT else PRIO_FRAME] += len(ids)
+        for entry in self._inflight.values():  # (ids, bytes, priority); a subclass may leave the priority out
+            prio = entry[2] if len(entry) > 2 else PRIO_FRAME
+            inflight[PRIO_EVENT if prio == PRIO_EVENT else PRIO_FRAME] += len(entry[0])
         acked = len(self._acked)  # not yet deleted (counted as data: events are few)
         return (stats[KIND_EVENT]["records"] - inflight[PRIO_EVENT],
                 stats[KIND_FRAME]["records"] + stats[KIND_WINDOW]["records"] - inflight[PRIO_FRAME] - acked)
