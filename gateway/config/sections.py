@@ -146,6 +146,7 @@ class Config:
     http: HttpSection = field(default_factory=HttpSection)
     dispatch: DispatchSection = field(default_factory=DispatchSection)
     sparkplug: SparkplugSection = field(default_factory=SparkplugSection)
+    fleet: object = None  # gateway/config/fleet.py's FleetSection (escalation and loans); filled by from_dict
     # rules, resources and zones: parsed by gateway/config/rules.py, resources.py, zones.py
     rules: tuple = ()
     resources: tuple = ()
@@ -379,7 +380,7 @@ def _validate_sparkplug(cfg: Config):
 def from_dict(raw: dict) -> Config:
     """Validate a parsed TOML document into a Config; every mistake found is reported at once
     (one as a ConfigError, several as ConfigErrors)."""
-    from gateway.config import resources, rules, zones
+    from gateway.config import fleet, resources, rules, zones
 
     problems = Problems()
     sections = {f.name: f for f in dataclasses.fields(Config)}
@@ -393,14 +394,18 @@ def from_dict(raw: dict) -> Config:
             values[name] = _jetstream(body, problems)
         elif name == "aggregate":
             values[name] = _aggregate(body, problems)
+        elif name == "fleet":
+            values[name] = fleet.parse(body, problems)
         elif name not in ("rules", "resources", "zones"):  # those after the sections they refer to, below
             values[name] = _section(sections[name].default_factory, name, body, problems)
     values["zones"] = problems.take(zones.parse, raw["zones"], default=zones.ZoneMap()) if "zones" in raw \
         else zones.ZoneMap()
     values["resources"] = resources.parse(raw.get("resources", []), problems)
     widths = values["aggregate"].widths if "aggregate" in values else AggregateSection().widths
+    values.setdefault("fleet", fleet.FleetSection())
+    remote = set(values["fleet"].remote) if values["fleet"].enabled else set()  # asked of other gateways
     values["rules"] = rules.parse(raw.get("rules", []), values["zones"], widths,
-                                  {c for r in values["resources"] for c in r.capabilities}, problems)
+                                  {c for r in values["resources"] for c in r.capabilities} | remote, problems)
     cfg = Config(**values)
     for error in _validate(cfg):
         problems.add(error)

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 
 from core_ext.match import assign
 
+from gateway.config.fleet import FleetSection
 from gateway.config.resources import Resource
 from gateway.decisions.ledger import restore_rows
 from gateway.decisions.zones import ZoneMap
@@ -88,6 +89,9 @@ class Demand:
     since: float = 0.0
     attempt: int = 0
     excluded: set = field(default_factory=set)
+    escalated: bool = False  # asked of the fleet ([fleet]): an `escalation` event went up
+    remote: str = ""         # the gateway whose resource serves it on loan (`resource` is "<gateway>/<id>")
+    loan: str = ""           # a loan this gateway granted: "<gateway>/<demand id>" it serves there
 
     def view(self) -> dict:
         return {"id": self.id, "need": self.need, "at": list(self.at), "zone": self.zone, "priority": self.priority,
@@ -96,13 +100,14 @@ class Demand:
 
     def record(self) -> dict:
         """The ledger's row: everything `from_record` needs to carry on after a restart."""
-        return {**self.view(), "excluded": sorted(self.excluded)}
+        return {**self.view(), "excluded": sorted(self.excluded), "escalated": self.escalated,
+                "remote": self.remote, "loan": self.loan}
 
     @classmethod
     def from_record(cls, r: dict) -> "Demand":
         return cls(int(r["id"]), r["need"], tuple(r["at"]), int(r["priority"]), r["source"], float(r["created"]),
                    r.get("zone", ""), r["state"], r.get("resource"), float(r["since"]), int(r["attempt"]),
-                   set(r.get("excluded", ())))
+                   set(r.get("excluded", ())), bool(r.get("escalated")), r.get("remote", ""), r.get("loan", ""))
 
 
 @dataclass
@@ -128,6 +133,7 @@ class Dispatcher:
 
     def __init__(self, cfg, emit, downlink=None, metrics=None, clock=time.time, ledger=None):
         self.settings, self.zones, self.emit = cfg.dispatch, cfg.zones or ZoneMap(), emit
+        self.fleet = getattr(cfg, "fleet", None) or FleetSection()
         self.downlink, self.metrics, self.clock, self.ledger = downlink, metrics, clock, ledger
         self.resources = {r.id: ResourceState(r, r.home) for r in cfg.resources}
         self.capabilities = {c for r in cfg.resources for c in r.capabilities}
@@ -154,9 +160,11 @@ class Dispatcher:
             self._next_id = max(self._next_id, d.id)
             if d.source.startswith("rule:"):
                 self._rule_demand[d.source[5:]] = d.id
-            if d.resource is not None:
+            if d.resource is not None and not d.remote:
                 res = self.resources.get(d.resource)
-                if res is None or res.demand is not None:
+                if (res is None or res.demand is not None) and d.loan:
+                    self.end_loan(d, "removed")
+                elif res is None or res.demand is not None:
                     self._reopen(d, "reassigned", recall=False)
                 else:
                     res.demand = d.id
@@ -169,7 +177,7 @@ class Dispatcher:
 
     def submit(self, need: str, at=None, zone: str = "", priority: int = 5, source: str = "api") -> Demand:
         """Open a demand; raise DemandError naming what is wrong."""
-        if need not in self.capabilities:
+        if need not in self.capabilities and not (self.fleet.enabled and need in self.fleet.remote):
             known = ", ".join(sorted(self.capabilities))
             raise DemandError(f"no resource has the capability {need!r} (known: {known})", 422)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 10:
@@ -229,13 +237,16 @@ class Dispatcher:
 
     def decline(self, did: int, resource: str | None = None) -> Demand:
         d = self._get(did, resource, (ASSIGNED, ACCEPTED))
-        self._reopen(d, "declined", recall=False)
+        if d.loan:
+            self.end_loan(d, "declined")
+        else:
+            self._reopen(d, "declined", recall=False)
         return d
 
     def done(self, did: int, resource: str | None = None) -> Demand:
         d = self._get(did, resource, (ASSIGNED, ACCEPTED))
-        res = self.resources[d.resource]
-        if not res.spec.node:
+        res = self.resources.get(d.resource)
+        if res is not None and not res.spec.node:
             res.at = d.at  # no live position: it is where the work was
         self._close(d, DONE)
         return d
@@ -248,9 +259,11 @@ class Dispatcher:
         return d
 
     def _close(self, d: Demand, state: str) -> None:
+        self.withdraw(d, state)
         self._event(d, state)
-        if d.resource is not None:
-            self.resources[d.resource].demand = None
+        res = self.resources.get(d.resource) if d.resource is not None else None
+        if res is not None and res.demand == d.id:
+            res.demand = None
         d.state, d.since = state, self.clock()
         del self.demands[d.id]
         self._changed(d)
@@ -268,7 +281,7 @@ class Dispatcher:
         d.excluded.add(d.resource)
         if d.resource in self.resources and self.resources[d.resource].demand == d.id:
             self.resources[d.resource].demand = None
-        d.state, d.resource, d.since = OPEN, None, self.clock()
+        d.state, d.resource, d.since, d.remote = OPEN, None, self.clock(), ""
         self._changed(d)
         self._wake.set()
 
@@ -276,11 +289,16 @@ class Dispatcher:
         """New resources, zones and settings (SIGHUP): a resource kept by its id keeps its live
         state and its demand; a removed one gives its demand back to be assigned again."""
         self.settings, self.zones = cfg.dispatch, cfg.zones or ZoneMap()
+        self.fleet = getattr(cfg, "fleet", None) or FleetSection()
         specs = {r.id: r for r in cfg.resources}
         for rid, res in list(self.resources.items()):
             if rid not in specs:
                 if res.demand is not None and res.demand in self.demands:
-                    self._reopen(self.demands[res.demand], "reassigned", recall=True)
+                    d = self.demands[res.demand]
+                    if d.loan:
+                        self.end_loan(d, "removed")
+                    else:
+                        self._reopen(d, "reassigned", recall=True)
                 del self.resources[rid]
         for rid, spec in specs.items():
             if rid in self.resources:
@@ -332,8 +350,13 @@ class Dispatcher:
         for d in list(self.demands.values()):
             if (d.state == ASSIGNED and now - d.since > s.accept_timeout) or \
                     (d.state == ACCEPTED and now - d.since > s.done_timeout):
-                self._reopen(d, "timeout", recall=True)
+                if d.loan:
+                    self.end_loan(d, "timeout")  # a loan is one resource: it ends, the borrower reassigns
+                else:
+                    self._reopen(d, "timeout", recall=True)
         open_ = sorted((d for d in self.demands.values() if d.state == OPEN), key=lambda d: d.id)
+        if self.fleet.enabled:
+            self._escalate(open_, now)
         free = [r for _, r in sorted(self.resources.items()) if r.free(s.min_battery)]
         if not open_ or not free:
             return 0
@@ -364,7 +387,85 @@ class Dispatcher:
         rows, cols = assign(cost)
         return rows, cols, eta
 
+    def _escalate(self, open_: list, now: float) -> None:
+        """Ask the fleet for what waits: at once when no resource here has the need, else after
+        [fleet] escalate_after. The gateway keeps trying here meanwhile."""
+        for d in open_:
+            if d.escalated or d.loan:
+                continue
+            if d.need not in self.capabilities:
+                why = "no-capability"
+            elif now - d.since >= self.fleet.after(d.need):
+                why = "waited"
+            else:
+                continue
+            d.escalated = True
+            self._changed(d)
+            self._escalation(d, "escalated", why=why)
+
+    def _escalation(self, d: Demand, state: str, **extra) -> None:
+        event = {"type": "escalation", "demand": d.id, "state": state, "need": d.need, "priority": d.priority,
+                 "at": list(d.at), "t": self.clock(), **extra}
+        if d.zone:
+            event["zone"] = d.zone
+        self.emit(event)
+        if self.metrics is not None:
+            self.metrics.inc("headrace_escalations_total", state=state)
+
+    def withdraw(self, d: Demand, why: str) -> None:
+        """An escalated demand no longer needs the fleet (served here, done, cancelled)."""
+        if d.escalated:
+            d.escalated = False
+            self._changed(d)
+            self._escalation(d, "withdrawn", why=why)
+
+    def end_loan(self, d: Demand, why: str) -> None:
+        """A loan this gateway granted ends before it was done: recalled, closed, told in a `loan` event."""
+        if d.state in (ASSIGNED, ACCEPTED) and why in ("timeout", "declined"):
+            self._event(d, why)
+        if d.resource is not None and why != "declined":
+            self._recall(d)
+        gateway, _, demand = d.loan.partition("/")
+        self.emit({"type": "loan", "state": "ended", "why": why, "resource": d.resource, "gateway": gateway,
+                   "demand": int(demand), "local": d.id, "t": self.clock()})
+        self._close(d, CANCELLED)
+
+    def borrow(self, did: int, gateway: str, resource: str) -> Demand:
+        """The fleet found `resource` of `gateway` for an open demand here: it is assigned to it."""
+        d = self._get(did, None, (OPEN,))
+        d.state, d.resource, d.since, d.remote = ASSIGNED, f"{gateway}/{resource}", self.clock(), gateway
+        d.attempt += 1
+        self._changed(d)
+        self._event(d, ASSIGNED, remote=gateway)
+        self.withdraw(d, "borrowed")
+        return d
+
+    def lend(self, rid: str, gateway: str, demand: int, need: str, at, priority: int, zone: str = "") -> Demand:
+        """Another gateway's demand asks for one of this gateway's resources: granted only if it is
+        free now (the caller runs in the event loop, between ticks, so no tick can take it meanwhile)."""
+        res = self.resources.get(rid)
+        if res is None:
+            raise DemandError(f"no resource {rid!r} here", 404)
+        if need not in res.spec.capabilities:
+            raise DemandError(f"resource {rid!r} has no capability {need!r}", 409)
+        if not res.free(self.settings.min_battery):
+            why = f"busy with demand {res.demand}" if res.demand is not None else "not available"
+            raise DemandError(f"resource {rid!r} is {why}", 409)
+        now = self.clock()
+        self._next_id += 1
+        d = Demand(self._next_id, need, (float(at[0]), float(at[1])), priority, f"loan:{gateway}", now, zone,
+                   since=now, loan=f"{gateway}/{demand}")
+        self.demands[d.id] = d
+        self._changed(d)
+        event = {"type": "demand", "id": d.id, "need": need, "priority": priority, "at": list(d.at),
+                 "source": d.source, "t": now}
+        self.emit(event)
+        self._assign(d, res, self.travel(res, d), now)
+        self._count()
+        return d
+
     def _assign(self, d: Demand, res: ResourceState, eta: float, now: float) -> None:
+        self.withdraw(d, "assigned here")
         d.state, d.resource, d.since = ASSIGNED, res.spec.id, now
         d.attempt += 1
         res.demand = d.id

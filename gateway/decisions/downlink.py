@@ -47,6 +47,7 @@ from gateway.decisions.ledger import restore_rows
 from firmware import protocol as node_protocol
 from gateway.runtime.registry import Registry
 
+FLEET_TARGET = "_fleet"  # cmd/_fleet: the fleet's loan commands (gateway/decisions/loans.py), never a node
 QUEUE_PER_NODE = 16
 PER_ACK = 4      # commands one ack carries
 MAX_TRIES = 32   # acks a command rides without an answer before it expires
@@ -111,6 +112,7 @@ class Downlink:
         self.dropped = 0
         self.on_result = on_result  # (node, {"id", "status", ...}): the uplink answers on cmd_result
         self.ledger = ledger
+        self._fleet = None  # the loans' submit, routed by gateway.decisions.loans.Loans when [fleet] is on
         self._made: dict[tuple[str, str], int] = {}  # (node, id) -> ledger epoch it was queued at
 
     def _ready(self, command: Command) -> bool:
@@ -186,8 +188,18 @@ class Downlink:
         if self.on_result is not None:
             self.on_result(node, answer)
 
+    def route_fleet(self, submit) -> None:
+        """Where commands on cmd/_fleet go: `submit(payload) -> (id, cmd)`, raising a CommandError."""
+        self._fleet = submit
+
     def submit(self, node: str, payload: bytes) -> Command:
-        """Validate and queue; raise CommandError for a bad command."""
+        """Validate and queue; raise CommandError for a bad command. A fleet command (cmd/_fleet)
+        is acted on at once and never queued."""
+        if node == FLEET_TARGET:
+            if self._fleet is None:
+                raise CommandError("fleet commands are off on this gateway (fix: [fleet] enabled = true)")
+            cid, cmd = self._fleet(payload)
+            return Command(node, cid, cmd, {})
         return self._queue(parse(node, payload, self.registry))
 
     def put(self, node: str, cmd: str, args: dict, cid: str) -> Command:

@@ -21,6 +21,7 @@ from gateway.config import Config
 from gateway.decisions.dispatch import Dispatcher
 from gateway.decisions.downlink import Downlink
 from gateway.decisions.ledger import Ledger
+from gateway.decisions.loans import Loans
 from gateway.errors import ConfigError
 from gateway.decisions.events import EventSink
 from gateway.runtime.ingest import Ingest
@@ -68,6 +69,7 @@ class Gateway:
         self.downlink: Downlink | None = None
         self.events: EventSink | None = None
         self.dispatcher: Dispatcher | None = None
+        self.loans: Loans | None = None
         self.rules: RuleEngine | None = None
         self.coap: CoapServer | None = None
         self.http: StatusServer | None = None
@@ -90,6 +92,8 @@ class Gateway:
         self.ledger = Ledger()  # demands, dispatches and queued commands, committed with their events
         self.downlink = Downlink(self.registry, ledger=self.ledger)
         self.dispatcher = Dispatcher(cfg, self.events.emit, self.downlink, self.metrics, ledger=self.ledger)
+        if cfg.fleet.enabled:  # the fleet's loan commands on cmd/_fleet
+            self.loans = Loans(self.dispatcher, self.events.emit, self.downlink, self.metrics)
         self.rules = RuleEngine(cfg.rules, cfg.resources, ingest.parser, self.events.emit, self.dispatcher,
                                 self.metrics)
         self.pipeline = Pipeline(cfg, ingest, self.spool, self.metrics, rules=self.rules, downlink=self.downlink,

@@ -328,5 +328,9 @@ def describe(e: dict) -> str:
         where = e.get("zone") or "(%g, %g)" % tuple(e["at"])
         return (f"  {at} DEMAND   #…{e['id'] % 10000:04d} {e['need']} at {where}, priority {e['priority']} "
                 f"({e['source']})")
+    if e["type"] == "escalation":  # [fleet]: asked of the other gateways, or no longer
+        return f"  {at} FLEET    #…{e['demand'] % 10000:04d} {e['need']} {e['state']} ({e.get('why', '')})"
+    if e["type"] == "loan":
+        return f"  {at} LOAN     {e['resource']} {e['state']} for {e['gateway']} #…{e['demand'] % 10000:04d}"
     eta = f", eta {e['eta']:.1f} s" if "eta" in e else ""
     return f"  {at} DISPATCH #…{e['demand'] % 10000:04d} {e['need']} → {e['resource']}: {e['state']}{eta}"

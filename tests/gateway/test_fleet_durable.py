@@ -7,6 +7,7 @@ and closes the spool, which is what the spool holds after a kill -9 at that poin
 from __future__ import annotations
 
 import asyncio
+import json
 
 from gateway import config
 from gateway.decisions.dispatch import ACCEPTED, ASSIGNED, OPEN, Dispatcher
@@ -188,3 +189,29 @@ def test_ledger_epochs():
     assert rows2 == rows and epoch2 == epoch + 1
     ledger.committed(epoch2)
     assert ledger.durable(made)
+
+
+def test_a_loan_and_a_borrowed_dispatch_carry_on_after_a_crash(tmp_path):
+    from gateway.decisions.loans import Loans
+
+    async def main():
+        gw = await Gw(tmp_path).start()
+        gw.dispatcher.fleet = config.from_dict({"fleet": {"enabled": True}}).fleet
+        loans = Loans(gw.dispatcher, gw.events.emit, gw.downlink)
+        loans.submit(json.dumps({"id": "l-1", "cmd": "lend", "args": {
+            "resource": "mech2", "gateway": "gw2", "demand": 9, "need": "mechanic", "at": [1, 2],
+            "priority": 5}}).encode())
+        b = gw.dispatcher.submit("mechanic", at=(1.0, 0.0))
+        loans.submit(json.dumps({"id": "b-1", "cmd": "borrowed", "args": {
+            "demand": b.id, "gateway": "gw3", "resource": "m9"}}).encode())
+        await gw.committed()
+        await gw.crash()
+        gw2 = await Gw(tmp_path).start()
+        lent = [d for d in gw2.dispatcher.demands.values() if d.loan]
+        assert [(d.loan, d.resource, d.state) for d in lent] == [("gw2/9", "mech2", ASSIGNED)]
+        assert gw2.dispatcher.resources["mech2"].demand == lent[0].id  # still on loan: not given away here
+        borrowed = gw2.dispatcher.demands[b.id]
+        assert (borrowed.state, borrowed.resource, borrowed.remote) == (ASSIGNED, "gw3/m9", "gw3")
+        assert gw2.dispatcher.tick(gw2.dispatcher.clock()) == 0
+        await gw2.crash()
+    run(main())
