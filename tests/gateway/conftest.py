@@ -25,6 +25,11 @@ from gateway.runtime.registry import Registry
 from gateway.runtime.spool import Spool
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "release: the release check (builds the sdist and the wheel, installs it "
+                                       "into a new venv, runs the demo; minutes)")
+
+
 class PipelineRig:
     """One node, `n1` with key `key`, registered with a pipeline whose spool lives in `data_dir`
     (10 s windows, no lateness). `make()` may be called again after `stop()`: the spool and the
