@@ -186,6 +186,31 @@ def test_any_damage_to_a_batch_is_a_batch_error(data):
     else:
         bad[key] = data.draw(junk)
     try:
-        list(batch.rows(bad))
+        rows = list(batch.rows(bad))
     except batch.BatchError:
-        pass
+        return
+    for row in rows:  # or what it gives is readings and windows of the right kinds, never junk as data
+        assert type(row["node"]) is str and type(row["sensor"]) is str, row
+        if "window" in row:
+            assert all(_number(row[k]) for k in ("count", "min", "max", "mean", "first", "last", "sumsq", "twa")), row
+            assert all(_number(v) for v in row["window"].values()), row
+        else:
+            assert type(row["seq"]) is int and _number(row["t"]), row
+            assert isinstance(row["v"], (int, float, str, bool)), row
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@pytest.mark.parametrize("table,value", [("nodes", ["pump1", None, "tank3"]), ("nodes", b"HRZ"),
+                                         ("patterns", [["temp"], 7]), ("patterns", [["temp", 3]])])
+def test_a_damaged_name_table_is_a_batch_error(table, value):
+    # found by the test above once it took only readings of the right kinds: a node named
+    # None or 72 came out as data
+    good = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in _frames(3)], []))
+    bad = {**good, table: value}
+    with pytest.raises(batch.BatchError, match="table"):
+        list(batch.rows(bad))
+    with pytest.raises(batch.BatchError, match="table"):
+        batch.frame_ids({**good, "nodes": [None, 72, "x"]})

@@ -439,7 +439,7 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
         if table is None:
             return
         received, seqs, node_col, pattern_col = table
-        nodes, patterns = batch["nodes"], batch["patterns"]
+        nodes, patterns = _tables(batch)
         cols = {}
         for sensor, data, counts in batch.get("sensors", ()):
             if isinstance(data, (list, tuple)):  # compact columns (v3)
@@ -470,6 +470,18 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
         raise BatchError(f"inconsistent batch: {type(exc).__name__}: {exc}") from None
 
 
+def _tables(batch: dict) -> tuple[list, list]:
+    """The nodes and patterns tables of a batch (v2, or v3 once resolved), checked: a damaged table is an error,
+    never a reading of node 72."""
+    nodes, patterns = batch["nodes"], batch["patterns"]
+    if not isinstance(nodes, (list, tuple)) or not all(type(n) is str for n in nodes):
+        raise ValueError("the nodes table must be a list of node names")
+    if not isinstance(patterns, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and all(type(s) is str for s in p) for p in patterns):
+        raise ValueError("the patterns table must be a list of lists of sensor names")
+    return nodes, patterns
+
+
 def _frame_table(batch: dict):
     """(received s, seqs, node indexes, pattern indexes) as lists, or None for no frames."""
     if "table" in batch:
@@ -492,7 +504,8 @@ def frame_ids(batch: dict) -> list[tuple[str, int]]:
         if table is None:
             return []
         _, seqs, node_col, _ = table
-        return [(batch["nodes"][int(n)], int(s)) for n, s in zip(node_col, seqs)]
+        nodes, _ = _tables(batch)
+        return [(nodes[int(n)], int(s)) for n, s in zip(node_col, seqs)]
     except (codec.CodecError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise BatchError(f"inconsistent batch: {exc}") from None
 
