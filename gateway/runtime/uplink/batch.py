@@ -471,8 +471,8 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
 
 
 def _tables(batch: dict) -> tuple[list, list]:
-    """The nodes and patterns tables of a batch (v2, or v3 once resolved), checked: a damaged table is an error,
-    never a reading of node 72."""
+    """The nodes and patterns tables of a batch (v2, or v3 once resolved), checked: a
+    damaged table is an error, never a reading of node 72."""
     nodes, patterns = batch["nodes"], batch["patterns"]
     if not isinstance(nodes, (list, tuple)) or not all(type(n) is str for n in nodes):
         raise ValueError("the nodes table must be a list of node names")
