@@ -9,7 +9,6 @@ import cbor2
 import pytest
 
 from gateway.runtime.uplink import batch, columns
-from tests.gateway.test_spool_batch import _frames
 
 
 def _bodies(frames):
@@ -24,8 +23,8 @@ def _raw(data: bytes) -> dict:
     return obj
 
 
-def test_version_3_gives_back_what_version_2_does_and_is_smaller():
-    frames = _frames(40)
+def test_version_3_gives_back_what_version_2_does_and_is_smaller(sample_frames):
+    frames = sample_frames(40)
     w = batch.window_body("pump1/temp", 10.0, 1.7e9, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 3.0, 2.5, 0)
     v2 = batch.encode("gw1", "site1", _bodies(frames), [w])
     schema = batch.Schema("gw1", "site1")
@@ -45,8 +44,8 @@ def test_version_3_gives_back_what_version_2_does_and_is_smaller():
     assert len(second) < len(v2) - sum(len(n) + 1 for n in ("pump1", "fork2", "tank3"))
 
 
-def test_unknown_schema_is_an_error_never_wrong_data():
-    frames = _frames(3)
+def test_unknown_schema_is_an_error_never_wrong_data(sample_frames):
+    frames = sample_frames(3)
     a = batch.Schema("gw1", "site1")
     batch.encode("gw1", "site1", _bodies(frames[:3]), [], a)  # pump1, fork2, tank3
     old_message = a.message()
@@ -79,10 +78,10 @@ def test_unknown_schema_is_an_error_never_wrong_data():
         list(batch.readings(cbor2.loads(data)))
 
 
-def test_entries_past_the_schema_bound_travel_in_the_batch():
+def test_entries_past_the_schema_bound_travel_in_the_batch(sample_frames):
     class Small(batch.Schema):
         MAX_ENTRIES = 2
-    frames = _frames(10)
+    frames = sample_frames(10)
     schema = Small("gw1", "site1")
     data = batch.encode("gw1", "site1", _bodies(frames), [], schema)
     raw = _raw(data)
@@ -92,8 +91,8 @@ def test_entries_past_the_schema_bound_travel_in_the_batch():
     assert [r[3] for r in batch.readings(got)] == [batch.frame_readings(f[0], f[2], f[3]) for f in frames]
 
 
-def test_decoder_by_topic_export_and_bad_schemas():
-    frames = _frames(5)
+def test_decoder_by_topic_export_and_bad_schemas(sample_frames):
+    frames = sample_frames(5)
     schema = batch.Schema("gw1", "site1")
     data = batch.encode("gw1", "site1", _bodies(frames), [], schema)
     dec = batch.Decoder()
@@ -114,8 +113,8 @@ def test_decoder_by_topic_export_and_bad_schemas():
         dec.decode(cbor2.dumps(damaged))
 
 
-def test_headrace_decode_reads_the_schema_and_version_3(tmp_path):
-    frames = _frames(2)
+def test_headrace_decode_reads_the_schema_and_version_3(sample_frames, tmp_path):
+    frames = sample_frames(2)
     schema = batch.Schema("gw1", "site1")
     data = batch.encode("gw1", "site1", _bodies(frames), [], schema)
     (tmp_path / "schema.cbor").write_bytes(schema.message())
@@ -176,8 +175,8 @@ def struct_bits(v: float) -> bytes:
 
 @settings(max_examples=200, deadline=None)
 @given(cut=st.integers(0, 400), flip=st.integers(0, 400), byte=st.integers(0, 255))
-def test_damaged_compact_batches_are_batch_errors(cut, flip, byte):
-    frames = _frames(6)
+def test_damaged_compact_batches_are_batch_errors(sample_frames, cut, flip, byte):
+    frames = sample_frames(6)
     schema = batch.Schema("gw1", "site1")
     data = batch.encode("gw1", "site1", _bodies(frames), [], schema)
     inner = cbor2.dumps({k: v for k, v in _raw(data).items() if k not in ("v", "gw", "site", "schema")})

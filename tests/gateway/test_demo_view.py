@@ -9,22 +9,19 @@ import types
 from rich.console import Console
 
 from gateway.tools.demo import LiveView
-from tests.gateway.test_http_page import Sender, _gateway
 
 
 def _node(name: str, transport: str):
     return types.SimpleNamespace(name=name, config={"transport": transport}, acked=3, proc=None)
 
 
-def test_terminal_table_and_plain_lines(tmp_path, capsys):
+def test_terminal_table_and_plain_lines(small_plant_gateway, frame_sender, capsys):
     async def main():
-        gw, keys = _gateway(tmp_path, ["pump1"])
+        gw, keys = small_plant_gateway(["pump1"])
         async with gw:
-            s = Sender(gw, "pump1", keys["pump1"])
-            s.send(temp=41.5)
-            await asyncio.sleep(0.3)
-            s.send(temp=95.25)  # raises pump1-hot
-            await asyncio.sleep(0.3)
+            s = frame_sender(gw, "pump1", keys["pump1"])
+            await asyncio.wait_for(s.send(temp=41.5), 10)
+            await asyncio.wait_for(s.send(temp=95.25), 10)  # raises pump1-hot
             out = io.StringIO()
             tty = LiveView(gw, [_node("pump1", "serial")], "embedded:1883", page="http://127.0.0.1:9/",
                            console=Console(file=out, force_terminal=True, width=140, color_system=None))

@@ -6,52 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 
-import cbor2
-
 from gateway import config
-from gateway.protocol import cose
 from gateway.runtime.http import StatusServer
-from gateway.runtime.registry import Registry
-from gateway.runtime.service import Gateway
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Sender:
-    """A node in this process: authenticated frames offered to the pipeline."""
-
-    def __init__(self, gw, name, key):
-        self.gw, self.name, self.key, self.seq = gw, name, key, 100
-
-    def send(self, **readings) -> None:
-        items = list(readings.items())
-        recs = [{-2: f"{self.name}/", -3: time.time(), 0: items[0][0], 2: float(items[0][1])}]
-        recs += [{0: k, 2: float(v)} for k, v in items[1:]]
-        self.seq += 1
-        self.gw.pipeline.offer(cose.mac0(self.key, self.name.encode(), cbor2.dumps(recs), seq=self.seq), "sim",
-                               lambda ack, err: None)
-
-
-def _gateway(tmp_path, names):
-    registry = Registry(path=tmp_path / "nodes.toml")
-    keys = {n: registry.add(n, transport="serial").key for n in names}
-    registry.save()
-    cfg = config.from_dict({
-        "gateway": {"data_dir": str(tmp_path), "registry": str(registry.path)},
-        "coap": {"enabled": False}, "mqtt": {"port": _free_port(), "reconnect_max": 1},  # no broker: down
-        "http": {"port": 0},
-        "rules": [{"name": "pump1-hot", "series": "pump1/temp", "above": 80, "severity": "critical"}],
-        "resources": [{"id": "mech1", "capabilities": ["mechanic"], "home": [1, 2]}],
-        "zones": {"points": {"hall": [0, 0], "pumps": [20, 10]}, "edges": [["hall", "pumps"]]},
-    })
-    return Gateway(cfg, registry), keys
 
 
 async def _get(port, path, headers=None):
@@ -75,20 +33,17 @@ async def _events(reader, want: int, timeout: float = 10):
     return out
 
 
-def test_page_shows_nodes_uplink_alarms_and_the_map(tmp_path):
+def test_page_shows_nodes_uplink_alarms_and_the_map(small_plant_gateway, frame_sender):
     async def main():
-        gw, keys = _gateway(tmp_path, ["pump1", "pump2"])
+        gw, keys = small_plant_gateway(["pump1", "pump2"])
         async with gw:
             server = StatusServer(config.HttpSection(port=0), gw)
             server.page.history.period = 0.05
             await server.start()
             try:
-                p1, p2 = Sender(gw, "pump1", keys["pump1"]), Sender(gw, "pump2", keys["pump2"])
-                p1.send(temp=41.5, battery=87)
-                p2.send(pressure=2.25)
-                await asyncio.sleep(0.3)
-                p1.send(temp=90.0, battery=86)  # raises pump1-hot
-                await asyncio.sleep(0.3)
+                p1, p2 = frame_sender(gw, "pump1", keys["pump1"]), frame_sender(gw, "pump2", keys["pump2"])
+                await asyncio.wait_for(asyncio.gather(p1.send(temp=41.5, battery=87), p2.send(pressure=2.25)), 10)
+                await asyncio.wait_for(p1.send(temp=90.0, battery=86), 10)  # raises pump1-hot
                 code, head, body = await _get(server.port, "/")
                 html = body.decode()
                 assert code == 200 and "text/html" in head
@@ -110,8 +65,12 @@ def test_page_shows_nodes_uplink_alarms_and_the_map(tmp_path):
                 assert row["per_min"] > 0 and row["quality"] == 1.0 and row["causes"] == {}
                 assert st["uplink"]["connected"] is False and st["uplink"]["depth"] >= 2
                 assert st["gateway"]["disk_total"] > 0 and st["gateway"]["version"]
-                code, _, body = await _get(server.port, "/status/history?nodes=pump1,nobody")
-                hist = json.loads(body)
+                for _ in range(100):  # the sparklines sample every 0.05 s: two samples
+                    code, _, body = await _get(server.port, "/status/history?nodes=pump1,nobody")
+                    hist = json.loads(body)
+                    if len(hist["t"]) >= 2 and 90 in hist["nodes"].get("pump1", {}).get("temp", []):
+                        break
+                    await asyncio.sleep(0.05)
                 assert set(hist["nodes"]) == {"pump1"} and len(hist["t"]) >= 2
                 assert 90 in hist["nodes"]["pump1"]["temp"]
                 code, head, body = await _get(server.port, "/static/uPlot.iife.min.js")
@@ -123,18 +82,16 @@ def test_page_shows_nodes_uplink_alarms_and_the_map(tmp_path):
     asyncio.run(main())
 
 
-def test_stream_sends_full_state_then_changes_and_events_at_once(tmp_path):
+def test_stream_sends_full_state_then_changes_and_events_at_once(small_plant_gateway, frame_sender):
     async def main():
-        gw, keys = _gateway(tmp_path, ["pump1", "pump2"])
+        gw, keys = small_plant_gateway(["pump1", "pump2"])
         async with gw:
             server = StatusServer(config.HttpSection(port=0), gw)
             server.page.tick = 0.2
             await server.start()
             try:
-                p1, p2 = Sender(gw, "pump1", keys["pump1"]), Sender(gw, "pump2", keys["pump2"])
-                p1.send(temp=20)
-                p2.send(temp=21)
-                await asyncio.sleep(0.3)
+                p1, p2 = frame_sender(gw, "pump1", keys["pump1"]), frame_sender(gw, "pump2", keys["pump2"])
+                await asyncio.wait_for(asyncio.gather(p1.send(temp=20), p2.send(temp=21)), 10)
                 reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
                 writer.write(b"GET /status/stream HTTP/1.0\r\n\r\n")
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -165,15 +122,14 @@ def test_stream_sends_full_state_then_changes_and_events_at_once(tmp_path):
     asyncio.run(main())
 
 
-def test_node_extra_fields_show_in_rows_and_a_failing_one_is_skipped(tmp_path, caplog):
+def test_node_extra_fields_show_in_rows_and_a_failing_one_is_skipped(small_plant_gateway, frame_sender, caplog):
     async def main():
-        gw, keys = _gateway(tmp_path, ["pump1"])
+        gw, keys = small_plant_gateway(["pump1"])
         async with gw:
             server = StatusServer(config.HttpSection(port=0), gw)
             await server.start()
             try:
-                Sender(gw, "pump1", keys["pump1"]).send(temp=20)
-                await asyncio.sleep(0.3)
+                await asyncio.wait_for(frame_sender(gw, "pump1", keys["pump1"]).send(temp=20), 10)
                 server.page.node_extras.append(lambda node: {"update": "42 %"} if node == "pump1" else {})
                 server.page.node_extras.append(lambda node: 1 / 0)
                 with caplog.at_level(logging.WARNING, "headrace.page"):
@@ -188,19 +144,17 @@ def test_node_extra_fields_show_in_rows_and_a_failing_one_is_skipped(tmp_path, c
     asyncio.run(main())
 
 
-def test_rejects_by_cause_per_node(tmp_path):
+def test_rejects_by_cause_per_node(small_plant_gateway, frame_sender):
     async def main():
-        gw, keys = _gateway(tmp_path, ["pump1"])
+        gw, keys = small_plant_gateway(["pump1"])
         async with gw:
             server = StatusServer(config.HttpSection(port=0), gw)
             await server.start()
             try:
-                s = Sender(gw, "pump1", keys["pump1"])
-                s.send(temp=20)
-                await asyncio.sleep(0.3)
+                s = frame_sender(gw, "pump1", keys["pump1"])
+                await asyncio.wait_for(s.send(temp=20), 10)
                 s.seq -= 1
-                s.send(temp=20)  # the same sequence number again: a replay
-                await asyncio.sleep(0.3)
+                await asyncio.wait_for(s.send(temp=20), 10)  # the same sequence number again: a replay
                 row = (await server.page.snapshot())["nodes"][0]
                 assert row["causes"] == {"replay": 1} and row["rejected"] == 1 and row["quality"] == 0.5
                 assert (await server.page.snapshot())["uplink"]["rejects"] == {"replay": 1}

@@ -66,25 +66,8 @@ def test_batch_round_trip_and_rows():
     assert rows[-1]["mean"] == 2.0 and rows[-1]["window"] == {"start": 1700000000.0, "width": 10.0}
 
 
-def _frames(n_frames=200):
-    """Frames of three nodes with different sensors, relative times, text, booleans and data."""
-    import random
-    rng = random.Random(4)
-    out = []
-    for seq in range(n_frames):
-        for node, sensors in (("pump1", ["temp", "vib"]), ("fork2", ["x", "y", "bat"]), ("tank3", ["level"])):
-            t0 = 1_700_000_000 + seq * 0.25 + rng.random() * 1e-3
-            recs = [{-2: f"{node}/", -3: t0, 0: sensors[0], 2: round(20 + rng.gauss(0, 1), 2)}]
-            recs += [{0: sensors[i % len(sensors)], 6: i / 8, 2: round(rng.gauss(0, 3), 3)} for i in range(1, 8)]
-            if seq % 10 == 0:
-                recs += [{0: "state", 3: "running"}, {0: "door", 4: seq % 20 == 0}, {0: "blob", 8: b"\x00\x01"}]
-            received = t0 + 0.05
-            out.append((node, seq, received, cbor2.dumps(recs)))
-    return out
-
-
-def test_batch_gives_every_frame_back_exactly_and_smaller_than_the_packs():
-    frames = _frames()
+def test_batch_gives_every_frame_back_exactly_and_smaller_than_the_packs(sample_frames):
+    frames = sample_frames()
     bodies = [batch.frame_body(*f) for f in frames]
     data = batch.encode("gw1", "site1", bodies, [])
     got = list(batch.readings(batch.decode(data)))
@@ -108,24 +91,24 @@ def test_a_batch_of_many_nodes_one_frame_each_is_small():
     assert [r[3] for r in batch.readings(batch.decode(data))] == [batch.frame_readings(f[0], f[2], f[3]) for f in frames]
 
 
-def test_version_1_batches_still_read():
-    node, seq, received, senml = _frames(1)[0]
+def test_version_1_batches_still_read(sample_frames):
+    node, seq, received, senml = sample_frames(1)[0]
     v1 = cbor2.dumps({"v": 1, "gw": "g", "site": "s", "frames": [[node, seq, received, senml]], "windows": []})
     got = list(batch.readings(batch.decode(v1)))
     assert got == [(node, seq, received, batch.frame_readings(node, received, senml))]
     assert batch.frame_ids(batch.decode(v1)) == [(node, seq)]
 
 
-def test_inconsistent_batch_is_a_batch_error():
-    data = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in _frames(5)], []))
+def test_inconsistent_batch_is_a_batch_error(sample_frames):
+    data = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in sample_frames(5)], []))
     data["patterns"][0] = data["patterns"][0] + ["temp"]  # a pattern that takes more than its series holds
     with pytest.raises(batch.BatchError, match="inconsistent"):
         list(batch.readings(data))
-    data = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in _frames(5)], []))
+    data = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in sample_frames(5)], []))
     data["sensors"][0][1] = data["sensors"][0][1][:-3]  # a stream cut short
     with pytest.raises(batch.BatchError, match="inconsistent"):
         list(batch.readings(data))
-    data = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in _frames(5)], []))
+    data = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in sample_frames(5)], []))
     data["sensors"][0][2][0][1] += 1  # counts that do not add up
     with pytest.raises(batch.BatchError, match="inconsistent"):
         list(batch.readings(data))
@@ -170,9 +153,9 @@ def test_overflow_policy_ttl_then_quota_never_events(tmp_path):
 
 @settings(max_examples=300, deadline=None)
 @given(st.data())
-def test_any_damage_to_a_batch_is_a_batch_error(data):
+def test_any_damage_to_a_batch_is_a_batch_error(sample_frames, data):
     """Parts replaced by other CBOR values, or cut: rows() gives rows or a BatchError, nothing else."""
-    frames = _frames(3)
+    frames = sample_frames(3)
     w = batch.window_body("pump1/temp", 10.0, 1700000000.0, 3, 1.0, 3.0, 6.0, 14.0, 1.0, 3.0, 2.5, 0)
     good = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in frames], [w]))
     key = data.draw(st.sampled_from(sorted(good)))
@@ -205,10 +188,10 @@ def _number(x) -> bool:
 
 @pytest.mark.parametrize("table,value", [("nodes", ["pump1", None, "tank3"]), ("nodes", b"HRZ"),
                                          ("patterns", [["temp"], 7]), ("patterns", [["temp", 3]])])
-def test_a_damaged_name_table_is_a_batch_error(table, value):
+def test_a_damaged_name_table_is_a_batch_error(sample_frames, table, value):
     # found by the test above once it took only readings of the right kinds: a node named
     # None or 72 came out as data
-    good = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in _frames(3)], []))
+    good = batch.decode(batch.encode("gw1", "site1", [batch.frame_body(*f) for f in sample_frames(3)], []))
     bad = {**good, table: value}
     with pytest.raises(batch.BatchError, match="table"):
         list(batch.rows(bad))
