@@ -164,3 +164,30 @@ def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
         assert store.query("SELECT reason FROM dead_letters") == [("undecodable",)]
     finally:
         store.close()
+
+
+def test_rows_postgresql_refuses_become_one_dead_letter(postgres):
+    """A text value with a NUL character (PostgreSQL's text cannot hold one): the group is written
+    again message by message, the one at fault is parked (`unstorable`), the others stored."""
+    from tests.sink.test_decode_store import ListSource
+
+    bad_frame = batch.frame_body("n1", 50, T0, cbor2.dumps([{-2: "n1/", -3: T0, 0: "temp", 2: 1.5},
+                                                            {0: "note", 3: "a\x00b"}]))
+    bad = batch.encode("gw1", "s1", [bad_frame], [])
+    good = data_batch("gw1", [("n1", 1), ("n1", 2)])
+    url = postgres.database("refused")
+    store = PostgresStore(url)
+    src = ListSource([(1, DATA, good), (2, DATA, bad), (3, DATA, data_batch("gw1", [("n1", 3)]))])
+    sink = Sink(from_dict({"sink": {"database": url}}), source=src, store=store)
+
+    async def main():
+        await sink.handle(await src.fetch(10, 0))
+
+    try:
+        asyncio.run(main())
+        assert sorted(src.acked) == [1, 2, 3]
+        assert store.query("SELECT count(*), max(seq) FROM readings") == [(12, 3)]
+        assert store.query("SELECT position, reason FROM dead_letters") == [("2", "unstorable")]
+        assert sink.metrics.get("headrace_sink_dead_letters_total", reason="unstorable") == 1
+    finally:
+        store.close()

@@ -28,7 +28,7 @@ from gateway.runtime.metrics import Metrics
 from sink.config import SinkConfig
 from sink.decode import DeadLetter, Decoder
 from sink.sources import JetStreamSource, MqttSource
-from sink.store import Dead, StoreUnavailable, open_store
+from sink.store import Dead, StoreRejected, StoreUnavailable, open_store
 
 log = logging.getLogger("headrace.sink")
 
@@ -58,7 +58,8 @@ class Sink:
         loop = asyncio.get_running_loop()
         if self._store is None:
             self._store = await self._retry(lambda: loop.run_in_executor(self._db, open_store, self.cfg.database))
-        await self.source.start()
+        if not await self._retry_source():
+            return  # stopped before the broker could be reached
         log.info("sink worker storing into %s from %s", self._store.kind, self.cfg.sink.source)
         try:
             while not self._stop.is_set():
@@ -68,6 +69,31 @@ class Sink:
         finally:
             await self.source.stop()
             self._db.shutdown(wait=True)
+
+    async def _retry_source(self) -> bool:
+        """Start the source, again and again while the broker cannot be reached; False if stopped first."""
+        delay = 0.5
+        while True:
+            start = asyncio.ensure_future(self.source.start())
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait([start, stop], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not start.done():  # stopped while connecting (nats-py retries the first connection too)
+                start.cancel()
+                await asyncio.gather(start, return_exceptions=True)
+                await self.source.stop()
+                return False
+            try:
+                start.result()
+                return True
+            except Exception as exc:  # nats-py's and paho's connection errors, OSError
+                if not isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError)) \
+                        and not type(exc).__module__.startswith("nats"):
+                    raise
+                log.warning("broker unavailable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
+                await self.source.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _retry(self, make):
         delay = 0.2
@@ -82,19 +108,24 @@ class Sink:
 
     async def handle(self, msgs) -> None:
         """Decode, store in one transaction, then acknowledge; retry the store until it works."""
-        decoded, dead = [], []
+        pairs, dead = [], []
         for m in msgs:
             try:
-                decoded.append(self.decoder.decode(m.topic, m.payload))
+                pairs.append((m, self.decoder.decode(m.topic, m.payload)))
             except DeadLetter as exc:
                 self.metrics.inc("headrace_sink_dead_letters_total", reason=exc.reason)
                 log.warning("dead letter (%s) on %s at position %s: %s", exc.reason, m.topic, m.position, exc.detail)
                 dead.append(Dead(m.topic, m.position, exc, bytes(m.payload), self.cfg.sink.source))
+        decoded = [d for _m, d in pairs]
         loop = asyncio.get_running_loop()
         delay = 0.2
         while True:
             try:
-                written = await loop.run_in_executor(self._db, self._store.write, decoded, dead)
+                try:
+                    written = await loop.run_in_executor(self._db, self._store.write, decoded, dead)
+                except StoreRejected as exc:
+                    log.warning("%s; writing the group's %d messages one by one", exc, len(pairs))
+                    written = await self._one_by_one(pairs, list(dead))
                 break
             except StoreUnavailable as exc:
                 self.metrics.inc("headrace_sink_store_errors_total")
@@ -113,6 +144,29 @@ class Sink:
         self.metrics.inc("headrace_sink_duplicates_total", written.duplicates)
         self.metrics.inc("headrace_sink_windows_total", written.windows)
         self.metrics.inc("headrace_sink_events_total", written.events)
+
+
+    async def _one_by_one(self, pairs, dead):
+        """The database refused a group's rows: write its messages one at a time, so that only the
+        one at fault is left out, parked as a dead letter (reason `unstorable`)."""
+        from sink.store import Written
+
+        loop = asyncio.get_running_loop()
+        total = Written()
+        for m, d in pairs:
+            try:
+                w = await loop.run_in_executor(self._db, self._store.write, [d], [])
+            except StoreRejected as one:
+                self.metrics.inc("headrace_sink_dead_letters_total", reason="unstorable")
+                log.warning("dead letter (unstorable) on %s at position %s: %s", m.topic, m.position, one)
+                dead.append(Dead(m.topic, m.position, DeadLetter("unstorable", str(one), d.site, d.gateway),
+                                 bytes(m.payload), self.cfg.sink.source))
+                continue
+            for k in ("readings", "duplicates", "windows", "events"):
+                setattr(total, k, getattr(total, k) + getattr(w, k))
+        if dead:
+            await loop.run_in_executor(self._db, self._store.write, [], dead)
+        return total
 
 
 async def _serve_metrics(metrics: Metrics, port: int):

@@ -88,8 +88,9 @@ class JetStreamSource:
         return [Message(m.subject, m.data, str(m.metadata.sequence.stream), m.ack, m.nak) for m in msgs]
 
     async def stop(self) -> None:
-        if self.nc is not None:
-            await self.nc.close()
+        nc, self.nc = self.nc, None
+        if nc is not None:
+            await nc.close()
 
 
 class MqttSource:
@@ -146,9 +147,10 @@ class MqttSource:
         return ack
 
     async def stop(self) -> None:
-        if self.client is not None:
-            self.client.loop_stop()
-            self.client.disconnect()
+        client, self.client = self.client, None
+        if client is not None:
+            client.loop_stop()
+            client.disconnect()
 
 
 async def _nothing() -> None:

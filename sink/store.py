@@ -74,6 +74,12 @@ class StoreUnavailable(Exception):
     """The database cannot be reached or refused the write; nothing of the group was stored."""
 
 
+class StoreRejected(Exception):
+    """The database refused the rows themselves (a value it cannot hold, e.g. a NUL character in
+    text); nothing of the group was stored. Written again one message at a time, the one at
+    fault becomes a dead letter."""
+
+
 @dataclass
 class Written:
     """What one write stored: new rows, and repeats that were already there."""
@@ -185,6 +191,12 @@ class SqliteStore:
                                 d.payload))
                     out.dead += db.total_changes - before
                 db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                db.execute("ROLLBACK")
+                raise StoreUnavailable(f"SQLite: {exc}") from None
+            except (sqlite3.DataError, sqlite3.IntegrityError, ValueError, OverflowError) as exc:
+                db.execute("ROLLBACK")
+                raise StoreRejected(f"SQLite refused the rows: {exc}") from None
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -277,6 +289,8 @@ class PostgresStore:
                 except self._psycopg.InterfaceError as exc:
                     self._drop()
                     raise StoreUnavailable(f"PostgreSQL connection: {exc}".strip()) from None
+                except (self._psycopg.DataError, self._psycopg.IntegrityError, ValueError) as exc:
+                    raise StoreRejected(f"PostgreSQL refused the rows: {exc}".strip()) from None
             raise StoreUnavailable(f"deadlocked {self.RETRIES} times in a row")
 
     def _drop(self) -> None:

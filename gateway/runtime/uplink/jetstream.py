@@ -41,6 +41,9 @@ from gateway.runtime.uplink import batch, events
 log = logging.getLogger("headrace.jetstream")
 
 SUBJECTS = ("headrace.v1.*.*.data", "headrace.v1.*.*.events", "headrace.v1.*.*.state")
+# the stream is a buffer between gateways and sinks, not an archive: a message older than this is
+# dropped, consumed or not (the sinks have a week to catch up after an outage)
+STREAM_MAX_AGE = 7 * 86400.0  # seconds
 
 
 async def ensure_stream(js, name: str, subjects=SUBJECTS, replicas: int = 3) -> None:
@@ -55,7 +58,7 @@ async def ensure_stream(js, name: str, subjects=SUBJECTS, replicas: int = 3) -> 
         pass
     try:
         await js.add_stream(StreamConfig(name=name, subjects=list(subjects), num_replicas=replicas,
-                                         storage=StorageType.FILE))
+                                         storage=StorageType.FILE, max_age=STREAM_MAX_AGE))
         log.info("made JetStream stream %s (R%d) for %s", name, replicas, ", ".join(subjects))
     except BadRequestError as exc:  # made meanwhile by another gateway or a sink
         if "already in use" not in str(exc):
