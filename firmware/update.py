@@ -306,14 +306,15 @@ class Receiver:
 
     def write(self, offset, data):
         """Bytes of the release from `offset` on. Returns where the node stands (the next
-        offset it wants): bytes from elsewhere are ignored (a repeat, or a gap). A part
+        offset it wants): of a block that starts before it, the bytes it lacks are taken;
+        bytes from elsewhere are ignored (a repeat, or a gap). A part
         whose SHA-256 is wrong once complete raises UpdateError("hash"): the slot is emptied."""
         manifest = self.manifest
-        if manifest is None or offset != self.pos:
+        if manifest is None or not offset <= self.pos < offset + len(data):
             return self.pos
         d = self.slots.dir(self.slots.spare)
         parts = manifest["parts"]
-        mv = memoryview(data)
+        mv = memoryview(data)[self.pos - offset:]  # a block that starts before where the node stands
         while len(mv):
             i, at = self._locate(parts, self.pos)
             if i >= len(parts):

@@ -4,8 +4,13 @@ The gateway's server (gateway/runtime/transports/coap.py) parses requests and
 builds responses with it; tests and benchmarks build their requests with
 `request()` rather than by hand. Numbers are named in gateway/protocol/numbers.py.
 
-Caveats: options are returned raw (bytes per occurrence, in order); no block-wise
-transfer, no observe. A malformed datagram raises CoapFormatError saying what is wrong.
+Block-wise transfers (RFC 7959): `block()` and `parse_block()` encode and decode the
+value of a Block1 or Block2 option (block number, more flag, block size); node updates
+(gateway/decisions/update.py) slice a release into such blocks.
+
+Caveats: options are returned raw (bytes per occurrence, in order); no observe; the
+block codec is the option value only (the server does not run block-wise exchanges yet).
+A malformed datagram raises CoapFormatError saying what is wrong.
 """
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import struct
 
 from gateway.protocol.numbers import (
     CF_COSE_MAC0,
+    COAP_BLOCK_NUM_MAX,
+    COAP_BLOCK_SZX_MAX,
     COAP_CON,
     COAP_DATA_PATH,
     COAP_MAX_TOKEN,
@@ -114,3 +121,26 @@ def request(mid: int, payload: bytes, token: bytes = b"", path: str = COAP_DATA_
     if cf is not None:
         opts.append((COAP_OPT_CONTENT_FORMAT, uint(cf)))
     return encode(mtype, code, mid, token, opts + list(options), payload)
+
+
+def block(num: int, more: bool, size: int) -> bytes:
+    """A Block1/Block2 option value (RFC 7959 §2.2): NUM << 4 | M << 3 | SZX, as a uint.
+    `size` is the block size in bytes, a power of two from 16 to 1024; ValueError otherwise."""
+    szx = size.bit_length() - 5
+    if size & (size - 1) or not 0 <= szx <= COAP_BLOCK_SZX_MAX:
+        raise ValueError(f"block size {size}: a power of two from 16 to {16 << COAP_BLOCK_SZX_MAX}")
+    if not 0 <= num <= COAP_BLOCK_NUM_MAX:
+        raise ValueError(f"block number {num}: 0 to {COAP_BLOCK_NUM_MAX}")
+    return uint(num << 4 | (8 if more else 0) | szx)
+
+
+def parse_block(value: bytes) -> tuple[int, bool, int]:
+    """(block number, more, block size in bytes) of a Block1/Block2 option value;
+    CoapFormatError for a value longer than 3 bytes or the reserved size exponent 7."""
+    if len(value) > 3:
+        raise CoapFormatError(f"block option of {len(value)} bytes (at most 3)")
+    v = int.from_bytes(value, "big")
+    szx = v & 7
+    if szx > COAP_BLOCK_SZX_MAX:
+        raise CoapFormatError("block size exponent 7 is reserved (BERT, RFC 8323)")
+    return v >> 4, bool(v & 8), 16 << szx
