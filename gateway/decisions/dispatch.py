@@ -142,6 +142,7 @@ class Dispatcher:
         self._rule_demand: dict[str, int] = {}   # rule name -> its demand still open
         self._next_id = int(clock() * 1000)
         self._wake = asyncio.Event()
+        self._told: dict[str, bool] = {}  # resource -> free, as last told to the fleet
 
     # -- durability -----------------------------------------------------------------------
 
@@ -264,6 +265,7 @@ class Dispatcher:
         res = self.resources.get(d.resource) if d.resource is not None else None
         if res is not None and res.demand == d.id:
             res.demand = None
+            self._tell(res)
         d.state, d.since = state, self.clock()
         del self.demands[d.id]
         self._changed(d)
@@ -281,6 +283,7 @@ class Dispatcher:
         d.excluded.add(d.resource)
         if d.resource in self.resources and self.resources[d.resource].demand == d.id:
             self.resources[d.resource].demand = None
+            self._tell(self.resources[d.resource])
         d.state, d.resource, d.since, d.remote = OPEN, None, self.clock(), ""
         self._changed(d)
         self._wake.set()
@@ -322,6 +325,7 @@ class Dispatcher:
             res.battery = value
         elif what == "available":
             res.available = value != 0
+            self._tell(res)
             self._wake.set()
         elif what in ("accept", "decline", "done"):
             if not (math.isfinite(value) and value == int(value)):
@@ -357,6 +361,7 @@ class Dispatcher:
         open_ = sorted((d for d in self.demands.values() if d.state == OPEN), key=lambda d: d.id)
         if self.fleet.enabled:
             self._escalate(open_, now)
+            self._tell_fleet(now)
         free = [r for _, r in sorted(self.resources.items()) if r.free(s.min_battery)]
         if not open_ or not free:
             return 0
@@ -402,6 +407,23 @@ class Dispatcher:
             d.escalated = True
             self._changed(d)
             self._escalation(d, "escalated", why=why)
+
+    def _tell_fleet(self, now: float) -> None:
+        """A `resource` event when a resource turns free or busy (and for each at start), with where
+        it is then: what the cloud's fleet mirror knows of the resources it may borrow."""
+        for _, res in sorted(self.resources.items()):
+            self._tell(res)
+
+    def _tell(self, res: ResourceState | None) -> None:
+        """The `resource` event of one resource, if it turned free or busy since last told (with
+        [fleet] on): called where its demand changes, so the stream orders it among the steps."""
+        if res is None or not self.fleet.enabled:
+            return
+        rid, free = res.spec.id, res.free(self.settings.min_battery)
+        if self._told.get(rid) != free:
+            self._told[rid] = free
+            self.emit({"type": "resource", "id": rid, "capabilities": list(res.spec.capabilities),
+                       "at": list(res.at), "speed": res.spec.speed, "free": free, "t": self.clock()})
 
     def _escalation(self, d: Demand, state: str, **extra) -> None:
         event = {"type": "escalation", "demand": d.id, "state": state, "need": d.need, "priority": d.priority,
@@ -469,6 +491,7 @@ class Dispatcher:
         d.state, d.resource, d.since = ASSIGNED, res.spec.id, now
         d.attempt += 1
         res.demand = d.id
+        self._tell(res)
         self._changed(d)
         self._event(d, ASSIGNED, eta=round(eta, 3))
         if self.downlink is not None and res.spec.node:

@@ -107,6 +107,10 @@ class Loans:
         zone = args.get("zone", "")
         event = {"type": "loan", "id": cid, "resource": rid, "gateway": gateway, "demand": demand,
                  "t": self.dispatcher.clock()}
+        for d in self.dispatcher.demands.values():
+            if d.loan == f"{gateway}/{demand}" and d.resource == rid:  # a repeat: granted already
+                self.emit({**event, "state": "granted", "local": d.id})
+                return
         try:
             d = self.dispatcher.lend(rid, gateway, demand, need, at, priority, zone if isinstance(zone, str) else "")
         except DemandError as exc:
@@ -127,6 +131,11 @@ class Loans:
 
     def _borrowed(self, cid: str, args: dict) -> None:
         did, gateway, rid = _demand_id(args), _name(args, "gateway"), _name(args, "resource")
+        d = self.dispatcher.demands.get(did)
+        if d is not None and d.resource == f"{gateway}/{rid}":  # a repeat: borrowed already
+            self.emit({"type": "loan", "id": cid, "state": "borrowed", "demand": did, "gateway": gateway,
+                       "resource": rid, "t": self.dispatcher.clock()})
+            return
         try:
             self.dispatcher.borrow(did, gateway, rid)
         except DemandError as exc:
