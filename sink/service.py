@@ -111,7 +111,7 @@ class Sink:
         pairs, dead = [], []
         for m in msgs:
             try:
-                pairs.append((m, self.decoder.decode(m.topic, m.payload)))
+                pairs.append((m, await self._decode(m)))
             except DeadLetter as exc:
                 self.metrics.inc("headrace_sink_dead_letters_total", reason=exc.reason)
                 log.warning("dead letter (%s) on %s at position %s: %s", exc.reason, m.topic, m.position, exc.detail)
@@ -145,6 +145,25 @@ class Sink:
         self.metrics.inc("headrace_sink_windows_total", written.windows)
         self.metrics.inc("headrace_sink_events_total", written.events)
 
+
+    async def _decode(self, m):
+        """Decode one message; a version 3 batch whose schema this worker has not seen gets the
+        gateway's last schema from the stream (JetStream), then one more try."""
+        try:
+            return self.decoder.decode(m.topic, m.payload)
+        except DeadLetter as exc:
+            last = getattr(self.source, "last_schema", None)
+            if exc.reason != "schema" or last is None:
+                raise
+            schema = await last(exc.site, exc.gateway)
+            if schema is None:
+                raise
+            try:
+                self.decoder.decode(m.topic.rsplit(".", 1)[0] + ".schema" if "/" not in m.topic
+                                    else m.topic.rsplit("/", 1)[0] + "/schema", schema)
+            except DeadLetter:
+                raise exc from None
+            return self.decoder.decode(m.topic, m.payload)
 
     async def _one_by_one(self, pairs, dead):
         """The database refused a group's rows: write its messages one at a time, so that only the

@@ -72,6 +72,18 @@ class JetStreamSource:
     async def _disconnected(self) -> None:
         log.warning("NATS: disconnected; reconnecting to %s", ", ".join(self.cfg.servers))
 
+    async def last_schema(self, site: str, gateway: str) -> bytes | None:
+        """The last schema message a gateway stored in the stream (what MQTT's retained message is):
+        a worker meets a batch whose schema message went to another worker, or came before it started."""
+        import nats.errors
+
+        try:
+            msg = await self.nc.jetstream().get_last_msg(self.cfg.stream, f"headrace.v1.{site}.{gateway}.schema")
+        except nats.errors.Error as exc:
+            log.warning("no schema of %s/%s in stream %s: %s", site, gateway, self.cfg.stream, exc)
+            return None
+        return msg.data
+
     async def fetch(self, n: int, timeout: float) -> list[Message]:
         import nats.errors
 

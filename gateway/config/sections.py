@@ -75,6 +75,7 @@ class JetStreamSection:
     batch_records: int = 256
     batch_delay: float = 0.2
     reconnect_max: float = 30.0
+    schema: bool = True
 
 
 @dataclass(frozen=True)

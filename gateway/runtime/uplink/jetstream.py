@@ -11,9 +11,10 @@ deleted only when a copy survives the loss of any one node.
 
 Configuration (`[jetstream]` in gateway.toml; with `enabled = true` it replaces `[mqtt]`):
 servers (the cluster's URLs), stream ("HEADRACE"), replicas (3), inflight (batches
-awaiting their acknowledgement), timeout (seconds for one), batch_records, batch_delay.
-Subjects: `headrace.v1.<site>.<gateway>.data`, `.events`, `.state` (the MQTT topics
-with `.` for `/`); commands arrive on `headrace.v1.<site>.<gateway>.cmd.<node>` (core NATS)
+awaiting their acknowledgement), timeout (seconds for one), batch_records, batch_delay, schema.
+Subjects: `headrace.v1.<site>.<gateway>.data`, `.events`, `.schema`, `.state` (the MQTT
+topics with `.` for `/`; with `schema = true`, as on MQTT, batches are version 3 and
+refer to the schema message, which is stored before the first batch that needs it); commands arrive on `headrace.v1.<site>.<gateway>.cmd.<node>` (core NATS)
 and are answered on `….cmd_result.<node>`.
 
 Usage: `JetStreamUplink(cfg, spool, committed, metrics)`, as `MqttUplink`; the
@@ -40,7 +41,7 @@ from gateway.runtime.uplink import batch, events
 
 log = logging.getLogger("headrace.jetstream")
 
-SUBJECTS = ("headrace.v1.*.*.data", "headrace.v1.*.*.events", "headrace.v1.*.*.state")
+SUBJECTS = ("headrace.v1.*.*.data", "headrace.v1.*.*.events", "headrace.v1.*.*.schema", "headrace.v1.*.*.state")
 # the stream is a buffer between gateways and sinks, not an archive: a message older than this is
 # dropped, consumed or not (the sinks have a week to catch up after an outage)
 STREAM_MAX_AGE = 7 * 86400.0  # seconds
@@ -52,10 +53,16 @@ async def ensure_stream(js, name: str, subjects=SUBJECTS, replicas: int = 3) -> 
     from nats.js.errors import BadRequestError, NotFoundError
 
     try:
-        await js.stream_info(name)
-        return
+        info = await js.stream_info(name)
     except NotFoundError:
-        pass
+        info = None
+    if info is not None:
+        missing = [s for s in subjects if s not in (info.config.subjects or [])]
+        if missing:  # made by an older release: capture what is written now too
+            info.config.subjects = list(info.config.subjects or []) + missing
+            await js.update_stream(info.config)
+            log.info("stream %s now also captures %s", name, ", ".join(missing))
+        return
     try:
         await js.add_stream(StreamConfig(name=name, subjects=list(subjects), num_replicas=replicas,
                                          storage=StorageType.FILE, max_age=STREAM_MAX_AGE))
@@ -74,6 +81,9 @@ class JetStreamUplink:
         self.cfg, self.spool, self.committed, self.metrics = cfg, spool, committed, metrics
         root = f"headrace.v1.{cfg.gateway.site}.{cfg.gateway.id}."
         self.subject_data, self.subject_events, self.subject_state = root + "data", root + "events", root + "state"
+        self.subject_schema = root + "schema"
+        # the node and sensor-name patterns, once in a schema message that version 3 batches refer to
+        self.schema = batch.Schema(cfg.gateway.id, cfg.gateway.site) if cfg.jetstream.schema else None
         self.subject_cmd = root + "cmd."
         self.downlink = downlink
         if downlink is not None:
@@ -166,10 +176,19 @@ class JetStreamUplink:
         await self.js.publish(self.subject_state, json.dumps(state).encode())
         self._state_at = time.monotonic()
 
+    async def _publish_schema(self) -> None:
+        """The schema message, stored (acknowledged) before any batch that refers to it is sent."""
+        payload = self.schema.message()
+        await self.js.publish(self.subject_schema, payload)
+        self.metrics.inc("headrace_uplink_schema_messages_total")
+        self.metrics.inc("headrace_uplink_bytes_total", len(payload))
+
     async def _pump(self, until_empty: bool = False) -> None:
         """Publish spool rows in order, `inflight` awaiting their acks; delete what is acked."""
         j = self.cfg.jetstream
         await self._publish_state(self.state())
+        if self.schema is not None and (self.schema.nodes or self.schema.patterns):
+            await self._publish_schema()  # a stream that lost it (or a new one) gets it again
         self.connected = True
         self.metrics.set("headrace_uplink_connected", 1)
         cursors = {PRIO_EVENT: 0, PRIO_WINDOW: 0, PRIO_FRAME: 0}
@@ -188,6 +207,8 @@ class JetStreamUplink:
                     if not rows:
                         break
                     payload = self._encode(prio, rows)
+                    if self.schema is not None and self.schema.changed:
+                        await self._publish_schema()  # rare: a new node or pattern
                     subject = self.subject_events if prio == PRIO_EVENT else self.subject_data
                     msg_id = hashlib.blake2b(payload, digest_size=16).hexdigest()
                     fut = asyncio.ensure_future(self.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}))
@@ -226,7 +247,7 @@ class JetStreamUplink:
         if prio == PRIO_EVENT:
             return events.encode(gw, site, [body for _id, _k, body in rows])
         return batch.encode(gw, site, [b for _id, k, b in rows if k == KIND_FRAME],
-                            [b for _id, k, b in rows if k == KIND_WINDOW])
+                            [b for _id, k, b in rows if k == KIND_WINDOW], self.schema)
 
     async def drain(self, timeout: float = 600.0) -> int:
         """Publish everything the spool holds, wait for the acks, return the records sent."""
