@@ -16,7 +16,7 @@ from sink.config import from_dict
 from sink.decode import DeadLetter, Decoder
 from sink.service import Sink
 from sink.store import Dead, PostgresStore, StoreUnavailable
-from tests.sink.conftest import T0, data_batch, events_batch
+from tests.sink.conftest import T0, ListSource, data_batch, events_batch
 
 from .rig import wait_for
 
@@ -169,8 +169,6 @@ def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
 def test_rows_postgresql_refuses_become_one_dead_letter(postgres):
     """A text value with a NUL character (PostgreSQL's text cannot hold one): the group is written
     again message by message, the one at fault is parked (`unstorable`), the others stored."""
-    from tests.sink.test_decode_store import ListSource
-
     bad_frame = batch.frame_body("n1", 50, T0, cbor2.dumps([{-2: "n1/", -3: T0, 0: "temp", 2: 1.5},
                                                             {0: "note", 3: "a\x00b"}]))
     bad = batch.encode("gw1", "s1", [bad_frame], [])

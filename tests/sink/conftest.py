@@ -1,4 +1,5 @@
-"""Batches made by the gateway's own encoder, for the sink's tests."""
+"""Batches made by the gateway's own encoder, and a source of messages from a list, for the sink's
+tests (hil_tests/test_cloud_*.py use them too)."""
 from __future__ import annotations
 
 import random
@@ -7,6 +8,7 @@ import cbor2
 import pytest
 
 from gateway.runtime.uplink import batch, events
+from sink.sources import Message
 
 T0 = 1_700_000_000.0
 
@@ -26,6 +28,30 @@ def data_batch(gw: str, frames: list[tuple[str, int]], site: str = "s1", windows
 
 def events_batch(gw: str, evs: list[dict], site: str = "s1") -> bytes:
     return events.encode(gw, site, [events.event_body(e) for e in evs])
+
+
+class ListSource:
+    """Messages from a list, acknowledged into `acked` (the sink's loop against a known input)."""
+
+    def __init__(self, messages):
+        self.pending = list(messages)
+        self.acked: list[str] = []
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    async def fetch(self, n, timeout):
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return [Message(t, p, str(i), self._ack(i), self._ack(None)) for i, t, p in out]
+
+    def _ack(self, i):
+        async def ack():
+            if i is not None:
+                self.acked.append(i)
+        return ack
 
 
 @pytest.fixture

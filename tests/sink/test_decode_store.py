@@ -11,10 +11,9 @@ from gateway.runtime.uplink import batch
 from sink.config import from_dict
 from sink.decode import DeadLetter, Decoder, split_topic
 from sink.service import Sink
-from sink.sources import Message
 from sink.store import Dead
 
-from .conftest import T0, data_batch, events_batch
+from .conftest import T0, ListSource, data_batch, events_batch
 
 
 def test_topics_and_subjects():
@@ -128,30 +127,6 @@ def test_dead_letters(topic, payload, reason):
     with pytest.raises(DeadLetter) as e:
         Decoder(allow=("gw1",)).decode(topic, payload)
     assert e.value.reason == reason and e.value.detail
-
-
-class ListSource:
-    """Messages from a list, acknowledged into `acked` (the sink's loop against a known input)."""
-
-    def __init__(self, messages):
-        self.pending = list(messages)
-        self.acked: list[str] = []
-
-    async def start(self):
-        pass
-
-    async def stop(self):
-        pass
-
-    async def fetch(self, n, timeout):
-        out, self.pending = self.pending[:n], self.pending[n:]
-        return [Message(t, p, str(i), self._ack(i), self._ack(None)) for i, t, p in out]
-
-    def _ack(self, i):
-        async def ack():
-            if i is not None:
-                self.acked.append(i)
-        return ack
 
 
 def test_worker_stores_acks_and_parks_dead_letters(sqlite_store, caplog):
