@@ -94,6 +94,17 @@ def event_key(event: dict) -> str:
     return hashlib.blake2b(cbor2.dumps(event, canonical=True), digest_size=16).hexdigest()
 
 
+def _json_safe(obj):
+    """NaN and infinities (no JSON, and PostgreSQL's jsonb refuses them) become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _finite(x):
     return x if not (isinstance(x, float) and math.isnan(x)) else None
 
@@ -190,7 +201,8 @@ class Decoder:
             t = event.get("t")
             t = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
             node = event.get("node") if isinstance(event.get("node"), str) else None
-            body = json.dumps(event, default=lambda o: o.hex() if isinstance(o, bytes) else str(o), sort_keys=True)
+            body = json.dumps(_json_safe(event), default=lambda o: o.hex() if isinstance(o, bytes) else str(o),
+                              sort_keys=True)
             out.events.append((site, gw, kind, event_key(event), t, node, body))
             if kind == "dispatch" and event.get("resource") is not None:
                 res = str(event["resource"])

@@ -97,6 +97,10 @@ def test_windows_and_events_once(sqlite_store):
     assert [(t, k) for t, k, _ in rows] == [("alarm", f"hot|raised|{T0!r}"), ("demand", "3"),
                                              ("dispatch", "3|assigned|1")]
     assert json.loads(rows[0][2])["value"] == 7.5
+    stale = events_batch("gw1", [{"type": "alarm", "rule": "quiet", "state": "raised", "t": T0, "value": float("nan"),
+                                  "severity": "info", "node": "n1"}])
+    body = dec.decode("headrace/v1/s1/gw1/events", stale).events[0][6]
+    assert json.loads(body)["value"] is None  # NaN is not JSON (jsonb refuses it)
     assert sqlite_store.query("SELECT resource, demand, state FROM resources") == [("mech1", 3, "assigned")]
 
 
