@@ -197,6 +197,7 @@ class JetStreamUplink:
             while True:
                 if time.monotonic() - self._state_at >= self.STATE_INTERVAL:
                     await self._publish_state(self.state())
+                self.committed.clear()  # before reading: a commit from now on wakes the wait below
                 while len(inflight) < j.inflight:
                     rows, prio = [], None
                     for prio in (PRIO_EVENT, PRIO_WINDOW, PRIO_FRAME):
@@ -230,7 +231,6 @@ class JetStreamUplink:
                     continue
                 if until_empty:
                     return
-                self.committed.clear()
                 try:
                     await asyncio.wait_for(self.committed.wait(), self.STATE_INTERVAL)
                 except asyncio.TimeoutError:
