@@ -1,6 +1,6 @@
 """The sink's write path against COPY of the same rows already decoded, on a private PostgreSQL.
 
-    python bench/sink.py [--batches 160] [--frames 256] [--group 16] [--rounds 3]
+    python bench/sink.py [--batches 160] [--frames 256] [--group 16] [--rounds 3] [--jetstream]
 
 Batches are made by the gateway's own encoder (`uplink/batch.py`): frames of 8
 readings from 64 simulated nodes (values with 2-3 decimals, 10 ms apart),
@@ -16,8 +16,11 @@ as the sink's), interleaved for `--rounds` rounds on a fresh database each time:
 - 2 workers: the same in two processes, each taking every other group.
 
 Printed: readings/s of each (median of the rounds) and the ratios; targets
-(DESIGN.md): 1 worker >= 0.5x the baseline, 2 workers >= 1.6x 1 worker. No broker:
-what is measured is decode + dedup + write. The machine's cores are shared with the
+(DESIGN.md): 1 worker >= 0.5x the baseline, 2 workers >= 1.6x 1 worker. By default
+no broker: what is measured is decode + dedup + write. With --jetstream the
+workers are `headrace sink run`'s own loop (sink.service.Sink) pulling from one
+durable consumer of a stream on a local NATS server that holds the batches,
+timed from their start until every row is in PostgreSQL. The machine's cores are shared with the
 PostgreSQL server (and whatever else runs): read ratios, not absolute rates.
 """
 from __future__ import annotations
@@ -105,12 +108,67 @@ def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> float:
     return max(ends) - t
 
 
+def _jetstream_worker(url: str, servers: list[str], group: int) -> None:
+    import asyncio
+
+    from sink.config import from_dict
+    from sink.service import Sink
+
+    cfg = from_dict({"sink": {"database": url, "group": group},
+                     "jetstream": {"servers": servers, "replicas": 1, "durable": "bench"}})
+    asyncio.run(Sink(cfg).run())  # until terminated
+
+
+def run_jetstream(url: str, servers: list[str], payloads: list[bytes], n: int, group: int, expect: int) -> float:
+    """The whole path: `payloads` stored in a fresh stream first, then `n` sink worker processes
+    drain it through one durable consumer into PostgreSQL; seconds until every row is there."""
+    import asyncio
+
+    import nats
+
+    from gateway.runtime.uplink.jetstream import ensure_stream
+
+    async def fill():
+        nc = await nats.connect(servers=servers)
+        js = nc.jetstream()
+        try:
+            await js.delete_stream("HEADRACE")
+        except Exception:
+            pass
+        await ensure_stream(js, "HEADRACE", replicas=1)
+        for p in payloads:
+            await js.publish("headrace.v1.s1.gw1.data", p)
+        await nc.close()
+
+    asyncio.run(fill())
+    store = PostgresStore(url)
+    ctx = mp.get_context("fork")
+    t = time.perf_counter()
+    procs = [ctx.Process(target=_jetstream_worker, args=(url, servers, group)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        while store.query("SELECT count(*) FROM readings")[0][0] < expect:
+            if any(p.exitcode for p in procs):
+                raise RuntimeError("a worker failed")
+            time.sleep(0.02)
+        return time.perf_counter() - t
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join()
+        store.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, default=160)
     ap.add_argument("--frames", type=int, default=256)
     ap.add_argument("--group", type=int, default=16, help="batches a transaction ([sink] group)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--jetstream", action="store_true",
+                    help="workers read the batches from a JetStream stream (one local NATS server) first filled "
+                         "with them, as `headrace sink run` does: broker included")
     a = ap.parse_args()
     from hil_tests.rig import Postgres
 
@@ -124,6 +182,13 @@ def main() -> None:
           f"bytes a reading on the wire; {len(pgroups)} transactions of {a.group} batches")
     pg = Postgres().start()
     rates: dict[str, list[float]] = {"baseline COPY": [], "sink, 1 worker": [], "sink, 2 workers": []}
+    cluster = None
+    if a.jetstream:
+        import tempfile
+
+        from hil_tests.rig import NatsCluster
+
+        cluster = NatsCluster(Path(tempfile.mkdtemp(prefix="headrace-bench-nats-")), size=1).start()
     try:
         for r in range(a.rounds):
             for name in rates:
@@ -131,6 +196,8 @@ def main() -> None:
                 PostgresStore(url).close()  # the sink's schema, for the baseline too
                 if name.startswith("baseline"):
                     secs = baseline(url, rgroups)
+                elif cluster is not None:
+                    secs = run_jetstream(url, cluster.urls, payloads, 1 if "1 worker" in name else 2, a.group, n)
                 else:
                     secs = run_workers(url, pgroups, 1 if "1 worker" in name else 2)
                 store = PostgresStore(url)
@@ -141,6 +208,8 @@ def main() -> None:
                 print(f"round {r + 1}: {name:16s} {n / secs:12,.0f} readings/s", flush=True)
     finally:
         pg.close()
+        if cluster is not None:
+            cluster.stop()
     med = {k: statistics.median(v) for k, v in rates.items()}
     base, one, two = med["baseline COPY"], med["sink, 1 worker"], med["sink, 2 workers"]
     print(f"\nmedian readings/s: baseline COPY {base:,.0f}, sink 1 worker {one:,.0f}, sink 2 workers {two:,.0f}")
