@@ -263,39 +263,58 @@ class FleetDispatcher:
     def cost(self, demands: list, free: list, now: float) -> np.ndarray:
         """priority × travel seconds − bonus × priority; inf where the pair cannot be."""
         travel = self.travel_seconds(demands, free)
+        # forbidden pairs, by whole rows and columns (a Python loop over 5 M pairs would take seconds)
+        gw_index: dict = {}
+        res_gw = np.array([gw_index.setdefault(r.gateway, len(gw_index)) for r in free])
+        dem_gw = np.array([gw_index.get(d.gateway, -1) for d in demands])
+        forbidden = dem_gw[:, None] == res_gw[None, :]
+        able: dict = {}
+        for need in {d.need for d in demands}:
+            able[need] = np.array([need in r.capabilities for r in free])
+        forbidden |= ~np.array([able[d.need] for d in demands])
+        column = {(r.gateway, r.id): j for j, r in enumerate(free)}
         for i, d in enumerate(demands):
-            for j, r in enumerate(free):
-                if r.gateway == d.gateway or d.need not in r.capabilities or \
-                        now - d.refused.get((r.gateway, r.id), -math.inf) < self.refused_for:
-                    travel[i, j] = math.inf
+            for pair, when in d.refused.items():
+                if now - when < self.refused_for and pair in column:
+                    forbidden[i, column[pair]] = True
+        travel[forbidden] = math.inf
         prio = np.array([d.priority for d in demands], dtype=float)[:, None]
-        weighted = prio * travel
-        finite = np.where(np.isinf(weighted), -np.inf, weighted)
-        bonus = float(np.maximum(finite.max(axis=1), 0.0).sum()) + 1.0
-        return np.where(np.isinf(weighted), np.inf, weighted - bonus * prio)
+        cost = travel
+        cost *= prio  # in place: 5 M pairs, no temporaries beyond the one below; inf stays inf
+        row_max = np.where(np.isfinite(cost), cost, -np.inf).max(axis=1)
+        bonus = float(np.maximum(row_max, 0.0).sum()) + 1.0
+        cost -= bonus * prio  # inf - x is inf: forbidden pairs stay forbidden
+        return cost
 
     def travel_seconds(self, demands: list, free: list) -> np.ndarray:
         """Seconds from each free resource to each demand along the site map (vectorised)."""
         dem = np.array([d.at for d in demands], dtype=float)
         res = np.array([r.at for r in free], dtype=float)
         speed = np.array([r.speed for r in free], dtype=float)
-        straight = np.hypot(dem[:, None, 0] - res[None, :, 0], dem[:, None, 1] - res[None, :, 1])
         zones = self.site.zones
         if zones is None or not zones.routed:
-            return straight / speed[None, :]
+            out = np.hypot(dem[:, None, 0] - res[None, :, 0], dem[:, None, 1] - res[None, :, 1])
+            out /= speed[None, :]
+            return out
         names = sorted(zones.points)
         pts = np.array([zones.points[n] for n in names], dtype=float)
         index = {n: i for i, n in enumerate(names)}
         graph = np.full((len(names), len(names)), np.inf)
         for (a, b), (length, _hops) in zones._paths.items():
             graph[index[a], index[b]] = length
-        # nearest zone point of each end (ties by name, as ZoneMap.nearest)
-        def nearest(xy):
+
+        def nearest(xy):  # each end's nearest zone point, ties to the first name (as ZoneMap.nearest)
             dist = np.hypot(xy[:, None, 0] - pts[None, :, 0], xy[:, None, 1] - pts[None, :, 1])
             k = dist.argmin(axis=1)
             return k, dist[np.arange(len(xy)), k]
         kd, dd = nearest(dem)
         kr, dr = nearest(res)
-        routed = dr[None, :] + graph[kr[None, :], kd[:, None]] + dd[:, None]
-        same = kd[:, None] == kr[None, :]
-        return np.where(same, straight, routed) / speed[None, :]
+        # resource -> its point -> graph -> the demand's point -> demand, by rows of the small
+        # point-to-point table (a few hundred points), gathered per column
+        out = np.take(graph[:, kd].T, kr, axis=1)  # out[i, j] = graph[kr[j], kd[i]]
+        out += dd[:, None]
+        out += dr[None, :]
+        i, j = np.nonzero(kd[:, None] == kr[None, :])  # both ends nearest one point: straight
+        out[i, j] = np.hypot(dem[i, 0] - res[j, 0], dem[i, 1] - res[j, 1])
+        out /= speed[None, :]
+        return out
