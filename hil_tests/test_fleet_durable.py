@@ -36,17 +36,17 @@ node = "m1"
 class MechanicNode:
     """The mechanic's tablet: frames of SenML records, and the commands its acks carry."""
 
-    def __init__(self, gw: GatewayProcess, key: bytes):
-        self.gw, self.key, self.seq = gw, key, 0
+    def __init__(self, gw: GatewayProcess, key: bytes, node: str = "m1"):
+        self.gw, self.key, self.seq, self.node = gw, key, 0, node
         self.delivered: list[str] = []  # command ids, once per ack that carried them
         self.reports: list[str] = []
 
     def send(self, **records) -> list:
         items = [("cmd", {3: r}) for r in self.reports] + [(n, {2: float(v)}) for n, v in records.items()]
         recs = [{0: name, **value} for name, value in items or [("battery", {2: 90.0})]]
-        recs[0].update({-2: "m1/", -3: time.time()})
+        recs[0].update({-2: f"{self.node}/", -3: time.time()})
         self.reports = []
-        resp = coap_post(self.gw.coap_port, cose.mac0(self.key, b"m1", cbor2.dumps(recs), seq=self.seq))
+        resp = coap_post(self.gw.coap_port, cose.mac0(self.key, self.node.encode(), cbor2.dumps(recs), seq=self.seq))
         assert resp.code == Code.CHANGED
         self.seq += 1
         body = cbor2.loads(cose.parse_mac0(resp.payload).verify(self.key))

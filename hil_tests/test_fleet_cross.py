@@ -1,0 +1,96 @@
+"""A cross-gateway dispatch end to end: two gateway processes (two lines), a real mosquitto,
+the fleet dispatcher process (sink/fleet_service.py), and the mechanics' nodes speaking the
+real CoAP + COSE protocol. Line 1's only mechanic is busy; its pump needs a mechanic; line 2's
+mechanic is lent across, accepts and finishes, and line 1 sees its demand done."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+from .rig import REPO, GatewayProcess, wait_for
+from .test_events import post_demand, received_events
+from .test_fleet_durable import MechanicNode
+
+FLEET = """
+[fleet]
+enabled = true
+escalate_after = 1
+
+[dispatch]
+accept_timeout = 600
+"""
+
+
+def line(tmp_path, name, port, node, key, home):
+    work = tmp_path / name
+    work.mkdir()
+    extra = FLEET + f"""
+[[resources]]
+id = "mech-{name}"
+capabilities = ["mechanic"]
+home = {home}
+node = "{node}"
+"""
+    return GatewayProcess(work, port, {node: key}, extra=extra, gateway_id=name)
+
+
+def demands(gw) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/demands", timeout=5) as r:
+        return json.load(r)
+
+
+def test_line2s_mechanic_is_dispatched_across_to_line1s_pump(tmp_path, mosquitto, subscriber):
+    k1, k2 = os.urandom(32), os.urandom(32)
+    cfg = tmp_path / "fleet.toml"
+    cfg.write_text(f'site = "bench"\ntick = 0.1\n[mqtt]\nport = {mosquitto.port}\n')
+    log = open(tmp_path / "fleet.log", "wb")
+    gws = []
+    fleet = subprocess.Popen([sys.executable, "-m", "sink.fleet_service", "--config", str(cfg)], cwd=REPO,
+                             stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "running" in (tmp_path / "fleet.log").read_text(), 20, "the fleet dispatcher")
+        l1 = line(tmp_path, "line1", mosquitto.port, "m1", k1, "[2.0, 2.0]").start()
+        gws.append(l1)
+        l2 = line(tmp_path, "line2", mosquitto.port, "m2", k2, "[60.0, 2.0]").start()
+        gws.append(l2)
+        for gw in (l1, l2):
+            wait_for(lambda gw=gw: gw.metric("headrace_uplink_connected") == 1, 10, "the uplinks")
+        busy = post_demand(l1.http_port, {"need": "mechanic", "at": [3, 2], "priority": 9})["id"]
+        pump = post_demand(l1.http_port, {"need": "mechanic", "at": [20, 12], "priority": 8})["id"]
+
+        def pump_state():
+            return next((d for d in demands(l1)["demands"] if d["id"] == pump), {})
+        got = wait_for(lambda: d if (d := pump_state()).get("resource") == "line2/mech-line2" else None, 20,
+                       "line1's pump borrowed line2's mechanic")
+        assert got["state"] == "assigned"
+        assert next(d for d in demands(l1)["demands"] if d["id"] == busy)["resource"] == "mech-line1"
+        (loan,) = [d for d in demands(l2)["demands"] if d["source"] == "loan:line1"]
+        assert loan["resource"] == "mech-line2" and loan["state"] == "assigned"
+        # line2's mechanic gets the usual dispatch command on its own node, accepts and finishes
+        node = MechanicNode(l2, k2, "m2")
+        cmds = wait_for(lambda: c if (c := node.send()) else None, 10, "the dispatch on m2's ack")
+        assert [(c[1], c[2]["demand"]) for c in cmds] == [("dispatch", loan["id"])]
+        node.send(accept=loan["id"])
+        wait_for(lambda: pump_state().get("state") == "accepted", 10, "the accept mirrored on line1")
+        node.send(done=loan["id"])
+        wait_for(lambda: not pump_state(), 10, "line1's demand done")
+        # both event streams show it: the escalation and the borrowed dispatch on line1, the loan on line2
+        def finished():
+            e = received_events(subscriber)
+            return e if sum(x.get("state") == "done" and x["type"] == "dispatch" for x in e) >= 2 else None
+        evs = wait_for(finished, 10, "both dispatches done on the events topic")
+        one = [(e["type"], e.get("state")) for e in evs if e["gw"] == "line1" and e.get("demand") == pump]
+        assert ("escalation", "escalated") in one and ("escalation", "withdrawn") in one
+        assert [s for t, s in one if t == "dispatch"] == ["assigned", "accepted", "done"]
+        two = [(e["type"], e.get("state")) for e in evs if e["gw"] == "line2"]
+        assert ("loan", "granted") in two
+        assert [s for t, s in two if t == "dispatch"] == ["assigned", "accepted", "done"]
+    finally:
+        fleet.terminate()
+        fleet.wait(10)
+        log.close()
+        for gw in gws:
+            gw.stop()
