@@ -214,10 +214,28 @@ class Pipeline:
         self.metrics.inc("headrace_spool_commits_total")
         self.metrics.inc("headrace_windows_total", len(windows))
         self._readings_committed(group)
+        if self._ledger_dirty():
+            await self._commit_effects()
         for item in group:
             commands = self.downlink.for_ack(item.node) if self.downlink is not None and item.node else ()
             item.done(ack_message(self.ingest.mac_key(item.key), item.seq, item.status, commands), None)
         self.committed.set()
+
+    async def _commit_effects(self) -> None:
+        """What the group's readings changed in the decisions (a node's accept or done moving a
+        dispatch on), and the events of it, committed before the group's acks: a node's report is
+        acked only once its effect is durable, so a crash cannot keep the report and lose the step."""
+        events, self._events = self._events, []
+        epoch, decisions = self.ledger.take()
+        try:
+            await self.spool.commit([(KIND_EVENT, body) for body in events], {}, decisions)
+        except SpoolError as exc:
+            self._events[:0] = events  # they go with the next commit; the frames are durable already
+            self.ledger.failed(decisions)
+            self._warn.warning("spool", "%s; the decisions' changes wait for the next commit", exc)
+            return
+        self.ledger.committed(epoch)
+        self.metrics.inc("headrace_spool_commits_total")
 
     def _commit_failed(self, group: list[_Item], exc: SpoolError) -> None:
         # Nothing of this group is durable. Fail it and everything queued behind it, and

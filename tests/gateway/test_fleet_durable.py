@@ -14,6 +14,7 @@ from gateway.decisions.dispatch import ACCEPTED, ASSIGNED, OPEN, Dispatcher
 from gateway.decisions.downlink import Downlink
 from gateway.decisions.events import EventSink
 from gateway.decisions.ledger import Ledger
+from gateway.decisions.rules import RuleEngine
 from gateway.runtime.ingest import Ingest
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.pipeline import Pipeline
@@ -42,7 +43,10 @@ class Gw:
         self.ledger = Ledger()
         self.downlink = Downlink(reg, ledger=self.ledger)
         self.dispatcher = Dispatcher(self.cfg, self.events.emit, self.downlink, self.metrics, ledger=self.ledger)
-        self.pipe = Pipeline(self.cfg, Ingest(reg, {}), self.spool, self.metrics, downlink=self.downlink,
+        ingest = Ingest(reg, await self.spool.replay_windows())
+        self.rules = RuleEngine(self.cfg.rules, self.cfg.resources, ingest.parser, self.events.emit, self.dispatcher,
+                                self.metrics)  # mirrors the resources' nodes: accept, done … move dispatches on
+        self.pipe = Pipeline(self.cfg, ingest, self.spool, self.metrics, rules=self.rules, downlink=self.downlink,
                              events=self.events, ledger=self.ledger)
         rows = await self.spool.decisions()
         self.restored = self.dispatcher.restore(rows), self.downlink.restore(rows)
@@ -214,4 +218,36 @@ def test_a_loan_and_a_borrowed_dispatch_carry_on_after_a_crash(tmp_path):
         assert (borrowed.state, borrowed.resource, borrowed.remote) == (ASSIGNED, "gw3/m9", "gw3")
         assert gw2.dispatcher.tick(gw2.dispatcher.clock()) == 0
         await gw2.crash()
+    run(main())
+
+
+def test_a_nodes_report_is_acked_only_once_its_effect_is_durable(tmp_path):
+    """m1 reports `done`: when its ack comes, the demand's row is already gone from the spool,
+    so a kill -9 right after the ack cannot bring back a dispatch the node finished."""
+    import sqlite3
+    import time
+
+    import cbor2
+
+    from gateway.protocol import cose
+
+    async def main():
+        gw = await Gw(tmp_path).start()
+        a = gw.dispatcher.submit("mechanic", at=(1.0, 0.0))
+        gw.dispatcher.tick(gw.dispatcher.clock())
+        gw.dispatcher.accept(a.id, "mech1")
+        await gw.committed()
+        frame = cose.mac0(bytes(32), b"m1", cbor2.dumps([{-2: "m1/", -3: time.time(), 0: "done", 2: float(a.id)}]),
+                          seq=1)
+        acked = asyncio.get_running_loop().create_future()
+
+        def on_ack(ack, err):
+            with sqlite3.connect(gw.cfg.spool_path) as db:  # what a restart would read, at ack time
+                rows = db.execute("SELECT key FROM decisions WHERE kind = 'demand'").fetchall()
+            acked.set_result((ack, err, rows))
+        gw.pipe.offer(frame, "test", on_ack)
+        ack, err, rows = await asyncio.wait_for(acked, 5)
+        assert err is None and ack is not None
+        assert a.id not in gw.dispatcher.demands and rows == []
+        await gw.crash()
     run(main())
