@@ -322,9 +322,16 @@ def split_ms(ms):
     return day, ms - day * DAY_MS
 
 
+_buf = bytearray(1024)  # reused by every pack: a frame asks the heap for no new kilobyte (fragmentation)
+
+
 def encode_pack(node, readings, base_ms, texts=()):
     """The pack as bytes: readings (sensor name, ms after base_ms, value); texts (name, string)."""
-    buf = bytearray(1024 + 64 * len(texts) + sum(len(t[1]) for t in texts))
+    global _buf
+    need = 1024 + 64 * len(texts) + sum(len(t[1]) for t in texts)
+    if len(_buf) < need:
+        _buf = bytearray(need)
+    buf = _buf
     day, msod = split_ms(base_ms)
     n = write_pack(buf, (node + "/").encode(), [(r[0].encode(), r[1], r[2]) for r in readings], day, msod,
                    [(t[0].encode(), t[1].encode()) for t in texts])

@@ -310,7 +310,7 @@ def json_events(lines, kind: str | None = None) -> list[dict]:
 class Node:
     """A node running the real firmware under MicroPython (or CPython with python=True)."""
 
-    def __init__(self, workdir: Path, config: dict, python: bool = False, heap: str = "128k"):
+    def __init__(self, workdir: Path, config: dict, python: bool = False, heap: str = "256k"):
         # a pty blocks the node's writes while the gateway is down (a UART does not), for as
         # long as a gateway restart takes on a loaded machine: the simulated watchdog gets a
         # margin that a board's would not need, unless a test sets its own
