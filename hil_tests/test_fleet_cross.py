@@ -94,3 +94,15 @@ def test_line2s_mechanic_is_dispatched_across_to_line1s_pump(tmp_path, mosquitto
         log.close()
         for gw in gws:
             gw.stop()
+
+
+def test_fleet_demo_lends_line2s_mechanic_to_line1s_pump(tmp_path):
+    """`headrace demo --fleet` (`./run.sh demo --fleet`): it ends by itself once the pump is fixed."""
+    p = subprocess.run([sys.executable, "-m", "gateway", "demo", "--fleet", "--duration", "90", "--workdir",
+                        str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=150)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = p.stdout
+    assert "(rule:pump3-needs-mechanic)" in out and "mechanic escalated (waited)" in out
+    assert "LOAN     mech2 granted for line1" in out
+    assert "mechanic → line2/mech2: assigned" in out and "mechanic → line2/mech2: done" in out
+    assert "line1's pump was fixed by line2's mechanic" in out

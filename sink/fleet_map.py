@@ -2,6 +2,8 @@
 
 Configuration (`site.toml`; docs/matching.md, "The site map"):
 
+    links = [["line1:pumps", "line2:hall", 45.0]]        # corridors between lines: [a, b] or [a, b, metres]
+
     [gateways.line1]
     points = { workshop = [2, 2], pumps = [20, 12] }     # line1's [zones] points (site metres)
     edges = [["workshop", "pumps"]]                      # and edges, as in its gateway.toml
@@ -9,8 +11,6 @@ Configuration (`site.toml`; docs/matching.md, "The site map"):
     [gateways.line2]
     points = { hall = [60, 2], press = [70, 12] }
     edges = [["hall", "press"]]
-
-    links = [["line1:pumps", "line2:hall", 45.0]]        # corridors between lines: [a, b] or [a, b, metres]
 
 Every gateway of a site uses the same plant coordinates (metres, one origin): a
 gateway's `[zones]` table can be pasted under `[gateways.<id>]` as it is. Points are

@@ -263,6 +263,9 @@ def _cmd_demo(args) -> int:
     from gateway.runtime import logs
 
     logs.setup("warning" if not args.verbose else "info")
+    if args.fleet:  # two lines, two gateways and the fleet dispatcher (docs/matching.md, "Across gateways")
+        from gateway.tools import demo_fleet
+        return _run(demo_fleet.run_fleet_demo(args.duration, args.workdir))
     return _run(demo.run_demo(args.duration, args.mqtt_host, args.mqtt_port, args.period_ms,
                               args.python_nodes, args.workdir))
 
@@ -425,6 +428,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--period-ms", type=int, default=250, help="sampling period of the simulated sensors")
     d.add_argument("--python-nodes", action="store_true", help="run the firmware under CPython, not MicroPython")
     d.add_argument("--workdir", default=None, help="keep spool, registry and node files here")
+    d.add_argument("--fleet", action="store_true",
+                   help="two lines with a gateway each: line 2's mechanic is lent to line 1's pump")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(fn=_cmd_demo)
 
