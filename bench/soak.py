@@ -135,6 +135,13 @@ def write_bytes(pid: int) -> int:
     return 0
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def quantile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -165,6 +172,7 @@ def soak(args, extra: str, label: str) -> dict:
             time.sleep(1.0)  # start-up writes (the spool's creation) are not the load's
             m0 = gw.metrics()
             rss0, cpu0, io0, t0 = rss_mb(pid), cpu_seconds(pid), write_bytes(pid), time.monotonic()
+            split0 = cpu_split(pid)
             nodes = [SimNode(n, k, gw.coap_port) for n, k in keys.items()]
 
             async def tick():
@@ -185,6 +193,7 @@ def soak(args, extra: str, label: str) -> dict:
             # what the gateway spent on the load, its uplink and its deletes after PUBACK included
             time.sleep(args.settle)
             cpu = cpu_seconds(pid) - cpu0
+            sys_share = (cpu_split(pid)[1] - split0[1]) / max(cpu, 1e-9)
             written = write_bytes(pid) - io0
             m1 = gw.metrics()
             missing = len(sent - got) - timeouts  # frames the node timed out on may be missing: not loss
@@ -196,7 +205,7 @@ def soak(args, extra: str, label: str) -> dict:
             def delta(name):
                 return m1.get(name, 0.0) - m0.get(name, 0.0)
             r = {"label": label, "acked": acked, "rate": acked / wall, "timeouts": timeouts, "loss": max(missing, 0),
-                 "cpu_us_frame": cpu / max(acked, 1) * 1e6, "ack_p50_ms": quantile(lat, 0.5) * 1e3,
+                 "cpu_us_frame": cpu / max(acked, 1) * 1e6, "system_share": sys_share, "ack_p50_ms": quantile(lat, 0.5) * 1e3,
                  "ack_p99_ms": quantile(lat, 0.99) * 1e3, "disk_b_reading": written / max(readings, 1),
                  "frame_b_reading": frame_bytes / max(readings, 1),
                  "commits_s": delta("headrace_spool_commits_total") / wall,
@@ -206,7 +215,7 @@ def soak(args, extra: str, label: str) -> dict:
             r["disk_x_frame"] = r["disk_b_reading"] / max(r["frame_b_reading"], 1e-9)
             print(f"soak result [{label}]: {acked:,} frames acked in {wall:.0f} s = {r['rate']:,.0f} frames/s; "
                   f"{timeouts} timed out at the node; {r['loss']} acked but not at the broker (loss); "
-                  f"gateway CPU {r['cpu_us_frame']:.0f} µs/frame; ack p50 {r['ack_p50_ms']:.1f} ms, "
+                  f"gateway CPU {r['cpu_us_frame']:.0f} µs/frame ({sys_share:.0%} in the kernel); ack p50 {r['ack_p50_ms']:.1f} ms, "
                   f"p99 {r['ack_p99_ms']:.1f} ms; {r['commits_s']:.1f} commits/s; disk written "
                   f"{r['disk_b_reading']:.1f} B/reading = {r['disk_x_frame']:.2f}x the frame bytes "
                   f"({r['frame_b_reading']:.1f} B/reading); uplink {r['uplink_b_reading']:.1f} B/reading in "
@@ -217,6 +226,19 @@ def soak(args, extra: str, label: str) -> dict:
             sub.close()
             gw.stop()
             broker.stop()
+
+
+def without_windows(payload: bytes) -> bytes:
+    """The same data batch without its windows, encoded as the gateway would (for their share)."""
+    from gateway.runtime.uplink import columns
+    obj = cbor2.loads(payload)
+    if "deflate" in obj:
+        inner = cbor2.loads(columns.inflate(obj.pop("deflate")))
+        inner.pop("windows", None)
+        obj["deflate"] = columns.deflate(cbor2.dumps(inner))
+    else:
+        obj.pop("windows", None)
+    return cbor2.dumps(obj)
 
 
 DEMO_SENSORS = (["temp", "vib"], ["temp", "pressure"], ["pressure", "temp"])  # gateway/tools/demo.py
@@ -262,7 +284,7 @@ def uplink(args, extra: str, label: str) -> dict:
             gw.stop()
             broker.stop()
         dec = batch.Decoder()
-        data_bytes = schema_bytes = readings = 0
+        data_bytes = schema_bytes = readings = windows_bytes = 0
         delays = []
         for t, topic, payload in arrivals:
             if topic.endswith("/schema"):
@@ -270,6 +292,7 @@ def uplink(args, extra: str, label: str) -> dict:
                 dec.feed(payload)
             elif topic.endswith("/data"):
                 data_bytes += len(payload)
+                windows_bytes += len(payload) - len(without_windows(payload))
                 for _node, _seq, received, rs in batch.readings(dec.decode(payload)):
                     readings += len(rs)
                     delays.append(t - received)
@@ -278,7 +301,7 @@ def uplink(args, extra: str, label: str) -> dict:
         r = {"label": label, "readings": readings, "senml_b_reading": senml,
              "data_b_reading": data_bytes / max(readings, 1), "schema_bytes": schema_bytes,
              "data_msgs": sum(1 for _, t, _ in arrivals if t.endswith("/data")),
-             "delay_p99_s": quantile(delays, 0.99)}
+             "delay_p99_s": quantile(delays, 0.99), "windows_b_reading": windows_bytes / max(readings, 1)}
         r["data_x_senml"] = r["data_b_reading"] / max(senml, 1e-9)
         if args.dump:
             Path(args.dump).mkdir(parents=True, exist_ok=True)
@@ -286,7 +309,7 @@ def uplink(args, extra: str, label: str) -> dict:
                 Path(args.dump, f"{label}-{i:04d}-{topic.rsplit('/', 1)[1]}.cbor").write_bytes(payload)
         print(f"uplink result [{label}]: {readings} readings; nodes' SenML {senml:.1f} B/reading; data uplinked "
               f"{r['data_b_reading']:.2f} B/reading = {r['data_x_senml']:.3f}x in {r['data_msgs']} messages "
-              f"(+ {schema_bytes} B of schema, + {33 * r['data_msgs'] / max(readings, 1):.2f} B/reading of MQTT "
+              f"(windows {r['windows_b_reading']:.2f} B/reading of it; + {schema_bytes} B of schema, + {33 * r['data_msgs'] / max(readings, 1):.2f} B/reading of MQTT "
               f"PUBLISH headers); reception to broker p99 {r['delay_p99_s']:.2f} s", flush=True)
         return r
 

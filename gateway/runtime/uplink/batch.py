@@ -74,7 +74,7 @@ from gateway.runtime.uplink import columns
 
 VERSION = 3
 VERSIONS = (1, 2, 3)  # read; events batches are version 1 (gateway/runtime/uplink/events.py)
-TABLE_FRAMES = 64  # frames in a batch up to which the frame table is in compact columns (columns.py)
+TABLE_FRAMES = 64  # frames in a batch up to which it is in compact columns and DEFLATEd (columns.py)
 SCHEMA_VERSION = 1
 SCHEMA_VERSIONS = (1,)
 NS = 1_000_000_000
@@ -229,15 +229,18 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
         inner[key] = [list(x) if isinstance(x, tuple) else x for x in inner[key]]
         if not inner[key]:
             del inner[key]
-    if len(frames) <= TABLE_FRAMES:
+    small = len(frames) <= TABLE_FRAMES  # compact columns, then DEFLATE; else codec streams only
+    if small:
         inner["table"] = columns.encode_table([_seconds_one(r) for r in received], seqs, node_col, pattern_col)
     else:
         inner["frames"] = [codec.encode(array("q", received), array("d", seqs)),
                            codec.encode(array("q", node_col), array("d", pattern_col))]
-    inner["sensors"] = _sensor_streams(series, compact=True)
+    inner["sensors"] = _sensor_streams(series, compact=small)
     if other:
         inner["other"] = other
     plain = _spliced(inner, windows)
+    if not small:  # codec streams, which DEFLATE cannot shrink (and it would cost CPU and memory)
+        return _spliced({**envelope, **inner}, windows)
     packed = columns.deflate(plain)
     if len(packed) + 12 < len(plain):  # the key and the byte string's head
         envelope["deflate"] = packed
