@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -20,14 +21,14 @@ enabled = true
 escalate_after = 1
 
 [dispatch]
-accept_timeout = 600
+accept_timeout = {accept}
 """
 
 
-def line(tmp_path, name, port, node, key, home):
+def line(tmp_path, name, port, node, key, home, accept=600):
     work = tmp_path / name
     work.mkdir()
-    extra = FLEET + f"""
+    extra = FLEET.format(accept=accept) + f"""
 [[resources]]
 id = "mech-{name}"
 capabilities = ["mechanic"]
@@ -35,6 +36,13 @@ home = {home}
 node = "{node}"
 """
     return GatewayProcess(work, port, {node: key}, extra=extra, gateway_id=name)
+
+
+def start_fleet(tmp_path, cfg, log):
+    fleet = subprocess.Popen([sys.executable, "-m", "sink.fleet_service", "--config", str(cfg)], cwd=REPO,
+                             stdout=log, stderr=subprocess.STDOUT)
+    wait_for(lambda: "running" in (tmp_path / "fleet.log").read_text(), 20, "the fleet dispatcher")
+    return fleet
 
 
 def demands(gw) -> dict:
@@ -48,10 +56,8 @@ def test_line2s_mechanic_is_dispatched_across_to_line1s_pump(tmp_path, mosquitto
     cfg.write_text(f'site = "bench"\ntick = 0.1\n[mqtt]\nport = {mosquitto.port}\n')
     log = open(tmp_path / "fleet.log", "wb")
     gws = []
-    fleet = subprocess.Popen([sys.executable, "-m", "sink.fleet_service", "--config", str(cfg)], cwd=REPO,
-                             stdout=log, stderr=subprocess.STDOUT)
+    fleet = start_fleet(tmp_path, cfg, log)
     try:
-        wait_for(lambda: "running" in (tmp_path / "fleet.log").read_text(), 20, "the fleet dispatcher")
         l1 = line(tmp_path, "line1", mosquitto.port, "m1", k1, "[2.0, 2.0]").start()
         gws.append(l1)
         l2 = line(tmp_path, "line2", mosquitto.port, "m2", k2, "[60.0, 2.0]").start()
@@ -106,3 +112,65 @@ def test_fleet_demo_lends_line2s_mechanic_to_line1s_pump(tmp_path):
     assert "LOAN     mech2 granted for line1" in out
     assert "mechanic → line2/mech2: assigned" in out and "mechanic → line2/mech2: done" in out
     assert "line1's pump was fixed by line2's mechanic" in out
+
+
+def test_the_lender_killed_mid_loan_carries_on_and_a_lender_that_stays_dead_is_replaced(tmp_path, mosquitto,
+                                                                                          subscriber):
+    k1, k2, k3 = os.urandom(32), os.urandom(32), os.urandom(32)
+    cfg = tmp_path / "fleet.toml"
+    cfg.write_text(f'site = "bench"\ntick = 0.1\n[mqtt]\nport = {mosquitto.port}\n')
+    log = open(tmp_path / "fleet.log", "wb")
+    gws = []
+    fleet = start_fleet(tmp_path, cfg, log)
+    try:
+        l1 = line(tmp_path, "line1", mosquitto.port, "m1", k1, "[2.0, 2.0]", accept=8).start()
+        gws.append(l1)
+        l2 = line(tmp_path, "line2", mosquitto.port, "m2", k2, "[60.0, 2.0]").start()
+        gws.append(l2)
+        l3 = line(tmp_path, "line3", mosquitto.port, "m3", k3, "[120.0, 2.0]").start()
+        gws.append(l3)
+        for gw in gws:
+            wait_for(lambda gw=gw: gw.metric("headrace_uplink_connected") == 1, 10, "the uplinks")
+        post_demand(l1.http_port, {"need": "mechanic", "at": [3, 2], "priority": 9})
+        pump = post_demand(l1.http_port, {"need": "mechanic", "at": [20, 12], "priority": 8})["id"]
+
+        def pump_state():
+            return next((d for d in demands(l1)["demands"] if d["id"] == pump), {})
+        wait_for(lambda: pump_state().get("resource") == "line2/mech-line2", 20, "line2's mechanic borrowed")
+        (loan,) = [d for d in demands(l2)["demands"] if d["source"] == "loan:line1"]
+        wait_for(lambda: any(e["gw"] == "line2" and e.get("state") == "granted" for e in received_events(subscriber)),
+                 10, "the grant on line2's events (committed)")
+
+        l2.stop(signal.SIGKILL)  # mid-loan
+        l2.restart()
+        again = [d for d in demands(l2)["demands"] if d["source"] == "loan:line1"]
+        assert [(d["id"], d["state"], d["resource"]) for d in again] == [(loan["id"], "assigned", "mech-line2")]
+        node = MechanicNode(l2, k2, "m2")
+        cmds = wait_for(lambda: c if (c := node.send()) else None, 10, "the dispatch on m2's ack")
+        assert [c[0] for c in cmds] == [f"dispatch-{loan['id']}"]
+        node.send(accept=loan["id"])
+        wait_for(lambda: pump_state().get("state") == "accepted", 10, "the accept mirrored on line1")
+        node.send(done=loan["id"])
+        wait_for(lambda: not pump_state(), 10, "line1's demand done")
+
+        # a second pump demand borrows line2's mechanic again; line2 dies for good
+        pump2 = post_demand(l1.http_port, {"need": "mechanic", "at": [20, 12], "priority": 8})["id"]
+
+        def pump2_state():
+            return next((d for d in demands(l1)["demands"] if d["id"] == pump2), {})
+        wait_for(lambda: pump2_state().get("resource") == "line2/mech-line2", 20, "line2's mechanic borrowed again")
+        l2.stop(signal.SIGKILL)
+        # line1 times the borrowed dispatch out (accept_timeout 8 s), escalates again: line3's mechanic
+        got = wait_for(lambda: d if (d := pump2_state()).get("resource") == "line3/mech-line3" else None, 30,
+                       "the demand reassigned to line3's mechanic")
+        assert got["attempt"] == 2
+        steps = [(e.get("resource"), e.get("state")) for e in received_events(subscriber)
+                 if e["gw"] == "line1" and e["type"] == "dispatch" and e.get("demand") == pump2]
+        assert steps[:3] == [("line2/mech-line2", "assigned"), ("line2/mech-line2", "timeout"),
+                             ("line3/mech-line3", "assigned")]
+    finally:
+        fleet.terminate()
+        fleet.wait(10)
+        log.close()
+        for gw in gws:
+            gw.stop()
