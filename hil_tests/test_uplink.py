@@ -143,3 +143,72 @@ def test_batches_encoded_on_the_encoder_thread_leave_in_spool_order_events_first
     assert topics[0] == "events" and topics.count("events") == 1
     seqs = [s for t, p in subscriber.messages if t.endswith("/data") for _n, s in batch.frame_ids(subscriber.decode(p))]
     assert seqs == list(range(1000))  # spool order, each frame once
+
+
+def test_data_waits_for_its_batch_events_do_not_and_a_full_batch_goes_at_once(tmp_path, mosquitto, subscriber):
+    """batch_delay: data waits (at most that long) for its batch to fill; events go at once, ahead
+    of the data waiting; a full batch (batch_records) goes without waiting, with what was read after
+    it, and what comes next waits again; the schema goes ahead
+    of the first batch that needs it."""
+    import asyncio
+    import time
+
+    from gateway.config import from_dict
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.spool import Spool
+    from gateway.runtime.uplink import batch, events
+    from gateway.runtime.uplink.mqtt import MqttUplink
+
+    delay = 3.0
+    cfg = from_dict({"gateway": {"data_dir": str(tmp_path / "data"), "id": "gwtest", "site": "bench"},
+                     "mqtt": {"port": mosquitto.port, "batch_records": 50, "batch_delay": delay}})
+    senml = lambda seq: cbor2.dumps([{-2: "n1/", -3: 1.7e9 + seq, 0: "t", 2: seq / 4}])  # noqa: E731
+    arrived = {}
+
+    def seen(kind, n):
+        got = [(t, p) for t, p in list(subscriber.messages) if t.endswith("/" + kind)]
+        return len(got) >= n
+
+    async def main():
+        spool = await Spool.open(cfg.spool_path)
+        committed = asyncio.Event()
+        up = MqttUplink(cfg, spool, committed, Metrics())
+        task = asyncio.create_task(up.run())
+        loop = asyncio.get_running_loop()
+
+        async def until(kind, n, timeout):
+            end = loop.time() + timeout
+            while not seen(kind, n) and loop.time() < end:
+                await asyncio.sleep(0.02)
+            return time.monotonic()
+        try:
+            await until("state", 1, 10)  # connected
+            t0 = time.monotonic()
+            await spool.commit([("frame", batch.frame_body("n1", s, 1.7e9 + s, senml(s))) for s in range(3)], {})
+            committed.set()
+            await asyncio.sleep(0.3)
+            await spool.commit([("event", events.event_body({"type": "alarm", "n": 1}))], {})
+            committed.set()
+            arrived["event"] = await until("events", 1, 10) - t0
+            arrived["data"] = await until("data", 1, 10) - t0
+            t1 = time.monotonic()
+            await spool.commit([("frame", batch.frame_body("n1", s, 1.7e9 + s, senml(s))) for s in range(3, 63)], {})
+            committed.set()
+            arrived["full"] = await until("data", 3, 10) - t1  # 50, and the 10 read with them
+            t2 = time.monotonic()
+            await spool.commit([("frame", batch.frame_body("n1", s, 1.7e9 + s, senml(s))) for s in range(63, 66)], {})
+            committed.set()
+            arrived["later"] = await until("data", 4, 10) - t2
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await spool.close()
+
+    asyncio.run(main())
+    assert arrived["event"] < arrived["data"] and arrived["event"] < delay / 2, arrived
+    assert delay * 0.9 <= arrived["data"] <= delay + 2, arrived
+    assert arrived["full"] < delay * 0.8 and delay * 0.9 <= arrived["later"] <= delay + 2, arrived
+    topics = [t.rsplit("/", 1)[1] for t, _ in subscriber.messages if not t.endswith("/state")]
+    assert topics[:3] == ["events", "schema", "data"], topics
+    seqs = [s for t, p in subscriber.messages if t.endswith("/data") for _n, s in batch.frame_ids(subscriber.decode(p))]
+    assert seqs == list(range(66))
