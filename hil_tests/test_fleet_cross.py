@@ -39,9 +39,10 @@ node = "{node}"
 
 
 def start_fleet(tmp_path, cfg, log):
+    before = (tmp_path / "fleet.log").read_text().count("running")
     fleet = subprocess.Popen([sys.executable, "-m", "sink.fleet_service", "--config", str(cfg)], cwd=REPO,
                              stdout=log, stderr=subprocess.STDOUT)
-    wait_for(lambda: "running" in (tmp_path / "fleet.log").read_text(), 20, "the fleet dispatcher")
+    wait_for(lambda: (tmp_path / "fleet.log").read_text().count("running") > before, 20, "the fleet dispatcher")
     return fleet
 
 
@@ -164,13 +165,73 @@ def test_the_lender_killed_mid_loan_carries_on_and_a_lender_that_stays_dead_is_r
         got = wait_for(lambda: d if (d := pump2_state()).get("resource") == "line3/mech-line3" else None, 30,
                        "the demand reassigned to line3's mechanic")
         assert got["attempt"] == 2
-        steps = [(e.get("resource"), e.get("state")) for e in received_events(subscriber)
-                 if e["gw"] == "line1" and e["type"] == "dispatch" and e.get("demand") == pump2]
-        assert steps[:3] == [("line2/mech-line2", "assigned"), ("line2/mech-line2", "timeout"),
-                             ("line3/mech-line3", "assigned")]
+        def steps():
+            got = [(e.get("resource"), e.get("state")) for e in received_events(subscriber)
+                   if e["gw"] == "line1" and e["type"] == "dispatch" and e.get("demand") == pump2]
+            return got if len(got) >= 3 else None
+        assert wait_for(steps, 10, "line1's steps on its events topic")[:3] == [
+            ("line2/mech-line2", "assigned"), ("line2/mech-line2", "timeout"), ("line3/mech-line3", "assigned")]
     finally:
         fleet.terminate()
         fleet.wait(10)
         log.close()
         for gw in gws:
             gw.stop()
+
+
+def test_the_fleet_dispatcher_restarted_mid_dispatch_rebuilds_from_the_sinks_database(tmp_path, mosquitto,
+                                                                                         subscriber):
+    """The real sink stores the site's events in SQLite; the fleet dispatcher is killed mid-loan,
+    the lender's steps happen while it is down, and it comes back without its broker session
+    (a new client id): it rebuilds from the database and relays the steps line1 never got."""
+    from .rig import SinkProcess
+
+    k1, k2 = os.urandom(32), os.urandom(32)
+    db = tmp_path / "cloud.sqlite"
+    sink_cfg = tmp_path / "sink.toml"
+    sink_cfg.write_text(f'[sink]\nsqlite = "{db}"\nsource = "mqtt"\n[mqtt]\nport = {mosquitto.port}\n'
+                        f'client_id = "sink-fleet-test"\n')
+    sink = SinkProcess(tmp_path, sink_cfg, "sink").start()
+    cfg = tmp_path / "fleet.toml"
+    cfg.write_text(f'site = "bench"\ntick = 0.1\ndatabase = "{db}"\n[mqtt]\nport = {mosquitto.port}\n'
+                   f'client_id = "fleet-a"\n')
+    log = open(tmp_path / "fleet.log", "wb")
+    gws = []
+    fleet = start_fleet(tmp_path, cfg, log)
+    try:
+        l1 = line(tmp_path, "line1", mosquitto.port, "m1", k1, "[2.0, 2.0]").start()
+        gws.append(l1)
+        l2 = line(tmp_path, "line2", mosquitto.port, "m2", k2, "[60.0, 2.0]").start()
+        gws.append(l2)
+        post_demand(l1.http_port, {"need": "mechanic", "at": [3, 2], "priority": 9})
+        pump = post_demand(l1.http_port, {"need": "mechanic", "at": [20, 12], "priority": 8})["id"]
+
+        def pump_state():
+            return next((d for d in demands(l1)["demands"] if d["id"] == pump), {})
+        wait_for(lambda: pump_state().get("resource") == "line2/mech-line2", 20, "line2's mechanic borrowed")
+        fleet.kill()  # kill -9, mid-dispatch
+        fleet.wait()
+        (loan,) = [d for d in demands(l2)["demands"] if d["source"] == "loan:line1"]
+        node = MechanicNode(l2, k2, "m2")
+        wait_for(lambda: node.send(), 10, "the dispatch on m2's ack")
+        node.send(accept=loan["id"])
+        node.send(done=loan["id"])
+        import sqlite3
+
+        def stored_done():
+            with sqlite3.connect(db) as c:
+                return c.execute("SELECT count(*) FROM events WHERE gateway = 'line2' AND type = 'dispatch' "
+                                 "AND key LIKE ?", (f"{loan['id']}|done|%",)).fetchone()[0]
+        wait_for(stored_done, 20, "the sink to store line2's done")
+        assert pump_state().get("state") == "assigned"  # nobody told line1 yet
+        cfg.write_text(cfg.read_text().replace('client_id = "fleet-a"', 'client_id = "fleet-b"'))
+        fleet = start_fleet(tmp_path, cfg, log)
+        wait_for(lambda: not pump_state(), 20, "line1's demand done, relayed after the rebuild")
+        assert "rebuilt from" in (tmp_path / "fleet.log").read_text()
+    finally:
+        fleet.terminate()
+        fleet.wait(10)
+        log.close()
+        for gw in gws:
+            gw.stop()
+        sink.stop()

@@ -26,8 +26,10 @@ lender answers (`loan` event) or `ask_timeout` passes.
 
 Restart: `FleetMirror.rebuild(rows)` replays the stored events (the sink's `events`
 table: `SELECT gateway, body FROM events WHERE type IN (...) ORDER BY t`) and returns
-the commands the final state still calls for; gateways take each fleet command
-idempotently (a repeat changes nothing), so sending one twice is harmless.
+the relayed commands no event shows taken yet (a `loan_step` done whose `done` the
+borrower never reported, say): the ones the cloud may have lost in its fall. Gateways
+take each fleet command idempotently (a repeat changes nothing), so sending one twice
+is harmless.
 
 Caveats: positions are the site's plant metres, one origin for every gateway; a
 resource's place is the one its gateway told when it last turned free or busy.
@@ -96,6 +98,7 @@ class FleetMirror:
         self.resources: dict[tuple[str, str], FleetResource] = {}
         self.escalated: dict[tuple[str, int], Escalated] = {}
         self.loans: dict[tuple[str, int], Loan] = {}     # (borrower, demand) -> loan
+        self.pending: dict[tuple, tuple[str, dict]] = {}  # relayed commands not yet seen taken
         self._seen: collections.OrderedDict = collections.OrderedDict()  # event keys lately applied
         self._ids = itertools.count(1)
 
@@ -116,6 +119,7 @@ class FleetMirror:
         self._seen[key] = None
         if len(self._seen) > SEEN:
             self._seen.popitem(last=False)
+        self._taken(gateway, e)
         kind = e.get("type")
         if kind == "resource":
             self.resources[(gateway, e["id"])] = FleetResource(
@@ -139,7 +143,8 @@ class FleetMirror:
         loan = self.loans.get(k)
         if loan is not None and e.get("why") != "borrowed" and loan.state in ("asked", "granted"):
             del self.loans[k]
-            return [command(loan.lender, self.next_id("end"), "end_loan", gateway=gateway, demand=k[1])]
+            return self._relay(("end", loan.lender, gateway, k[1]), loan.lender, "end", "end_loan", gateway=gateway,
+                               demand=k[1])
         return []
 
     def _loan(self, gateway: str, e: dict) -> list:
@@ -167,8 +172,8 @@ class FleetMirror:
                 loan = self.loans[k] = Loan(e.get("id", ""), k[0], k[1], lender, e["resource"])
             loan.state, loan.local = "granted", int(e["local"])
             self.escalated.pop(k, None)
-            return [command(k[0], self.next_id("borrow"), "borrowed", demand=k[1], gateway=lender,
-                            resource=e["resource"])]
+            return self._relay(("borrowed", k[0], k[1]), k[0], "borrow", "borrowed", demand=k[1], gateway=lender,
+                               resource=e["resource"])
         if e["state"] == "refused":
             esc = self.escalated.get(k)
             if esc is not None:
@@ -181,7 +186,8 @@ class FleetMirror:
         if loan is not None and loan.lender == lender:
             del self.loans[k]
             if e.get("why") != "withdrawn":
-                return [command(k[0], self.next_id("step"), "loan_step", demand=k[1], state="ended")]
+                return self._relay(("step", k[0], k[1], "ended"), k[0], "step", "loan_step", demand=k[1],
+                                   state="ended")
         return []
 
     def _at_borrower(self, borrower: str, e: dict) -> list:
@@ -194,7 +200,8 @@ class FleetMirror:
             return []
         if e["state"] == "refused":  # served meanwhile: the lender takes its resource back
             del self.loans[k]
-            return [command(loan.lender, self.next_id("end"), "end_loan", gateway=borrower, demand=k[1])]
+            return self._relay(("end", loan.lender, borrower, k[1]), loan.lender, "end", "end_loan", gateway=borrower,
+                               demand=k[1])
         return []
 
     def _dispatch(self, gateway: str, e: dict) -> list:
@@ -204,7 +211,8 @@ class FleetMirror:
             loan = self.loans.get(k)
             if loan is not None and state in ("timeout", "cancelled", "declined"):
                 del self.loans[k]
-                return [command(loan.lender, self.next_id("end"), "end_loan", gateway=gateway, demand=k[1])]
+                return self._relay(("end", loan.lender, gateway, k[1]), loan.lender, "end", "end_loan",
+                                   gateway=gateway, demand=k[1])
             if loan is not None and state == "done":
                 del self.loans[k]
             return []
@@ -212,19 +220,35 @@ class FleetMirror:
         if loan is not None and state in ("accepted", "done"):
             if state == "done":
                 del self.loans[(loan.borrower, loan.demand)]
-            return [command(loan.borrower, self.next_id("step"), "loan_step", demand=loan.demand, state=state)]
+            return self._relay(("step", loan.borrower, loan.demand, state), loan.borrower, "step", "loan_step",
+                               demand=loan.demand, state=state)
         return []
 
+    def _relay(self, key: tuple, to: str, prefix: str, cmd: str, **args) -> list[tuple[str, dict]]:
+        """A relayed command, remembered until the event that shows it taken arrives (`_taken`)."""
+        out = command(to, self.next_id(prefix), cmd, **args)
+        self.pending[key] = out
+        return [out]
+
+    def _taken(self, gateway: str, e: dict) -> None:
+        """The events that show a relayed command taken: it need not be sent again after a restart."""
+        kind, state = e.get("type"), e.get("state")
+        if kind == "loan" and state in ("borrowed", "refused") and "local" not in e:
+            self.pending.pop(("borrowed", gateway, int(e["demand"])), None)
+        elif kind == "loan" and state == "ended":
+            self.pending.pop(("end", gateway, e["gateway"], int(e["demand"])), None)
+        elif kind == "dispatch" and "/" in str(e.get("resource") or ""):
+            d = int(e["demand"])
+            taken = {"accepted": ("accepted",), "done": ("accepted", "done")}.get(state, ("accepted", "done", "ended"))
+            for s in taken:
+                self.pending.pop(("step", gateway, d, s), None)
+
     def rebuild(self, rows) -> list[tuple[str, dict]]:
-        """Replay stored events [(gateway, event)] in time order; the commands the final state calls for."""
+        """Replay stored events [(gateway, event)] in time order; returns the relayed commands not yet
+        seen taken (the gateways take each idempotently: one sent twice changes nothing)."""
         for gateway, e in rows:
             self.apply(gateway, e)
-        out = []
-        for loan in self.loans.values():
-            if loan.state == "granted":  # the borrower may not have heard: tell it again (idempotent there)
-                out.append(command(loan.borrower, self.next_id("borrow"), "borrowed", demand=loan.demand,
-                                   gateway=loan.lender, resource=loan.resource))
-        return out
+        return list(self.pending.values())
 
 
 class FleetDispatcher:

@@ -10,6 +10,7 @@ Configuration (`fleet.toml`):
     [mqtt]
     host = "127.0.0.1"
     port = 1883
+    client_id = ""                       # the persistent session's name; default headrace-fleet-<site>
 
 Usage: one process a site. It subscribes to `headrace/v1/<site>/+/events` (a persistent
 session: the broker keeps what comes while it restarts; what came before its first
@@ -45,6 +46,7 @@ from sink.fleet_map import SiteMap
 
 log = logging.getLogger("headrace.fleet")
 _KEYS = {"site": str, "site_map": str, "database": str, "tick": float, "ask_timeout": float, "mqtt": dict}
+_MQTT_KEYS = ("host", "port", "client_id")
 
 
 def load(path) -> dict:
@@ -56,7 +58,7 @@ def load(path) -> dict:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the syntax at the line shown") from None
     cfg = {"site": "", "site_map": "", "database": "", "tick": 0.25, "ask_timeout": 10.0,
-           "mqtt": {"host": "127.0.0.1", "port": 1883}}
+           "mqtt": {"host": "127.0.0.1", "port": 1883, "client_id": ""}}
     for key, value in raw.items():
         kind = _KEYS.get(key)
         if kind is None:
@@ -65,7 +67,12 @@ def load(path) -> dict:
             value = float(value)
         if not isinstance(value, kind):
             raise ConfigError(key, f"must be a {kind.__name__}, got {value!r}", f"see the example in {__name__}")
-        cfg[key] = {**cfg["mqtt"], **value} if key == "mqtt" else value
+        if key == "mqtt":
+            extra = set(value) - set(_MQTT_KEYS)
+            if extra:
+                raise ConfigError(f"[mqtt] {sorted(extra)[0]}", "unknown key", f"valid keys: {', '.join(_MQTT_KEYS)}")
+            value = {**cfg["mqtt"], **value}
+        cfg[key] = value
     if not cfg["site"]:
         raise ConfigError("site", "missing", 'write site = "plant" (the [gateway] site of its gateways)')
     return cfg
@@ -94,8 +101,8 @@ class FleetService:
         self.inbox: queue.Queue = queue.Queue(maxsize=100000)
         self.root = f"headrace/v1/{cfg['site']}/"
         # a persistent session: while this process restarts, the broker keeps the events for it
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"headrace-fleet-{cfg['site']}",
-                                  clean_session=False)
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, clean_session=False,
+                                  client_id=cfg["mqtt"]["client_id"] or f"headrace-fleet-{cfg['site']}")
         self.client.on_connect = lambda c, *a: c.subscribe(self.root + "+/events", qos=1)
         self.client.on_message = self._message
         self._subscribed = threading.Event()

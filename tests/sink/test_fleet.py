@@ -294,3 +294,35 @@ def test_two_cloud_dispatchers_racing_for_one_resource_never_double_assign():
     refused = sum(e["state"] == "refused" for e in loans)
     assert_never_double_assigned([lender])
     assert granted > 20 and refused > 20, (granted, refused)  # the race was run, both ways
+
+
+def test_a_relay_lost_in_the_clouds_fall_is_sent_again_after_the_rebuild():
+    clock = Clock()
+    l1, l2, site = two_lines(clock)
+    stored = []
+    for ln in (l1, l2):
+        real = ln.take_events
+
+        def take(ln=ln, real=real):
+            evs = real()
+            stored.extend((ln.id, e) for e in evs)
+            return evs
+        ln.take_events = take
+    l1.dispatcher.submit("mechanic", at=(3, 2), priority=9)
+    pump = l1.dispatcher.submit("mechanic", at=(20, 12))
+    site.run(seconds=30)
+    (loan,) = [d for d in l2.dispatcher.demands.values() if d.loan]
+    l2.dispatcher.accept(loan.id, "mech2")
+    l2.dispatcher.done(loan.id, "mech2")
+    l2.take_events()  # the sink stores line2's steps; the cloud falls before it relays them
+    assert pump.state == "assigned"
+    mirror = FleetMirror()
+    again = mirror.rebuild(sorted(stored, key=lambda ge: ge[1]["t"]))
+    assert [(gw, c["cmd"], c["args"]["state"]) for gw, c in again] == [("line1", "loan_step", "accepted"),
+                                                                        ("line1", "loan_step", "done")]
+    site.deliver(again)
+    assert pump.id not in l1.dispatcher.demands and steps(l1, pump.id)[-1] == ("line2/mech2", "done")
+    # once line1's steps are seen, nothing is left to send again
+    for e in l1.take_events():
+        mirror.apply("line1", e)
+    assert not mirror.pending
