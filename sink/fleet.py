@@ -2,7 +2,8 @@
 lends one gateway's free resource to another gateway's demand (docs/matching.md, "Across gateways").
 
 `FleetMirror` is kept from the gateways' events (the `events` topic, as the sink
-stores them): `resource` (capabilities, place, free or busy, owning gateway),
+stores them): `demand` and `dispatch` (every open demand of every gateway, its step
+and resource), `resource` (capabilities, place, free or busy, owning gateway),
 `escalation` (a demand its gateway asks the fleet for, or withdraws), `loan` and
 `dispatch` (how each loan goes). Applying an event is idempotent (events are
 delivered at least once) and returns the fleet commands it calls for, to publish on
@@ -47,7 +48,7 @@ from core_ext.match import assign
 from sink.decode import event_key
 from sink.fleet_map import SiteMap
 
-FLEET_EVENTS = ("resource", "escalation", "loan", "dispatch")
+FLEET_EVENTS = ("resource", "demand", "escalation", "loan", "dispatch")
 SEEN = 200_000  # event keys remembered to drop repeats (a redelivery comes within minutes, not days)
 
 
@@ -99,6 +100,7 @@ class FleetMirror:
         self.escalated: dict[tuple[str, int], Escalated] = {}
         self.loans: dict[tuple[str, int], Loan] = {}     # (borrower, demand) -> loan
         self.pending: dict[tuple, tuple[str, dict]] = {}  # relayed commands not yet seen taken
+        self.demands: dict[tuple[str, int], dict] = {}  # every gateway's open demands: need, at, priority, state…
         self._seen: collections.OrderedDict = collections.OrderedDict()  # event keys lately applied
         self._ids = itertools.count(1)
 
@@ -124,6 +126,11 @@ class FleetMirror:
         if kind == "resource":
             self.resources[(gateway, e["id"])] = FleetResource(
                 gateway, e["id"], tuple(e["capabilities"]), tuple(e["at"]), float(e["speed"]), bool(e["free"]), e["t"])
+            return []
+        if kind == "demand":
+            self.demands[(gateway, int(e["id"]))] = {
+                "need": e["need"], "at": tuple(e["at"]), "priority": e["priority"], "source": e.get("source"),
+                "state": "open", "resource": None, "t": e["t"]}
             return []
         if kind == "escalation":
             return self._escalation(gateway, e)
@@ -206,6 +213,12 @@ class FleetMirror:
 
     def _dispatch(self, gateway: str, e: dict) -> list:
         state = e.get("state")
+        mirrored = self.demands.get((gateway, int(e["demand"])))
+        if state in ("done", "cancelled"):
+            self.demands.pop((gateway, int(e["demand"])), None)
+        elif mirrored is not None:
+            opened = state in ("timeout", "declined", "reassigned")
+            mirrored["state"], mirrored["resource"] = ("open", None) if opened else (state, e.get("resource"))
         if e.get("remote") or "/" in str(e.get("resource") or ""):
             k = (gateway, int(e["demand"]))
             loan = self.loans.get(k)

@@ -141,6 +141,12 @@ def test_a_demand_line1_cannot_serve_is_served_by_line2s_mechanic_end_to_end():
     assert [e["state"] for e in l1.events if e["type"] == "loan"] == ["borrowed"]
     assert busy.resource == "mech1"
     assert_never_double_assigned([l1, l2])
+    # the mirror knows every open demand of every gateway, and every resource
+    assert site.mirror.demands == {("line1", busy.id): {
+        "need": "mechanic", "at": (3.0, 2.0), "priority": 9, "source": "api", "state": "assigned",
+        "resource": "mech1", "t": busy.created}}
+    assert {k: v.free for k, v in site.mirror.resources.items()} == {("line1", "mech1"): False,
+                                                                     ("line2", "mech2"): True}
 
 
 def test_priorities_weigh_as_locally_and_travel_follows_the_site_map():
