@@ -181,8 +181,9 @@ def test_the_lender_killed_mid_loan_carries_on_and_a_lender_that_stays_dead_is_r
 
 def test_the_fleet_dispatcher_restarted_mid_dispatch_rebuilds_from_the_sinks_database(tmp_path, mosquitto,
                                                                                          subscriber):
-    """The real sink stores the site's events in SQLite; the fleet dispatcher is killed mid-loan,
-    the lender's steps happen while it is down, and it comes back without its broker session
+    """The real sink stores the site's events in SQLite; the fleet dispatcher and the sink are killed
+    mid-loan, the lender's steps happen while they are down, the sink comes back and stores them,
+    and the fleet dispatcher comes back without its broker session
     (a new client id): it rebuilds from the database and relays the steps line1 never got."""
     from .rig import SinkProcess
 
@@ -209,13 +210,15 @@ def test_the_fleet_dispatcher_restarted_mid_dispatch_rebuilds_from_the_sinks_dat
         def pump_state():
             return next((d for d in demands(l1)["demands"] if d["id"] == pump), {})
         wait_for(lambda: pump_state().get("resource") == "line2/mech-line2", 20, "line2's mechanic borrowed")
-        fleet.kill()  # kill -9, mid-dispatch
+        fleet.kill()  # kill -9, mid-dispatch: the fleet dispatcher and the sink worker both
         fleet.wait()
+        sink.kill()
         (loan,) = [d for d in demands(l2)["demands"] if d["source"] == "loan:line1"]
         node = MechanicNode(l2, k2, "m2")
         wait_for(lambda: node.send(), 10, "the dispatch on m2's ack")
         node.send(accept=loan["id"])
         node.send(done=loan["id"])
+        sink.start()  # its persistent session kept the events that came while it was down
         import sqlite3
 
         def stored_done():
