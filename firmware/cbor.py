@@ -49,6 +49,29 @@ def head(major, n, out):
         out.extend(struct.pack(">Q", n))
 
 
+def put_head(buf, pos, major, n):
+    """A CBOR head (major type, argument 0 <= n < 2**30) at buf[pos]; the next position."""
+    mt = major << 5
+    if n < 24:
+        buf[pos] = mt | n
+        return pos + 1
+    if n < 0x100:
+        buf[pos] = mt | 24
+        buf[pos + 1] = n
+        return pos + 2
+    if n < 0x10000:
+        buf[pos] = mt | 25
+        buf[pos + 1] = n >> 8
+        buf[pos + 2] = n & 0xFF
+        return pos + 3
+    buf[pos] = mt | 26
+    buf[pos + 1] = n >> 24
+    buf[pos + 2] = (n >> 16) & 0xFF
+    buf[pos + 3] = (n >> 8) & 0xFF
+    buf[pos + 4] = n & 0xFF
+    return pos + 5
+
+
 def _float(x, out):
     if x != x:
         out.extend(b"\xf9\x7e\x00")  # the canonical NaN

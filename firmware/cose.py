@@ -18,6 +18,7 @@ _ALG_HMAC_256_64 = const(4)
 _TAG_LEN = const(8)
 _BLOCK = const(64)
 _MAC0_PREFIX = b"\x84\x64MAC0"  # array(4), text(4) "MAC0"
+MAC0_OVERHEAD = const(64)  # a COSE_Mac0's bytes beyond its payload, at most (a kid of 32 bytes)
 
 
 class Mac:
@@ -29,6 +30,15 @@ class Mac:
         key = key + bytes(_BLOCK - len(key))
         self._ipad = bytes([b ^ 0x36 for b in key])
         self._opad = bytes([b ^ 0x5C for b in key])
+
+    def digest1(self, data):
+        """HMAC-SHA-256 of one buffer (no tuple of parts). hashlib's objects and digests are
+        the allocations left per frame: MicroPython's hashlib has no copy() or digest_into()."""
+        inner = hashlib.sha256(self._ipad)
+        inner.update(data)
+        outer = hashlib.sha256(self._opad)
+        outer.update(inner.digest())
+        return outer.digest()
 
     def digest(self, *parts):
         inner = hashlib.sha256(self._ipad)
@@ -94,3 +104,89 @@ def verify_mac0(mac, msg):
     if diff:
         raise ValueError("bad MAC")
     return header, payload
+
+
+# A gateway ack as the gateway writes it: tag 17, array(4), bstr(7) {1: 4, 4: 'gw'}, {}
+_ACK_PREFIX = b"\xd1\x84\x47\xa2\x01\x04\x04\x42gw\xa0"
+
+
+def open_ack(mac, buf, h, m):
+    """Verify the gateway's COSE_Mac0 at buf[h:h + m] in place (buf[h - 4:h] free; the message
+    is spoiled): the payload's (start, end) offsets packed as start << 16 | end, 0 when the MAC is
+    bad, -1 when the message is not in the gateway's usual layout (then use verify_mac0).
+    Allocates only what hashlib does, and a memoryview."""
+    if m < 21:
+        return -1
+    for k in range(11):
+        if buf[h + k] != _ACK_PREFIX[k]:
+            return -1
+    p = h + 11
+    pb = buf[p]
+    if 0x40 <= pb < 0x58:
+        q = p + 1
+        n = pb - 0x40
+    elif pb == 0x58:
+        q = p + 2
+        n = buf[p + 1]
+    elif pb == 0x59:
+        q = p + 3
+        n = buf[p + 1] << 8 | buf[p + 2]
+    else:
+        return -1
+    end = q + n
+    if end + 9 != h + m or buf[end] != 0x48:
+        return -1
+    # MAC_structure = ["MAC0", protected, h'', payload]: the message from its protected header
+    # on, after the MAC0 head (over the tag and the array head) and with h'' for the {}
+    for k in range(6):
+        buf[h - 4 + k] = _MAC0_PREFIX[k]
+    buf[h + 10] = 0x40
+    tag = mac.digest1(memoryview(buf)[h - 4:end])
+    diff = 0
+    for k in range(_TAG_LEN):
+        diff |= tag[k] ^ buf[end + 1 + k]
+    return 0 if diff else q << 16 | end
+
+
+def seal_into(mac, kid, seq, payload, n, out, at):
+    """The COSE_Mac0 of payload[:n] from `kid` with partial IV `seq`, written at out[at:]
+    (out[at - 4:at] is scratch: the MAC is taken in place); its length. The same bytes as
+    mac0(); allocates only what hashlib does, and a memoryview."""
+    pn = 1
+    while seq >> (8 * pn):
+        pn += 1
+    kn = len(kid)
+    plen = 4 + (1 if kn < 24 else 2) + kn + 2 + pn  # {1: 4, 4: kid, 6: piv}
+    p = cbor.put_head(out, at + 2, 2, plen)
+    out[p] = 0xA3
+    out[p + 1] = HDR_ALG
+    out[p + 2] = _ALG_HMAC_256_64
+    out[p + 3] = HDR_KID
+    p = cbor.put_head(out, p + 4, 2, kn)
+    for i in range(kn):
+        out[p + i] = kid[i]
+    p += kn
+    out[p] = HDR_PIV
+    out[p + 1] = 0x40 | pn
+    p += 2
+    for i in range(pn):
+        out[p + i] = (seq >> (8 * (pn - 1 - i))) & 0xFF
+    p += pn
+    marker = p
+    p = cbor.put_head(out, p + 1, 2, n)
+    for i in range(n):
+        out[p + i] = payload[i]
+    p += n
+    # MAC_structure = ["MAC0", protected, h'', payload] is the message with another head
+    # and h'' (0x40) for the unprotected {} (0xA0)
+    for k in range(6):
+        out[at - 4 + k] = _MAC0_PREFIX[k]
+    out[marker] = 0x40
+    tag = mac.digest1(memoryview(out)[at - 4:p])
+    out[at] = 0xD1  # tag 17
+    out[at + 1] = 0x84  # array(4)
+    out[marker] = 0xA0
+    out[p] = 0x48
+    for k in range(_TAG_LEN):
+        out[p + 1 + k] = tag[k]
+    return p + 9 - at

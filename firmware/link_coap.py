@@ -51,6 +51,9 @@ class CoapLink:
         self.failures = 0
         self.errors = 0
         self._rng = board.epoch_ms() & 0xFFFF
+        self.ack_seq: list = []
+        self.ack_status: list = []
+        self.ack_cmds: list = []
 
     def busy(self):
         return self.exchange is not None
@@ -59,7 +62,9 @@ class CoapLink:
         self._rng = (self._rng * 1103515245 + 12345) & 0x7FFFFFFF
         return (self._rng & 0xFFFF) / 65536.0
 
-    def send(self, seq, msg):
+    def send(self, seq, msg, start=0, n=-1):
+        if n >= 0:
+            msg = msg[start:start + n]
         self.mid = (self.mid + 1) & 0xFFFF
         self.token = (self.token + 1) & 0xFFFFFFFF
         token = struct.pack(">I", self.token)
@@ -75,6 +80,7 @@ class CoapLink:
         self.sock.sendto(self.exchange[2], self.addr)
 
     def poll(self, now):
+        """How many acks arrived (in ack_seq, ack_status, ack_cmds [0:n], as SerialLink)."""
         acks = []
         while True:
             try:
@@ -94,7 +100,13 @@ class CoapLink:
                 ex[5] *= 2
                 ex[4] = board.ticks_add(now, ex[5])
                 self.sock.sendto(ex[2], self.addr)
-        return acks
+        while len(self.ack_seq) < len(acks):
+            self.ack_seq.append(0)
+            self.ack_status.append(0)
+            self.ack_cmds.append(None)
+        for i in range(len(acks)):
+            self.ack_seq[i], self.ack_status[i], self.ack_cmds[i] = acks[i]
+        return len(acks)
 
     def _handle(self, data):
         if len(data) < 4:

@@ -11,8 +11,10 @@ except ImportError:
 import json
 
 import board
+import clock
 import config
 import cose
+import framing
 import protocol
 import senml
 import sensors
@@ -27,16 +29,83 @@ def emit(obj):
         pass
 
 
-def emit_seq(seq):
-    # quiet mode: the sequence number only, without building the readings list (small heaps)
-    sys.stdout.write('{"ev": "sent", "seq": %d}\n' % seq)
+if hasattr(asyncio, "sleep_ms"):
+    sleep_ms = asyncio.sleep_ms  # MicroPython: one preallocated awaitable, no coroutine per call
+else:
+    def sleep_ms(ms):  # type: ignore[misc]
+        return asyncio.sleep(ms / 1000)
 
 
-async def sleep_ms(ms):
-    if hasattr(asyncio, "sleep_ms"):
-        await asyncio.sleep_ms(ms)
-    else:
-        await asyncio.sleep(ms / 1000)
+_RAW_NONE = 255  # Node.shifts: the sensor gives floats (read()), not raw integers
+
+
+class Heap:
+    """Heap figures in quiet mode (bench/firmware.py): the bytes allocated between two
+    frames, measured with the collector paused after a collection; the live heap after a
+    collection at frame 100 and at the end; the largest free block at the end."""
+
+    EVERY = 97  # frames between measurements (odd: not in step with the outbox or the log)
+
+    def __init__(self):
+        self.on = hasattr(gc, "mem_alloc")
+        self.armed = False
+        self.start = 0
+        self.windows = 0
+        self.alloc_min = -1
+        self.alloc_max = 0
+        self.alloc_total = 0
+        self.live_100 = 0
+        self.live_peak = 0
+        self.live_end = 0
+
+    def frame(self, made):
+        if not self.on:
+            return
+        if self.armed:  # one frame's allocations, with nothing collected meanwhile
+            a = gc.mem_alloc() - self.start
+            gc.enable()
+            self.armed = False
+            self.windows += 1
+            self.alloc_total += a
+            self.alloc_max = max(self.alloc_max, a)
+            self.alloc_min = a if self.alloc_min < 0 else min(self.alloc_min, a)
+        if made == 100 or (made > 100 and made % self.EVERY == 0):
+            gc.collect()
+            used = gc.mem_alloc()
+            if made == 100:
+                self.live_100 = used
+            self.live_peak = max(self.live_peak, used)
+            if gc.mem_free() > 4096:
+                gc.disable()
+                self.armed = True
+                self.start = gc.mem_alloc()
+
+    def report(self):
+        if not self.on:
+            return {}
+        if self.armed:
+            gc.enable()
+        gc.collect()
+        self.live_end = gc.mem_alloc()
+        return {"alloc_min": self.alloc_min, "alloc_max": self.alloc_max, "windows": self.windows,
+                "alloc_mean": self.alloc_total // max(1, self.windows), "live_100": self.live_100,
+                "live_peak": self.live_peak, "live_end": self.live_end, "free_end": gc.mem_free(),
+                "largest_free": largest_free()}
+
+
+def largest_free():
+    """The largest block the heap can give now, in bytes (probed by halving)."""
+    lo, hi = 0, gc.mem_free()
+    while hi - lo > 16:
+        mid = (lo + hi) // 2
+        try:
+            b = bytearray(mid)
+            del b
+            lo = mid
+        except MemoryError:
+            hi = mid
+        gc.collect()
+    return lo
 
 
 class Node:
@@ -45,6 +114,18 @@ class Node:
         self.name = cfg["node"]
         self.kid = self.name.encode()
         self.mac = cose.Mac(cfg["key"])
+        # the buffers that live as long as the node first, while the heap is still in one piece
+        # (on a 24 KB heap, made after the churn of boot, they find no hole large enough)
+        gc.collect()
+        if cfg["transport"] == "serial":
+            import link_serial
+            self.link = link_serial.SerialLink(cfg["port"], self.mac)
+        else:
+            import link_coap
+            if not board.network_up(cfg["wifi_ssid"], cfg["wifi_password"]):
+                raise OSError("Wi-Fi %r did not connect" % cfg["wifi_ssid"])
+            self.link = link_coap.CoapLink(  # type: ignore[assignment]
+                cfg["host"], cfg["coap_port"], self.mac, cfg["ack_timeout_ms"], cfg["max_retransmit"])
         self.seq = SeqStore(cfg["state_file"])
         self.trial = trial  # node updates (firmware/update.py, bootstage.py): None when booted without
         if trial is not None:
@@ -56,26 +137,29 @@ class Node:
         self.stale = self.outbox.keep(self._ours)
         self.dropped_told = 0  # the outbox's drop count as last reported in a frame
         self.sensors, self.problems = sensors.build(cfg["sensors"], cfg["seed"], board)
+        # a frame's readings and its pack, in buffers made once: the steady state allocates
+        # nothing for them (times from the clock in small ints, raw integer readings)
+        self.clock = clock.Clock(board)
+        self.shifts = bytearray(getattr(s, "shift", _RAW_NONE) if hasattr(s, "read_raw") else _RAW_NONE
+                                for s in self.sensors)
+        self.names = [s.name.encode() for s in self.sensors] + [b"dropped"]
+        self.pack = senml.Pack(self.name, self.names, cfg["batch"] + 1)  # remade by set_batch
+        self.empty = senml.Pack(self.name, self.names, 1)  # reports alone (and the drop count)
+        self.heap = Heap()
         # sensors that convert for a while before a read (DS18B20: up to 750 ms) are all
         # started first, then read once the longest is done; the loop runs meanwhile
         self.converters = [s for s in self.sensors if hasattr(s, "start")]
         # and those that take a window of samples (ADXL345) fill it while the loop runs
         self.fillers = [s for s in self.sensors if hasattr(s, "fill")]
         self.wdt = None  # the hardware watchdog, started by run()
-        if cfg["transport"] == "serial":
-            import link_serial
-            self.link = link_serial.SerialLink(cfg["port"], self.mac)
-        else:
-            import link_coap
-            if not board.network_up(cfg["wifi_ssid"], cfg["wifi_password"]):
-                raise OSError("Wi-Fi %r did not connect" % cfg["wifi_ssid"])
-            self.link = link_coap.CoapLink(  # type: ignore[assignment]
-                cfg["host"], cfg["coap_port"], self.mac, cfg["ack_timeout_ms"], cfg["max_retransmit"])
         self.window = cfg["window"] or self.link.window_default
+        # the pack is written in the serial link's transmit buffer, free between sends (send()
+        # writes a frame whole), then sealed into the outbox: 1 KB less of heap
+        self.payload = getattr(self.link, "tx", None) or bytearray(framing.MAX_ENCODED + 1)
+        self.too_big = 0  # packs that did not fit a message (a batch too large for its names)
         self.made = 0
         self.acked = 0
         self.rejected = 0
-        self.heap_peak = 0  # bytes in use after a frame is made, at the most (for the footprint benchmark)
         self.commands = Commands(self, cfg["state_file"] + ".cmd")
 
     def _ours(self, msg):
@@ -85,42 +169,89 @@ class Node:
             return False
         return header.get(cose.HDR_KID) == self.kid
 
-    def make_frame(self, samples):
-        # times are integer ms since 1970 from the first sample's on (never floats: single
-        # precision on most boards would put them minutes off)
-        t0 = samples[0][1] if samples else board.epoch_ms()
-        readings = [(name, t - t0, v) for name, t, v in samples]
+    def resize(self, batch):
+        """A pack for `batch` readings (and the drop count), keeping those waiting."""
+        old = self.pack
+        if old.capacity >= batch + 1:
+            return
+        self.pack = senml.Pack(self.name, self.names, batch + 1)
+        for k in range(old.n):
+            if old.shift[k] == senml.OBJ:
+                self.pack.add_obj(old.idx[k], old.dt[k], old.obj[k])
+            else:
+                self.pack.add_raw(old.idx[k], old.dt[k], old.raw[k], old.shift[k])
+        self.pack.day = old.day
+        self.pack.msod = old.msod
+
+    def add(self, i, value):
+        """Reading of sensor i at the clock's time: value an int in the sensor's quanta (raw),
+        else a float."""
+        pack = self.pack
+        c = self.clock
+        if pack.n == 0:
+            pack.day = c.day
+            pack.msod = c.msod
+            dt = 0
+        else:
+            dt = c.since(pack.day, pack.msod)
+        s = self.shifts[i]
+        if s == _RAW_NONE:
+            pack.add_obj(i, dt, value)
+        else:
+            pack.add_raw(i, dt, value, s)
+
+    def make_frame(self, pack=None):
+        """The pack of the readings added since the last frame (and the reports waiting), as
+        a COSE_Mac0 into the outbox. pack: self.empty for a frame of reports alone."""
+        if pack is None:
+            pack = self.pack
+        if pack.n == 0:
+            self.clock.now()
+            pack.day = self.clock.day
+            pack.msod = self.clock.msod
+        readings = pack.n
         if self.outbox.dropped != self.dropped_told:
             # frames lost to a full outbox are reported in the next one: a series of their own
             self.dropped_told = self.outbox.dropped
-            readings.append(("dropped", 0, self.dropped_told))
+            pack.add_obj(len(self.names) - 1, 0, self.dropped_told)
         texts = self.commands.take_reports()
         if self.trial is not None:
-            texts += self.trial.take_reports()  # node updates: installed, refused, rolled back, confirmed
-        payload = senml.encode_pack(self.name, readings, t0, texts)
+            reports = self.trial.take_reports()  # node updates: installed, refused, rolled back, confirmed
+            if reports:
+                texts = list(texts) + [(n.encode(), r.encode()) for n, r in reports]
+        try:
+            end = pack.write(self.payload, 0, texts)
+            if end + cose.MAC0_OVERHEAD > framing.MAX_MESSAGE:
+                raise IndexError
+        except IndexError:  # more than a message holds: the readings go, counted and told
+            self.too_big += 1
+            pack.clear()
+            emit({"ev": "error", "what": "a pack of %d readings passed %d bytes: lower batch" % (
+                readings, framing.MAX_MESSAGE)})
+            return
         seq = self.seq.take()
-        self.outbox.push(seq, cose.mac0(self.mac, self.kid, payload, seq))
-        if samples:
+        box = self.outbox
+        at = box.reserve(end + cose.MAC0_OVERHEAD)
+        box.commit(seq, at, cose.seal_into(self.mac, self.kid, seq, self.payload, end, box.data, at))
+        if readings:
             self.made += 1  # frames of readings (a report alone is not one of cfg["frames"])
-        if self.cfg["quiet"]:
-            emit_seq(seq)
-        else:
+        if not self.cfg["quiet"]:
             # the readings in the order the pack carries them (grouped by sensor), times in ms
-            emit({"ev": "sent", "seq": seq, "r": [[readings[i][0], t0 + readings[i][1], readings[i][2]]
-                                                  for i in senml.wire_order(readings)]
-                  + [[n, t0, text] for n, text in texts]})
-        if self.cfg["quiet"] and self.made % 64 == 1 and hasattr(gc, "mem_alloc"):
-            gc.collect()  # live data only: what the heap must hold
-            used = gc.mem_alloc()
-            if used > self.heap_peak:
-                self.heap_peak = used
+            t0 = pack.day * clock.DAY_MS + pack.msod
+            pack.plan()
+            emit({"ev": "sent", "seq": seq, "r": [[self.names[pack.idx[k]].decode(), t0 + pack.dt[k], pack.value(k)]
+                                                  for k in pack.order[:pack.n]]
+                  + [[n.decode(), t0, text.decode()] for n, text in texts]})
+        pack.clear()
+        if self.cfg["quiet"]:
+            self.heap.frame(self.made)
 
     async def sample(self):
         cfg = self.cfg
-        samples = []
         tick = 0
+        sensors_ = self.sensors
+        shifts = self.shifts
         while not cfg["frames"] or self.made < cfg["frames"]:
-            now = board.epoch_ms()
             wait = 0
             for s in self.converters:
                 if not tick % s.every:
@@ -134,25 +265,30 @@ class Node:
             wait -= board.ticks_diff(board.ticks_ms(), t0)
             if wait > 0:
                 await sleep_ms(wait)  # acks, resends and the watchdog go on
-            for s in self.sensors:
+            self.clock.now()  # one time for the round's readings
+            for i in range(len(sensors_)):
+                s = sensors_[i]
                 if tick % s.every:
                     continue  # a sensor with a longer period than the node's
                 try:
-                    samples.append((s.name, now, s.read()))
+                    v = s.read() if shifts[i] == _RAW_NONE else s.read_raw()
                 except (sensors.SensorError, OSError) as e:
                     if not cfg["quiet"]:
                         emit({"ev": "error", "what": "%s: %s" % (s.name, e)})
                     continue
-                if len(samples) >= cfg["batch"]:
-                    self.make_frame(samples)
-                    samples = []
+                self.add(i, v)
+                if self.pack.n >= cfg["batch"]:
+                    self.make_frame()
             tick += 1
             if cfg["sleep"] == "deep" and self.sensors:
-                if samples:
-                    self.make_frame(samples)
+                if self.pack.n:
+                    self.make_frame()
                 await self.drain()
                 board.deepsleep(cfg["period_ms"])  # boots again; unacked frames wait in the outbox log
-            await self.rest(cfg["period_ms"])
+            if cfg["sleep"] == "light" and cfg["period_ms"] >= 20:
+                await self.rest(cfg["period_ms"])
+            else:
+                await sleep_ms(cfg["period_ms"])
             # as fast as possible means as fast as the link acks: wait for room rather than drop
             while not cfg["period_ms"] and len(self.outbox) >= self.outbox.capacity - 1:
                 await sleep_ms(1)
@@ -165,9 +301,12 @@ class Node:
             if self.wdt is not None:
                 self.wdt.feed()
             now = board.ticks_ms()
-            for seq, status, cmds in link.poll(now):
+            for i in range(link.poll(now)):  # acks in link.acks (seq, status, commands or None)
+                seq = link.ack_seq[i]
+                cmds = link.ack_cmds[i]
                 if self.outbox.ack(seq):
                     self.acked += 1
+                    status = link.ack_status[i]
                     if status == protocol.ACK_REJECTED:
                         self.rejected += 1
                     elif self.trial is not None:
@@ -182,11 +321,15 @@ class Node:
             self.commands.tick(now)
             if not link.busy():
                 free = self.window - self.outbox.in_flight(now, timeout)
-                if free > 0:
-                    for item in self.outbox.due(now, timeout, free):
-                        link.send(item[0], item[1])
-                        if link.busy():
-                            break
+                box = self.outbox
+                while free > 0:
+                    k = box.next_due(now, timeout)
+                    if k < 0:
+                        break
+                    link.send(box.seqs[k], box.data, box.offs[k], box.lens[k])
+                    free -= 1
+                    if link.busy():
+                        break
             await sleep_ms(1)
 
     async def rest(self, ms):
@@ -221,7 +364,8 @@ class Node:
 
     async def run(self):
         emit({"ev": "boot", "node": self.name, "seq": self.seq.next, "transport": self.cfg["transport"],
-              "restored": self.outbox.restored, "stale": self.stale})
+              "restored": self.outbox.restored, "stale": self.stale,
+              "outbox_bytes": len(self.outbox.data)})
         for text in [config.error(self.cfg)] + self.problems:
             if text:
                 self.report(text)
@@ -234,9 +378,9 @@ class Node:
         await self.drain()
         sender.cancel()
         emit({"ev": "done", "sent": self.made, "acked": self.acked, "rejected": self.rejected,
-              "dropped": self.outbox.dropped, "unacked": len(self.outbox), "heap_peak": self.heap_peak,
+              "dropped": self.outbox.dropped, "unacked": len(self.outbox), "heap": self.heap.report(),
               "cmds": self.commands.applied_count, "cmds_replayed": self.commands.replayed,
-              "bad_acks": getattr(self.link, "bad_acks", 0)})
+              "bad_acks": getattr(self.link, "bad_acks", 0), "too_big": self.too_big})
 
 
 class Commands:
@@ -267,7 +411,10 @@ class Commands:
             pass
 
     def take_reports(self):
-        out = [("cmd", r) for r in self.reports]
+        """(b"cmd", report bytes) records for the next frame; () when none wait (no allocation)."""
+        if not self.reports:
+            return ()
+        out = [(b"cmd", r.encode()) for r in self.reports]
         self.reports = []
         return out
 
@@ -287,14 +434,17 @@ class Commands:
             self.reports.append(cid + (":ok" if err is None else ":error:" + err))
             emit({"ev": "cmd", "id": cid, "cmd": name, "args": args, "ok": err is None, "error": err})
         if self.reports:
-            self.node.make_frame([])  # report now, not at the next sample
+            self.node.make_frame(self.node.empty)  # report now, not at the next sample
 
     def run(self, cid, name, args):
         cfg = self.node.cfg
         if name == "set_period":
             return _set(cfg, "period_ms", args.get("period_ms"), protocol.PERIOD_MS_MIN, protocol.PERIOD_MS_MAX)
         if name == "set_batch":
-            return _set(cfg, "batch", args.get("batch"), protocol.BATCH_MIN, protocol.BATCH_MAX)
+            err = _set(cfg, "batch", args.get("batch"), protocol.BATCH_MIN, protocol.BATCH_MAX)
+            if err is None:
+                self.node.resize(cfg["batch"])
+            return err
         if name == "identify":
             if hasattr(board, "identify"):
                 board.identify(args.get("seconds", 10))

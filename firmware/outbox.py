@@ -1,6 +1,9 @@
 # The outbox: frames kept until the gateway acks them, in RAM and in a log on flash
 # so a power cut loses none; and the sequence counter that never repeats, across
 # reboots too (persisted ahead by a margin).
+import sys
+from array import array
+
 import board
 
 try:
@@ -45,6 +48,8 @@ SPAN = 32  # sequence numbers in flight beyond the oldest unacked frame, at most
 
 _FRAME = 0x46  # b"F": seq (4 bytes) length (2) message
 _GONE = 0x41   # b"A": seq (4 bytes), acked or dropped
+_MP = sys.implementation.name == "micropython"
+_SCRATCH = 4  # bytes free before each message in the ring (cose.seal_into writes there)
 
 
 def _record(kind, seq, msg=None):
@@ -58,8 +63,17 @@ def _record(kind, seq, msg=None):
     return rec
 
 
+def _last(t):
+    return None if t < 0 else t
+
+
 class Outbox:
-    """Bounded FIFO of [seq, message, last send ms, tries]; the oldest go when full.
+    """Bounded FIFO of frames until acked; the oldest go when full (counted in `dropped`).
+
+    The messages live in one byte ring (`data`) made at boot, each slot an offset and a
+    length, with its sequence number, last send (ticks ms, None: never sent) and tries in
+    lists made once: pushing, sending, acking allocate nothing. A writer reserves room
+    (reserve), writes the message into `data` and commits it (commit); push() copies one in.
 
     With `path`, every frame is appended to a log on flash before it is sent and
     every ack or drop after it, so a reboot or a power cut restores the frames
@@ -67,54 +81,178 @@ class Outbox:
     The log is rewritten with the pending frames alone when it grows past
     `log_max` bytes: a torn record at the end (a cut mid-write) is ignored."""
 
-    def __init__(self, capacity, path=None, log_max=16384):
+    def __init__(self, capacity, path=None, log_max=16384, size=None):
         self.capacity = capacity
-        self.items = []
+        slots = capacity + min(SPAN, capacity)  # acked slots wait in place until the older ones go
+        # room for `capacity` frames of 8 readings (about 150 bytes) and for the largest one, or
+        # what the heap gives (halving down to one largest frame, at boot); frames beyond what
+        # it holds go as when the count is reached
+        size = size or max(1088, min(176 * capacity, 65536))
+        while True:
+            try:
+                self.data = bytearray(size)
+                break
+            except MemoryError:
+                if size <= 1088:
+                    raise
+                size = max(1088, size // 2)
+        self.seqs = array("i", bytes(4 * slots))  # -1: acked, the slot waits to be reclaimed
+        self.offs = array("i", bytes(4 * slots))
+        self.lens = array("H", bytes(2 * slots))
+        self.last = array("i", bytes(4 * slots))  # ticks ms of the last send; -1: never sent
+        self.tries = bytearray(slots)
+        self.head = 0   # the oldest slot
+        self.used = 0   # slots from head on, live or waiting
+        self.live = 0
+        self.top = 0    # the next free byte of data
         self.dropped = 0
         self.path = path
         self.log_max = log_max
         self.log_size = 0
         self.restored = 0
+        self._f = None  # the log, open for appends
+        self._head = bytearray(7)  # a frame record's head: kind, seq (4), length (2)
+        self._gone = bytearray(5)  # an ack or drop record: kind, seq (4)
         if path:
             self._restore()
             self._compact()
 
     def __len__(self):
-        return len(self.items)
+        return self.live
+
+    def _slot(self, j):
+        return (self.head + j) % len(self.seqs)
+
+    @property
+    def items(self):
+        """[seq, message bytes, last send or None, tries] of the live frames, oldest first (tests, tools)."""
+        out = []
+        for j in range(self.used):
+            k = self._slot(j)
+            if self.seqs[k] >= 0:
+                o = self.offs[k]
+                out.append([self.seqs[k], bytes(self.data[o:o + self.lens[k]]), _last(self.last[k]),
+                            self.tries[k]])
+        return out
+
+    def _reclaim(self):
+        # slots acked at the old end go; the ring's free space with them
+        n = len(self.seqs)
+        while self.used and self.seqs[self.head] < 0:
+            self.head = (self.head + 1) % n
+            self.used -= 1
+        if not self.used:
+            self.head = 0
+            self.top = 0
+
+    def _drop_oldest(self):
+        k = self.head
+        seq = self.seqs[k]
+        self.seqs[k] = -1
+        self.live -= 1
+        self.dropped += 1
+        self._reclaim()
+        self._log(_GONE, seq)
+
+    def reserve(self, n):
+        """Room for a message of up to n bytes: its offset in data (with _SCRATCH bytes free
+        before it). The oldest frames go if it takes their room."""
+        need = n + _SCRATCH
+        if need > len(self.data):
+            raise ValueError("message of %d bytes larger than the outbox" % n)
+        while True:
+            if self.live >= self.capacity or self.used >= len(self.seqs):
+                self._drop_oldest()
+                continue
+            if not self.used:
+                return _SCRATCH
+            low = self.offs[self.head] - _SCRATCH  # the oldest message's room starts here
+            if self.top > low:  # used: [low, top); free: [top, end) and [0, low)
+                if len(self.data) - self.top >= need:
+                    return self.top + _SCRATCH
+                if low >= need:
+                    return _SCRATCH
+            elif low - self.top >= need:  # wrapped: free [top, low)
+                return self.top + _SCRATCH
+            self._drop_oldest()
+
+    def commit(self, seq, at, n):
+        """The message written at data[at:at + n] (at from reserve) is frame `seq`."""
+        k = self._slot(self.used)
+        self.seqs[k] = seq
+        self.offs[k] = at
+        self.lens[k] = n
+        self.last[k] = -1
+        self.tries[k] = 0
+        self.used += 1
+        self.live += 1
+        self.top = at + n
+        self._log(_FRAME, seq, at, n)
 
     def push(self, seq, msg):
-        if len(self.items) >= self.capacity:
-            gone = self.items.pop(0)
-            self.dropped += 1
-            self._log(_GONE, gone[0])
-        self.items.append([seq, msg, None, 0])
-        self._log(_FRAME, seq, msg)
+        at = self.reserve(len(msg))
+        data = self.data
+        for i in range(len(msg)):
+            data[at + i] = msg[i]
+        self.commit(seq, at, len(msg))
 
     def ack(self, seq):
-        for i, item in enumerate(self.items):
-            if item[0] == seq:
-                self.items.pop(i)
+        for j in range(self.used):
+            k = self._slot(j)
+            if self.seqs[k] == seq:
+                self.seqs[k] = -1
+                self.live -= 1
+                self._reclaim()
                 self._log(_GONE, seq)
                 return True
         return False
 
     def keep(self, ours):
-        """Drop the frames for which ours(message) is false (counted as dropped); how many."""
-        gone = [item for item in self.items if not ours(item[1])]
-        for item in gone:
-            self.items.remove(item)
-            self.dropped += 1
-            self._log(_GONE, item[0])
-        self.restored -= len(gone)
-        return len(gone)
+        """Drop the frames for which ours(message bytes) is false (counted as dropped); how many."""
+        gone = 0
+        for j in range(self.used):
+            k = self._slot(j)
+            if self.seqs[k] >= 0:
+                o = self.offs[k]
+                if not ours(bytes(self.data[o:o + self.lens[k]])):
+                    seq = self.seqs[k]
+                    self.seqs[k] = -1
+                    self.live -= 1
+                    self.dropped += 1
+                    gone += 1
+                    self._log(_GONE, seq)
+        self._reclaim()
+        self.restored -= gone
+        return gone
 
-    def _log(self, kind, seq, msg=None):
+    def _log(self, kind, seq, at=0, n=0):
+        # the log stays open (a file object per record was ~250 B of heap a frame); a record's
+        # head and its message are two writes: a cut between them leaves a torn record, which
+        # _restore ignores
         if not self.path:
             return
-        rec = _record(kind, seq, msg)
-        with open(self.path, "ab") as f:
-            f.write(rec)
-        self.log_size += len(rec)
+        if self._f is None:
+            self._f = open(self.path, "ab")
+        h = self._head if kind == _FRAME else self._gone
+        h[0] = kind
+        h[1] = (seq >> 24) & 0xFF
+        h[2] = (seq >> 16) & 0xFF
+        h[3] = (seq >> 8) & 0xFF
+        h[4] = seq & 0xFF
+        size = 5
+        if kind == _FRAME:
+            h[5] = n >> 8
+            h[6] = n & 0xFF
+            self._f.write(h)
+            if _MP:
+                self._f.write(self.data, at, n)  # a stream's write takes an offset and a length
+            else:
+                self._f.write(memoryview(self.data)[at:at + n])
+            size = 7 + n
+        else:
+            self._f.write(h)
+        self._f.flush()
+        self.log_size += size
         if self.log_size > self.log_max:
             self._compact()
 
@@ -142,49 +280,79 @@ class Outbox:
                     break  # torn by a power cut mid-write
                 pending[seq] = msg
                 order.append(seq)
+        path = self.path
+        self.path = None  # restoring: nothing to log
         for seq in order:
             if seq in pending:
-                self.items.append([seq, pending.pop(seq), None, 0])
-        while len(self.items) > self.capacity:
-            self.items.pop(0)
-            self.dropped += 1
-        self.restored = len(self.items)
+                self.push(seq, pending.pop(seq))
+        self.path = path
+        self.restored = self.live
 
     def _compact(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
         tmp = self.path + ".tmp"
         size = 0
         with open(tmp, "wb") as f:
-            for item in self.items:
-                rec = _record(_FRAME, item[0], item[1])
-                f.write(rec)
-                size += len(rec)
+            for j in range(self.used):
+                k = self._slot(j)
+                if self.seqs[k] >= 0:
+                    o = self.offs[k]
+                    rec = _record(_FRAME, self.seqs[k], self.data[o:o + self.lens[k]])
+                    f.write(rec)
+                    size += len(rec)
         os.rename(tmp, self.path)
         self.log_size = size
 
     def due(self, now, timeout_ms, limit):
-        """Up to `limit` frames to (re)send now: never sent, or unacked for longer than the
-        backed-off timeout (doubling per try, at most 32×). Marks them sent.
+        """Up to `limit` frames to (re)send now, as items (next_due, repeated; tests, tools)."""
+        out: list = []
+        while len(out) < limit:
+            k = self.next_due(now, timeout_ms)
+            if k < 0:
+                break
+            o = self.offs[k]
+            out.append([self.seqs[k], bytes(self.data[o:o + self.lens[k]]), _last(self.last[k]), self.tries[k]])
+        return out
+
+    def oldest(self):
+        """The oldest unacked frame's sequence number, -1 if none."""
+        return self.seqs[self.head] if self.used else -1
+
+    def next_due(self, now, timeout_ms):
+        """The slot of the next frame to (re)send now, marked sent, or -1: never sent, or
+        unacked for longer than the backed-off timeout (doubling per try, at most 32x).
+        Its message is data[offs[k]:offs[k] + lens[k]], its number seqs[k]. Allocates nothing.
 
         Frames more than SPAN numbers ahead of the oldest unacked one wait: the gateway's
         replay window covers 64 numbers, and a frame that fell further behind would be
         answered as a duplicate it cannot tell apart, never stored."""
-        out: list = []
-        if not self.items:
-            return out
-        horizon = self.items[0][0] + SPAN
-        for item in self.items:
-            if len(out) >= limit or item[0] >= horizon:
-                break
-            if item[2] is None or board.ticks_diff(now, item[2]) >= timeout_ms << min(item[3] - 1, 5):
-                item[2] = now
-                item[3] += 1
-                out.append(item)
-        return out
+        if not self.used:
+            return -1
+        horizon = self.seqs[self.head] + SPAN
+        for j in range(self.used):
+            k = self._slot(j)
+            seq = self.seqs[k]
+            if seq < 0:
+                continue
+            if seq >= horizon:
+                return -1
+            last = self.last[k]
+            if last < 0 or board.ticks_diff(now, last) >= timeout_ms << min(self.tries[k] - 1, 5):
+                self.last[k] = now
+                if self.tries[k] < 255:
+                    self.tries[k] += 1
+                return k
+        return -1
 
     def in_flight(self, now, timeout_ms):
         """Frames sent and still within their ack timeout."""
         n = 0
-        for item in self.items:
-            if item[2] is not None and board.ticks_diff(now, item[2]) < timeout_ms << min(item[3] - 1, 5):
+        for j in range(self.used):
+            k = self._slot(j)
+            last = self.last[k]
+            if self.seqs[k] >= 0 and last >= 0 and \
+                    board.ticks_diff(now, last) < timeout_ms << min(self.tries[k] - 1, 5):
                 n += 1
         return n

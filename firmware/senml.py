@@ -11,6 +11,9 @@
 # name "node/sensor" (base fields apply to the records after them). Singles first, then
 # text records (command reports, errors), then the runs.
 import struct
+from array import array
+
+from cbor import put_head
 
 try:
     from micropython import const
@@ -34,29 +37,7 @@ _K_BN = const(0x21)
 _K_BT = const(0x22)
 _M24 = const(0xFFFFFF)
 _M26 = const(0x3FFFFFF)
-
-
-def put_head(buf, pos, major, n):
-    """A CBOR head (major type, argument 0 <= n < 2**30) at buf[pos]; the next position."""
-    mt = major << 5
-    if n < 24:
-        buf[pos] = mt | n
-        return pos + 1
-    if n < 0x100:
-        buf[pos] = mt | 24
-        buf[pos + 1] = n
-        return pos + 2
-    if n < 0x10000:
-        buf[pos] = mt | 25
-        buf[pos + 1] = n >> 8
-        buf[pos + 2] = n & 0xFF
-        return pos + 3
-    buf[pos] = mt | 26
-    buf[pos + 1] = n >> 24
-    buf[pos + 2] = (n >> 16) & 0xFF
-    buf[pos + 3] = (n >> 8) & 0xFF
-    buf[pos + 4] = n & 0xFF
-    return pos + 5
+OBJ = const(255)  # Pack.shift: the value is an object
 
 
 def put_bytes(buf, pos, major, b):
@@ -241,62 +222,140 @@ def put_value(buf, pos, v):
     return put_float(buf, pos, v)
 
 
-def wire_order(readings):
-    """The indices of `readings` in the order a pack carries them: sensors read once first
-    (in time order), then each sensor read several times, its readings in a run."""
-    counts: dict = {}
-    for r in readings:
-        counts[r[0]] = counts.get(r[0], 0) + 1
-    order = [i for i, r in enumerate(readings) if counts[r[0]] == 1]
-    for i, r in enumerate(readings):
-        if counts[r[0]] > 1:
-            counts[r[0]] = 0  # its run is written now
-            order.extend(j for j in range(i, len(readings)) if readings[j][0] == r[0])
-    return order
+class Pack:
+    """The readings of one pack, in preallocated arrays, and its writer: adding a reading
+    and writing the pack allocate nothing (a reading given as an object, a float, is the
+    caller's allocation). `names`: the sensors' names as bytes, indexed by sensor."""
 
+    def __init__(self, node, names, capacity):
+        self.node_bn = (node + "/").encode()
+        self.names = names
+        self.capacity = capacity
+        self.idx = bytearray(capacity)           # sensor index of each reading
+        self.dt = array("i", bytes(4 * capacity))   # ms after the base time
+        self.raw = array("i", bytes(4 * capacity))  # value in quanta of 2**-shift
+        self.shift = bytearray(capacity)         # OBJ: the value is obj[k]
+        self.obj = [None] * capacity
+        self.order = bytearray(capacity)         # the readings in the order written
+        self.count = bytearray(len(names) + 1)
+        self.n = 0
+        self.day = 0  # the base time: the first reading's (day, ms of the day)
+        self.msod = 0
 
-def write_pack(buf, node_bn, readings, day, msod, texts=()):
-    """Write a pack into bytearray `buf`; its length. node_bn: b"<node>/";
-    readings: (name bytes, ms after the base time (day, msod), value) in time order;
-    texts: (name bytes, text bytes) records at the base time, after the readings."""
-    order = wire_order(readings)
-    pos = put_head(buf, 0, 4, len(order) + len(texts))
-    first = True
-    run = None  # the sensor whose base name is in force, if not the node's
-    for k, i in enumerate(order):
-        name, dt, value = readings[i]
-        many = (k + 1 < len(order) and readings[order[k + 1]][0] == name) or run == name
-        if not many:  # {n, v, t?} (+ bn, bt in the first record)
-            pos = put_head(buf, pos, 5, (3 if dt else 2) + (2 if first else 0))
+    def clear(self):
+        obj = self.obj
+        for k in range(self.n):
+            obj[k] = None
+        self.n = 0
+
+    def add_raw(self, i, dt, raw, shift):
+        """Reading of sensor i, dt ms after the base time, value raw / 2**shift."""
+        k = self.n
+        self.idx[k] = i
+        self.dt[k] = dt
+        self.raw[k] = raw
+        self.shift[k] = shift
+        self.n = k + 1
+
+    def add_obj(self, i, dt, value):
+        """Reading of sensor i whose value is an int or a float."""
+        k = self.n
+        self.idx[k] = i
+        self.dt[k] = dt
+        self.shift[k] = OBJ
+        self.obj[k] = value
+        self.n = k + 1
+
+    def plan(self):
+        """Fill self.order with the readings in wire order: sensors read once (in time
+        order), then a run per sensor read several times. Returns how many are single."""
+        n = self.n
+        idx = self.idx
+        count = self.count
+        order = self.order
+        for c in range(len(count)):
+            count[c] = 0
+        for k in range(n):
+            count[idx[k]] += 1
+        m = 0
+        for k in range(n):
+            if count[idx[k]] == 1:
+                order[m] = k
+                m += 1
+        singles = m
+        for k in range(n):
+            c = idx[k]
+            if count[c] > 1:
+                count[c] = 0  # its run is written now
+                for j in range(k, n):
+                    if idx[j] == c:
+                        order[m] = j
+                        m += 1
+        return singles
+
+    def value(self, k):
+        """Reading k's value as a Python number (events and tools: it may allocate)."""
+        s = self.shift[k]
+        return self.obj[k] if s == OBJ else self.raw[k] / (1 << s) if s else self.raw[k]
+
+    def write(self, buf, pos, texts=()):
+        """Write the pack at buf[pos]; the position after it. texts: (name bytes, text
+        bytes) records at the base time, after the readings."""
+        n = self.n
+        singles = self.plan()
+        idx = self.idx
+        names = self.names
+        bn = self.node_bn
+        day = self.day
+        msod = self.msod
+        pos = put_head(buf, pos, 4, n + len(texts))
+        first = True
+        run = -1  # the sensor whose base name is in force, if not the node's
+        for m in range(n):
+            k = self.order[m]
+            c = idx[k]
+            dt = self.dt[k]
+            lead = False
+            if m < singles:  # {n, v, t?} (+ bn, bt in the first record)
+                pos = put_head(buf, pos, 5, (3 if dt else 2) + (2 if first else 0))
+                buf[pos] = _K_N
+                pos = put_bytes(buf, pos + 1, 3, names[c])
+            else:  # {v, t?} (+ bn "node/sensor" when a run starts, + bt in the first record)
+                lead = run != c
+                pos = put_head(buf, pos, 5, (2 if dt else 1) + (1 if lead else 0) + (1 if first else 0))
+            buf[pos] = _K_V
+            s = self.shift[k]
+            if s == OBJ:
+                pos = put_value(buf, pos + 1, self.obj[k])
+            else:
+                r = self.raw[k]
+                neg = r < 0
+                if neg:
+                    r = -r
+                q = r >> s
+                pos = put_ratio(buf, pos + 1, neg, q >> 24, q & _M24, r - (q << s), 1 << s)
+            if dt:
+                buf[pos] = _K_T
+                pos = put_ms(buf, pos + 1, dt)
+            if m < singles:
+                if first:
+                    pos = _base(buf, pos, bn, None, day, msod, True)
+            elif lead:
+                pos = _base(buf, pos, bn, names[c], day, msod, first)
+                run = c
+            first = False
+        for name, text in texts:
+            reset = run >= 0
+            pos = put_head(buf, pos, 5, 2 + (2 if first else (1 if reset else 0)))
             buf[pos] = _K_N
             pos = put_bytes(buf, pos + 1, 3, name)
-        else:  # {v, t?} (+ bn "node/sensor" when a run starts, + bt in the first record)
-            lead = run != name
-            pos = put_head(buf, pos, 5, (2 if dt else 1) + (1 if lead else 0) + (1 if first else 0))
-        buf[pos] = _K_V
-        pos = put_value(buf, pos + 1, value)
-        if dt:
-            buf[pos] = _K_T
-            pos = put_ms(buf, pos + 1, dt)
-        if not many:
-            if first:
-                pos = _base(buf, pos, node_bn, None, day, msod, True)
-        elif lead:
-            pos = _base(buf, pos, node_bn, name, day, msod, first)
-            run = name
-        first = False
-    for name, text in texts:
-        reset = run is not None
-        pos = put_head(buf, pos, 5, 2 + (2 if first else (1 if reset else 0)))
-        buf[pos] = _K_N
-        pos = put_bytes(buf, pos + 1, 3, name)
-        buf[pos] = _K_VS
-        pos = put_bytes(buf, pos + 1, 3, text)
-        if first or reset:
-            pos = _base(buf, pos, node_bn, None, day, msod, first)
-        first = False
-        run = None
-    return pos
+            buf[pos] = _K_VS
+            pos = put_bytes(buf, pos + 1, 3, text)
+            if first or reset:
+                pos = _base(buf, pos, bn, None, day, msod, first)
+            first = False
+            run = -1
+        return pos
 
 
 def _base(buf, pos, bn, sensor, day, msod, with_time):
@@ -322,17 +381,30 @@ def split_ms(ms):
     return day, ms - day * DAY_MS
 
 
-_buf = bytearray(1024)  # reused by every pack: a frame asks the heap for no new kilobyte (fragmentation)
-
-
 def encode_pack(node, readings, base_ms, texts=()):
-    """The pack as bytes: readings (sensor name, ms after base_ms, value); texts (name, string)."""
-    global _buf
-    need = 1024 + 64 * len(texts) + sum(len(t[1]) for t in texts)
-    if len(_buf) < need:
-        _buf = bytearray(need)
-    buf = _buf
-    day, msod = split_ms(base_ms)
-    n = write_pack(buf, (node + "/").encode(), [(r[0].encode(), r[1], r[2]) for r in readings], day, msod,
-                   [(t[0].encode(), t[1].encode()) for t in texts])
+    """The pack as bytes (allocates: tools and tests): readings (sensor name, ms after base_ms,
+    value, an int or a float) in time order; texts (name, string)."""
+    names = []
+    for r in readings:
+        if r[0] not in names:
+            names.append(r[0])
+    pack = Pack(node, [x.encode() for x in names], max(1, len(readings)))
+    pack.day, pack.msod = split_ms(base_ms)
+    for name, dt, value in readings:
+        pack.add_obj(names.index(name), dt, value)
+    buf = bytearray(1024 + 64 * len(texts) + sum(len(t[1]) for t in texts) + 64 * len(readings))
+    n = pack.write(buf, 0, [(t[0].encode(), t[1].encode()) for t in texts])
     return bytes(buf[:n])
+
+
+def wire_order(readings):
+    """The indices of `readings` (name, dt, value) in the order a pack carries them."""
+    names = []
+    for r in readings:
+        if r[0] not in names:
+            names.append(r[0])
+    pack = Pack("", [x.encode() for x in names], max(1, len(readings)))
+    for name, dt, value in readings:
+        pack.add_obj(names.index(name), dt, value)
+    pack.plan()
+    return list(pack.order[:len(readings)])

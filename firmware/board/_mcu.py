@@ -86,11 +86,18 @@ class Uart:
     def read(self, n=512):
         return self._u.read(n) or b""
 
-    def write(self, data):
-        mv = memoryview(data)
-        while mv:
-            n = self._u.write(mv) or 0
-            mv = mv[n:]
+    def readinto(self, buf):
+        """Bytes waiting, into buf; how many (0 when none). Allocates nothing."""
+        return self._u.readinto(buf) or 0
+
+    def write(self, data, n=None):
+        """data[:n] (all of it when n is None), whole; allocates nothing (a stream's write
+        takes an offset and a length)."""
+        if n is None:
+            n = len(data)
+        off = 0
+        while off < n:
+            off += self._u.write(data, off, n - off) or 0  # type: ignore[call-arg]  # a stream write: (buf, off, len)
 
     def close(self):
         self._u.deinit()

@@ -22,15 +22,18 @@ if MICROPYTHON:
 
     def sleep_ms(ms):
         time.sleep_ms(ms)
-else:
+else:  # CPython: the same 30-bit wrapping clock as MicroPython's
+    _TICKS_MAX = (1 << 30) - 1
+    _TICKS_HALF = 1 << 29
+
     def ticks_ms():
-        return int(time.monotonic() * 1000)
+        return int(time.monotonic() * 1000) & _TICKS_MAX
 
     def ticks_diff(a, b):
-        return a - b
+        return ((a - b + _TICKS_HALF) & _TICKS_MAX) - _TICKS_HALF
 
     def ticks_add(a, b):
-        return a + b
+        return (a + b) & _TICKS_MAX
 
     def sleep_ms(ms):
         time.sleep(ms / 1000)
@@ -239,18 +242,28 @@ class Serial:
         except BlockingIOError:
             return b""
 
-    def write(self, data):
+    def readinto(self, buf):
+        """Bytes waiting, into buf; how many (0 when none). Allocates nothing on MicroPython."""
         if self._f is not None:
-            mv = memoryview(data)
-            while mv:
-                n = self._f.write(mv)
-                mv = mv[n:] if n else mv
+            return self._f.readinto(buf) or 0
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def write(self, data, n=None):
+        """data[:n] (all of it when n is None), whole. On MicroPython a stream's write takes an
+        offset and a length: no memoryview per call."""
+        if n is None:
+            n = len(data)
+        off = 0
+        if self._f is not None:
+            while off < n:
+                off += self._f.write(data, off, n - off) or 0
             return
         mv = memoryview(data)
-        while mv:
+        while off < n:
             try:
-                n = os.write(self.fd, mv)
-                mv = mv[n:]
+                off += os.write(self.fd, mv[off:n])
             except BlockingIOError:
                 time.sleep(0.001)
 

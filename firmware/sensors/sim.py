@@ -2,23 +2,11 @@
 # libm), quantized like real converters so values travel as exact half floats. What a
 # plant looks like: a set point that steps (a valve opens, a load comes on) and comes
 # back, a slow bounded wander, a cycle (day and night, shifts), noise and rare spikes.
-
-
-class XorShift32:
-    def __init__(self, seed):
-        self.s = (seed * 2654435761) & 0xFFFFFFFF or 1
-
-    def next(self):
-        s = self.s
-        s ^= (s << 13) & 0xFFFFFFFF
-        s ^= s >> 17
-        s ^= (s << 5) & 0xFFFFFFFF
-        self.s = s
-        return s
-
-    def uniform(self):
-        """In [0, 1)."""
-        return self.next() / 4294967296.0
+#
+# All in small integers (fixed point, 16 fractional bits; the generator in 16-bit halves),
+# so a read allocates nothing on any port: read_raw() gives the value in quanta of
+# 2**-shift, read() the same as a float. The generator's state sits in the sensor: one object
+# a sensor (16 sensors on a 24 KB heap).
 
 
 # kind: (base, noise amplitude, drift per sample, step size, quantum, cycle amplitude)
@@ -32,19 +20,22 @@ KINDS = {
     "flow": (30.0, 0.6, 0.002, 8.0, 1 / 16, 5.0),         # m³/h
 }
 CYCLE = 1440  # samples per cycle: a day at one sample a minute
-_REVERT = 1 / 2048  # how fast the wander is pulled back, per sample
+_REVERT = 11  # the wander is pulled back by 2**-11 of itself per sample
+_ONE = 65536  # fixed point: 16 fractional bits
 
 
 def _wave(p):
-    """A sine-like wave of phase p in [0, 1), by parabolas: the same bits on every interpreter."""
-    if p < 0.5:
-        return 16 * p * (0.5 - p)
-    return -16 * (p - 0.5) * (1 - p)
+    """A sine-like wave at phase p of CYCLE, by parabolas, times 2**16: in [-65536, 65536]."""
+    if 2 * p < CYCLE:
+        w = 8 * p * (CYCLE - 2 * p)
+    else:
+        w = -8 * (2 * p - CYCLE) * (CYCLE - p)
+    return (w * 16 // CYCLE) * 4096 // CYCLE
 
 
 class SimSensor:
     """A simulated sensor of `kind` (KINDS), seeded; `name` defaults to the kind; `base`
-    and `noise` override the kind's."""
+    and `noise` override the kind's (|base| below 16000)."""
 
     every = 1
 
@@ -52,33 +43,62 @@ class SimSensor:
         if kind not in KINDS:
             raise ValueError("unknown simulated sensor %r (known: %s)" % (kind, ", ".join(sorted(KINDS))))
         self.name = name or kind
-        self.base, self.noise, self.drift, self.step, self.q, self.cycle = KINDS[kind]
+        base_, noise_, drift, step, q, cycle = KINDS[kind]
         if base is not None:
-            self.base = base
+            base_ = base
         if noise is not None:
-            self.noise = noise
-        self.rng = XorShift32(seed)
+            noise_ = noise
+        self.shift = 0  # values in quanta of 2**-shift
+        while q * (1 << self.shift) < 1:
+            self.shift += 1
+        self.base = int(round(base_ * _ONE))
+        self.noise = int(round(noise_ * 4096))  # 12 fractional bits: the product stays small
+        self.drift = int(round(drift * 4 * _ONE))
+        self.step = int(round(step * _ONE))
+        self.cycle = int(round(cycle * 256))
+        s = (seed * 2654435761) & 0xFFFFFFFF or 1  # xorshift32's state in two 16-bit halves
+        self.h = s >> 16
+        self.l = s & 0xFFFF
         self.setpoint = self.base
-        self.wander = 0.0
-        self.phase = self.rng.uniform()
-        self.n = 0
+        self.wander = 0
+        self.phase = self.u16() * CYCLE >> 16
 
-    def read(self):
-        rng = self.rng
-        self.n += 1
-        self.wander += self.drift * 4 * (rng.uniform() - 0.5) - self.wander * _REVERT
-        r = rng.uniform()
-        if r < 0.002:  # a step: away from the base, or back when two steps away already
+    def u16(self):
+        """Marsaglia's xorshift32 on two 16-bit halves (no int ever passes 2**30, a heap object
+        on 32-bit ports): the next state's high 16 bits, uniform in [0, 65536)."""
+        h = self.h
+        lo = self.l
+        h ^= ((h << 13) | (lo >> 3)) & 0xFFFF  # s ^= s << 13
+        lo ^= (lo << 13) & 0xFFFF
+        lo ^= h >> 1                           # s ^= s >> 17
+        h ^= ((h << 5) | (lo >> 11)) & 0xFFFF  # s ^= s << 5
+        lo ^= (lo << 5) & 0xFFFF
+        self.h = h
+        self.l = lo
+        return h
+
+    def read_raw(self):
+        """The next value in quanta (value = raw / 2**shift); allocates nothing."""
+        rng = self
+        w = self.wander
+        w += (self.drift * (rng.u16() - 32768)) >> 16
+        self.wander = w - (w >> _REVERT)
+        r = rng.u16()
+        if r < 131:  # a step (one in 500): away from the base, or back when two steps away already
             away = self.setpoint - self.base
-            if away >= 2 * self.step or (away > -2 * self.step and rng.uniform() < 0.5):
+            if away >= 2 * self.step or (away > -2 * self.step and rng.u16() < 32768):
                 self.setpoint -= self.step
             else:
                 self.setpoint += self.step
-        self.phase += 1 / CYCLE
-        if self.phase >= 1:
-            self.phase -= 1
-        value = self.setpoint + self.wander + self.cycle * _wave(self.phase)
-        value += self.noise * (rng.uniform() + rng.uniform() - 1.0)
-        if r > 0.999:  # a spike
+        self.phase += 1
+        if self.phase >= CYCLE:
+            self.phase = 0
+        value = self.setpoint + self.wander + ((self.cycle * _wave(self.phase)) >> 8)
+        value += (self.noise * ((rng.u16() >> 1) + (rng.u16() >> 1) - 32768)) >> 11  # 2**-12 -> 2**-16
+        if r > 65470:  # a spike (one in 1000)
             value += self.step * 2
-        return round(value / self.q) * self.q
+        k = self.shift
+        return (value + (1 << (15 - k))) >> (16 - k)
+
+    def read(self):
+        return self.read_raw() / (1 << self.shift)

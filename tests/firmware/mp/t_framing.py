@@ -6,6 +6,11 @@ sys.path.insert(0, ROOT + "/firmware")
 import framing  # noqa: E402
 
 assert framing.crc32(b"123456789") == 0xCBF43926
+for i in range(256):  # the table is the IEEE polynomial's
+    c = i
+    for _ in range(8):
+        c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+    assert framing._TABLE[4 * i:4 * i + 4] == bytes([c & 0xFF, (c >> 8) & 0xFF, (c >> 16) & 0xFF, c >> 24]), i
 assert framing.crc32_table(b"123456789") == 0xCBF43926
 for n in (0, 1, 100, 1000):
     data = bytes([(i * 37 + 11) & 0xFF for i in range(n)])
