@@ -232,7 +232,12 @@ class Node:
         seq = self.seq.take()
         box = self.outbox
         at = box.reserve(end + cose.MAC0_OVERHEAD)
-        box.commit(seq, at, cose.seal_into(self.mac, self.kid, seq, self.payload, end, box.data, at))
+        spill = None
+        if at < 0:  # the ring is full (an outage): this frame gets a buffer of its own
+            spill = box.spill_buffer(end + cose.MAC0_OVERHEAD)
+            at = box.SCRATCH
+        out = box.data if spill is None else spill
+        box.commit(seq, at, cose.seal_into(self.mac, self.kid, seq, self.payload, end, out, at), spill)
         if readings:
             self.made += 1  # frames of readings (a report alone is not one of cfg["frames"])
         if not self.cfg["quiet"]:
@@ -326,7 +331,7 @@ class Node:
                     k = box.next_due(now, timeout)
                     if k < 0:
                         break
-                    link.send(box.seqs[k], box.data, box.offs[k], box.lens[k])
+                    link.send(box.seqs[k], box.buf(k), box.offs[k], box.lens[k])
                     free -= 1
                     if link.busy():
                         break

@@ -71,9 +71,12 @@ class Outbox:
     """Bounded FIFO of frames until acked; the oldest go when full (counted in `dropped`).
 
     The messages live in one byte ring (`data`) made at boot, each slot an offset and a
-    length, with its sequence number, last send (ticks ms, None: never sent) and tries in
-    lists made once: pushing, sending, acking allocate nothing. A writer reserves room
+    length, with its sequence number, last send (ticks ms, -1: never sent) and tries in
+    arrays made once: pushing, sending, acking allocate nothing. A writer reserves room
     (reserve), writes the message into `data` and commits it (commit); push() copies one in.
+    When the ring is full before `capacity` frames are (an outage), a frame spills into a
+    buffer of its own (allocated then, and as long as the heap gives one), as frames were
+    kept before the ring; `buf(k)` is the buffer slot k's message is in.
 
     With `path`, every frame is appended to a log on flash before it is sent and
     every ack or drop after it, so a reboot or a power cut restores the frames
@@ -81,30 +84,25 @@ class Outbox:
     The log is rewritten with the pending frames alone when it grows past
     `log_max` bytes: a torn record at the end (a cut mid-write) is ignored."""
 
+    SCRATCH = _SCRATCH
+
     def __init__(self, capacity, path=None, log_max=16384, size=None):
         self.capacity = capacity
+        # room for `capacity` frames of 8 readings (about 150 bytes), 4 KB at most: more
+        # frames than that wait in buffers of their own
+        self.data = bytearray(size or max(1088, min(176 * capacity, 4096)))
         slots = capacity + min(SPAN, capacity)  # acked slots wait in place until the older ones go
-        # room for `capacity` frames of 8 readings (about 150 bytes) and for the largest one, or
-        # what the heap gives (halving down to one largest frame, at boot); frames beyond what
-        # it holds go as when the count is reached
-        size = size or max(1088, min(176 * capacity, 65536))
-        while True:
-            try:
-                self.data = bytearray(size)
-                break
-            except MemoryError:
-                if size <= 1088:
-                    raise
-                size = max(1088, size // 2)
         self.seqs = array("i", bytes(4 * slots))  # -1: acked, the slot waits to be reclaimed
         self.offs = array("i", bytes(4 * slots))
         self.lens = array("H", bytes(2 * slots))
         self.last = array("i", bytes(4 * slots))  # ticks ms of the last send; -1: never sent
         self.tries = bytearray(slots)
+        self.spill: list = [None] * slots  # a spilled frame's own buffer
         self.head = 0   # the oldest slot
         self.used = 0   # slots from head on, live or waiting
         self.live = 0
         self.top = 0    # the next free byte of data
+        self.spilled = 0  # frames that went to buffers of their own (outages)
         self.dropped = 0
         self.path = path
         self.log_max = log_max
@@ -123,6 +121,15 @@ class Outbox:
     def _slot(self, j):
         return (self.head + j) % len(self.seqs)
 
+    def buf(self, k):
+        """The buffer slot k's message is in (at offs[k], lens[k] bytes)."""
+        b = self.spill[k]
+        return self.data if b is None else b
+
+    def message(self, k):
+        o = self.offs[k]
+        return bytes(self.buf(k)[o:o + self.lens[k]])
+
     @property
     def items(self):
         """[seq, message bytes, last send or None, tries] of the live frames, oldest first (tests, tools)."""
@@ -130,20 +137,26 @@ class Outbox:
         for j in range(self.used):
             k = self._slot(j)
             if self.seqs[k] >= 0:
-                o = self.offs[k]
-                out.append([self.seqs[k], bytes(self.data[o:o + self.lens[k]]), _last(self.last[k]),
-                            self.tries[k]])
+                out.append([self.seqs[k], self.message(k), _last(self.last[k]), self.tries[k]])
         return out
 
     def _reclaim(self):
         # slots acked at the old end go; the ring's free space with them
         n = len(self.seqs)
         while self.used and self.seqs[self.head] < 0:
+            self.spill[self.head] = None
             self.head = (self.head + 1) % n
             self.used -= 1
-        if not self.used:
-            self.head = 0
+        if self._low() < 0:
             self.top = 0
+
+    def _low(self):
+        # where the oldest message in the ring has its room, -1 when the ring holds none
+        for j in range(self.used):
+            k = self._slot(j)
+            if self.seqs[k] >= 0 and self.spill[k] is None:
+                return self.offs[k] - _SCRATCH
+        return -1
 
     def _drop_oldest(self):
         k = self.head
@@ -156,51 +169,72 @@ class Outbox:
 
     def reserve(self, n):
         """Room for a message of up to n bytes: its offset in data (with _SCRATCH bytes free
-        before it). The oldest frames go if it takes their room."""
+        before it), or -1 when the ring is full: the message goes in a buffer of its own
+        (commit's `spill`). The oldest frames go when `capacity` are kept."""
         need = n + _SCRATCH
         if need > len(self.data):
-            raise ValueError("message of %d bytes larger than the outbox" % n)
-        while True:
-            if self.live >= self.capacity or self.used >= len(self.seqs):
-                self._drop_oldest()
-                continue
-            if not self.used:
-                return _SCRATCH
-            low = self.offs[self.head] - _SCRATCH  # the oldest message's room starts here
-            if self.top > low:  # used: [low, top); free: [top, end) and [0, low)
-                if len(self.data) - self.top >= need:
-                    return self.top + _SCRATCH
-                if low >= need:
-                    return _SCRATCH
-            elif low - self.top >= need:  # wrapped: free [top, low)
-                return self.top + _SCRATCH
+            return -1
+        while self.live >= self.capacity or self.used >= len(self.seqs):
             self._drop_oldest()
+        low = self._low()
+        if low < 0:
+            self.top = 0
+            return _SCRATCH
+        if self.top > low:  # used: [low, top); free: [top, end) and [0, low)
+            if len(self.data) - self.top >= need:
+                return self.top + _SCRATCH
+            if low >= need:
+                return _SCRATCH
+        elif low - self.top >= need:  # wrapped: free [top, low)
+            return self.top + _SCRATCH
+        return -1
 
-    def commit(self, seq, at, n):
-        """The message written at data[at:at + n] (at from reserve) is frame `seq`."""
+    def spill_buffer(self, n):
+        """A buffer of its own for a message of up to n bytes (at _SCRATCH), when reserve gave
+        -1; the oldest frames go while the heap has no room for it."""
+        while True:
+            try:
+                return bytearray(n + _SCRATCH)
+            except MemoryError:
+                if not self.live:
+                    raise
+                self._drop_oldest()
+
+    def commit(self, seq, at, n, spill=None):
+        """The message written at data[at:at + n] (at from reserve), or at spill[at:at + n],
+        is frame `seq`."""
         k = self._slot(self.used)
         self.seqs[k] = seq
         self.offs[k] = at
         self.lens[k] = n
         self.last[k] = -1
         self.tries[k] = 0
+        self.spill[k] = spill
         self.used += 1
         self.live += 1
-        self.top = at + n
-        self._log(_FRAME, seq, at, n)
+        if spill is None:
+            self.top = at + n
+        else:
+            self.spilled += 1
+        self._log(_FRAME, seq, k)
 
     def push(self, seq, msg):
         at = self.reserve(len(msg))
-        data = self.data
+        spill = None
+        if at < 0:
+            spill = self.spill_buffer(len(msg))
+            at = _SCRATCH
+        buf = self.data if spill is None else spill
         for i in range(len(msg)):
-            data[at + i] = msg[i]
-        self.commit(seq, at, len(msg))
+            buf[at + i] = msg[i]
+        self.commit(seq, at, len(msg), spill)
 
     def ack(self, seq):
         for j in range(self.used):
             k = self._slot(j)
             if self.seqs[k] == seq:
                 self.seqs[k] = -1
+                self.spill[k] = None
                 self.live -= 1
                 self._reclaim()
                 self._log(_GONE, seq)
@@ -212,20 +246,19 @@ class Outbox:
         gone = 0
         for j in range(self.used):
             k = self._slot(j)
-            if self.seqs[k] >= 0:
-                o = self.offs[k]
-                if not ours(bytes(self.data[o:o + self.lens[k]])):
-                    seq = self.seqs[k]
-                    self.seqs[k] = -1
-                    self.live -= 1
-                    self.dropped += 1
-                    gone += 1
-                    self._log(_GONE, seq)
+            if self.seqs[k] >= 0 and not ours(self.message(k)):
+                seq = self.seqs[k]
+                self.seqs[k] = -1
+                self.spill[k] = None
+                self.live -= 1
+                self.dropped += 1
+                gone += 1
+                self._log(_GONE, seq)
         self._reclaim()
         self.restored -= gone
         return gone
 
-    def _log(self, kind, seq, at=0, n=0):
+    def _log(self, kind, seq, k=0):
         # the log stays open (a file object per record was ~250 B of heap a frame); a record's
         # head and its message are two writes: a cut between them leaves a torn record, which
         # _restore ignores
@@ -241,13 +274,15 @@ class Outbox:
         h[4] = seq & 0xFF
         size = 5
         if kind == _FRAME:
+            at = self.offs[k]
+            n = self.lens[k]
             h[5] = n >> 8
             h[6] = n & 0xFF
             self._f.write(h)
             if _MP:
-                self._f.write(self.data, at, n)  # a stream's write takes an offset and a length
+                self._f.write(self.buf(k), at, n)  # a stream's write takes an offset and a length
             else:
-                self._f.write(memoryview(self.data)[at:at + n])
+                self._f.write(memoryview(self.buf(k))[at:at + n])
             size = 7 + n
         else:
             self._f.write(h)
@@ -298,8 +333,7 @@ class Outbox:
             for j in range(self.used):
                 k = self._slot(j)
                 if self.seqs[k] >= 0:
-                    o = self.offs[k]
-                    rec = _record(_FRAME, self.seqs[k], self.data[o:o + self.lens[k]])
+                    rec = _record(_FRAME, self.seqs[k], self.message(k))
                     f.write(rec)
                     size += len(rec)
         os.rename(tmp, self.path)
@@ -312,8 +346,7 @@ class Outbox:
             k = self.next_due(now, timeout_ms)
             if k < 0:
                 break
-            o = self.offs[k]
-            out.append([self.seqs[k], bytes(self.data[o:o + self.lens[k]]), _last(self.last[k]), self.tries[k]])
+            out.append([self.seqs[k], self.message(k), _last(self.last[k]), self.tries[k]])
         return out
 
     def oldest(self):

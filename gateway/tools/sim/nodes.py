@@ -29,7 +29,9 @@ def firmware_dir() -> Path:
 class NodeProcess:
     """One simulated node: a firmware process with its JSON config; its stdout events are kept."""
 
-    def __init__(self, config: dict, workdir: Path, interpreter: str | None = None, heap: str = "128k"):
+    def __init__(self, config: dict, workdir: Path, interpreter: str | None = None, heap: str = "256k"):
+        # the firmware runs from its sources here, compiled into the heap; a frozen image runs in
+        # 24-48 KB (docs/firmware.md, Heap budget)
         self.config = config
         self.name = config["node"]
         self.workdir = workdir

@@ -69,4 +69,18 @@ r4 = Outbox(4, log)
 before = [i[0] for i in r4.items]
 assert r4.keep(lambda msg: msg != b"x" * 20) == len([s for s in before if s not in (2, 4)])
 assert [i[0] for i in Outbox(4, log).items] == [s for s in before if s in (2, 4)]
+# when the ring is full before `capacity` frames are (an outage), frames spill into buffers of
+# their own, in order; at `capacity` the oldest go, counted; the ring serves again once acked
+o = Outbox(40)
+for seq in range(40):
+    o.push(seq, bytes([seq]) * 150)
+assert len(o) == 40 and o.dropped == 0 and o.spilled == 40 - len(o.data) // 154, (len(o.data), o.spilled)
+assert [(i[0], i[1]) for i in o.items] == [(s, bytes([s]) * 150) for s in range(40)]
+assert o.ack(0) and o.ack(5)
+for seq in range(40, 60):
+    o.push(seq, bytes([seq]) * 150)
+assert len(o) == 40 and o.dropped == 18 and [i[0] for i in o.items][:2] == [20, 21]
+for seq in range(20, 60):
+    assert o.ack(seq)
+assert len(o) == 0 and o.reserve(150) == o.SCRATCH  # all acked: the ring is empty again
 print("OK t_outbox")
