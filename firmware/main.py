@@ -36,7 +36,16 @@ else:
         return asyncio.sleep(ms / 1000)
 
 
+FAULTS_IN_A_ROW = 5  # a task failing this often with no frame made between: reset the board
 _RAW_NONE = 255  # Node.shifts: the sensor gives floats (read()), not raw integers
+
+
+def os_remove(path):
+    try:
+        import os
+        os.remove(path)
+    except (ImportError, OSError):
+        pass
 
 
 class Heap:
@@ -157,6 +166,9 @@ class Node:
         # writes a frame whole), then sealed into the outbox: 1 KB less of heap
         self.payload = getattr(self.link, "tx", None) or bytearray(framing.MAX_ENCODED + 1)
         self.too_big = 0  # packs that did not fit a message (a batch too large for its names)
+        self.faults = 0  # tasks that failed (guard)
+        self.fault = None  # the last failure, for the next frame
+        self.reset_path = cfg["state_file"] + ".reset" if cfg["state_file"] else None
         self.made = 0
         self.acked = 0
         self.rejected = 0
@@ -215,6 +227,9 @@ class Node:
             self.dropped_told = self.outbox.dropped
             pack.add_obj(len(self.names) - 1, 0, self.dropped_told)
         texts = self.commands.take_reports()
+        if self.fault is not None:  # a task failed: told once, in the next frame
+            texts = list(texts) + [(b"fault", self.fault[:200].encode())]
+            self.fault = None
         if self.trial is not None:
             reports = self.trial.take_reports()  # node updates: installed, refused, rolled back, confirmed
             if reports:
@@ -378,14 +393,49 @@ class Node:
             board.show_code(config.blink_pattern(config.FAULT_SENSOR_START))
         if self.cfg["watchdog_ms"]:  # from here on the loop must feed it
             self.wdt = board.Watchdog(self.cfg["watchdog_ms"])
-        sender = asyncio.create_task(self.send())
-        await self.sample()
+        kept = board.read_file(self.reset_path) if self.reset_path else None
+        if kept:  # the reason for the reset this node did itself, kept across it
+            self.report("reset: " + kept.decode())
+            os_remove(self.reset_path)
+        sender = asyncio.create_task(self.guard("send", self.send))
+        await self.guard("sample", self.sample)
         await self.drain()
         sender.cancel()
         emit({"ev": "done", "sent": self.made, "acked": self.acked, "rejected": self.rejected,
               "dropped": self.outbox.dropped, "unacked": len(self.outbox), "heap": self.heap.report(),
               "cmds": self.commands.applied_count, "cmds_replayed": self.commands.replayed,
-              "bad_acks": getattr(self.link, "bad_acks", 0), "too_big": self.too_big})
+              "bad_acks": getattr(self.link, "bad_acks", 0), "too_big": self.too_big, "faults": self.faults})
+
+    async def guard(self, name, job):
+        """Run the task `job` (a coroutine function); when it fails (MemoryError included) count
+        it, keep the reason for the next frame (a text record `fault`), and run it again. After
+        FAULTS_IN_A_ROW failures with no frame made between them the node resets, the reason
+        kept in a file across the reset and reported after boot (a text record `error`,
+        "reset: ...")."""
+        row = 0
+        made = -1
+        while True:
+            try:
+                await job()
+                return
+            except Exception as e:  # not CancelledError: a task cancelled ends
+                self.faults += 1
+                row = row + 1 if made == self.made else 1
+                made = self.made
+                self.fault = "%s: %s %s" % (name, type(e).__name__, e)
+                emit({"ev": "error", "what": "task " + self.fault, "faults": self.faults})
+                if row >= FAULTS_IN_A_ROW:
+                    self.reset(self.fault)
+                    return
+                await sleep_ms(100)
+
+    def reset(self, reason):
+        """Reset the board, the reason kept for the report after boot."""
+        if self.reset_path:
+            board.write_file_atomic(self.reset_path, reason[:200].encode())
+        emit({"ev": "reset", "why": reason})
+        board.reset()
+        sys.exit(4)  # a board without a reset (the unix board): the process ends
 
 
 class Commands:

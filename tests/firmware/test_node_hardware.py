@@ -289,3 +289,54 @@ def test_deep_sleep_ends_the_round_and_boots_again(interpreter, tmp_path, gatewa
     assert p.returncode == 75, p.stdout + p.stderr  # the bench's board supervisor boots it again
     sent = [e for e in events(p) if e["ev"] == "sent"]
     assert len(sent) == 1 and [r[0] for r in sent[0]["r"]] == ["temp", "vib"]  # one round, flushed
+
+
+def flaky(fail, cfg):
+    """A node whose simulated sensors raise MemoryError on the reads numbered in `fail`."""
+    return f"""\
+    FAIL = {fail}
+    CFG = {cfg!r}
+    import main
+    from sensors.sim import SimSensor
+    calls = [0]
+    real = SimSensor.read_raw
+
+    def flaky(self):
+        calls[0] += 1
+        if calls[0] in FAIL:
+            raise MemoryError("memory allocation failed, allocating 513 bytes")
+        return real(self)
+
+    SimSensor.read_raw = flaky
+    sys.exit(main.main(["main", CFG]))
+    """
+
+
+def test_a_failing_task_is_counted_reported_and_run_again(interpreter, tmp_path, acking_gateway):
+    cfg = node_config(tmp_path, acking_gateway, frames=4, batch=1, sensors=["temp"])
+    p = run(interpreter, flaky("(2,)", cfg), tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    evs = events(p)
+    errors = [e for e in evs if e["ev"] == "error"]
+    assert len(errors) == 1 and errors[0]["what"].startswith("task sample: MemoryError"), errors
+    done = [e for e in evs if e["ev"] == "done"][-1]
+    assert done["faults"] == 1 and done["sent"] == 4 and done["acked"] >= 4, done
+    told = [r for e in evs if e["ev"] == "sent" for r in e["r"] if r[0] == "fault"]
+    assert len(told) == 1 and told[0][2].startswith("sample: MemoryError memory allocation failed"), told
+
+
+def test_a_task_failing_again_and_again_resets_the_node_which_says_why_after_boot(interpreter, tmp_path,
+                                                                                  acking_gateway):
+    cfg = node_config(tmp_path, acking_gateway, frames=2, batch=1, sensors=["temp"])
+    p = run(interpreter, flaky("range(1, 100)", cfg), tmp_path)
+    assert p.returncode == 4, p.stdout + p.stderr  # the unix board has no reset: the process ends
+    evs = events(p)
+    assert [e["faults"] for e in evs if e["ev"] == "error"] == [1, 2, 3, 4, 5]
+    assert [e for e in evs if e["ev"] == "reset"][0]["why"].startswith("sample: MemoryError")
+    p = run(interpreter, flaky("()", cfg), tmp_path)  # boots again, sensors well
+    assert p.returncode == 0, p.stdout + p.stderr
+    evs = events(p)
+    said = [e["what"] for e in evs if e["ev"] == "error"]
+    assert len(said) == 1 and said[0].startswith("reset: sample: MemoryError"), said
+    assert [e for e in evs if e["ev"] == "done"][-1]["faults"] == 0
+    assert not (tmp_path / "seq.reset").exists()  # told once
