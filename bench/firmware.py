@@ -127,36 +127,38 @@ def run_node(cmd: list[str], frames: int, cwd: Path, lib: Path | None = None) ->
     return d
 
 
-def targets(heap64: str, heap32: str, only: set[str] | None) -> list[tuple[str, list[str] | None, str, str]]:
-    """(name, command or None, heap, why not) for each target."""
+def targets(only: set[str] | None) -> list[tuple[str, str, list[str] | None, str]]:
+    """(key, name, command or None, why not) for each target."""
     out = []
     mp = micropython_command()
-    out.append(("PyPI unix (.mpy in the heap)", [mp] if mp else None, heap64, "" if mp else "no `micropython`"))
+    if not only or "pypi" in only:
+        out.append(("pypi", "PyPI unix (.mpy in the heap)", [mp] if mp else None, "" if mp else "no `micropython`"))
     sys.path.insert(0, str(ROOT / "firmware" / "build"))
     import frozen as build
-    for target, label, heap in (("unix64", "frozen unix 64-bit", heap64), ("unix32", "frozen unix 32-bit", heap32)):
+    for target, label in (("unix64", "frozen unix 64-bit"), ("unix32", "frozen unix 32-bit")):
         if only and target not in only:
             continue
         why = build.missing_reason(target)
         if why:
-            out.append((label, None, heap, why))
+            out.append((target, label, None, why))
             continue
         try:
-            out.append((label, [str(build.build(target))], heap, ""))
+            out.append((target, label, [str(build.build(target))], ""))
         except build.BuildError as e:
-            out.append((label, None, heap, str(e).splitlines()[0]))
+            out.append((target, label, None, str(e).splitlines()[0]))
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=10000)
-    ap.add_argument("--heap64", default="32k", help="heap of the 64-bit targets (target: 32k)")
-    ap.add_argument("--heap32", default="24k", help="heap of the 32-bit targets (target: 24k)")
-    ap.add_argument("--pypi-heap", default="128k", help="heap for the PyPI build when --heap64 is too small")
+    ap.add_argument("--heap64", default="32k,48k", help="heaps of the frozen 64-bit target (target: 32k)")
+    ap.add_argument("--heap32", default="24k,28k", help="heaps of the frozen 32-bit target (target: 24k)")
+    ap.add_argument("--pypi-heap", default="32k,128k", help="heaps of the PyPI build (target: 32k)")
     ap.add_argument("--only", default="", help="comma-separated: pypi,unix64,unix32")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
+    heaps = {"pypi": args.pypi_heap, "unix64": args.heap64, "unix32": args.heap32}
     rows = []
     with tempfile.TemporaryDirectory(prefix="headrace-fw-") as tmp:
         tmp = Path(tmp)
@@ -165,18 +167,13 @@ def main() -> None:
         size = compile_mpy(lib)
         print(f"firmware as .mpy: {size:,} bytes ({len(MODULES) + sum(map(len, PACKAGES.values()))} modules, "
               "mpy-cross); frozen images hold it in flash")
-        for label, cmd, heap, why in targets(args.heap64, args.heap32, only):
-            if label.startswith("PyPI") and only and "pypi" not in only:
-                continue
-            if cmd is None:
-                rows.append((label, heap, {"failed": "not run: " + why}))
-                continue
-            pypi = label.startswith("PyPI")
-            d = run_node(cmd + ["-X", f"heapsize={heap}"], args.frames, tmp, lib if pypi else None)
-            rows.append((label, heap, d))
-            if pypi and "failed" in d and args.pypi_heap != heap:  # its figures in a heap it runs in
-                rows.append((label, args.pypi_heap, run_node(cmd + ["-X", f"heapsize={args.pypi_heap}"],
-                                                             args.frames, tmp, lib)))
+        for key, label, cmd, why in targets(only):
+            for heap in heaps[key].split(","):
+                if cmd is None:
+                    rows.append((label, heap, {"failed": "not run: " + why}))
+                    continue
+                d = run_node(cmd + ["-X", f"heapsize={heap}"], args.frames, tmp, lib if key == "pypi" else None)
+                rows.append((label, heap, d))
     print(f"\n16 simulated sensors, 8 readings a frame, {args.frames:,} frames, acked over a pty "
           "(targets: 24k heap on 32-bit, 32k on 64-bit; 0 bytes allocated a frame; live heap flat)")
     print("| target | heap | frames | allocated a frame, bytes (min / mean / max) | live heap at frame 100 -> end "

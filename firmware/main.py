@@ -222,6 +222,14 @@ class Node:
             pack.day = self.clock.day
             pack.msod = self.clock.msod
         readings = pack.n
+        try:
+            self._frame(pack, readings)
+        finally:  # whatever failed, the next readings start a new pack (a failure is the guard's)
+            pack.clear()
+        if self.cfg["quiet"]:
+            self.heap.frame(self.made)
+
+    def _frame(self, pack, readings):
         if self.outbox.dropped != self.dropped_told:
             # frames lost to a full outbox are reported in the next one: a series of their own
             self.dropped_told = self.outbox.dropped
@@ -240,7 +248,6 @@ class Node:
                 raise IndexError
         except IndexError:  # more than a message holds: the readings go, counted and told
             self.too_big += 1
-            pack.clear()
             emit({"ev": "error", "what": "a pack of %d readings passed %d bytes: lower batch" % (
                 readings, framing.MAX_MESSAGE)})
             return
@@ -262,9 +269,6 @@ class Node:
             emit({"ev": "sent", "seq": seq, "r": [[self.names[pack.idx[k]].decode(), t0 + pack.dt[k], pack.value(k)]
                                                   for k in pack.order[:pack.n]]
                   + [[n.decode(), t0, text.decode()] for n, text in texts]})
-        pack.clear()
-        if self.cfg["quiet"]:
-            self.heap.frame(self.made)
 
     async def sample(self):
         cfg = self.cfg
@@ -424,6 +428,11 @@ class Node:
                 made = self.made
                 self.fault = "%s: %s %s" % (name, type(e).__name__, e)
                 emit({"ev": "error", "what": "task " + self.fault, "faults": self.faults})
+                if hasattr(sys, "print_exception"):
+                    sys.print_exception(e)  # the console's stderr: where it failed
+                else:
+                    import traceback
+                    traceback.print_exc()
                 if row >= FAULTS_IN_A_ROW:
                     self.reset(self.fault)
                     return

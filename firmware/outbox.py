@@ -52,17 +52,6 @@ _MP = sys.implementation.name == "micropython"
 _SCRATCH = 4  # bytes free before each message in the ring (cose.seal_into writes there)
 
 
-def _record(kind, seq, msg=None):
-    """A log record: kind, seq (4 bytes), and for a frame its length (2) and bytes."""
-    rec = bytearray(5 if msg is None else 7 + len(msg))
-    rec[0] = kind
-    rec[1:5] = seq.to_bytes(4, "big")
-    if msg is not None:
-        rec[5:7] = len(msg).to_bytes(2, "big")
-        rec[7:] = msg
-    return rec
-
-
 def _last(t):
     return None if t < 0 else t
 
@@ -111,6 +100,7 @@ class Outbox:
         self._f = None  # the log, open for appends
         self._head = bytearray(7)  # a frame record's head: kind, seq (4), length (2)
         self._gone = bytearray(5)  # an ack or drop record: kind, seq (4)
+        self._tmp = path + ".tmp" if path else None
         if path:
             self._restore()
             self._compact()
@@ -327,15 +317,31 @@ class Outbox:
         if self._f is not None:
             self._f.close()
             self._f = None
-        tmp = self.path + ".tmp"
+        # the pending frames' records, written as _log writes them (no copy of a message: a
+        # compaction in a small heap must not need one)
+        tmp = self._tmp
         size = 0
         with open(tmp, "wb") as f:
+            h = self._head
             for j in range(self.used):
                 k = self._slot(j)
-                if self.seqs[k] >= 0:
-                    rec = _record(_FRAME, self.seqs[k], self.message(k))
-                    f.write(rec)
-                    size += len(rec)
+                seq = self.seqs[k]
+                if seq >= 0:
+                    at = self.offs[k]
+                    n = self.lens[k]
+                    h[0] = _FRAME
+                    h[1] = (seq >> 24) & 0xFF
+                    h[2] = (seq >> 16) & 0xFF
+                    h[3] = (seq >> 8) & 0xFF
+                    h[4] = seq & 0xFF
+                    h[5] = n >> 8
+                    h[6] = n & 0xFF
+                    f.write(h)
+                    if _MP:
+                        f.write(self.buf(k), at, n)
+                    else:
+                        f.write(memoryview(self.buf(k))[at:at + n])
+                    size += 7 + n
         os.rename(tmp, self.path)
         self.log_size = size
 
