@@ -301,7 +301,13 @@ def test_a_worker_gets_a_schema_it_missed_from_the_stream(tmp_path, nats_cluster
         nc = await nats.connect(servers=nats_cluster.urls)
         js = nc.jetstream()
         await ensure_stream(js, "HEADRACE")
-        await js.publish("headrace.v1.s1.gwx.schema", schema.message())
+        for attempt in range(8):  # a new R3 stream elects its leader first: seconds on a loaded machine
+            try:
+                await js.publish("headrace.v1.s1.gwx.schema", schema.message(), timeout=5)
+                break
+            except nats.errors.TimeoutError:
+                if attempt == 7:
+                    raise
         await nc.close()
         store = SqliteStore(str(tmp_path / "cloud.sqlite"))
         sink = Sink(from_dict({"jetstream": {"servers": nats_cluster.urls}}), store=store)
