@@ -343,10 +343,13 @@ class Dispatcher:
         while True:
             self.tick(self.clock())
             self._wake.clear()
+            # not asyncio.wait_for: before Python 3.12 it returns the wake when a cancel arrives
+            # with it, and the cancel is lost: the owner awaiting this task would wait forever
+            waiter = asyncio.ensure_future(self._wake.wait())
             try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.tick)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait((waiter,), timeout=self.settings.tick)
+            finally:
+                waiter.cancel()
 
     def tick(self, now: float) -> int:
         """Time out what waited too long, then assign; returns the dispatches made."""

@@ -217,3 +217,23 @@ def test_update_keeps_live_state_and_reassigns_a_removed_resources_demand():
     assert d.demands[dem.id].state == OPEN and d.capabilities == {"mechanic", "lift"}
     assert d.tick(clock()) == 1 and d.demands[dem.id].resource == "m3"
     assert ("m1", "reassigned") in states(events, dem.id)
+
+
+def test_run_ends_when_cancelled_even_as_it_is_woken():
+    """A cancel that arrives with a wake-up ends run(): asyncio.wait_for lost such a cancel
+    before Python 3.12, and the owner awaiting the task hung (seen in the loans race test)."""
+    import asyncio
+
+    async def main():
+        d, *_ = make([res("m1", ["mechanic"], 0, 0)], tick=0.01)
+        for steps in range(4):  # the cancel 0-3 loop steps after the wake
+            task = asyncio.create_task(d.run())
+            await asyncio.sleep(0.005)
+            d._wake.set()
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=2)
+            assert done and task.cancelled(), f"run() went on after a cancel {steps} steps after a wake"
+
+    asyncio.run(main())
