@@ -430,9 +430,8 @@ class Node:
                 emit({"ev": "error", "what": "task " + self.fault, "faults": self.faults})
                 if hasattr(sys, "print_exception"):
                     sys.print_exception(e)  # the console's stderr: where it failed
-                else:
-                    import traceback
-                    traceback.print_exc()
+                else:  # CPython (simulated nodes): its traceback module, which boards do not have
+                    __import__("traceback").print_exc()
                 if row >= FAULTS_IN_A_ROW:
                     self.reset(self.fault)
                     return

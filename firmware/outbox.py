@@ -320,6 +320,8 @@ class Outbox:
         # the pending frames' records, written as _log writes them (no copy of a message: a
         # compaction in a small heap must not need one)
         tmp = self._tmp
+        if tmp is None:
+            return  # no log to compact (an outbox without a path)
         size = 0
         with open(tmp, "wb") as f:
             h = self._head
