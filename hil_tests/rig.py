@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -254,7 +255,11 @@ port = {self.http_port}
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "gateway", "run", "--config",
                                       str(self.config)], stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
-        wait_for(self._healthy, 20, "the gateway's /health")
+        self._last_health = "no answer yet"
+        try:
+            wait_for(self._healthy, 30, "the gateway's /health")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc} (last answer: {self._last_health}); the gateway's log:\n{self.log()}") from None
         return self
 
     def _healthy(self) -> bool:
@@ -263,7 +268,11 @@ port = {self.http_port}
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=1) as r:
                 return json.load(r)["ok"]
-        except OSError:
+        except urllib.error.HTTPError as exc:  # 503: a task of the gateway has ended
+            self._last_health = f"HTTP {exc.code} {exc.read()[:300]!r}"
+            return False
+        except OSError as exc:
+            self._last_health = repr(exc)
             return False
 
     def metrics(self) -> dict[str, float]:
