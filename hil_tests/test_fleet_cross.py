@@ -40,7 +40,7 @@ node = "{node}"
 
 def start_fleet(tmp_path, cfg, log):
     before = (tmp_path / "fleet.log").read_text().count("running")
-    fleet = subprocess.Popen([sys.executable, "-m", "sink.fleet_service", "--config", str(cfg)], cwd=REPO,
+    fleet = subprocess.Popen([sys.executable, "-m", "gateway", "fleet", "run", "--config", str(cfg)], cwd=REPO,
                              stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: (tmp_path / "fleet.log").read_text().count("running") > before, 20, "the fleet dispatcher")
     return fleet

@@ -1,4 +1,6 @@
-"""`python -m sink.fleet_service --config fleet.toml`: the cloud's fleet dispatcher as a process.
+"""`headrace fleet run --config fleet.toml`: the cloud's fleet dispatcher as a process
+(`python -m sink.fleet_service --config fleet.toml` is the same; `headrace fleet check-config`
+validates the file and its site map, and exits).
 
 Configuration (`fleet.toml`):
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import queue
 import signal
 import sys
@@ -39,43 +42,87 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
+from gateway.config.problems import Problems
 from gateway.errors import ConfigError
+from gateway.protocol.names import NODE_NAME
 from gateway.runtime.uplink import batch, events as event_batch
 from sink.fleet import FLEET_EVENTS, FleetDispatcher, FleetMirror
 from sink.fleet_map import SiteMap
 
 log = logging.getLogger("headrace.fleet")
-_KEYS = {"site": str, "site_map": str, "database": str, "tick": float, "ask_timeout": float, "mqtt": dict}
-_MQTT_KEYS = ("host", "port", "client_id")
+_DEFAULTS = {"site": "", "site_map": "", "database": "", "tick": 0.25, "ask_timeout": 10.0,
+             "mqtt": {"host": "127.0.0.1", "port": 1883, "client_id": ""}}
+_FIXES = {"site": 'write site = "plant" (the [gateway] site of its gateways)',
+          "site_map": 'write site_map = "/etc/headrace/site.toml", or "" for straight-line travel',
+          "database": 'write database = "postgresql://sink@db/headrace" (or the sink\'s SQLite file), or ""',
+          "tick": "write tick = 0.25 (seconds between assignment rounds, more than 0)",
+          "ask_timeout": "write ask_timeout = 10.0 (seconds a lender may take to answer, more than 0)",
+          "mqtt": "write [mqtt] with host, port and client_id"}
 
 
 def load(path) -> dict:
-    """The validated configuration; ConfigError naming the key and the fix."""
+    """The validated configuration (the site map read and checked too). Every mistake is
+    reported at once, each naming the key and the fix (`ConfigErrors` when there are several)."""
     try:
         raw = tomllib.loads(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror}", "check the path given with --config") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the syntax at the line shown") from None
-    cfg = {"site": "", "site_map": "", "database": "", "tick": 0.25, "ask_timeout": 10.0,
-           "mqtt": {"host": "127.0.0.1", "port": 1883, "client_id": ""}}
+    return from_dict(raw)
+
+
+def from_dict(raw: dict) -> dict:
+    """`load` for a table already parsed."""
+    problems = Problems()
+    cfg = {**_DEFAULTS, "mqtt": dict(_DEFAULTS["mqtt"])}
     for key, value in raw.items():
-        kind = _KEYS.get(key)
-        if kind is None:
-            raise ConfigError(key, "unknown key", f"valid keys: {', '.join(_KEYS)}")
+        if key not in _DEFAULTS:
+            problems.add(ConfigError(key, "unknown key", f"valid keys: {', '.join(_DEFAULTS)}"))
+            continue
+        if key == "mqtt":
+            problems.take(_mqtt, value, cfg["mqtt"])
+            continue
+        kind = type(_DEFAULTS[key])
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, kind):
-            raise ConfigError(key, f"must be a {kind.__name__}, got {value!r}", f"see the example in {__name__}")
-        if key == "mqtt":
-            extra = set(value) - set(_MQTT_KEYS)
-            if extra:
-                raise ConfigError(f"[mqtt] {sorted(extra)[0]}", "unknown key", f"valid keys: {', '.join(_MQTT_KEYS)}")
-            value = {**cfg["mqtt"], **value}
+        if not isinstance(value, kind) or (kind is float and not (math.isfinite(value) and value > 0)):
+            problems.add(ConfigError(key, f"must be a {'number of seconds > 0' if kind is float else 'string'}, "
+                                          f"got {value!r}", _FIXES[key]))
+            continue
         cfg[key] = value
     if not cfg["site"]:
-        raise ConfigError("site", "missing", 'write site = "plant" (the [gateway] site of its gateways)')
+        if "site" not in raw:
+            problems.add(ConfigError("site", "missing", _FIXES["site"]))
+    elif not NODE_NAME.match(cfg["site"]):
+        problems.add(ConfigError("site", f"{cfg['site']!r} is not a site name (a-z, 0-9, _ and -, up to 32)",
+                                 "use the [gateway] site of its gateways"))
+    if cfg["site_map"]:
+        try:
+            cfg["site_map_parsed"] = SiteMap.load(cfg["site_map"])
+        except ConfigError as exc:
+            for e in getattr(exc, "errors", [exc]):  # the file's own keys, within the site map
+                where = "site_map" if e.key == cfg["site_map"] else f"site_map {cfg['site_map']}: {e.key}"
+                problems.add(ConfigError(where, e.problem if where != "site_map" else f"{e.key}: {e.problem}",
+                                         e.fix))
+    problems.raise_any()
     return cfg
+
+
+def _mqtt(value, into: dict) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError("mqtt", f"must be a table, got {value!r}", _FIXES["mqtt"])
+    for key, v in value.items():
+        if key not in into:
+            raise ConfigError(f"[mqtt] {key}", "unknown key", f"valid keys: {', '.join(into)}")
+        if key == "port":
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 65536:
+                raise ConfigError("[mqtt] port", f"must be a TCP port 1-65535, got {v!r}", "write port = 1883")
+        elif not isinstance(v, str) or (key == "host" and not v):
+            raise ConfigError(f"[mqtt] {key}", f"must be a{' non-empty' if key == 'host' else ''} string, got {v!r}",
+                              'write host = "broker.plant"' if key == "host" else
+                              'write client_id = "headrace-fleet-plant" (or leave it out)')
+        into[key] = v
 
 
 def stored_events(database: str, site: str) -> list[tuple[str, dict]]:
@@ -95,7 +142,7 @@ def stored_events(database: str, site: str) -> list[tuple[str, dict]]:
 class FleetService:
     def __init__(self, cfg: dict):
         self.cfg = cfg
-        site_map = SiteMap.load(cfg["site_map"]) if cfg["site_map"] else None
+        site_map = cfg.get("site_map_parsed") or (SiteMap.load(cfg["site_map"]) if cfg["site_map"] else None)
         self.mirror = FleetMirror()
         self.dispatcher = FleetDispatcher(self.mirror, site_map, ask_timeout=cfg["ask_timeout"])
         self.inbox: queue.Queue = queue.Queue(maxsize=100000)
@@ -126,11 +173,18 @@ class FleetService:
             log.info("%s %s to %s: %s", cmd["cmd"], cmd["id"], gateway, cmd["args"])
 
     def run(self) -> None:
-        self.client.connect(self.cfg["mqtt"]["host"], self.cfg["mqtt"]["port"])
+        host, port = self.cfg["mqtt"]["host"], self.cfg["mqtt"]["port"]
+        # connect in paho's thread, which retries: a broker not up yet (or gone) is waited for
+        self.client.reconnect_delay_set(1, 10)
+        self.client.connect_async(host, port)
         self.client.loop_start()
         try:
-            if not self._subscribed.wait(30):
-                raise ConnectionError(f"no SUBACK from {self.cfg['mqtt']['host']}:{self.cfg['mqtt']['port']} in 30 s")
+            waited = 0
+            while not self._subscribed.wait(10):
+                if self._stop.is_set():
+                    return
+                waited += 10
+                log.warning("no broker at %s:%d yet (%d s): retrying; check [mqtt] host and port", host, port, waited)
             if self.cfg["database"]:
                 rows = stored_events(self.cfg["database"], self.cfg["site"])
                 self.publish(self.mirror.rebuild(rows))
@@ -154,20 +208,37 @@ class FleetService:
         self._stop.set()
 
 
+def check(path) -> str:
+    """One line saying what a valid fleet.toml sets up; ConfigError(s) otherwise."""
+    cfg = load(path)
+    site_map = cfg.get("site_map_parsed")
+    where = (f"site map {cfg['site_map']}: {len(site_map.gateways)} gateways, {len(site_map.zones.points)} points"
+             if site_map else "no site map (straight-line travel)")
+    return (f"{path}: OK: site {cfg['site']}, {where}, "
+            f"{'rebuilds from ' + cfg['database'] if cfg['database'] else 'no database (nothing rebuilt at start)'}, "
+            f"MQTT {cfg['mqtt']['host']}:{cfg['mqtt']['port']}, tick {cfg['tick']:g} s")
+
+
+def serve(cfg: dict) -> int:
+    """Run until SIGTERM or SIGINT."""
+    service = FleetService(cfg)
+    signal.signal(signal.SIGTERM, service.stop)
+    signal.signal(signal.SIGINT, service.stop)
+    service.run()
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="headrace's fleet dispatcher (one a site)")
     ap.add_argument("--config", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        service = FleetService(load(args.config))
+        cfg = load(args.config)
     except ConfigError as exc:
-        print(f"fleet: {exc}", file=sys.stderr)
+        print(f"headrace fleet: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, service.stop)
-    signal.signal(signal.SIGINT, service.stop)
-    service.run()
-    return 0
+    return serve(cfg)
 
 
 if __name__ == "__main__":

@@ -405,6 +405,22 @@ def _cmd_sink_run(args) -> int:
     return _run(main(cfg))
 
 
+def _cmd_fleet(args) -> int:
+    from sink import fleet_service
+
+    try:
+        if args.sub == "check-config":
+            print(fleet_service.check(args.config))
+            return 0
+        cfg = fleet_service.load(args.config)
+    except ConfigError as exc:
+        print(f"headrace fleet: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return fleet_service.serve(cfg)
+
+
 def _run(coro) -> int:
     try:
         import uvloop  # optional: faster datagram and stream paths
@@ -478,6 +494,16 @@ def parser() -> argparse.ArgumentParser:
     skr.add_argument("--config", default=None, help="sink.toml (docs/cloud.md); default: SQLite, local NATS")
     skr.add_argument("-v", "--verbose", action="store_true")
     skr.set_defaults(fn=_cmd_sink_run)
+
+    ft = sub.add_parser("fleet", help="the cloud end: lend resources across a site's gateways (one a site)"
+                        ).add_subparsers(dest="sub", required=True)
+    flr = ft.add_parser("run", help="run the fleet dispatcher in the foreground (systemd runs this)")
+    flr.add_argument("--config", "-c", required=True, help="fleet.toml (docs/matching.md, the fleet dispatcher)")
+    flr.add_argument("-v", "--verbose", action="store_true")
+    flr.set_defaults(fn=_cmd_fleet)
+    flc = ft.add_parser("check-config", help="validate fleet.toml and its site map")
+    flc.add_argument("--config", "-c", required=True)
+    flc.set_defaults(fn=_cmd_fleet)
 
     sp = sub.add_parser("spool", help="look into the spool, or send it to a broker").add_subparsers(
         dest="sub", required=True)

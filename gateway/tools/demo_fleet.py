@@ -3,7 +3,7 @@
 Line 1 has a pump and one mechanic; line 2, sixty metres away, has another mechanic.
 An operator keeps line 1's mechanic busy at its workshop (priority 9); then the pump's
 vibration rises, a rule asks for a mechanic (priority 8). Line 1 cannot serve it: after
-`escalate_after` (3 s) it escalates; the fleet dispatcher (sink/fleet_service.py, on the
+`escalate_after` (3 s) it escalates; the fleet dispatcher (`headrace fleet run`, sink/fleet_service.py, on the
 demo's embedded broker) borrows line 2's mechanic, who walks across, fixes the pump and
 reports done to its own gateway; line 1 sees its demand done. Both gateways' events are
 printed as they happen, each line prefixed by its gateway.

@@ -4,17 +4,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGING = Path(__file__).resolve().parents[2] / "gateway" / "data"
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path):
+@pytest.mark.parametrize("name, wants", [
+    ("headrace-gateway.service", ("Type=notify", "WatchdogSec=", "Restart=on-failure", " gateway run --config ")),
+    ("headrace-fleet.service", ("Restart=on-failure", " fleet check-config --config ", " fleet run --config ")),
+])
+def test_unit_passes_systemd_analyze_verify(tmp_path, name, wants):
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze not found: install the Debian package systemd (./run.sh test does)"
-    text = (PACKAGING / "headrace-gateway.service").read_text()
-    assert "Type=notify" in text and "WatchdogSec=" in text and "Restart=on-failure" in text
+    text = (PACKAGING / name).read_text()
+    assert all(w in text for w in wants), [w for w in wants if w not in text]
     # verify checks that ExecStart is executable: point it at this environment's command
     headrace = Path(sys.executable).parent / "headrace"
-    unit = tmp_path / "headrace-gateway.service"
+    unit = tmp_path / name
     unit.write_text(text.replace("/opt/headrace/venv/bin/headrace", str(headrace if headrace.exists() else sys.executable)))
     p = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [l for l in p.stderr.splitlines() if str(unit.name) in l or "Failed" in l]
