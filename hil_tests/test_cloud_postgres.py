@@ -136,7 +136,11 @@ def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
         # the first run makes the persistent session, then messages come
         sink = Sink(cfg)
         task = asyncio.create_task(sink.run())
-        await asyncio.sleep(1.0)
+        # the session exists (subscribed, SUBACK received) before anything is published
+        started = asyncio.ensure_future(sink.started.wait())
+        await asyncio.wait({started, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        assert sink.started.is_set(), task.exception() if task.done() else "the sink did not subscribe in 30 s"
         publish(mosquitto.port, [(DATA, data_batch("gw1", [("n1", 1), ("n1", 2)])),
                                  ("headrace/v1/s1/gw1/events", events_batch("gw1", evs)),
                                  (DATA, b"\x00 not a batch"),

@@ -45,6 +45,7 @@ class Sink:
         self._store = store
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-db")
         self._stop = asyncio.Event()
+        self.started = asyncio.Event()  # set once the store is open and the source started (subscribed)
 
     @property
     def store(self):
@@ -61,6 +62,7 @@ class Sink:
         if not await self._retry_source():
             return  # stopped before the broker could be reached
         log.info("sink worker storing into %s from %s", self._store.kind, self.cfg.sink.source)
+        self.started.set()
         try:
             while not self._stop.is_set():
                 msgs = await self.source.fetch(self.cfg.sink.group, 0.5)

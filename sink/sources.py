@@ -122,16 +122,25 @@ class MqttSource:
         c.manual_ack_set(True)  # PUBACK only once the rows are committed (Message.ack)
         c.reconnect_delay_set(0.5, 5)
 
+        pending: set[int] = set()
+
         def on_connect(client, _u, _flags, reason, _p):
             if not reason.is_failure:
-                client.subscribe(self.cfg.topic, qos=1)
+                pending.add(client.subscribe(self.cfg.topic, qos=1)[1])
                 if self.cfg.topic.startswith("$share/"):
                     # a shared subscription gets no retained messages, and each message goes to one
                     # worker: every worker reads the gateways' schemas on its own subscription
-                    client.subscribe("headrace/v1/+/+/schema", qos=1)
+                    pending.add(client.subscribe("headrace/v1/+/+/schema", qos=1)[1])
+
+        def on_subscribe(_c, _u, mid, _codes, _p):
+            # started once the broker has the subscriptions (SUBACK): what is published from
+            # then on reaches this session
+            pending.discard(mid)
+            if not pending:
                 self._connected.set()
 
         c.on_connect = on_connect
+        c.on_subscribe = on_subscribe
         c.on_message = lambda _c, _u, msg: self._q.put((msg.topic, msg.payload, msg.mid))
         self.client = c
         c.connect_async(self.cfg.host, self.cfg.port, keepalive=30)

@@ -231,10 +231,15 @@ class JetStreamUplink:
                     continue
                 if until_empty:
                     return
+                # not asyncio.wait_for: before Python 3.12 it returns the wake when a cancel arrives
+                # with it, and the cancel is lost: the owner awaiting this task would wait forever
+                waiter = asyncio.ensure_future(self.committed.wait())
                 try:
-                    await asyncio.wait_for(self.committed.wait(), self.STATE_INTERVAL)
-                except asyncio.TimeoutError:
-                    continue
+                    await asyncio.wait((waiter,), timeout=self.STATE_INTERVAL)
+                finally:
+                    waiter.cancel()
+                if not self.committed.is_set():
+                    continue  # the state interval passed with no commit
                 if j.batch_delay:
                     await asyncio.sleep(j.batch_delay)
         finally:
