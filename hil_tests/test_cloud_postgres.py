@@ -104,7 +104,7 @@ def publish(port: int, messages: list[tuple[str, bytes]]) -> None:
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-pub")
     c.connect("127.0.0.1", port)
     c.loop_start()
-    infos = [c.publish(topic, payload, qos=1) for topic, payload in messages]
+    infos = [c.publish(topic, payload, qos=1, retain=topic.endswith("/schema")) for topic, payload in messages]
     for info in infos:
         info.wait_for_publish(10)
     c.loop_stop()
@@ -112,7 +112,12 @@ def publish(port: int, messages: list[tuple[str, bytes]]) -> None:
 
 
 def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
-    """A worker stores, dead-letters and acknowledges; stopped, it gets what arrived meanwhile."""
+    """A worker stores, dead-letters and acknowledges; stopped, it gets what arrived meanwhile,
+    a version 3 batch among it whose schema it read before the restart (kept in PostgreSQL:
+    the session's queued messages come before the retained schema is sent again)."""
+    from tests.sink.test_decode_store import _v3_batches
+
+    schema, v3_first, v3_second = _v3_batches()
     url = postgres.database("mqtt")
     cfg = from_dict({"sink": {"database": url, "source": "mqtt", "allow": ["gw1"]},
                      "mqtt": {"port": mosquitto.port, "client_id": "sink-test"}})
@@ -144,25 +149,29 @@ def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
         publish(mosquitto.port, [(DATA, data_batch("gw1", [("n1", 1), ("n1", 2)])),
                                  ("headrace/v1/s1/gw1/events", events_batch("gw1", evs)),
                                  (DATA, b"\x00 not a batch"),
-                                 ("headrace/v1/s1/gw1/state", json.dumps({"online": True, "at": T0}).encode())])
+                                 ("headrace/v1/s1/gw1/state", json.dumps({"online": True, "at": T0}).encode()),
+                                 ("headrace/v1/s1/gw1/schema", schema), (DATA, v3_first)])
         for _ in range(100):
             await asyncio.sleep(0.1)
-            if sink.metrics.total("headrace_sink_messages_total") >= 3:
+            if sink.metrics.total("headrace_sink_messages_total") >= 5:
                 break
         sink.stop()
         await asyncio.wait_for(task, 10)
-        assert sink.metrics.total("headrace_sink_readings_total") == 8
+        assert sink.metrics.total("headrace_sink_readings_total") == 16
         assert sink.metrics.get("headrace_sink_dead_letters_total", reason="undecodable") == 1
         # while no worker runs, the broker keeps the session's messages
-        publish(mosquitto.port, [(DATA, data_batch("gw1", [("n1", 2), ("n1", 3)]))])
-        again = await run_until(lambda s: s.metrics.total("headrace_sink_messages_total") >= 1, "the queued batch")
-        assert again.metrics.total("headrace_sink_readings_total") == 4
+        publish(mosquitto.port, [(DATA, data_batch("gw1", [("n1", 2), ("n1", 3)])), (DATA, v3_second)])
+        again = await run_until(lambda s: s.metrics.get("headrace_sink_messages_total", kind="data") >= 2,
+                                "the queued batches")
+        assert again.metrics.total("headrace_sink_readings_total") == 8
         assert again.metrics.total("headrace_sink_duplicates_total") == 4
+        assert again.metrics.total("headrace_sink_dead_letters_total") == 0
 
     asyncio.run(main())
     store = PostgresStore(url)
     try:
-        assert store.query("SELECT count(*) FROM readings") == [(12,)]
+        assert store.query("SELECT count(*) FROM readings") == [(24,)]
+        assert store.query("SELECT gateway, nodes, patterns FROM schemas") == [("gw1", 1, 1)]
         assert store.query("SELECT type, key FROM events") == [("demand", "1")]
         assert store.query("SELECT gateway, online FROM gateways") == [("gw1", True)]
         assert store.query("SELECT reason FROM dead_letters") == [("undecodable",)]

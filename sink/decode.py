@@ -10,8 +10,10 @@ version the gateway writes as soon as that decoder does.
 Topics (or NATS subjects, with `.` for `/`): `headrace/v1/<site>/<gateway>/<kind>`,
 kind `data`, `events`, `schema` or `state`; anything else is a dead letter (`topic`).
 A `schema` message (retained: the node and sensor-name patterns that version 3
-data batches refer to) is kept by the decoder and stores nothing; a batch whose
-schema the worker has not seen is a dead letter (`schema`), its bytes kept.
+data batches refer to) is kept by the decoder and stored by the sink (table
+`schemas`, so that a worker that restarts, or another worker, reads it again:
+`Decoder.load`); a batch whose schema the worker has not seen, in memory, in
+the database or (JetStream) in the stream, is a dead letter (`schema`), its bytes kept.
 
 Identity: a reading is (site, gateway, node, seq, index in frame); a window is
 its fields' digest; an event is its type and the key docs/protocol.md §8 gives
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -35,6 +38,8 @@ from gateway.runtime.uplink import batch as batch_format
 from gateway.runtime.uplink import events as events_format
 
 KINDS = ("data", "events", "schema", "state")
+
+log = logging.getLogger("headrace.sink")
 
 
 class DeadLetter(Exception):
@@ -59,6 +64,7 @@ class Decoded:
     state: dict | None = None                     # the gateway's retained state (JSON)
     nodes: dict = field(default_factory=dict)     # node -> (last time, last seq, {sensor: last value})
     resources: dict = field(default_factory=dict)  # resource -> (demand, state, t)
+    schema: tuple | None = None                   # a schema message: (lineage, nodes, patterns, its bytes)
 
 
 def split_topic(topic: str) -> tuple[str, str, str]:
@@ -127,8 +133,9 @@ class Decoder:
             if kind == "state":
                 return self._state(site, gw, payload)
             if kind == "schema":
-                self.schemas.feed(payload)
-                return Decoded("schema", site, gw)
+                obj = self.schemas.feed(payload)
+                return Decoded("schema", site, gw, schema=(int(obj["lineage"]), len(obj["nodes"]),
+                                                           len(obj["patterns"]), bytes(payload)))
             obj = self.decode_batch(payload)
             if kind == "events":
                 return self._events(site, gw, obj)
@@ -141,6 +148,18 @@ class Decoder:
         except batch_format.BatchError as exc:
             reason = "version" if "version" in str(exc) and "not supported" in str(exc) else "undecodable"
             raise DeadLetter(reason, str(exc), site, gw) from None
+
+    def load(self, payloads) -> int:
+        """Take schema messages kept elsewhere (the store's `schemas` table); the number taken.
+        One that no longer parses is logged and left out (its batches become dead letters)."""
+        n = 0
+        for payload in payloads:
+            try:
+                self.schemas.feed(payload)
+                n += 1
+            except batch_format.BatchError as exc:
+                log.warning("a stored schema message does not parse, left out: %s", exc)
+        return n
 
     def decode_batch(self, payload: bytes) -> dict:
         """A data or events batch, any version the gateway writes (BatchError if not; UnknownSchema

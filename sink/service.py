@@ -59,6 +59,10 @@ class Sink:
         loop = asyncio.get_running_loop()
         if self._store is None:
             self._store = await self._retry(lambda: loop.run_in_executor(self._db, open_store, self.cfg.database))
+        # the schema messages stored before (by this worker before a restart, or by another):
+        # a batch that refers to one decodes even though its message went by long ago
+        saved = await self._retry(lambda: loop.run_in_executor(self._db, self._store.schemas))
+        log.info("sink worker read %d stored schema messages", self.decoder.load(saved))
         if not await self._retry_source():
             return  # stopped before the broker could be reached
         log.info("sink worker storing into %s from %s", self._store.kind, self.cfg.sink.source)
@@ -149,23 +153,39 @@ class Sink:
 
 
     async def _decode(self, m):
-        """Decode one message; a version 3 batch whose schema this worker has not seen gets the
-        gateway's last schema from the stream (JetStream), then one more try."""
+        """Decode one message. A version 3 batch whose schema this worker has not met reads the
+        gateway's schemas from the database (stored by another worker, or since this one started),
+        then (JetStream) the gateway's last schema from the stream, trying again after each."""
         try:
             return self.decoder.decode(m.topic, m.payload)
         except DeadLetter as exc:
-            last = getattr(self.source, "last_schema", None)
-            if exc.reason != "schema" or last is None:
+            if exc.reason != "schema":
                 raise
-            schema = await last(exc.site, exc.gateway)
-            if schema is None:
-                raise
+            first = exc
+        loop = asyncio.get_running_loop()
+        try:
+            stored = await loop.run_in_executor(self._db, self._store.schemas, first.site, first.gateway)
+        except StoreUnavailable as exc:  # the stream may still have it; the write will retry the store
+            log.warning("stored schemas of %s/%s not read: %s", first.site, first.gateway, exc)
+            stored = []
+        if self.decoder.load(stored):
             try:
-                self.decoder.decode(m.topic.rsplit(".", 1)[0] + ".schema" if "/" not in m.topic
-                                    else m.topic.rsplit("/", 1)[0] + "/schema", schema)
-            except DeadLetter:
-                raise exc from None
-            return self.decoder.decode(m.topic, m.payload)
+                return self.decoder.decode(m.topic, m.payload)
+            except DeadLetter as exc:
+                if exc.reason != "schema":
+                    raise
+        last = getattr(self.source, "last_schema", None)
+        schema = await last(first.site, first.gateway) if last is not None else None
+        if schema is None:
+            raise first
+        try:
+            found = self.decoder.decode(m.topic.rsplit(".", 1)[0] + ".schema" if "/" not in m.topic
+                                        else m.topic.rsplit("/", 1)[0] + "/schema", schema)
+        except DeadLetter:
+            raise first from None
+        out = self.decoder.decode(m.topic, m.payload)
+        out.schema = found.schema  # stored with the batch: the next worker finds it in the database
+        return out
 
     async def _one_by_one(self, pairs, dead):
         """The database refused a group's rows: write its messages one at a time, so that only the

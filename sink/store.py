@@ -69,6 +69,20 @@ MIRROR = [
         demand bigint, state text, t double precision, PRIMARY KEY (site, gateway, resource))""",
 ]
 
+# the gateways' schema messages (docs/protocol.md §7), the longest of each lineage: a worker that
+# restarts, or one that meets a batch whose schema went to another worker, reads them here
+SCHEMAS = """CREATE TABLE IF NOT EXISTS schemas (site text NOT NULL, gateway text NOT NULL, lineage bigint NOT NULL,
+    nodes integer NOT NULL, patterns integer NOT NULL, at double precision NOT NULL, message bytea NOT NULL,
+    PRIMARY KEY (site, gateway, lineage))"""
+SCHEMA_UPSERT = """INSERT INTO schemas VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, gateway, lineage) DO UPDATE
+    SET nodes = excluded.nodes, patterns = excluded.patterns, at = excluded.at, message = excluded.message
+    WHERE excluded.nodes >= schemas.nodes AND excluded.patterns >= schemas.patterns"""
+
+
+def _schema_rows(items) -> list[tuple]:
+    """(site, gateway, lineage, nodes, patterns, at, message) of the group's schema messages."""
+    return [(d.site, d.gateway, *d.schema[:3], time.time(), d.schema[3]) for d in items if d.schema is not None]
+
 
 class StoreUnavailable(Exception):
     """The database cannot be reached or refused the write; nothing of the group was stored."""
@@ -137,6 +151,12 @@ def _no_nan(obj):
     return obj
 
 
+def _schemas_sql(site, gateway) -> tuple[str, tuple]:
+    if site is None:
+        return "SELECT message FROM schemas ORDER BY site, gateway, lineage", ()
+    return "SELECT message FROM schemas WHERE site = ? AND gateway = ? ORDER BY lineage", (site, gateway)
+
+
 def open_store(url: str):
     """A PostgreSQL store for a postgresql:// (or postgres://) URL, else an SQLite file."""
     if url.startswith(("postgresql://", "postgres://")) or url.startswith("host=") or " dbname=" in url:
@@ -159,6 +179,7 @@ class SqliteStore:
             self._db.execute(_table_ddl(name, body, "TEXT", "BLOB"))
         for ddl in MIRROR:
             self._db.execute(ddl.replace("JSON", "TEXT"))
+        self._db.execute(SCHEMAS.replace("bytea", "BLOB"))
         self._db.execute("""CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT,
             received_at REAL NOT NULL, source TEXT, topic TEXT NOT NULL, position TEXT, reason TEXT NOT NULL,
             detail TEXT NOT NULL, payload BLOB NOT NULL, UNIQUE (topic, position))""")
@@ -203,6 +224,8 @@ class SqliteStore:
         return out
 
     def _mirror(self, db, items: list[Decoded]) -> None:
+        for row in _schema_rows(items):
+            db.execute(SCHEMA_UPSERT, row)
         for d in items:
             if d.state is not None:
                 at = d.state.get("at") if isinstance(d.state.get("at"), (int, float)) else time.time()
@@ -225,6 +248,10 @@ class SqliteStore:
     def query(self, sql: str, args=()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def schemas(self, site: str | None = None, gateway: str | None = None) -> list[bytes]:
+        """The stored schema messages (of one gateway, given site and gateway), to feed a decoder."""
+        return [bytes(m) for m, in self.query(*_schemas_sql(site, gateway))]
 
     def close(self) -> None:
         with self._lock:
@@ -254,6 +281,7 @@ class PostgresStore:
                     self._conn.execute(_table_ddl(name, body, "jsonb", "bytea"))
                 for ddl in MIRROR:
                     self._conn.execute(ddl.replace("JSON", "jsonb"))
+                self._conn.execute(SCHEMAS)
                 self._conn.execute("""CREATE TABLE IF NOT EXISTS dead_letters (id bigserial PRIMARY KEY,
                     received_at timestamptz NOT NULL DEFAULT now(), source text, topic text NOT NULL, position text,
                     reason text NOT NULL, detail text NOT NULL, payload bytea NOT NULL, UNIQUE (topic, position))""")
@@ -351,6 +379,8 @@ class PostgresStore:
         return cur.rowcount
 
     def _mirror(self, cur, items: list[Decoded]) -> None:
+        for row in _schema_rows(items):
+            cur.execute(SCHEMA_UPSERT.replace("?", "%s").replace("excluded", "EXCLUDED"), row)
         for d in items:
             if d.state is not None:
                 at = d.state.get("at") if isinstance(d.state.get("at"), (int, float)) else time.time()
@@ -376,6 +406,15 @@ class PostgresStore:
             if self._conn is None or self._conn.closed:
                 self._connect()
             return self._conn.execute(sql.replace("?", "%s"), args).fetchall()
+
+    def schemas(self, site: str | None = None, gateway: str | None = None) -> list[bytes]:
+        """The stored schema messages (of one gateway, given site and gateway), to feed a decoder."""
+        try:
+            return [bytes(m) for m, in self.query(*_schemas_sql(site, gateway))]
+        except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
+            with self._lock:
+                self._drop()
+            raise StoreUnavailable(f"PostgreSQL: {exc}".strip()) from None
 
     def close(self) -> None:
         with self._lock:

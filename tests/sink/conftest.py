@@ -2,6 +2,7 @@
 tests (hil_tests/test_cloud_*.py use them too)."""
 from __future__ import annotations
 
+import asyncio
 import random
 
 import cbor2
@@ -44,6 +45,8 @@ class ListSource:
         pass
 
     async def fetch(self, n, timeout):
+        if not self.pending:
+            await asyncio.sleep(min(timeout, 0.05))  # as a broker that has nothing: no busy loop
         out, self.pending = self.pending[:n], self.pending[n:]
         return [Message(t, p, str(i), self._ack(i), self._ack(None)) for i, t, p in out]
 

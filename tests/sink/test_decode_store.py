@@ -173,3 +173,86 @@ def test_config_errors_name_the_key():
             from_dict(raw)
         assert e.value.key == key
     assert from_dict({}).database.endswith("cloud.sqlite")
+
+
+def _v3_batches():
+    """A gateway's schema message and two version 3 batches that refer to it (the second sent
+    after the schema stopped changing: no schema message goes with it)."""
+    from .conftest import frame
+
+    schema = batch.Schema("gw1", "s1")
+    first = batch.encode("gw1", "s1", [frame("n7", s, [1.5, 2.0, 3.0, 4.0], T0 + s) for s in (1, 2)], [], schema)
+    message = schema.message()
+    second = batch.encode("gw1", "s1", [frame("n7", 3, [5.5, 6.0, 7.0, 8.0], T0 + 3)], [], schema)
+    assert not schema.changed and cbor2.loads(second)["v"] == 3
+    return message, first, second
+
+
+async def _run_until_acked(sink, src, n: int) -> None:
+    task = asyncio.create_task(sink.run())
+    try:
+        for _ in range(200):
+            if len(src.acked) >= n or task.done():
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        sink.stop()
+        await asyncio.wait_for(task, 10)
+
+
+def test_schemas_kept_across_a_restart(tmp_path):
+    """A worker stores the schema messages it meets; restarted (a new process: new decoder, new
+    connection), it reads them back, and a batch referring to a schema sent before the restart
+    decodes instead of becoming a dead letter."""
+    from sink.store import SqliteStore
+
+    message, first, second = _v3_batches()
+    with pytest.raises(DeadLetter) as e:  # what the second batch needs: the schema, from somewhere
+        Decoder().decode("headrace/v1/s1/gw1/data", second)
+    assert e.value.reason == "schema"
+    path = str(tmp_path / "cloud.sqlite")
+    cfg = from_dict({"sink": {"sqlite": path}})
+    src = ListSource([(1, "headrace/v1/s1/gw1/schema", message), (2, "headrace/v1/s1/gw1/data", first)])
+    store = SqliteStore(path)
+    asyncio.run(_run_until_acked(Sink(cfg, source=src, store=store), src, 2))
+    store.close()
+
+    again = ListSource([(3, "headrace/v1/s1/gw1/data", second)])
+    store = SqliteStore(path)
+    sink = Sink(cfg, source=again, store=store)
+    asyncio.run(_run_until_acked(sink, again, 1))
+    try:
+        assert again.acked == [3]
+        assert store.query("SELECT count(*) FROM dead_letters") == [(0,)]
+        assert store.query("SELECT seq, v FROM readings WHERE idx = 0 ORDER BY seq") == [(1, 1.5), (2, 1.5), (3, 5.5)]
+        assert store.query("SELECT gateway, nodes, patterns FROM schemas") == [("gw1", 1, 1)]
+        assert sink.decoder.schemas.schemas  # read at start, before the batch came
+    finally:
+        store.close()
+
+
+def test_a_worker_reads_a_schema_another_worker_stored(sqlite_store):
+    """Competing workers: the schema message went to one; the other, already running, meets a
+    batch referring to it and reads it from the database (no stream to ask here)."""
+    message, first, second = _v3_batches()
+    cfg = from_dict({})
+    one = ListSource([(1, "headrace/v1/s1/gw1/schema", message), (2, "headrace/v1/s1/gw1/data", first)])
+    other = ListSource([(3, "headrace/v1/s1/gw1/data", second)])
+    a, b = Sink(cfg, source=one, store=sqlite_store), Sink(cfg, source=other, store=sqlite_store)
+
+    async def main():
+        await a.handle(await one.fetch(10, 0))
+        await b.handle(await other.fetch(10, 0))
+
+    asyncio.run(main())
+    assert b.metrics.total("headrace_sink_dead_letters_total") == 0
+    assert b.metrics.total("headrace_sink_readings_total") == 4
+    # a longer schema of the lineage replaces a shorter one, never the reverse
+    sqlite_store.write([Decoder().decode("headrace/v1/s1/gw1/schema", message)])
+    longer = batch.Schema("gw1", "s1", lineage=cbor2.loads(message)["lineage"])
+    for n in ("n7", "n8"):
+        longer.node(n)
+    longer.pattern(("temp", "vib"))
+    sqlite_store.write([Decoder().decode("headrace/v1/s1/gw1/schema", longer.message())])
+    sqlite_store.write([Decoder().decode("headrace/v1/s1/gw1/schema", message)])
+    assert sqlite_store.query("SELECT nodes, patterns FROM schemas") == [(2, 1)]
