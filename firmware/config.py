@@ -30,6 +30,7 @@ DEFAULTS = {  # type: dict
     "watchdog_ms": 8000,  # 0: no watchdog
     "sleep": "none",  # between samples: none (idle), light (lightsleep), deep (deepsleep, boots again)
     "led_pin": None,  # None: the board's own LED
+    "worker": None,  # a resource's simulated worker: {"accept_ms": 2000, "work_ms": 5000} (worker.py)
 }
 
 _INTS = ("coap_port", "period_ms", "batch", "frames", "drain_timeout_s", "seed", "ack_timeout_ms",
@@ -103,6 +104,11 @@ def _setting(k, v, cfg):
         return "must be a pin number, a pin name or null", '"led_pin": null'
     elif k == "sensors" and not isinstance(v, list):
         return "must be a list", '"sensors": ["temp"]'
+    elif k == "worker" and v is not None and not (
+            isinstance(v, dict) and sorted(v) == ["accept_ms", "work_ms"]
+            and _int(v["accept_ms"], 0, 86400000) and _int(v["work_ms"], 0, 86400000)):
+        return ("must be null or {accept_ms, work_ms} in ms (0..86400000)",
+                '"worker": {"accept_ms": 2000, "work_ms": 5000}')
     return None
 
 

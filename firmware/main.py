@@ -151,9 +151,16 @@ class Node:
         self.clock = clock.Clock(board)
         self.shifts = bytearray(getattr(s, "shift", _RAW_NONE) if hasattr(s, "read_raw") else _RAW_NONE
                                 for s in self.sensors)
-        self.names = [s.name.encode() for s in self.sensors] + [b"dropped"]
+        self.worker = None  # a resource's terminal (worker.py): its steps are readings of their own
+        steps = []
+        if cfg["worker"]:
+            import worker
+            self.worker = worker.Worker(cfg["worker"])
+            steps = list(worker.NAMES)
+        self.names = [s.name.encode() for s in self.sensors] + steps + [b"dropped"]
         self.pack = senml.Pack(self.name, self.names, cfg["batch"] + 1)  # remade by set_batch
-        self.empty = senml.Pack(self.name, self.names, 1)  # reports alone (and the drop count)
+        # reports alone (and the drop count, and a worker's step)
+        self.empty = senml.Pack(self.name, self.names, 2 if steps else 1)
         self.heap = Heap()
         # sensors that convert for a while before a read (DS18B20: up to 750 ms) are all
         # started first, then read once the longest is done; the loop runs meanwhile
@@ -343,6 +350,8 @@ class Node:
                     # an ack for no frame in the outbox: a late repeat, or a replay
                     self.commands.replayed += 1
             self.commands.tick(now)
+            if self.worker is not None:
+                self.work(now)
             if not link.busy():
                 free = self.window - self.outbox.in_flight(now, timeout)
                 box = self.outbox
@@ -355,6 +364,21 @@ class Node:
                     if link.busy():
                         break
             await sleep_ms(1)
+
+    def work(self, now):
+        """A worker's step due now, sent at once in a frame of its own (worker.py)."""
+        worker = self.worker
+        due = None if worker is None else worker.due(now)
+        if due is None:
+            return
+        step, demand = due
+        pack = self.empty
+        self.clock.now()
+        pack.day = self.clock.day
+        pack.msod = self.clock.msod
+        pack.add_obj(len(self.sensors) + step, 0, demand)
+        emit({"ev": "work", "demand": demand, "step": "done" if step else "accept"})
+        self.make_frame(pack)
 
     async def rest(self, ms):
         """Wait a period: idle, or with "sleep": "light" in the board's light sleep once no
@@ -518,7 +542,8 @@ class Commands:
             self.reboot_at = board.ticks_add(board.ticks_ms(), 1000)  # time for the report to go out first
             return None
         if name in ("dispatch", "recall"):
-            return None  # shown by the event: a resource's terminal acts on it
+            worker = self.node.worker  # a simulated worker acts on it; else shown by the event
+            return None if worker is None else getattr(worker, name)(args)
         return "unknown command " + str(name)
 
     def tick(self, now):

@@ -10,6 +10,8 @@ module("config.py")
 module("link_serial.py")
 module("link_coap.py")
 module("main.py")
+# a resource's simulated worker (bench, demos): accepts and finishes its dispatches
+module("worker.py")
 # node updates: the boot stage, the slots, and the release signature check (Ed25519 on SHA-512)
 module("bootstage.py")
 module("update.py")

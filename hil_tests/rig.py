@@ -303,6 +303,43 @@ port = {self.http_port}
         return self.proc.returncode
 
 
+def received_events(sub: Subscriber) -> list[dict]:
+    """Every event row the subscriber received on an `events` topic, in arrival order."""
+    from gateway.runtime.uplink import events
+
+    out = []
+    with sub._lock:
+        msgs = list(sub.messages)
+    for topic, payload in msgs:
+        if topic.endswith("/events"):
+            out += list(events.rows(batch.decode(payload)))
+    return out
+
+
+def post_demand(port: int, body: dict) -> dict:
+    """POST /demands to a gateway's API; its answer (the demand, with its id)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/demands", data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.load(r)
+
+
+def open_demands(gw: "GatewayProcess") -> list[dict]:
+    """GET /demands: the gateway's open demands, each with its state, resource and source."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/demands", timeout=5) as r:
+        return json.load(r)["demands"]
+
+
+def mechanic(workdir: Path, gw: "GatewayProcess", name: str, key: bytes, accept_ms: int = 500,
+             work_ms: int = 1500) -> "Node":
+    """A mechanic's node: the real firmware under MicroPython over CoAP to `gw`, its terminal
+    a simulated worker (firmware/worker.py) who accepts each dispatch `accept_ms` after it
+    arrives and reports it done `work_ms` later. A frame every 200 ms: commands ride its acks."""
+    return Node(workdir, {"node": name, "key": key.hex(), "transport": "coap", "host": "127.0.0.1",
+                          "coap_port": gw.coap_port, "sensors": ["temp"], "period_ms": 200, "batch": 1,
+                          "state_file": str(workdir / f"{name}.seq"), "ack_timeout_ms": 300, "max_retransmit": 2,
+                          "worker": {"accept_ms": accept_ms, "work_ms": work_ms}})
+
+
 def json_events(lines, kind: str | None = None) -> list[dict]:
     """The node's JSON Lines events (of one kind) among lines of output; other lines are passed over."""
     out = []

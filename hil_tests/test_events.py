@@ -10,15 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import cbor2
 from aiocoap.numbers.codes import Code
 
 from gateway.protocol import cose
-from gateway.runtime.uplink import batch, events
+from gateway.runtime.uplink import batch
 
-from .rig import REPO, GatewayProcess, Mosquitto, Subscriber, coap_post, wait_for
+from .rig import REPO, GatewayProcess, Mosquitto, Subscriber, coap_post, post_demand, received_events, wait_for
 
 RULES = """
 [[rules]]
@@ -49,22 +48,6 @@ node = "m1"
 def reading(key: bytes, node: str, seq: int, sensor: str, value: float) -> bytes:
     body = cbor2.dumps([{-2: f"{node}/", -3: time.time(), 0: sensor, 2: value}])
     return cose.mac0(key, node.encode(), body, seq=seq)
-
-
-def received_events(sub: Subscriber) -> list[dict]:
-    out = []
-    with sub._lock:
-        msgs = list(sub.messages)
-    for topic, payload in msgs:
-        if topic.endswith("/events"):
-            out += list(events.rows(batch.decode(payload)))
-    return out
-
-
-def post_demand(port: int, body: dict) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/demands", data=json.dumps(body).encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.load(r)
 
 
 def test_alarms_and_dispatches_reach_the_broker_on_events(tmp_path, mosquitto, subscriber):

@@ -17,8 +17,7 @@ from aiocoap.numbers.codes import Code
 from gateway.protocol import cose
 from sink.decode import event_key
 
-from .rig import GatewayProcess, coap_post, wait_for
-from .test_events import post_demand, received_events
+from .rig import GatewayProcess, coap_post, post_demand, received_events, wait_for
 
 RESOURCES = """
 [dispatch]

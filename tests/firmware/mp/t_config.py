@@ -27,6 +27,9 @@ def write(name, obj):
 
 
 cfg = config.validate(GOOD)
+assert cfg["worker"] is None
+assert config.validate(dict(GOOD, worker={"accept_ms": 0, "work_ms": 1500}))["worker"] == {"accept_ms": 0,
+                                                                                       "work_ms": 1500}
 assert cfg["key"] == bytes.fromhex(KEY) and cfg["batch"] == 16 and cfg["sleep"] == "light"
 assert cfg["sensors"][0] == "temp"  # a simulated sensor by its kind stays a string: small on the node
 s = {x["name"]: x for x in cfg["sensors"][1:]}
@@ -49,6 +52,7 @@ BAD = [({"batch": 100}, "'batch'"), ({"transport": "lora"}, "'transport'"), ({"c
        ({"sensors": [{"name": "a", "driver": "bme280", "colour": 1}]}, "'sensors[0].colour'"),
        ({"sensors": [{"name": "p", "driver": "adc", "pin": 1, "cal": [[5, 0], [5, 1]]}]}, "'sensors[0].cal'"),
        ({"sensors": [{"name": "p", "driver": "sim", "kind": "temp", "period_ms": 1500}]}, "'sensors[0].period_ms'"),
+       ({"worker": {"accept_ms": 5}}, "'worker'"), ({"worker": {"accept_ms": -1, "work_ms": 5}}, "'worker'"),
        ({"sensors": ["plasma"]}, "'sensors[0]'"), ({"sensors": []}, "'sensors'"), ({"node": "Pump 3"}, "'node'"), ({"key": "12"}, "'key'")]
 for change, where in BAD:
     raw = dict(GOOD)
