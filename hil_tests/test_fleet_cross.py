@@ -121,6 +121,10 @@ def test_fleet_demo_lends_line2s_mechanic_to_line1s_pump(tmp_path):
     assert "LOAN     mech2 granted for line1" in out
     assert "mechanic → line2/mech2: assigned" in out and "mechanic → line2/mech2: done" in out
     assert "line1's pump was fixed by line2's mechanic" in out
+    # the fleet table (printed as text when it changes): line1's demand served by line2's mechanic on loan
+    table = out[out.index("LOAN     mech2 granted"):]
+    assert "fleet withdrawn (borrowed) served by line2/mech2 (borrowed from line2)" in table
+    assert "line2/mech2    mechanic     on loan to line1 #…" in table
 
 
 def test_the_lender_killed_mid_loan_carries_on_and_a_lender_that_stays_dead_is_replaced(tmp_path, mosquitto,
