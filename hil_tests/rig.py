@@ -340,14 +340,23 @@ def mechanic(workdir: Path, gw: "GatewayProcess", name: str, key: bytes, accept_
                           "worker": {"accept_ms": accept_ms, "work_ms": work_ms}})
 
 
+def _json_tail(line: str):
+    """The JSON value that is the line, or that ends it: a power cut ends a line mid-event and
+    the board's next line follows unbroken. None when there is none."""
+    at = 0
+    while at >= 0:
+        try:
+            return json.loads(line[at:])
+        except ValueError:
+            at = line.find("{", at + 1)
+    return None
+
+
 def json_events(lines, kind: str | None = None) -> list[dict]:
     """The node's JSON Lines events (of one kind) among lines of output; other lines are passed over."""
     out = []
     for line in lines:
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
+        ev = _json_tail(line)
         if isinstance(ev, dict) and (kind is None or ev.get("ev") == kind):
             out.append(ev)
     return out
@@ -473,6 +482,77 @@ class SimBoard:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
+
+
+QEMU_SUPERVISOR = """\
+import json, os, signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+with open(sys.argv[1]) as f:
+    conf = json.load(f)  # pidfile, rtc (path), rtc_ms, argv (QEMU's)
+with open(conf["pidfile"], "w") as f:
+    f.write(str(os.getpid()))
+while True:
+    with open(conf["rtc"], "w") as f:  # the board's clock at power-on: the host's, or the one a test sets
+        f.write(str(conf["rtc_ms"] or time.time_ns() // 1000000))
+    code = subprocess.call(conf["argv"])
+    # 0: machine.reset() (QEMU exits by semihosting); -9: the power was cut (QemuBoard.power_cycle)
+    if code not in (0, -9):
+        sys.exit(code)
+"""
+
+
+def qemu_argv(image: str, console: str, uart: str | None) -> list[str]:
+    """qemu-system-arm for the Cortex-M3 bench board: UART0 (the console) on the host tty
+    `console`, UART1 on the host tty `uart`, semihosting for its flash and clock. (QEMU's
+    stdio turns on output processing, \n -> \r\n, which mpremote's raw REPL does not take.)"""
+    argv = [require("qemu-system-arm", "qemu-system-arm"), "-machine", "mps2-an385", "-display", "none",
+            "-monitor", "null", "-semihosting", "-chardev", f"serial,id=con,path={console}", "-serial", "chardev:con"]
+    if uart:
+        argv += ["-chardev", f"serial,id=uart1,path={uart}", "-serial", "chardev:uart1"]
+    return argv + ["-kernel", image]
+
+
+class QemuBoard:
+    """The Cortex-M3 bench board: the frozen qemu-m3 image (firmware/build/frozen.py) under
+    qemu-system-arm, its console (UART0) on the serial port `self.port` (a pty pair, as a
+    board's USB serial port), UART1 on the host tty `uart` (the board end of a pty pair:
+    the gateway reads the other end). Its flash (`flash.bin`) and clock (`rtc`) are files in its folder,
+    reached by semihosting: they outlive a reset and a power cut. A small supervisor starts
+    QEMU again when it exits by machine.reset() or is killed (a power cut). rtc_ms: the
+    clock at every power-on (default: the host's time then)."""
+
+    def __init__(self, workdir: Path, image: Path, uart: str | None = None, name: str = "qemu", rtc_ms: int = 0):
+        self.root = workdir / f"{name}-board"
+        self.root.mkdir()
+        (workdir / f"{name}-supervisor.py").write_text(QEMU_SUPERVISOR)
+        self.console = PtyPair(workdir, f"{name}-console")
+        self.port = self.console.a
+        self._pidfile = workdir / f"{name}.pid"
+        conf = workdir / f"{name}-supervisor.json"
+        conf.write_text(json.dumps({"pidfile": str(self._pidfile), "rtc": str(self.root / "rtc"), "rtc_ms": rtc_ms,
+                                    "argv": qemu_argv(str(image), self.console.b, uart)}))
+        self.log_path = workdir / f"{name}-qemu.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, str(workdir / f"{name}-supervisor.py"), str(conf)],
+                                         cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self._pidfile.exists(), 10, "the QEMU board")
+
+    def power_cycle(self) -> None:
+        """Cut the power: QEMU is killed (SIGKILL) mid-instruction and the board boots again."""
+        sup = int(self._pidfile.read_text() or 0)
+        for pid in Path(f"/proc/{sup}/task/{sup}/children").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+
+    def files(self) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in self.root.iterdir() if p.is_file()}
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the supervisor and QEMU
+        except ProcessLookupError:
+            pass
+        self.proc.wait(5)
+        self.console.stop()
 
 
 def find_binary(name: str) -> str | None:

@@ -117,8 +117,13 @@ def test_power_cuts_lose_nothing_and_reuse_no_number(flashed, subscriber, bench_
     for cut in range(3):
         wait_for(lambda n=len(console.events("ack")): len(console.events("ack")) >= n + 5, 30, "acks")
         time.sleep(0.02 * cut)
+        boots = len(console.events("boot"))
         board.power_cycle()
-        wait_for(lambda n=cut: len(console.events("boot")) >= n + 1, 30, "the board booting again")
+        try:
+            wait_for(lambda n=boots: len(console.events("boot")) > n, 30, "the board booting again")
+        except TimeoutError:
+            print("\n".join(console.lines[-30:]))
+            raise
     wait_for(lambda: len(console.events("ack")) > 0 and console.events("boot")[-1] and
              len(console.events("sent")) > 20, 30, "frames after the last cut")
     seqs = [e["seq"] for e in console.events("sent")]

@@ -5,6 +5,8 @@
 #                (board/fake.py) that tests attach device models to
 #   board.esp32  ESP32 boards (machine, onewire, network); shared code in board/_mcu.py
 #   board.rp2    RP2040 / RP2350 boards (Pico, Pico W, Pico 2); shared code in board/_mcu.py
+#   board.qemu   the Cortex-M3 bench board (QEMU mps2-an385, firmware/build/frozen.py qemu-m3):
+#                UART registers, a watchdog, storage and clock in host files by semihosting
 #
 # Every board module provides:
 #
@@ -46,6 +48,8 @@ if sys.platform == "esp32":
     from board.esp32 import *  # noqa: F401,F403
 elif sys.platform == "rp2":
     from board.rp2 import *  # noqa: F401,F403
+elif sys.platform == "qemu":
+    from board.qemu import *  # noqa: F401,F403
 elif sys.platform in ("linux", "darwin") or sys.implementation.name == "cpython":
     from board.unix import *  # noqa: F401,F403
 else:

@@ -7,13 +7,19 @@ Configuration:
     HEADRACE_FIRMWARE_CACHE   where sources and images are kept (default ~/.cache/headrace)
 
 Usage:
-    python firmware/build/frozen.py unix64 [unix32 ...]   build (or find cached) images, print their paths
+    python firmware/build/frozen.py unix64 [unix32 qemu-m3 ...] [--heap BYTES]
+                                                          build (or find cached) images, print their paths
     python firmware/build/frozen.py --list                 the targets
 
 Targets: unix64 (the unix port, 64-bit), unix32 (the unix port, MICROPY_FORCE_32BIT=1: the
-heap and ints of a 32-bit MCU; needs gcc-multilib). An image is cached under a hash of
-its inputs (the firmware's sources, this script, the MicroPython source and the target),
-so an unchanged image is never rebuilt and a changed one is.
+heap and ints of a 32-bit MCU; needs gcc-multilib), qemu-m3 (the qemu port's MPS2_AN385
+board, a Cortex-M3 under `qemu-system-arm -machine mps2-an385`, with the board folder
+firmware/build/qemu-m3/: asyncio on, LittleFS, a boot that mounts the filesystem and runs
+/main.py, and board/qemu.py's semihosting helper; needs gcc-arm-none-eabi,
+libnewlib-arm-none-eabi and qemu-system-arm; its heap is fixed at build time:
+`--heap BYTES`, default 64 KiB). An image is cached under a hash of its inputs (the
+firmware's sources and board files, the MicroPython source, the target and heap), so an
+unchanged image is never rebuilt and a changed one is.
 
 Caveats: ESP32 and RP2 images need their own toolchains (ESP-IDF, pico-sdk): see
 docs/firmware.md for the commands with the same manifest. make runs no git: the unix
@@ -37,10 +43,14 @@ VERSION = "1.28.0"
 TARBALL = REPO.parent / "shared" / "micropython" / f"micropython-{VERSION}-src.tar.gz"
 
 UNIX = ["VARIANT=standard", "MICROPY_PY_BTREE=0", "MICROPY_PY_SSL=0", "MICROPY_PY_FFI=0"]
+BOARD_QEMU = HERE / "qemu-m3"  # the Cortex-M3 bench board: make's BOARD_DIR, boot hook, own modules
+QEMU = ["BOARD=MPS2_AN385", f"BOARD_DIR={BOARD_QEMU}"]
 TARGETS = {
     "unix64": ("ports/unix", UNIX, "micropython"),
     "unix32": ("ports/unix", UNIX + ["MICROPY_FORCE_32BIT=1"], "micropython"),
+    "qemu-m3": ("ports/qemu", QEMU, "firmware.elf"),
 }
+QEMU_HEAP = 65536  # the qemu image's heap unless asked (bytes): its heap is fixed at build time
 
 
 class BuildError(RuntimeError):
@@ -90,6 +100,10 @@ def missing_reason(target: str = "unix64") -> str | None:
     for tool in ("make", "gcc"):
         if shutil.which(tool) is None:
             return f"`{tool}` not found"
+    if target == "qemu-m3":
+        for tool, pkg in (("arm-none-eabi-gcc", "gcc-arm-none-eabi"), ("qemu-system-arm", "qemu-system-arm")):
+            if shutil.which(tool) is None:
+                return f"`{tool}` not found: apt-get install {pkg} libnewlib-arm-none-eabi (./run.sh test does)"
     if target == "unix32":  # gcc-multilib: a 32-bit program links
         probe = cache_dir() / "probe32"
         probe.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +117,7 @@ def missing_reason(target: str = "unix64") -> str | None:
 def _inputs(target: str, src: Path) -> str:
     h = hashlib.sha256()
     h.update(target.encode())
-    for path in sorted(FIRMWARE.rglob("*.py")):
+    for path in sorted(p for p in FIRMWARE.rglob("*") if p.suffix in (".py", ".h", ".mk")):
         if "__pycache__" not in path.parts:
             h.update(str(path.relative_to(FIRMWARE)).encode())
             h.update(path.read_bytes())
@@ -113,24 +127,35 @@ def _inputs(target: str, src: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def build(target: str, jobs: int = 2, log=sys.stderr) -> Path:
-    """The image of `target` (built now, or cached); BuildError when the build fails."""
+def build(target: str, jobs: int = 2, log=sys.stderr, heap: int | None = None) -> Path:
+    """The image of `target` (built now, or cached); BuildError when the build fails.
+    heap: the qemu-m3 image's heap in bytes (default QEMU_HEAP), fixed at build time; the
+    unix images take theirs at run time (-X heapsize=)."""
     if target not in TARGETS:
         raise BuildError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
     src = source()
     if src is None:
         raise BuildError(missing_reason() or "no MicroPython source")
     port, flags, product = TARGETS[target]
-    out = cache_dir() / "images" / f"{target}-{_inputs(target, src)}"
+    name = target
+    if target == "qemu-m3":
+        heap = heap or QEMU_HEAP
+        name = f"{target}-heap{heap}"
+        flags = flags + [f"MICROPY_HEAP_SIZE={heap}"]
+    out = cache_dir() / "images" / f"{name}-{_inputs(name, src)}"
     image = out / product
     if image.exists():
         return image
-    work = cache_dir() / "work" / target  # make's build folder: unchanged objects are reused
+    # make's build folder: unchanged objects are reused (one per heap: make does not track flags)
+    work = cache_dir() / "work" / name
     work.mkdir(parents=True, exist_ok=True)
     (work / "mpy-lib").mkdir(exist_ok=True)
     (work / "mpy-lib" / "README.md").write_text("nothing of micropython-lib is frozen\n")
     manifest = work / "manifest.py"
-    manifest.write_text(f'include("$(MPY_DIR)/extmod/asyncio")\ninclude({str(FIRMWARE / "manifest.py")!r})\n')
+    text = f'include("$(MPY_DIR)/extmod/asyncio")\ninclude({str(FIRMWARE / "manifest.py")!r})\n'
+    if target == "qemu-m3":
+        text += f"include({str(BOARD_QEMU / 'manifest.py')!r})\n"
+    manifest.write_text(text)
     env = dict(os.environ, MAKEFLAGS="")
     cmds = [["make", "-C", str(src / "mpy-cross"), f"-j{jobs}", f"BUILD={cache_dir() / 'work' / 'mpy-cross'}"],
             ["make", "-C", str(src / port), f"-j{jobs}", *flags, f"BUILD={work / 'build'}",
@@ -154,13 +179,14 @@ def main(argv=None) -> int:
     ap.add_argument("targets", nargs="*")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--heap", type=int, default=None, help="the qemu-m3 image's heap, bytes (default 65536)")
     args = ap.parse_args(argv)
     if args.list or not args.targets:
         print("\n".join(TARGETS))
         return 0
     try:
         for t in args.targets:
-            print(build(t, args.jobs))
+            print(build(t, args.jobs, heap=args.heap))
     except BuildError as e:
         print(f"build failed: {e}", file=sys.stderr)
         return 1

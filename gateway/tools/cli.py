@@ -546,8 +546,9 @@ def parser() -> argparse.ArgumentParser:
     rk.set_defaults(fn=_cmd_node_rekey)
     fl = n.add_parser("flash", help="put MicroPython, the firmware and a node's config on a board; wait for the node")
     fl.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
-    fl.add_argument("--board", choices=["esp32", "rp2", "unix"], default="esp32",
-                    help="the kind of board (unix: the MicroPython unix port behind a pty, on the bench)")
+    fl.add_argument("--board", choices=["esp32", "rp2", "unix", "qemu-m3"], default="esp32",
+                    help="the kind of board (unix: the MicroPython unix port behind a pty, on the bench; "
+                         "qemu-m3: the Cortex-M3 bench board under QEMU, whose image holds the firmware)")
     fl.add_argument("--firmware-image", default=None, metavar="FILE",
                     help="first write this MicroPython image (.bin with esptool for esp32, .uf2 for rp2)")
     fl.add_argument("--chip", default="esp32", choices=["esp32", "esp32s2", "esp32s3", "esp32c3", "esp32c6"],

