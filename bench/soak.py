@@ -230,14 +230,19 @@ def soak(args, extra: str, label: str) -> dict:
 
 def without_windows(payload: bytes) -> bytes:
     """The same data batch without its windows, encoded as the gateway would (for their share)."""
-    from gateway.runtime.uplink import columns
+    from gateway.runtime.uplink import batch, columns
     obj = cbor2.loads(payload)
-    if "deflate" in obj:
-        inner = cbor2.loads(columns.inflate(obj.pop("deflate")))
-        inner.pop("windows", None)
-        obj["deflate"] = columns.deflate(cbor2.dumps(inner))
+    v4 = obj["v"] == 4
+    deflate, keys = (2, (9, 10)) if v4 else ("deflate", ("windows",))
+    assert not v4 or batch.V4_KEYS["deflate"] == 2 and (batch.V4_KEYS["windows"], batch.V4_KEYS["window_columns"]) == keys
+    if deflate in obj:
+        inner = cbor2.loads(columns.inflate(obj.pop(deflate)))
+        for k in keys:
+            inner.pop(k, None)
+        obj[deflate] = columns.deflate(cbor2.dumps(inner))
     else:
-        obj.pop("windows", None)
+        for k in keys:
+            obj.pop(k, None)
     return cbor2.dumps(obj)
 
 

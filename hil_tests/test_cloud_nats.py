@@ -282,7 +282,7 @@ def test_spool_replay_to_jetstream(tmp_path, nats_cluster):
 
 def test_a_worker_gets_a_schema_it_missed_from_the_stream(tmp_path, nats_cluster):
     """Competing workers: a gateway's schema message goes to one of them. Another meeting a
-    version 3 batch that refers to it takes the gateway's last schema from the stream."""
+    batch that refers to it (version 4) takes the gateway's last schema from the stream."""
     import nats
 
     from gateway.runtime.uplink import batch
@@ -295,7 +295,7 @@ def test_a_worker_gets_a_schema_it_missed_from_the_stream(tmp_path, nats_cluster
 
     schema = batch.Schema("gwx", "s1")
     payload = batch.encode("gwx", "s1", [frame("n1", 1, [1.0, 2.0]), frame("n2", 1, [3.0, 4.0])], [], schema)
-    assert cbor2_version(payload) == 3
+    assert cbor2_version(payload) == batch.VERSION == 4
 
     async def main():
         nc = await nats.connect(servers=nats_cluster.urls)

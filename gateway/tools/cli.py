@@ -192,7 +192,7 @@ def _cmd_decode(args) -> int:
     except OSError as exc:
         print(f"headrace decode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 1
-    decoder = batch.Decoder()  # the schemas that version 3 data batches refer to
+    decoder = batch.Decoder()  # the schemas that version 3 and 4 data batches refer to
     for path in args.schema or ():
         try:
             decoder.feed(open(path, "rb").read())
@@ -484,7 +484,7 @@ def parser() -> argparse.ArgumentParser:
     dec.add_argument("--kind", action="store_true",
                      help="also print the payload's kind (data, events, schema, state) on stderr")
     dec.add_argument("--schema", action="append", metavar="FILE",
-                     help="the retained payload of headrace/v1/<site>/<gw>/schema, which version 3 data batches "
+                     help="the retained payload of headrace/v1/<site>/<gw>/schema, which version 3 and 4 data batches "
                           "refer to (repeat for several gateways or lineages)")
     dec.set_defaults(fn=_cmd_decode)
 

@@ -1,7 +1,8 @@
-"""The uplink data batch (versions 1-3) and the schema message, documented in docs/protocol.md §7.
+"""The uplink data batch (versions 1-4) and the schema message, documented in docs/protocol.md §7.
 
 A batch is one CBOR map published on `headrace/v1/<site>/<gateway>/data`. Its
-raw readings are compressed with the series codec (core_ext.codec, docs/codec.md):
+raw readings are compressed with the series codec (core_ext.codec, docs/codec.md),
+or in compact columns (columns.py) when the batch is small. Version 3:
 
     {"v": 3, "gw": "<gateway>", "site": "<site>",
      "schema": [lineage, n_nodes, n_patterns],
@@ -35,8 +36,13 @@ schema message of lineage L at least that long decodes the batch, so a
 consumer that joins late needs only the retained one. A batch whose schema the
 consumer has not seen is an `UnknownSchema` error, never wrong data.
 
-Version 2 is version 3 with every node and pattern in the batch (no schema);
-version 1 spliced the SenML packs as they arrived. Both are still read.
+Version 4, what the gateway writes, holds what version 3 does in fewer bytes:
+numbered keys (V4_KEYS) and no gateway or site (its schema's lineage names
+them); sensor streams without their names and counts (the frame table and the
+patterns give them); values' deltas in Exp-Golomb codes; windows in columns
+(columns.encode_windows). Version 2 is version 3 with every node and pattern in
+the batch (no schema); version 1 spliced the SenML packs as they arrived. All
+are still read.
 
 Usage (a consumer):
 
@@ -72,8 +78,8 @@ from core_ext import codec
 from core_ext.ingest import Parser
 from gateway.runtime.uplink import columns
 
-VERSION = 3
-VERSIONS = (1, 2, 3)  # read; events batches are version 1 (gateway/runtime/uplink/events.py)
+VERSION = 4
+VERSIONS = (1, 2, 3, 4)  # read; events batches are version 1 (gateway/runtime/uplink/events.py)
 TABLE_FRAMES = 64  # frames in a batch up to which it is in compact columns and DEFLATEd (columns.py)
 SCHEMA_VERSION = 1
 SCHEMA_VERSIONS = (1,)
@@ -172,11 +178,12 @@ class Schema:
                             "lineage": self.lineage, "nodes": self.nodes, "patterns": [list(p) for p in self.patterns]})
 
 
-def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], schema: Schema | None = None) -> bytes:
+def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], schema: Schema | None = None,
+           version: int = VERSION) -> bytes:
     """One batch from spooled frame and window bodies: frames parsed again and their
-    numeric readings compressed per series; windows spliced as they are. With a
-    `schema`, a version 3 batch that refers to it (the schema grows with what it
-    lacks); without, a self-contained version 2 batch."""
+    numeric readings compressed per series. With a `schema`, a batch of `version`
+    (4, or 3 as gateways before it wrote) that refers to it (the schema grows with
+    what it lacks); without, a self-contained version 2 batch."""
     parser = Parser()
     nodes: dict[str, int] = {}
     patterns: dict[tuple, int] = {}
@@ -217,14 +224,18 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
         if other:
             body["other"] = other
         return _spliced(body, windows)
-    envelope = {"v": VERSION, "gw": gateway, "site": site}
+    parsed = []
+    if version == 4:  # the windows' nodes join the batch's first: the schema's length is the batch's reference
+        parsed = [cbor2.loads(w) for w in windows]
+        for w in parsed:
+            if isinstance(w, list) and w and type(w[0]) is str:
+                nodes.setdefault(w[0].partition("/")[0], len(nodes))
     inner: dict = {}
     node_map = _to_schema(list(nodes), schema.node, inner, "nodes", schema)
     pattern_map = _to_schema(list(patterns), schema.pattern, inner, "patterns", schema)
     node_col = [node_map[i] for i in node_col]
     pattern_col = [pattern_map[i] for i in pattern_col]
     series = {(node_map[ni], sensor): cols for (ni, sensor), cols in series.items()}
-    envelope["schema"] = schema.id
     for key in ("nodes", "patterns"):  # what the schema lacks, indexed after its entries
         inner[key] = [list(x) if isinstance(x, tuple) else x for x in inner[key]]
         if not inner[key]:
@@ -235,23 +246,45 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
     else:
         inner["frames"] = [codec.encode(array("q", received), array("d", seqs)),
                            codec.encode(array("q", node_col), array("d", pattern_col))]
-    inner["sensors"] = _sensor_streams(series, compact=small)
+    streams = _sensor_streams(series, compact=small, version=version)
+    if version == 3:
+        inner["sensors"] = streams
+        if other:
+            inner["other"] = other
+        return _packed({"v": 3, "gw": gateway, "site": site, "schema": schema.id}, inner, windows, small, "deflate")
+    # version 4: each sensor's stream alone (its name and counts follow from the frame table and the
+    # patterns), windows in columns, keys numbered
+    inner["sensors"] = [stream for _sensor, stream, _counts in streams]
     if other:
         inner["other"] = other
-    plain = _spliced(inner, windows)
-    if not small:  # codec streams, which DEFLATE cannot shrink (and it would cost CPU and memory)
-        return _spliced({**envelope, **inner}, windows)
-    packed = columns.deflate(plain)
-    if len(packed) + 12 < len(plain):  # the key and the byte string's head
-        envelope["deflate"] = packed
-        return cbor2.dumps(envelope)
-    return _spliced({**envelope, **inner}, windows)
+    wcols = columns.encode_windows(parsed, lambda node: node_map[nodes[node]])
+    if wcols is not None:
+        inner["window_columns"] = wcols
+        windows = []
+    inner = {V4_KEYS[k]: v for k, v in inner.items()}
+    return _packed({"v": 4, V4_KEYS["schema"]: schema.id}, inner, windows, small, V4_KEYS["deflate"],
+                   V4_KEYS["windows"])
 
 
-def _spliced(body: dict, windows: list[bytes]) -> bytes:
+def _packed(envelope: dict, inner: dict, windows: list[bytes], small: bool, deflate_key, windows_key="windows"):
+    """The batch: the envelope with the inner map DEFLATEd (small batches, when that is smaller), or both merged."""
+    # version 3 always has its windows key, version 4 only when its windows are not in columns
+    plain = _spliced(inner, windows, windows_key) if windows or windows_key == "windows" else cbor2.dumps(inner)
+    if small:
+        packed = columns.deflate(plain)
+        if len(packed) + 3 + len(cbor2.dumps(deflate_key)) < len(plain):  # the key and the byte string's head
+            envelope[deflate_key] = packed
+            return cbor2.dumps(envelope)
+    # codec streams, which DEFLATE cannot shrink (and it would cost CPU and memory); both maps have
+    # fewer than 24 entries: a one-byte head each, replaced by the merged map's
+    head = cbor2.dumps(envelope)
+    return cbor_head(5, len(envelope) + (plain[0] & 31)) + head[1:] + plain[1:]
+
+
+def _spliced(body: dict, windows: list[bytes], key="windows") -> bytes:
     head = cbor2.dumps(body)
     # the map gets one more entry, spliced: the windows as spooled, not re-encoded
-    return b"".join([cbor_head(5, len(body) + 1), head[1:], cbor2.dumps("windows"), cbor_head(4, len(windows)), *windows])
+    return b"".join([cbor_head(5, len(body) + 1), head[1:], cbor2.dumps(key), cbor_head(4, len(windows)), *windows])
 
 
 def _seconds_one(ns: int) -> float:
@@ -270,7 +303,7 @@ def _to_schema(items: list, add, body: dict, key: str, schema: Schema) -> list[i
     return out
 
 
-def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]], compact: bool = False) -> list:
+def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]], compact: bool = False, version: int = 2) -> list:
     by_sensor: dict[str, list[int]] = {}
     for ni, sensor in series:
         by_sensor.setdefault(sensor, []).append(ni)
@@ -284,7 +317,7 @@ def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]], compact: b
             ts += t
             vs += v
             counts.append([ni, len(t)])
-        stream = columns.encode_series(ts, vs) if compact and len(ts) <= columns.SMALL else None
+        stream = columns.encode_series(ts, vs, version) if compact and len(ts) <= columns.SMALL else None
         if stream is None:
             stream = codec.encode(array("q", ts), array("d", vs))
         out.append([sensor, stream, counts])
@@ -296,13 +329,14 @@ class BatchError(ValueError):
 
 
 class UnknownSchema(BatchError):
-    """A version 3 batch refers to a schema the decoder has not been given (or a shorter one)."""
+    """A version 3 or 4 batch refers to a schema the decoder has not been given (or a shorter one)."""
 
     def __init__(self, gw, site, ref):
         self.gw, self.site, self.ref = gw, site, ref
-        super().__init__(f"batch of gateway {gw!r} (site {site!r}) refers to schema {ref!r} "
-                         f"([lineage, nodes, patterns]), which this decoder has not seen: feed it the retained "
-                         f"message of headrace/v1/{site}/{gw}/schema first")
+        who, topic = ((f"of gateway {gw!r} (site {site!r})", f"headrace/v1/{site}/{gw}/schema") if gw is not None
+                      else ("", "headrace/v1/<site>/<gateway>/schema of the batch's gateway"))
+        super().__init__(f"batch {who} refers to schema {ref!r} ([lineage, nodes, patterns]), which this decoder "
+                         f"has not seen: feed it the retained message of {topic} first")
 
 
 def _loads(data: bytes):
@@ -375,33 +409,74 @@ class Decoder:
         return list(self.schemas.values())
 
     def resolve(self, obj: dict) -> dict:
-        """A parsed version 3 batch with its `nodes` and `patterns` made whole from its schema
+        """A parsed version 3 or 4 batch with its `nodes` and `patterns` made whole from its schema
         (and `"resolved": True`)."""
         ref = obj.get("schema")
         if not (isinstance(ref, (list, tuple)) and len(ref) == 3 and all(isinstance(x, int) for x in ref)):
             raise BatchError(f"inconsistent batch: schema must be [lineage, nodes, patterns], got {ref!r:.60}")
         lineage, n_nodes, n_patterns = ref
-        sch = self.schemas.get((obj.get("gw"), obj.get("site"), lineage))
+        if obj.get("v") == 4:  # the batch names no gateway: its lineage (53 random bits) does
+            found = [s for key, s in self.schemas.items() if key[2] == lineage]
+            if len(found) > 1:
+                raise BatchError(f"schema lineage {lineage} is claimed by {len(found)} gateways "
+                                 f"({', '.join(repr(s['gw']) for s in found)}): decode their batches with "
+                                 f"a decoder per gateway")
+            sch = found[0] if found else None
+        else:
+            sch = self.schemas.get((obj.get("gw"), obj.get("site"), lineage))
         if sch is None or len(sch["nodes"]) < n_nodes or len(sch["patterns"]) < n_patterns:
             raise UnknownSchema(obj.get("gw"), obj.get("site"), list(ref))
+        own_nodes, own_patterns = obj.get("nodes", ()), obj.get("patterns", ())
+        if not (isinstance(own_nodes, (list, tuple)) and isinstance(own_patterns, (list, tuple))):
+            raise BatchError("inconsistent batch: its own nodes and patterns must be lists")
         out = dict(obj)
-        out["nodes"] = sch["nodes"][:n_nodes] + list(obj.get("nodes", ()))
-        out["patterns"] = sch["patterns"][:n_patterns] + list(obj.get("patterns", ()))
+        if obj.get("v") == 4:
+            out["gw"], out["site"] = sch["gw"], sch["site"]
+        out["nodes"] = sch["nodes"][:n_nodes] + list(own_nodes)
+        out["patterns"] = sch["patterns"][:n_patterns] + list(own_patterns)
         out["resolved"] = True  # nodes and patterns are whole (readings() checks)
+        if "window_columns" in out:
+            if "windows" in out:
+                raise BatchError("inconsistent batch: both windows and window_columns")
+            try:
+                out["windows"] = columns.decode_windows(out.pop("window_columns"), _tables(out)[0])
+            except (columns.ColumnError, ValueError) as exc:
+                raise BatchError(f"inconsistent batch: {exc}") from None
         return out
 
 
 _ENVELOPE = ("v", "gw", "site", "schema")
+# version 4 names its keys by number (a key's name cost a reading's worth of bytes and more)
+V4_KEYS = {"schema": 1, "deflate": 2, "nodes": 3, "patterns": 4, "table": 5, "frames": 6, "sensors": 7,
+           "other": 8, "windows": 9, "window_columns": 10}
+_V4_NAMES = {n: k for k, n in V4_KEYS.items()}
+
+
+def _v4_named(obj: dict) -> dict:
+    """A version 4 map (envelope or deflated part) with its numbered keys named."""
+    out = {}
+    for k, v in obj.items():
+        if type(k) is str:
+            if k != "v":
+                raise BatchError(f"inconsistent batch: version 4 numbers its keys, found {k!r:.40}")
+        elif k not in _V4_NAMES:
+            raise BatchError(f"inconsistent batch: key {k!r:.40} is not one of version 4's")
+        out[_V4_NAMES.get(k, k)] = v
+    return out
 
 
 def _inflated(obj: dict) -> dict:
     try:
         inner = cbor2.loads(columns.inflate(obj["deflate"]))
+        if obj["v"] == 4 and hasattr(inner, "get"):
+            inner = _v4_named(inner)
+    except BatchError:
+        raise
     except columns.ColumnError as exc:
         raise BatchError(f"inconsistent batch: {exc}") from None
     except Exception as exc:
         raise BatchError(f"inconsistent batch: the deflated part is not CBOR: {exc}") from None
-    if not hasattr(inner, "get") or any(k in inner for k in _ENVELOPE + ("deflate",)):
+    if not hasattr(inner, "get") or any(k in inner for k in _ENVELOPE + ("deflate", "resolved")):
         raise BatchError("inconsistent batch: the deflated part must be a map without v, gw, site, schema")
     out = {k: v for k, v in obj.items() if k != "deflate"}
     out.update(inner)
@@ -410,7 +485,7 @@ def _inflated(obj: dict) -> dict:
 
 def decode(data: bytes, schemas: "Decoder | dict | list | None" = None) -> dict:
     """Parse a batch into a dict (its codec streams still compressed; `readings()`
-    opens them); raise BatchError with what is wrong. A version 3 batch needs its
+    opens them); raise BatchError with what is wrong. A version 3 or 4 batch needs its
     schema: `schemas` is a Decoder, or what `Decoder.export()` gave, or the schema
     messages (bytes); without it, UnknownSchema. A schema message itself is
     returned as parsed (`is_schema()` tells)."""
@@ -419,7 +494,9 @@ def decode(data: bytes, schemas: "Decoder | dict | list | None" = None) -> dict:
         return _check_schema(obj)
     if obj["v"] not in VERSIONS:
         raise BatchError(f"batch version {obj['v']!r} is not supported by this decoder (knows {VERSIONS})")
-    if obj["v"] == 3:
+    if obj["v"] in (3, 4):
+        if obj["v"] == 4:
+            obj = _v4_named(obj)
         if "deflate" in obj:
             obj = _inflated(obj)
         if not isinstance(schemas, Decoder):
@@ -444,9 +521,12 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
         received, seqs, node_col, pattern_col = table
         nodes, patterns = _tables(batch)
         cols = {}
-        for sensor, data, counts in batch.get("sensors", ()):
-            if isinstance(data, (list, tuple)):  # compact columns (v3)
-                ts, vs = columns.decode_series(data, sum(n for _ni, n in counts))
+        streams = batch.get("sensors", ())
+        if batch.get("v") == 4:
+            streams = _named_streams(streams, node_col, pattern_col, patterns)
+        for sensor, data, counts in streams:
+            if isinstance(data, (list, tuple)):  # compact columns (v3, v4)
+                ts, vs = columns.decode_series(data, sum(n for _ni, n in counts), batch["v"])
             else:
                 ts, vs = codec.decode(data)
                 ts, vs = _seconds(ts), vs.tolist()
@@ -473,8 +553,28 @@ def readings(batch: dict) -> Iterator[tuple[str, int, float, list[tuple[str, flo
         raise BatchError(f"inconsistent batch: {type(exc).__name__}: {exc}") from None
 
 
+def _named_streams(streams, node_col, pattern_col, patterns) -> list:
+    """Version 4's sensor streams with their names and [node index, count] lists, as the
+    encoder ordered them: sensors, and each sensor's nodes, in the order the frames first
+    show them."""
+    if not isinstance(streams, (list, tuple)):
+        raise ValueError("sensors must be a list of streams")
+    combos: dict[tuple[int, int], int] = {}  # (node, pattern) -> frames, in order of first frame
+    for ni, pi in zip(node_col, pattern_col):
+        key = (int(ni), int(pi))
+        combos[key] = combos.get(key, 0) + 1
+    by_sensor: dict[str, dict[int, int]] = {}
+    for (ni, pi), n in combos.items():
+        for sensor in patterns[pi]:
+            counts = by_sensor.setdefault(sensor, {})
+            counts[ni] = counts.get(ni, 0) + n
+    if len(by_sensor) != len(streams):
+        raise ValueError(f"{len(streams)} sensor streams for the {len(by_sensor)} sensors of the frames' patterns")
+    return [(sensor, data, list(counts.items())) for (sensor, counts), data in zip(by_sensor.items(), streams)]
+
+
 def _tables(batch: dict) -> tuple[list, list]:
-    """The nodes and patterns tables of a batch (v2, or v3 once resolved), checked: a
+    """The nodes and patterns tables of a batch (v2, or v3 and v4 once resolved), checked: a
     damaged table is an error, never a reading of node 72."""
     nodes, patterns = batch["nodes"], batch["patterns"]
     if not isinstance(nodes, (list, tuple)) or not all(type(n) is str for n in nodes):
@@ -514,8 +614,9 @@ def frame_ids(batch: dict) -> list[tuple[str, int]]:
 
 
 def _resolved(batch: dict) -> None:
-    if batch.get("v") == 3 and batch.get("resolved") is not True:
-        raise BatchError("a version 3 batch must be decoded with its schema (batch.decode(payload, schemas=...))")
+    if batch.get("v") in (3, 4) and batch.get("resolved") is not True:
+        raise BatchError(f"a version {batch.get('v')} batch must be decoded with its schema "
+                         f"(batch.decode(payload, schemas=...))")
 
 
 def frame_readings(node: str, received: float, senml: bytes) -> list[tuple[str, float, object]]:

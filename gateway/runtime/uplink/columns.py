@@ -1,4 +1,4 @@
-"""Compact columns for small batches (version 3, docs/protocol.md §7).
+"""Compact columns for small batches (versions 3 and 4, docs/protocol.md §7).
 
 The series codec (core_ext.codec) spends about 40 bytes a stream on its
 headers and tables, which pays off over hundreds of values; a batch of a few
@@ -11,11 +11,16 @@ column as variable-length integers (LEB128 of the zigzag value: 0 → 0, -1 → 
   column of corrections in units in the last place (-4 … 4) from the double
   nearest that decimal to the time itself;
 * values: integers q with v = q / 10^k or v = q · 2^-k (the scale that gives
-  every value back exactly), first the value, then deltas; a series with any
-  other value (noise in every bit, NaN, infinities, -0.0) stays a codec stream;
+  every value back exactly), first the value, then deltas (in version 4 as
+  Exp-Golomb codes, `golomb`: a few bits for a small delta, where a varint
+  takes a byte that DEFLATE's fixed Huffman code spends 8 bits or more on); a
+  series with any other value (noise in every bit, NaN, infinities, -0.0) stays
+  a codec stream;
 * the frame table: reception times in milliseconds (deltas), sequence numbers
   as the difference to the node's previous frame of the batch plus one (0 for
-  consecutive frames), node and pattern indexes.
+  consecutive frames), node and pattern indexes;
+* windows (version 4, `encode_windows`): a scale per group of fields, one run
+  of varints per window, and the fields no scale gives back as doubles.
 
 Caveats: the reception time of a frame (gateway metadata) is kept to the
 millisecond; readings' times and values are exact.
@@ -23,6 +28,7 @@ millisecond; readings' times and values are exact.
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 
 SMALL = 256  # values in a series up to which the compact form is used
@@ -72,6 +78,52 @@ def unvarints(data: bytes, n: int) -> list[int]:
     return out
 
 
+_MAX_GOLOMB_K = 62
+
+
+def golomb(ints) -> bytes:
+    """Zigzag values in Exp-Golomb codes of order k (k: the one giving the fewest bits), bit
+    by bit: k in the first byte, then each value u as w = u + 2^k, written as bitlen(w) - k - 1
+    zero bits and w; the last byte padded with zeros. Small values cost a few bits, not a
+    byte as a varint does: DEFLATE's fixed Huffman code gives a byte 8 bits or more."""
+    us = [(v << 1) ^ (v >> 63) if -(1 << 63) <= v < (1 << 63) else _too_big(v) for v in ints]
+    k = min(range(_MAX_GOLOMB_K), key=lambda k: sum(2 * (u + (1 << k)).bit_length() - k for u in us))
+    acc = nbits = 0
+    for u in us:
+        w = u + (1 << k)
+        length = 2 * w.bit_length() - k - 1  # the zeros, then w
+        acc = acc << length | w
+        nbits += length
+    pad = -nbits % 8
+    acc <<= pad  # zeros: every code holds a one, so the padding never reads as a value
+    return bytes([k]) + acc.to_bytes((nbits + pad) // 8, "big")
+
+
+def ungolomb(data: bytes, n: int) -> list[int]:
+    """Exactly n values from `golomb`'s bytes; ColumnError if there are fewer or more, or one is too long."""
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise ColumnError("a Golomb column must be a non-empty byte string")
+    k = data[0]
+    if k >= _MAX_GOLOMB_K:
+        raise ColumnError(f"a Golomb column of order {k}")
+    bits = bin(int.from_bytes(b"\x01" + data[1:], "big"))[3:]  # the leading 1 keeps the leading zeros
+    out, pos = [], 0
+    for _ in range(n):
+        one = bits.find("1", pos)
+        zeros = one - pos
+        if one < 0 or zeros > 64:
+            raise ColumnError(f"a Golomb column holds fewer than {n} values")
+        end = one + zeros + k + 1
+        if end > len(bits):
+            raise ColumnError(f"a Golomb column holds fewer than {n} values")
+        u = int(bits[one:end], 2) - (1 << k)
+        out.append((u >> 1) ^ -(u & 1))
+        pos = end
+    if len(bits) - pos >= 8 or "1" in bits[pos:]:
+        raise ColumnError(f"a Golomb column holds more than {n} values")
+    return out
+
+
 def _dod(q: list[int]) -> list[int]:
     if len(q) < 2:
         return list(q)
@@ -107,9 +159,10 @@ def _time(q: int, e: int) -> float:
     return q // unit + (q % unit) / unit
 
 
-def encode_series(times_ns: list[int], values: list[float]) -> list | None:
+def encode_series(times_ns: list[int], values: list[float], version: int = 4) -> list | None:
     """[e, [base, k], times, values] for a series, or None when a value has no exact scale
-    (the caller keeps the codec stream)."""
+    (the caller keeps the codec stream). Values' deltas in Golomb codes (version 4) or
+    varints (version 3)."""
     scale = _scale(values)
     if scale is None:
         return None
@@ -125,7 +178,7 @@ def encode_series(times_ns: list[int], values: list[float]) -> list | None:
         ulps = [_ulps(_time(q, e), t) for q, t in zip(tq, seconds)]
         if None not in ulps:
             break
-    col = [e, [base, k], varints(_dod(tq)), varints(_delta(q))]
+    col = [e, [base, k], varints(_dod(tq)), (golomb if version >= 4 else varints)(_delta(q))]
     if any(ulps):
         col.append(varints(ulps))
     return col
@@ -150,8 +203,8 @@ def _step(x: float, k: int) -> float:
     return x
 
 
-def decode_series(col, n: int) -> tuple[list[float], list[float]]:
-    """(times in seconds, values) of n readings from an encoded compact series."""
+def decode_series(col, n: int, version: int = 4) -> tuple[list[float], list[float]]:
+    """(times in seconds, values) of n readings from an encoded compact series of a batch of `version`."""
     try:
         e, (base, k), tdata, vdata, *rest = col
     except (TypeError, ValueError):
@@ -166,7 +219,7 @@ def decode_series(col, n: int) -> tuple[list[float], list[float]]:
         if any(abs(u) > _MAX_ULPS for u in ulps):
             raise ColumnError(f"a time correction beyond {_MAX_ULPS} units in the last place")
         ts = [_step(t, u) if u else t for t, u in zip(ts, ulps)]
-    q = _undelta(unvarints(vdata, n))
+    q = _undelta((ungolomb if version >= 4 else unvarints)(vdata, n))
     vs = [x / 10 ** k for x in q] if base == _DECIMAL else [math.ldexp(float(x), -k) for x in q]
     return ts, vs
 
@@ -237,4 +290,110 @@ def inflate(data: bytes) -> bytes:
         raise ColumnError(f"the deflated part inflates to more than {_MAX_INFLATED} bytes")
     if not d.eof:
         raise ColumnError("the deflated part is cut short")
+    return out
+
+
+# -- windows (version 4) ---------------------------------------------------------------------
+
+_WINDOW_FLOATS = (1, 2, 4, 5, 6, 7, 8, 9, 10)  # width, start, min, max, sum, sumsq, first, last, twa
+_WINDOW_INTS = (3, 11)  # count, correction
+# the fields each scale covers: (width, start), (min, max, first, last), sum, sumsq, twa
+_WINDOW_GROUPS = ((1, 2), (4, 5, 8, 9), (6,), (7,), (10,))
+
+
+def _q(values: list[float], scale) -> list[int]:
+    base, k = scale
+    return [round(v * 10 ** k) for v in values] if base == _DECIMAL else [int(math.ldexp(v, k)) for v in values]
+
+
+def _unq(q: int, scale) -> float:
+    base, k = scale
+    return q / 10 ** k if base == _DECIMAL else math.ldexp(float(q), -k)
+
+
+def encode_windows(windows: list, node_index) -> list | None:
+    """Windows ([series, width, start, count, min, max, sum, sumsq, first, last, twa,
+    correction] each) as [n, sensors, scales, rows, doubles]: n windows; the distinct
+    sensor names; for each group of fields — (width, start), (min, max, first, last),
+    sum, sumsq, twa — a decimal or binary scale that gives each back exactly, or null;
+    one run of zigzag varints per window (node index, sensor index, count, correction,
+    then the scaled groups' integers: width and start as deltas to the window before,
+    min, then max, first and last less min, sum, sumsq, twa); the fields of the groups
+    without a scale as doubles (little-endian), window after window. `node_index(name)`
+    gives a node's index in the batch. None when a window is not of that form."""
+    if not windows:
+        return None
+    sensors: dict[str, int] = {}
+    for w in windows:
+        if not (isinstance(w, list) and len(w) == 12 and type(w[0]) is str and "/" in w[0]
+                and all(type(w[i]) is float for i in _WINDOW_FLOATS) and all(type(w[i]) is int for i in _WINDOW_INTS)):
+            return None
+        sensors.setdefault(w[0].partition("/")[2], len(sensors))
+    scales, q = [], {}
+    for fields in _WINDOW_GROUPS:
+        scale = _scale([w[i] for w in windows for i in fields])
+        scales.append(list(scale) if scale else None)
+        for i in fields:
+            q[i] = _q([w[i] for w in windows], scale) if scale else None
+    rows, doubles, prev = [], [], (0, 0)
+    for j, w in enumerate(windows):
+        node, _, sensor = w[0].partition("/")
+        rows += [node_index(node), sensors[sensor], w[3], w[11]]
+        if q[1]:
+            rows += [q[1][j] - prev[0], q[2][j] - prev[1]]
+            prev = (q[1][j], q[2][j])
+        if q[4]:
+            lo = q[4][j]
+            rows += [lo, q[5][j] - lo, q[8][j] - lo, q[9][j] - lo]
+        rows += [q[i][j] for i in (6, 7, 10) if q[i]]
+        doubles += [w[i] for fields, scale in zip(_WINDOW_GROUPS, scales) if not scale for i in fields]
+    try:
+        packed = varints(rows)
+    except OverflowError:  # a count past 64 bits: kept as it is
+        return None
+    return [len(windows), list(sensors), scales, packed, struct.pack(f"<{len(doubles)}d", *doubles)]
+
+
+def decode_windows(cols, nodes: list[str]) -> list[list]:
+    """The windows back, each a list as `encode_windows` took it."""
+    try:
+        n, sensors, scales, packed, doubles = cols
+        if not (isinstance(n, int) and 0 <= n < 1 << 20 and isinstance(sensors, (list, tuple))
+                and all(type(x) is str for x in sensors) and isinstance(doubles, (bytes, bytearray))
+                and isinstance(scales, (list, tuple)) and len(scales) == len(_WINDOW_GROUPS)):
+            raise ValueError
+        scales = [None if sc is None else (sc[0], sc[1]) for sc in scales]
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise ColumnError("window columns must be [n, sensors, 5 scales, rows, doubles]") from None
+    for sc in scales:
+        if sc is not None and (sc[0] not in (_DECIMAL, _BINARY) or not isinstance(sc[1], int) or not 0 <= sc[1] <= 1074):
+            raise ColumnError(f"window columns with an unknown scale: {sc!r}")
+    per_row = 4 + sum(len(f) for f, sc in zip(_WINDOW_GROUPS, scales) if sc)
+    raw_fields = [i for f, sc in zip(_WINDOW_GROUPS, scales) if not sc for i in f]
+    if len(doubles) != 8 * n * len(raw_fields):
+        raise ColumnError(f"window columns hold {len(doubles)} bytes of doubles, {8 * n * len(raw_fields)} expected")
+    rows = unvarints(packed, per_row * n)
+    raw = struct.unpack(f"<{n * len(raw_fields)}d", doubles)
+    out, prev = [], (0, 0)
+    tsc, vsc, ssc, qsc, asc = scales
+    for j in range(n):
+        r = iter(rows[per_row * j:per_row * (j + 1)])
+        d = iter(raw[len(raw_fields) * j:len(raw_fields) * (j + 1)])
+        ni, si, count, corr = next(r), next(r), next(r), next(r)
+        if not (0 <= ni < len(nodes) and 0 <= si < len(sensors)):
+            raise ColumnError(f"a window of node {ni} and sensor {si}, which the batch does not name")
+        w = [f"{nodes[ni]}/{sensors[si]}", 0.0, 0.0, count, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, corr]
+        if tsc:
+            prev = (prev[0] + next(r), prev[1] + next(r))
+            w[1], w[2] = _unq(prev[0], tsc), _unq(prev[1], tsc)
+        if vsc:
+            lo = next(r)
+            w[4], w[5], w[8], w[9] = (_unq(lo, vsc), _unq(lo + next(r), vsc), _unq(lo + next(r), vsc),
+                                      _unq(lo + next(r), vsc))
+        for i, sc in ((6, ssc), (7, qsc), (10, asc)):
+            if sc:
+                w[i] = _unq(next(r), sc)
+        for i in raw_fields:
+            w[i] = next(d)
+        out.append(w)
     return out
