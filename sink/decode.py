@@ -9,7 +9,7 @@ version the gateway writes as soon as that decoder does.
 
 Topics (or NATS subjects, with `.` for `/`): `headrace/v1/<site>/<gateway>/<kind>`,
 kind `data`, `events`, `schema` or `state`; anything else is a dead letter (`topic`).
-A `schema` message (retained: the node and sensor-name patterns that version 3
+A `schema` message (retained: the node and sensor-name patterns that version 3 and 4
 data batches refer to) is kept by the decoder and stored by the sink (table
 `schemas`, so that a worker that restarts, or another worker, reads it again:
 `Decoder.load`); a batch whose schema the worker has not seen, in memory, in
@@ -123,7 +123,7 @@ class Decoder:
 
     def __init__(self, allow: tuple[str, ...] = ()):
         self.allow = frozenset(allow)
-        self.schemas = batch_format.Decoder()  # the schema messages seen, for version 3 batches
+        self.schemas = batch_format.Decoder()  # the schema messages seen, for version 3 and 4 batches
 
     def decode(self, topic: str, payload: bytes) -> Decoded:
         site, gw, kind = split_topic(topic)
@@ -163,7 +163,7 @@ class Decoder:
 
     def decode_batch(self, payload: bytes) -> dict:
         """A data or events batch, any version the gateway writes (BatchError if not; UnknownSchema
-        for a version 3 batch whose schema message has not come)."""
+        for a version 3 or 4 batch whose schema message has not come)."""
         return self.schemas.decode(payload)
 
     def _state(self, site, gw, payload) -> Decoded:

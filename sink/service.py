@@ -153,7 +153,7 @@ class Sink:
 
 
     async def _decode(self, m):
-        """Decode one message. A version 3 batch whose schema this worker has not met reads the
+        """Decode one message. A version 3 or 4 batch whose schema this worker has not met reads the
         gateway's schemas from the database (stored by another worker, or since this one started),
         then (JetStream) the gateway's last schema from the stream, trying again after each."""
         try:
