@@ -113,11 +113,12 @@ def publish(port: int, messages: list[tuple[str, bytes]]) -> None:
 
 def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
     """A worker stores, dead-letters and acknowledges; stopped, it gets what arrived meanwhile,
-    a version 3 batch among it whose schema it read before the restart (kept in PostgreSQL:
+    a batch (the version the gateway writes) among it whose schema it read before the restart (kept in PostgreSQL:
     the session's queued messages come before the retained schema is sent again)."""
-    from tests.sink.test_decode_store import _v3_batches
+    from gateway.runtime.uplink import batch as batch_format
+    from tests.sink.test_decode_store import _schema_batches
 
-    schema, v3_first, v3_second = _v3_batches()
+    schema, schema_first, schema_second = _schema_batches(batch_format.VERSION)
     url = postgres.database("mqtt")
     cfg = from_dict({"sink": {"database": url, "source": "mqtt", "allow": ["gw1"]},
                      "mqtt": {"port": mosquitto.port, "client_id": "sink-test"}})
@@ -150,7 +151,7 @@ def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
                                  ("headrace/v1/s1/gw1/events", events_batch("gw1", evs)),
                                  (DATA, b"\x00 not a batch"),
                                  ("headrace/v1/s1/gw1/state", json.dumps({"online": True, "at": T0}).encode()),
-                                 ("headrace/v1/s1/gw1/schema", schema), (DATA, v3_first)])
+                                 ("headrace/v1/s1/gw1/schema", schema), (DATA, schema_first)])
         for _ in range(100):
             await asyncio.sleep(0.1)
             if sink.metrics.total("headrace_sink_messages_total") >= 5:
@@ -160,7 +161,7 @@ def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
         assert sink.metrics.total("headrace_sink_readings_total") == 16
         assert sink.metrics.get("headrace_sink_dead_letters_total", reason="undecodable") == 1
         # while no worker runs, the broker keeps the session's messages
-        publish(mosquitto.port, [(DATA, data_batch("gw1", [("n1", 2), ("n1", 3)])), (DATA, v3_second)])
+        publish(mosquitto.port, [(DATA, data_batch("gw1", [("n1", 2), ("n1", 3)])), (DATA, schema_second)])
         again = await run_until(lambda s: s.metrics.get("headrace_sink_messages_total", kind="data") >= 2,
                                 "the queued batches")
         assert again.metrics.total("headrace_sink_readings_total") == 8

@@ -175,16 +175,17 @@ def test_config_errors_name_the_key():
     assert from_dict({}).database.endswith("cloud.sqlite")
 
 
-def _v3_batches():
-    """A gateway's schema message and two version 3 batches that refer to it (the second sent
-    after the schema stopped changing: no schema message goes with it)."""
+def _schema_batches(version):
+    """A gateway's schema message and two batches of `version` (3 or 4) that refer to it (the second
+    sent after the schema stopped changing: no schema message goes with it)."""
     from .conftest import frame
 
     schema = batch.Schema("gw1", "s1")
-    first = batch.encode("gw1", "s1", [frame("n7", s, [1.5, 2.0, 3.0, 4.0], T0 + s) for s in (1, 2)], [], schema)
+    first = batch.encode("gw1", "s1", [frame("n7", s, [1.5, 2.0, 3.0, 4.0], T0 + s) for s in (1, 2)], [], schema,
+                         version=version)
     message = schema.message()
-    second = batch.encode("gw1", "s1", [frame("n7", 3, [5.5, 6.0, 7.0, 8.0], T0 + 3)], [], schema)
-    assert not schema.changed and cbor2.loads(second)["v"] == 3
+    second = batch.encode("gw1", "s1", [frame("n7", 3, [5.5, 6.0, 7.0, 8.0], T0 + 3)], [], schema, version=version)
+    assert not schema.changed and cbor2.loads(second)["v"] == version
     return message, first, second
 
 
@@ -200,13 +201,14 @@ async def _run_until_acked(sink, src, n: int) -> None:
         await asyncio.wait_for(task, 10)
 
 
-def test_schemas_kept_across_a_restart(tmp_path):
+@pytest.mark.parametrize("version", [3, 4])
+def test_schemas_kept_across_a_restart(tmp_path, version):
     """A worker stores the schema messages it meets; restarted (a new process: new decoder, new
     connection), it reads them back, and a batch referring to a schema sent before the restart
     decodes instead of becoming a dead letter."""
     from sink.store import SqliteStore
 
-    message, first, second = _v3_batches()
+    message, first, second = _schema_batches(version)
     with pytest.raises(DeadLetter) as e:  # what the second batch needs: the schema, from somewhere
         Decoder().decode("headrace/v1/s1/gw1/data", second)
     assert e.value.reason == "schema"
@@ -231,10 +233,11 @@ def test_schemas_kept_across_a_restart(tmp_path):
         store.close()
 
 
-def test_a_worker_reads_a_schema_another_worker_stored(sqlite_store):
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_worker_reads_a_schema_another_worker_stored(sqlite_store, version):
     """Competing workers: the schema message went to one; the other, already running, meets a
     batch referring to it and reads it from the database (no stream to ask here)."""
-    message, first, second = _v3_batches()
+    message, first, second = _schema_batches(version)
     cfg = from_dict({})
     one = ListSource([(1, "headrace/v1/s1/gw1/schema", message), (2, "headrace/v1/s1/gw1/data", first)])
     other = ListSource([(3, "headrace/v1/s1/gw1/data", second)])
