@@ -1,0 +1,156 @@
+"""The Cortex-M3 bench board (QEMU mps2-an385, the frozen qemu-m3 image) on what a 32-bit
+MCU with single-precision floats gets wrong and a unix process does not: times at a base
+with a fractional second, and a task that fails for want of memory, once and for good.
+
+The board is flashed through `headrace node flash` as in test_board.py; the gateway reads
+its UART1 through a pty; the tests read the node's events on its console and check what
+reached the broker. Skipped with the reason where the image cannot be built.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from gateway.tools import cli
+from gateway.tools.flash import flash, mpremote_argv
+
+from .conftest import qemu_image
+from .rig import GatewayProcess, PtyPair, QemuBoard, wait_for
+from .test_board import Console
+
+pytestmark = pytest.mark.hil
+
+BASE_MS = 1_700_000_000_123  # a base time with a fractional second: 1699999872 s in a 32-bit float
+
+
+@pytest.fixture
+def qemu_node(tmp_path, mosquitto, subscriber):
+    """run(main_py=None, **settings): a QemuBoard whose clock reads BASE_MS at power-on, flashed
+    with node bench1 (its config updated with settings) against a gateway on its UART1; with
+    main_py, the node is flashed to stop after a frame, then /main.py is replaced by that
+    script (a busy node's console is hard to interrupt) and the board reset.
+    Returns (console, gateway, board)."""
+    image = qemu_image()
+    pair = PtyPair(tmp_path, "uart")
+    board = QemuBoard(tmp_path, image, uart=pair.b, rtc_ms=BASE_MS)
+    gw = GatewayProcess(tmp_path, mosquitto.port, {}, serial_ports=[pair.a])
+    registry, config = tmp_path / "nodes.toml", tmp_path / "bench1.json"
+    assert cli.main(["node", "provision", "bench1", "--registry", str(registry), "-o", str(config)]) == 0
+    gw.start()
+    consoles = []
+
+    def run(main_py: str | None = None, **settings):
+        cfg = json.loads(config.read_text())
+        cfg.update(port="uart1", ack_timeout_ms=500, **settings)
+        config.write_text(json.dumps(cfg))
+        if main_py is not None:
+            cfg["frames"] = 1
+            config.write_text(json.dumps(cfg))
+        flash(board.port, config=str(config), board="qemu-m3", gateway_url=f"http://127.0.0.1:{gw.http_port}",
+              timeout=60)
+        if main_py is not None:
+            (tmp_path / "main.py").write_text(main_py)
+            p = subprocess.run(mpremote_argv(board.port, ["fs", "cp", str(tmp_path / "main.py"), ":/main.py"],
+                                             ["reset"]), capture_output=True, text=True, timeout=60)
+            assert p.returncode == 0, p.stdout + p.stderr
+        consoles.append(Console(board.port))
+        return consoles[-1], gw, board
+
+    yield run
+    for c in consoles:
+        c.close()
+    gw.stop()
+    board.stop()
+    pair.stop()
+
+
+def test_times_at_a_fractional_base_reach_the_gateway_exact(qemu_node, subscriber):
+    console, gw, board = qemu_node(period_ms=20, batch=8, frames=20, sensors=["temp", "vib"])
+    done = wait_for(lambda: console.events("done"), 60, "the node's done event")[-1]
+    assert done["unacked"] == 0, done
+    sent = {("bench1", e["seq"]): e["r"] for e in console.events("sent")}
+    times = [r[1] for rs in sent.values() for r in rs]
+    # the board's clock started at BASE_MS: every time is an exact ms after it, none rounded
+    # to a float's 128 s steps, and the ms of the base survive
+    assert times and all(BASE_MS <= t < BASE_MS + 120_000 for t in times), (BASE_MS, times[:4])
+    frames = wait_for(lambda: f if set(sent) <= set(f := subscriber.frames()) else None, 30,
+                      "every frame at the broker")
+    for key, readings in sent.items():
+        got = [(c[0], round(c[1] * 1000)) for c in frames[key][0]]
+        assert got == [(r[0], r[1]) for r in readings], key
+
+
+FLAKY = """\
+# a node whose sensors fail for want of memory (a real MemoryError: more than the heap) on
+# the reads numbered in FAIL, until the board has reset once; it runs for ever
+import json, sys
+sys.path[:] = [".frozen", "/lib"]
+import main
+with open("/node.json") as f:
+    cfg = json.load(f)
+cfg["frames"] = 0
+with open("/flaky.json", "w") as f:
+    json.dump(cfg, f)
+from sensors.sim import SimSensor
+try:
+    open("/reset-seen").close()
+    FAIL = ()
+except OSError:
+    FAIL = (3, 40)  # read 3 fails once; from read 40 on every read fails
+calls = [0]
+real = SimSensor.read_raw
+
+def flaky(self):
+    calls[0] += 1
+    if calls[0] in FAIL or (FAIL and calls[0] > 40):
+        if calls[0] > 40:
+            open("/reset-seen", "w").close()
+        bytearray(1 << 20)
+    return real(self)
+
+SimSensor.read_raw = flaky
+main.main(["main", "/flaky.json"])
+"""
+
+
+def test_a_failing_task_is_told_and_one_failing_for_good_resets_the_board(qemu_node, subscriber):
+    console, gw, board = qemu_node(main_py=FLAKY, period_ms=20, batch=1, sensors=["temp"])
+    reset = wait_for(lambda: console.events("reset"), 60, "the node resetting the board")[0]
+    assert reset["why"].startswith("sample: MemoryError"), reset
+    errors = [e for e in console.events("error") if "faults" in e]
+    assert [e["faults"] for e in errors] == [1, 2, 3, 4, 5, 6], errors  # once, then five in a row
+    # the board booted again (QEMU exited by machine.reset(); the bench powered it) and says why
+    wait_for(lambda: len(console.events("boot")) >= 2, 30, "the board booting after its reset")
+
+    def told():
+        texts = [c for copies in subscriber.frames().values() for c in copies[0] if isinstance(c[2], str)]
+        fault = [c[2] for c in texts if c[0] == "fault"]
+        said = [c[2] for c in texts if c[0] == "error" and c[2].startswith("reset: ")]
+        return (fault, said) if fault and said else None
+
+    fault, said = wait_for(told, 30, "the fault and the reset's reason at the broker")
+    assert fault[0].startswith("sample: MemoryError"), fault
+    assert said[0].startswith("reset: sample: MemoryError"), said
+    assert len(said) == 1  # told once: the reason is not kept after it was sent
+    wait_for(lambda: len(console.events("ack")) > 10, 30, "the node running well after the reset")
+
+
+def test_the_watchdog_not_fed_resets_the_board(tmp_path):
+    board = QemuBoard(tmp_path, qemu_image())
+    console = Console(board.port)
+    try:
+        wait_for(lambda: any(line.startswith("Type \"help()\"") for line in console.lines), 30, "the REPL")
+        os.write(console.fd, b"import board, time; w = board.Watchdog(1000); print('armed'); "
+                             b"time.sleep_ms(5000); print('still ' + 'running')\r")
+        wait_for(lambda: "NMI exception caught:" in console.lines, 30, "the watchdog's NMI after 500 ms")
+        wait_for(lambda: sum(line.startswith("MicroPython v") for line in console.lines) >= 2, 30,
+                 "the board booting again after the second period")
+        time.sleep(1)
+        assert "armed" in console.lines and "still running" not in console.lines, console.lines
+    finally:
+        console.close()
+        board.stop()
