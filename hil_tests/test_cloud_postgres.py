@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import threading
+import time
 
 import cbor2
 import paho.mqtt.client as paho
@@ -41,7 +42,7 @@ def test_copy_and_idempotent_insert(postgres):
         # NaN in the mirror's JSON (which jsonb refuses) becomes null
         nan = data_batch("gw1", [("n1", 99)])
         d = dec.decode(DATA, nan)
-        d.nodes["n1"] = (T0 + 1000, 99, {"temp": math.nan})
+        d.nodes["n1"] = (T0 + 1000, 99, {"temp": math.nan}, T0 + 1000)
         store.write([d])
         assert store.query("SELECT last_values->>'temp', last_seq FROM nodes") == [(None, 99)]
         store.write([], [Dead(DATA, "5", DeadLetter("version", "v 9"), b"\xa1\x61v\x09")])
@@ -150,7 +151,7 @@ def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
         publish(mosquitto.port, [(DATA, data_batch("gw1", [("n1", 1), ("n1", 2)])),
                                  ("headrace/v1/s1/gw1/events", events_batch("gw1", evs)),
                                  (DATA, b"\x00 not a batch"),
-                                 ("headrace/v1/s1/gw1/state", json.dumps({"online": True, "at": T0}).encode()),
+                                 ("headrace/v1/s1/gw1/state", json.dumps({"online": True, "at": time.time()}).encode()),
                                  ("headrace/v1/s1/gw1/schema", schema), (DATA, schema_first)])
         for _ in range(100):
             await asyncio.sleep(0.1)
@@ -174,7 +175,7 @@ def test_sink_on_mosquitto_persistent_session(postgres, mosquitto):
         assert store.query("SELECT count(*) FROM readings") == [(24,)]
         assert store.query("SELECT gateway, nodes, patterns FROM schemas") == [("gw1", 1, 1)]
         assert store.query("SELECT type, key FROM events") == [("demand", "1")]
-        assert store.query("SELECT gateway, online FROM gateways") == [("gw1", True)]
+        assert store.query("SELECT gateway, online, why FROM gateways") == [("gw1", True, "state")]
         assert store.query("SELECT reason FROM dead_letters") == [("undecodable",)]
     finally:
         store.close()
@@ -201,5 +202,104 @@ def test_rows_postgresql_refuses_become_one_dead_letter(postgres):
         assert store.query("SELECT count(*), max(seq) FROM readings") == [(12, 3)]
         assert store.query("SELECT position, reason FROM dead_letters") == [("2", "unstorable")]
         assert sink.metrics.get("headrace_sink_dead_letters_total", reason="unstorable") == 1
+    finally:
+        store.close()
+
+
+def test_presence_in_postgresql(postgres):
+    """The presence rules (sink/presence.py) in PostgreSQL's SQL: the story the SQLite test tells."""
+    from tests.sink.test_presence import presence_story
+
+    store = PostgresStore(postgres.database("presence"))
+    try:
+        presence_story(store)
+    finally:
+        store.close()
+
+
+def _parts(store, table: str = "readings") -> dict[str, int]:
+    """Rows in each partition of a table (those with none too)."""
+    names = [r[0] for r in store.query(
+        "SELECT c.relname FROM pg_inherits JOIN pg_class c ON c.oid = inhrelid "
+        "JOIN pg_class p ON p.oid = inhparent WHERE p.relname = %s", (table,))]
+    counts = dict(store.query(f"SELECT tableoid::regclass::text, count(*) FROM {table} GROUP BY 1"))
+    return {n: counts.get(n, 0) for n in names}
+
+
+def test_time_partitions_keep_readings_exactly_once(postgres, caplog):
+    """Readings partitioned by month on t: the partitions ahead are made at start, the one a
+    group needs before its transaction; repeats on both sides of a month's boundary meet their
+    twins (the key is the identity plus t); a query for a day reads one partition."""
+    import logging
+
+    from sink.partitions import name, period
+    from tests.sink.conftest import frame
+
+    now = time.time()
+    this, nxt = period(now, "month"), period(period(now, "month")[1], "month")
+    prev = period(this[0] - 1, "month")
+    boundary = this[0]
+    store = PostgresStore(postgres.database("parts"))
+    dec = Decoder()
+    try:
+        parts = _parts(store)
+        assert {name("readings", this[0]), name("readings", nxt[0]), "readings_default"} <= set(parts)
+        assert name("readings", prev[0]) not in parts  # the month before: made when rows need it
+        assert set(_parts(store, "windows")) >= {name("windows", this[0]), "windows_default"}
+
+        def group(seqs):  # one frame a second, across the boundary
+            return dec.decode(DATA, batch.encode("gw1", "s1", [frame("n1", s, [1.0 * s, 2.0, 3.0, 4.0],
+                                                                     boundary - 20 + s) for s in seqs], []))
+
+        first = store.write([group(range(1, 41))])
+        assert (first.readings, first.duplicates) == (160, 0)
+        again = store.write([group(range(1, 41))])  # redelivered
+        assert (again.readings, again.duplicates) == (0, 160)
+        regrouped = store.write([group(range(15, 61))])  # sent again by the gateway, grouped otherwise
+        assert (regrouped.readings, regrouped.duplicates) == (80, 104)
+        parts = _parts(store)
+        before, after = parts[name("readings", prev[0])], parts[name("readings", this[0])]
+        assert before > 0 and after > 0 and before + after == 240 and parts["readings_default"] == 0
+        assert store.query("SELECT count(*), count(DISTINCT (node, seq, idx)) FROM readings") == [(240, 240)]
+        # a day's query reads that day's month only (partition pruning)
+        plan = "\n".join(r[0] for r in store.query(
+            "EXPLAIN SELECT t, v FROM readings WHERE site = 's1' AND gateway = 'gw1' AND node = 'n1' "
+            "AND sensor = 'temp' AND t >= %s AND t < %s", (boundary + 3600, boundary + 86400)))
+        assert name("readings", this[0]) in plan and name("readings", prev[0]) not in plan, plan
+        assert "readings_default" not in plan, plan
+        # a node's clock far ahead: its rows wait in the default partition, and move into their
+        # period's partition when that is made
+        far = now + 200 * 86400
+        store.write([dec.decode(DATA, batch.encode("gw1", "s1", [frame("n2", 1, [9.0, 9.0], far)], []))])
+        assert _parts(store)["readings_default"] == 2
+        lo, hi = period(far, "month")
+        with caplog.at_level(logging.WARNING, "headrace.sink"):
+            store.partitions.create(store._conn, "readings", lo, hi, __import__("psycopg").errors)
+        assert _parts(store)[name("readings", lo)] == 2 and _parts(store)["readings_default"] == 0
+        assert "2 rows moved into it" in caplog.text
+        again = store.write([dec.decode(DATA, batch.encode("gw1", "s1", [frame("n2", 1, [9.0, 9.0], far)], []))])
+        assert again.duplicates == 2  # found in its new partition
+    finally:
+        store.close()
+
+
+def test_one_table_without_partitions(postgres, caplog):
+    """partition = "none" makes one table, keyed on the identity alone; a later sink configured
+    for partitions keeps such a table as it is, with a warning."""
+    import logging
+
+    url = postgres.database("noparts")
+    store = PostgresStore(url, partition="none")
+    dec = Decoder()
+    try:
+        assert store.query("SELECT relkind FROM pg_class WHERE relname = 'readings'") == [("r",)]
+        store.write([dec.decode(DATA, data_batch("gw1", [("n1", 1)]))])
+    finally:
+        store.close()
+    with caplog.at_level(logging.WARNING, "headrace.sink"):
+        store = PostgresStore(url)
+    try:
+        assert "readings was made without partitions" in caplog.text
+        assert store.write([dec.decode(DATA, data_batch("gw1", [("n1", 1), ("n1", 2)]))]).duplicates == 4
     finally:
         store.close()

@@ -7,6 +7,10 @@
     allow = ["gw1", "gw2"]       # gateways whose messages are stored; empty: any
     group = 64                   # messages a transaction at most
     metrics_port = 0             # Prometheus text on 127.0.0.1:PORT/metrics; 0: off
+    gateway_timeout = 150.0      # seconds with no `state` message after which a gateway is offline
+    node_timeout = 300.0         # seconds with no frame after which a node is offline
+    presence_interval = 5.0      # seconds between presence sweeps (sink/presence.py)
+    partition = "month"          # PostgreSQL's readings and windows by time: "week", "day", "none" (sink/partitions.py)
 
     [jetstream]
     servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222"]
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from sink.partitions import UNITS
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -44,6 +49,10 @@ class SinkSection:
     allow: tuple[str, ...] = ()
     group: int = 64
     metrics_port: int = 0
+    gateway_timeout: float = 150.0
+    node_timeout: float = 300.0
+    presence_interval: float = 5.0
+    partition: str = "month"
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,14 @@ def from_dict(raw: dict) -> SinkConfig:
         raise ConfigError("[sink] group", f"{s.group} is out of range", "use 1 to 10000 messages a transaction")
     if not 0 <= s.metrics_port <= 65535:
         raise ConfigError("[sink] metrics_port", f"{s.metrics_port} is out of range", "use 0 (off) to 65535")
+    for key, low, high in (("gateway_timeout", 1, 86400), ("node_timeout", 1, 30 * 86400),
+                           ("presence_interval", 0.1, 3600)):
+        value = getattr(s, key)
+        if not low <= value <= high:
+            raise ConfigError(f"[sink] {key}", f"{value} s is out of range", f"use {low} to {high} seconds")
+    if s.partition not in UNITS:
+        raise ConfigError("[sink] partition", f"{s.partition!r} is not a period",
+                          'write partition = "month" (or "week", "day"; "none" for one table)')
     if not js.servers:
         raise ConfigError("[jetstream] servers", "is empty", 'list the cluster, e.g. servers = ["nats://host:4222"]')
     if not _NAME.match(js.stream) or not _NAME.match(js.durable):

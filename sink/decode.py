@@ -62,8 +62,9 @@ class Decoded:
     windows: list = field(default_factory=list)   # (site, gw, key, node, sensor, width, start, count, ...)
     events: list = field(default_factory=list)    # (site, gw, type, key, t, node, body json)
     state: dict | None = None                     # the gateway's retained state (JSON)
-    nodes: dict = field(default_factory=dict)     # node -> (last time, last seq, {sensor: last value})
-    resources: dict = field(default_factory=dict)  # resource -> (demand, state, t)
+    nodes: dict = field(default_factory=dict)     # node -> (last time, last seq, {sensor: last value}, heard)
+    resources: dict = field(default_factory=dict)  # resource -> (demand, state, t), from dispatch events
+    presence: dict = field(default_factory=dict)   # resource -> (free, node, t), from resource events
     schema: tuple | None = None                   # a schema message: (lineage, nodes, patterns, its bytes)
 
 
@@ -109,6 +110,13 @@ def _json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+def _heard(received):
+    """A frame's receive time at its gateway (the gateway's clock), or None if it is not a time."""
+    if isinstance(received, (int, float)) and not isinstance(received, bool) and math.isfinite(received):
+        return float(received)
+    return None
 
 
 def _finite(x):
@@ -180,17 +188,17 @@ class Decoder:
         append = out.readings.append
         last: dict = {}
         # runs for every reading of every batch: floats (nearly all) take the short branch
-        for node, seq, _received, frame in batch_format.readings(obj):
+        for node, seq, received, frame in batch_format.readings(obj):
             out.frames += 1
             for idx, (sensor, t, value) in enumerate(frame):
                 if type(value) is float:
                     append((site, gw, node, seq, idx, sensor, t, value, None, None, None))
                 else:
                     append((site, gw, node, seq, idx, sensor, t, *_value_columns(value)))
-            last[node] = (seq, frame)
-        for node, (seq, frame) in last.items():  # the mirror: each node's last frame of the batch
+            last[node] = (seq, frame, received)
+        for node, (seq, frame, received) in last.items():  # the mirror: each node's last frame of the batch
             values = {s: v.hex() if isinstance(v, (bytes, bytearray)) else v for s, _t, v in frame}
-            out.nodes[node] = (max((t for _s, t, _v in frame), default=None), seq, values)
+            out.nodes[node] = (max((t for _s, t, _v in frame), default=None), seq, values, _heard(received))
         windows = obj.get("windows", ())
         if not isinstance(windows, (list, tuple)):
             raise batch_format.BatchError("inconsistent batch: windows must be a list")
@@ -223,6 +231,13 @@ class Decoder:
             body = json.dumps(_json_safe(event), default=lambda o: o.hex() if isinstance(o, bytes) else str(o),
                               sort_keys=True)
             out.events.append((site, gw, kind, event_key(event), t, node, body))
+            if kind == "resource" and event.get("id") is not None:
+                res = str(event["id"])
+                prev = out.presence.get(res)
+                if prev is None or (t or 0) >= (prev[2] or 0):
+                    node = event.get("node")
+                    out.presence[res] = (bool(event.get("free")), node if isinstance(node, str) and node else None,
+                                         t)
             if kind == "dispatch" and event.get("resource") is not None:
                 res = str(event["resource"])
                 prev = out.resources.get(res)

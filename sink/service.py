@@ -14,7 +14,8 @@ for more throughput: they share one durable consumer). `Sink(cfg).run()` from Py
 
 Counters (`metrics_port`): headrace_sink_messages_total{kind}, headrace_sink_readings_total,
 headrace_sink_duplicates_total, headrace_sink_windows_total, headrace_sink_events_total,
-headrace_sink_dead_letters_total{reason}, headrace_sink_store_errors_total.
+headrace_sink_dead_letters_total{reason}, headrace_sink_store_errors_total,
+headrace_sink_presence_changes_total (rows turned online or offline by the presence sweep).
 """
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ class Sink:
         """Until `stop()`: fetch, decode, store, acknowledge."""
         loop = asyncio.get_running_loop()
         if self._store is None:
-            self._store = await self._retry(lambda: loop.run_in_executor(self._db, open_store, self.cfg.database))
+            s = self.cfg.sink
+            self._store = await self._retry(lambda: loop.run_in_executor(
+                self._db, lambda: open_store(self.cfg.database, s.gateway_timeout, s.node_timeout, s.partition)))
         # the schema messages stored before (by this worker before a restart, or by another):
         # a batch that refers to one decodes even though its message went by long ago
         saved = await self._retry(lambda: loop.run_in_executor(self._db, self._store.schemas))
@@ -67,14 +70,31 @@ class Sink:
             return  # stopped before the broker could be reached
         log.info("sink worker storing into %s from %s", self._store.kind, self.cfg.sink.source)
         self.started.set()
+        swept = 0.0
         try:
             while not self._stop.is_set():
                 msgs = await self.source.fetch(self.cfg.sink.group, 0.5)
                 if msgs:
                     await self.handle(msgs)
+                if time.monotonic() - swept >= self.cfg.sink.presence_interval:
+                    swept = time.monotonic()
+                    await self.sweep()
         finally:
             await self.source.stop()
             self._db.shutdown(wait=True)
+
+    async def sweep(self) -> None:
+        """Presence from silence (sink/presence.py): gateways, nodes and resources gone quiet are
+        offline, nodes heard again online. A database away is left to the next sweep."""
+        try:
+            n = await asyncio.get_running_loop().run_in_executor(self._db, self._store.sweep)
+        except StoreUnavailable as exc:
+            self.metrics.inc("headrace_sink_store_errors_total")
+            log.warning("presence sweep: %s", exc)
+            return
+        if n:
+            self.metrics.inc("headrace_sink_presence_changes_total", n)
+            log.info("presence: %d gateways, nodes or resources changed online/offline", n)
 
     async def _retry_source(self) -> bool:
         """Start the source, again and again while the broker cannot be reached; False if stopped first."""

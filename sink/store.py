@@ -23,13 +23,18 @@ messages unacknowledged and retries); a deadlock or serialization failure is ret
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 
+from sink import presence
+from sink.partitions import TABLES as PARTITIONED, Partitions
 from sink.decode import Decoded, DeadLetter
+
+log = logging.getLogger("headrace.sink")
 
 READING_COLS = ("site", "gateway", "node", "seq", "idx", "sensor", "t", "v", "vs", "vb", "vd")
 WINDOW_COLS = ("site", "gateway", "key", "node", "sensor", "width", "start", "count", "min", "max", "sum", "sumsq",
@@ -67,7 +72,26 @@ MIRROR = [
         last_seen double precision, last_seq bigint, last_values JSON NOT NULL, PRIMARY KEY (site, gateway, node))""",
     """CREATE TABLE IF NOT EXISTS resources (site text NOT NULL, gateway text NOT NULL, resource text NOT NULL,
         demand bigint, state text, t double precision, PRIMARY KEY (site, gateway, resource))""",
-]
+]  # and the presence columns (sink/presence.py), added by `_presence_columns` to new and old tables alike
+# the mirror's upserts, written once: `?` placeholders (psycopg: %s), {merge} the JSON merge of each engine
+GATEWAY_UPSERT = """INSERT INTO gateways (site, gateway, online, since, at, state, why, changed)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, gateway) DO UPDATE
+    SET online = excluded.online, since = excluded.since, at = excluded.at, state = excluded.state, why = excluded.why,
+        changed = CASE WHEN gateways.online = excluded.online AND gateways.changed IS NOT NULL THEN gateways.changed
+                       ELSE excluded.changed END
+    WHERE excluded.at >= gateways.at"""
+DISPATCH_UPSERT = """INSERT INTO resources (site, gateway, resource, demand, state, t) VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (site, gateway, resource) DO UPDATE SET demand = excluded.demand, state = excluded.state, t = excluded.t
+    WHERE excluded.t >= resources.t OR resources.t IS NULL"""
+RESOURCE_UPSERT = """INSERT INTO resources (site, gateway, resource, free, node, free_at, online, why, changed)
+    VALUES (?, ?, ?, ?, ?, ?, TRUE, 'online', ?) ON CONFLICT (site, gateway, resource) DO UPDATE
+    SET free = excluded.free, node = excluded.node, free_at = excluded.free_at
+    WHERE resources.free_at IS NULL OR excluded.free_at >= resources.free_at"""
+NODE_UPSERT = """INSERT INTO nodes (site, gateway, node, last_seen, last_seq, last_values, heard, online, why, changed)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, gateway, node) DO UPDATE
+    SET last_seen = excluded.last_seen, last_seq = excluded.last_seq, last_values = {merge},
+        heard = CASE WHEN nodes.heard IS NULL OR excluded.heard > nodes.heard THEN excluded.heard ELSE nodes.heard END
+    WHERE nodes.last_seen IS NULL OR excluded.last_seen >= nodes.last_seen"""
 
 # the gateways' schema messages (docs/protocol.md §7), the longest of each lineage: a worker that
 # restarts, or one that meets a batch whose schema went to another worker, reads them here
@@ -125,12 +149,32 @@ def _table_ddl(name: str, body: str, json_type: str, bytes_type: str) -> str:
 def _merge_nodes(items: list[Decoded]) -> dict:
     out: dict = {}
     for d in items:
-        for node, (t, seq, values) in d.nodes.items():
+        for node, (t, seq, values, heard) in d.nodes.items():
             k = (d.site, d.gateway, node)
             prev = out.get(k)
             if prev is None or (t is not None and (prev[0] is None or t >= prev[0])):
-                out[k] = (t, seq, {**(prev[2] if prev else {}), **values})
+                if prev is not None and prev[3] is not None and (heard is None or prev[3] > heard):
+                    heard = prev[3]
+                out[k] = (t, seq, {**(prev[2] if prev else {}), **values}, heard)
     return out
+
+
+def _mirror_rows(items: list[Decoded], now: float, node_timeout: float) -> dict[str, list[tuple]]:
+    """The mirror's upserts of a group, by statement; nodes in key order (workers lock them in one order)."""
+    gateways, dispatch, resources = [], [], []
+    for d in items:
+        if d.state is not None:
+            at = d.state.get("at")
+            at = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else now  # the Will has none
+            gateways.append((d.site, d.gateway, d.state["online"], d.state.get("since"), at, _json(d.state),
+                             presence.gateway_why(d.state), at))
+        dispatch += [(d.site, d.gateway, res, demand, state, t) for res, (demand, state, t) in d.resources.items()]
+        resources += [(d.site, d.gateway, res, free, node, t, now) for res, (free, node, t) in d.presence.items()]
+    nodes = []
+    for (site, gw, node), (t, seq, values, heard) in sorted(_merge_nodes(items).items()):
+        fresh = heard is not None and heard >= now - node_timeout
+        nodes.append((site, gw, node, t, seq, _json(values), heard, fresh, "data" if fresh else "silent", now))
+    return {"gateways": gateways, "dispatch": dispatch, "resources": resources, "nodes": nodes}
 
 
 def _json(obj) -> str:
@@ -157,11 +201,13 @@ def _schemas_sql(site, gateway) -> tuple[str, tuple]:
     return "SELECT message FROM schemas WHERE site = ? AND gateway = ? ORDER BY lineage", (site, gateway)
 
 
-def open_store(url: str):
-    """A PostgreSQL store for a postgresql:// (or postgres://) URL, else an SQLite file."""
+def open_store(url: str, gateway_timeout: float = presence.GATEWAY_TIMEOUT,
+               node_timeout: float = presence.NODE_TIMEOUT, partition: str = "month"):
+    """A PostgreSQL store for a postgresql:// (or postgres://) URL, else an SQLite file; the
+    timeouts (seconds) are presence's (sink/presence.py), `partition` PostgreSQL's (sink/partitions.py)."""
     if url.startswith(("postgresql://", "postgres://")) or url.startswith("host=") or " dbname=" in url:
-        return PostgresStore(url)
-    return SqliteStore(url)
+        return PostgresStore(url, gateway_timeout=gateway_timeout, node_timeout=node_timeout, partition=partition)
+    return SqliteStore(url, gateway_timeout=gateway_timeout, node_timeout=node_timeout)
 
 
 class SqliteStore:
@@ -169,8 +215,10 @@ class SqliteStore:
 
     kind = "sqlite"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, gateway_timeout: float = presence.GATEWAY_TIMEOUT,
+                 node_timeout: float = presence.NODE_TIMEOUT):
         self.path = path
+        self.timeouts = {"gateway_timeout": gateway_timeout, "node_timeout": node_timeout}
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -179,6 +227,11 @@ class SqliteStore:
             self._db.execute(_table_ddl(name, body, "TEXT", "BLOB"))
         for ddl in MIRROR:
             self._db.execute(ddl.replace("JSON", "TEXT"))
+        for table, cols in presence.COLUMNS.items():  # a table made by an older sink lacks them
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in cols:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         self._db.execute(SCHEMAS.replace("bytea", "BLOB"))
         self._db.execute("""CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT,
             received_at REAL NOT NULL, source TEXT, topic TEXT NOT NULL, position TEXT, reason TEXT NOT NULL,
@@ -226,24 +279,37 @@ class SqliteStore:
     def _mirror(self, db, items: list[Decoded]) -> None:
         for row in _schema_rows(items):
             db.execute(SCHEMA_UPSERT, row)
-        for d in items:
-            if d.state is not None:
-                at = d.state.get("at") if isinstance(d.state.get("at"), (int, float)) else time.time()
-                db.execute("""INSERT INTO gateways VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site, gateway) DO UPDATE
-                    SET online = excluded.online, since = excluded.since, at = excluded.at, state = excluded.state
-                    WHERE excluded.at >= gateways.at""",
-                           (d.site, d.gateway, d.state["online"], d.state.get("since"), at, _json(d.state)))
-            for res, (demand, state, t) in d.resources.items():
-                db.execute("""INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site, gateway, resource)
-                    DO UPDATE SET demand = excluded.demand, state = excluded.state, t = excluded.t
-                    WHERE excluded.t >= resources.t OR resources.t IS NULL""",
-                           (d.site, d.gateway, res, demand, state, t))
-        for (site, gw, node), (t, seq, values) in _merge_nodes(items).items():
-            db.execute("""INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site, gateway, node) DO UPDATE
-                SET last_seen = excluded.last_seen, last_seq = excluded.last_seq,
-                    last_values = json_patch(nodes.last_values, excluded.last_values)
-                WHERE nodes.last_seen IS NULL OR excluded.last_seen >= nodes.last_seen""",
-                       (site, gw, node, t, seq, _json(values)))
+        now = time.time()
+        rows = _mirror_rows(items, now, self.timeouts["node_timeout"])
+        for name, sql in (("gateways", GATEWAY_UPSERT), ("dispatch", DISPATCH_UPSERT),
+                          ("resources", RESOURCE_UPSERT),
+                          ("nodes", NODE_UPSERT.format(merge="json_patch(nodes.last_values, excluded.last_values)"))):
+            if rows[name]:
+                db.executemany(sql, rows[name])
+        if rows["gateways"]:  # a gateway came or went: what runs behind it, at once
+            self._sweep(db, now)
+
+    def _sweep(self, db, now: float) -> int:
+        changed = db.total_changes
+        for sql in presence.sweep_statements("sqlite"):
+            db.execute(sql, {"now": now, **self.timeouts})
+        return db.total_changes - changed
+
+    def sweep(self, now: float | None = None) -> int:
+        """Presence from silence (sink/presence.py), in one transaction; the rows changed."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                n = self._sweep(db, time.time() if now is None else now)
+                db.execute("COMMIT")
+                return n
+            except sqlite3.OperationalError as exc:
+                db.execute("ROLLBACK")
+                raise StoreUnavailable(f"SQLite: {exc}") from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def query(self, sql: str, args=()) -> list[tuple]:
         with self._lock:
@@ -264,11 +330,16 @@ class PostgresStore:
     kind = "postgresql"
     RETRIES = 5
 
-    def __init__(self, url: str, connect_timeout: float = 10.0):
+    def __init__(self, url: str, connect_timeout: float = 10.0, gateway_timeout: float = presence.GATEWAY_TIMEOUT,
+                 node_timeout: float = presence.NODE_TIMEOUT, partition: str = "month"):
         import psycopg
 
         self._psycopg = psycopg
         self.url = url
+        self.timeouts = {"gateway_timeout": gateway_timeout, "node_timeout": node_timeout}
+        self.partitions = Partitions(partition)
+        self.keys = dict(KEYS)
+        self._ahead_at = 0.0
         self.connect_timeout = connect_timeout
         self._conn = None
         self._lock = threading.Lock()
@@ -278,9 +349,24 @@ class PostgresStore:
                 # two workers starting at once must not race on CREATE TABLE IF NOT EXISTS
                 self._conn.execute("SELECT pg_advisory_xact_lock(4242014)")
                 for name, body in SCHEMA.items():
-                    self._conn.execute(_table_ddl(name, body, "jsonb", "bytea"))
+                    exists = self._conn.execute("SELECT relkind FROM pg_class WHERE relname = %s "
+                                                "AND relnamespace = 'public'::regnamespace", (name,)).fetchone()
+                    if name in PARTITIONED and partition != "none" and exists is None:
+                        for ddl in self.partitions.parent_ddl(name, body.replace("JSON", "jsonb"), KEYS[name]):
+                            self._conn.execute(ddl)
+                    else:
+                        self._conn.execute(_table_ddl(name, body, "jsonb", "bytea"))
+                        if name in PARTITIONED and partition != "none" and exists[0] != "p":
+                            log.warning("table %s was made without partitions by an older sink: kept as it is "
+                                        "(docs/cloud.md, Sizing, shows how to move it)", name)
+                self.partitions.load(self._conn)
+                for name in self.partitions.tables:  # the partition key is part of the primary key
+                    self.keys[name] = KEYS[name] + (PARTITIONED[name],)
                 for ddl in MIRROR:
                     self._conn.execute(ddl.replace("JSON", "jsonb"))
+                for table, cols in presence.COLUMNS.items():  # a table made by an older sink lacks them
+                    for name, kind in cols:
+                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
                 self._conn.execute(SCHEMAS)
                 self._conn.execute("""CREATE TABLE IF NOT EXISTS dead_letters (id bigserial PRIMARY KEY,
                     received_at timestamptz NOT NULL DEFAULT now(), source text, topic text NOT NULL, position text,
@@ -291,6 +377,23 @@ class PostgresStore:
                                    "sensor, t)")
                 self._conn.execute("CREATE INDEX IF NOT EXISTS readings_t ON readings USING brin (t)")
                 self._conn.execute("CREATE INDEX IF NOT EXISTS events_t ON events (t)")
+            self._make_ahead()
+
+    def _make_ahead(self) -> None:
+        """The current period's partitions and the next ones (rows of the next month find theirs made)."""
+        for table, lo, hi in self.partitions.ahead(time.time()):
+            self.partitions.create(self._conn, table, lo, hi, self._psycopg.errors)
+        self._ahead_at = time.monotonic()
+
+    def _make_partitions(self, items) -> None:
+        """The partitions the group's rows need, before its transaction (rare: a new period)."""
+        now = time.time()
+        for table in self.partitions.tables:
+            col = 6  # t of a reading, start of a window: the 7th column of both
+            rows = [r[col] for d in items for r in getattr(d, table)]
+            if rows:
+                for lo, hi in self.partitions.missing(table, min(rows), max(rows), now):
+                    self.partitions.create(self._conn, table, lo, hi, self._psycopg.errors)
 
     def _connect(self) -> None:
         try:
@@ -302,13 +405,18 @@ class PostgresStore:
 
     def write(self, items: list[Decoded], dead: list[Dead] = ()) -> Written:
         """Store a group in one transaction; StoreUnavailable if the database is away."""
+        return self._retrying(lambda: self._write(items, dead))
+
+    def _retrying(self, work):
+        """`work()` (one transaction) under the lock, reconnecting first if need be; a deadlock or a
+        serialization failure is tried again; StoreUnavailable, StoreRejected as `write` says."""
         errors = self._psycopg.errors
         with self._lock:
             for attempt in range(self.RETRIES):
                 try:
                     if self._conn is None or self._conn.closed:
                         self._connect()
-                    return self._write(items, dead)
+                    return work()
                 except (errors.DeadlockDetected, errors.SerializationFailure):
                     time.sleep(0.01 * (attempt + 1))
                 except self._psycopg.OperationalError as exc:
@@ -332,6 +440,8 @@ class PostgresStore:
     def _write(self, items, dead) -> Written:
         out = Written()
         conn = self._conn
+        if self.partitions.tables:
+            self._make_partitions(items)
         with conn.transaction():
             cur = conn.cursor()
             for name in ("readings", "windows", "events"):
@@ -367,7 +477,7 @@ class PostgresStore:
         it meets a row already stored (a repeat) is it rolled back and the idempotent INSERT …
         ON CONFLICT DO NOTHING runs instead, ordered by the key so that workers racing on the
         same rows take their locks in one order."""
-        key = ", ".join(KEYS[name])
+        key = ", ".join(self.keys[name])
         try:
             with self._conn.transaction():
                 cur.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM stage_{name}")
@@ -380,26 +490,32 @@ class PostgresStore:
 
     def _mirror(self, cur, items: list[Decoded]) -> None:
         for row in _schema_rows(items):
-            cur.execute(SCHEMA_UPSERT.replace("?", "%s").replace("excluded", "EXCLUDED"), row)
-        for d in items:
-            if d.state is not None:
-                at = d.state.get("at") if isinstance(d.state.get("at"), (int, float)) else time.time()
-                cur.execute("""INSERT INTO gateways VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (site, gateway)
-                    DO UPDATE SET online = EXCLUDED.online, since = EXCLUDED.since, at = EXCLUDED.at,
-                    state = EXCLUDED.state WHERE EXCLUDED.at >= gateways.at""",
-                            (d.site, d.gateway, d.state["online"], d.state.get("since"), at, _json(d.state)))
-            for res, (demand, state, t) in d.resources.items():
-                cur.execute("""INSERT INTO resources VALUES (%s, %s, %s, %s, %s, %s)
-                    ON CONFLICT (site, gateway, resource) DO UPDATE SET demand = EXCLUDED.demand,
-                    state = EXCLUDED.state, t = EXCLUDED.t WHERE EXCLUDED.t >= resources.t OR resources.t IS NULL""",
-                            (d.site, d.gateway, res, demand, state, t))
-        nodes = sorted(_merge_nodes(items).items())
-        if nodes:
-            cur.executemany("""INSERT INTO nodes VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (site, gateway, node)
-                DO UPDATE SET last_seen = EXCLUDED.last_seen, last_seq = EXCLUDED.last_seq,
-                last_values = nodes.last_values || EXCLUDED.last_values
-                WHERE nodes.last_seen IS NULL OR EXCLUDED.last_seen >= nodes.last_seen""",
-                            [(s, g, n, t, seq, _json(v)) for (s, g, n), (t, seq, v) in nodes])
+            cur.execute(SCHEMA_UPSERT.replace("?", "%s"), row)
+        now = time.time()
+        rows = _mirror_rows(items, now, self.timeouts["node_timeout"])
+        for name, sql in (("gateways", GATEWAY_UPSERT), ("dispatch", DISPATCH_UPSERT),
+                          ("resources", RESOURCE_UPSERT),
+                          ("nodes", NODE_UPSERT.format(merge="nodes.last_values || excluded.last_values"))):
+            if rows[name]:
+                cur.executemany(sql.replace("?", "%s"), rows[name])
+        if rows["gateways"]:  # a gateway came or went: what runs behind it, at once
+            self._sweep(cur, now)
+
+    def _sweep(self, cur, now: float) -> int:
+        n = 0
+        for sql in presence.sweep_statements("psycopg"):
+            cur.execute(sql, {"now": now, **self.timeouts})
+            n += max(cur.rowcount, 0)
+        return n
+
+    def sweep(self, now: float | None = None) -> int:
+        """Presence from silence (sink/presence.py), in one transaction; the rows changed."""
+        def run() -> int:
+            if self.partitions.tables and time.monotonic() - self._ahead_at > 3600:
+                self._make_ahead()  # a long-running worker makes next month's before it comes
+            with self._conn.transaction():
+                return self._sweep(self._conn.cursor(), time.time() if now is None else now)
+        return self._retrying(run)
 
     def query(self, sql: str, args=()) -> list[tuple]:
         with self._lock:

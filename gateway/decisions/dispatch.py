@@ -425,8 +425,11 @@ class Dispatcher:
         rid, free = res.spec.id, res.free(self.settings.min_battery)
         if self._told.get(rid) != free:
             self._told[rid] = free
-            self.emit({"type": "resource", "id": rid, "capabilities": list(res.spec.capabilities),
-                       "at": list(res.at), "speed": res.spec.speed, "free": free, "t": self.clock()})
+            event = {"type": "resource", "id": rid, "capabilities": list(res.spec.capabilities),
+                     "at": list(res.at), "speed": res.spec.speed, "free": free, "t": self.clock()}
+            if res.spec.node:  # the cloud's mirror: the resource is online while this node is
+                event["node"] = res.spec.node
+            self.emit(event)
 
     def _escalation(self, d: Demand, state: str, **extra) -> None:
         event = {"type": "escalation", "demand": d.id, "state": state, "need": d.need, "priority": d.priority,
