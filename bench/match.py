@@ -6,7 +6,8 @@
 `assign`: the dispatcher's solver against scipy.optimize.linear_sum_assignment on
 the same random dense matrices, in one process: time of `core_ext.match.assign`
 and of scipy's solver (best of 3), the ratio (target <= 1x at 1000x1000), and a
-check that the totals are the same. Also a 1000x1000 matrix with 90 % forbidden
+check that the totals are the same; square sizes, then 1000 x 5000 and 5000 x 1000
+(more resources than demands, as the fleet dispatcher's matrices are, and fewer). Also a 1000x1000 matrix with 90 % forbidden
 pairs (inf), which scipy cannot take when no full matching exists, so only ours runs.
 
 `rules`: `core_ext.rules` with 10,000 rules (threshold with hysteresis and a
@@ -53,6 +54,15 @@ def bench_assign(sizes) -> None:
         r0, c0 = linear_sum_assignment(cost)
         same = abs(cost[r, c].sum() - cost[r0, c0].sum()) < 1e-6 * n
         print(f"{n:>5} x {n:<5} ours {t_ours * 1e3:9.1f} ms   scipy {t_scipy * 1e3:9.1f} ms   "
+              f"ratio {t_ours / t_scipy:5.2f}x   same total: {same}")
+    for nr, nc in ((1000, 5000), (5000, 1000)):  # more resources than demands (the fleet's shape), and fewer
+        cost = rng.random((nr, nc)) * 1000
+        t_ours = best_time(lambda: impl.assign(cost), 3)
+        t_scipy = best_time(lambda: linear_sum_assignment(cost), 3)
+        r, c = impl.assign(cost)
+        r0, c0 = linear_sum_assignment(cost)
+        same = abs(cost[r, c].sum() - cost[r0, c0].sum()) < 1e-6 * min(nr, nc)
+        print(f"{nr:>5} x {nc:<5} ours {t_ours * 1e3:9.1f} ms   scipy {t_scipy * 1e3:9.1f} ms   "
               f"ratio {t_ours / t_scipy:5.2f}x   same total: {same}")
     cost = rng.random((1000, 1000)) * 1000
     cost[rng.random((1000, 1000)) < 0.9] = np.inf

@@ -8,7 +8,8 @@ minimum total cost. Rows come out in increasing order, like
 
 Method: shortest augmenting paths with dual potentials (Jonker-Volgenant, as
 described by Crouse, IEEE TAES 2016), one augmentation per row of the smaller
-side. Forbidden pairs get a cost `M` larger than any sum of allowed costs, so a
+side not already matched by the initial reduction (of columns when square, of
+rows when there are more columns). Forbidden pairs get a cost `M` larger than any sum of allowed costs, so a
 solution never trades an assignment for a cheaper total; pairs at `M` are
 dropped from the result. NaN or -inf in the matrix is a ValueError.
 """
@@ -60,6 +61,21 @@ def solve(c: list[list[float]], nr: int, nc: int) -> list[int]:
             if col4row[best_i] == -1:
                 col4row[best_i] = j
                 row4col[j] = best_i
+    else:
+        # row reduction: u[i] = the row's minimum, with v = 0, keeps every reduced cost >= 0 and
+        # the columns left over at v = 0 as a rectangular problem needs; a row's first minimal
+        # column is taken if still free. With many more columns than rows most rows are
+        # matched here, and each other row's search is short (a free column is near).
+        for i in range(nr):
+            ci = c[i]
+            best_j = 0
+            for j in range(1, nc):
+                if ci[j] < ci[best_j]:
+                    best_j = j
+            u[i] = ci[best_j]
+            if row4col[best_j] == -1:
+                row4col[best_j] = i
+                col4row[i] = best_j
     for cur in range(nr):
         if col4row[cur] != -1:
             continue
