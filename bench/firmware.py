@@ -1,13 +1,17 @@
 """Firmware footprint per target: heap, bytes allocated a frame, largest free block, bytes a reading.
 
-    python bench/firmware.py [--frames 10000] [--only pypi,unix64,unix32] [--heap32 24k,30k] [--heap64 32k,52k]
+    python bench/firmware.py [--frames 10000] [--only pypi,unix64,unix32,qemu] [--heap32 24k,30k] [--heap64 32k,52k]
+                             [--heap-qemu 24k,48k]
 
 Runs the node with 16 simulated sensors, 8 readings a frame, against an acking
 peer on a pty (the gateway's own framing, MAC check and acks) on each target:
 the PyPI unix interpreter with the firmware as .mpy files in its heap, and the
 frozen unix images at 64 and 32 bits (firmware/build/frozen.py; built or taken
-from the cache, skipped with the reason without a MicroPython source), each at
-the target heap (24 KB on 32-bit, 32 KB on 64-bit) and at one it fits in. It
+from the cache, skipped with the reason without a MicroPython source), and the
+frozen Cortex-M3 image under QEMU (mps2-an385: the node on the emulated board, its
+config put there as `headrace node flash` does, its UART1 acked over a pty; an image
+per heap, as a board's heap is fixed at build time), each at the target heap (24 KB
+on 32-bit, 32 KB on 64-bit) and at one it fits in. It
 prints a table, met or not: frames made and acked or the MemoryError, the bytes
 allocated over one frame (the node measures with its collector paused, every 97
 frames from frame 100), the live heap at frame 100 and at the end, the largest
@@ -132,6 +136,72 @@ def run_node(cmd: list[str], frames: int, cwd: Path, lib: Path | None = None) ->
     return d
 
 
+def run_node_qemu(image: Path, frames: int, tmp: Path) -> dict:
+    """run_node on the Cortex-M3 bench board: QEMU with the frozen image, the node's config and
+    boot script copied to its flash over the console (mpremote), UART1 acked over a pty pair."""
+    from gateway.tools.flash import MAIN_PY_FROZEN, mpremote_argv
+    from hil_tests.rig import PtyPair, QemuBoard, json_events
+
+    work = Path(tempfile.mkdtemp(prefix="qemu-", dir=tmp))
+    pair = PtyPair(work, "uart")
+    board = QemuBoard(work, image, uart=pair.b)
+    key = os.urandom(32)
+    cfg = {"node": "fw", "key": key.hex(), "transport": "serial", "port": "uart1",
+           "sensors": ["temp", "vib", "pressure", "current", "humidity"] * 3 + ["temp"], "period_ms": 0,
+           "batch": 8, "frames": frames, "state_file": "seq", "quiet": True, "outbox": 16}
+    (work / "node.json").write_text(json.dumps(cfg))
+    (work / "main.py").write_text(MAIN_PY_FROZEN)
+    fd = os.open(pair.a, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    stop = threading.Event()
+    counts: dict = {}
+    peer = threading.Thread(target=acking_peer, args=(fd, key, stop, counts), daemon=True)
+    console = os.open(board.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        time.sleep(1)  # the board's boot, before mpremote interrupts it
+        p = subprocess.run(mpremote_argv(board.port, ["fs", "cp", str(work / "node.json"), ":/node.json"],
+                                         ["fs", "cp", str(work / "main.py"), ":/main.py"]),
+                           capture_output=True, text=True, timeout=120)
+        if p.returncode != 0:
+            return {"failed": "mpremote: " + (p.stderr.strip().splitlines() or ["?"])[-1][:140]}
+        tty.setraw(console)
+        peer.start()
+        t0 = time.perf_counter()
+        os.write(console, b"\x04")  # soft reset in the friendly REPL: the boot runs /main.py
+        out = b""
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            try:
+                out += os.read(console, 65536)
+            except BlockingIOError:
+                time.sleep(0.05)
+                continue
+            # the node's end: its done event, a reset it asked for, or a traceback back at the REPL
+            if b'"done"' in out or b'"reset"' in out or (b"Traceback" in out and out.rstrip().endswith(b">>>")):
+                time.sleep(1)  # the rest of the line
+                try:
+                    out += os.read(console, 65536)
+                except BlockingIOError:
+                    pass
+                break
+        wall = time.perf_counter() - t0
+    finally:
+        stop.set()
+        os.close(console)
+        board.stop()
+        pair.stop()
+        os.close(fd)
+    lines = out.decode(errors="replace").splitlines()
+    done = json_events(lines, "done")
+    if not done:
+        why = [ln for ln in lines if "Error" in ln or '"reset"' in ln] or lines[-1:] or ["no output"]
+        return {"failed": why[-1].strip()[:160]}
+    d = done[-1]
+    d["wall"] = wall
+    d["wire_bytes"] = counts.get("bytes", 0)
+    return d
+
+
 def targets(only: set[str] | None) -> list[tuple[str, str, list[str] | None, str]]:
     """(key, name, command or None, why not) for each target."""
     out = []
@@ -140,15 +210,16 @@ def targets(only: set[str] | None) -> list[tuple[str, str, list[str] | None, str
         out.append(("pypi", "PyPI unix (.mpy in the heap)", [mp] if mp else None, "" if mp else "no `micropython`"))
     sys.path.insert(0, str(ROOT / "firmware" / "build"))
     import frozen as build
-    for target, label in (("unix64", "frozen unix 64-bit"), ("unix32", "frozen unix 32-bit")):
+    for target, label in (("unix64", "frozen unix 64-bit"), ("unix32", "frozen unix 32-bit"),
+                          ("qemu", "frozen Cortex-M3 (QEMU)")):
         if only and target not in only:
             continue
-        why = build.missing_reason(target)
+        why = build.missing_reason("qemu-m3" if target == "qemu" else target)
         if why:
             out.append((target, label, None, why))
             continue
-        try:
-            out.append((target, label, [str(build.build(target))], ""))
+        try:  # the qemu image is built per heap, when it runs
+            out.append((target, label, [] if target == "qemu" else [str(build.build(target))], ""))
         except build.BuildError as e:
             out.append((target, label, None, str(e).splitlines()[0]))
     return out
@@ -160,10 +231,11 @@ def main() -> None:
     ap.add_argument("--heap64", default="32k,52k", help="heaps of the frozen 64-bit target (target: 32k)")
     ap.add_argument("--heap32", default="24k,30k", help="heaps of the frozen 32-bit target (target: 24k)")
     ap.add_argument("--pypi-heap", default="32k,128k", help="heaps of the PyPI build (target: 32k)")
-    ap.add_argument("--only", default="", help="comma-separated: pypi,unix64,unix32")
+    ap.add_argument("--heap-qemu", default="24k,48k", help="heaps of the Cortex-M3 image (target: 24k)")
+    ap.add_argument("--only", default="", help="comma-separated: pypi,unix64,unix32,qemu")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
-    heaps = {"pypi": args.pypi_heap, "unix64": args.heap64, "unix32": args.heap32}
+    heaps = {"pypi": args.pypi_heap, "unix64": args.heap64, "unix32": args.heap32, "qemu": args.heap_qemu}
     rows = []
     with tempfile.TemporaryDirectory(prefix="headrace-fw-") as tmp:
         tmp = Path(tmp)
@@ -177,7 +249,16 @@ def main() -> None:
                 if cmd is None:
                     rows.append((label, heap, {"failed": "not run: " + why}))
                     continue
-                d = run_node(cmd + ["-X", f"heapsize={heap}"], args.frames, tmp, lib if key == "pypi" else None)
+                if key == "qemu":
+                    import frozen as build
+                    try:
+                        image = build.build("qemu-m3", heap=int(heap.rstrip("k")) * 1024)
+                    except build.BuildError as e:
+                        rows.append((label, heap, {"failed": "not built: " + str(e).splitlines()[0]}))
+                        continue
+                    d = run_node_qemu(image, args.frames, tmp)
+                else:
+                    d = run_node(cmd + ["-X", f"heapsize={heap}"], args.frames, tmp, lib if key == "pypi" else None)
                 rows.append((label, heap, d))
     print(f"\n16 simulated sensors, 8 readings a frame, {args.frames:,} frames, acked over a pty "
           "(targets: 24k heap on 32-bit, 32k on 64-bit; 0 bytes allocated a frame; live heap flat)")
@@ -190,7 +271,8 @@ def main() -> None:
             continue
         h = d["heap"]
         readings = 8 * d["sent"]
-        print(f"| {label} | {heap} | {d['sent']:,} made, {d['acked']:,} acked, no MemoryError | "
+        faults = f"{d['faults']} tasks failed (MemoryError...)" if d.get("faults") else "no MemoryError"
+        print(f"| {label} | {heap} | {d['sent']:,} made, {d['acked']:,} acked, {faults} | "
               f"{h['alloc_min']} / {h['alloc_mean']} / {h['alloc_max']} ({h['windows']} frames) | "
               f"{h['live_100']:,} -> {h['live_end']:,} ({h['live_peak']:,}) | "
               f"{h['largest_free']:,} / {h['free_end']:,} | {d['wire_bytes'] / max(1, readings):.1f} | "

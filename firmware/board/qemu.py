@@ -171,13 +171,14 @@ class Watchdog:
 
     def __init__(self, timeout_ms):
         self.timeout_ms = min(max(2, timeout_ms), WATCHDOG_MAX_MS)
+        self._intclr = _WDOG + 0x0C  # made once: addresses from 0x40000000 on are heap ints here
         m = machine.mem32
         m[_WDOG + 0xC00] = 0x1ACCE551  # unlock the registers
         m[_WDOG] = self.timeout_ms // 2 * (_CLOCK_HZ // 1000)  # LOAD
         m[_WDOG + 0x08] = 3  # CONTROL: INTEN (the count runs) and RESEN
 
     def feed(self):
-        machine.mem32[_WDOG + 0x0C] = 1  # INTCLR: clears the time-out and reloads
+        machine.mem32[self._intclr] = 1  # INTCLR: clears the time-out and reloads
 
 
 # -- the status LED (simulated, as on the unix board) ---------------------------------------
@@ -265,7 +266,10 @@ class Serial:
             n = int(port[4:])
         if not 0 <= n < len(_UARTS):
             raise ValueError("serial port %r: this board has uart0 to uart%d" % (port, len(_UARTS) - 1))
+        # the registers' addresses, made once: from 0x40000000 on they are heap ints on this port,
+        # and an address computed per call would allocate
         self.base = base = _UARTS[n]
+        self._state = base + 4
         m = machine.mem32
         m[base + 0x10] = 16  # BAUDDIV (QEMU paces nothing by it; a real CMSDK UART needs >= 16)
         m[base + 0x08] = 3  # CTRL: TX and RX enabled
@@ -274,7 +278,7 @@ class Serial:
         """Bytes waiting, into buf; how many (0 when none)."""
         m = machine.mem32
         data = self.base
-        state = data + 4
+        state = self._state
         n = 0
         size = len(buf)
         while n < size and m[state] & 2:  # RX full
@@ -292,7 +296,7 @@ class Serial:
             n = len(data)
         m = machine.mem32
         out = self.base
-        state = out + 4
+        state = self._state
         for i in range(n):
             while m[state] & 1:  # TX full
                 pass
