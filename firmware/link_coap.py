@@ -54,9 +54,18 @@ class CoapLink:
         self.ack_seq: list = []
         self.ack_status: list = []
         self.ack_cmds: list = []
+        self.other = None  # takes a response that answers no frame (node updates: fetch.Fetcher.answer)
 
     def busy(self):
         return self.exchange is not None
+
+    def send_coap(self, msg):
+        """A CoAP message of the node's own (node updates: fetch.py), beside the frames' exchange."""
+        self.sock.sendto(msg, self.addr)
+
+    def next_mid(self):
+        self.mid = (self.mid + 1) & 0xFFFF  # one message id space for the frames and the fetcher
+        return self.mid
 
     def _jitter(self):
         self._rng = (self._rng * 1103515245 + 12345) & 0x7FFFFFFF
@@ -124,6 +133,9 @@ class CoapLink:
         if mtype == _TYPE_CON:
             # a separate response: acknowledge it with an empty ACK
             self.sock.sendto(bytes([0x60, 0]) + data[2:4], self.addr)
+        if code and self.other is not None and (ex is None or token != ex[1]):
+            self.other(data)  # a response to the update fetcher (tokens of its own)
+            return None
         if ex is None:
             return None
         if mtype == _TYPE_ACK and code == 0:

@@ -36,6 +36,8 @@ class SerialLink:
         self.ack_seq = [0] * ACKS
         self.ack_status = [0] * ACKS
         self.ack_cmds = [None] * ACKS
+        self.other = None  # takes a CoAP message that is not an ack (fetch.Fetcher.answer)
+        self._mid = 0
         self.port.write(b"\x00")  # a delimiter first: the gateway resynchronises on it
 
     def send(self, seq, msg, start=0, n=-1):
@@ -58,6 +60,10 @@ class SerialLink:
                 self._rn = got
             self._ri = d.scan(self.rx, self._ri, self._rn)
             if d.ready:
+                if 0x40 <= d.buf[d.HEAD] < 0x80:  # a CoAP message (node updates, fetch.py), not an ack
+                    if self.other is not None:
+                        self.other(bytes(d.buf[d.HEAD:d.HEAD + d.ready]))
+                    continue
                 if self._ack(n, d.buf, d.HEAD, d.ready):
                     n += 1
                 else:
@@ -100,6 +106,14 @@ class SerialLink:
 
     def busy(self):
         return False
+
+    def send_coap(self, msg):
+        """A CoAP message in a serial frame (node updates: fetch.py)."""
+        self.port.write(self.tx, framing.frame_into(self.tx, msg, len(msg), 0))
+
+    def next_mid(self):
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
 
     def _uint(self, buf, p, end):
         # the position after a CBOR unsigned integer at buf[p], its value in self._v; -1 if none

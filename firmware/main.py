@@ -180,6 +180,7 @@ class Node:
         self.acked = 0
         self.rejected = 0
         self.commands = Commands(self, cfg["state_file"] + ".cmd")
+        self.fetcher = None  # node updates: made by the first `update` offer (fetch.py)
 
     def _ours(self, msg):
         try:
@@ -352,6 +353,8 @@ class Node:
             self.commands.tick(now)
             if self.worker is not None:
                 self.work(now)
+            if self.fetcher is not None:
+                self.fetcher.tick(now)  # node updates: the next block, paced
             if not link.busy():
                 free = self.window - self.outbox.in_flight(now, timeout)
                 box = self.outbox
@@ -510,11 +513,12 @@ class Commands:
             if not (isinstance(c, list) and len(c) == 3 and isinstance(c[0], str)):
                 continue
             cid, name, args = c
-            if cid in self.applied:
+            if cid in self.applied and name != "update":  # an update offer again is taken again: it resumes
                 self.reports.append(cid + ":ok")
                 continue
             err = self.run(cid, name, args if isinstance(args, dict) else {})
-            self.applied.append(cid)
+            if cid not in self.applied:
+                self.applied.append(cid)
             if len(self.applied) > self.KEEP:
                 self.applied.pop(0)
             self.applied_count += 1
@@ -541,6 +545,12 @@ class Commands:
                 f.write(cid)  # after the reboot, reported as done and never applied again
             self.reboot_at = board.ticks_add(board.ticks_ms(), 1000)  # time for the report to go out first
             return None
+        if name == "update":  # node updates: fetch the release the gateway offers (fetch.py)
+            node = self.node
+            if node.fetcher is None:
+                import fetch
+                node.fetcher = fetch.Fetcher(node)
+            return node.fetcher.offer(args)
         if name in ("dispatch", "recall"):
             worker = self.node.worker  # a simulated worker acts on it; else shown by the event
             return None if worker is None else getattr(worker, name)(args)

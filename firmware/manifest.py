@@ -15,6 +15,7 @@ module("worker.py")
 # node updates: the boot stage, the slots, and the release signature check (Ed25519 on SHA-512)
 module("bootstage.py")
 module("update.py")
+module("fetch.py")
 module("ed25519.py")
 module("sha512.py")
 # sensors/: __init__ (SensorError, build), sim, adc, ds18b20, bme280, adxl345; a node

@@ -132,6 +132,16 @@ class SparkplugSection:
     datatypes: bool = False  # datatypes in NDATA/DDATA too: hosts that read values without the birth need them
 
 
+@dataclass(frozen=True)
+class UpdateSection:
+    """`[update]`: node updates (docs/installer.md, Updating nodes). Off until `public_key`
+    names the release public key (release.pub from `headrace release keygen`)."""
+    public_key: str = ""  # the release public key's file; "" turns node updates off
+    block_size: int = 512  # bytes a block (RFC 7959: 16 to 1024; a serial frame holds 512 at most)
+    rate: float = 4096.0  # bytes a second to one node at most: its data frames keep the rest of the link
+    stall: float = 20.0  # seconds without a block request before the release is offered to the node again
+
+
 _SPARKPLUG_ID = re.compile(r"^[^/+#]{1,64}$")
 
 
@@ -147,6 +157,7 @@ class Config:
     http: HttpSection = field(default_factory=HttpSection)
     dispatch: DispatchSection = field(default_factory=DispatchSection)
     sparkplug: SparkplugSection = field(default_factory=SparkplugSection)
+    update: UpdateSection = field(default_factory=UpdateSection)
     fleet: object = None  # gateway/config/fleet.py's FleetSection (escalation and loans); filled by from_dict
     # rules, resources and zones: parsed by gateway/config/rules.py, resources.py, zones.py
     rules: tuple = ()
@@ -312,6 +323,18 @@ def _validate(cfg: Config):
         if not low <= getattr(d, key) <= high:
             yield ConfigError(f"[dispatch] {key}", f"{getattr(d, key)} is out of range", f"use {low} to {high}")
     yield from _validate_sparkplug(cfg)
+    u = cfg.update
+    if u.block_size not in (16, 32, 64, 128, 256, 512):
+        yield ConfigError("[update] block_size", f"{u.block_size} is not a block size",
+                          "use 16, 32, 64, 128, 256 or 512 bytes (RFC 7959 sizes that fit a serial frame)")
+    if not 64 <= u.rate <= 10_000_000:
+        yield ConfigError("[update] rate", f"{u.rate} bytes/s is out of range",
+                          "use 64 to 10000000 bytes a second (a 115200 baud line carries about 11500)")
+    if not 2 <= u.stall <= 3600:
+        yield ConfigError("[update] stall", f"{u.stall} s is out of range", "use 2 to 3600 seconds")
+    if u.public_key and not os.path.exists(u.public_key):
+        yield ConfigError("[update] public_key", f"file {u.public_key} does not exist",
+                          "copy release.pub from the release machine (headrace release keygen) and give its path")
     tls = (cfg.mqtt.tls_cert, cfg.mqtt.tls_key)
     if any(tls) and not all(tls):
         yield ConfigError("[mqtt] tls_cert", "a client certificate needs its key and the reverse",

@@ -1,23 +1,32 @@
-"""Node updates, the gateway's side: releases queued per node, cut into blocks, resumed, throttled.
+"""Node updates, the gateway's side: releases queued per node, served in blocks, resumed, throttled.
 
-A `Rollout` holds one `Delivery` per node being updated. A delivery sends the release's
-manifest (the COSE_Sign1) first, then the release body (its parts, concatenated in the
-manifest's order) in blocks of RFC 7959 sizes (16 to 1024 bytes; block N starts at byte
-N × size), as fast as its token bucket allows (`rate`, bytes a second), so a node's data
-frames keep their share of the link. The node says where it stands (`node_at`: the
-offset its Receiver wants next, firmware/update.py), which is where sending resumes after
-a drop, a node reboot or a gateway restart (the rollout's state file keeps every
-delivery's offset). The node's `update` records (`1.3.0:installed`, `…:confirmed`,
-`…:refused:<reason>:…`, `…:rolled_back:…`) end a delivery.
+A `Rollout` holds one `Delivery` per node being updated. The gateway offers the release
+to the node (the command `update`, riding an ack: `offer()`), and the node fetches it
+block by block with RFC 7959 Block2 requests, `GET /u/<rid>/m` for the manifest (the
+COSE_Sign1) and `GET /u/<rid>/b` for the body (the parts concatenated in the manifest's
+order), one block in flight (docs/protocol.md §9; firmware/fetch.py). `rid` is the
+release's id: the first 8 bytes of the manifest's SHA-256, in hex. The node asks for
+the block that holds the first byte it lacks (update.Receiver reads where it stands
+from its flash), so a drop, a node reboot or a gateway restart resumes there; a
+delivery whose node has asked nothing for `stall` seconds is offered again. Each answer
+is held back by a token bucket (`rate`, bytes a second) so a node's data frames keep
+their share of the link. The node's `update` records (`1.3.0:received`,
+`…:installed`, `…:confirmed`, `…:refused:<reason>:…`, `…:rolled_back:…`) move a
+delivery on.
 
-Configuration: none yet (block size and rate are arguments).
-Usage: rollout.add(node, release_bytes, public_key); per link turn: delivery.next_block(now);
-on a node's answer: node_at(offset) or report(text); progress() for status and metrics.
-Caveats: not wired to the links yet: nothing sends these blocks to a node; `headrace node
-update` does not exist. The release is checked (signature, hashes) before it is queued.
+Configuration: `[update]` (block_size, rate, stall; gateway/config/sections.py).
+Usage: rollout.add(node, release_file); per block request: rollout.serve(node, rid,
+part, num, size) -> (delay, bytes, more) or None; node reports: report(node, text);
+offers due: due_offers(); progress() for status, metrics and the page.
+Caveats: a node's block requests are not authenticated (the release is no secret, and
+what the node writes is checked against the signed manifest): a forged request can
+move the progress figures, never a delivery's state, which only the node's
+authenticated frames change. The release is checked (signature, hashes) before it is
+queued.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -28,33 +37,41 @@ from gateway.protocol.coap import block
 from gateway.tools import release as releases
 
 STATES = ("sending", "sent", "installed", "confirmed", "failed")
+ENDED = ("confirmed", "failed")
+
+
+def release_id(sign1: bytes) -> str:
+    """A release's id: the first 8 bytes of its manifest's SHA-256, as 16 hex digits."""
+    return hashlib.sha256(sign1).digest()[:8].hex()
 
 
 @dataclass
 class Delivery:
-    """One release on its way to one node. Offsets count bytes of the body; the manifest
-    goes first, as block -1 in `next_block`'s answers."""
+    """One release on its way to one node. Offsets count bytes of the body."""
 
     node: str
     version: tuple[int, int, int]
     manifest: bytes
     body: bytes
     block_size: int = 512
-    rate: float = 2048.0  # bytes a second at most (the link's other traffic keeps the rest)
-    clock: Callable[[], float] = time.monotonic
+    rate: float = 4096.0  # bytes a second at most (the link's other traffic keeps the rest)
+    clock: Callable[[], float] = time.time  # wall clock: a delivery's times outlive a gateway restart
     state: str = "sending"
     error: str = ""
-    at: int = 0            # the offset the node asked for last (bytes it holds)
-    manifest_taken: bool = False
-    sent_bytes: int = 0    # every byte sent, repeats included
+    at: int = 0            # the body offset the node asked for last (bytes it holds, to a block)
+    sent_bytes: int = 0    # every byte served, manifest and repeats included
+    blocks: int = 0        # block requests answered
+    offers: int = 0        # times offered (the command `update`)
     started: float = field(default=0.0)
+    active: float = field(default=0.0)  # the last offer or request (clock)
+    finished: float = 0.0  # when the node had every byte (clock), 0 before
+    rid: str = ""
     _tokens: float = 0.0
     _last: float = 0.0
-    _next: int = 0         # the next offset to send (at, or ahead of it while blocks are in flight)
-    _manifest_out: bool = False  # the manifest is on its way (sent again after lost())
 
     def __post_init__(self):
         block(0, False, self.block_size)  # ValueError now for a size RFC 7959 has not
+        self.rid = release_id(self.manifest)
         self.started = self._last = self.clock()
         self._tokens = float(self.block_size)  # one block at once, then at `rate`
 
@@ -62,48 +79,42 @@ class Delivery:
     def size(self) -> int:
         return len(self.body)
 
-    def _take(self, n: int, now: float) -> bool:
-        self._tokens = min(self._tokens + (now - self._last) * self.rate, max(float(self.block_size), self.rate))
-        self._last = now
-        if self._tokens < n:
-            return False
-        self._tokens -= n
-        return True
+    def offer_args(self) -> dict:
+        """The `update` command's arguments (docs/protocol.md §9)."""
+        return {"rid": self.rid, "v": releases.version_text(self.version), "size": self.size,
+                "block": self.block_size, "rate": int(self.rate)}
 
-    def next_block(self, now: float | None = None, window: int = 1):
-        """What to send now: ("manifest", sign1 bytes), ("block", offset, bytes, more), or
-        None (the bucket is empty, `window` blocks are in flight, or nothing is left)."""
+    def offered(self, now: float | None = None) -> None:
+        self.offers += 1
+        self.active = self.clock() if now is None else now
+
+    def serve(self, part: str, num: int, size: int, now: float | None = None):
+        """The answer to a request for block `num` of `size` bytes of the manifest ("m") or
+        the body ("b"): (seconds to hold it back, bytes, more), or None when there is no
+        such block (past the end). Any RFC 7959 size is served, as the node asks."""
         now = self.clock() if now is None else now
-        if self.state != "sending":
+        data = self.manifest if part == "m" else self.body
+        off = num * size
+        if off >= len(data) and not (off == 0 and not data):
             return None
-        if not self.manifest_taken:
-            if self._manifest_out or not self._take(len(self.manifest), now):
-                return None
-            self._manifest_out = True
-            return ("manifest", self.manifest)
-        if self._next >= self.size or self._next - self.at >= window * self.block_size:
-            return None
-        n = min(self.block_size, self.size - self._next)
-        if not self._take(n, now):
-            return None
-        off = self._next
-        self._next += n
-        self.sent_bytes += n
-        return ("block", off, self.body[off:off + n], off + n < self.size)
+        chunk = data[off:off + size]
+        if part == "b" and self.state == "sending":
+            self.at = min(off, self.size)  # the node asks for the block holding the first byte it lacks
+        self.active = now
+        self.blocks += 1
+        self.sent_bytes += len(chunk)
+        return self._delay(len(chunk), now), chunk, off + size < len(data)
 
-    def node_at(self, offset: int) -> None:
-        """The node holds `offset` bytes (what its Receiver answered): send from there on,
-        aligned down to a block start (RFC 7959 blocks start at N × size)."""
-        self.manifest_taken = True
-        self.at = max(0, min(offset, self.size))
-        self._next = self.at - self.at % self.block_size if self.at < self.size else self.at
-        if self.at >= self.size and self.state == "sending":
-            self.state = "sent"  # the node finishes and boots into it: reports follow
+    def _delay(self, n: int, now: float) -> float:
+        # a token bucket of one block: a node asking faster than `rate` waits for its answers
+        self._tokens = min(self._tokens + (now - self._last) * self.rate, float(max(self.block_size, n)))
+        self._last = now
+        self._tokens -= n
+        return max(0.0, -self._tokens / self.rate)
 
-    def lost(self) -> None:
-        """No answer in time (a drop): the manifest or the blocks after `at` go again."""
-        self._manifest_out = False
-        self._next = self.at - self.at % self.block_size if self.at < self.size else self.at
+    def stalled(self, now: float, stall: float) -> bool:
+        """Sending, and the node has asked nothing for `stall` seconds (or was never offered it)."""
+        return self.state == "sending" and (not self.offers or now - self.active >= stall)
 
     def report(self, text: str) -> bool:
         """A node's `update` record about this release; True if it changed the delivery's state."""
@@ -111,11 +122,14 @@ class Delivery:
         if version != releases.version_text(self.version):
             return False
         outcome, _, why = rest.partition(":")
-        if outcome == "installed" and self.state in ("sending", "sent"):
-            self.state = "installed"
-        elif outcome == "confirmed":
-            self.state = "confirmed"
-        elif outcome in ("refused", "rolled_back"):
+        if outcome == "received" and self.state == "sending":
+            self.state, self.at, self.finished = "sent", self.size, self.clock()
+        elif outcome == "installed" and self.state in ("sending", "sent"):
+            self.state, self.at = "installed", self.size
+            self.finished = self.finished or self.clock()
+        elif outcome == "confirmed" and self.state not in ENDED:
+            self.state, self.at = "confirmed", self.size
+        elif outcome in ("refused", "rolled_back") and self.state not in ENDED:
             self.state, self.error = "failed", rest
         else:
             return False
@@ -123,12 +137,14 @@ class Delivery:
 
     def progress(self, now: float | None = None) -> dict:
         now = self.clock() if now is None else now
-        elapsed = max(now - self.started, 1e-9)
+        end = self.finished or now
+        elapsed = max(end - self.started, 1e-9)
         rate = self.at / elapsed
         return {"node": self.node, "version": releases.version_text(self.version), "state": self.state,
                 "bytes": self.at, "size": self.size, "percent": round(100.0 * self.at / max(self.size, 1), 1),
                 "rate_bps": round(rate, 1), "eta_s": round((self.size - self.at) / rate, 1) if rate > 0 and
-                self.state == "sending" else None, "sent_bytes": self.sent_bytes, "error": self.error}
+                self.state == "sending" else None, "seconds": round(elapsed, 1), "sent_bytes": self.sent_bytes,
+                "blocks": self.blocks, "offers": self.offers, "error": self.error, "rid": self.rid}
 
 
 class Rollout:
@@ -136,7 +152,7 @@ class Rollout:
     restart resumes each one where its node stands."""
 
     def __init__(self, public_key: bytes, state_path: Path | None = None, block_size: int = 512,
-                 rate: float = 2048.0, clock=time.monotonic):
+                 rate: float = 4096.0, clock=time.time):
         self.public_key = public_key
         self.state_path = state_path
         self.block_size, self.rate, self.clock = block_size, rate, clock
@@ -147,7 +163,8 @@ class Rollout:
             self._restore()
 
     def add(self, node: str, release_file: Path, running: tuple[int, int, int] | None = None) -> Delivery:
-        """Queue a release for a node; releases.ReleaseError if it is forged, damaged or not newer."""
+        """Queue a release for a node (replacing one it had); releases.ReleaseError if it is
+        forged, damaged or not newer."""
         manifest, sign1, parts = releases.read(Path(release_file).read_bytes(), self.public_key, running)
         d = Delivery(node, manifest.version, sign1, b"".join(parts), self.block_size, self.rate, self.clock)
         self.deliveries[node] = d
@@ -155,11 +172,38 @@ class Rollout:
         self.save()
         return d
 
+    def cancel(self, node: str) -> bool:
+        """Forget a node's delivery: its next block request is answered 4.04."""
+        gone = self.deliveries.pop(node, None)
+        self.release_files.pop(node, None)
+        self.save()
+        return gone is not None
+
+    def serve(self, node: str, rid: str, part: str, num: int, size: int):
+        d = self.deliveries.get(node)
+        if d is None or d.rid != rid or d.state in ENDED or part not in ("m", "b"):
+            return None
+        return d.serve(part, num, size)
+
+    def report(self, node: str, text: str) -> Delivery | None:
+        """A node's `update` record; the delivery if it changed (saved)."""
+        d = self.deliveries.get(node)
+        if d is None or not d.report(text):
+            return None
+        self.save()
+        return d
+
+    def due_offers(self, stall: float) -> list[Delivery]:
+        """Deliveries to offer (again): never offered, or their node silent for `stall` seconds."""
+        now = self.clock()
+        return [d for d in self.deliveries.values() if d.stalled(now, stall)]
+
     def save(self) -> None:
         if self.state_path is None or self._restoring:
             return
         rows = {n: {"release": self.release_files[n], "at": d.at, "state": d.state, "error": d.error,
-                    "manifest_taken": d.manifest_taken} for n, d in self.deliveries.items()}
+                    "started": d.started, "finished": d.finished, "offers": d.offers}
+                for n, d in self.deliveries.items()}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, sort_keys=True))
         tmp.replace(self.state_path)
@@ -170,9 +214,9 @@ class Rollout:
         try:
             for node, row in rows.items():
                 d = self.add(node, Path(row["release"]))
-                d.state, d.error = row["state"], row["error"]
-                if row["manifest_taken"]:
-                    d.node_at(row["at"])
+                d.state, d.error, d.at = row["state"], row["error"], row["at"]
+                d.started, d.finished = row.get("started", d.started), row.get("finished", 0.0)
+                d.offers = row.get("offers", 0)  # offered again once `stall` passes with no request
         finally:
             self._restoring = False
 

@@ -11,6 +11,8 @@ Endpoints:
     GET /nodes                   the table of `headrace status` as JSON
     GET /demands, POST /demands, POST /demands/<id>/accept|decline|done|cancel
                                  the dispatcher (gateway/decisions/dispatch.py, docs/matching.md)
+    GET /updates, POST /updates?nodes=a,b|*  (body: a release file), POST /updates/<node>/cancel
+                                 node updates (gateway/runtime/updates.py; `headrace node update`)
 
 Configuration (`[http]`): `bind` (loopback by default), `port` (0: off), `token`,
 `tls_cert`, `tls_key`, `tls_client_ca`. With a token, every request needs it: as
@@ -40,6 +42,7 @@ from gateway.runtime.logs import RateLimited
 
 log = logging.getLogger("headrace.http")
 MAX_BODY = 65536
+MAX_RELEASE = 4 << 20  # POST /updates: a release file (the firmware's .mpy files are about 100 KB)
 MAX_HEADERS = 64
 COOKIE = "headrace_token"
 _REASONS = {200: "OK", 201: "Created", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
@@ -138,8 +141,9 @@ class StatusServer:
             elif req.path == "/status/stream" and req.method == "GET" and self.page is not None:
                 await self.page.stream(writer)
                 return
-            elif length > MAX_BODY:
-                resp = Response.json(413, {"error": f"body over {MAX_BODY} bytes"})
+            elif length > (MAX_RELEASE if req.path == "/updates" else MAX_BODY):
+                resp = Response.json(413, {"error": f"body over {MAX_RELEASE if req.path == '/updates' else MAX_BODY}"
+                                                    " bytes"})
             else:
                 body = await asyncio.wait_for(reader.readexactly(length), 5) if length else b""
                 try:
@@ -203,8 +207,10 @@ class StatusServer:
         if path == "/demands" or path.startswith("/demands/"):
             code, obj = gw.dispatcher.http(req.method, path, body)
             return Response.json(code, obj)
+        if path == "/updates" or path.startswith("/updates/"):
+            return self._updates(req, body)
         if req.method != "GET":
-            return Response.text(405, "GET only here (POST goes to /demands)\n")
+            return Response.text(405, "GET only here (POST goes to /demands and /updates)\n")
         if path == "/metrics":
             return Response(200, (await gw.render_metrics()).encode(), "text/plain; version=0.0.4")
         if path == "/health":
@@ -225,6 +231,29 @@ class StatusServer:
                 if asset is not None:
                     return Response(200, asset[1], asset[0], (("Cache-Control", "max-age=3600"),))
         return Response.text(404, "try /, /status, /metrics, /health, /nodes or /demands\n")
+
+    def _updates(self, req: Request, body: bytes) -> Response:
+        """GET /updates: every delivery's progress; POST /updates?nodes=a,b (or nodes=*) with a
+        release file as the body: queue it; POST /updates/<node>/cancel."""
+        updates = getattr(self.gateway, "updates", None)
+        if updates is None:
+            return Response.json(409, {"error": "node updates are off on this gateway (fix: [update] public_key = "
+                                                "the release.pub of your release key, then restart it)"})
+        if req.method == "GET" and req.path == "/updates":
+            return Response.json(200, updates.progress())
+        if req.method == "POST" and req.path.endswith("/cancel"):
+            node = req.path[len("/updates/"):-len("/cancel")]
+            return Response.json(200 if updates.cancel(node) else 404, {"node": node})
+        if req.method != "POST" or req.path != "/updates":
+            return Response.text(405, "GET /updates, POST /updates?nodes=…, POST /updates/<node>/cancel\n")
+        from gateway.tools.release import ReleaseError
+        nodes = [n for n in req.query.get("nodes", "").split(",") if n]
+        try:
+            return Response.json(201, updates.queue(nodes, body))
+        except ReleaseError as exc:
+            return Response.json(422, {"error": f"release refused: {exc}", "reason": exc.reason})
+        except ValueError as exc:
+            return Response.json(400, {"error": str(exc)})
 
     @staticmethod
     def _write(writer: asyncio.StreamWriter, resp: Response) -> None:

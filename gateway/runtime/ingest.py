@@ -140,19 +140,29 @@ def ack_message(key: bytes | cose.MacKey, seq: int, status: int, commands=()) ->
 
 
 _CMD_RECORD = b"\x63cmd"  # the CBOR text "cmd": a frame that may report commands
+_UPDATE_RECORD = b"\x66update"  # the CBOR text "update": a frame that may report on a node update
 
 
 def command_reports(node: str, payload: bytes) -> list[str]:
     """The `<id>:ok|error:<why>` texts of a frame's `cmd` records (SenML name `cmd` or
     `<node>/cmd`), cheap when there are none; none from a payload that is not SenML."""
-    if _CMD_RECORD not in payload:
+    return _texts(node, payload, "cmd", _CMD_RECORD)
+
+
+def update_reports(node: str, payload: bytes) -> list[str]:
+    """The texts of a frame's `update` records (`1.3.0:installed`, …: firmware/update.py)."""
+    return _texts(node, payload, "update", _UPDATE_RECORD)
+
+
+def _texts(node: str, payload: bytes, name: str, marker: bytes) -> list[str]:
+    if marker not in payload:
         return []
     from gateway.runtime.uplink.batch import frame_readings  # the SenML names resolved as everywhere else
     try:
         readings = frame_readings(node, 0.0, payload)
     except IngestError:
         return []
-    return [v for sensor, _t, v in readings if sensor == "cmd" and isinstance(v, str)]
+    return [v for sensor, _t, v in readings if sensor == name and isinstance(v, str)]
 
 
 ACK_FOR = {"stored": ACK_STORED, "duplicate": ACK_DUPLICATE, "rejected": ACK_REJECTED}

