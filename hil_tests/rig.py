@@ -402,6 +402,68 @@ class Node:
         return json_events(self.out_path.read_text(errors="replace").splitlines(), kind)
 
 
+class Board:
+    """A MicroPython node booting through its boot stage (firmware/bootstage.py: node updates),
+    started again whenever it resets (exit 3: a reboot it asked for) or loses power
+    (`power_cut`: kill -9), as a board would. `trusted_pub`: the release public key it is
+    provisioned with; it runs version 1.0.0 until an update."""
+
+    def __init__(self, workdir, mp, cfg, trusted_pub):
+        self.workdir, self.mp = workdir, mp
+        self.update_dir = workdir / "update"
+        self.update_dir.mkdir()
+        (self.update_dir / "release.pub").write_text(trusted_pub.read_text())
+        (self.update_dir / "base_version").write_text("1.0.0\n")
+        self.cfg_path = workdir / f"{cfg['node']}.json"
+        self.cfg_path.write_text(json.dumps(cfg))
+        self.boots = 0
+        self.proc = None
+        self._stop = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop:
+            with self._lock:
+                self.boots += 1
+                out = open(self.workdir / f"boot{self.boots}.out", "wb")
+                self.proc = subprocess.Popen([self.mp, "-X", "heapsize=512k", str(firmware_dir() / "bootstage.py"),
+                                              str(self.cfg_path), str(self.update_dir)], stdout=out,
+                                             stderr=subprocess.STDOUT, cwd=self.workdir)
+            rc = self.proc.wait()
+            out.close()
+            if rc not in (3, -9) or self._stop:
+                return
+
+    def power_cut(self):
+        with self._lock:
+            self.proc.kill()
+
+    def events(self, kind=None):
+        out = []
+        for i in range(1, self.boots + 1):
+            path = self.workdir / f"boot{i}.out"
+            if path.exists():
+                out += json_events(path.read_text(errors="replace").splitlines(), kind)
+        return out
+
+    def output(self):
+        return "".join((self.workdir / f"boot{i}.out").read_text(errors="replace")[-1500:]
+                       for i in range(1, self.boots + 1) if (self.workdir / f"boot{i}.out").exists())
+
+    def state(self):
+        return json.loads((self.update_dir / "state").read_text())
+
+    def stop(self):
+        self._stop = True
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+        self._thread.join(10)
+
+
+
 BOOT = """\
 import os, sys, vfs
 vfs.mount(vfs.VfsPosix(os.getenv("BOARD_ROOT")), "/")

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
+import urllib.request
 
 import pytest
 
@@ -22,8 +22,7 @@ from gateway.tools import release
 from gateway.tools.flash import FlashError, tool
 from gateway.tools.sim.nodes import firmware_dir, micropython_command
 
-from .rig import REPO, GatewayProcess, free_port, json_events, wait_for
-from .test_reliability import node_cfg
+from .rig import REPO, Board, GatewayProcess, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -48,63 +47,10 @@ def releases(tmp_path_factory):
     return out
 
 
-class Board:
-    """A MicroPython node booting through its boot stage, started again whenever it resets
-    (exit 3: a reboot it asked for) or loses power (`power_cut`: kill -9), as a board would."""
-
-    def __init__(self, workdir, mp, cfg, trusted_pub):
-        self.workdir, self.mp = workdir, mp
-        self.update_dir = workdir / "update"
-        self.update_dir.mkdir()
-        (self.update_dir / "release.pub").write_text(trusted_pub.read_text())
-        (self.update_dir / "base_version").write_text("1.0.0\n")
-        self.cfg_path = workdir / f"{cfg['node']}.json"
-        self.cfg_path.write_text(json.dumps(cfg))
-        self.boots = 0
-        self.proc = None
-        self._stop = False
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self):
-        while not self._stop:
-            with self._lock:
-                self.boots += 1
-                out = open(self.workdir / f"boot{self.boots}.out", "wb")
-                self.proc = subprocess.Popen([self.mp, "-X", "heapsize=512k", str(firmware_dir() / "bootstage.py"),
-                                              str(self.cfg_path), str(self.update_dir)], stdout=out,
-                                             stderr=subprocess.STDOUT, cwd=self.workdir)
-            rc = self.proc.wait()
-            out.close()
-            if rc not in (3, -9) or self._stop:
-                return
-
-    def power_cut(self):
-        with self._lock:
-            self.proc.kill()
-
-    def events(self, kind=None):
-        out = []
-        for i in range(1, self.boots + 1):
-            path = self.workdir / f"boot{i}.out"
-            if path.exists():
-                out += json_events(path.read_text(errors="replace").splitlines(), kind)
-        return out
-
-    def output(self):
-        return "".join((self.workdir / f"boot{i}.out").read_text(errors="replace")[-1500:]
-                       for i in range(1, self.boots + 1) if (self.workdir / f"boot{i}.out").exists())
-
-    def state(self):
-        return json.loads((self.update_dir / "state").read_text())
-
-    def stop(self):
-        self._stop = True
-        with self._lock:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.kill()
-        self._thread.join(10)
+def node_cfg(tmp_path, name, key, **extra):
+    return {"node": name, "key": key.hex(), "sensors": ["temp", "vib"], "period_ms": 100, "batch": 8, "frames": 0,
+            "state_file": str(tmp_path / f"{name}.seq"), "ack_timeout_ms": 300, "max_retransmit": 3,
+            "watchdog_ms": 0, **extra}
 
 
 def update_cmd(gw, *args, wait=True):
@@ -116,7 +62,6 @@ def update_cmd(gw, *args, wait=True):
 
 
 def progress(gw, node):
-    import urllib.request
     with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/updates", timeout=5) as r:
         return next((p for p in json.load(r) if p["node"] == node), None)
 
@@ -142,8 +87,8 @@ def test_update_over_serial_survives_power_cuts_and_a_gateway_kill(tmp_path, mos
     board = None
     try:
         wait_for(lambda: "serial port" in gw.log(), 30, "the gateway's serial port")
-        board = Board(tmp_path, releases["mp"], node_cfg(tmp_path, "upd", key, 0, transport="serial", port=pair.b,
-                                                         period_ms=100, watchdog_ms=0), releases["good_pub"])
+        board = Board(tmp_path, releases["mp"], node_cfg(tmp_path, "upd", key, transport="serial", port=pair.b),
+                      releases["good_pub"])
         wait_for(lambda: accepted(gw) > 0, 30, "the node's first frame")
         cli = update_cmd(gw, "upd", str(releases["good"]))
         size = wait_for(lambda: progress(gw, "upd"), 30, "the delivery")["size"]
@@ -175,6 +120,8 @@ def test_update_over_serial_survives_power_cuts_and_a_gateway_kill(tmp_path, mos
         status = subprocess.run([sys.executable, "-m", "gateway", "status", "--url",
                                  f"http://127.0.0.1:{gw.http_port}"], capture_output=True, text=True, cwd=REPO)
         assert "updates:" in status.stdout and "confirmed" in status.stdout, status.stdout
+        with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/", timeout=5) as r:
+            assert "update: 1.1.0 confirmed" in r.read().decode()  # the status page's node row
     finally:
         if board is not None:
             board.stop()
@@ -241,9 +188,8 @@ def test_update_over_coap_through_drops_and_a_tampered_block(tmp_path, mosquitto
     proxy = UdpProxy(gw.coap_port, drop=9, corrupt=40)
     board = None
     try:
-        board = Board(tmp_path, releases["mp"], node_cfg(tmp_path, "upd", key, 0, transport="coap", host="127.0.0.1",
-                                                         coap_port=proxy.port, period_ms=100, watchdog_ms=0,
-                                                         ack_timeout_ms=300), releases["good_pub"])
+        board = Board(tmp_path, releases["mp"], node_cfg(tmp_path, "upd", key, transport="coap", host="127.0.0.1",
+                                                         coap_port=proxy.port), releases["good_pub"])
         wait_for(lambda: accepted(gw) > 0, 30, "the node's first frame")
         # a block altered on the way: the part's SHA-256 does not match, the node refuses, keeps 1.0.0
         q = update_cmd(gw, "upd", "--release", str(releases["good"]), wait=False)
@@ -281,9 +227,8 @@ def test_forged_releases_are_refused_by_the_gateway_and_by_the_node(tmp_path, mo
         assert q.returncode == 1 and "release refused: signature" in q.stderr, q.stdout + q.stderr
         assert gw.metric('headrace_update_releases_refused_total{reason="signature"}') == 1
         assert "refused a release for upd: signature" in gw.log()
-        board = Board(tmp_path, releases["mp"], node_cfg(tmp_path, "upd", key, 0, transport="coap", host="127.0.0.1",
-                                                         coap_port=gw.coap_port, period_ms=100, watchdog_ms=0,
-                                                         ack_timeout_ms=300), releases["good_pub"])
+        board = Board(tmp_path, releases["mp"], node_cfg(tmp_path, "upd", key, transport="coap", host="127.0.0.1",
+                                                         coap_port=gw.coap_port), releases["good_pub"])
         wait_for(lambda: accepted(gw) > 0, 30, "the node's first frame")
         cli = update_cmd(gw, "upd", str(releases["other"]))
         out, _ = cli.communicate(timeout=int(os.getenv("UPD_TIMEOUT", "200")))

@@ -133,6 +133,8 @@ class Gateway:
             await self.coap.start()
         if cfg.http.port:
             self.http = StatusServer(cfg.http, self)
+            if self.http.page is not None and self.updates is not None:
+                self.http.page.node_extras.append(self.updates.page_fields)  # "update: 1.3.0 sending 35 %"
             await self.http.start()
         depth, _ = await self.spool.depth()
         log.info("gateway %s/%s up: %d nodes registered, %d serial ports, CoAP %s, spool %s (%d records waiting)",

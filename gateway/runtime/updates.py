@@ -135,6 +135,19 @@ class Updates:
         d = self.rollout.deliveries.get(node)
         return d.progress() if d is not None else None
 
+    def page_fields(self, node: str) -> dict:
+        """The status page's `update` field of a node's row (StatusPage.node_extras)."""
+        d = self.rollout.deliveries.get(node)
+        if d is None:
+            return {}
+        p = d.progress()
+        text = f"{p['version']} {p['state']}"
+        if d.state == "sending":
+            text += f" {p['percent']:.0f} %"
+        elif d.state == "failed":
+            text += f" ({d.error.split(':')[0]}{':' + d.error.split(':')[1] if d.error.count(':') else ''})"
+        return {"update": text}
+
     # -- the nodes' reports ------------------------------------------------------------------
 
     def report(self, node: str, text: str) -> None:
