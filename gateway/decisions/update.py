@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from pathlib import Path
 from gateway.protocol.coap import block
 from gateway.tools import release as releases
 
+log = logging.getLogger("headrace.update")
 STATES = ("sending", "sent", "installed", "confirmed", "failed")
 ENDED = ("confirmed", "failed")
 
@@ -213,7 +215,12 @@ class Rollout:
         self._restoring = True
         try:
             for node, row in rows.items():
-                d = self.add(node, Path(row["release"]))
+                try:
+                    d = self.add(node, Path(row["release"]))
+                except (OSError, releases.ReleaseError) as exc:  # the file gone or replaced: that delivery ends
+                    log.warning("dropped the update of %s: its release %s cannot be read again: %s", node,
+                                row["release"], exc)
+                    continue
                 d.state, d.error, d.at = row["state"], row["error"], row["at"]
                 d.started, d.finished = row.get("started", d.started), row.get("finished", 0.0)
                 d.offers = row.get("offers", 0)  # offered again once `stall` passes with no request

@@ -114,6 +114,10 @@ def test_rollout_refuses_bad_releases_and_resumes_after_a_restart(tmp_path):
     assert again.report("n1", "1.1.0:refused:downgrade:1.1.0 is not newer than 1.2.0").state == "failed"
     assert again.serve("n1", d.rid, "b", 0, 1024) is None  # an ended delivery serves nothing
     assert again.cancel("n1") and not again.deliveries
+    # a release file gone from under a restarted gateway ends its delivery, not the gateway
+    again.add("n1", good)
+    good.unlink()
+    assert Rollout(pub, tmp_path / "rollout.json", clock=clock).deliveries == {}
 
 
 def test_delivery_into_the_node_receiver_through_drops_and_a_reboot(tmp_path):
