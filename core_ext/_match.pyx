@@ -176,6 +176,8 @@ cdef Py_ssize_t _lsap(const double* c, Py_ssize_t stride, Py_ssize_t nr, Py_ssiz
             if row4col[index] == -1:
                 row4col[index] = i
                 col4row[i] = index
+    if nr == nc and nc > 1:  # square only, as the reference
+        _arr(c, stride, nr, nc, lo, m, u, v, col4row, row4col, remaining)
     for cur in range(nr):
         if col4row[cur] != -1:
             continue
@@ -232,3 +234,73 @@ cdef Py_ssize_t _lsap(const double* c, Py_ssize_t stride, Py_ssize_t nr, Py_ssiz
                 break
     free(u); free(v); free(spc); free(row4col); free(path); free(remaining); free(sr); free(sc)
     return 0
+
+
+cdef enum:
+    ARR_PASSES = 2  # as the reference's
+    ARR_STEPS = 8
+
+
+cdef void _arr(const double* c, Py_ssize_t stride, Py_ssize_t nr, Py_ssize_t nc, double lo, double m, double* u,
+               double* v, Py_ssize_t* col4row, Py_ssize_t* row4col, Py_ssize_t* free_) noexcept nogil:
+    """The augmenting row reduction, as the reference's (read its docstring); free_ holds nc
+    entries (nr <= nc)."""
+    cdef Py_ssize_t i, j, j1, j2, i0, k, end, nfree = 0, steps, npass
+    cdef double umin, usub, h, lowered
+    cdef const double* ci
+    cdef bint lowers
+    for i in range(nr):
+        if col4row[i] == -1:
+            free_[nfree] = i
+            nfree += 1
+    for npass in range(ARR_PASSES):
+        k = 0
+        end = nfree
+        nfree = 0
+        steps = 0
+        while k < end:
+            i = free_[k]
+            k += 1
+            steps += 1
+            ci = c + i * stride
+            umin = _at(ci, 0, lo, m) - v[0]
+            j1 = 0
+            usub = INFINITY
+            j2 = -1
+            for j in range(1, nc):
+                h = _at(ci, j, lo, m) - v[j]
+                if h < usub:
+                    if h >= umin:
+                        usub = h
+                        j2 = j
+                    else:
+                        usub = umin
+                        umin = h
+                        j2 = j1
+                        j1 = j
+            i0 = row4col[j1]
+            lowered = v[j1] - (usub - umin)
+            lowers = lowered < v[j1]
+            if steps < ARR_STEPS * nr:
+                if lowers:
+                    v[j1] = lowered
+                elif i0 != -1:
+                    j1 = j2
+                    i0 = row4col[j2]
+                if i0 != -1:
+                    if lowers:
+                        k -= 1
+                        free_[k] = i0
+                    else:
+                        free_[nfree] = i0
+                        nfree += 1
+            elif i0 != -1:
+                free_[nfree] = i0
+                nfree += 1
+            if i0 != -1:
+                col4row[i0] = -1
+            col4row[i] = j1
+            row4col[j1] = i
+            u[i] = _at(ci, j1, lo, m) - v[j1]
+        if nfree == 0:
+            return

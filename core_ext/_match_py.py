@@ -76,6 +76,8 @@ def solve(c: list[list[float]], nr: int, nc: int) -> list[int]:
             if row4col[best_j] == -1:
                 row4col[best_j] = i
                 col4row[i] = best_j
+    if nr == nc > 1:  # square: on the fleet's wide matrices it costs more scans than it saves
+        _augmenting_row_reduction(c, nr, nc, u, v, col4row, row4col)
     for cur in range(nr):
         if col4row[cur] != -1:
             continue
@@ -125,6 +127,61 @@ def solve(c: list[list[float]], nr: int, nc: int) -> list[int]:
             if i == cur:
                 break
     return col4row
+
+
+ARR_PASSES = 2     # passes of the augmenting row reduction over the rows left free
+ARR_STEPS = 8      # at most this many steps a pass per row, then the rest is left to the augmentation
+
+
+def _augmenting_row_reduction(c, nr, nc, u, v, col4row, row4col) -> None:
+    """Jonker-Volgenant's augmenting row reduction: each free row takes the column of its least
+    reduced cost c - v, lowering that column's v by the gap to its second least so that it is
+    the row's least by as much as the second one; the row it took the column from is free
+    again and goes next (at once when v was lowered, else in the next pass). v only falls and a
+    column once taken stays taken, so a column left over keeps v = 0 (rectangular). Each
+    matched row's u is its least reduced cost, the others' stay at or below theirs: every
+    reduced cost c - u - v stays >= 0 for the augmentation that follows."""
+    free = [i for i in range(nr) if col4row[i] == -1]
+    for _ in range(ARR_PASSES):
+        k, end, nfree, steps = 0, len(free), 0, 0
+        while k < end:
+            i = free[k]
+            k += 1
+            steps += 1
+            ci = c[i]
+            umin, j1, usub, j2 = ci[0] - v[0], 0, math.inf, -1
+            for j in range(1, nc):
+                h = ci[j] - v[j]
+                if h < usub:
+                    if h >= umin:
+                        usub, j2 = h, j
+                    else:
+                        usub, umin, j2, j1 = umin, h, j1, j
+            i0 = row4col[j1]
+            lowered = v[j1] - (usub - umin)
+            lowers = lowered < v[j1]
+            if steps < ARR_STEPS * nr:
+                if lowers:
+                    v[j1] = lowered
+                elif i0 != -1:  # a tie: the other least column, free or not
+                    j1, i0 = j2, row4col[j2]
+                if i0 != -1:
+                    if lowers:
+                        k -= 1
+                        free[k] = i0
+                    else:
+                        free[nfree] = i0
+                        nfree += 1
+            elif i0 != -1:
+                free[nfree] = i0
+                nfree += 1
+            if i0 != -1:
+                col4row[i0] = -1
+            col4row[i], row4col[j1] = j1, i
+            u[i] = ci[j1] - v[j1]
+        free = free[:nfree]
+        if not free:
+            return
 
 
 def assign(cost) -> tuple[list[int], list[int]]:
