@@ -54,15 +54,17 @@ class Gw:
         return self
 
     async def committed(self):
-        """Wait until everything changed so far is in the spool."""
-        for _ in range(200):
-            if not (self.ledger.dirty or self.pipe._events):
+        """Wait until everything changed so far is in the spool: the ledger's open epoch when
+        something waits for a commit (its rows and the queued events go in the commit that
+        closes it), else the last one taken (a commit may still be running), is durable."""
+        waiting = self.ledger.dirty or bool(self.pipe._events)
+        made = self.ledger.epoch if waiting else self.ledger.epoch - 1
+
+        async def durable():
+            while made >= 0 and not self.ledger.durable(made):
                 self.pipe.committed.clear()
-                await asyncio.sleep(0.05)  # a commit may still be running
-                if not (self.ledger.dirty or self.pipe._events):
-                    return
-            await asyncio.sleep(0.01)
-        raise AssertionError("nothing committed")
+                await self.pipe.committed.wait()
+        await asyncio.wait_for(durable(), 10)
 
     async def crash(self):
         self.task.cancel()
