@@ -1,5 +1,5 @@
-"""Node updates delivered by the real gateway over the real links: `headrace node update` queues a
-signed release of the real firmware, a MicroPython node (booted through its boot stage, as a
+"""Node updates delivered by the real gateway over the real links: `headrace node update` (or the
+cloud's `update` command on cmd/<node>) queues a signed release of the real firmware, a MicroPython node (booted through its boot stage, as a
 board is) fetches it block by block (RFC 7959 Block2) over a pty (serial) or UDP (CoAP), reboots
 into it and confirms it. On the way: the node's power cut (kill -9) and the gateway's kill -9
 mid-transfer, datagrams lost, and the transfer resumes where the node's flash stands; a block
@@ -8,6 +8,7 @@ running its old code, and each refusal is counted and logged at the gateway.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import sys
 import threading
 import urllib.request
 
+import paho.mqtt.client as paho
 import pytest
 
 from gateway.tools import release
@@ -182,7 +184,7 @@ class UdpProxy:
         self.up.close()
 
 
-def test_update_over_coap_through_drops_and_a_tampered_block(tmp_path, mosquitto, releases):
+def test_update_over_coap_through_drops_and_a_tampered_block(tmp_path, mosquitto, subscriber, releases):
     key = os.urandom(32)
     gw = gateway(tmp_path, mosquitto, key, releases["good_pub"]).start()
     proxy = UdpProxy(gw.coap_port, drop=9, corrupt=40)
@@ -200,11 +202,23 @@ def test_update_over_coap_through_drops_and_a_tampered_block(tmp_path, mosquitto
         assert gw.metric('headrace_update_refused_total{reason="hash"}') == 1
         assert "refused release 1.1.0: hash" in gw.log() and "send the release again" in gw.log()
         assert board.boots == 1 and board.state()["pending"] is None
-        # again, with datagrams still lost both ways: fetched, installed, confirmed
+        # again, as the cloud's command on cmd/upd, with datagrams still lost both ways: fetched,
+        # installed, confirmed, and answered on cmd_result/upd
         proxy.corrupt = 0
-        cli = update_cmd(gw, "upd", "--release", str(releases["good"]))
-        out, _ = cli.communicate(timeout=int(os.getenv("UPD_TIMEOUT", "200")))
-        assert cli.returncode == 0, out + board.output()[-3000:]
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        release_b64 = base64.b64encode(releases["good"].read_bytes()).decode()
+        command = {"id": "up-7", "cmd": "update", "args": {"release": release_b64}}
+        pub.publish("headrace/v1/bench/gwtest/cmd/upd", json.dumps(command), qos=1).wait_for_publish(5)
+        pub.loop_stop()
+        pub.disconnect()
+
+        def answers():
+            return [a for a in (json.loads(p) for t, p in list(subscriber.messages) if t.endswith("/cmd_result/upd"))
+                    if a.get("id") == "up-7"]
+        wait_for(lambda: [a["status"] for a in answers()] == ["queued", "applied"], 200,
+                 "the cloud's update command answered applied")
         assert proxy.dropped > 10
         st = board.state()
         assert st["versions"][st["active"]] == [1, 1, 0] and st["trial"] == 0, st

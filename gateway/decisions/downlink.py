@@ -10,6 +10,7 @@ A command is a JSON object on `headrace/v1/<site>/<gateway>/cmd/<node>`:
 | `set_batch` | `batch`: 1 … 64 |
 | `identify` | `seconds`: 1 … 600 (optional, default 10) |
 | `reboot` | none |
+| `update` | `release`: a release file (`headrace release build`) in base64; on `cmd/<node>` or `cmd/_all` (gateway/runtime/updates.py) |
 
 Each command gets an answer on `cmd_result/<node>`: `{"id", "status": "queued"}`
 or `{"id", "status": "rejected", "error": "…"}`. Valid commands wait in a
@@ -113,6 +114,7 @@ class Downlink:
         self.on_result = on_result  # (node, {"id", "status", ...}): the uplink answers on cmd_result
         self.ledger = ledger
         self._fleet = None  # the loans' submit, routed by gateway.decisions.loans.Loans when [fleet] is on
+        self._update = None  # node updates' submit (gateway/runtime/updates.py) when [update] is on
         self._made: dict[tuple[str, str], int] = {}  # (node, id) -> ledger epoch it was queued at
 
     def _ready(self, command: Command) -> bool:
@@ -192,14 +194,28 @@ class Downlink:
         """Where commands on cmd/_fleet go: `submit(payload) -> (id, cmd)`, raising a CommandError."""
         self._fleet = submit
 
+    def route_updates(self, submit) -> None:
+        """Where `{"cmd": "update", …}` goes: `submit(node, command object) -> Command`, raising a CommandError."""
+        self._update = submit
+
     def submit(self, node: str, payload: bytes) -> Command:
         """Validate and queue; raise CommandError for a bad command. A fleet command (cmd/_fleet)
-        is acted on at once and never queued."""
+        is acted on at once and never queued; an update (`"cmd": "update"`, the release in
+        `args.release` as base64) goes to node updates (cmd/<node>, or cmd/_all for every node)."""
         if node == FLEET_TARGET:
             if self._fleet is None:
                 raise CommandError("fleet commands are off on this gateway (fix: [fleet] enabled = true)")
             cid, cmd = self._fleet(payload)
             return Command(node, cid, cmd, {})
+        if b'"update"' in payload:
+            try:
+                obj = json.loads(payload)
+            except (ValueError, UnicodeDecodeError):
+                obj = None
+            if isinstance(obj, dict) and obj.get("cmd") == "update":
+                if self._update is None:
+                    raise CommandError("node updates are off on this gateway (fix: [update] public_key)")
+                return self._update(node, obj)
         return self._queue(parse(node, payload, self.registry))
 
     def put(self, node: str, cmd: str, args: dict, cid: str) -> Command:

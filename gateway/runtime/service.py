@@ -118,6 +118,7 @@ class Gateway:
             from gateway.runtime.updates import Updates
             self.updates = Updates(cfg.update, cfg.gateway.data_dir, self.downlink, self.metrics, self.registry)
             self.pipeline.updates = self.updates
+            self.downlink.route_updates(self.updates.cloud_command)  # {"cmd": "update"} on cmd/<node>
             self._spawn(self.updates.run(), "updates")
         self._spawn(self.rules.run(), "rules")
         self._spawn(self.dispatcher.run(), "dispatcher")

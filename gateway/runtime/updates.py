@@ -2,7 +2,8 @@
 served block by block over their links, followed to the end (docs/installer.md, docs/protocol.md §9).
 
 The planning is gateway/decisions/update.py's `Rollout`; this role wires it to the rest:
-- `queue(nodes, data)`: POST /updates (the command line) — the release checked against
+- `queue(nodes, data)`: POST /updates (the command line) or `cloud_command` (an `update`
+  command on `cmd/<node>` or `cmd/_all`, the release in base64) — the release checked against
   `[update] public_key`, kept in `<data_dir>/updates/`, a delivery per node;
 - `run()`: offers each delivery to its node (the command `update`, riding the acks,
   gateway/decisions/downlink.py) at first and whenever the node has gone quiet;
@@ -64,6 +65,7 @@ class Updates:
         self.public_key = releases.load_public(Path(settings.public_key))
         self.dir = Path(data_dir) / "updates"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.cloud_ids: dict[str, str] = {}  # node -> the id of the cloud's update command, answered at the end
         self.rollout = Rollout(self.public_key, self.dir / "rollout.json", settings.block_size, settings.rate)
         for d in self.rollout.deliveries.values():
             if d.state not in ENDED:
@@ -97,6 +99,34 @@ class Updates:
             out.append(d.progress())
         self._offer_due()
         return out
+
+    def cloud_command(self, node: str, obj: dict):
+        """`{"id", "cmd": "update", "args": {"release": base64}}` from cmd/<node> (cmd/_all: every
+        registered node): queued, answered `queued` by the uplink and later `applied` (confirmed)
+        or `failed` on cmd_result/<node>. CommandError for a bad command or release."""
+        import base64
+        import binascii
+
+        from gateway.decisions.downlink import Command, CommandError
+
+        cid, args = obj.get("id"), obj.get("args")
+        if not isinstance(cid, str) or not 0 < len(cid) <= 64:
+            raise CommandError("id must be a string of 1 to 64 characters")
+        if not isinstance(args, dict) or not isinstance(args.get("release"), str) or set(args) != {"release"}:
+            raise CommandError('update takes one argument: "release", a release file in base64')
+        try:
+            data = base64.b64decode(args["release"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise CommandError(f"release is not base64: {exc}") from None
+        try:
+            queued = self.queue(["*"] if node == "_all" else [node], data)
+        except releases.ReleaseError as exc:
+            raise CommandError(f"release refused: {exc}") from None
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        for p in queued:
+            self.cloud_ids[p["node"]] = cid
+        return Command(node, cid, "update", {"nodes": [p["node"] for p in queued]})
 
     def cancel(self, node: str) -> bool:
         return self.rollout.cancel(node)
@@ -166,6 +196,12 @@ class Updates:
         else:
             p = d.progress()
             log.info("node %s: release %s %s (%d bytes in %.1f s)", node, version, d.state, d.size, p["seconds"])
+        cid = self.cloud_ids.pop(node, None) if d.state in ENDED else None
+        if cid is not None and self.downlink.on_result is not None:  # the cloud's command: its outcome
+            answer = {"id": cid, "status": "applied" if d.state == "confirmed" else "failed"}
+            if d.error:
+                answer["error"] = d.error
+            self.downlink.on_result(node, answer)
         self._gauges()
 
     # -- serving blocks ------------------------------------------------------------------------

@@ -202,3 +202,50 @@ class FakeNode:
 
     def make_frame(self, pack):
         pass
+
+
+def test_the_clouds_update_command(tmp_path):
+    """`{"cmd": "update", "args": {"release": base64}}` on cmd/<node>: bad ones refused with the
+    reason, a good one queued and offered to the node, its outcome answered to the cloud."""
+    import base64
+    import json
+
+    from gateway.config.sections import UpdateSection
+    from gateway.decisions.downlink import CommandError, Downlink
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.registry import Registry
+    from gateway.runtime.updates import Updates
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "release.pub").write_text(release.public_bytes(key).hex())
+    registry = Registry()
+    registry.add("n1")
+    answers = []
+    downlink = Downlink(registry, on_result=lambda node, a: answers.append((node, a)))
+    metrics = Metrics()
+    updates = Updates(UpdateSection(public_key=str(tmp_path / "release.pub")), str(tmp_path), downlink, metrics,
+                      registry)
+    downlink.route_updates(updates.cloud_command)
+    good = _release(tmp_path, key, (1, 1, 0), {"app.py": b"A" * 3000}).read_bytes()
+    forged = _release(tmp_path, Ed25519PrivateKey.generate(), (1, 1, 0), {"app.py": b"A"}, "forged").read_bytes()
+
+    def cmd(node, **args):
+        return json.dumps({"id": "u1", "cmd": "update", "args": args}).encode()
+
+    for node, payload, why in (("n1", cmd("n1", release="%%%"), "not base64"),
+                               ("n1", cmd("n1"), "one argument"),
+                               ("n9", cmd("n9", release=base64.b64encode(good).decode()), "unknown node"),
+                               ("n1", cmd("n1", release=base64.b64encode(forged).decode()), "release refused: signature")):
+        with pytest.raises(CommandError, match=why):
+            downlink.submit(node, payload)
+    assert metrics.get("headrace_update_releases_refused_total", reason="signature") == 1
+    c = downlink.submit("n1", cmd("n1", release=base64.b64encode(good).decode()))
+    assert (c.id, c.cmd, c.args) == ("u1", "update", {"nodes": ["n1"]})
+    offer = downlink.for_ack("n1")[0]
+    assert offer.cmd == "update" and offer.args == updates.rollout.deliveries["n1"].offer_args()
+    updates.report("n1", "1.1.0:received")
+    updates.report("n1", "1.1.0:installed")
+    assert answers == []
+    updates.report("n1", "1.1.0:confirmed")
+    assert answers == [("n1", {"id": "u1", "status": "applied"})]
+    assert metrics.get("headrace_update_state", node="n1", state="confirmed") == 1
