@@ -8,8 +8,9 @@ minimum total cost. Rows come out in increasing order, like
 
 Method: shortest augmenting paths with dual potentials (Jonker-Volgenant, as
 described by Crouse, IEEE TAES 2016), one augmentation per row of the smaller
-side not already matched by the initial reduction (of columns when square, of
-rows when there are more columns). Forbidden pairs get a cost `M` larger than any sum of allowed costs, so a
+side not already matched by the initial reduction: when square, a column
+reduction and then Jonker-Volgenant's augmenting row reduction; with more
+columns than rows, a row reduction. Forbidden pairs get a cost `M` larger than any sum of allowed costs, so a
 solution never trades an assignment for a cheaper total; pairs at `M` are
 dropped from the result. NaN or -inf in the matrix is a ValueError.
 """
