@@ -150,6 +150,10 @@ def test_the_cloud_killed_each_line_dispatches_alone_and_back_it_lends_without_r
         assert sorted(k for k, _ in rows) == sorted(f"{x}|{s}|1" for x in (a, b, e)
                                                     for s in ("assigned", "accepted", "done"))
         assert {n for _, n in rows} == {1}
+        # the fleet's commands (cmd/_fleet) and the nodes' (cmd/<node>) on the same topic tree are
+        # passed over by the sink, not kept as dead letters
+        with sqlite3.connect(db) as c:
+            assert c.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
     finally:
         if "fleet" in procs:
             procs["fleet"].terminate()

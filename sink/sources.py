@@ -105,6 +105,14 @@ class JetStreamSource:
             await nc.close()
 
 
+def _downlink(topic: str) -> bool:
+    """Commands to a gateway (`cmd/<node>`, the fleet dispatcher's `cmd/_fleet`) and their answers
+    (`cmd_result/<node>`) share the gateways' topic tree, which `headrace/v1/#` subscribes to: they
+    are not uplink to store, nor dead letters, and are passed over."""
+    parts = topic.split("/")
+    return len(parts) == 6 and parts[:2] == ["headrace", "v1"] and parts[4] in ("cmd", "cmd_result")
+
+
 class MqttSource:
     """A persistent MQTT session (QoS 1, acknowledged by hand after the commit), e.g. on mosquitto."""
 
@@ -141,7 +149,14 @@ class MqttSource:
 
         c.on_connect = on_connect
         c.on_subscribe = on_subscribe
-        c.on_message = lambda _c, _u, msg: self._q.put((msg.topic, msg.payload, msg.mid))
+        def on_message(client, _u, msg):
+            if _downlink(msg.topic):
+                if msg.qos:
+                    client.ack(msg.mid, msg.qos)
+                return
+            self._q.put((msg.topic, msg.payload, msg.mid))
+
+        c.on_message = on_message
         self.client = c
         c.connect_async(self.cfg.host, self.cfg.port, keepalive=30)
         c.loop_start()
