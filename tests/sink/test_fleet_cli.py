@@ -75,4 +75,3 @@ def test_a_missing_file_is_named():
     p = subprocess.run([sys.executable, "-m", "gateway", "fleet", "run", "--config", "/nonexistent/fleet.toml"],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert p.returncode == 2 and "headrace fleet: /nonexistent/fleet.toml: cannot read" in p.stderr, p.stderr
-
