@@ -185,11 +185,10 @@ class FleetService:
                     return
                 waited += 10
                 log.warning("no broker at %s:%d yet (%d s): retrying; check [mqtt] host and port", host, port, waited)
-            if self.cfg["database"]:
-                rows = stored_events(self.cfg["database"], self.cfg["site"])
-                self.publish(self.mirror.rebuild(rows))
-                log.info("fleet mirror rebuilt from %d stored events: %d resources, %d escalated, %d loans",
-                         len(rows), len(self.mirror.resources), len(self.mirror.escalated), len(self.mirror.loans))
+            # no lending before the mirror is whole: a database not there yet is waited for
+            while self.cfg["database"] and not self.rebuild():
+                if self._stop.wait(5):
+                    return
             print("fleet dispatcher running", flush=True)
             while not self._stop.is_set():
                 deadline = time.monotonic() + self.cfg["tick"]
@@ -203,6 +202,20 @@ class FleetService:
         finally:
             self.client.loop_stop()
             self.client.disconnect()
+
+    def rebuild(self) -> bool:
+        """The mirror from the sink's database; False (logged, with the database named) if it cannot be read."""
+        try:
+            rows = stored_events(self.cfg["database"], self.cfg["site"])
+        except Exception as exc:  # psycopg's and sqlite3's errors alike: the operator reads which
+            log.warning("cannot read the sink's database %s (%s: %s): the fleet mirror is not rebuilt; retrying in "
+                        "5 s (check database in the fleet config, and that the sink has created it)",
+                        self.cfg["database"], type(exc).__name__, exc)
+            return False
+        self.publish(self.mirror.rebuild(rows))
+        log.info("fleet mirror rebuilt from %d stored events: %d resources, %d escalated, %d loans",
+                 len(rows), len(self.mirror.resources), len(self.mirror.escalated), len(self.mirror.loans))
+        return True
 
     def stop(self, *_args) -> None:
         self._stop.set()

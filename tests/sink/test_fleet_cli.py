@@ -75,3 +75,14 @@ def test_a_missing_file_is_named():
     p = subprocess.run([sys.executable, "-m", "gateway", "fleet", "run", "--config", "/nonexistent/fleet.toml"],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert p.returncode == 2 and "headrace fleet: /nonexistent/fleet.toml: cannot read" in p.stderr, p.stderr
+
+
+def test_a_database_that_cannot_be_read_is_named_and_waited_for(tmp_path, caplog):
+    cfg = fleet_service.from_dict({"site": "plant", "database": str(tmp_path / "missing" / "cloud.sqlite")})
+    service = fleet_service.FleetService(cfg)
+    with caplog.at_level("WARNING", logger="headrace.fleet"):
+        assert service.rebuild() is False
+    assert f"cannot read the sink's database {tmp_path / 'missing' / 'cloud.sqlite'}" in caplog.text
+    assert "retrying in 5 s" in caplog.text
+    (tmp_path / "missing").mkdir()  # there now (empty: the sink has stored nothing yet)
+    assert service.rebuild() is True and not service.mirror.resources
