@@ -1,32 +1,45 @@
 """The sink's write path against COPY of the same rows already decoded, on a private PostgreSQL.
 
-    python bench/sink.py [--batches 160] [--frames 256] [--group 16] [--rounds 3] [--jetstream]
+    python bench/sink.py [--batches 160] [--frames 256] [--group 16] [--rounds 3] [--server tuned|tests]
+                         [--jetstream]
 
 Batches are made by the gateway's own encoder (`uplink/batch.py`): frames of 8
-readings from 64 simulated nodes (values with 2-3 decimals, 10 ms apart),
-`--frames` frames a batch as the gateway's default `batch_records`. Three ways of
-putting them into one `readings` table (same columns, primary key and BRIN index
-as the sink's), interleaved for `--rounds` rounds on a fresh database each time:
+readings from 64 simulated nodes (values with 2-3 decimals, 10 ms apart, an hour
+ago: in the current month's partition), `--frames` frames a batch as the
+gateway's default `batch_records`. Three ways of putting them into one
+`readings` table (the sink's own: partitioned by month, same keys and indexes),
+interleaved for `--rounds` rounds on a fresh database each time:
 
 - baseline: the rows decoded beforehand (not timed), then `COPY readings FROM STDIN` (binary, as the sink's)
   in groups of `--group` batches, one transaction a group;
 - 1 worker: the sink's own code from payload bytes (sink.decode.Decoder, then
-  PostgresStore.write: COPY into staging, one INSERT … ON CONFLICT DO NOTHING per
-  group, the mirror upserts), one process;
-- 2 workers: the same in two processes, each taking every other group.
+  PostgresStore.write: COPY into staging, one INSERT … SELECT per group, the
+  mirror upserts), one process;
+- 2 workers: the same in two processes, each taking every other group (keep the
+  number of groups even, or one worker has more to do: 160 batches in groups of 64
+  split 96/64).
 
-Printed: readings/s of each (median of the rounds) and the ratios; targets
-(DESIGN.md): 1 worker >= 0.5x the baseline, 2 workers >= 1.6x 1 worker. By default
-no broker: what is measured is decode + dedup + write. With --jetstream the
+Every other round runs in reverse order, and each run's database is dropped and
+a checkpoint taken (untimed) before the next, so no autovacuum or writeback of
+one run slows the next. Printed: readings/s of each (median of the rounds) and
+the ratios; 2 workers / 1 worker also round by round; and the CPU time of the
+clients and their PostgreSQL backends a reading (from /proc), whose ratio between
+2 workers and 1 says whether the workers hinder each other (1.00: not at all)
+regardless of how much of the machine they were given. Targets (DESIGN.md):
+1 worker >= 0.5x the baseline, 2 workers >= 1.6x 1 worker. `--server tuned`
+(the default) runs PostgreSQL with the settings docs/cloud.md gives for a sink's
+database, all durable; `tests` as the test fixture does. With --jetstream the
 workers are `headrace sink run`'s own loop (sink.service.Sink) pulling from one
 durable consumer of a stream on a local NATS server that holds the batches,
-timed from their start until every row is in PostgreSQL. The machine's cores are shared with the
-PostgreSQL server (and whatever else runs): read ratios, not absolute rates.
+timed from their start until every row is in PostgreSQL. The machine's cores are
+shared with the PostgreSQL server (and whatever else runs): read ratios, not
+absolute rates.
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import random
 import statistics
 import sys
@@ -41,7 +54,11 @@ from gateway.runtime.uplink import batch  # noqa: E402
 from sink.decode import Decoder  # noqa: E402
 from sink.store import COPY_TYPES, READING_COLS, PostgresStore  # noqa: E402
 
-T0 = 1_800_000_000.0
+# the server: as hil_tests runs it (shared_buffers 64MB, so WAL buffers of 2MB), or with the settings
+# docs/cloud.md gives for a sink's database (all durable: fsync and synchronous_commit stay on)
+SERVER = {"tests": {}, "tuned": {"shared_buffers": "256MB", "wal_buffers": "64MB", "max_wal_size": "4GB",
+                                 "checkpoint_timeout": "30min"}}
+T0 = time.time() - 3600  # an hour ago: the rows land in the current month's partition, as live data does
 SENSORS = ("temp", "vib", "pressure", "current", "humidity", "level", "flow", "rpm")
 
 
@@ -66,10 +83,19 @@ def groups(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def baseline(url: str, rows_by_group: list[list[tuple]]) -> float:
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one by default), from /proc."""
+    fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def baseline(url: str, rows_by_group: list[list[tuple]]) -> tuple[float, float]:
+    """(seconds, CPU seconds of this process and its PostgreSQL backend) to COPY the rows."""
     import psycopg
 
     with psycopg.connect(url) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        cpu = cpu_seconds() + cpu_seconds(backend)
         t = time.perf_counter()
         for rows in rows_by_group:
             with conn.transaction():
@@ -78,20 +104,24 @@ def baseline(url: str, rows_by_group: list[list[tuple]]) -> float:
                     copy.set_types(COPY_TYPES["readings"])
                     for r in rows:
                         copy.write_row(r)
-        return time.perf_counter() - t
+        secs = time.perf_counter() - t
+        return secs, cpu_seconds() + cpu_seconds(backend) - cpu
 
 
 def worker(url: str, payload_groups: list[list[bytes]], start, done) -> None:
     store = PostgresStore(url)
+    backend = store.query("SELECT pg_backend_pid()")[0][0]
     dec = Decoder()
     start.wait()
+    cpu = cpu_seconds() + cpu_seconds(backend)
     for group in payload_groups:
         store.write([dec.decode("headrace/v1/s1/gw1/data", p) for p in group])
+    cpu = cpu_seconds() + cpu_seconds(backend) - cpu
     store.close()
-    done.put(time.perf_counter())
+    done.put((time.perf_counter(), cpu))
 
 
-def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> float:
+def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> tuple[float, float]:
     ctx = mp.get_context("fork")
     start, done = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=worker, args=(url, payload_groups[i::n], start, done)) for i in range(n)]
@@ -105,7 +135,17 @@ def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> float:
         p.join()
         if p.exitcode:
             raise RuntimeError(f"a worker failed with {p.exitcode}")
-    return max(ends) - t
+    return max(end for end, _cpu in ends) - t, sum(cpu for _end, cpu in ends)
+
+
+def quiesce(pg, url: str) -> None:
+    """Drop a run's database and checkpoint, untimed: no autovacuum of its tables and no dirty
+    buffers of it are left to run during the next run (they made whichever came next slower)."""
+    import psycopg
+
+    with psycopg.connect(pg.url, autocommit=True) as c:
+        c.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        c.execute("CHECKPOINT")
 
 
 def _jetstream_worker(url: str, servers: list[str], group: int) -> None:
@@ -166,6 +206,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=256)
     ap.add_argument("--group", type=int, default=16, help="batches a transaction ([sink] group)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--server", choices=sorted(SERVER), default="tuned",
+                    help="PostgreSQL settings: tuned for bulk writes (docs/cloud.md, Throughput), or as the tests run it")
     ap.add_argument("--jetstream", action="store_true",
                     help="workers read the batches from a JetStream stream (one local NATS server) first filled "
                          "with them, as `headrace sink run` does: broker included")
@@ -180,8 +222,12 @@ def main() -> None:
     rgroups = [[r for p in g for r in dec.decode("headrace/v1/s1/gw1/data", p).readings] for g in pgroups]
     print(f"{len(payloads)} batches of {a.frames} frames, {n} readings, {sum(map(len, payloads)) / n:.1f} "
           f"bytes a reading on the wire; {len(pgroups)} transactions of {a.group} batches")
-    pg = Postgres().start()
-    rates: dict[str, list[float]] = {"baseline COPY": [], "sink, 1 worker": [], "sink, 2 workers": []}
+    pg = Postgres(SERVER[a.server]).start()
+    print(f"PostgreSQL settings: {a.server} ({', '.join(f'{k}={v}' for k, v in SERVER[a.server].items()) or 'as the tests'}); "
+          f"load average {os.getloadavg()[0]:.1f}")
+    names = ("baseline COPY", "sink, 1 worker", "sink, 2 workers")
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    cpus: dict[str, list[float]] = {k: [] for k in names}
     cluster = None
     if a.jetstream:
         import tempfile
@@ -191,31 +237,47 @@ def main() -> None:
         cluster = NatsCluster(Path(tempfile.mkdtemp(prefix="headrace-bench-nats-")), size=1).start()
     try:
         for r in range(a.rounds):
-            for name in rates:
+            # every other round in reverse order: a load that drifts during a round favours none of them
+            for name in (names if r % 2 == 0 else names[::-1]):
                 url = pg.database(f"bench{r}_{name.split()[-1].replace(',', '')}_{len(rates[name])}")
-                PostgresStore(url).close()  # the sink's schema, for the baseline too
+                PostgresStore(url).close()  # the sink's schema (and this month's partitions), for the baseline too
+                cpu = None
                 if name.startswith("baseline"):
-                    secs = baseline(url, rgroups)
+                    secs, cpu = baseline(url, rgroups)
                 elif cluster is not None:
                     secs = run_jetstream(url, cluster.urls, payloads, 1 if "1 worker" in name else 2, a.group, n)
                 else:
-                    secs = run_workers(url, pgroups, 1 if "1 worker" in name else 2)
+                    secs, cpu = run_workers(url, pgroups, 1 if "1 worker" in name else 2)
                 store = PostgresStore(url)
                 stored = store.query("SELECT count(*) FROM readings")[0][0]
                 store.close()
                 assert stored == n, f"{name}: {stored} rows stored, {n} expected"
+                quiesce(pg, url)
                 rates[name].append(n / secs)
-                print(f"round {r + 1}: {name:16s} {n / secs:12,.0f} readings/s", flush=True)
+                note = ""
+                if cpu is not None:
+                    cpus[name].append(cpu / n * 1e6)
+                    note = (f"  {cpus[name][-1]:5.1f} CPU us a reading, {cpu / secs:4.2f} cores busy "
+                            "(clients and their PostgreSQL backends)")
+                print(f"round {r + 1}: {name:16s} {n / secs:12,.0f} readings/s{note}", flush=True)
     finally:
         pg.close()
         if cluster is not None:
             cluster.stop()
     med = {k: statistics.median(v) for k, v in rates.items()}
     base, one, two = med["baseline COPY"], med["sink, 1 worker"], med["sink, 2 workers"]
-    print(f"\nmedian readings/s: baseline COPY {base:,.0f}, sink 1 worker {one:,.0f}, sink 2 workers {two:,.0f}")
+    pairs = [b / o for o, b in zip(rates["sink, 1 worker"], rates["sink, 2 workers"])]
+    print(f"\nmedian readings/s: baseline COPY {base:,.0f}, sink 1 worker {one:,.0f}, sink 2 workers {two:,.0f}"
+          f" (load average now {os.getloadavg()[0]:.1f})")
     print(f"1 worker / baseline COPY: {one / base:.2f}x (target >= 0.5x)")
-    print(f"2 workers / 1 worker:     {two / one:.2f}x (target >= 1.6x)")
-
+    print(f"2 workers / 1 worker:     {two / one:.2f}x (target >= 1.6x); by round: "
+          f"{', '.join(f'{x:.2f}' for x in pairs)} (median {statistics.median(pairs):.2f}x)")
+    if all(cpus.values()):
+        c = {k: statistics.median(v) for k, v in cpus.items()}
+        print(f"CPU a reading (median): baseline COPY {c['baseline COPY']:.1f} us, 1 worker {c['sink, 1 worker']:.1f} us, "
+              f"2 workers {c['sink, 2 workers']:.1f} us: two workers cost {c['sink, 2 workers'] / c['sink, 1 worker']:.2f}x "
+              f"the CPU of one a reading (1.00 = no contention between them); the ratio of rates above is "
+              f"what the shared cores gave")
 
 if __name__ == "__main__":
     main()

@@ -641,7 +641,8 @@ class Postgres:
     folder. PostgreSQL refuses to run as root: as root it runs as the user `postgres` (runuser),
     in a folder that user owns; trust authentication on loopback only."""
 
-    def __init__(self):
+    def __init__(self, settings: dict | None = None):
+        """`settings`: more postgresql.conf lines (name -> value), e.g. a benchmark's server tuning."""
         import tempfile
 
         self.port = free_port()
@@ -655,6 +656,7 @@ class Postgres:
         with open(self.data / "postgresql.conf", "a") as f:
             f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n"
                     "max_connections = 50\nshared_buffers = 64MB\nfsync = on\nsynchronous_commit = on\n")
+            f.writelines(f"{k} = {v}\n" for k, v in (settings or {}).items())
 
     def _run(self, *args, check=True, timeout=60):
         cmd = (["runuser", "-u", self.user, "--"] if self.user else []) + list(args)

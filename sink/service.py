@@ -88,7 +88,7 @@ class Sink:
         offline, nodes heard again online. A database away is left to the next sweep."""
         try:
             n = await asyncio.get_running_loop().run_in_executor(self._db, self._store.sweep)
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreRejected) as exc:
             self.metrics.inc("headrace_sink_store_errors_total")
             log.warning("presence sweep: %s", exc)
             return
