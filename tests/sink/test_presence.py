@@ -143,3 +143,15 @@ def test_tables_of_an_older_sink_get_the_presence_columns(tmp_path):
         assert store.query("SELECT node, online, why FROM nodes") == [("old", 0, "silent")]
     finally:
         store.close()
+
+
+def test_presence_settings_are_checked():
+    import pytest
+
+    from gateway.errors import ConfigError
+
+    for key, bad in (("gateway_timeout", 0), ("node_timeout", -5), ("presence_interval", 7200)):
+        with pytest.raises(ConfigError) as e:
+            from_dict({"sink": {key: bad}})
+        assert e.value.key == f"[sink] {key}"
+    assert from_dict({"sink": {"node_timeout": 60}}).sink.node_timeout == 60.0
