@@ -90,6 +90,7 @@ class AggregateSection:
 class SpoolSection:
     commit_interval: float = 0.025
     commit_max_frames: int = 512
+    journal_bytes: int = 4 << 20
     max_bytes: int = 1 << 30
     ttl_frames: float = 7 * 86400.0
     ttl_windows: float = 30 * 86400.0
@@ -282,6 +283,9 @@ def _validate(cfg: Config):
     if not 0 <= cfg.spool.commit_interval <= 1:
         yield ConfigError("[spool] commit_interval", f"{cfg.spool.commit_interval} s is out of range",
                           "use 0 to 1 second (longer delays every ack to the nodes)")
+    if cfg.spool.journal_bytes and not 1 << 18 <= cfg.spool.journal_bytes <= 1 << 30:
+        yield ConfigError("[spool] journal_bytes", f"{cfg.spool.journal_bytes} bytes is out of range",
+                          "use 0 (no journal: every commit a SQLite transaction) or 262144 to 1073741824")
     if cfg.spool.max_bytes < 1 << 20:
         yield ConfigError("[spool] max_bytes", f"{cfg.spool.max_bytes} bytes is too small",
                           "give at least 1048576 (1 MiB); size it for the longest uplink outage to ride out")

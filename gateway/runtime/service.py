@@ -85,7 +85,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.cfg
-        self.spool = await Spool.open(cfg.spool_path)
+        self.spool = await Spool.open(cfg.spool_path, cfg.spool.journal_bytes)
         ingest = Ingest(self.registry, await self.spool.replay_windows())
         # made in the order they depend on each other, each given its collaborators
         self.events = EventSink(self.metrics)

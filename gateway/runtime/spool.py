@@ -1,7 +1,15 @@
-"""The spool: a durable FIFO of uplink records in SQLite (WAL, synchronous=FULL).
+"""The spool: a durable FIFO of uplink records, a journal in front of SQLite (WAL, synchronous=FULL).
 
 A frame's readings and its node's replay window are committed in one
-transaction; only then is the node acked. The uplink deletes records only after
+transaction; only then is the node acked. A commit is one entry of the journal
+(gateway/runtime/journal.py: an O_DIRECT, O_DSYNC write of a few sectors); the
+records it holds stay in memory until the uplink deletes them, and move into
+SQLite only when they are still waiting when their journal segment is about to
+be written again, when the journal holds more than a segment's worth (the
+uplink is down), or when the commit is too large for it. Commits that change
+the decisions' rows (gateway/decisions/ledger.py) go to SQLite directly. So at
+the usual rates SQLite is not written at all, and the disk gets each record
+once, in sectors, instead of as pages of the WAL and of the database. The uplink deletes records only after
 the broker's PUBACK. So a `kill -9` at any moment loses nothing that was acked,
 and at worst re-sends what was published but not yet deleted (consumers dedup by
 (node, seq)).
@@ -12,6 +20,11 @@ so a slow fsync on an SD card never stalls the event loop.
 Record classes and priorities: events (2) go up before windows (1) before raw
 frames (0).
 
+Configuration: `[spool] journal_bytes`, the size of each of the two journal
+segments (4 MiB by default; 0 turns the journal off: every commit is a SQLite
+transaction, as before). A spool opened with another size folds its journal into
+SQLite first.
+
 Overflow policy (`enforce`): records older than their class's TTL go first;
 then, while the spool holds more than its quota of bytes, the oldest raw frames,
 then the oldest windows. Events are never dropped. Every drop is counted by the
@@ -20,13 +33,16 @@ caller and reported on the `state` topic.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import queue
 import sqlite3
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gateway.errors import SpoolError
+from gateway.runtime.journal import Journal
 
 PRIO_EVENT = 2
 PRIO_WINDOW = 1
@@ -41,6 +57,11 @@ _DROP_CHUNK = 500
 # pages (the records' last leaf, the index's, the node's replay row): 1 KiB pages write a
 # quarter of what 4 KiB pages do to the WAL per commit.
 PAGE_SIZE = 1024
+# Size of each of the journal's two segments, bytes (`[spool] journal_bytes`). At 2000 frames a
+# second a segment lasts about 10 s, well past the uplink's batch delay, so what a segment held is
+# long published when it is written again and nothing moves to SQLite.
+JOURNAL_BYTES = 4 << 20
+_FLOOR = "journal_floor"  # meta key: journal records with ids up to this are in SQLite or gone
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -72,22 +93,36 @@ CREATE TABLE IF NOT EXISTS decisions (
 class Spool:
     """Durable FIFO. Open with `await Spool.open(path)`; close with `await spool.close()`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, journal_bytes: int | None = JOURNAL_BYTES):
         self.path = Path(path)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self._thread = SpoolThread()
         self._db: sqlite3.Connection | None = None
-        # rows and bytes per priority, kept exact by every write (one scan at open)
+        self._journal_bytes = journal_bytes
+        self._journal: Journal | None = None
+        # rows and bytes per priority, both tiers, kept exact by every write (one scan at open)
         self._rows = {p: 0 for p in PRIORITY.values()}
         self._bytes = {p: 0 for p in PRIORITY.values()}
+        self._sql_rows = {p: 0 for p in PRIORITY.values()}  # of them in SQLite
+        # the journal's records not yet in SQLite: per priority id -> (kind, body, created), and
+        # their ids in order (deleted ones are skipped, and dropped from the list now and then)
+        self._mem: dict[int, dict[int, tuple[str, bytes, float]]] = {p: {} for p in PRIORITY.values()}
+        self._mem_ids: dict[int, list[int]] = {p: [] for p in PRIORITY.values()}
+        self._mem_bytes = 0
+        self._deleted: list[int] = []  # journal records deleted since its last entry
+        self._jreplay: dict[str, tuple[int, int]] = {}  # replay windows the journal holds newer than SQLite
+        self._floor = 0
+        self._next_id = 1
 
     @classmethod
-    async def open(cls, path: str | Path) -> "Spool":
-        spool = cls(Path(path))
+    async def open(cls, path: str | Path, journal_bytes: int | None = JOURNAL_BYTES) -> "Spool":
+        """`journal_bytes`: the journal's segment size (0: no journal; None: the journal found
+        beside the spool, if any, as it is: for tools that read a spool)."""
+        spool = cls(Path(path), journal_bytes)
         await spool._run(spool._open)
         return spool
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await self._thread.run(fn, *args)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,14 +136,79 @@ class Spool:
         db.executescript(_SCHEMA)
         for prio, n, size in db.execute(
                 "SELECT prio, count(*), coalesce(sum(length(body)), 0) FROM records GROUP BY prio"):
-            self._rows[prio], self._bytes[prio] = n, size
+            self._rows[prio], self._bytes[prio], self._sql_rows[prio] = n, size, n
         self._db = db
+        self._floor = self._get_meta(_FLOOR, 0)
+        row = db.execute("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'records'), 0), "
+                         "coalesce((SELECT max(id) FROM records), 0))").fetchone()
+        self._next_id = max(row[0], self._floor) + 1
+        found = Journal.existing_size(self.path)
+        size = found if self._journal_bytes is None else self._journal_bytes
+        if found:
+            self._journal = Journal(self.path, found)
+            self._load(self._journal.recover())
+            if size != found:  # turned off, or resized: what the journal holds goes to SQLite
+                self._fold()
+                self._journal.remove()
+                self._journal = None
+            else:
+                self._journal.create()  # a segment lost while it was being made
+        if size and self._journal is None:
+            self._journal = Journal(self.path, size)
+            self._journal.create()
+
+    def _load(self, segments) -> None:
+        """The journal's records, replay windows and deletes, oldest segment first."""
+        deleted = []
+        for seg in segments:
+            for first, created, records, replay, gone in seg.entries:
+                for k, (prio, body) in enumerate(records):
+                    if first + k > self._floor:
+                        self._mem_add(first + k, prio, body, created)
+                self._next_id = max(self._next_id, first + len(records))
+                for node, top, bitmap in replay:  # in commit order: the last is the newest
+                    self._jreplay[node] = top, bitmap
+                deleted += gone
+        for a, b in deleted:
+            for rid in range(a, b + 1):
+                self._mem_pop(rid)
+
+    def _mem_add(self, rid: int, prio: int, body: bytes, created: float) -> None:
+        self._mem[prio][rid] = (KIND_OF[prio], body, created)
+        ids = self._mem_ids[prio]
+        if ids and rid < ids[-1]:
+            bisect.insort(ids, rid)
+        else:
+            ids.append(rid)
+        self._rows[prio] += 1
+        self._bytes[prio] += len(body)
+        self._mem_bytes += len(body)
+
+    def _mem_pop(self, rid: int) -> bool:
+        for prio, recs in self._mem.items():
+            rec = recs.pop(rid, None)
+            if rec is not None:
+                self._rows[prio] -= 1
+                self._bytes[prio] -= len(rec[1])
+                self._mem_bytes -= len(rec[1])
+                ids = self._mem_ids[prio]
+                if len(ids) > 2 * len(recs) + 64:
+                    self._mem_ids[prio] = [i for i in ids if i in recs]
+                return True
+        return False
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._run(self._db.close)
+            await self._run(self._close)
             self._db = None
-        self._pool.shutdown(wait=True)
+        self._thread.stop()
+
+    def _close(self) -> None:
+        if self._journal is not None:
+            with contextlib.suppress(OSError, SpoolError):  # lost deletes only mean records sent again
+                self._write_deletes()
+            self._journal.close()
+        self._db.close()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -136,10 +236,12 @@ class Spool:
             raise SpoolError(f"spool {what} failed ({self.path}): {exc}") from exc
 
     def _commit(self, records, replay, decisions=None) -> None:
-        now = time.time()
+        if self._journal is not None and not decisions and self._commit_journal(records, replay):
+            return
+        now, first = time.time(), self._next_id
+        rows = [(first + k, PRIORITY[kind], kind, body, now) for k, (kind, body) in enumerate(records)]
         with self._transaction("commit") as db:
-            db.executemany("INSERT INTO records (prio, kind, body, created) VALUES (?, ?, ?, ?)",
-                           [(PRIORITY[kind], kind, body, now) for kind, body in records])
+            db.executemany("INSERT INTO records (id, prio, kind, body, created) VALUES (?, ?, ?, ?, ?)", rows)
             if replay:
                 db.executemany("INSERT OR REPLACE INTO replay (node, top, bitmap) VALUES (?, ?, ?)",
                                [(node, top, _to_signed(bitmap)) for node, (top, bitmap) in replay.items()])
@@ -148,15 +250,111 @@ class Spool:
                                [(k, key, body) for (k, key), body in decisions.items() if body is not None])
                 db.executemany("DELETE FROM decisions WHERE kind = ? AND key = ?",
                                [(k, key) for (k, key), body in decisions.items() if body is None])
-        for kind, body in records:
-            self._rows[PRIORITY[kind]] += 1
-            self._bytes[PRIORITY[kind]] += len(body)
+        self._next_id += len(rows)
+        for _rid, prio, _kind, body, _now in rows:
+            self._rows[prio] += 1
+            self._bytes[prio] += len(body)
+            self._sql_rows[prio] += 1
+        for node in replay:
+            self._jreplay.pop(node, None)  # SQLite holds the newest now
+
+    def _commit_journal(self, records, replay) -> bool:
+        """One journal entry; False when it is too large for the journal (SQLite takes it)."""
+        j = self._journal
+        if not records and not replay:
+            return True  # nothing new to make durable (duplicates); deletes wait for a commit
+        now, first = time.time(), self._next_id
+        recs = [[PRIORITY[kind], body] for kind, body in records]
+        rep = [[node, top, bitmap] for node, (top, bitmap) in replay.items()]
+        payload = j.encode(first, now, recs, rep, _runs(self._deleted))
+        if j.too_big(payload):
+            return False
+        if not j.fits(payload):
+            self._switch()
+            payload = j.encode(first, now, recs, rep, _runs(self._deleted))
+        try:
+            j.append(payload, first, len(recs))
+        except OSError as exc:
+            raise SpoolError(f"spool commit failed ({j.paths[j.cur]}): {exc}") from exc
+        self._deleted = []
+        self._next_id += len(recs)
+        for k, (prio, body) in enumerate(recs):
+            self._mem_add(first + k, prio, body, now)
+        self._jreplay.update(replay)
+        if self._mem_bytes > j.size:  # the uplink is not keeping up: SQLite holds the backlog
+            # this commit is durable already: a failed fold (disk full) is tried again next time,
+            # and a segment that has to be written again fails its commit before writing
+            with contextlib.suppress(SpoolError):
+                self._fold()
+        return True
+
+    def _switch(self) -> None:
+        """Before the journal writes its older segment again: what is still waiting of it goes to
+        SQLite, with the newest replay windows; the deletes of the segment it keeps are carried
+        into the first entry of the new one."""
+        j = self._journal
+        lo, hi = j.ranges[j.next_segment()]
+        if hi is not None:
+            self._spill(lambda rid: rid <= hi, hi)
+        else:
+            self._spill(lambda rid: False, self._floor)
+        clo, chi = j.ranges[j.cur]
+        if clo is not None:
+            live = {rid for recs in self._mem.values() for rid in recs if clo <= rid <= chi}
+            self._deleted = [rid for rid in range(clo, chi + 1) if rid not in live] + [
+                rid for rid in self._deleted if not clo <= rid <= chi]
+        self._deleted = [rid for rid in self._deleted if rid > self._floor]
+        j.switch()
+
+    def _fold(self) -> None:
+        """Every record the journal holds to SQLite (the journal's entries stay, below the floor)."""
+        self._spill(lambda rid: True, self._next_id - 1)
+        self._deleted = []
+
+    def _spill(self, which, floor: int) -> None:
+        """Records `which(id)` of the journal, the journal's replay windows and the new floor to SQLite."""
+        rows = [(rid, prio, kind, body, created) for prio, recs in self._mem.items()
+                for rid, (kind, body, created) in recs.items() if which(rid)]
+        with self._transaction("journal spill") as db:
+            db.executemany("INSERT INTO records (id, prio, kind, body, created) VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO replay (node, top, bitmap) VALUES (?, ?, ?)",
+                           [(node, top, _to_signed(bitmap)) for node, (top, bitmap) in self._jreplay.items()])
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_FLOOR, max(floor, self._floor)))
+        self._floor = max(floor, self._floor)
+        self._jreplay = {}
+        for rid, prio, _kind, _body, _created in rows:
+            self._mem_pop(rid)
+            self._rows[prio] += 1
+            self._bytes[prio] += len(_body)
+            self._sql_rows[prio] += 1
+
+    def _write_deletes(self) -> None:
+        """An entry of the journal's deletes alone (at close), so a restart does not send them again."""
+        j = self._journal
+        if not self._deleted or j is None:
+            return
+        payload = j.encode(self._next_id, time.time(), [], [], _runs(self._deleted))
+        if j.fits(payload) and not j.too_big(payload):
+            j.append(payload, self._next_id, 0)
+            self._deleted = []
 
     async def delete(self, ids: list[int]) -> None:
         """Remove records the broker has acknowledged."""
         await self._run(self._delete, ids)
 
     def _delete(self, ids) -> None:
+        # Journal records go from memory; their deletes ride the journal's next entry (lost in a
+        # crash, they only mean a batch sent again: delivery is at least once anyway).
+        if self._journal is not None:
+            rest = []
+            for rid in ids:
+                if self._mem_pop(rid):
+                    self._deleted.append(rid)
+                else:
+                    rest.append(rid)
+            ids = rest
+        if not ids:
+            return
         # a batch's ids are mostly consecutive: one statement a run of them, not one an id
         # (the spool thread holds the GIL between statements, which the event loop waits for).
         # A delete needs no fsync of its own: lost in a crash, it only means a batch sent
@@ -179,6 +377,7 @@ class Spool:
         for prio, size in gone:
             self._rows[prio] -= 1
             self._bytes[prio] -= size
+            self._sql_rows[prio] -= 1
         return gone
 
     async def enforce(self, quota_bytes: int, ttl: dict[str, float]) -> dict[tuple[str, str], int]:
@@ -189,11 +388,19 @@ class Spool:
         dropped: dict[tuple[str, str], int] = {}
         now = time.time()
         for kind, seconds in ttl.items():
-            if seconds and self._rows[PRIORITY[kind]]:
+            prio = PRIORITY[kind]
+            if seconds and self._rows[prio]:
+                old = [rid for rid, rec in self._mem[prio].items() if rec[2] < now - seconds]
+                for rid in old:
+                    self._mem_pop(rid)
+                    self._deleted.append(rid)
                 gone = self._write_deleting([("DELETE FROM records WHERE prio = ? AND created < ? "
-                                              "RETURNING prio, length(body)", (PRIORITY[kind], now - seconds))])
-                if gone:
-                    dropped[(kind, "ttl")] = len(gone)
+                                              "RETURNING prio, length(body)", (prio, now - seconds))]) \
+                    if self._sql_rows[prio] else []
+                if gone or old:
+                    dropped[(kind, "ttl")] = len(gone) + len(old)
+        if sum(self._bytes.values()) > quota_bytes and self._mem_bytes:
+            self._fold()  # the oldest are chosen in SQLite
         for prio in (PRIO_FRAME, PRIO_WINDOW):  # never events
             while (excess := sum(self._bytes.values()) - quota_bytes) > 0 and self._rows[prio]:
                 ids = []
@@ -216,9 +423,21 @@ class Spool:
         return await self._run(self._read, prio, after_id, limit)
 
     def _read(self, prio, after_id, limit):
-        cur = self._db.execute(
-            "SELECT id, kind, body FROM records WHERE prio = ? AND id > ? ORDER BY id LIMIT ?", (prio, after_id, limit))
-        return cur.fetchall()
+        rows = []
+        if limit <= 0:
+            return rows
+        recs, ids = self._mem[prio], self._mem_ids[prio]
+        for rid in ids[bisect.bisect_right(ids, after_id):]:
+            rec = recs.get(rid)
+            if rec is not None:
+                rows.append((rid, rec[0], rec[1]))
+                if len(rows) >= limit:
+                    break
+        if self._sql_rows[prio]:
+            rows += self._db.execute("SELECT id, kind, body FROM records WHERE prio = ? AND id > ? ORDER BY id "
+                                     "LIMIT ?", (prio, after_id, limit)).fetchall()
+            rows.sort()
+        return rows[:limit]
 
     async def depth(self) -> tuple[int, int]:
         """(records waiting, bytes waiting)."""
@@ -232,9 +451,24 @@ class Spool:
         return await self._run(self._oldest)
 
     def _oldest(self):
-        # records are spooled in id order, so the smallest id is the oldest: one index probe
-        row = self._db.execute("SELECT created FROM records ORDER BY id LIMIT 1").fetchone()
-        return row[0] if row else None
+        found = self._oldest_by_kind().values()
+        return min(found) if found else None
+
+    async def oldest_by_kind(self) -> dict[str, float]:
+        """{kind: when its oldest record waiting was spooled}, kinds with records only."""
+        return await self._run(self._oldest_by_kind)
+
+    def _oldest_by_kind(self) -> dict[str, float]:
+        out = {}
+        for prio, recs in self._mem.items():
+            for rid in self._mem_ids[prio]:
+                if rid in recs:
+                    out[KIND_OF[prio]] = recs[rid][2]
+                    break
+        if any(self._sql_rows.values()):
+            for kind, t in self._db.execute("SELECT kind, min(created) FROM records GROUP BY kind"):
+                out[kind] = min(t, out.get(kind, t))
+        return out
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Rows and bytes waiting per kind (exact; no query)."""
@@ -246,7 +480,10 @@ class Spool:
 
     def _replay_windows(self):
         rows = self._db.execute("SELECT node, top, bitmap FROM replay").fetchall()
-        return {node: (top, bitmap & (2**64 - 1)) for node, top, bitmap in rows}
+        out = {node: (top, bitmap & (2**64 - 1)) for node, top, bitmap in rows}
+        for node, window in self._jreplay.items():
+            out[node] = merge_windows(out[node], window) if node in out else window
+        return out
 
     async def decisions(self) -> list[tuple[str, str, bytes]]:
         """The decisions' committed rows [(kind, key, JSON bytes)], read once at start."""
@@ -260,8 +497,7 @@ class Spool:
         return await self._run(self._last_id)
 
     def _last_id(self) -> int:
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-        return row[0] if row else 0
+        return self._next_id - 1
 
     async def get_meta(self, key: str, default: int | None = None) -> int | None:
         """A small durable integer the uplink keeps beside the records (Sparkplug's bdSeq)."""
@@ -281,6 +517,62 @@ class Spool:
 
     async def integrity_check(self) -> str:
         return await self._run(lambda: self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+class SpoolThread:
+    """The one thread that does the spool's I/O. `await run(fn, *args)` is what
+    `loop.run_in_executor` on a one-worker pool does, with a third less CPU a call: a
+    commit is a call, and at low rates the calls' fixed costs are a good part of a frame's."""
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn, *args) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="spool", daemon=True)
+            self._thread.start()
+        self._queue.put((loop, fut, fn, args))
+        return fut
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            loop, fut, fn, args = job
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:  # handed to the caller, as an executor does
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, result, error)
+            except RuntimeError:  # the caller's loop is closed: nobody waits for this
+                pass
+            del job, fut, result, error
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+def _resolve(fut: asyncio.Future, result, error) -> None:
+    if fut.cancelled():
+        return
+    if error is None:
+        fut.set_result(result)
+    else:
+        fut.set_exception(error)
+
+
+def merge_windows(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    """The newer of two replay windows (top, bitmap) of one node: a window's top only grows, and
+    its bitmap keeps every number it saw; two with one top are merged."""
+    if a[0] != b[0]:
+        return a if a[0] > b[0] else b
+    return a[0], a[1] | b[1]
 
 
 def _runs(ids) -> list[tuple[int, int]]:

@@ -133,13 +133,12 @@ def _cmd_spool(args) -> int:
         return 1
 
     async def main() -> int:
-        spool = await Spool.open(path)
+        spool = await Spool.open(path, None)  # its journal as it is, if it has one
         try:
             if args.sub == "stats":
                 depth, size = await spool.depth()
-                oldest = await spool._run(lambda: spool._db.execute(
-                    "SELECT kind, min(created) FROM records GROUP BY kind").fetchall())
-                ages = {kind: round(time.time() - t, 1) for kind, t in oldest}
+                oldest = await spool.oldest_by_kind()
+                ages = {kind: round(time.time() - t, 1) for kind, t in oldest.items()}
                 out = {"spool": str(path), "records": depth, "bytes": size, "by_kind": spool.stats(),
                        "oldest_age_s": ages, "nodes_with_replay_state": len(await spool.replay_windows())}
                 if args.check:

@@ -53,12 +53,14 @@ class PipelineRig:
         payload = cbor2.dumps([{-2: f"{self.node}/", -3: t, 0: "temp", 2: value}])
         return cose.mac0(self.key, self.node.encode(), payload, seq=seq)
 
-    async def make(self):
-        """(config, spool, pipeline, the pipeline's running task); inside a running loop."""
-        cfg = from_dict({"gateway": {"data_dir": str(self.data_dir)}, "aggregate": {"widths": [10], "lateness": 0}})
+    async def make(self, **spool):
+        """(config, spool, pipeline, the pipeline's running task); inside a running loop.
+        `spool`: [spool] settings (journal_bytes=0, say)."""
+        cfg = from_dict({"gateway": {"data_dir": str(self.data_dir)}, "aggregate": {"widths": [10], "lateness": 0},
+                         "spool": spool})
         reg = Registry()
         reg.add(self.node, self.key)
-        spool = await Spool.open(cfg.spool_path)
+        spool = await Spool.open(cfg.spool_path, cfg.spool.journal_bytes)
         pipe = Pipeline(cfg, Ingest(reg, await spool.replay_windows()), spool, Metrics())
         task = asyncio.create_task(pipe.run())
         return cfg, spool, pipe, task
