@@ -82,6 +82,24 @@ class NodeStatus:
         return 0.0
 
 
+class CommitSignal(asyncio.Event):
+    """Set after each commit, as an asyncio.Event; it also calls the callbacks given to
+    `listen()` then, so an uplink can decide on the spot whether a commit is worth waking
+    its pump (at a few hundred frames a second most are not: the batch delay runs)."""
+
+    def __init__(self):
+        super().__init__()
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    def set(self) -> None:
+        super().set()
+        for callback in self._listeners:
+            callback()
+
+
 class Pipeline:
     def __init__(self, cfg: Config, ingest: Ingest, spool: Spool, metrics: Metrics, *, rules=None, downlink=None,
                  events=None, ledger=None):
@@ -91,7 +109,7 @@ class Pipeline:
         gateway.decisions.ledger.Ledger) has the decisions' changed rows committed with them."""
         self.cfg, self.ingest, self.spool, self.metrics = cfg, ingest, spool, metrics
         self.nodes: dict[str, NodeStatus] = {}
-        self.committed = asyncio.Event()  # set after each commit; the uplink waits on it
+        self.committed = CommitSignal()  # set after each commit; the uplink waits on it or listens
         self._pending: list[_Item] = []
         self._windows: list[bytes] = []
         self._events: list[bytes] = []  # rule and dispatcher events for the next commit (never dropped)

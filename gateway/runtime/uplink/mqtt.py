@@ -160,6 +160,11 @@ class MqttUplink:
         self._inflight: dict[int, tuple[list[int], int, int]] = {}  # mid -> (spool ids, bytes, priority)
         self._acked: list[int] = []
         self._wake = asyncio.Event()
+        self._due: float | None = None  # when the pump sends the data waiting (None: nothing waits)
+        listen = getattr(committed, "listen", None)  # the pipeline's CommitSignal
+        self._commit_callback = listen is not None
+        if listen is not None:
+            listen(self._on_commit)
         self._session: _Session | None = None
         self._since = time.time()
         self._state_at = 0.0
@@ -337,7 +342,7 @@ class MqttUplink:
         window = self.cfg.mqtt.inflight
         limit = self.cfg.mqtt.batch_records
         delay = self.cfg.mqtt.batch_delay
-        due: float | None = time.monotonic()  # what the spool holds at connect goes at once
+        self._due = time.monotonic()  # what the spool holds at connect goes at once
         while not s.lost.is_set():
             if time.monotonic() - self._state_at >= self.STATE_INTERVAL:
                 self.publish_state()
@@ -345,7 +350,8 @@ class MqttUplink:
                 ids, self._acked = self._acked, []
                 await self.spool.delete(ids)
             events, data = self._unsent()
-            data_now = until_empty or not delay or data >= limit or (due is not None and time.monotonic() >= due)
+            data_now = (until_empty or not delay or data >= limit
+                        or (self._due is not None and time.monotonic() >= self._due))
             prios = (PRIO_EVENT, PRIO_WINDOW, PRIO_FRAME) if data_now else (PRIO_EVENT,) if events else ()
             sent = drained = False
             while prios and len(self._inflight) < window and not s.lost.is_set():
@@ -376,7 +382,7 @@ class MqttUplink:
                     drained = True  # a partial batch: what came since waits for the next delay
                     break
             if drained:
-                due = None
+                self._due = None
             if s.lost.is_set():
                 break
             if until_empty and not sent and not self._inflight:
@@ -385,14 +391,19 @@ class MqttUplink:
                 return
             if sent and len(self._inflight) < window and not drained:
                 continue
-            if len(self._inflight) >= window or due is None:
+            if len(self._inflight) >= window or self._due is None:
                 timeout = self.STATE_INTERVAL  # a PUBACK or a commit wakes the pump
             elif until_empty:
                 timeout = 0.05
             else:
-                timeout = due - time.monotonic()  # <= 0: the delay is over, data goes now
-            if not self.committed.is_set() and not self._wake.is_set() and timeout > 0:
-                waits = [asyncio.ensure_future(self.committed.wait()), asyncio.ensure_future(self._wake.wait())]
+                timeout = self._due - time.monotonic()  # <= 0: the delay is over, data goes now
+            # with the commit callback, a commit set aside by _on_commit is picked up at `due`
+            # (or at once, if nothing waited before it)
+            commit_seen = self.committed.is_set() and (not self._commit_callback or self._due is None)
+            if not commit_seen and not self._wake.is_set() and timeout > 0:
+                waits = [asyncio.ensure_future(self._wake.wait())]
+                if not self._commit_callback:
+                    waits.append(asyncio.ensure_future(self.committed.wait()))
                 try:
                     await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -401,10 +412,23 @@ class MqttUplink:
                     await asyncio.gather(*waits, return_exceptions=True)
             if self.committed.is_set():
                 self.committed.clear()
-                if due is None:
-                    due = time.monotonic() + delay
+                if self._due is None:
+                    self._due = time.monotonic() + delay
             self._wake.clear()
         raise ConnectionError("connection lost")
+
+    def _on_commit(self) -> None:
+        """After each commit: wake the pump only if it has something to do now (start the batch
+        delay, send an event, send a full batch); otherwise it sleeps through the delay, and a
+        gateway at a few hundred frames a second saves a wake-up a commit."""
+        if self._session is None or self._wake.is_set():
+            return
+        if self._due is None:
+            self._wake.set()
+            return
+        events, data = self._unsent()
+        if events > 0 or data >= self.cfg.mqtt.batch_records:
+            self._wake.set()
 
     def _unsent(self) -> tuple[int, int]:
         """(event records, window and frame records) in the spool, not yet published."""
