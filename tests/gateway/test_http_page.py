@@ -162,3 +162,20 @@ def test_rejects_by_cause_per_node(small_plant_gateway, frame_sender):
                 await server.stop()
 
     asyncio.run(main())
+
+
+def test_the_page_version_is_the_packages_without_importlib_metadata():
+    """The status page shows gateway.__version__ (importlib.metadata would cost the gateway half a
+    megabyte of RSS): it must be the version pyproject.toml gives the distribution."""
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    from gateway.runtime.page import version
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert version() == pyproject["project"]["version"]
+    loaded = subprocess.run([sys.executable, "-c", "import sys, gateway.runtime.page, gateway.runtime.service; "
+                             "print('importlib.metadata' in sys.modules)"], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False", loaded.stderr

@@ -39,8 +39,7 @@ import math
 import os
 import shutil
 import time
-from importlib import metadata
-from importlib import resources as _resources
+from pathlib import Path
 from typing import Callable
 
 from gateway.config.advice import config_warnings
@@ -59,10 +58,10 @@ ASSETS = {"status.js": "text/javascript; charset=utf-8", "status.css": "text/css
 
 
 def version() -> str:
-    try:
-        return metadata.version("headrace")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    # the package's own attribute: importlib.metadata (with zipfile, csv and email) costs the
+    # gateway half a megabyte of RSS for one string
+    import gateway
+    return gateway.__version__
 
 
 class StatusPage:
@@ -214,8 +213,8 @@ class StatusPage:
         if name not in ASSETS:
             return None
         if name not in self._assets:
-            base = _resources.files(__package__)
-            path = base / name if not name.startswith("uPlot") else base / "vendor" / name
+            base = Path(__file__).parent  # not importlib.resources: the package is a folder, and its
+            path = base / name if not name.startswith("uPlot") else base / "vendor" / name  # import costs RSS
             self._assets[name] = path.read_bytes()
         return ASSETS[name], self._assets[name]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import json
-from importlib import resources
+from pathlib import Path
 from string import Template
 
 _TEMPLATE: Template | None = None
@@ -19,7 +19,7 @@ _TEMPLATE: Template | None = None
 def _template() -> Template:
     global _TEMPLATE  # read once: the file ships with the package and does not change under a running gateway
     if _TEMPLATE is None:
-        _TEMPLATE = Template((resources.files(__package__) / "status.html").read_text())
+        _TEMPLATE = Template(Path(__file__).with_name("status.html").read_text())
     return _TEMPLATE
 
 
