@@ -43,6 +43,7 @@ class CoapSection:
     port: int = 5683
     dedup_seconds: float = 8.0
     dedup_max: int = 16384
+    receive_buffer: int = 4194304  # SO_RCVBUF, bytes: bursts wait in the kernel instead of being dropped
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,9 @@ def _validate(cfg: Config):
     if not 64 <= cfg.coap.dedup_max <= 10_000_000:
         yield ConfigError("[coap] dedup_max", f"{cfg.coap.dedup_max} exchanges is out of range",
                           "use 64 to 10000000 (about 200 bytes each, twice over: two generations)")
+    if not 0 <= cfg.coap.receive_buffer <= 1 << 30:
+        yield ConfigError("[coap] receive_buffer", f"{cfg.coap.receive_buffer} bytes is out of range",
+                          "use 0 (the system's default) to 1073741824 bytes")
     if not 1 <= cfg.mqtt.reconnect_max <= 3600:
         yield ConfigError("[mqtt] reconnect_max", f"{cfg.mqtt.reconnect_max} s is out of range",
                           "use 1 to 3600 seconds between reconnection attempts at the most")

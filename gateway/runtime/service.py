@@ -130,7 +130,7 @@ class Gateway:
             self._spawn(link.run(), f"serial:{port.path}")
         if cfg.coap.enabled:
             self.coap = CoapServer(cfg.coap.bind, cfg.coap.port, self.pipeline, cfg.coap.dedup_seconds,
-                                   cfg.coap.dedup_max, updates=self.updates)
+                                   cfg.coap.dedup_max, updates=self.updates, receive_buffer=cfg.coap.receive_buffer)
             await self.coap.start()
         if cfg.http.port:
             self.http = StatusServer(cfg.http, self)

@@ -53,3 +53,26 @@ def test_exchanges_remembered_are_bounded_and_repeats_past_them_answered(pipelin
             await server.stop()
             await rig.stop(spool, task)
     asyncio.run(main())
+
+
+def test_the_receive_buffer_asked_for_or_a_warning_with_the_fix(pipeline_rig, caplog):
+    rig = pipeline_rig
+    rmem_max = int(open("/proc/sys/net/core/rmem_max").read())
+
+    async def main():
+        _, spool, pipe, task = await rig.make()
+        servers = [CoapServer("127.0.0.1", 0, pipe, receive_buffer=size) for size in (rmem_max // 2, rmem_max * 2)]
+        try:
+            for s in servers:
+                await s.start()
+            got = [s._transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+                   for s in servers]
+            assert got[0] == rmem_max // 2  # within the cap: all of it
+            assert got[1] < rmem_max * 2  # past it: what the system gives, and a warning that says how to get more
+        finally:
+            for s in servers:
+                await s.stop()
+            await rig.stop(spool, task)
+    asyncio.run(main())
+    warned = [r.getMessage() for r in caplog.records if "receive buffer" in r.getMessage() and r.levelname == "WARNING"]
+    assert len(warned) == 1 and f"net.core.rmem_max={rmem_max * 2}" in warned[0]

@@ -26,6 +26,7 @@ def test_full_example_file_is_valid():
     ({"mqtt": {"tls_cert": "/x.pem"}}, "[mqtt] tls_cert", "both"),
     ({"nonsense": {}}, "[nonsense]", "valid sections"),
     ({"coap": {"dedup_max": 10}}, "[coap] dedup_max", "64 to 10000000"),
+    ({"coap": {"receive_buffer": -1}}, "[coap] receive_buffer", "0 (the system's default)"),
 ])
 def test_errors_name_key_and_fix(raw, key, fix):
     with pytest.raises(ConfigError) as info:

@@ -1,6 +1,6 @@
 """CoAP transport (RFC 7252): `POST /d` with a COSE_Mac0 (Content-Format 17), over UDP.
 
-Configuration: `[coap] enabled, bind, port, dedup_seconds, dedup_max`.
+Configuration: `[coap] enabled, bind, port, dedup_seconds, dedup_max, receive_buffer`.
 Usage: nodes send confirmable POSTs; the piggybacked 2.04 response carries the
 ack and is sent only after the spool commit. Non-confirmable POSTs are answered
 with a non-confirmable 2.04. Error codes as in docs/protocol.md §5.
@@ -20,6 +20,13 @@ exchanges are remembered per generation: a full generation is swapped early, so 
 15000 requests/s the memory stays bounded (about 6 MB at the default) and the
 window shrinks instead; a repeat past it costs a MAC check and is acked as a
 duplicate after the next commit.
+
+The socket asks for a receive buffer of `receive_buffer` bytes (4 MiB): a burst
+that the event loop cannot take at once (a commit, a batch being encoded) waits
+in the kernel instead of being dropped; the kernel's memory, not the gateway's
+RSS. Linux caps it at `net.core.rmem_max` (212,992 bytes on many systems): the
+gateway logs the size it got, and `sysctl -w net.core.rmem_max=4194304` lets it
+have the whole.
 """
 from __future__ import annotations
 
@@ -74,10 +81,11 @@ class CoapServer(asyncio.DatagramProtocol):
     """Owns the UDP endpoint; answers POST /d from the pipeline's acks."""
 
     def __init__(self, bind: str, port: int, pipeline: Pipeline, dedup_seconds: float = 8.0,
-                 dedup_max: int = 16384, updates=None):
+                 dedup_max: int = 16384, updates=None, receive_buffer: int = 0):
         self.bind, self.port, self.pipeline = bind, port, pipeline
         self.updates = updates  # node updates (gateway/runtime/updates.py): GET /u/... with Block2
         self.dedup_seconds, self.dedup_max = dedup_seconds, dedup_max
+        self.receive_buffer = receive_buffer  # SO_RCVBUF asked for, bytes; 0: the system's default
         self._transport: asyncio.DatagramTransport | None = None
         # (endpoint, message id) as one int -> response, None while in progress. Two
         # generations swapped every dedup_seconds, so an exchange is remembered between
@@ -95,7 +103,16 @@ class CoapServer(asyncio.DatagramProtocol):
         if hasattr(self._transport, "max_size"):
             self._transport.max_size = 2048  # asyncio's default reads 256 KiB per datagram
         self.port = self._transport.get_extra_info("sockname")[1]
-        log.info("CoAP listening on %s:%d", self.bind, self.port)
+        sock = self._transport.get_extra_info("socket")
+        if self.receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+        # Linux reports twice what it grants (the other half is its bookkeeping)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        if got < self.receive_buffer:
+            log.warning("CoAP receive buffer: %d bytes of the %d asked for ([coap] receive_buffer); the system caps "
+                        "it: sysctl -w net.core.rmem_max=%d gives it all, and bursts are dropped less",
+                        got, self.receive_buffer, self.receive_buffer)
+        log.info("CoAP listening on %s:%d (receive buffer %d bytes)", self.bind, self.port, got)
 
     async def stop(self) -> None:
         if self._transport is not None:
