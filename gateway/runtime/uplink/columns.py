@@ -366,7 +366,8 @@ def decode_windows(cols, nodes: list[str]) -> list[list]:
     except (TypeError, ValueError, IndexError, KeyError):
         raise ColumnError("window columns must be [n, sensors, 5 scales, rows, doubles]") from None
     for sc in scales:
-        if sc is not None and (sc[0] not in (_DECIMAL, _BINARY) or not isinstance(sc[1], int) or not 0 <= sc[1] <= 1074):
+        if sc is not None and (sc[0] not in (_DECIMAL, _BINARY) or not isinstance(sc[1], int)
+                               or not 0 <= sc[1] <= 1074):
             raise ColumnError(f"window columns with an unknown scale: {sc!r}")
     per_row = 4 + sum(len(f) for f, sc in zip(_WINDOW_GROUPS, scales) if sc)
     raw_fields = [i for f, sc in zip(_WINDOW_GROUPS, scales) if not sc for i in f]
