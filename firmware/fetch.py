@@ -128,7 +128,8 @@ class Fetcher:
         self.out = None  # the request in flight: its bytes
         self.token = b""
         self.tok = 0
-        self.sent_at = board.ticks_ms()
+        self.sent_at = board.ticks_ms()  # the request in flight was last sent
+        self.asked = self.sent_at  # ... and first sent
         self.timeout_ms = node.cfg["ack_timeout_ms"]  # RFC 7252 ACK_TIMEOUT, 2 s by default
         self.timeout = self.timeout_ms
         self.tries = 0
@@ -203,6 +204,7 @@ class Fetcher:
         part = b"m" if self.state == _MANIFEST else b"b"
         self.out = request(self.link.next_mid(), self.token, self.rid, part, self.node.kid, self.num, self.szx)
         self.sent_at = now
+        self.asked = now
         self.timeout = self.timeout_ms
         self.tries = 0
         self.link.send_coap(self.out)
@@ -248,8 +250,9 @@ class Fetcher:
                 self.rx.abort()
             self.refuse(update.UpdateError("storage", str(e)))
             return
-        # paced: len(payload) bytes at `rate` bytes a second before the next request
-        self.due = board.ticks_add(board.ticks_ms(), len(payload) * 1000 // self.rate)
+        # paced: the next request len(payload) / rate seconds after this one was first asked
+        # (not after its answer: the link's round trip is inside the pacing, not added to it)
+        self.due = board.ticks_add(self.asked, len(payload) * 1000 // self.rate)
 
     def _check_done(self, rx):
         if self.state != _BODY or not rx.done():

@@ -574,6 +574,30 @@ def qemu_argv(image: str, console: str, uart: str | None) -> list[str]:
     return argv + ["-kernel", image]
 
 
+QEMU_UPDATABLE = """\
+# /main.py of a QemuBoard node that takes updates: its boot stage (bootstage.py) first, with the
+# release public key PUB (hex); node.json as `node flash` wrote it, run for ever
+import json, os, sys
+sys.path[:] = [".frozen", "/lib"]
+with open("/node.json") as f:
+    cfg = json.load(f)
+cfg["frames"] = 0
+with open("/run.json", "w") as f:
+    json.dump(cfg, f)
+try:
+    os.mkdir("/update")
+    with open("/update/release.pub", "w") as f:
+        f.write("PUB")
+    with open("/update/base_version", "w") as f:
+        f.write("1.0.0")
+except OSError:
+    pass  # made at the first boot
+del cfg, f
+import bootstage
+bootstage.main(["", "/run.json", "/update"])
+"""
+
+
 class QemuBoard:
     """The Cortex-M3 bench board: the frozen qemu-m3 image (firmware/build/frozen.py) under
     qemu-system-arm, its console (UART0) on the serial port `self.port` (a pty pair, as a

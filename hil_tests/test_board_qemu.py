@@ -22,7 +22,7 @@ from gateway.tools.flash import flash, mpremote_argv
 from .conftest import qemu_image
 from gateway.tools.sim.nodes import firmware_dir
 
-from .rig import REPO, GatewayProcess, PtyPair, QemuBoard, wait_for
+from .rig import QEMU_UPDATABLE, REPO, GatewayProcess, PtyPair, QemuBoard, wait_for
 from .test_board import Console
 
 pytestmark = pytest.mark.hil
@@ -159,29 +159,6 @@ def test_the_watchdog_not_fed_resets_the_board(tmp_path):
         board.stop()
 
 
-UPDATABLE = """\
-# a node that takes updates: its boot stage (bootstage.py) first, with the release key PUB
-import json, os, sys
-sys.path[:] = [".frozen", "/lib"]
-with open("/node.json") as f:
-    cfg = json.load(f)
-cfg["frames"] = 0
-with open("/run.json", "w") as f:
-    json.dump(cfg, f)
-try:
-    os.mkdir("/update")
-    with open("/update/release.pub", "w") as f:
-        f.write("PUB")
-    with open("/update/base_version", "w") as f:
-        f.write("1.0.0")
-except OSError:
-    pass  # made at the first boot
-del cfg, f
-import bootstage
-bootstage.main(["", "/run.json", "/update"])
-"""
-
-
 def test_an_update_over_uart1_is_installed_and_confirmed(qemu_node, tmp_path):
     """A release delivered by the gateway over the board's UART1 (CoAP block requests in
     serial frames), written into a slot on the board's LittleFS, checked by the boot stage
@@ -200,7 +177,7 @@ def test_an_update_over_uart1_is_installed_and_confirmed(qemu_node, tmp_path):
     rel = tmp_path / "node-1.1.0.hrr"
     rel.write_bytes(release.make(release.load_private(priv), (1, 1, 0), "mpy6",
                                  {"node.mpy": (tmp_path / "node.mpy").read_bytes()}))
-    console, gw, board = qemu_node(main_py=UPDATABLE.replace("PUB", pub.read_text().strip()), period_ms=200,
+    console, gw, board = qemu_node(main_py=QEMU_UPDATABLE.replace("PUB", pub.read_text().strip()), period_ms=200,
                                    batch=4, sensors=["temp"])
     wait_for(lambda: console.events("ack"), 60, "the node's frames acked")
     with open(gw.config, "a") as f:

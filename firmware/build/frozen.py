@@ -146,8 +146,10 @@ def build(target: str, jobs: int = 2, log=sys.stderr, heap: int | None = None) -
     image = out / product
     if image.exists():
         return image
-    # make's build folder: unchanged objects are reused (one per heap: make does not track flags)
-    work = cache_dir() / "work" / name
+    # make's build folder: unchanged objects are reused (one per heap: make does not track flags;
+    # and one per firmware folder: make goes by mtimes, so a folder shared by two work trees kept
+    # the other tree's newer-stamped frozen modules in an image cached under this tree's hash)
+    work = cache_dir() / "work" / f"{name}-{hashlib.sha256(str(FIRMWARE).encode()).hexdigest()[:8]}"
     work.mkdir(parents=True, exist_ok=True)
     (work / "mpy-lib").mkdir(exist_ok=True)
     (work / "mpy-lib" / "README.md").write_text("nothing of micropython-lib is frozen\n")
