@@ -27,7 +27,8 @@ _NOT_FOUND = const(0x84)  # 4.04: the gateway has no such delivery for this node
 _OPT_URI_PATH = const(11)
 _OPT_URI_QUERY = const(15)
 _OPT_BLOCK2 = const(23)  # RFC 7959 §2.1
-_TIMEOUT_MAX_MS = const(16000)  # a block's answer is awaited ack_timeout_ms (the node's config), doubled per try up to this
+# a block's answer is awaited ack_timeout_ms (the node's config), doubled per try up to this
+_TIMEOUT_MAX_MS = const(16000)
 _GIVE_UP = const(12)  # tries of one block (about 2.5 minutes): then idle until the gateway offers again
 _IDLE = const(0)
 _MANIFEST = const(1)

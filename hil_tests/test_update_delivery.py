@@ -1,6 +1,6 @@
 """Node updates delivered by the real gateway over the real links: `headrace node update` (or the
-cloud's `update` command on cmd/<node>) queues a signed release of the real firmware, a MicroPython node (booted through its boot stage, as a
-board is) fetches it block by block (RFC 7959 Block2) over a pty (serial) or UDP (CoAP), reboots
+cloud's `update` command on cmd/<node>) queues a signed release of the real firmware, a
+MicroPython node (booted through its boot stage, as a board is) fetches it block by block (RFC 7959 Block2) over a pty (serial) or UDP (CoAP), reboots
 into it and confirms it. On the way: the node's power cut (kill -9) and the gateway's kill -9
 mid-transfer, datagrams lost, and the transfer resumes where the node's flash stands; a block
 altered on the way and a release signed by another key are refused by the node, which keeps

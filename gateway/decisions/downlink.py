@@ -10,7 +10,7 @@ A command is a JSON object on `headrace/v1/<site>/<gateway>/cmd/<node>`:
 | `set_batch` | `batch`: 1 … 64 |
 | `identify` | `seconds`: 1 … 600 (optional, default 10) |
 | `reboot` | none |
-| `update` | `release`: a release file (`headrace release build`) in base64; on `cmd/<node>` or `cmd/_all` (gateway/runtime/updates.py) |
+| `update` | `release`: a release file in base64; also on `cmd/_all` (gateway/runtime/updates.py) |
 
 Each command gets an answer on `cmd_result/<node>`: `{"id", "status": "queued"}`
 or `{"id", "status": "rejected", "error": "…"}`. Valid commands wait in a

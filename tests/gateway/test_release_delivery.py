@@ -235,7 +235,8 @@ def test_the_clouds_update_command(tmp_path):
     for node, payload, why in (("n1", cmd("n1", release="%%%"), "not base64"),
                                ("n1", cmd("n1"), "one argument"),
                                ("n9", cmd("n9", release=base64.b64encode(good).decode()), "unknown node"),
-                               ("n1", cmd("n1", release=base64.b64encode(forged).decode()), "release refused: signature")):
+                               ("n1", cmd("n1", release=base64.b64encode(forged).decode()),
+                                "release refused: signature")):
         with pytest.raises(CommandError, match=why):
             downlink.submit(node, payload)
     assert metrics.get("headrace_update_releases_refused_total", reason="signature") == 1
