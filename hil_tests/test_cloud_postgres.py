@@ -303,3 +303,53 @@ def test_one_table_without_partitions(postgres, caplog):
         assert store.write([dec.decode(DATA, data_batch("gw1", [("n1", 1), ("n1", 2)]))]).duplicates == 4
     finally:
         store.close()
+
+
+def test_presence_from_a_real_gateway_its_will_and_its_rebirth(tmp_path, postgres, mosquitto):
+    """A gateway process on mosquitto with a MicroPython node over CoAP, a sink worker process into
+    PostgreSQL: the gateway and its node online from the birth and the node's frames; the gateway
+    killed (kill -9), mosquitto publishes its Last Will and both are offline (`will`, `gateway`); the
+    gateway started again, its birth brings both back (the node was heard within node_timeout)."""
+    import os
+    import signal
+    import zlib
+
+    from .rig import GatewayProcess, Node, SinkProcess
+
+    url = postgres.database("presence_live")
+    key = os.urandom(32)
+    gw = GatewayProcess(tmp_path, mosquitto.port, {"pump1": key}, mqtt_extra="keepalive = 5\n").start()
+    config = tmp_path / "sink.toml"
+    config.write_text(f'[sink]\ndatabase = "{url}"\nsource = "mqtt"\npresence_interval = 1.0\n'
+                      f'[mqtt]\nport = {mosquitto.port}\nclient_id = "sink-presence"\n')
+    sink = SinkProcess(tmp_path, config, "sink").start()
+    node = None
+    store = PostgresStore(url)
+
+    def mirror():
+        gws = store.query("SELECT gateway, online, why FROM gateways")
+        nodes = store.query("SELECT node, online, why FROM nodes")
+        return gws, nodes
+
+    try:
+        node = Node(tmp_path, {"node": "pump1", "key": key.hex(), "transport": "coap", "host": "127.0.0.1",
+                               "coap_port": gw.coap_port, "sensors": ["temp", "vib"], "period_ms": 20, "batch": 4,
+                               "frames": 30, "seed": zlib.crc32(b"pump1") % 1000 + 1,
+                               "state_file": str(tmp_path / "pump1.seq"), "ack_timeout_ms": 500,
+                               "drain_timeout_s": 20})
+        assert node.wait(90) == 0, node.out_path.read_text()[-2000:]
+        online = ([("gwtest", True, "state")], [("pump1", True, "data")])
+        wait_for(lambda: mirror() == online, 30, f"the gateway and its node online (now {mirror()})")
+        killed = time.time()
+        gw.stop(signal.SIGKILL)  # no clean last state: the broker's Will says it (the connection dropped)
+        wait_for(lambda: mirror() == ([("gwtest", False, "will")], [("pump1", False, "gateway")]), 30,
+                 f"the Will taking the gateway and its node offline (now {mirror()})")
+        gw.start()
+        wait_for(lambda: mirror() == online, 30, f"the rebirth bringing both back (now {mirror()})")
+        assert store.query("SELECT changed >= %s FROM gateways", (killed,)) == [(True,)]  # the birth's time
+    finally:
+        if node is not None:
+            node.kill()
+        store.close()
+        assert sink.stop() == 0
+        gw.stop()
