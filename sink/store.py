@@ -13,7 +13,11 @@ CONFLICT DO NOTHING` runs instead, ordered so that two workers racing on
 overlapping batches take their row locks in one order. SQLite gets `INSERT OR
 IGNORE` in one transaction. A repeat (redelivery, a batch the gateway sent again,
 two workers on one batch) makes no second row. The mirror tables (gateways,
-nodes, resources) are upserted in the same transaction, newer over older.
+nodes, resources) and the schema messages are upserted in the same transaction,
+newer over older; `store.sweep()` marks what fell silent offline (sink/presence.py).
+In PostgreSQL `readings` and `windows` are partitioned by time, their keys the
+identity plus the time (sink/partitions.py); partitions a group needs are made
+before its transaction.
 
 Caveats: a dead letter redelivered before its acknowledgement reached the broker
 is stored again unless it carries a stream position (JetStream does; MQTT has none).
