@@ -305,3 +305,20 @@ class Parser:
             self.values.append(v)
         self.other.extend((ids[at], t, v) for _f, t, v, at in other)
         return len(rows)
+
+
+_NS = 1_000_000_000
+
+
+def spread(cols, times, values) -> None:
+    """Reading i of a frame to its series' columns: cols[i][0] gets its time as integer
+    nanoseconds (whole seconds times 10^9 plus the rounded fraction: the exact form the
+    uplink's batches keep), cols[i][1] its value. `times` and `values` are what `take()`
+    gives for one frame; `cols` a pair of lists per reading. The uplink's per-reading loop
+    (gateway/runtime/uplink/batch.py), compiled in _ingest. ValueError when the lengths differ."""
+    if len(times) != len(cols) or len(values) != len(cols):
+        raise ValueError(f"{len(cols)} columns for {len(times)} times and {len(values)} values")
+    for col, t, v in zip(cols, times, values):
+        sec = int(t)
+        col[0].append(sec * _NS + round((t - sec) * _NS))
+        col[1].append(v)

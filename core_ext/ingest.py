@@ -7,4 +7,5 @@ from ._ingest_py import IngestError, RELATIVE_TIME_LIMIT
 
 _impl, IMPLEMENTATION = load("ingest")
 Parser = _impl.Parser
-__all__ = ["IngestError", "Parser", "IMPLEMENTATION", "RELATIVE_TIME_LIMIT"]
+spread = _impl.spread
+__all__ = ["IngestError", "Parser", "IMPLEMENTATION", "RELATIVE_TIME_LIMIT", "spread"]

@@ -146,3 +146,31 @@ def test_non_integer_keys_are_never_labels(impls, compiled, data):
 @given(st.binary(max_size=200))
 def test_fuzz_random_bytes(impls, compiled, data):
     assert outcome(compiled, data) == outcome(impls["python"], data)
+
+
+_TIMES = st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e10, max_value=1e10),
+                   st.integers(1_600_000_000_000, 1_900_000_000_000).map(lambda ms: ms / 1000),
+                   st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(times=st.lists(_TIMES, max_size=40))
+def test_spread_gives_each_reading_to_its_columns_in_exact_nanoseconds(impl, times):
+    from array import array
+
+    from gateway.runtime.uplink.batch import _ns
+    cols = [([], []) for _ in times]
+    impl.spread(cols, array("d", times), array("d", range(len(times))))
+    assert [c[0] for c in cols] == [[_ns(t)] for t in times]  # the uplink's exact form, past int64 too
+    assert [c[1] for c in cols] == [[float(i)] for i in range(len(times))]
+    again = [([1], [2.0]) for _ in times]
+    impl.spread(again, array("d", times), array("d", range(len(times))))
+    assert [c[0][1:] for c in again] == [[_ns(t)] for t in times]  # appended after what the columns held
+
+
+def test_spread_refuses_columns_that_do_not_match_the_readings(impl):
+    from array import array
+    with pytest.raises(ValueError, match="2 columns for 3 times"):
+        impl.spread([([], []), ([], [])], array("d", [1.0, 2.0, 3.0]), array("d", [1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError):
+        impl.spread([([], [])], array("d", [math.nan]), array("d", [1.0]))

@@ -75,7 +75,7 @@ import cbor2
 from array import array
 
 from core_ext import codec
-from core_ext.ingest import Parser
+from core_ext.ingest import Parser, spread
 from gateway.runtime.uplink import columns
 
 VERSION = 4
@@ -204,10 +204,7 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
             entry = known[(ni, sids.tobytes())] = (patterns.setdefault(pattern, len(patterns)),
                                                    [series.setdefault((ni, s), ([], [])) for s in pattern])
         pidx, cols = entry
-        for col, t, v in zip(cols, ts, vs):
-            sec = int(t)  # _ns(t), inline: this loop runs for every reading of the batch
-            col[0].append(sec * NS + round((t - sec) * NS))
-            col[1].append(v)
+        spread(cols, ts, vs)  # each reading's time (as _ns) and value to its series: compiled, per reading
         if oth:
             prefix = node + "/"
             other += [[fi, _sensor(parser.names[sid], prefix), t, v] for sid, t, v in oth]
