@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from gateway.config.problems import read_toml
 from gateway.errors import ConfigError
 from sink.partitions import UNITS
 
@@ -151,10 +150,4 @@ def load(path) -> SinkConfig:
     """Read and validate a TOML file; None gives the defaults."""
     if path is None:
         return from_dict({})
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror}", "check the path given with --config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the syntax at the line shown") from None
-    return from_dict(raw)
+    return from_dict(read_toml(path))

@@ -26,12 +26,10 @@ fault and the fix, e.g. `[gateways.line2] edges[0]: 'hal' is not a zone point (f
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 
 from gateway.config import zones as zone_config
-from gateway.config.problems import Problems
+from gateway.config.problems import Problems, read_toml
 from gateway.decisions.zones import ZoneMap
 from gateway.errors import ConfigError
 from gateway.protocol.names import NODE_NAME
@@ -46,15 +44,7 @@ class SiteMap:
 
     @classmethod
     def load(cls, path) -> "SiteMap":
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(str(path), f"cannot read: {exc.strerror}", "check the site map's path") from None
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the syntax at the line shown") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(read_toml(path, "check the site map's path"))
 
     @classmethod
     def from_dict(cls, raw: dict) -> "SiteMap":

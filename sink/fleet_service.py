@@ -37,12 +37,10 @@ import signal
 import sys
 import threading
 import time
-import tomllib
-from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from gateway.config.problems import Problems
+from gateway.config.problems import Problems, read_toml
 from gateway.errors import ConfigError
 from gateway.protocol.names import NODE_NAME
 from gateway.runtime.uplink import batch, events as event_batch
@@ -63,13 +61,7 @@ _FIXES = {"site": 'write site = "plant" (the [gateway] site of its gateways)',
 def load(path) -> dict:
     """The validated configuration (the site map read and checked too). Every mistake is
     reported at once, each naming the key and the fix (`ConfigErrors` when there are several)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror}", "check the path given with --config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the syntax at the line shown") from None
-    return from_dict(raw)
+    return from_dict(read_toml(path))
 
 
 def from_dict(raw: dict) -> dict:

@@ -14,7 +14,24 @@ that table is read only once it parses).
 """
 from __future__ import annotations
 
+import os
+import tomllib
+from pathlib import Path
+
 from gateway.errors import ConfigError
+
+
+def read_toml(path: str | os.PathLike, fix: str = "check the path given with --config") -> dict:
+    """A TOML file's table; an unreadable file or bad syntax is a ConfigError naming the file,
+    with `fix` for a path that cannot be read."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}", fix) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the syntax at the line shown") from None
 
 
 class ConfigErrors(ConfigError):

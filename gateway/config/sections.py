@@ -5,14 +5,13 @@ import dataclasses
 import ipaddress
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import ConfigError
 from gateway.protocol.names import NODE_NAME
 
-from gateway.config.problems import Problems
+from gateway.config.problems import Problems, read_toml
 
 
 
@@ -449,12 +448,4 @@ def load(path: str | os.PathLike | None) -> Config:
     """Read and validate a TOML file; None gives the embedded defaults."""
     if path is None:
         return from_dict({})
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror}", "check the path given with --config") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}", "fix the syntax at the line shown") from None
-    return from_dict(raw)
+    return from_dict(read_toml(path))
