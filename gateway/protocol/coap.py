@@ -31,6 +31,16 @@ from gateway.protocol.numbers import (
 )
 
 
+UPDATE_PATH = b"u"  # GET /u/<rid>/m|b: a node fetching an update (docs/protocol.md §9)
+
+
+def is_update_request(options: dict) -> bool:
+    """A CoAP request for /u/...: a node fetching an update (answered by gateway/runtime/updates.py;
+    here so that the transports test for it without importing the updates' machinery)."""
+    path = options.get(COAP_OPT_URI_PATH)
+    return bool(path) and path[0] == UPDATE_PATH
+
+
 class CoapFormatError(ValueError):
     """A datagram that is not a well-formed CoAP message."""
 

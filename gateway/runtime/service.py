@@ -31,7 +31,6 @@ from gateway.runtime.registry import Registry
 from gateway.decisions.rules import RuleEngine
 from gateway.runtime.spool import Spool
 from gateway.runtime.transports.coap import CoapServer
-from gateway.runtime.transports.serial import SerialLink
 from gateway.runtime.uplink.mqtt import MqttUplink
 from gateway.runtime.http import StatusServer
 
@@ -72,7 +71,7 @@ class Gateway:
         self.rules: RuleEngine | None = None
         self.coap: CoapServer | None = None
         self.http: StatusServer | None = None
-        self.serial: list[SerialLink] = []
+        self.serial: list = []  # gateway/runtime/transports/serial.py's SerialLink, one per port
         self.updates = None  # gateway/runtime/updates.py's Updates when [update] public_key is set
         self._tasks: list[asyncio.Task] = []
 
@@ -125,6 +124,7 @@ class Gateway:
         self._spawn(self.pipeline.run(), "pipeline")
         self._spawn(self.uplink.run(), "uplink")
         for port in cfg.serial.ports:
+            from gateway.runtime.transports.serial import SerialLink  # pyserial only when a port is configured
             link = SerialLink(port.path, port.baudrate, self.pipeline, updates=self.updates)
             self.serial.append(link)
             self._spawn(link.run(), f"serial:{port.path}")

@@ -42,7 +42,6 @@ from gateway.tools import release as releases
 log = logging.getLogger("headrace.update")
 COAP_GET = 0x01      # 0.01 (RFC 7252 §12.1.1)
 COAP_CONTENT = 0x45  # 2.05
-UPDATE_PATH = b"u"   # GET /u/<rid>/m|b (docs/protocol.md §9)
 _KNOWN = {COAP_OPT_URI_PATH, COAP_OPT_URI_QUERY, COAP_OPT_BLOCK2}
 
 # what an operator does about each refusal a node reports (docs/installer.md's table)
@@ -233,10 +232,4 @@ class Updates:
             d = self.rollout.deliveries[node]
             opts.append((COAP_OPT_SIZE2, uint(len(d.manifest if part == "m" else d.body))))
         return delay, encode(reply, COAP_CONTENT, mid, token, opts, data)
-
-
-def is_update_request(options: dict) -> bool:
-    """A CoAP request for /u/...: a node fetching an update."""
-    path = options.get(COAP_OPT_URI_PATH)
-    return bool(path) and path[0] == UPDATE_PATH
 

@@ -37,8 +37,7 @@ import time
 
 from gateway.errors import AuthError, CoseError, FrameError
 from gateway.runtime.pipeline import Pipeline
-from gateway.runtime.updates import is_update_request
-from gateway.protocol.coap import CoapFormatError, parse, response
+from gateway.protocol.coap import CoapFormatError, is_update_request, parse, response
 from gateway.protocol.numbers import (
     CF_COSE_MAC0,
     COAP_ACK,

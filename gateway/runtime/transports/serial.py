@@ -18,10 +18,9 @@ import serial_asyncio_fast
 
 from gateway.errors import FrameError, RejectedFrame
 from gateway.runtime.pipeline import Pipeline
-from gateway.protocol.coap import CoapFormatError, parse
+from gateway.protocol.coap import CoapFormatError, is_update_request, parse
 from gateway.protocol.framing import Deframer, encode_frame
 from gateway.protocol.numbers import COAP_VERSION
-from gateway.runtime.updates import is_update_request
 
 log = logging.getLogger("headrace.serial")
 TRANSPORT = "serial"
