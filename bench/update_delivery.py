@@ -158,7 +158,8 @@ def run_once(link: str, rate: float, baseline_s: float, work: Path, mq: Mosquitt
             pair.stop()
 
 
-def run_qemu(rate: float, baseline_s: float, work: Path, mq: Mosquitto, pub: Path, rel: Path) -> dict:
+def run_qemu(rate: float, baseline_s: float, work: Path, mq: Mosquitto, pub: Path, rel: Path,
+             heap: int = 65536) -> dict:
     """The same on the Cortex-M3 bench board (QEMU, the frozen qemu-m3 image, 64 KB heap) over
     its UART1: the release is the node's main module alone (the rest stays frozen)."""
     import subprocess
@@ -169,7 +170,7 @@ def run_qemu(rate: float, baseline_s: float, work: Path, mq: Mosquitto, pub: Pat
     from gateway.tools.flash import flash, mpremote_argv
     from hil_tests.rig import QEMU_UPDATABLE, QemuBoard
 
-    image = frozen.build("qemu-m3")
+    image = frozen.build("qemu-m3", heap=heap)
     key = os.urandom(32)
     pair = PtyPair(work, "uart")
     board = QemuBoard(work, image, uart=pair.b)
@@ -185,10 +186,12 @@ def run_qemu(rate: float, baseline_s: float, work: Path, mq: Mosquitto, pub: Pat
               timeout=60)
         main_py = work / "main.py"
         main_py.write_text(QEMU_UPDATABLE.replace("PUB", pub.read_text().strip()))
-        p = subprocess.run(mpremote_argv(board.port, ["fs", "cp", str(main_py), ":/main.py"], ["reset"]),
+        # a soft reset in the raw REPL first: a clean heap for the copy (32 KB is tight), /main.py not run
+        p = subprocess.run(mpremote_argv(board.port, ["soft-reset"], ["fs", "cp", str(main_py), ":/main.py"],
+                                         ["reset"]),
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stdout + p.stderr
-        return measure(gw, "qemu-m3", rate, baseline_s, rel)
+        return measure(gw, f"qemu-m3 ({heap // 1024} KB heap)", rate, baseline_s, rel)
     finally:
         gw.stop()
         board.stop()
@@ -201,6 +204,7 @@ def main() -> int:
                     help="serial (a pty: no baud rate), uart (a line paced at --baud), coap, qemu (the Cortex-M3 "
                          "board's UART1)")
     ap.add_argument("--baud", type=int, default=115200, help="the uart link's speed (10 bits a byte)")
+    ap.add_argument("--qemu-heap", type=int, default=65536, help="the Cortex-M3 image's heap, bytes")
     ap.add_argument("--rates", default="4096,0", help="[update] rate values, bytes/s (0: unthrottled)")
     ap.add_argument("--baseline", type=float, default=10.0, help="seconds of plain data traffic before each update")
     args = ap.parse_args()
@@ -225,15 +229,15 @@ def main() -> int:
                     work = tmp / f"{link}{i}"
                     work.mkdir()
                     if link == "qemu":
-                        rows.append(run_qemu(rate, args.baseline, work, mq, pub, one))
+                        rows.append(run_qemu(rate, args.baseline, work, mq, pub, one, args.qemu_heap))
                     else:
                         rows.append(run_once(link, rate, args.baseline, work, mq, mp, pub, rel, args.baud))
         finally:
             mq.stop()
-    print(f"\n{'link':<7} {'rate B/s':>11} {'size':>7} {'transfer':>9} {'body B/s':>9} {'data fr/s':>10} "
+    print(f"\n{'link':<24} {'rate B/s':>11} {'size':>7} {'transfer':>9} {'body B/s':>9} {'data fr/s':>10} "
           f"{'baseline':>9} {'ratio':>6} {'confirmed':>10}")
     for r in rows:
-        print(f"{r['link']:<7} {str(r['rate']):>11} {r['size']:>7} {r['transfer_s']:>8.1f}s {r['body_Bps']:>9} "
+        print(f"{r['link']:<24} {str(r['rate']):>11} {r['size']:>7} {r['transfer_s']:>8.1f}s {r['body_Bps']:>9} "
               f"{r['during_fps']:>10} {r['base_fps']:>9} {str(r['ratio']):>6} {r['to_confirmed_s']:>9.1f}s")
     print("data fr/s: the node's frames the gateway accepted a second during the transfer; baseline: the same "
           "before it, plain data traffic; ratio = data fr/s / baseline. Shared machine: figures vary by ±30 %.")
