@@ -1,8 +1,9 @@
 """Node updates delivered by the real gateway over the real links: `headrace node update` (or the
 cloud's `update` command on cmd/<node>) queues a signed release of the real firmware, a
-MicroPython node (booted through its boot stage, as a board is) fetches it block by block (RFC 7959 Block2) over a pty (serial) or UDP (CoAP), reboots
-into it and confirms it. On the way: the node's power cut (kill -9) and the gateway's kill -9
-mid-transfer, datagrams lost, and the transfer resumes where the node's flash stands; a block
+MicroPython node (booted through its boot stage, as a board is) fetches it block by block
+(RFC 7959 Block2) over a pty (serial) or UDP (CoAP), reboots into it and confirms it. On the
+way: the node's power cut (kill -9) and the gateway's kill -9 mid-transfer, datagrams lost,
+and the transfer resumes where the node's flash stands. A downgrade, a manifest or a block
 altered on the way and a release signed by another key are refused by the node, which keeps
 running its old code, and each refusal is counted and logged at the gateway.
 """
@@ -125,6 +126,13 @@ def test_update_over_serial_survives_power_cuts_and_a_gateway_kill(tmp_path, mos
         assert "updates:" in status.stdout and "confirmed" in status.stdout, status.stdout
         with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/", timeout=5) as r:
             assert "update: 1.1.0 confirmed" in r.read().decode()  # the status page's node row
+        # the same release again is a downgrade for the node now: refused at the offer, nothing fetched
+        again = update_cmd(gw, "upd", str(releases["good"]))
+        out, _ = again.communicate(timeout=120)
+        assert again.returncode == 1 and "refused:downgrade:1.1.0 is not newer than 1.1.0" in out, out
+        assert gw.metric('headrace_update_refused_total{reason="downgrade"}') == 1
+        st = board.state()
+        assert st["versions"][st["active"]] == [1, 1, 0] and st["pending"] is None, st
     finally:
         if board is not None:
             board.stop()
