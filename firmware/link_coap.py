@@ -1,9 +1,9 @@
 # CoAP link (RFC 7252): confirmable POST /d with Content-Format 17, one exchange at a
 # time (NSTART = 1), retransmitted with exponential backoff until acked.
 import socket
-import struct
 
 import board
+import framing
 import link_serial
 
 try:
@@ -22,42 +22,51 @@ _CHANGED = const(0x44)  # 2.04
 _OPT_URI_PATH = const(11)
 _OPT_CONTENT_FORMAT = const(12)
 _CF_COSE_MAC0 = const(17)
+_HEAD = const(13)  # the request before its payload: header 4, token 4, Uri-Path "d" 2, Content-Format 2, 0xFF
+_RX = const(1152)  # a datagram read, at most (a response with a 1 KB payload and its options);
+# also the node's pack scratch, which takes framing.MAX_ENCODED + 1
 
 
-def _option(delta, value, out):
-    n = len(value)
-    out.append((delta << 4 if delta < 13 else 13 << 4) | (n if n < 13 else 13))
-    if delta >= 13:
-        out.append(delta - 13)
-    if n >= 13:
-        out.append(n - 13)
-    out.extend(value)
+class CoapLink(link_serial.AckSlots):
+    """The steady state allocates no buffers: each request is built in one transmit buffer
+    made at boot, each datagram read into one receive buffer, and the gateway's ack checked
+    there in place, as SerialLink does (hashlib's objects and a memoryview per send and
+    per received ack are what is left; a separate response's empty ACK reuses a buffer)."""
 
-
-class CoapLink:
     window_default = 1
 
     def __init__(self, host, port, mac, ack_timeout_ms=2000, max_retransmit=4, random_factor=1.5):
+        link_serial.AckSlots.__init__(self, mac)
         self.addr = socket.getaddrinfo(host, port)[0][-1]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
-        self.mac = mac
+        # CPython's sockets read a datagram into a buffer with recv_into, MicroPython's with readinto
+        self._recv = getattr(self.sock, "recv_into", None) or self.sock.readinto
         self.ack_timeout_ms = ack_timeout_ms
         self.max_retransmit = max_retransmit
-        self.random_factor = random_factor
+        # ACK_TIMEOUT * (1 + (ACK_RANDOM_FACTOR - 1) * r), r in [0, 1) in 1/256 steps: small ints only
+        self._spread = int(ack_timeout_ms * (random_factor - 1))
         self.mid = board.epoch_ms() & 0xFFFF
         self.token = 0
-        self.exchange = None  # [mid, token, datagram, seq, next_ms, timeout_ms, tries]
+        self._rng = (board.epoch_ms() & 0xFFFF) or 1
+        self.dgram = bytearray(_HEAD + framing.MAX_MESSAGE)  # the request in flight, kept to resend
+        self.txv = memoryview(self.dgram)
+        # datagrams are read here and handled before poll() returns: between polls the node
+        # writes its packs here too (scratch), as it does in the serial link's transmit buffer
+        self.rx = self.scratch = bytearray(_RX)
+        self._empty_ack = bytearray(4)
+        # the exchange in flight: message id, token, datagram length (in tx), frame, next send
+        # (ticks ms), timeout (ms), retransmissions so far
+        self.busy_ = False
+        self.ex_mid = self.ex_token = self.ex_len = self.ex_seq = self.ex_timeout = self.ex_tries = 0
+        self.ex_next = board.ticks_ms()
         self.failures = 0
         self.errors = 0
-        self._rng = board.epoch_ms() & 0xFFFF
-        self.ack_seq: list = []
-        self.ack_status: list = []
-        self.ack_cmds: list = []
+        self.bad_acks = 0
         self.other = None  # takes a response that answers no frame (node updates: fetch.Fetcher.answer)
 
     def busy(self):
-        return self.exchange is not None
+        return self.busy_
 
     def send_coap(self, msg):
         """A CoAP message of the node's own (node updates: fetch.py), beside the frames' exchange."""
@@ -67,103 +76,131 @@ class CoapLink:
         self.mid = (self.mid + 1) & 0xFFFF  # one message id space for the frames and the fetcher
         return self.mid
 
-    def _jitter(self):
-        self._rng = (self._rng * 1103515245 + 12345) & 0x7FFFFFFF
-        return (self._rng & 0xFFFF) / 65536.0
+    def _jitter_ms(self):
+        # a 16-bit LCG (multiplier 75, modulus 65537: ZX81's): never a heap int on 32-bit ports
+        self._rng = (self._rng * 75 + 74) % 65537
+        return (self._spread * (self._rng & 0xFF)) >> 8
 
     def send(self, seq, msg, start=0, n=-1):
-        if n >= 0:
-            msg = msg[start:start + n]
+        """Frame `seq`: msg[start:start + n] (all of msg when n < 0), as a confirmable POST /d."""
+        if n < 0:
+            n = len(msg) - start
         self.mid = (self.mid + 1) & 0xFFFF
         self.token = (self.token + 1) & 0xFFFFFFFF
-        token = struct.pack(">I", self.token)
-        out = bytearray([_VER_CON | len(token), _POST])
-        out.extend(struct.pack(">H", self.mid))
-        out.extend(token)
-        _option(_OPT_URI_PATH, b"d", out)
-        _option(_OPT_CONTENT_FORMAT - _OPT_URI_PATH, bytes([_CF_COSE_MAC0]), out)
-        out.append(0xFF)
-        out.extend(msg)
-        timeout = int(self.ack_timeout_ms * (1 + (self.random_factor - 1) * self._jitter()))
-        self.exchange = [self.mid, token, bytes(out), seq, board.ticks_add(board.ticks_ms(), timeout), timeout, 0]
-        self.sock.sendto(self.exchange[2], self.addr)
+        t = self.dgram
+        t[0] = _VER_CON | 4  # token of 4 bytes
+        t[1] = _POST
+        t[2] = self.mid >> 8
+        t[3] = self.mid & 0xFF
+        tok = self.token
+        for k in range(4):
+            t[4 + k] = (tok >> (24 - 8 * k)) & 0xFF
+        t[8] = _OPT_URI_PATH << 4 | 1  # Uri-Path "d"
+        t[9] = 0x64
+        t[10] = (_OPT_CONTENT_FORMAT - _OPT_URI_PATH) << 4 | 1
+        t[11] = _CF_COSE_MAC0
+        t[12] = 0xFF
+        for i in range(n):
+            t[_HEAD + i] = msg[start + i]
+        timeout = self.ack_timeout_ms + self._jitter_ms()
+        self.busy_ = True
+        self.ex_mid = self.mid
+        self.ex_token = tok
+        self.ex_len = _HEAD + n
+        self.ex_seq = seq
+        self.ex_next = board.ticks_add(board.ticks_ms(), timeout)
+        self.ex_timeout = timeout
+        self.ex_tries = 0
+        self.sock.sendto(self.txv[:self.ex_len], self.addr)
 
     def poll(self, now):
         """How many acks arrived (in ack_seq, ack_status, ack_cmds [0:n], as SerialLink)."""
-        acks = []
-        while True:
+        n = 0
+        while n < link_serial.ACKS:
             try:
-                data, _ = self.sock.recvfrom(1152)
+                got = self._recv(self.rx)
             except OSError:
                 break
-            ack = self._handle(data)
-            if ack is not None:
-                acks.append(ack)
-        ex = self.exchange
-        if ex is not None and board.ticks_diff(now, ex[4]) >= 0:
-            if ex[6] >= self.max_retransmit:
+            if not got:  # MicroPython's non-blocking read: None when no datagram waits
+                break
+            if self._handle(self.rx, got, n):
+                n += 1
+        if self.busy_ and board.ticks_diff(now, self.ex_next) >= 0:
+            if self.ex_tries >= self.max_retransmit:
                 self.failures += 1  # gave up; the outbox resends the frame later
-                self.exchange = None
+                self.busy_ = False
             else:
-                ex[6] += 1
-                ex[5] *= 2
-                ex[4] = board.ticks_add(now, ex[5])
-                self.sock.sendto(ex[2], self.addr)
-        while len(self.ack_seq) < len(acks):
-            self.ack_seq.append(0)
-            self.ack_status.append(0)
-            self.ack_cmds.append(None)
-        for i in range(len(acks)):
-            self.ack_seq[i], self.ack_status[i], self.ack_cmds[i] = acks[i]
-        return len(acks)
+                self.ex_tries += 1
+                self.ex_timeout *= 2
+                self.ex_next = board.ticks_add(now, self.ex_timeout)
+                self.sock.sendto(self.txv[:self.ex_len], self.addr)
+        return n
 
-    def _handle(self, data):
-        if len(data) < 4:
-            return None
+    def _token_is(self, data):
+        """Whether the message in data carries the exchange's token (4 bytes from data[4])."""
+        tok = self.ex_token
+        for k in range(4):
+            if data[4 + k] != (tok >> (24 - 8 * k)) & 0xFF:
+                return False
+        return True
+
+    def _handle(self, data, n, slot):
+        """The datagram data[:n]: True when it was the response to the exchange and carried an
+        ack (or a status for the frame), now in the ack slots at `slot`."""
+        if n < 4:
+            return False
         first, code = data[0], data[1]
         mtype = (first >> 4) & 3
         tkl = first & 15
-        mid = struct.unpack(">H", data[2:4])[0]
-        token = bytes(data[4:4 + tkl])
-        ex = self.exchange
-        if mtype == _TYPE_RST and ex is not None and mid == ex[0]:
-            self.exchange = None
+        mid = data[2] << 8 | data[3]
+        if mtype == _TYPE_RST and self.busy_ and mid == self.ex_mid:
+            self.busy_ = False
             self.errors += 1
-            return None
+            return False
         if mtype == _TYPE_CON:
             # a separate response: acknowledge it with an empty ACK
-            self.sock.sendto(bytes([0x60, 0]) + data[2:4], self.addr)
-        if code and self.other is not None and (ex is None or token != ex[1]):
-            self.other(data)  # a response to the update fetcher (tokens of its own)
-            return None
-        if ex is None:
-            return None
+            e = self._empty_ack
+            e[0] = 0x60
+            e[1] = 0
+            e[2] = data[2]
+            e[3] = data[3]
+            self.sock.sendto(e, self.addr)
+        ours = self.busy_ and tkl == 4 and n >= 8 and self._token_is(data)
+        if code and self.other is not None and not ours:
+            self.other(bytes(data[:n]))  # a response to the update fetcher (tokens of its own): rare
+            return False
+        if not self.busy_:
+            return False
         if mtype == _TYPE_ACK and code == 0:
-            if mid == ex[0]:
-                ex[4] = board.ticks_add(board.ticks_ms(), 60000)  # empty ACK: the response follows separately
-            return None
-        if token != ex[1]:
-            return None
-        self.exchange = None
+            if mid == self.ex_mid:
+                self.ex_next = board.ticks_add(board.ticks_ms(), 60000)  # empty ACK: the response follows
+            return False
+        if not ours:
+            return False
+        self.busy_ = False
         if code != _CHANGED:
             self.errors += 1
-            return _status_for_code(ex[3], code)
-        payload = _payload(data, 4 + tkl)
-        return link_serial.parse_ack(self.mac, payload) if payload else None
+            if code in (0x80, 0x8D):  # 4.00 and 4.13 will never succeed: drop the frame (status 2)
+                self.ack_seq[slot] = self.ex_seq
+                self.ack_status[slot] = 2
+                self.ack_cmds[slot] = None
+                return True
+            return False  # others: the outbox resends later
+        p = _payload(data, 8, n)
+        if p < 0:
+            return False
+        # the payload's head is scratch from here on: open_ack needs 4 free bytes before it
+        if self._ack(slot, data, p, n - p):
+            return True
+        self.bad_acks += 1
+        return False
 
 
-def _status_for_code(seq, code):
-    # 4.00 and 4.13 will never succeed: drop the frame (status 2); others: retry later
-    if code in (0x80, 0x8D):
-        return seq, 2, None
-    return None
-
-
-def _payload(data, i):
-    n = len(data)
+def _payload(data, i, n):
+    """Where the payload of the CoAP message data[:n] starts (options from data[i]); -1: none."""
     while i < n:
         if data[i] == 0xFF:
-            return bytes(data[i + 1:])
+            return i + 1 if i + 1 < n else -1
         b = data[i]
         i += 1
         d, ln = b >> 4, b & 15
@@ -178,4 +215,4 @@ def _payload(data, i):
             ln = (data[i] << 8 | data[i + 1]) + 269
             i += 2
         i += ln
-    return b""
+    return -1

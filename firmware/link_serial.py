@@ -19,56 +19,18 @@ except ImportError:
 ACKS = const(8)  # acks handed over per poll, at most (the rest wait for the next)
 
 
-class SerialLink:
-    window_default = 4
+class AckSlots:
+    """The gateway's acks checked in place in a link's buffer and handed over in the slots
+    ack_seq, ack_status and ack_cmds (lists made once), with no allocation but hashlib's
+    (cose.open_ack); SerialLink and link_coap.CoapLink read acks with it."""
 
-    def __init__(self, path, mac, port=None):
-        self.port = port or board.Serial(path)
+    def __init__(self, mac):
         self.mac = mac
-        self.deframer = framing.Deframer()
-        self.bad_acks = 0
-        self.tx = bytearray(framing.MAX_ENCODED + 1)
-        self.rx = bytearray(64)
-        self._ri = 0  # bytes of rx taken
-        self._rn = 0  # bytes in rx
         self._v = 0  # the value _uint read
         # poll()'s acks: seq, status, commands (a list) or None
         self.ack_seq = [0] * ACKS
         self.ack_status = [0] * ACKS
         self.ack_cmds = [None] * ACKS
-        self.other = None  # takes a CoAP message that is not an ack (fetch.Fetcher.answer)
-        self._mid = 0
-        self.port.write(b"\x00")  # a delimiter first: the gateway resynchronises on it
-
-    def send(self, seq, msg, start=0, n=-1):
-        """Frame `seq`: msg[start:start + n] (all of msg when n < 0)."""
-        if n < 0:
-            n = len(msg)
-        self.port.write(self.tx, framing.frame_into(self.tx, msg, n, start))
-
-    def poll(self, now):
-        """How many acks arrived since the last call (up to ACKS): in ack_seq, ack_status and
-        ack_cmds [0:n]."""
-        n = 0
-        d = self.deframer
-        while n < ACKS:
-            if self._ri >= self._rn:
-                got = self.port.readinto(self.rx)
-                if not got:
-                    break
-                self._ri = 0
-                self._rn = got
-            self._ri = d.scan(self.rx, self._ri, self._rn)
-            if d.ready:
-                if 0x40 <= d.buf[d.HEAD] < 0x80:  # a CoAP message (node updates, fetch.py), not an ack
-                    if self.other is not None:
-                        self.other(bytes(d.buf[d.HEAD:d.HEAD + d.ready]))
-                    continue
-                if self._ack(n, d.buf, d.HEAD, d.ready):
-                    n += 1
-                else:
-                    self.bad_acks += 1
-        return n
 
     def _ack(self, slot, buf, h, m):
         span = cose.open_ack(self.mac, buf, h, m)
@@ -104,17 +66,6 @@ class SerialLink:
         self.ack_cmds[slot] = cmds
         return True
 
-    def busy(self):
-        return False
-
-    def send_coap(self, msg):
-        """A CoAP message in a serial frame (node updates: fetch.py)."""
-        self.port.write(self.tx, framing.frame_into(self.tx, msg, len(msg), 0))
-
-    def next_mid(self):
-        self._mid = (self._mid + 1) & 0xFFFF
-        return self._mid
-
     def _uint(self, buf, p, end):
         # the position after a CBOR unsigned integer at buf[p], its value in self._v; -1 if none
         if p >= end:
@@ -133,6 +84,62 @@ class SerialLink:
         return p + 1 + n
 
 
+class SerialLink(AckSlots):
+    window_default = 4
+
+    def __init__(self, path, mac, port=None):
+        AckSlots.__init__(self, mac)
+        self.port = port or board.Serial(path)
+        self.deframer = framing.Deframer()
+        self.bad_acks = 0
+        self.tx = self.scratch = bytearray(framing.MAX_ENCODED + 1)  # scratch: free between sends
+        self.rx = bytearray(64)
+        self._ri = 0  # bytes of rx taken
+        self._rn = 0  # bytes in rx
+        self.other = None  # takes a CoAP message that is not an ack (fetch.Fetcher.answer)
+        self._mid = 0
+        self.port.write(b"\x00")  # a delimiter first: the gateway resynchronises on it
+
+    def send(self, seq, msg, start=0, n=-1):
+        """Frame `seq`: msg[start:start + n] (all of msg when n < 0)."""
+        if n < 0:
+            n = len(msg)
+        self.port.write(self.tx, framing.frame_into(self.tx, msg, n, start))
+
+    def poll(self, now):
+        """How many acks arrived since the last call (up to ACKS): in ack_seq, ack_status and
+        ack_cmds [0:n]."""
+        n = 0
+        d = self.deframer
+        while n < ACKS:
+            if self._ri >= self._rn:
+                got = self.port.readinto(self.rx)
+                if not got:
+                    break
+                self._ri = 0
+                self._rn = got
+            self._ri = d.scan(self.rx, self._ri, self._rn)
+            if d.ready:
+                if 0x40 <= d.buf[d.HEAD] < 0x80:  # a CoAP message (node updates, fetch.py), not an ack
+                    if self.other is not None:
+                        self.other(bytes(d.buf[d.HEAD:d.HEAD + d.ready]))
+                    continue
+                if self._ack(n, d.buf, d.HEAD, d.ready):
+                    n += 1
+                else:
+                    self.bad_acks += 1
+        return n
+
+    def busy(self):
+        return False
+
+    def send_coap(self, msg):
+        """A CoAP message in a serial frame (node updates: fetch.py)."""
+        self.port.write(self.tx, framing.frame_into(self.tx, msg, len(msg), 0))
+
+    def next_mid(self):
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
 
 def parse_ack(mac, msg):
     """(seq, status, commands or None) from an authenticated gateway ack, or None if it

@@ -169,9 +169,10 @@ class Node:
         self.fillers = [s for s in self.sensors if hasattr(s, "fill")]
         self.wdt = None  # the hardware watchdog, started by run()
         self.window = cfg["window"] or self.link.window_default
-        # the pack is written in the serial link's transmit buffer, free between sends (send()
-        # writes a frame whole), then sealed into the outbox: 1 KB less of heap
-        self.payload = getattr(self.link, "tx", None) or bytearray(framing.MAX_ENCODED + 1)
+        # the pack is written in the link's scratch buffer (the serial link's transmit buffer,
+        # free between sends; the CoAP link's receive buffer, free between polls), then sealed
+        # into the outbox: 1 KB less of heap
+        self.payload = getattr(self.link, "scratch", None) or bytearray(framing.MAX_ENCODED + 1)
         self.too_big = 0  # packs that did not fit a message (a batch too large for its names)
         self.faults = 0  # tasks that failed (guard)
         self.fault = None  # the last failure, for the next frame

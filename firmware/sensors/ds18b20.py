@@ -91,7 +91,13 @@ class DS18B20:
         self.started = True
         return self.conv_ms
 
+    shift = 4  # read_raw() is in 1/16 °C
+
     def read(self):
+        return self.read_raw() / 16
+
+    def read_raw(self):
+        """The temperature in 1/16 °C, an int (no allocation: the node packs it exactly)."""
         raise_kept(self)
         if not self.started:
             self._select()
@@ -102,4 +108,4 @@ class DS18B20:
         raw = buf[0] | buf[1] << 8
         if raw & 0x8000:
             raw -= 0x10000
-        return (raw & self.mask) / 16
+        return raw & self.mask

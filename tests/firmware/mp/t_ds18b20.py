@@ -38,6 +38,12 @@ for raw, want in TABLE:
     assert got == want, (hex(raw), got, want)
 assert dev.converts == len(TABLE)
 assert board.waits[-1] == 750  # tCONV at 12 bits, every read
+# the node's path: raw integers in 1/16 °C (s.shift), the same temperatures, no float made
+assert s.shift == 4
+for raw, want in TABLE:
+    dev.raw = raw
+    got = s.read_raw()
+    assert isinstance(got, int) and got / 16 == want, (hex(raw), got, want)
 
 # lower resolutions: the undefined low bits are masked (datasheet figure 4)
 s9 = DS18B20(bus, "t1", board, resolution=9)
