@@ -1,5 +1,6 @@
 # CoAP link (RFC 7252): confirmable POST /d with Content-Format 17, one exchange at a
 # time (NSTART = 1), retransmitted with exponential backoff until acked.
+import select
 import socket
 
 import board
@@ -29,9 +30,10 @@ _RX = const(1152)  # a datagram read, at most (a response with a 1 KB payload an
 
 class CoapLink(link_serial.AckSlots):
     """The steady state allocates no buffers: each request is built in one transmit buffer
-    made at boot, each datagram read into one receive buffer, and the gateway's ack checked
-    there in place, as SerialLink does (hashlib's objects and a memoryview per send and
-    per received ack are what is left; a separate response's empty ACK reuses a buffer)."""
+    made at boot, each datagram copied into one receive buffer and the gateway's ack checked
+    there in place, as SerialLink does. What is left: the datagram recv() returns (an ack,
+    about 60 bytes), hashlib's objects and a memoryview per send; an idle poll allocates
+    nothing (a poll object, not a recv that raises)."""
 
     window_default = 1
 
@@ -40,8 +42,13 @@ class CoapLink(link_serial.AckSlots):
         self.addr = socket.getaddrinfo(host, port)[0][-1]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
-        # CPython's sockets read a datagram into a buffer with recv_into, MicroPython's with readinto
-        self._recv = getattr(self.sock, "recv_into", None) or self.sock.readinto
+        # a datagram waiting is seen by a poll object made once (MicroPython's ipoll allocates
+        # nothing; a non-blocking recv with nothing there raises, an exception object each time),
+        # then read with recv: readinto would join datagrams queued back to back (a stream read
+        # fills the buffer), and MicroPython's sockets have no recv_into
+        self._poller = select.poll()
+        self._poller.register(self.sock, select.POLLIN)
+        self._ipoll = getattr(self._poller, "ipoll", None)
         self.ack_timeout_ms = ack_timeout_ms
         self.max_retransmit = max_retransmit
         # ACK_TIMEOUT * (1 + (ACK_RANDOM_FACTOR - 1) * r), r in [0, 1) in 1/256 steps: small ints only
@@ -51,7 +58,7 @@ class CoapLink(link_serial.AckSlots):
         self._rng = (board.epoch_ms() & 0xFFFF) or 1
         self.dgram = bytearray(_HEAD + framing.MAX_MESSAGE)  # the request in flight, kept to resend
         self.txv = memoryview(self.dgram)
-        # datagrams are read here and handled before poll() returns: between polls the node
+        # datagrams are copied here and handled before poll() returns: between polls the node
         # writes its packs here too (scratch), as it does in the serial link's transmit buffer
         self.rx = self.scratch = bytearray(_RX)
         self._empty_ack = bytearray(4)
@@ -116,14 +123,18 @@ class CoapLink(link_serial.AckSlots):
     def poll(self, now):
         """How many acks arrived (in ack_seq, ack_status, ack_cmds [0:n], as SerialLink)."""
         n = 0
-        while n < link_serial.ACKS:
+        rx = self.rx
+        while n < link_serial.ACKS and self._waiting():
             try:
-                got = self._recv(self.rx)
+                data = self.sock.recv(_RX)  # the one allocation: the datagram (an ack: ~60 B)
             except OSError:
                 break
-            if not got:  # MicroPython's non-blocking read: None when no datagram waits
+            got = len(data)
+            if not got:
                 break
-            if self._handle(self.rx, got, n):
+            for i in range(got):
+                rx[i] = data[i]
+            if self._handle(rx, got, n):
                 n += 1
         if self.busy_ and board.ticks_diff(now, self.ex_next) >= 0:
             if self.ex_tries >= self.max_retransmit:
@@ -135,6 +146,14 @@ class CoapLink(link_serial.AckSlots):
                 self.ex_next = board.ticks_add(now, self.ex_timeout)
                 self.sock.sendto(self.txv[:self.ex_len], self.addr)
         return n
+
+    def _waiting(self):
+        """Whether a datagram waits (no allocation on MicroPython)."""
+        if self._ipoll is None:  # CPython
+            return bool(self._poller.poll(0))
+        for _ in self._ipoll(0):
+            return True
+        return False
 
     def _token_is(self, data):
         """Whether the message in data carries the exchange's token (4 bytes from data[4])."""
