@@ -25,15 +25,16 @@
     client_id = "headrace-sink"  # the persistent session's name
     topic = "headrace/v1/#"      # "$share/sink/headrace/v1/#" for several workers on mosquitto
 
-Errors name the key and the fix (`gateway.errors.ConfigError`); unknown keys are errors.
+Errors name the key and the fix (`gateway.errors.ConfigError`); unknown keys are errors, and every
+mistake in a file is reported at once (`ConfigErrors`), as the gateway's and the fleet's configs are.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from gateway.config.problems import read_toml
+from gateway.config.problems import Problems, read_toml
+from gateway.config.sections import parse_section
 from gateway.errors import ConfigError
 from sink.partitions import UNITS
 
@@ -83,66 +84,45 @@ class SinkConfig:
         return self.sink.database or self.sink.sqlite
 
 
-_TYPES = {"str": str, "int": int, "float": float, "tuple[str, ...]": tuple}
-
-
-def _section(cls, name: str, raw) -> object:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"[{name}]", "must be a table", f"write a [{name}] header with keys under it")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        if key not in fields:
-            raise ConfigError(f"[{name}] {key}", "unknown key", f"valid keys: {', '.join(fields)}")
-        kind = _TYPES[str(fields[key].type)]
-        default = fields[key].default
-        if kind is tuple:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"[{name}] {key}", f"must be a list of strings, got {value!r}",
-                                  f'write {key} = ["…", "…"]')
-            value = tuple(value)
-        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"[{name}] {key}", f"must be a {kind.__name__}, got {value!r}",
-                              f"write {key} = {default!r}")
-        values[key] = value
-    return cls(**values)
-
-
 def from_dict(raw: dict) -> SinkConfig:
+    """Validate a parsed table; every mistake is reported at once (`ConfigErrors` when there are several)."""
     known = {"sink": SinkSection, "jetstream": JetStreamSection, "mqtt": MqttSection}
+    problems = Problems()
     values = {}
     for name, body in raw.items():
         if name not in known:
-            raise ConfigError(f"[{name}]", "unknown section", f"valid sections: {', '.join(known)}")
-        values[name] = _section(known[name], name, body)
+            problems.add(ConfigError(f"[{name}]", "unknown section", f"valid sections: {', '.join(known)}"))
+            continue
+        values[name] = parse_section(known[name], name, body, problems)
     cfg = SinkConfig(**values)
     s, js = cfg.sink, cfg.jetstream
     if s.source not in ("jetstream", "mqtt"):
-        raise ConfigError("[sink] source", f"{s.source!r} is not a source", 'write source = "jetstream" or "mqtt"')
+        problems.add(ConfigError("[sink] source", f"{s.source!r} is not a source",
+                                 'write source = "jetstream" or "mqtt"'))
     if not 1 <= s.group <= 10000:
-        raise ConfigError("[sink] group", f"{s.group} is out of range", "use 1 to 10000 messages a transaction")
+        problems.add(ConfigError("[sink] group", f"{s.group} is out of range", "use 1 to 10000 messages a transaction"))
     if not 0 <= s.metrics_port <= 65535:
-        raise ConfigError("[sink] metrics_port", f"{s.metrics_port} is out of range", "use 0 (off) to 65535")
+        problems.add(ConfigError("[sink] metrics_port", f"{s.metrics_port} is out of range", "use 0 (off) to 65535"))
     for key, low, high in (("gateway_timeout", 1, 86400), ("node_timeout", 1, 30 * 86400),
                            ("presence_interval", 0.1, 3600)):
         value = getattr(s, key)
         if not low <= value <= high:
-            raise ConfigError(f"[sink] {key}", f"{value} s is out of range", f"use {low} to {high} seconds")
+            problems.add(ConfigError(f"[sink] {key}", f"{value} s is out of range", f"use {low} to {high} seconds"))
     if s.partition not in UNITS:
-        raise ConfigError("[sink] partition", f"{s.partition!r} is not a period",
-                          'write partition = "month" (or "week", "day"; "none" for one table)')
+        problems.add(ConfigError("[sink] partition", f"{s.partition!r} is not a period",
+                                 'write partition = "month" (or "week", "day"; "none" for one table)'))
     if not js.servers:
-        raise ConfigError("[jetstream] servers", "is empty", 'list the cluster, e.g. servers = ["nats://host:4222"]')
+        problems.add(ConfigError("[jetstream] servers", "is empty",
+                                 'list the cluster, e.g. servers = ["nats://host:4222"]'))
     if not _NAME.match(js.stream) or not _NAME.match(js.durable):
-        raise ConfigError("[jetstream] stream", f"{js.stream!r} / {js.durable!r} are not valid names",
-                          "use letters, digits, - and _ for stream and durable")
+        problems.add(ConfigError("[jetstream] stream", f"{js.stream!r} / {js.durable!r} are not valid names",
+                                 "use letters, digits, - and _ for stream and durable"))
     if js.replicas not in (1, 3, 5):
-        raise ConfigError("[jetstream] replicas", f"{js.replicas} is not 1, 3 or 5",
-                          "use 3 on a three-node cluster (the stream survives one node), 1 on a single server")
+        problems.add(ConfigError("[jetstream] replicas", f"{js.replicas} is not 1, 3 or 5",
+                                 "use 3 on a three-node cluster (the stream survives one node), 1 on a single server"))
     if not 1 <= js.ack_wait <= 3600:
-        raise ConfigError("[jetstream] ack_wait", f"{js.ack_wait} s is out of range", "use 1 to 3600 seconds")
+        problems.add(ConfigError("[jetstream] ack_wait", f"{js.ack_wait} s is out of range", "use 1 to 3600 seconds"))
+    problems.raise_any()
     return cfg
 
 

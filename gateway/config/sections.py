@@ -199,10 +199,14 @@ def _check(section: str, key: str, value, kind, default):
         if not isinstance(value, str):
             raise ConfigError(where, f"must be a string, got {value!r}", f'write {key} = "{default}"')
         return value
+    if kind is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(where, f"must be a list of strings, got {value!r}", f'write {key} = ["…", "…"]')
+        return tuple(value)
     return value
 
 
-def _section(cls, name: str, raw: dict, problems: Problems):
+def parse_section(cls, name: str, raw: dict, problems: Problems):
     """One [section] table into its dataclass; a wrong key is recorded and its default kept."""
     if not isinstance(raw, dict):
         problems.add(ConfigError(f"[{name}]", "must be a table", f"write a [{name}] header with keys under it"))
@@ -215,7 +219,7 @@ def _section(cls, name: str, raw: dict, problems: Problems):
             continue
         f = fields[key]
         default = f.default if f.default is not dataclasses.MISSING else None
-        kind = {"bool": bool, "int": int, "float": float, "str": str}.get(str(f.type))
+        kind = {"bool": bool, "int": int, "float": float, "str": str, "tuple[str, ...]": tuple}.get(str(f.type))
         checked = problems.take(_check, name, key, value, kind, default, default=problems)
         if checked is not problems:
             values[key] = checked
@@ -234,14 +238,14 @@ def _serial(raw, problems: Problems) -> SerialSection:
         if not isinstance(p, dict) or "path" not in p:
             problems.add(ConfigError(f"[serial.ports[{i}]] path", "missing", 'write path = "/dev/ttyUSB0"'))
             continue
-        ports.append(_section(SerialPort, f"serial.ports[{i}]", p, problems))
+        ports.append(parse_section(SerialPort, f"serial.ports[{i}]", p, problems))
     return SerialSection(ports=tuple(ports))
 
 
 def _aggregate(raw, problems: Problems) -> AggregateSection:
     body = dict(raw) if isinstance(raw, dict) else raw
     widths = body.pop("widths", None) if isinstance(body, dict) else None
-    section = _section(AggregateSection, "aggregate", body, problems)
+    section = parse_section(AggregateSection, "aggregate", body, problems)
     if widths is not None:
         if not isinstance(widths, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
                                                    for w in widths):
@@ -255,7 +259,7 @@ def _aggregate(raw, problems: Problems) -> AggregateSection:
 def _jetstream(raw, problems: Problems) -> JetStreamSection:
     body = dict(raw) if isinstance(raw, dict) else raw
     servers = body.pop("servers", None) if isinstance(body, dict) else None
-    section = _section(JetStreamSection, "jetstream", body, problems)
+    section = parse_section(JetStreamSection, "jetstream", body, problems)
     if servers is not None:
         if not isinstance(servers, list) or not servers or not all(isinstance(x, str) for x in servers):
             problems.add(ConfigError("[jetstream] servers", f"must be a list of URLs, got {servers!r}",
@@ -428,7 +432,7 @@ def from_dict(raw: dict) -> Config:
         elif name == "fleet":
             values[name] = fleet.parse(body, problems)
         elif name not in ("rules", "resources", "zones"):  # those after the sections they refer to, below
-            values[name] = _section(sections[name].default_factory, name, body, problems)
+            values[name] = parse_section(sections[name].default_factory, name, body, problems)
     values["zones"] = problems.take(zones.parse, raw["zones"], default=zones.ZoneMap()) if "zones" in raw \
         else zones.ZoneMap()
     values["resources"] = resources.parse(raw.get("resources", []), problems)

@@ -175,6 +175,17 @@ def test_config_errors_name_the_key():
     assert from_dict({}).database.endswith("cloud.sqlite")
 
 
+def test_config_errors_are_all_reported_at_once():
+    from gateway.config.problems import ConfigErrors
+    with pytest.raises(ConfigErrors) as e:
+        from_dict({"sink": {"source": "kafka", "group": 0, "grup": 1}, "jetstream": {"replicas": 2, "servers": "x"},
+                   "kafka": {}})
+    keys = {err.key for err in e.value.errors}
+    assert keys == {"[sink] source", "[sink] group", "[sink] grup", "[jetstream] replicas", "[jetstream] servers",
+                    "[kafka]"}, keys
+    assert str(e.value).startswith("6 errors:")
+
+
 def _schema_batches(version):
     """A gateway's schema message and two batches of `version` (3 or 4) that refer to it (the second
     sent after the schema stopped changing: no schema message goes with it)."""
