@@ -32,12 +32,12 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import time
 
 from gateway.runtime.metrics import Metrics
-from gateway.runtime.spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
+from gateway.runtime.spool import KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
 from gateway.runtime.uplink import batch, events
+from gateway.runtime.uplink.retry import keep_connected
 
 log = logging.getLogger("headrace.jetstream")
 
@@ -96,23 +96,15 @@ class JetStreamUplink:
 
     async def run(self) -> None:
         """Connect, pump, start again on a failed publish; until cancelled."""
-        j = self.cfg.jetstream
-        delay = 0.5
-        while True:
-            try:
-                await self._connect()
-                delay = 0.5
-                await self._pump()
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
-                log.warning("JetStream uplink: %s; again in %.1f s", exc, delay)
-            except Exception as exc:  # nats-py's errors (timeouts, no responders during an election)
-                if not _nats_error(exc):
-                    raise
-                log.warning("JetStream uplink: %s: %s; again in %.1f s", type(exc).__name__, exc, delay)
-            self.connected = False
-            self.metrics.set("headrace_uplink_connected", 0)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, j.reconnect_max)
+        await keep_connected(self._connect, self._pump, reconnect_max=self.cfg.jetstream.reconnect_max,
+                             transient=_nats_error,  # nats-py's errors (timeouts, no responders in an election)
+                             failed=lambda exc, delay: log.warning("JetStream uplink: %s: %s; again in %.1f s",
+                                                                   type(exc).__name__, exc, delay),
+                             teardown=self._disconnected)
+
+    async def _disconnected(self) -> None:
+        self.connected = False
+        self.metrics.set("headrace_uplink_connected", 0)
 
     async def _connect(self) -> None:
         if self.nc is not None and self.nc.is_connected:

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from gateway.config import Config
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
 from gateway.runtime.uplink import batch, events
+from gateway.runtime.uplink.retry import keep_connected
 
 log = logging.getLogger("headrace.mqtt")
 QOS_AT_LEAST_ONCE = 1
@@ -191,19 +191,10 @@ class MqttUplink:
             await self._run()
 
     async def _run(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await self._connect()
-                delay = 0.5
-                await self._pump()
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
-                log.warning("MQTT broker %s:%d unavailable: %s; retrying in %.1f s",
-                            self.cfg.mqtt.host, self.cfg.mqtt.port, exc, delay)
-            finally:
-                await self._teardown()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, self.cfg.mqtt.reconnect_max)
+        m = self.cfg.mqtt
+        await keep_connected(self._connect, self._pump, reconnect_max=m.reconnect_max, teardown=self._teardown,
+                             failed=lambda exc, delay: log.warning("MQTT broker %s:%d unavailable: %s; retrying in "
+                                                                   "%.1f s", m.host, m.port, exc, delay))
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
