@@ -108,7 +108,7 @@ def _plain(v):
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
+        return {_plain(k): _plain(x) for k, x in v.items()}
     return v
 
 
