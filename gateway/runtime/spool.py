@@ -62,6 +62,13 @@ PAGE_SIZE = 1024
 # long published when it is written again and nothing moves to SQLite.
 JOURNAL_BYTES = 4 << 20
 _FLOOR = "journal_floor"  # meta key: journal records with ids up to this are in SQLite or gone
+# a replay window into SQLite as merge_windows() does: the newer by its top, one top's bitmaps or'ed
+# (SQLite evaluates every SET expression on the row as it was)
+_MERGE_REPLAY = """INSERT INTO replay (node, top, bitmap) VALUES (?, ?, ?)
+ON CONFLICT (node) DO UPDATE SET
+    bitmap = CASE WHEN excluded.top = replay.top THEN replay.bitmap | excluded.bitmap ELSE excluded.bitmap END,
+    top = excluded.top
+WHERE excluded.top >= replay.top"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -166,8 +173,9 @@ class Spool:
                     if first + k > self._floor:
                         self._mem_add(first + k, prio, body, created)
                 self._next_id = max(self._next_id, first + len(records))
-                for node, top, bitmap in replay:  # in commit order: the last is the newest
-                    self._jreplay[node] = top, bitmap
+                for node, top, bitmap in replay:
+                    old = self._jreplay.get(node)
+                    self._jreplay[node] = (top, bitmap) if old is None else merge_windows(old, (top, bitmap))
                 deleted += gone
         for a, b in deleted:
             for rid in range(a, b + 1):
@@ -272,6 +280,9 @@ class Spool:
         if not j.fits(payload):
             self._switch()
             payload = j.encode(first, now, recs, rep, _runs(self._deleted))
+            if not j.fits(payload):  # the deletes carried over are too many: they only save resends
+                self._deleted = []
+                payload = j.encode(first, now, recs, rep, [])
         try:
             j.append(payload, first, len(recs))
         except OSError as exc:
@@ -317,8 +328,9 @@ class Spool:
                 for rid, (kind, body, created) in recs.items() if which(rid)]
         with self._transaction("journal spill") as db:
             db.executemany("INSERT INTO records (id, prio, kind, body, created) VALUES (?, ?, ?, ?, ?)", rows)
-            db.executemany("INSERT OR REPLACE INTO replay (node, top, bitmap) VALUES (?, ?, ?)",
-                           [(node, top, _to_signed(bitmap)) for node, (top, bitmap) in self._jreplay.items()])
+            # never over a newer window (a commit that went to SQLite after the journal's last entry)
+            db.executemany(_MERGE_REPLAY, [(node, top, _to_signed(bitmap))
+                                           for node, (top, bitmap) in self._jreplay.items()])
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_FLOOR, max(floor, self._floor)))
         self._floor = max(floor, self._floor)
         self._jreplay = {}

@@ -201,3 +201,27 @@ def test_existing_size_and_recover_of_a_missing_journal(tmp_path):
     assert Journal.existing_size(tmp_path / "none.sqlite") is None
     j = Journal(tmp_path / "none.sqlite", SMALL)
     assert [s.generation for s in j.recover()] == [0, 0] and (j.cur, j.generation, j.pos) == (0, 1, 0)
+
+
+def test_a_segment_switch_after_a_restart_keeps_sqlites_newer_window(tmp_path):
+    # n's window: top 5 in the journal, then top 6 committed to SQLite (a decisions commit). After a
+    # restart the journal's older window must not be written over SQLite's when a segment is reused.
+    path = tmp_path / "w.sqlite"
+
+    async def main():
+        s = await Spool.open(path, SMALL)
+        await s.commit([(KIND_FRAME, b"f5")], {"n": (5, 1)})
+        await s.commit([(KIND_EVENT, b"dispatch")], {"n": (6, 3)}, {("demand", "1"): b"{}"})
+        await s.close()
+        s = await Spool.open(path, SMALL)
+        for i in range(2 * SMALL // 1024 + 8):  # two segments' worth: the one holding n@5 is written again
+            await s.commit([(KIND_FRAME, bytes(900))], {"m": (i, 1)})
+            await s.delete([rid for rid, _, _ in await s.read(PRIO_FRAME, 0, 10)])
+        switched = s._journal.generation
+        await s.close()
+        s = await Spool.open(path, SMALL)
+        windows = await s.replay_windows()
+        await s.close()
+        return switched, windows
+    switched, windows = run(main())
+    assert switched >= 3 and windows["n"] == (6, 3)
