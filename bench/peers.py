@@ -265,8 +265,8 @@ def run_all(o, ml: MachineLoad, harnesses: dict, out) -> list[dict]:
                     out.flush()
                     runs.append(r)
                     log("  " + describe(r))
-                    if r["clean"] or r.get("error"):
-                        break
+                    if r["clean"] and not r.get("error"):
+                        break  # a disturbed run, or one that failed (a harness that did not come up), goes again
                 if r["clean"] and not r["zero_loss"] or r.get("error"):
                     stopped.add(stream)
         if all(s in stopped for s in plan):

@@ -10,7 +10,7 @@ gateway's RSS and CPU are sampled. At the end a subscriber checks that every
 acked frame reached the broker. Prints frames/s, loss, RSS over time (it must
 stay flat; target <= 40 MB with 1000 nodes), CPU per frame, the node's ack
 latency (send to 2.04, p50/p99), the bytes the gateway process wrote to the disk
-(`write_bytes` of /proc/<pid>/io: SQLite's WAL and its checkpoints, logs) per
+(`write_bytes` of /proc/<pid>/io: the spool's journal, SQLite's WAL and checkpoints, logs) per
 reading against the frame bytes per reading (target <= 3x), the commits per
 second, and the uplinked data bytes per reading. The project's modules are compiled to
 bytecode first, as an installed gateway has them (`--source`: not).
