@@ -85,6 +85,8 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.cfg
         self.spool = await Spool.open(cfg.spool_path, cfg.spool.journal_bytes)
+        if self.spool.journal_error:
+            log.warning("%s", self.spool.journal_error)
         ingest = Ingest(self.registry, await self.spool.replay_windows())
         # made in the order they depend on each other, each given its collaborators
         self.events = EventSink(self.metrics)

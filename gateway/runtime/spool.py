@@ -119,6 +119,7 @@ class Spool:
         self._jreplay: dict[str, tuple[int, int]] = {}  # replay windows the journal holds newer than SQLite
         self._floor = 0
         self._next_id = 1
+        self.journal_error: str | None = None  # why the journal configured could not be made
 
     @classmethod
     async def open(cls, path: str | Path, journal_bytes: int | None = JOURNAL_BYTES) -> "Spool":
@@ -161,8 +162,15 @@ class Spool:
             else:
                 self._journal.create()  # a segment lost while it was being made
         if size and self._journal is None:
-            self._journal = Journal(self.path, size)
-            self._journal.create()
+            journal = Journal(self.path, size)
+            try:
+                journal.create()
+                self._journal = journal
+            except OSError as exc:  # a full disk, say: the spool still works, as before the journal
+                with contextlib.suppress(OSError):
+                    journal.remove()
+                self.journal_error = (f"cannot make the spool's journal beside {self.path} ({exc}); every commit "
+                                      "goes to SQLite until a restart makes it (free disk space)")
 
     def _load(self, segments) -> None:
         """The journal's records, replay windows and deletes, oldest segment first."""

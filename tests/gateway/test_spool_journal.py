@@ -225,3 +225,24 @@ def test_a_segment_switch_after_a_restart_keeps_sqlites_newer_window(tmp_path):
         return switched, windows
     switched, windows = run(main())
     assert switched >= 3 and windows["n"] == (6, 3)
+
+
+def test_a_journal_that_cannot_be_made_leaves_a_working_spool(tmp_path):
+    # a segment that cannot be written (here a directory stands where its temporary file goes;
+    # on a gateway, a full disk): the spool says why and commits to SQLite, as without a journal
+    path = tmp_path / "e.sqlite"
+    (tmp_path / "e.sqlite-journal1.new").mkdir()
+
+    async def main():
+        s = await Spool.open(path, SMALL)
+        error, journal = s.journal_error, s._journal
+        await s.commit([(KIND_FRAME, b"f")], {"n": (1, 1)})
+        await s.close()
+        s = await Spool.open(path, 0)
+        got = await everything(s)
+        await s.close()
+        return error, journal, got
+    error, journal, got = run(main())
+    assert journal is None and "cannot make the spool's journal" in error and "e.sqlite-journal1.new" in error
+    assert list(got.values()) == [(KIND_FRAME, b"f")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(("journal0", "journal1"))]
