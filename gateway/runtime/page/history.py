@@ -16,6 +16,7 @@ from the pipeline are forgotten.
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 
 NAN = float("nan")
@@ -60,7 +61,7 @@ class History:
                         i = node.sensors.index(sensor)
                     except ValueError:
                         i = len(node.sensors)
-                        node.sensors += (sensor,)
+                        node.sensors += (sys.intern(sensor),)  # one copy of each name for all nodes
                         values.extend(self._gap)
                     values[i * points + slot] = value
         for name in [n for n in self.series if n not in pipeline.nodes]:
