@@ -228,8 +228,9 @@ def test_update_over_coap_through_drops_and_a_tampered_block(tmp_path, mosquitto
         assert "refused release 1.1.0: hash" in gw.log() and "send the release again" in gw.log()
         st = board.state()  # the body's refusal emptied the spare slot it had begun
         assert st["versions"][st["active"]] == [1, 0, 0] and st["pending"] is None, st
-        # again, as the cloud's command on cmd/upd, with datagrams still lost both ways: fetched,
-        # installed, confirmed, and answered on cmd_result/upd
+        # again, as the cloud's command on cmd/upd, with datagrams still lost both ways and the
+        # gateway's kill -9 mid-transfer: fetched, installed, confirmed, and answered on
+        # cmd_result/upd once (the command's id was saved with the delivery)
         proxy.corrupt = 0
         pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
         pub.connect("127.0.0.1", mosquitto.port)
@@ -243,11 +244,19 @@ def test_update_over_coap_through_drops_and_a_tampered_block(tmp_path, mosquitto
         def answers():
             return [a for a in (json.loads(p) for t, p in list(subscriber.messages) if t.endswith("/cmd_result/upd"))
                     if a.get("id") == "up-7"]
+        p = wait_for(lambda: (p := progress(gw, "upd")) and p["error"] == "" and p["bytes"] > p["size"] // 4 and p,
+                     60, "a quarter of the release at the node")
+        assert p["state"] == "sending" and p["bytes"] < p["size"], p  # the kill lands mid-transfer
+        assert [a["status"] for a in answers()] == ["queued"]
+        gw.stop(9)
+        gw.restart()
         wait_for(lambda: [a["status"] for a in answers()] == ["queued", "applied"], 200,
-                 "the cloud's update command answered applied")
+                 "the cloud's update command answered applied after the gateway's restart")
         assert proxy.dropped > 8
+        assert "resuming the update of upd" in gw.log()
         st = board.state()
         assert st["versions"][st["active"]] == [1, 1, 0] and st["trial"] == 0, st
+        assert [a["status"] for a in answers()] == ["queued", "applied"]  # answered once
     finally:
         if board is not None:
             board.stop()

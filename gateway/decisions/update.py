@@ -68,6 +68,7 @@ class Delivery:
     active: float = field(default=0.0)  # the last offer or request (clock)
     finished: float = 0.0  # when the node had every byte (clock), 0 before
     rid: str = ""
+    cloud_id: str = ""     # the id of the cloud's `update` command, until its outcome is answered
     _tokens: float = 0.0
     _last: float = 0.0
 
@@ -164,11 +165,14 @@ class Rollout:
         if state_path is not None and state_path.exists():
             self._restore()
 
-    def add(self, node: str, release_file: Path, running: tuple[int, int, int] | None = None) -> Delivery:
+    def add(self, node: str, release_file: Path, running: tuple[int, int, int] | None = None,
+            cloud_id: str = "") -> Delivery:
         """Queue a release for a node (replacing one it had); releases.ReleaseError if it is
-        forged, damaged or not newer."""
+        forged, damaged or not newer. `cloud_id`: the cloud command's id, kept with the delivery
+        (a restart too) until its outcome is answered."""
         manifest, sign1, parts = releases.read(Path(release_file).read_bytes(), self.public_key, running)
         d = Delivery(node, manifest.version, sign1, b"".join(parts), self.block_size, self.rate, self.clock)
+        d.cloud_id = cloud_id
         self.deliveries[node] = d
         self.release_files[node] = str(release_file)
         self.save()
@@ -204,7 +208,8 @@ class Rollout:
         if self.state_path is None or self._restoring:
             return
         rows = {n: {"release": self.release_files[n], "at": d.at, "state": d.state, "error": d.error,
-                    "started": d.started, "finished": d.finished, "offers": d.offers}
+                    "started": d.started, "finished": d.finished, "offers": d.offers,
+                    "cloud_id": d.cloud_id}
                 for n, d in self.deliveries.items()}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, sort_keys=True))
@@ -224,6 +229,7 @@ class Rollout:
                 d.state, d.error, d.at = row["state"], row["error"], row["at"]
                 d.started, d.finished = row.get("started", d.started), row.get("finished", 0.0)
                 d.offers = row.get("offers", 0)  # offered again once `stall` passes with no request
+                d.cloud_id = row.get("cloud_id", "")  # its outcome still owed to the cloud
         finally:
             self._restoring = False
 

@@ -4,7 +4,8 @@ served block by block over their links, followed to the end (docs/installer.md, 
 The planning is gateway/decisions/update.py's `Rollout`; this role wires it to the rest:
 - `queue(nodes, data)`: POST /updates (the command line) or `cloud_command` (an `update`
   command on `cmd/<node>` or `cmd/_all`, the release in base64) — the release checked against
-  `[update] public_key`, kept in `<data_dir>/updates/`, a delivery per node;
+  `[update] public_key`, kept in `<data_dir>/updates/`, a delivery per node (with the cloud
+  command's id, so its outcome is answered once, after a gateway restart too);
 - `run()`: offers each delivery to its node (the command `update`, riding the acks,
   gateway/decisions/downlink.py) at first and whenever the node has gone quiet;
 - `coap(...)`: the answer to a node's block request, a CoAP message with a Block2 option,
@@ -64,7 +65,6 @@ class Updates:
         self.public_key = releases.load_public(Path(settings.public_key))
         self.dir = Path(data_dir) / "updates"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.cloud_ids: dict[str, str] = {}  # node -> the id of the cloud's update command, answered at the end
         self.rollout = Rollout(self.public_key, self.dir / "rollout.json", settings.block_size, settings.rate)
         for d in self.rollout.deliveries.values():
             if d.state not in ENDED:
@@ -73,9 +73,10 @@ class Updates:
 
     # -- queueing ------------------------------------------------------------------------
 
-    def queue(self, nodes: list[str], data: bytes) -> list[dict]:
+    def queue(self, nodes: list[str], data: bytes, cloud_id: str = "") -> list[dict]:
         """Queue a release for nodes (all registered ones for ["*"]); ReleaseError (counted and
-        logged) for a forged, damaged or unreadable release, ValueError for an unknown node."""
+        logged) for a forged, damaged or unreadable release, ValueError for an unknown node.
+        `cloud_id`: the cloud command's id, saved with each delivery, its outcome answered."""
         names = sorted(self.registry.nodes) if nodes == ["*"] else list(nodes)
         unknown = [n for n in names if self.registry.by_kid(n.encode()) is None]
         if unknown or not names:
@@ -91,7 +92,7 @@ class Updates:
         path.write_bytes(data)
         out = []
         for name in names:
-            d = self.rollout.add(name, path)
+            d = self.rollout.add(name, path, cloud_id=cloud_id)
             self.metrics.inc("headrace_update_outcomes_total", outcome="queued")
             log.info("update of %s to %s queued (%d bytes, release %s)", name, releases.version_text(d.version),
                      d.size, d.rid)
@@ -118,13 +119,11 @@ class Updates:
         except (binascii.Error, ValueError) as exc:
             raise CommandError(f"release is not base64: {exc}") from None
         try:
-            queued = self.queue(["*"] if node == "_all" else [node], data)
+            queued = self.queue(["*"] if node == "_all" else [node], data, cloud_id=cid)
         except releases.ReleaseError as exc:
             raise CommandError(f"release refused: {exc}") from None
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        for p in queued:
-            self.cloud_ids[p["node"]] = cid
         return Command(node, cid, "update", {"nodes": [p["node"] for p in queued]})
 
     def cancel(self, node: str) -> bool:
@@ -134,6 +133,8 @@ class Updates:
 
     async def run(self, period: float = 1.0) -> None:
         """Offer due deliveries and keep the gauges; until cancelled."""
+        for d in list(self.rollout.deliveries.values()):
+            self._answer_cloud(d)  # an outcome reached just before a restart, not yet answered
         while True:
             self._offer_due()
             self._gauges()
@@ -195,13 +196,20 @@ class Updates:
         else:
             p = d.progress()
             log.info("node %s: release %s %s (%d bytes in %.1f s)", node, version, d.state, d.size, p["seconds"])
-        cid = self.cloud_ids.pop(node, None) if d.state in ENDED else None
-        if cid is not None and self.downlink.on_result is not None:  # the cloud's command: its outcome
-            answer = {"id": cid, "status": "applied" if d.state == "confirmed" else "failed"}
-            if d.error:
-                answer["error"] = d.error
-            self.downlink.on_result(node, answer)
+        self._answer_cloud(d)
         self._gauges()
+
+    def _answer_cloud(self, d) -> None:
+        """The outcome of the cloud's command (applied or failed) on cmd_result/<node>, once:
+        its id is forgotten, and the delivery saved, as soon as it is answered."""
+        if d.state not in ENDED or not d.cloud_id or self.downlink.on_result is None:
+            return
+        answer = {"id": d.cloud_id, "status": "applied" if d.state == "confirmed" else "failed"}
+        if d.error:
+            answer["error"] = d.error
+        self.downlink.on_result(d.node, answer)
+        d.cloud_id = ""
+        self.rollout.save()
 
     # -- serving blocks ------------------------------------------------------------------------
 

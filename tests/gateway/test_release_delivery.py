@@ -245,8 +245,17 @@ def test_the_clouds_update_command(tmp_path):
     offer = downlink.for_ack("n1")[0]
     assert offer.cmd == "update" and offer.args == updates.rollout.deliveries["n1"].offer_args()
     updates.report("n1", "1.1.0:received")
+    # the gateway restarts mid-update: the command's id comes back with the delivery
+    updates = Updates(UpdateSection(public_key=str(tmp_path / "release.pub")), str(tmp_path), downlink, metrics,
+                      registry)
+    assert updates.rollout.deliveries["n1"].cloud_id == "u1"
     updates.report("n1", "1.1.0:installed")
     assert answers == []
     updates.report("n1", "1.1.0:confirmed")
+    assert answers == [("n1", {"id": "u1", "status": "applied"})]
+    updates.report("n1", "1.1.0:confirmed")  # a repeated report, and another restart: answered once
+    updates = Updates(UpdateSection(public_key=str(tmp_path / "release.pub")), str(tmp_path), downlink, metrics,
+                      registry)
+    assert updates.rollout.deliveries["n1"].cloud_id == ""
     assert answers == [("n1", {"id": "u1", "status": "applied"})]
     assert metrics.get("headrace_update_state", node="n1", state="confirmed") == 1
