@@ -259,3 +259,43 @@ def test_the_clouds_update_command(tmp_path):
     assert updates.rollout.deliveries["n1"].cloud_id == ""
     assert answers == [("n1", {"id": "u1", "status": "applied"})]
     assert metrics.get("headrace_update_state", node="n1", state="confirmed") == 1
+
+
+def test_an_outcome_reached_just_before_a_restart_is_answered_at_start(tmp_path):
+    """The node confirmed, the gateway saved it, and died before the cloud was answered: the
+    next start answers it, once."""
+    import asyncio
+    import base64
+    import json
+
+    from gateway.config.sections import UpdateSection
+    from gateway.decisions.downlink import Downlink
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.registry import Registry
+    from gateway.runtime.updates import Updates
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "release.pub").write_text(release.public_bytes(key).hex())
+    registry = Registry()
+    registry.add("n1")
+    answers = []
+    downlink = Downlink(registry)  # no uplink yet: the outcome cannot be answered
+    section = UpdateSection(public_key=str(tmp_path / "release.pub"))
+    updates = Updates(section, str(tmp_path), downlink, Metrics(), registry)
+    downlink.route_updates(updates.cloud_command)
+    good = _release(tmp_path, key, (1, 1, 0), {"app.py": b"A" * 3000}).read_bytes()
+    downlink.submit("n1", json.dumps({"id": "u2", "cmd": "update",
+                                      "args": {"release": base64.b64encode(good).decode()}}).encode())
+    updates.report("n1", "1.1.0:confirmed")
+    downlink = Downlink(registry, on_result=lambda node, a: answers.append((node, a)))
+    updates = Updates(section, str(tmp_path), downlink, Metrics(), registry)
+
+    async def a_while():
+        task = asyncio.create_task(updates.run(period=0.01))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(a_while())
+    asyncio.run(a_while())
+    assert answers == [("n1", {"id": "u2", "status": "applied"})]
+    assert Updates(section, str(tmp_path), downlink, Metrics(), registry).rollout.deliveries["n1"].cloud_id == ""
