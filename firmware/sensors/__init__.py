@@ -1,7 +1,9 @@
 # Sensor drivers. Each has .name (its SenML name), .every (it is read on every n-th period
 # of the node) and .read() -> float, which raises SensorError, or OSError from its bus,
 # when it has no valid value. Drivers take their bus from the board layer and keep their
-# buffers from one read to the next (readinto), so a read allocates little.
+# buffers from one read to the next (readinto), so a read allocates little. The node reads
+# .read_raw() -> int instead where a driver has it: the value in quanta of 2**-.shift of
+# its unit (read() / 2**-shift), no float made, packed exactly (senml.Pack.add_raw).
 #
 #   sim.py      simulated sensors: seeded drift, noise, steps, spikes and a slow cycle
 #   adc.py      an analog input, oversampled, with a two-point calibration

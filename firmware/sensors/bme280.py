@@ -2,6 +2,12 @@
 # chip id check, the factory calibration read once, a forced measurement per reading
 # (x1 oversampling, filter off: the weather-monitoring setting, section 3.5.1) and the
 # datasheet's integer compensation formulas (section 4.2.3), exact on every interpreter.
+# A reading is an int in quanta of 2**-shift of its unit (the node packs it exactly, no
+# float made): temperature in 1/256 °C, pressure in 1/256 hPa, humidity in 1/1024 %RH,
+# within the resolution at x1 oversampling (0.005 °C, 2.62 Pa, 0.008 %RH). The 64-bit
+# pressure formula's two products past 2**62 are taken in parts, exactly, so that no
+# intermediate leaves a 64-bit port's small ints (on 32-bit ports, whose small ints end
+# at 2**30, the formulas still make big ints).
 import struct
 
 try:
@@ -35,8 +41,8 @@ def _div(a, b):
 
 class BME280:
     """One chip at `addr` (0x76 with SDO low, 0x77 high) on an I2C bus. measure() takes a
-    forced measurement; t, p and h hold the compensated values (0.01 °C, Pa in Q24.8, %RH
-    in Q22.10). channels() gives a sensor per quantity for the sampler."""
+    forced measurement; t, p and h hold the values read (1/256 °C, 1/256 hPa, %RH in
+    Q22.10). channels() gives a sensor per quantity for the sampler."""
 
     def __init__(self, i2c, addr=0x76, board=None):
         self.i2c = i2c
@@ -85,8 +91,9 @@ class BME280:
         adc_h = buf[6] << 8 | buf[7]
         if adc_t == _SKIPPED_20 or adc_p == _SKIPPED_20 or adc_h == _SKIPPED_16:
             raise SensorError("BME280 at 0x%02x: measurement skipped (check the wiring and the power)" % addr)
-        self.t = self.compensate_t(adc_t)
-        self.p = self.compensate_p(adc_p)
+        self.compensate_t(adc_t)
+        self.t = (self.t_fine + 10) // 20  # T = t_fine / 5120 °C (datasheet 8.1): in 1/256 °C
+        self.p = (self.compensate_p(adc_p) + 50) // 100  # Q24.8 Pa to 1/256 hPa
         self.h = self.compensate_h(adc_h)
         self.ok = True
 
@@ -105,11 +112,16 @@ class BME280:
         var2 += (var1 * self.P5) << 17
         var2 += self.P4 << 35
         var1 = ((var1 * var1 * self.P3) >> 8) + ((var1 * self.P2) << 12)
-        var1 = (((1 << 47) + var1) * self.P1) >> 33
+        # var1 = ((2**47 + var1) * P1) >> 33, with 2**47 + var1 split at bit 17
+        a = (1 << 47) + var1
+        var1 = ((a >> 17) * self.P1 + (((a & 0x1FFFF) * self.P1) >> 17)) >> 16
         if var1 == 0:
             raise SensorError("BME280 at 0x%02x: calibration data gives a division by zero" % self.addr)
         p = 1048576 - adc_p
-        p = _div(((p << 31) - var2) * 3125, var1)
+        # p = (((p << 31) - var2) * 3125) / var1 (C's division), the quotient taken first
+        a = (p << 31) - var2
+        q = _div(a, var1)
+        p = q * 3125 + _div((a - q * var1) * 3125, var1)
         var1 = (self.P9 * (p >> 13) * (p >> 13)) >> 25
         var2 = (self.P8 * p) >> 19
         return ((p + var1 + var2) >> 8) + (self.P7 << 4)
@@ -138,8 +150,13 @@ class Bme280Channel:
         self.name = name
         self.quantity = quantity
         self.first = first
+        self.shift = 10 if quantity == "h" else 8  # read_raw() in 1/1024 %RH, 1/256 °C or hPa
 
     def read(self):
+        return self.read_raw() / (1 << self.shift)
+
+    def read_raw(self):
+        """The value in quanta of 2**-shift (°C, hPa, %RH), an int: no allocation a reading."""
         dev = self.dev
         if self.first:
             dev.measure()
@@ -147,7 +164,7 @@ class Bme280Channel:
             raise SensorError("BME280 at 0x%02x: no measurement this round" % dev.addr)
         q = self.quantity
         if q == "t":
-            return dev.t / 100
+            return dev.t
         if q == "p":
-            return dev.p / 25600
-        return dev.h / 1024
+            return dev.p
+        return dev.h

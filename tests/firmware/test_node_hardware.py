@@ -153,11 +153,12 @@ def test_sensors_from_the_config_on_the_boards_buses(interpreter, tmp_path, gate
     # on the wire, sensors read once come first, then a run per sensor read twice
     assert names == ["amb_h", "water", "vib", "p1", "amb_t", "amb_t", "amb_p", "amb_p"], names
     values = {r[0]: r[2] for r in readings}
-    assert values["amb_t"] == 25.08 and values["water"] == 25.0 and abs(values["p1"] - 5.0) < 0.001
+    # BME280 temperature in 1/256 °C: 128422 / 5120 = 25.0824 °C, to 6421/256
+    assert values["amb_t"] == 6421 / 256 and values["water"] == 25.0 and abs(values["p1"] - 5.0) < 0.001
     assert abs(values["vib"] - 100 * 0.0039 / 2 ** 0.5) < 0.01
     seq, records = first_payload(gateway_port)
     assert seq == 0 and records[0][0] == "amb_h" and records[0][-2] == "n1/"
-    assert records[4][-2] == "n1/amb_t" and 0 not in records[4] and records[4][2] == 25.08
+    assert records[4][-2] == "n1/amb_t" and 0 not in records[4] and records[4][2] == 6421 / 256
 
 
 def test_ds18b20_conversions_overlap_and_do_not_hold_the_loop(interpreter, tmp_path, gateway_port):
