@@ -2,6 +2,11 @@
 # full resolution (3.9 mg/LSB at every range), the FIFO in stream mode; each reading
 # takes a window of samples and reports the RMS of their AC part on the node, as
 # velocity (mm/s, the ISO 10816 / 20816 measure) or acceleration (g).
+# In g the node reads read_raw(): the RMS in 1/4096 g (shift 12) from the window's integer
+# sums, an integer square root and a fixed-point factor made once, no float a reading; no
+# intermediate passes 2**62 (a 64-bit port's small ints: a reading allocates nothing
+# there). In mm/s the detrend's exact sums pass 2**62 for most signals, and big ints would
+# allocate more than the floats: velocity is read() in floats (shift 255).
 import array
 import math
 
@@ -77,6 +82,39 @@ def velocity_rms(buf, n, axis, dt, stride=3):
     return math.sqrt(max(0.0, resid / n)) * dt / 8
 
 
+def isqrt(v):
+    """floor(sqrt(v)) of an int v >= 0, by Newton's method in integers."""
+    if v < 2:
+        return v
+    x = 1 << ((_bits(v) + 1) >> 1)  # >= sqrt(v)
+    while True:
+        y = (x + v // x) >> 1
+        if y >= x:
+            return x
+        x = y
+
+
+def _bits(v):
+    b = 0
+    while v >> b:
+        b += 1
+    return b
+
+
+def ac_sq(buf, n, axis, stride=3):
+    """n² times the AC part's mean square in LSB² (ac_rms(...)² n²): an exact int."""
+    x0 = buf[axis]
+    s = ss = 0
+    i = axis
+    end = n * stride
+    while i < end:  # not range(): one with a variable step is a heap object on MicroPython
+        d = buf[i] - x0
+        s += d
+        ss += d * d
+        i += stride
+    return n * ss - s * s
+
+
 class Vibration:
     """Vibration RMS over `samples` samples at `rate_hz` (a window of samples / rate_hz
     seconds: the node awaits fill() then calls read(); read() alone waits that long), in `unit` "mm/s" (velocity) or "g" (acceleration),
@@ -99,6 +137,14 @@ class Vibration:
         self.one = bytearray(1)
         self.filled = False  # fill() took the window that read() is to use
         self.fault = None  # type: SensorError | None  # what fill() met, raised by the next read()
+        # in g, read_raw() = round(factor * sqrt(sum of the axes' ac_sq)), factor = fmul / 2**fexp
+        self.shift = 12 if unit == "g" else 255  # 1/4096 g; 255: read() only (floats)
+        factor = G_PER_LSB * 4096 / samples
+        e = 0
+        while factor * (1 << e) < (1 << 24):
+            e += 1
+        self.fmul = round(factor * (1 << e))
+        self.fexp = e
         i2c.readfrom_mem_into(addr, _DEVID, self.one)
         if self.one[0] != _ADXL345_ID:
             raise SensorError("device id 0x%02x at 0x%02x is not an ADXL345's (0xE5)" % (self.one[0], addr))
@@ -157,6 +203,28 @@ class Vibration:
         self.filled = True
 
     def read(self):
+        if self.shift == 12:
+            return self.read_raw() / 4096
+        return self.read_float()
+
+    def read_raw(self):
+        """The RMS acceleration in 1/4096 g, an int (unit "g" only)."""
+        if self.unit != "g":
+            raise ValueError("read_raw() reads g; mm/s is read()")
+        raise_kept(self)
+        if not self.filled:
+            self.window()
+        self.filled = False
+        total = 0
+        for a in self.axes:
+            total += ac_sq(self.buf, self.n, a)
+        # sqrt(total) * 2**f, f as many bits as keep total * 4**f under 2**60, then the factor
+        f = (60 - _bits(total)) >> 1 if total < 1 << 58 else 0
+        e = self.fexp + f
+        return (isqrt(total << 2 * f) * self.fmul + (1 << (e - 1))) >> e
+
+    def read_float(self):
+        """The RMS in floats (ac_rms, velocity_rms): mm/s, and the reference for g."""
         raise_kept(self)
         if not self.filled:
             self.window()
