@@ -5,6 +5,9 @@
 # UPDATE_DIR holds release.pub (the release public key, hex, from `headrace release keygen`)
 # and base_version (the version flashed by cable, e.g. 1.0.0); without release.pub the node
 # installs nothing (a pending slot is refused) but still counts trial boots and rolls back.
+# Code on trial that fails (at import or later) resets the board, so that the next boot is
+# counted and, past update.MAX_TRIAL_BOOTS, the old slot runs again: no watchdog or person is
+# needed for a release that crashes to roll back. Confirmed code that fails is left as it is.
 import sys
 
 _BEFORE = set(sys.modules)
@@ -39,8 +42,22 @@ def main(argv):
     import gc
     gc.collect()
     try:
+        return _run(argv, trial)
+    except Exception as exc:
+        if not slots.on_trial:
+            raise
+        # the code on trial cannot run: the next boot counts, and rolls back past the limit
+        print("boot stage: the code on trial failed (%r); resetting" % (exc,))
+        board.reset()
+        raise  # a board without a reset (the unix port outside the bench): the process ends
+
+
+def _run(argv, trial):
+    try:
         import node  # type: ignore[import-not-found]  # a slot or a board holds main.py as node.mpy (gateway/tools/release.py, flash.py)
-    except ImportError:
+    except ImportError as exc:
+        if "node" not in str(exc):
+            raise  # the slot's node module is there and imports something missing
         import main as node  # the unix board running the sources
     return node.main(argv[:2], trial)
 
