@@ -10,7 +10,12 @@
 # A line whose values do not fit 2**30 quanta at that step (a large offset beside a small
 # gain), or that needs a quantum under 2**-23, has no raw form: shift 255, read() floats.
 
+import sys
+
 _NONE = 255  # shift: no raw form (the node reads read())
+# a port whose small ints reach 2**62 (64-bit); on 32-bit ports (2**30) the line's products
+# are big ints, which allocate more than read()'s floats: there the node reads read()
+_WIDE = sys.maxsize > 1 << 40
 
 
 def two_point(raw1, value1, raw2, value2):
@@ -32,6 +37,8 @@ class AdcSensor:
         (r1, v1), (r2, v2) = cal
         self.gain, self.offset = two_point(r1, v1, r2, v2)
         self.shift, self.k, self.mul, self.add = fixed_line(self.gain, self.offset, samples)
+        if not _WIDE:
+            self.shift = _NONE  # read_raw() still gives the value in 2**-(its shift) quanta
 
     def raw(self):
         """The mean conversion, 0..65535 (an integer sum: no allocation per conversion)."""

@@ -5,10 +5,12 @@
 # In g the node reads read_raw(): the RMS in 1/4096 g (shift 12) from the window's integer
 # sums, an integer square root and a fixed-point factor made once, no float a reading; no
 # intermediate passes 2**62 (a 64-bit port's small ints: a reading allocates nothing
-# there). In mm/s the detrend's exact sums pass 2**62 for most signals, and big ints would
+# there; on 32-bit ports, where they would be big ints, read() in floats allocates less
+# and is what the node reads, shift 255). In mm/s the detrend's exact sums pass 2**62 for most signals, and big ints would
 # allocate more than the floats: velocity is read() in floats (shift 255).
 import array
 import math
+import sys
 
 try:
     from micropython import const
@@ -33,6 +35,9 @@ G_PER_LSB = 0.0039  # full resolution, typical (datasheet table 1)
 G = 9.80665  # m/s² per g
 _RATES = {100: 0x0A, 200: 0x0B, 400: 0x0C, 800: 0x0D, 1600: 0x0E, 3200: 0x0F}
 _RANGES = {2: 0, 4: 1, 8: 2, 16: 3}
+# a port whose small ints reach 2**62 (64-bit); on 32-bit ports (2**30) the sums are big
+# ints, which allocate more than the floats: there the node reads read() in floats
+_WIDE = sys.maxsize > 1 << 40
 
 
 def _s16(lo, hi):
@@ -138,7 +143,7 @@ class Vibration:
         self.filled = False  # fill() took the window that read() is to use
         self.fault = None  # type: SensorError | None  # what fill() met, raised by the next read()
         # in g, read_raw() = round(factor * sqrt(sum of the axes' ac_sq)), factor = fmul / 2**fexp
-        self.shift = 12 if unit == "g" else 255  # 1/4096 g; 255: read() only (floats)
+        self.shift = 12 if unit == "g" and _WIDE else 255  # 1/4096 g; 255: read() only (floats)
         factor = G_PER_LSB * 4096 / samples
         e = 0
         while factor * (1 << e) < (1 << 24):

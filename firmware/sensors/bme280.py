@@ -9,6 +9,7 @@
 # intermediate leaves a 64-bit port's small ints (on 32-bit ports, whose small ints end
 # at 2**30, the formulas still make big ints).
 import struct
+import sys
 
 try:
     from micropython import const
@@ -31,6 +32,10 @@ _MEASURING = const(0x08)
 _FORCED_X1 = b"\x25"  # ctrl_meas: osrs_t x1, osrs_p x1, forced mode
 _SKIPPED_20 = const(0x80000)  # what a skipped temperature or pressure reads
 _SKIPPED_16 = const(0x8000)
+# a port whose small ints reach 2**62 (64-bit): the pressure formula's products are split
+# to stay there; on 32-bit ports (2**30) they are big ints either way, and the split's
+# extra steps would allocate more
+_WIDE = sys.maxsize > 1 << 40
 
 
 def _div(a, b):
@@ -112,16 +117,20 @@ class BME280:
         var2 += (var1 * self.P5) << 17
         var2 += self.P4 << 35
         var1 = ((var1 * var1 * self.P3) >> 8) + ((var1 * self.P2) << 12)
-        # var1 = ((2**47 + var1) * P1) >> 33, with 2**47 + var1 split at bit 17
         a = (1 << 47) + var1
-        var1 = ((a >> 17) * self.P1 + (((a & 0x1FFFF) * self.P1) >> 17)) >> 16
+        if _WIDE:  # var1 = ((2**47 + var1) * P1) >> 33, with 2**47 + var1 split at bit 17
+            var1 = ((a >> 17) * self.P1 + (((a & 0x1FFFF) * self.P1) >> 17)) >> 16
+        else:
+            var1 = (a * self.P1) >> 33
         if var1 == 0:
             raise SensorError("BME280 at 0x%02x: calibration data gives a division by zero" % self.addr)
         p = 1048576 - adc_p
-        # p = (((p << 31) - var2) * 3125) / var1 (C's division), the quotient taken first
         a = (p << 31) - var2
-        q = _div(a, var1)
-        p = q * 3125 + _div((a - q * var1) * 3125, var1)
+        if _WIDE:  # p = (((p << 31) - var2) * 3125) / var1 (C's division), the quotient taken first
+            q = _div(a, var1)
+            p = q * 3125 + _div((a - q * var1) * 3125, var1)
+        else:
+            p = _div(a * 3125, var1)
         var1 = (self.P9 * (p >> 13) * (p >> 13)) >> 25
         var2 = (self.P8 * p) >> 19
         return ((p + var1 + var2) >> 8) + (self.P7 << 4)

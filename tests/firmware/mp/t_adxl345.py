@@ -60,6 +60,7 @@ assert abs(got - want) / want < 0.03, (got, want)
 # same window, from a still sensor to full scale (±16 g: 4096 LSB), at rates and window
 # lengths across the range: within half a quantum and 1e-6 of the value; mm/s: floats
 compared = 0
+WIDE = sys.maxsize > 1 << 40  # small ints to 2**62 (on 32-bit ports to 2**30: big ints)
 assert Vibration(bus, "vib", board, unit="mm/s").shift == 255
 for unit, shift in (("g", 12),):
     for rate, n in ((100, 16), (1600, 256), (3200, 1024)):
@@ -67,7 +68,7 @@ for unit, shift in (("g", 12),):
                               (4000, 31, "xyz"), (1500, 3, "z")):
             model.signal = sine(a, freq * rate / 1600, rate, offset=(10, -20, 256))
             s = Vibration(bus, "vib", board, rate_hz=rate, samples=n, unit=unit, axis=axis)
-            assert s.shift == shift
+            assert s.shift == (shift if WIDE else 255)  # 32-bit ports: floats (they allocate less)
             r = s.read_raw()
             s.filled = True  # the same window
             f = s.read_float()
@@ -76,13 +77,13 @@ for unit, shift in (("g", 12),):
             compared += 1
 
 # and a reading in g allocates nothing from a window taken (where the interpreter tells)
-if hasattr(gc, "mem_alloc"):
+if hasattr(gc, "mem_alloc") and WIDE:
     model.signal = sine(4000, 31, 1600)
     s = Vibration(bus, "vib", board, rate_hz=1600, samples=1024, unit="g")
     s.window()
+    k = used = 0  # globals made before the count (a dict that grows allocates)
     gc.collect()
     before = gc.mem_alloc()
-    k = 0
     while k < 20:
         s.filled = True
         s.read_raw()
