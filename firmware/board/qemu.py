@@ -215,41 +215,7 @@ def identify(seconds):
 
 # -- buses: board/fake.py's, as on the unix board ---------------------------------------------
 
-_fakes = {}
-
-
-def _fake(kind, key, make):
-    bus = _fakes.get((kind, key))
-    if bus is None:
-        bus = _fakes[(kind, key)] = make()
-    return bus
-
-
-def i2c(bus=0, scl=None, sda=None, freq=400000):
-    from board import fake
-    return _fake("i2c", bus, fake.FakeI2C)
-
-
-def onewire(pin):
-    from board import fake
-    return _fake("onewire", pin, fake.FakeOneWire)
-
-
-def adc(pin, atten=None):
-    from board import fake
-    return _fake("adc", pin, fake.FakeADC)
-
-
-def pin_out(pin, value=0):
-    from board import fake
-    p = _fake("pin", pin, fake.FakePin)
-    p.value(value)
-    return p
-
-
-def pin_in(pin, pull_up=False):
-    from board import fake
-    return _fake("pin", pin, lambda: fake.FakePin(1 if pull_up else 0))
+from board.fakebus import adc, i2c, onewire, pin_in, pin_out  # noqa: E402,F401 - this board's buses
 
 
 # -- UART -------------------------------------------------------------------------------------
