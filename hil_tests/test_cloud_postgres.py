@@ -51,6 +51,30 @@ def test_copy_and_idempotent_insert(postgres):
         store.close()
 
 
+def test_a_worker_starting_beside_running_writers_neither_waits_nor_deadlocks(postgres):
+    """A worker (re)started while another writes: its set-up leaves what exists alone. Before,
+    CREATE INDEX IF NOT EXISTS and ALTER TABLE ADD COLUMN IF NOT EXISTS locked the tables even
+    with nothing to make, so the start waited for the writers' transactions, or deadlocked
+    with them (seen in the NATS fault test)."""
+    import psycopg
+
+    url = postgres.database("restart")
+    PostgresStore(url).close()  # the tables and indexes, as a running worker made them
+    writer = psycopg.connect(url)
+    try:
+        # a writer's transaction in progress: the locks a group's insert and mirror upsert hold
+        writer.execute("LOCK TABLE readings, events, nodes, gateways IN ROW EXCLUSIVE MODE")
+        opened: list = []
+        t = threading.Thread(target=lambda: opened.append(PostgresStore(url)), daemon=True)
+        t.start()
+        t.join(20)
+        assert opened, "the new worker's set-up waited for the running writer's transaction"
+        opened[0].close()
+    finally:
+        writer.rollback()
+        writer.close()
+
+
 def test_two_workers_racing_on_overlapping_batches(postgres):
     url = postgres.database("race")
     stores = [PostgresStore(url), PostgresStore(url)]

@@ -349,39 +349,62 @@ class PostgresStore:
         self._lock = threading.Lock()
         with self._lock:
             self._connect()
-            with self._conn.transaction():
-                # two workers starting at once must not race on CREATE TABLE IF NOT EXISTS
-                self._conn.execute("SELECT pg_advisory_xact_lock(4242014)")
-                for name, body in SCHEMA.items():
-                    exists = self._conn.execute("SELECT relkind FROM pg_class WHERE relname = %s "
-                                                "AND relnamespace = 'public'::regnamespace", (name,)).fetchone()
-                    if name in PARTITIONED and partition != "none" and exists is None:
-                        for ddl in self.partitions.parent_ddl(name, body.replace("JSON", "jsonb"), KEYS[name]):
-                            self._conn.execute(ddl)
-                    else:
-                        self._conn.execute(_table_ddl(name, body, "jsonb", "bytea"))
-                        if name in PARTITIONED and partition != "none" and exists[0] != "p":
-                            log.warning("table %s was made without partitions by an older sink: kept as it is "
-                                        "(docs/cloud.md, Sizing, shows how to move it)", name)
-                self.partitions.load(self._conn)
-                for name in self.partitions.tables:  # the partition key is part of the primary key
-                    self.keys[name] = KEYS[name] + (PARTITIONED[name],)
-                for ddl in MIRROR:
-                    self._conn.execute(ddl.replace("JSON", "jsonb"))
-                for table, cols in presence.COLUMNS.items():  # a table made by an older sink lacks them
-                    for name, kind in cols:
-                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
-                self._conn.execute(SCHEMAS)
-                self._conn.execute("""CREATE TABLE IF NOT EXISTS dead_letters (id bigserial PRIMARY KEY,
-                    received_at timestamptz NOT NULL DEFAULT now(), source text, topic text NOT NULL, position text,
-                    reason text NOT NULL, detail text NOT NULL, payload bytea NOT NULL, UNIQUE (topic, position))""")
-                # a series over time (what a chart asks for) from one index; plant-wide time ranges
-                # from a BRIN index on t (readings arrive roughly in time order: a few pages a year)
-                self._conn.execute("CREATE INDEX IF NOT EXISTS readings_series ON readings (site, gateway, node, "
-                                   "sensor, t)")
-                self._conn.execute("CREATE INDEX IF NOT EXISTS readings_t ON readings USING brin (t)")
-                self._conn.execute("CREATE INDEX IF NOT EXISTS events_t ON events (t)")
+            for attempt in range(self.RETRIES):
+                try:
+                    self._setup(partition)
+                    break
+                except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable) as exc:
+                    # DDL of a first start or an upgrade met the running workers' writes
+                    if attempt == self.RETRIES - 1:
+                        raise
+                    log.warning("setting up the tables met the running workers (%s); again", type(exc).__name__)
+                    time.sleep(0.2 * (attempt + 1))
             self._make_ahead()
+
+    def _missing(self, kind: str, name: str, table: str = "") -> bool:
+        """Whether an index (kind "index") or a column of `table` (kind "column") is still to make:
+        asked first, as ALTER TABLE … ADD COLUMN IF NOT EXISTS and CREATE INDEX IF NOT EXISTS lock
+        the table even when there is nothing to do, and the running workers' writes wait (or deadlock)."""
+        if kind == "index":
+            return self._conn.execute("SELECT to_regclass(%s) IS NULL", (f"public.{name}",)).fetchone()[0]
+        return self._conn.execute("SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                                  "AND attname = %s AND NOT attisdropped)", (f"public.{table}", name)).fetchone()[0]
+
+    def _setup(self, partition: str) -> None:
+        """The tables, their partitions' parents, the mirror, and the indexes; what exists is left alone."""
+        with self._conn.transaction():
+            # two workers starting at once must not race on CREATE TABLE IF NOT EXISTS
+            self._conn.execute("SELECT pg_advisory_xact_lock(4242014)")
+            for name, body in SCHEMA.items():
+                exists = self._conn.execute("SELECT relkind FROM pg_class WHERE relname = %s "
+                                            "AND relnamespace = 'public'::regnamespace", (name,)).fetchone()
+                if name in PARTITIONED and partition != "none" and exists is None:
+                    for ddl in self.partitions.parent_ddl(name, body.replace("JSON", "jsonb"), KEYS[name]):
+                        self._conn.execute(ddl)
+                else:
+                    self._conn.execute(_table_ddl(name, body, "jsonb", "bytea"))
+                    if name in PARTITIONED and partition != "none" and exists[0] != "p":
+                        log.warning("table %s was made without partitions by an older sink: kept as it is "
+                                    "(docs/cloud.md, Sizing, shows how to move it)", name)
+            self.partitions.load(self._conn)
+            for name in self.partitions.tables:  # the partition key is part of the primary key
+                self.keys[name] = KEYS[name] + (PARTITIONED[name],)
+            for ddl in MIRROR:
+                self._conn.execute(ddl.replace("JSON", "jsonb"))
+            for table, cols in presence.COLUMNS.items():  # a table made by an older sink lacks them
+                for name, kind in cols:
+                    if self._missing("column", name, table):
+                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
+            self._conn.execute(SCHEMAS)
+            self._conn.execute("""CREATE TABLE IF NOT EXISTS dead_letters (id bigserial PRIMARY KEY,
+                received_at timestamptz NOT NULL DEFAULT now(), source text, topic text NOT NULL, position text,
+                reason text NOT NULL, detail text NOT NULL, payload bytea NOT NULL, UNIQUE (topic, position))""")
+            # a series over time (what a chart asks for) from one index; plant-wide time ranges
+            # from a BRIN index on t (readings arrive roughly in time order: a few pages a year)
+            for index, ddl in (("readings_series", "ON readings (site, gateway, node, sensor, t)"),
+                               ("readings_t", "ON readings USING brin (t)"), ("events_t", "ON events (t)")):
+                if self._missing("index", index):
+                    self._conn.execute(f"CREATE INDEX IF NOT EXISTS {index} {ddl}")
 
     def _make_ahead(self) -> None:
         """The current period's partitions and the next ones (rows of the next month find theirs made)."""
