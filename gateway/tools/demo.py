@@ -175,28 +175,22 @@ async def _view_loop(view: "LiveView", stop: asyncio.Event) -> None:
                 await asyncio.wait_for(stop.wait(), 1.0)
 
 
-class LiveView:
-    """On a terminal, a table redrawn in place (rich): one row per node with its latest
-    readings and rates, the uplink, the plant map, the alarms raised and the latest events.
-    Otherwise (a pipe, a log file) plain lines: a status line every 5 s and each event as
-    it happens. `page` is the status page's address, shown in both."""
+class LiveScreen:
+    """A screen redrawn in place (rich's Live) while the view is entered, on a terminal only;
+    `tty` false (a pipe, a log file) leaves the view to print plain lines."""
 
-    def __init__(self, gw: Gateway, nodes: list[NodeProcess], broker: str, plant: Plant | None = None,
-                 page: str = "", console=None):
+    def __init__(self, console=None):
         from rich.console import Console
 
-        self.gw, self.nodes, self.broker, self.plant, self.page = gw, nodes, broker, plant, page
         self.console = console or Console()
         self.tty = self.console.is_terminal
-        self._last = (time.monotonic(), 0.0)
-        self._ticks = 0
         self._live = None
 
-    def __enter__(self) -> "LiveView":
+    def __enter__(self):
         if self.tty:
             from rich.live import Live
 
-            # no refresh thread: draw() hands over a finished renderable once a second
+            # no refresh thread: the view hands over a finished renderable when it draws
             self._live = Live(console=self.console, auto_refresh=False, transient=False)
             self._live.start()
         return self
@@ -205,6 +199,20 @@ class LiveView:
         if self._live is not None:
             self._live.stop()
             self._live = None
+
+
+class LiveView(LiveScreen):
+    """On a terminal, a table redrawn in place (rich): one row per node with its latest
+    readings and rates, the uplink, the plant map, the alarms raised and the latest events.
+    Otherwise (a pipe, a log file) plain lines: a status line every 5 s and each event as
+    it happens. `page` is the status page's address, shown in both."""
+
+    def __init__(self, gw: Gateway, nodes: list[NodeProcess], broker: str, plant: Plant | None = None,
+                 page: str = "", console=None):
+        super().__init__(console)
+        self.gw, self.nodes, self.broker, self.plant, self.page = gw, nodes, broker, plant, page
+        self._last = (time.monotonic(), 0.0)
+        self._ticks = 0
 
     def draw(self) -> None:
         m = self.gw.metrics

@@ -29,7 +29,7 @@ from pathlib import Path
 from gateway.config import from_dict
 from gateway.runtime.registry import Registry
 from gateway.runtime.service import Gateway
-from gateway.tools.demo import describe, embedded_broker, free_port
+from gateway.tools.demo import LiveScreen, describe, embedded_broker, free_port
 from gateway.tools.sim.plant import Pump, Worker
 from sink.fleet_service import FleetService
 
@@ -138,7 +138,7 @@ async def _view_loop(view: "FleetView", fixed: asyncio.Event) -> None:
     view.draw()
 
 
-class FleetView:
+class FleetView(LiveScreen):
     """The fleet as the demo shows it, from the gateways' own dispatchers (in this process and
     loop): each open demand with its state, whether it was escalated, the resource serving it
     as `<gateway>/<resource>`, and each resource's job (its own line's, or a loan). On a
@@ -146,28 +146,11 @@ class FleetView:
     the table as text whenever it changes."""
 
     def __init__(self, gws: dict, fleet: FleetService | None = None, console=None):
-        from rich.console import Console
-
+        super().__init__(console)
         self.gws, self.fleet = gws, fleet
-        self.console = console or Console()
-        self.tty = self.console.is_terminal
         self.recent: collections.deque = collections.deque(maxlen=10)
         self.escalations: dict[tuple[str, int], str] = {}  # (gateway, demand) -> its last escalation, from events
-        self._live = None
         self._shown = ""
-
-    def __enter__(self) -> "FleetView":
-        if self.tty:
-            from rich.live import Live
-
-            self._live = Live(console=self.console, auto_refresh=False, transient=False)
-            self._live.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
 
     def demand_rows(self) -> list[tuple]:
         """(gateway, demand, need, priority, state, fleet, served by, loan) of every open demand; fleet:
