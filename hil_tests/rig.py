@@ -463,7 +463,6 @@ class Board:
         self._thread.join(10)
 
 
-
 BOOT = """\
 import os, sys, vfs
 vfs.mount(vfs.VfsPosix(os.getenv("BOARD_ROOT")), "/")
@@ -872,3 +871,71 @@ class SinkProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+# -- helpers the bench's test modules share ------------------------------------------------
+
+TOPIC_ROOT = "headrace/v1/bench/gwtest/"  # GatewayProcess's site and gateway id
+
+
+def node_cfg(tmp_path, name, key, frames, **extra):
+    cfg = {"node": name, "key": key.hex(), "sensors": ["temp", "vib"], "period_ms": 10, "batch": 8,
+           "frames": frames, "drain_timeout_s": 90, "state_file": str(tmp_path / f"{name}.seq"),
+           "ack_timeout_ms": 300, "max_retransmit": 3, "outbox": 512}
+    cfg.update(extra)
+    return cfg
+
+
+def publish(port: int, node: str, *commands: dict) -> None:
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-cloud-{time.monotonic_ns()}")
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    for c in commands:
+        pub.publish(TOPIC_ROOT + "cmd/" + node, json.dumps(c), qos=1).wait_for_publish(5)
+    pub.loop_stop()
+    pub.disconnect()
+
+
+def results(subscriber) -> dict[str, dict]:
+    return {r["id"]: r for r in (json.loads(p) for t, p in list(subscriber.messages) if "/cmd_result/" in t)}
+
+
+def wait_applied(subscriber, ids, timeout=30) -> dict[str, dict]:
+    def check():
+        r = results(subscriber)
+        return r if all(r.get(i, {}).get("status") == "applied" for i in ids) else None
+    return wait_for(check, timeout, f"{ids} applied at their node")
+
+
+class Console:
+    """The node's JSON events as the board prints them on its console port."""
+
+    def __init__(self, port: str):
+        import tty
+        self.fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        tty.setraw(self.fd)
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+        buf = b""
+        while not self._stop.is_set():
+            if not select.select([self.fd], [], [], 0.05)[0]:
+                continue
+            try:
+                buf += os.read(self.fd, 4096)
+            except (BlockingIOError, OSError):
+                continue
+            *lines, buf = buf.split(b"\n")
+            self.lines += [ln.decode(errors="replace").strip() for ln in lines]
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        return json_events(list(self.lines), kind)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        os.close(self.fd)

@@ -9,8 +9,6 @@ reached the broker.
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 
 import pytest
@@ -18,44 +16,9 @@ import pytest
 from gateway.tools import cli
 from gateway.tools.flash import flash
 
-from .rig import GatewayProcess, json_events, wait_for
-from .test_commands import publish, wait_applied
+from .rig import Console, GatewayProcess, publish, wait_applied, wait_for
 
 pytestmark = pytest.mark.hil
-
-
-class Console:
-    """The node's JSON events as the board prints them on its console port."""
-
-    def __init__(self, port: str):
-        import tty
-        self.fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
-        self.lines: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import select
-        buf = b""
-        while not self._stop.is_set():
-            if not select.select([self.fd], [], [], 0.05)[0]:
-                continue
-            try:
-                buf += os.read(self.fd, 4096)
-            except (BlockingIOError, OSError):
-                continue
-            *lines, buf = buf.split(b"\n")
-            self.lines += [ln.decode(errors="replace").strip() for ln in lines]
-
-    def events(self, kind: str | None = None) -> list[dict]:
-        return json_events(list(self.lines), kind)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        os.close(self.fd)
 
 
 @pytest.fixture

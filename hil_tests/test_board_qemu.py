@@ -30,8 +30,7 @@ from gateway.tools.flash import flash, mpremote_argv
 from .conftest import qemu_image
 from gateway.tools.sim.nodes import firmware_dir
 
-from .rig import QEMU_UPDATABLE, REPO, GatewayProcess, PtyPair, QemuBoard, wait_for
-from .test_board import Console
+from .rig import QEMU_UPDATABLE, REPO, Console, GatewayProcess, PtyPair, QemuBoard, wait_for
 
 pytestmark = pytest.mark.hil
 

@@ -8,42 +8,16 @@ nothing and is counted.
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 
 import cbor2
-import paho.mqtt.client as paho
 
 from gateway.protocol import cose
 from gateway.protocol.framing import Deframer
 
-from .rig import GatewayProcess, Node, wait_for
-from .test_reliability import node_cfg
-
-ROOT = "headrace/v1/bench/gwtest/"
-
-
-def publish(port: int, node: str, *commands: dict) -> None:
-    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-cloud-{time.monotonic_ns()}")
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    for c in commands:
-        pub.publish(ROOT + "cmd/" + node, json.dumps(c), qos=1).wait_for_publish(5)
-    pub.loop_stop()
-    pub.disconnect()
-
-
-def results(subscriber) -> dict[str, dict]:
-    return {r["id"]: r for r in (json.loads(p) for t, p in list(subscriber.messages) if "/cmd_result/" in t)}
-
-
-def wait_applied(subscriber, ids, timeout=30) -> dict[str, dict]:
-    def check():
-        r = results(subscriber)
-        return r if all(r.get(i, {}).get("status") == "applied" for i in ids) else None
-    return wait_for(check, timeout, f"{ids} applied at their node")
+from .rig import GatewayProcess, Node, node_cfg, publish, results, wait_applied, wait_for
 
 
 def test_commands_reach_a_serial_node_and_a_coap_node(tmp_path, mosquitto, subscriber, pty_pairs):
@@ -165,3 +139,4 @@ def test_a_replayed_ack_applies_nothing(tmp_path, mosquitto, subscriber, pty_pai
             node.kill()
         line.close()
         gw.stop()
+

@@ -17,15 +17,7 @@ import time
 from gateway.tools.sim.nullmodem import NullModem
 from gateway.runtime.uplink import batch
 
-from .rig import GatewayProcess, Mosquitto, Node, Subscriber, wait_for
-
-
-def node_cfg(tmp_path, name, key, frames, **extra):
-    cfg = {"node": name, "key": key.hex(), "sensors": ["temp", "vib"], "period_ms": 10, "batch": 8,
-           "frames": frames, "drain_timeout_s": 90, "state_file": str(tmp_path / f"{name}.seq"),
-           "ack_timeout_ms": 300, "max_retransmit": 3, "outbox": 512}
-    cfg.update(extra)
-    return cfg
+from .rig import GatewayProcess, Mosquitto, Node, Subscriber, node_cfg, wait_for
 
 
 def sent_readings(nodes) -> dict:

@@ -122,7 +122,7 @@ def test_sighup_reloads_rules_and_resources_without_dropping_frames(tmp_path, mo
     import json as json_
     import urllib.request
 
-    from .test_reliability import node_cfg
+    from .rig import node_cfg
 
     key = os.urandom(32)
     gw = GatewayProcess(tmp_path, mosquitto.port, {"hup": key}).start()

@@ -20,8 +20,7 @@ from gateway.tools import release
 from gateway.tools.flash import FlashError, tool
 from gateway.tools.sim.nodes import firmware_dir, micropython_command
 
-from .rig import GatewayProcess, json_events, wait_for
-from .test_reliability import node_cfg
+from .rig import GatewayProcess, json_events, node_cfg, wait_for
 
 STAGE = """
 import sys
