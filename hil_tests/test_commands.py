@@ -8,7 +8,9 @@ nothing and is counted.
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
 import threading
 import time
 
@@ -17,7 +19,7 @@ import cbor2
 from gateway.protocol import cose
 from gateway.protocol.framing import Deframer
 
-from .rig import GatewayProcess, Node, node_cfg, publish, results, wait_applied, wait_for
+from .rig import GatewayProcess, Mosquitto, Node, Subscriber, node_cfg, publish, results, wait_applied, wait_for
 
 
 def test_commands_reach_a_serial_node_and_a_coap_node(tmp_path, mosquitto, subscriber, pty_pairs):
@@ -140,3 +142,41 @@ def test_a_replayed_ack_applies_nothing(tmp_path, mosquitto, subscriber, pty_pai
         line.close()
         gw.stop()
 
+
+def test_an_answer_due_while_the_broker_is_away_reaches_it_when_it_is_back(tmp_path, pty_pairs):
+    """A command queued, then the broker stopped: the node applies it meanwhile, and the answer
+    `applied` waits in the spool, through a kill -9 of the gateway, until the broker is back;
+    then it is published once."""
+    broker = Mosquitto(tmp_path, persistent=True).start()
+    sub = Subscriber(broker.port, persistent_session=True)  # its session outlives the broker's stop
+    key = os.urandom(32)
+    pair = pty_pairs("aw")
+    gw = GatewayProcess(tmp_path, broker.port, {"aw": key}, serial_ports=[pair.a],
+                        mqtt_extra="reconnect_max = 1\n").start()
+    node = None
+    try:
+        wait_for(lambda: "serial port" in gw.log() and "MQTT connected" in gw.log(), 30, "the gateway")
+        publish(broker.port, "aw", {"id": "away", "cmd": "set_batch", "args": {"batch": 2}})
+        wait_for(lambda: results(sub).get("away", {}).get("status") == "queued", 20, "the command queued")
+        broker.stop()
+        wait_for(lambda: gw.metric("headrace_uplink_connected") == 0, 20, "the uplink down")
+        node = Node(tmp_path, node_cfg(tmp_path, "aw", key, 0, transport="serial", port=pair.b, period_ms=50))
+        wait_for(lambda: "command away for node aw applied" in gw.log(), 30, "the command applied at the node")
+        assert gw.metric("headrace_command_answers_waiting") == 1
+        time.sleep(1)  # the pipeline's next group commit (every few ms) writes the answer's row
+        gw.stop(signal.SIGKILL)
+        gw.restart()
+        assert "restored from the spool: 1 command answers" in gw.log()
+        assert results(sub)["away"]["status"] == "queued"  # nothing reached the broker yet
+        broker.start()
+        wait_for(lambda: results(sub)["away"]["status"] == "applied", 30, "the answer after the broker's return")
+        wait_for(lambda: gw.metric("headrace_command_answers_waiting") == 0, 10, "the broker's PUBACK")
+        time.sleep(1)
+        answers = [json.loads(p)["status"] for t, p in list(sub.messages) if t.endswith("/cmd_result/aw")]
+        assert answers == ["queued", "applied"], answers  # once each
+    finally:
+        if node:
+            node.kill()
+        gw.stop()
+        sub.close()
+        broker.stop()

@@ -30,6 +30,8 @@ class Metrics:
         "headrace_uplink_connects_total": "MQTT connection attempts.",
         "headrace_node_last_seen_seconds": "Unix time of the last accepted message, by node.",
         "headrace_commands_total": "Commands from the cloud (cmd/<node>), by result (queued, rejected).",
+        "headrace_command_answers_waiting": "Answers on cmd_result/<node> kept until the broker acknowledges them.",
+        "headrace_command_answers_dropped_total": "Command answers dropped: more than 10,000 waited for the broker.",
         "headrace_events_total": "Events spooled for the events topic, by type (alarm, demand, dispatch).",
         "headrace_rule_transitions_total": "Rules raised and cleared, by state.",
         "headrace_rule_errors_total": "Batches the rules could not evaluate (a bug: see the log).",

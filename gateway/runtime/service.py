@@ -115,6 +115,9 @@ class Gateway:
                                           nodes=self.pipeline.nodes)  # silent nodes are DDEATHs
         else:
             self.uplink = MqttUplink(cfg, self.spool, committed, self.metrics, self.downlink)
+            if self.uplink.answers.restore(rows):  # answers the broker had not acknowledged
+                log.info("restored from the spool: %d command answers for the broker",
+                         len(self.uplink.answers.waiting()))
         if cfg.update.public_key:  # node updates: off without the release public key
             from gateway.runtime.updates import Updates
             self.updates = Updates(cfg.update, cfg.gateway.data_dir, self.downlink, self.metrics, self.registry)

@@ -35,6 +35,7 @@ from gateway.config import Config
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
 from gateway.runtime.uplink import batch, events
+from gateway.runtime.uplink.answers import CommandAnswers
 from gateway.runtime.uplink.retry import keep_connected
 
 log = logging.getLogger("headrace.mqtt")
@@ -156,6 +157,9 @@ class MqttUplink:
         self.downlink = downlink
         if downlink is not None:
             downlink.on_result = self.command_result
+        # answers on cmd_result/<node> kept (in the spool) until the broker has them
+        self.answers = CommandAnswers(getattr(downlink, "ledger", None))
+        self._answer_mids: dict[int, int] = {}  # mid -> the answer's key
         self.connected = False
         self._inflight: dict[int, tuple[list[int], int, int]] = {}  # mid -> (spool ids, bytes, priority)
         self._acked: list[int] = []
@@ -223,6 +227,8 @@ class MqttUplink:
         if self.downlink is not None:
             s.on_command = self._command
             s.client.subscribe(self.topic_cmd + "#", qos=1)
+        for key, node, answer in self.answers.waiting():  # answers due while the broker was away
+            self._publish_answer(key, node, answer)
 
     def _command(self, topic: str, payload: bytes) -> None:
         """A command from the cloud: validate, queue, answer on cmd_result/<node>."""
@@ -243,8 +249,7 @@ class MqttUplink:
             self.metrics.inc("headrace_commands_total", result="queued")
             log.info("queued command %s %s for node %s", command.id, command.cmd, node)
             answer = {"id": command.id, "status": "queued"}
-        if self._session is not None:
-            self._session.client.publish(self.cfg.topic_root + "cmd_result/" + node, json.dumps(answer), qos=1)
+        self._answer(node, answer)
 
     def command_result(self, node: str, answer: dict) -> None:
         """A command's outcome at its node (applied, failed, expired): counted, logged, answered."""
@@ -252,8 +257,26 @@ class MqttUplink:
         level = logging.INFO if answer["status"] == "applied" else logging.WARNING
         log.log(level, "command %s for node %s %s%s", answer["id"], node, answer["status"],
                 f": {answer['error']}" if "error" in answer else "")
-        if self._session is not None:
-            self._session.client.publish(self.cfg.topic_root + "cmd_result/" + node, json.dumps(answer), qos=1)
+        self._answer(node, answer)
+
+    def _answer(self, node: str, answer: dict) -> None:
+        """An answer on cmd_result/<node>: kept until the broker acknowledges it, sent now if connected."""
+        key = self.answers.add(node, answer)
+        if self.answers.dropped:
+            self.metrics.inc("headrace_command_answers_dropped_total", self.answers.dropped)
+            log.warning("%d command answers dropped: more than %d waited for the broker", self.answers.dropped,
+                        len(self.answers.waiting()))
+            self.answers.dropped = 0
+        self._publish_answer(key, node, answer)
+
+    def _publish_answer(self, key: int, node: str, answer: dict) -> None:
+        self.metrics.set("headrace_command_answers_waiting", len(self.answers.waiting()))
+        s = self._session
+        if s is None or not self.connected or s.lost.is_set():
+            return  # published after the next connect
+        info = s.client.publish(self.cfg.topic_root + "cmd_result/" + node, json.dumps(answer), qos=1)
+        if info.rc == paho.MQTT_ERR_SUCCESS:
+            self._answer_mids[info.mid] = key
 
     def state(self) -> dict:
         """The retained state: online, spool depth per kind, drops by the overflow policy."""
@@ -282,6 +305,7 @@ class MqttUplink:
         self.connected = False
         self.metrics.set("headrace_uplink_connected", 0)
         self._inflight.clear()
+        self._answer_mids.clear()
         s, self._session = self._session, None
         if s is None:
             return
@@ -301,6 +325,11 @@ class MqttUplink:
         s.client.disconnect()
 
     def _puback(self, mid: int) -> None:
+        key = self._answer_mids.pop(mid, None)
+        if key is not None:
+            self.answers.sent(key)
+            self.metrics.set("headrace_command_answers_waiting", len(self.answers.waiting()))
+            return
         entry = self._inflight.pop(mid, None)
         if entry is None:
             return
