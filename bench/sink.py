@@ -1,6 +1,6 @@
 """The sink's write path against COPY of the same rows already decoded, on a private PostgreSQL.
 
-    python bench/sink.py [--batches 160] [--frames 256] [--group 16] [--rounds 3] [--server tuned|tests]
+    python bench/sink.py [--batches 320] [--frames 256] [--group 16] [--rounds 3] [--server tuned|tests]
                          [--jetstream]
 
 Batches are made by the gateway's own encoder (`uplink/batch.py`): frames of 8
@@ -16,8 +16,9 @@ interleaved for `--rounds` rounds on a fresh database each time:
   PostgresStore.write: COPY into staging, one INSERT … SELECT per group, the
   mirror upserts), one process;
 - 2 workers: the same in two processes, each taking every other group (keep the
-  number of groups even, or one worker has more to do: 160 batches in groups of 64
-  split 96/64).
+  number of groups even, or one worker has more to do: 320 batches in groups of 64
+  split 192/128). Each worker process connects and checks the schema first; the
+  clock starts once all have said they are ready.
 
 Every other round runs in reverse order, and each run's database is dropped and
 a checkpoint taken (untimed) before the next, so no autovacuum or writeback of
@@ -108,10 +109,11 @@ def baseline(url: str, rows_by_group: list[list[tuple]]) -> tuple[float, float]:
         return secs, cpu_seconds() + cpu_seconds(backend) - cpu
 
 
-def worker(url: str, payload_groups: list[list[bytes]], start, done) -> None:
+def worker(url: str, payload_groups: list[list[bytes]], ready, start, done) -> None:
     store = PostgresStore(url)
     backend = store.query("SELECT pg_backend_pid()")[0][0]
     dec = Decoder()
+    ready.put(os.getpid())
     start.wait()
     cpu = cpu_seconds() + cpu_seconds(backend)
     for group in payload_groups:
@@ -123,11 +125,12 @@ def worker(url: str, payload_groups: list[list[bytes]], start, done) -> None:
 
 def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> tuple[float, float]:
     ctx = mp.get_context("fork")
-    start, done = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(url, payload_groups[i::n], start, done)) for i in range(n)]
+    ready, start, done = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(url, payload_groups[i::n], ready, start, done)) for i in range(n)]
     for p in procs:
         p.start()
-    time.sleep(1.0)  # connected and schema checked: time the writes only
+    for _ in procs:  # every worker connected and its schema checked (one after another: an advisory
+        ready.get(timeout=120)  # lock), however loaded the machine: time the writes only
     t = time.perf_counter()
     start.set()
     ends = [done.get(timeout=600) for _ in procs]
@@ -219,7 +222,7 @@ def run_jetstream(url: str, servers: list[str], payloads: list[bytes], n: int, g
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batches", type=int, default=160)
+    ap.add_argument("--batches", type=int, default=320)
     ap.add_argument("--frames", type=int, default=256)
     ap.add_argument("--group", type=int, default=16, help="batches a transaction ([sink] group)")
     ap.add_argument("--rounds", type=int, default=3)
