@@ -377,3 +377,155 @@ def test_presence_from_a_real_gateway_its_will_and_its_rebirth(tmp_path, postgre
         store.close()
         assert sink.stop() == 0
         gw.stop()
+
+
+def _events(dec, ts: list[float]):
+    from tests.sink.conftest import events_batch
+
+    evs = [{"type": "demand", "id": i, "need": "mechanic", "t": t} for i, t in enumerate(ts)]
+    return dec.decode("headrace/v1/s1/gw1/events", events_batch("gw1", evs))
+
+
+def test_events_partitioned_and_an_older_table_moved(postgres, caplog):
+    """events is partitioned by t like readings; an events table an older sink made without
+    partitions is moved into a partitioned one at start (the rows of each period into its
+    partition), and the repeats of its events are still caught there."""
+    import logging
+
+    import psycopg
+
+    from sink.partitions import name, period
+    from sink.store import EVENT_COLS
+
+    now = time.time()
+    dec = Decoder()
+    old = _events(dec, [now - 3600, now - 1800, now - 60 * 86400])
+    urls = {}
+    for db, with_null in (("oldevents", False), ("oldevents_null", True)):
+        urls[db] = postgres.database(db)
+        with psycopg.connect(urls[db], autocommit=True) as c:  # as the sink made it before
+            c.execute("CREATE TABLE events (site text NOT NULL, gateway text NOT NULL, type text NOT NULL, "
+                      "key text NOT NULL, t double precision, node text, body jsonb NOT NULL, "
+                      "PRIMARY KEY (site, gateway, type, key))")
+            c.execute("CREATE INDEX events_t ON events (t)")
+            with c.cursor() as cur:
+                cur.executemany(f"INSERT INTO events ({', '.join(EVENT_COLS)}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                                old.events + ([("s1", "gw1", "alarm", "x", None, None, "{}")] if with_null else []))
+    with caplog.at_level(logging.WARNING, "headrace.sink"):
+        store = PostgresStore(urls["oldevents"])
+    try:
+        assert "events: the table made without partitions by an older sink is now partitioned by t (3 rows moved)" \
+            in caplog.text
+        assert store.query("SELECT relkind FROM pg_class WHERE relname = 'events'") == [("p",)]
+        assert store.query("SELECT to_regclass('events_unpartitioned')") == [(None,)]
+        parts = _parts(store, "events")
+        assert parts[name("events", period(now - 60 * 86400, "month")[0])] == 1
+        assert parts[name("events", period(now - 3600, "month")[0])] + \
+            parts.get(name("events", period(now - 1800, "month")[0]), 0) >= 1
+        assert sum(parts.values()) == 3 and parts["events_default"] == 0
+        assert store.write([old]).events == 0  # repeats, found in their partitions
+        assert store.write([_events(dec, [now - 10])]).events == 1  # id 0 again, at another time: a new event
+        assert store.query("SELECT count(*) FROM events") == [(4,)]
+    finally:
+        store.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "headrace.sink"):
+        store = PostgresStore(urls["oldevents_null"])
+    try:
+        assert "1 without a time are left in events_unpartitioned" in caplog.text
+        assert store.query("SELECT count(*) FROM events") == [(3,)]
+        assert store.query("SELECT count(*) FROM events_unpartitioned") == [(4,)]  # kept whole, nothing lost
+    finally:
+        store.close()
+
+
+def test_retention_drops_old_partitions(postgres, caplog):
+    """[sink] keep: partitions wholly older than it are detached and dropped at start (and hourly),
+    rows older than it deleted from the default partition, tables without a keep left alone; two
+    workers expiring at once drop each partition once; the sink counts it in its metrics."""
+    import logging
+
+    from sink.partitions import period
+
+    now = time.time()
+    day = 86400.0
+    keep = {"readings": 40 * day, "events": 40 * day}
+    dec = Decoder()
+    url = postgres.database("retention")
+    from tests.sink.conftest import frame
+
+    def readings(ts, node="n1"):
+        return dec.decode(DATA, batch.encode("gw1", "s1", [frame(node, i + 1, [1.0, 2.0], t) for i, t in enumerate(ts)],
+                                             []))
+
+    def old_rows(store):  # 100 and 70 days ago (partitions made: no keep yet), 500 days ago (the default)
+        store.write([readings([now - 100 * day, now - 70 * day, now - 500 * day, now - 3600]),
+                     _events(dec, [now - 100 * day, now - 3600])])
+
+    store = PostgresStore(url)  # an older sink, or one without keep
+    try:
+        old_rows(store)
+        before = set(_parts(store)) | set(_parts(store, "events"))
+        windows_before = _parts(store, "windows")
+    finally:
+        store.close()
+    cutoff = now - 40 * day
+    gone = {p for p in before if not p.endswith("_default")
+            and period(float(__import__("calendar").timegm(time.strptime(p[-8:], "%Y%m%d"))), "month")[1] <= cutoff}
+    assert len(gone) >= 3  # 100 and 70 days ago in readings, 100 in events
+
+    with caplog.at_level(logging.INFO, "headrace.sink"):
+        store = PostgresStore(url, keep=keep)
+    try:
+        sink = Sink(from_dict({"sink": {"database": url}}), source=ListSource([]), store=store)
+        asyncio.run(sink.sweep())
+        after = set(_parts(store)) | set(_parts(store, "events"))
+        assert after == before - gone
+        assert _parts(store, "windows") == windows_before  # no keep for windows
+        assert sink.metrics.get("headrace_sink_partitions_dropped_total", table="readings") + \
+            sink.metrics.get("headrace_sink_partitions_dropped_total", table="events") == len(gone)
+        assert sink.metrics.get("headrace_sink_expired_rows_total", table="readings") == 2  # 500 days old
+        assert "retention: partition readings_p" in caplog.text
+        assert store.query("SELECT count(*) FROM readings WHERE t < %s", (cutoff,)) == [(0,)]
+        assert store.query("SELECT count(*) FROM readings WHERE t > %s", (now - 7200,)) == [(2,)]
+        assert store.query("SELECT count(*) FROM events") == [(1,)]
+        # a late row older than keep makes no partition; it waits in the default one for the next pass
+        store.write([readings([now - 80 * day], node="n2")])
+        assert set(_parts(store)) | set(_parts(store, "events")) == after
+        store._expire()
+        assert store.take_expired() == [("events", 0, 0), ("readings", 0, 2)]
+    finally:
+        store.close()
+
+    # the old partitions made again (a sink without keep), then two workers with keep at once
+    store = PostgresStore(url)
+    try:
+        old_rows(store)
+    finally:
+        store.close()
+    stores = [PostgresStore(url) for _ in range(2)]
+    try:
+        for s in stores:
+            s.partitions.keep = dict(keep)
+        barrier = threading.Barrier(2)
+        errors = []
+
+        def expire(s):
+            barrier.wait()
+            try:
+                s._expire()
+            except Exception as exc:  # noqa: BLE001 (what a worker would die of)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=expire, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        took = [x for s in stores for x in s.take_expired()]
+        assert sum(d for _t, d, _r in took) == len(gone)  # each dropped once, by one of them, no error
+        assert set(_parts(stores[0])) | set(_parts(stores[0], "events")) == before - gone
+    finally:
+        for s in stores:
+            s.close()

@@ -10,7 +10,10 @@
     gateway_timeout = 150.0      # seconds with no `state` message after which a gateway is offline
     node_timeout = 300.0         # seconds with no frame after which a node is offline
     presence_interval = 5.0      # seconds between presence sweeps (sink/presence.py)
-    partition = "month"          # PostgreSQL's readings and windows by time: "week", "day", "none" (sink/partitions.py)
+    partition = "month"          # PostgreSQL's readings, windows and events by time: "week", "day", "none" (sink/partitions.py)
+    keep = ""                    # retention of readings: "90d", "26w"; "" keeps them for ever (PostgreSQL partitions)
+    keep_windows = ""            # the same for windows
+    keep_events = ""             # and for events
 
     [jetstream]
     servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222"]
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 from gateway.config.problems import Problems, read_toml
 from gateway.config.sections import parse_section
 from gateway.errors import ConfigError
-from sink.partitions import UNITS
+from sink.partitions import UNITS, keep_seconds
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -53,6 +56,18 @@ class SinkSection:
     node_timeout: float = 300.0
     presence_interval: float = 5.0
     partition: str = "month"
+    keep: str = ""
+    keep_windows: str = ""
+    keep_events: str = ""
+
+    def retention(self) -> dict[str, float]:
+        """Seconds each table's rows are kept (a table kept for ever is absent)."""
+        out = {}
+        for table, key in (("readings", "keep"), ("windows", "keep_windows"), ("events", "keep_events")):
+            seconds = keep_seconds(getattr(self, key))
+            if seconds:
+                out[table] = seconds
+        return out
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,18 @@ def from_dict(raw: dict) -> SinkConfig:
     if s.partition not in UNITS:
         problems.add(ConfigError("[sink] partition", f"{s.partition!r} is not a period",
                                  'write partition = "month" (or "week", "day"; "none" for one table)'))
+    for key in ("keep", "keep_windows", "keep_events"):
+        try:
+            seconds = keep_seconds(getattr(s, key))
+        except ValueError as exc:
+            problems.add(ConfigError(f"[sink] {key}", str(exc), f'write e.g. {key} = "400d" (days) or "8w" (weeks); '
+                                     '"" keeps rows for ever'))
+            continue
+        if seconds and s.partition == "none":
+            problems.add(ConfigError(f"[sink] {key}", "needs partitions (partition is \"none\")",
+                                     'set partition = "month" (or "week", "day"), or keep = ""'))
+        elif 0 < seconds < 86400:
+            problems.add(ConfigError(f"[sink] {key}", "keeps nothing", "keep at least 1d"))
     if not js.servers:
         problems.add(ConfigError("[jetstream] servers", "is empty",
                                  'list the cluster, e.g. servers = ["nats://host:4222"]'))

@@ -226,7 +226,9 @@ class Decoder:
             if not isinstance(kind, str):
                 raise DeadLetter("undecodable", f"an event without a type: {event!r:.80}")
             t = event.get("t")
-            t = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+            if not isinstance(t, (int, float)) or isinstance(t, bool):  # the gateway gives every event one
+                raise DeadLetter("undecodable", f"an event without a time 't': {event!r:.80}")
+            t = float(t)
             node = event.get("node") if isinstance(event.get("node"), str) else None
             body = json.dumps(_json_safe(event), default=lambda o: o.hex() if isinstance(o, bytes) else str(o),
                               sort_keys=True)

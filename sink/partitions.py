@@ -1,4 +1,4 @@
-"""Time partitions of the sink's big tables in PostgreSQL: `readings` by `t`, `windows` by `start`.
+"""Time partitions of the sink's tables in PostgreSQL: `readings` and `events` by `t`, `windows` by `start`.
 
 A year of 1,000 nodes is 4 × 10⁹ readings at one 8-reading frame a minute, 25 × 10⁹
 at one every 10 s (docs/cloud.md, Sizing). Declarative partitioning by range on
@@ -9,7 +9,11 @@ a year's does not), lets a query for a time range read only its periods
 
 Configuration: `[sink] partition = "month"` (the default), `"week"`, `"day"` or
 `"none"` (one table, as before; SQLite always has one table). Partitions are named
-`<table>_p<YYYYMMDD>` after the (UTC) day their period starts.
+`<table>_p<YYYYMMDD>` after the (UTC) day their period starts. Retention:
+`[sink] keep = "90d"` (readings), `keep_windows`, `keep_events` ("" by default: kept
+for ever; a number and `d` or `w`): `Partitions.expire` detaches and drops every
+partition wholly older than that, and deletes such rows from the default
+partition, at start and hourly, under the same advisory lock as making them.
 
 Exactly once across partitions: PostgreSQL requires a partitioned table's
 primary key to include the partition key, so the key is the reading's identity
@@ -30,24 +34,50 @@ Caveats: rows whose time is more than `BEHIND` seconds old or `FUTURE` seconds
 ahead of the sink's clock (a node with a wrong clock) go to `<table>_default`
 rather than making a partition each; if such a period later comes into range,
 its rows are moved out of the default partition when the period is made. An
-existing table made by an older sink without partitions is left as it is (a
-warning says so; docs/cloud.md shows how to move it).
+existing `readings` or `windows` table made by an older sink without partitions is
+left as it is (a warning says so; docs/cloud.md shows how to move it); an
+`events` table (small beside them) is moved into a partitioned one at start
+(`PostgresStore`). Retention drops whole periods: with `keep = "30d"` and monthly
+partitions a reading stays 30 to 61 days. A row older than `keep` that arrives late
+(a backlog) goes to the default partition, not a new partition, and the next pass
+deletes it.
 """
 from __future__ import annotations
 
 import calendar
 import datetime as dt
 import logging
+import re
 
 log = logging.getLogger("headrace.sink")
 
 UNITS = ("month", "week", "day", "none")
-TABLES = {"readings": "t", "windows": "start"}  # the partitioned tables and their time columns
+TABLES = {"readings": "t", "windows": "start", "events": "t"}  # the partitioned tables and their time columns
 AHEAD = 2           # periods made ahead of the current one at start
 BEHIND = 400 * 86400.0  # seconds: older rows need no new partition (the default one takes them)
 FUTURE = 35 * 86400.0   # seconds ahead of the sink's clock
 _MONDAY = 4 * 86400  # 1970-01-05, the first Monday after the epoch
-LOCK = 4242015       # advisory lock id for making partitions
+LOCK = 4242015       # advisory lock id for making (and dropping) partitions
+_KEEP = re.compile(r"^\s*(\d+)\s*([dw])\s*$")
+
+
+def keep_seconds(text: str) -> float:
+    """`[sink] keep` in seconds: "" (or "0d") is 0, for ever; "400d", "8w"; ValueError otherwise."""
+    if not text.strip():
+        return 0.0
+    m = _KEEP.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a number of days or weeks")
+    return int(m.group(1)) * (86400.0 if m.group(2) == "d" else 604800.0)
+
+
+def bounds(expr: str) -> tuple[float, float] | None:
+    """[start, end) of a partition from its bound (pg_get_expr of relpartbound), None for DEFAULT:
+    FOR VALUES FROM ('1796083200') TO ('1798761600')."""
+    if not expr.startswith("FOR VALUES FROM"):
+        return None
+    parts = expr.split("'")
+    return float(parts[1]), float(parts[3])
 
 
 def period(t: float, unit: str) -> tuple[float, float]:
@@ -71,10 +101,12 @@ def name(table: str, lo: float) -> str:
 class Partitions:
     """Which periods exist, per table; makes the missing ones."""
 
-    def __init__(self, unit: str):
+    def __init__(self, unit: str, keep: dict[str, float] | None = None):
+        """`keep`: seconds to keep each table's rows (absent or 0: for ever)."""
         if unit not in UNITS:
             raise ValueError(f"partition unit {unit!r} is not one of {UNITS}")
         self.unit = unit
+        self.keep = {t: k for t, k in (keep or {}).items() if k > 0}
         self.tables: set[str] = set()     # the tables that are partitioned in this database
         self.known: set[tuple[str, float]] = set()  # (table, period start) that exist
 
@@ -93,17 +125,17 @@ class Partitions:
         self.tables = {r[0] for r in conn.execute(
             "SELECT relname FROM pg_class WHERE relname = ANY(%s) AND relkind = 'p'", (list(TABLES),)).fetchall()}
         for parent, _child, bound in rows:
-            # FOR VALUES FROM ('1796083200') TO ('1798761600')
-            if bound.startswith("FOR VALUES FROM"):
-                lo = float(bound.split("'")[1])
-                self.known.add((parent, lo))
+            b = bounds(bound)
+            if b is not None:
+                self.known.add((parent, b[0]))
 
     def missing(self, table: str, lo: float, hi: float, now: float) -> list[tuple[float, float]]:
         """The periods that rows with times in [lo, hi] need and that are not known to exist
-        (only those within BEHIND and FUTURE of `now`; others go to the default partition)."""
+        (only those within BEHIND, or the table's `keep` if shorter, and FUTURE of `now`; others go
+        to the default partition)."""
         if table not in self.tables or lo != lo or hi != hi:  # not partitioned; NaN
             return []
-        lo, hi = max(lo, now - BEHIND), min(hi, now + FUTURE)
+        lo, hi = max(lo, now - min(BEHIND, self.keep.get(table, BEHIND))), min(hi, now + FUTURE)
         out = []
         t = lo
         while t <= hi:
@@ -146,3 +178,39 @@ class Partitions:
                 else:
                     log.info("partition %s made for [%s, %s)", part, lo, hi)
         self.known.add((table, lo))
+
+    def expire(self, conn, now: float) -> list[tuple[str, int, int]]:
+        """Retention: for each table with a `keep`, detach and drop the partitions wholly older than
+        `now - keep`, and delete such rows from its default partition; one transaction a table
+        (`conn` in autocommit), under the advisory lock that making partitions takes, so workers
+        never race on it. Waits at most 5 s for the table (its writers hold it for a transaction
+        each): if they hold it longer the pass gives up on it (LockNotAvailable propagates; the
+        next pass tries again). Returns (table, partitions dropped, rows deleted) a table."""
+        out = []
+        for table in sorted(self.tables & set(self.keep)):
+            cutoff = now - self.keep[table]
+            col = TABLES[table]
+            dropped = 0
+            with conn.transaction():
+                conn.execute("SET LOCAL lock_timeout = '5s'")
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+                rows = conn.execute("""SELECT child.relname, pg_get_expr(child.relpartbound, child.oid)
+                    FROM pg_inherits JOIN pg_class parent ON parent.oid = inhparent
+                    JOIN pg_class child ON child.oid = inhrelid WHERE parent.relname = %s
+                    ORDER BY child.relname""", (table,)).fetchall()
+                for part, bound in rows:
+                    b = bounds(bound)
+                    if b is None or b[1] > cutoff:
+                        continue
+                    conn.execute(f"ALTER TABLE {table} DETACH PARTITION {part}")
+                    conn.execute(f"DROP TABLE {part}")
+                    self.known.discard((table, b[0]))
+                    dropped += 1
+                    log.info("retention: partition %s [%s, %s) dropped (%s keeps %.0f days)",
+                             part, b[0], b[1], table, self.keep[table] / 86400)
+                deleted = conn.execute(f"DELETE FROM {table}_default WHERE {col} < %s", (cutoff,)).rowcount
+                if deleted:
+                    log.info("retention: %d rows older than %.0f days deleted from %s_default",
+                             deleted, self.keep[table] / 86400, table)
+            out.append((table, dropped, max(deleted, 0)))
+        return out

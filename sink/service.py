@@ -15,7 +15,9 @@ for more throughput: they share one durable consumer). `Sink(cfg).run()` from Py
 Counters (`metrics_port`): headrace_sink_messages_total{kind}, headrace_sink_readings_total,
 headrace_sink_duplicates_total, headrace_sink_windows_total, headrace_sink_events_total,
 headrace_sink_dead_letters_total{reason}, headrace_sink_store_errors_total,
-headrace_sink_presence_changes_total (rows turned online or offline by the presence sweep).
+headrace_sink_presence_changes_total (rows turned online or offline by the presence sweep),
+headrace_sink_partitions_dropped_total{table} and headrace_sink_expired_rows_total{table}
+(retention, `[sink] keep`: partitions dropped, rows deleted from a default partition).
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ class Sink:
         if self._store is None:
             s = self.cfg.sink
             self._store = await self._retry(lambda: loop.run_in_executor(
-                self._db, lambda: open_store(self.cfg.database, s.gateway_timeout, s.node_timeout, s.partition)))
+                self._db, lambda: open_store(self.cfg.database, s.gateway_timeout, s.node_timeout, s.partition,
+                                             s.retention())))
         # the schema messages stored before (by this worker before a restart, or by another):
         # a batch that refers to one decodes even though its message went by long ago
         saved = await self._retry(lambda: loop.run_in_executor(self._db, self._store.schemas))
@@ -92,6 +95,9 @@ class Sink:
             self.metrics.inc("headrace_sink_store_errors_total")
             log.warning("presence sweep: %s", exc)
             return
+        for table, dropped, deleted in getattr(self._store, "take_expired", list)():
+            self.metrics.inc("headrace_sink_partitions_dropped_total", dropped, table=table)
+            self.metrics.inc("headrace_sink_expired_rows_total", deleted, table=table)
         if n:
             self.metrics.inc("headrace_sink_presence_changes_total", n)
             log.info("presence: %d gateways, nodes or resources changed online/offline", n)

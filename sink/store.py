@@ -77,7 +77,7 @@ SCHEMA = {
         sumsq double precision, first double precision, last double precision, twa double precision,
         correction boolean NOT NULL""",
     "events": f"""site text {_C} NOT NULL, gateway text {_C} NOT NULL, type text {_C} NOT NULL, key text {_C} NOT NULL,
-        t double precision, node text {_C}, body JSON NOT NULL""",
+        t double precision NOT NULL, node text {_C}, body JSON NOT NULL""",
 }
 MIRROR = [
     """CREATE TABLE IF NOT EXISTS gateways (site text NOT NULL, gateway text NOT NULL, online boolean NOT NULL,
@@ -218,11 +218,16 @@ def _schemas_sql(site, gateway) -> tuple[str, tuple]:
 
 
 def open_store(url: str, gateway_timeout: float = presence.GATEWAY_TIMEOUT,
-               node_timeout: float = presence.NODE_TIMEOUT, partition: str = "month"):
+               node_timeout: float = presence.NODE_TIMEOUT, partition: str = "month",
+               keep: dict[str, float] | None = None):
     """A PostgreSQL store for a postgresql:// (or postgres://) URL, else an SQLite file; the
-    timeouts (seconds) are presence's (sink/presence.py), `partition` PostgreSQL's (sink/partitions.py)."""
+    timeouts (seconds) are presence's (sink/presence.py), `partition` and `keep` (seconds a table's
+    rows are kept: retention) PostgreSQL's (sink/partitions.py)."""
     if url.startswith(("postgresql://", "postgres://")) or url.startswith("host=") or " dbname=" in url:
-        return PostgresStore(url, gateway_timeout=gateway_timeout, node_timeout=node_timeout, partition=partition)
+        return PostgresStore(url, gateway_timeout=gateway_timeout, node_timeout=node_timeout, partition=partition,
+                             keep=keep)
+    if keep:
+        log.warning("[sink] keep applies to PostgreSQL's partitions; the SQLite file %s keeps every row", url)
     return SqliteStore(url, gateway_timeout=gateway_timeout, node_timeout=node_timeout)
 
 
@@ -347,13 +352,17 @@ class PostgresStore:
     RETRIES = 5
 
     def __init__(self, url: str, connect_timeout: float = 10.0, gateway_timeout: float = presence.GATEWAY_TIMEOUT,
-                 node_timeout: float = presence.NODE_TIMEOUT, partition: str = "month"):
+                 node_timeout: float = presence.NODE_TIMEOUT, partition: str = "month",
+                 keep: dict[str, float] | None = None):
+        """`keep`: seconds each partitioned table's rows are kept ({"readings": 90 * 86400}; absent: for
+        ever): older partitions are dropped at start and hourly (sink/partitions.py, `expire`)."""
         import psycopg
 
         self._psycopg = psycopg
         self.url = url
         self.timeouts = {"gateway_timeout": gateway_timeout, "node_timeout": node_timeout}
-        self.partitions = Partitions(partition)
+        self.partitions = Partitions(partition, keep)
+        self.expired: list[tuple[str, int, int]] = []  # retention passes not yet taken (`take_expired`)
         self.keys = dict(KEYS)
         self._ahead_at = 0.0
         self.connect_timeout = connect_timeout
@@ -372,6 +381,7 @@ class PostgresStore:
                     log.warning("setting up the tables met the running workers (%s); again", type(exc).__name__)
                     time.sleep(0.2 * (attempt + 1))
             self._make_ahead()
+            self._expire()
 
     def _missing(self, kind: str, name: str, table: str = "") -> bool:
         """Whether an index (kind "index") or a column of `table` (kind "column") is still to make:
@@ -384,6 +394,7 @@ class PostgresStore:
 
     def _setup(self, partition: str) -> None:
         """The tables, their partitions' parents, the mirror, and the indexes; what exists is left alone."""
+        migrate_events = False
         with self._conn.transaction():
             # two workers starting at once must not race on CREATE TABLE IF NOT EXISTS
             self._conn.execute("SELECT pg_advisory_xact_lock(4242014)")
@@ -393,12 +404,16 @@ class PostgresStore:
                 if name in PARTITIONED and partition != "none" and exists is None:
                     for ddl in self.partitions.parent_ddl(name, body.replace("JSON", "jsonb"), KEYS[name]):
                         self._conn.execute(ddl)
+                elif name == "events" and partition != "none" and exists[0] != "p":
+                    migrate_events = True
                 else:
                     self._conn.execute(_table_ddl(name, body, "jsonb", "bytea"))
                     if name in PARTITIONED and partition != "none" and exists[0] != "p":
                         log.warning("table %s was made without partitions by an older sink: kept as it is "
                                     "(docs/cloud.md, Sizing, shows how to move it)", name)
             self.partitions.load(self._conn)
+            if migrate_events:
+                self._partition_events()
             for name in self.partitions.tables:  # the partition key is part of the primary key
                 self.keys[name] = KEYS[name] + (PARTITIONED[name],)
             for ddl in MIRROR:
@@ -418,6 +433,36 @@ class PostgresStore:
                 if self._missing("index", index):
                     self._conn.execute(f"CREATE INDEX IF NOT EXISTS {index} {ddl}")
 
+    def _partition_events(self) -> None:
+        """An `events` table made without partitions (by an older sink): renamed, a partitioned one
+        made in its place with the partitions its rows need, the rows moved, the old table dropped;
+        in the start-up transaction, so a failure leaves the old table as it was. An event without
+        a time (none is written since) cannot be in a table partitioned by time: if there are
+        such, the old table is kept, renamed `events_unpartitioned`, with a warning."""
+        conn = self._conn
+        conn.execute("ALTER TABLE events RENAME TO events_unpartitioned")
+        for index in ("events_pkey", "events_t"):  # index names are the schema's: the new table's are the same
+            if not self._missing("index", index):
+                conn.execute(f"ALTER INDEX {index} RENAME TO {index.replace('events', 'events_unpartitioned')}")
+        for ddl in self.partitions.parent_ddl("events", SCHEMA["events"].replace("JSON", "jsonb"), KEYS["events"]):
+            conn.execute(ddl)
+        self.partitions.tables.add("events")
+        lo, hi = conn.execute("SELECT min(t), max(t) FROM events_unpartitioned").fetchone()
+        if lo is not None:
+            for plo, phi in self.partitions.missing("events", lo, hi, time.time()):
+                self.partitions.create(conn, "events", plo, phi, self._psycopg.errors)
+        cols = ", ".join(EVENT_COLS)
+        moved = conn.execute(f"INSERT INTO events ({cols}) SELECT {cols} FROM events_unpartitioned "
+                             "WHERE t IS NOT NULL").rowcount
+        left = conn.execute("SELECT count(*) FROM events_unpartitioned WHERE t IS NULL").fetchone()[0]
+        if left:
+            log.warning("events: %d rows moved into the partitioned table; %d without a time are left in "
+                        "events_unpartitioned (drop it when they are not needed)", moved, left)
+        else:
+            conn.execute("DROP TABLE events_unpartitioned")
+            log.warning("events: the table made without partitions by an older sink is now partitioned by t "
+                        "(%d rows moved)", moved)
+
     def _make_ahead(self) -> None:
         """The current period's partitions and the next ones (rows of the next month find theirs made)."""
         for table, lo, hi in self.partitions.ahead(time.time()):
@@ -428,7 +473,7 @@ class PostgresStore:
         """The partitions the group's rows need, before its transaction (rare: a new period)."""
         now = time.time()
         for table in self.partitions.tables:
-            col = 6  # t of a reading, start of a window: the 7th column of both
+            col = COLS[table].index(PARTITIONED[table])
             rows = [r[col] for d in items for r in getattr(d, table)]
             if rows:
                 for lo, hi in self.partitions.missing(table, min(rows), max(rows), now):
@@ -556,9 +601,26 @@ class PostgresStore:
         def run() -> int:
             if self.partitions.tables and time.monotonic() - self._ahead_at > 3600:
                 self._make_ahead()  # a long-running worker makes next month's before it comes
+                self._expire()
             with self._conn.transaction():
                 return self._sweep(self._conn.cursor(), time.time() if now is None else now)
         return self._retrying(run)
+
+    def _expire(self) -> None:
+        """Retention (sink/partitions.py, `expire`); a table whose writers kept it busy is left to
+        the next pass, an hour later."""
+        if not self.partitions.keep:
+            return
+        try:
+            self.expired += self.partitions.expire(self._conn, time.time())
+        except self._psycopg.errors.LockNotAvailable:
+            log.warning("retention: the tables stayed busy for 5 s; trying again in an hour")
+
+    def take_expired(self) -> list[tuple[str, int, int]]:
+        """The retention passes since the last call: (table, partitions dropped, rows deleted)."""
+        with self._lock:
+            out, self.expired = self.expired, []
+        return out
 
     def query(self, sql: str, args=()) -> list[tuple]:
         with self._lock:

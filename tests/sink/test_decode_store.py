@@ -102,6 +102,10 @@ def test_windows_and_events_once(sqlite_store):
     body = dec.decode("headrace/v1/s1/gw1/events", stale).events[0][6]
     assert json.loads(body)["value"] is None  # NaN is not JSON (jsonb refuses it)
     assert sqlite_store.query("SELECT resource, demand, state FROM resources") == [("mech1", 3, "assigned")]
+    # every event has a time (the events tables are partitioned by it): one without is a dead letter
+    with pytest.raises(DeadLetter) as e:
+        dec.decode("headrace/v1/s1/gw1/events", events_batch("gw1", [{"type": "demand", "id": 4, "need": "x"}]))
+    assert e.value.reason == "undecodable" and "without a time" in e.value.detail
 
 
 def test_mirror_of_gateways_and_nodes(sqlite_store):

@@ -52,3 +52,40 @@ def test_unknown_unit():
         from_dict({"sink": {"partition": "year"}})
     assert e.value.key == "[sink] partition"
     assert from_dict({"sink": {"partition": "none"}}).sink.partition == "none"
+
+
+def test_keep_and_bounds():
+    from sink.partitions import bounds, keep_seconds
+
+    assert keep_seconds("") == 0 and keep_seconds("0d") == 0
+    assert keep_seconds("400d") == 400 * 86400 and keep_seconds(" 8w ") == 8 * 604800
+    for bad in ("1y", "-3d", "2.5d", "d", "30"):
+        with pytest.raises(ValueError):
+            keep_seconds(bad)
+    assert bounds("FOR VALUES FROM ('1796083200') TO ('1798761600')") == (1796083200.0, 1798761600.0)
+    assert bounds("DEFAULT") is None
+    # no partition is made for rows older than the table keeps (they would be dropped at once)
+    p = Partitions("month", {"readings": 40 * 86400.0, "windows": 0.0})
+    p.tables = {"readings", "windows"}
+    now = utc(2026, 12, 5)
+    assert p.keep == {"readings": 40 * 86400.0}
+    assert p.missing("readings", utc(2026, 9, 10), utc(2026, 9, 20), now) == []
+    assert p.missing("readings", utc(2026, 10, 20), utc(2026, 10, 30), now) == [(utc(2026, 10, 1), utc(2026, 11, 1))]
+    assert p.missing("windows", utc(2026, 9, 10), utc(2026, 9, 20), now) == [(utc(2026, 9, 1), utc(2026, 10, 1))]
+
+
+def test_keep_config():
+    from gateway.errors import ConfigError
+    from sink.config import from_dict
+
+    s = from_dict({"sink": {"keep": "90d", "keep_events": "104w"}}).sink
+    assert s.retention() == {"readings": 90 * 86400.0, "events": 104 * 604800.0}
+    assert from_dict({}).sink.retention() == {}  # the default keeps everything
+    with pytest.raises(ConfigError) as e:
+        from_dict({"sink": {"keep": "3 months"}})
+    assert e.value.key == "[sink] keep"
+    with pytest.raises(ConfigError) as e:  # ConfigErrors, when there are several, is one too
+        from_dict({"sink": {"keep_windows": "0w", "keep": "30d", "partition": "none"}})
+    assert "needs partitions" in str(e.value)
+    with pytest.raises(ConfigError):
+        from_dict({"sink": {"keep": "0d", "keep_events": "0w", "keep_windows": "5h"}})
