@@ -10,10 +10,11 @@ gateway's default `batch_records`. Three ways of putting them into one
 `readings` table (the sink's own: partitioned by month, same keys and indexes),
 interleaved for `--rounds` rounds on a fresh database each time:
 
-- baseline: the rows decoded beforehand (not timed), then `COPY readings FROM STDIN` (binary, as the sink's)
-  in groups of `--group` batches, one transaction a group;
+- baseline: the rows decoded and put in key order beforehand (not timed), then `COPY readings FROM STDIN`
+  (binary, as the sink's) in groups of `--group` batches, one transaction a group;
 - 1 worker: the sink's own code from payload bytes (sink.decode.Decoder, then
-  PostgresStore.write: COPY into staging, one INSERT … SELECT per group, the
+  PostgresStore.write: the rows in key order, COPY into the table in a savepoint
+  (staging and INSERT … ON CONFLICT only when a repeat is met: never here), the
   mirror upserts), one process;
 - 2 workers: the same in two processes, each taking every other group (keep the
   number of groups even, or one worker has more to do: 320 batches in groups of 64
@@ -26,7 +27,9 @@ one run slows the next. Printed: readings/s of each (median of the rounds) and
 the ratios; 2 workers / 1 worker also round by round; and the CPU time of the
 clients and their PostgreSQL backends a reading (from /proc), whose ratio between
 2 workers and 1 says whether the workers hinder each other (1.00: not at all)
-regardless of how much of the machine they were given. Targets (DESIGN.md):
+regardless of how much of the machine they were given, and how much of the
+machine everything else used meanwhile ("others": other processes, PostgreSQL's
+background processes; on a shared machine what decides how much is left). Targets (DESIGN.md):
 1 worker >= 0.5x the baseline, 2 workers >= 1.6x 1 worker. `--server tuned`
 (the default) runs PostgreSQL with the settings docs/cloud.md gives for a sink's
 database, all durable; `tests` as the test fixture does. With --jetstream the
@@ -53,7 +56,7 @@ import cbor2  # noqa: E402
 
 from gateway.runtime.uplink import batch  # noqa: E402
 from sink.decode import Decoder  # noqa: E402
-from sink.store import COPY_TYPES, READING_COLS, PostgresStore  # noqa: E402
+from sink.store import COPY_TYPES, READING_COLS, SORT_KEY, PostgresStore  # noqa: E402
 
 # the server: as hil_tests runs it (shared_buffers 64MB, so WAL buffers of 2MB), or with the settings
 # docs/cloud.md gives for a sink's database (all durable: fsync and synchronous_commit stay on)
@@ -90,13 +93,21 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def baseline(url: str, rows_by_group: list[list[tuple]]) -> tuple[float, float]:
-    """(seconds, CPU seconds of this process and its PostgreSQL backend) to COPY the rows."""
+def machine_busy() -> float:
+    """CPU seconds all cores of the machine spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def baseline(url: str, rows_by_group: list[list[tuple]]) -> tuple[float, float, float]:
+    """(seconds, CPU seconds of this process and its PostgreSQL backend, CPU seconds of the whole
+    machine) to COPY the rows."""
     import psycopg
 
     with psycopg.connect(url) as conn:
         backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         cpu = cpu_seconds() + cpu_seconds(backend)
+        busy = machine_busy()
         t = time.perf_counter()
         for rows in rows_by_group:
             with conn.transaction():
@@ -106,7 +117,7 @@ def baseline(url: str, rows_by_group: list[list[tuple]]) -> tuple[float, float]:
                     for r in rows:
                         copy.write_row(r)
         secs = time.perf_counter() - t
-        return secs, cpu_seconds() + cpu_seconds(backend) - cpu
+        return secs, cpu_seconds() + cpu_seconds(backend) - cpu, machine_busy() - busy
 
 
 def worker(url: str, payload_groups: list[list[bytes]], ready, start, done) -> None:
@@ -123,7 +134,7 @@ def worker(url: str, payload_groups: list[list[bytes]], ready, start, done) -> N
     done.put((time.perf_counter(), cpu))
 
 
-def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> tuple[float, float]:
+def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> tuple[float, float, float]:
     ctx = mp.get_context("fork")
     ready, start, done = ctx.Queue(), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=worker, args=(url, payload_groups[i::n], ready, start, done)) for i in range(n)]
@@ -131,14 +142,16 @@ def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> tuple[fl
         p.start()
     for _ in procs:  # every worker connected and its schema checked (one after another: an advisory
         ready.get(timeout=120)  # lock), however loaded the machine: time the writes only
+    busy = machine_busy()
     t = time.perf_counter()
     start.set()
     ends = [done.get(timeout=600) for _ in procs]
+    busy = machine_busy() - busy
     for p in procs:
         p.join()
         if p.exitcode:
             raise RuntimeError(f"a worker failed with {p.exitcode}")
-    return max(end for end, _cpu in ends) - t, sum(cpu for _end, cpu in ends)
+    return max(end for end, _cpu in ends) - t, sum(cpu for _end, cpu in ends), busy
 
 
 def quiesce(pg, url: str) -> None:
@@ -239,7 +252,10 @@ def main() -> None:
     rows = [r for p in payloads for r in dec.decode("headrace/v1/s1/gw1/data", p).readings]
     n = len(rows)
     pgroups = groups(payloads, a.group)
-    rgroups = [[r for p in g for r in dec.decode("headrace/v1/s1/gw1/data", p).readings] for g in pgroups]
+    # the baseline's rows decoded and put in key order beforehand, untimed (the sink orders each group's
+    # rows by key, which spares PostgreSQL work: the baseline gets that too)
+    rgroups = [sorted((r for p in g for r in dec.decode("headrace/v1/s1/gw1/data", p).readings),
+                      key=SORT_KEY["readings"]) for g in pgroups]
     print(f"{len(payloads)} batches of {a.frames} frames, {n} readings, {sum(map(len, payloads)) / n:.1f} "
           f"bytes a reading on the wire; {len(pgroups)} transactions of {a.group} batches")
     pg = Postgres(SERVER[a.server]).start()
@@ -263,11 +279,11 @@ def main() -> None:
                 PostgresStore(url).close()  # the sink's schema (and this month's partitions), for the baseline too
                 cpu = None
                 if name.startswith("baseline"):
-                    secs, cpu = baseline(url, rgroups)
+                    secs, cpu, busy = baseline(url, rgroups)
                 elif cluster is not None:
                     secs = run_jetstream(url, cluster.urls, payloads, 1 if "1 worker" in name else 2, a.group)
                 else:
-                    secs, cpu = run_workers(url, pgroups, 1 if "1 worker" in name else 2)
+                    secs, cpu, busy = run_workers(url, pgroups, 1 if "1 worker" in name else 2)
                 store = PostgresStore(url)
                 stored = store.query("SELECT count(*) FROM readings")[0][0]
                 store.close()
@@ -277,8 +293,10 @@ def main() -> None:
                 note = ""
                 if cpu is not None:
                     cpus[name].append(cpu / n * 1e6)
-                    note = (f"  {cpus[name][-1]:5.1f} CPU us a reading, {cpu / secs:4.2f} cores busy "
-                            "(clients and their PostgreSQL backends)")
+                    # "others": what the rest of the machine (other processes, PostgreSQL's own background
+                    # processes, this bench's parent) used of the 2 cores meanwhile
+                    note = (f"  {cpus[name][-1]:5.1f} CPU us a reading, {cpu / secs:4.2f} cores busy, "
+                            f"others {max(busy - cpu, 0) / secs:4.2f}")
                 print(f"round {r + 1}: {name:16s} {n / secs:12,.0f} readings/s{note}", flush=True)
     finally:
         pg.close()

@@ -5,19 +5,19 @@ then `store.write(decoded, dead)` per group of broker messages, and only once it
 returns, acknowledge them. docs/cloud.md shows the schema and the queries.
 
 One transaction a group: PostgreSQL gets the readings, windows and events by
-`COPY` (binary) into temporary staging tables and one `INSERT … SELECT` per table.
-That insert is tried plain first, in a savepoint (nearly always nothing is there
-yet, and a plain insert costs about half of one with ON CONFLICT); when it meets a
-row already stored it is rolled back and `INSERT … SELECT … ORDER BY key ON
-CONFLICT DO NOTHING` runs instead, ordered so that two workers racing on
-overlapping batches take their row locks in one order. SQLite gets `INSERT OR
-IGNORE` in one transaction. A repeat (redelivery, a batch the gateway sent again,
-two workers on one batch) makes no second row. The mirror tables (gateways,
-nodes, resources) and the schema messages are upserted in the same transaction,
-newer over older; `store.sweep()` marks what fell silent offline (sink/presence.py).
-In PostgreSQL `readings` and `windows` are partitioned by time, their keys the
-identity plus the time (sink/partitions.py); partitions a group needs are made
-before its transaction.
+`COPY` (binary) straight into their tables, in key order, in a savepoint (nearly
+always none of the rows is there yet); when the key refuses one (a repeat) the COPY
+is rolled back and the rows go by `COPY` into a temporary staging table and
+`INSERT … SELECT … ORDER BY key ON CONFLICT DO NOTHING` instead, ordered so that two
+workers racing on overlapping batches take their row locks in one order. SQLite
+gets `INSERT OR IGNORE` in one transaction. A repeat (redelivery, a batch the
+gateway sent again, two workers on one batch) makes no second row. The mirror
+tables (gateways, nodes, resources) and the schema messages are upserted in the
+same transaction, newer over older; `store.sweep()` marks what fell silent offline
+(sink/presence.py). In PostgreSQL `readings`, `windows` and `events` are
+partitioned by time, their keys the identity plus the time (sink/partitions.py);
+partitions a group needs are made before its transaction, and with `keep`
+(retention) those wholly older than it are dropped at start and hourly.
 
 Caveats: a dead letter redelivered before its acknowledgement reached the broker
 is stored again unless it carries a stream position (JetStream does; MQTT has none).
