@@ -2,6 +2,7 @@
 at what rate, and what is left of the node's data traffic meanwhile.
 
     python bench/update_delivery.py [--links serial,uart,coap,qemu] [--rates 4096,0] [--baseline 10] [--baud 115200]
+                                    [--qemu-heap 32768,65536]
 
 One MicroPython node (the unix port, booted through its boot stage) sending 8-reading frames
 every 40 ms to a real gateway process (and mosquitto), over a pty (`serial`: as fast as the
@@ -204,7 +205,7 @@ def main() -> int:
                     help="serial (a pty: no baud rate), uart (a line paced at --baud), coap, qemu (the Cortex-M3 "
                          "board's UART1)")
     ap.add_argument("--baud", type=int, default=115200, help="the uart link's speed (10 bits a byte)")
-    ap.add_argument("--qemu-heap", type=int, default=65536, help="the Cortex-M3 image's heap, bytes")
+    ap.add_argument("--qemu-heap", default="65536", help="the Cortex-M3 image's heap, bytes (a list: each in turn)")
     ap.add_argument("--rates", default="4096,0", help="[update] rate values, bytes/s (0: unthrottled)")
     ap.add_argument("--baseline", type=float, default=10.0, help="seconds of plain data traffic before each update")
     args = ap.parse_args()
@@ -229,7 +230,9 @@ def main() -> int:
                     work = tmp / f"{link}{i}"
                     work.mkdir()
                     if link == "qemu":
-                        rows.append(run_qemu(rate, args.baseline, work, mq, pub, one, args.qemu_heap))
+                        for heap in (int(h) for h in args.qemu_heap.split(",")):
+                            (work / str(heap)).mkdir()
+                            rows.append(run_qemu(rate, args.baseline, work / str(heap), mq, pub, one, heap))
                     else:
                         rows.append(run_once(link, rate, args.baseline, work, mq, mp, pub, rel, args.baud))
         finally:

@@ -8,12 +8,47 @@
 # Code on trial that fails (at import or later) resets the board, so that the next boot is
 # counted and, past update.MAX_TRIAL_BOOTS, the old slot runs again: no watchdog or person is
 # needed for a release that crashes to roll back. Confirmed code that fails is left as it is.
+# Prints one JSON line when done: {"ev": "stage", "v", "trial" (boots on trial, 0: confirmed),
+# "reports", "ms" (the stage's time, a signature check included), "free" (heap after it)}.
+#
+# Heap: what the stage imported (update, cbor, the verify's ed25519 and sha512) is dropped
+# before the node starts; the node keeps only a Trial (a few hundred bytes) and imports
+# update again only if it confirms a slot or fetches a release (firmware/fetch.py).
 import sys
 
 _BEFORE = set(sys.modules)
 
-import board  # noqa: E402
-import update  # noqa: E402
+
+class Trial:
+    """The running node's side: the boot stage's outcomes to report (SenML text records
+    `update`), and the confirmation of a slot on trial once the gateway acks a frame made
+    in this boot (an authenticated ack: firmware/link_serial.parse_ack checks its MAC)."""
+
+    def __init__(self, root, base, version, on_trial, reports):
+        self.root = root
+        self.base = base  # the version flashed by cable
+        self.version = version  # of the code running
+        self.on_trial = on_trial
+        self.reports = list(reports)
+        self.first_seq = None  # the first sequence number of this boot (Node sets it)
+
+    @property
+    def slots(self):
+        """The slots as the flash holds them now (update.Slots; imports update)."""
+        import update
+        return update.Slots(self.root, self.base)
+
+    def take_reports(self):
+        out = [("update", r) for r in self.reports]
+        self.reports = []
+        return out
+
+    def acked(self, seq):
+        if self.on_trial and self.first_seq is not None and seq >= self.first_seq:
+            self.on_trial = False
+            text = self.slots.confirm()
+            if text:
+                self.reports.append(text)
 
 
 def _version(text):
@@ -24,8 +59,11 @@ def _version(text):
         return (0, 0, 0)
 
 
-def main(argv):
-    root = argv[2]
+def _stage(root):
+    """Install, count, roll back (update.boot): the Trial the node runs with."""
+    import board
+    import update
+    t0 = board.ticks_ms()
     raw = board.read_file(root + "/release.pub")
     try:
         public = bytes.fromhex(raw.decode().strip()) if raw else b""
@@ -33,21 +71,32 @@ def main(argv):
         public = b""
     base = _version((board.read_file(root + "/base_version") or b"0.0.0").decode())
     slots, reports = update.boot(root, public, base, update.target())
-    trial = update.Trial(slots, reports)
+    st = slots.st
+    trial = Trial(root, base, slots.version, slots.on_trial, reports)
+    ms = board.ticks_diff(board.ticks_ms(), t0)
+    return trial, '{"ev": "stage", "v": "%s", "trial": %d, "reports": %d, "ms": %d' % (
+        update.version_text(slots.version), st["boots"] if st["trial"] else 0, len(reports), ms)
+
+
+def main(argv):
+    trial, event = _stage(argv[2])
     # every module imported so far comes again from the active slot (a release replaces
-    # board, cbor… too); the boot stage's own copies live on only inside `trial`
+    # board, cbor… too) or is dropped (the signature check's ed25519, sha512)
     for name in list(sys.modules):
         if name not in _BEFORE and name != __name__:
             del sys.modules[name]
     import gc
     gc.collect()
+    free = gc.mem_free() if hasattr(gc, "mem_free") else -1
+    print(event + ', "free": %d}' % free)
     try:
         return _run(argv, trial)
     except Exception as exc:
-        if not slots.on_trial:
+        if not trial.on_trial:
             raise
         # the code on trial cannot run: the next boot counts, and rolls back past the limit
         print("boot stage: the code on trial failed (%r); resetting" % (exc,))
+        import board
         board.reset()
         raise  # a board without a reset (the unix port outside the bench): the process ends
 

@@ -158,9 +158,9 @@ class Fetcher:
         except ValueError:
             return "bad update offer"
         import update
-        if len(version) != 3 or version <= trial.slots.version:
+        if len(version) != 3 or version <= trial.version:
             return self.refuse(update.UpdateError("downgrade", "%s is not newer than %s" % (
-                v, update.version_text(trial.slots.version))), v)
+                v, update.version_text(trial.version))), v)
         self.rid = rid.encode()
         self.version = v
         self.szx = _szx(block)
@@ -240,8 +240,13 @@ class Fetcher:
                     self.num = pos // size
                     self._check_done(rx)
             elif rx is not None:
+                end = self.num * size + len(payload)
                 pos = rx.write(self.num * size, payload)
                 self.num = pos // size
+                if not more and not rx.done():  # the gateway's last block, short of the manifest's size
+                    total = rx.manifest["size"]
+                    rx.abort()
+                    raise update.UpdateError("size", "the body ended at %d of %d bytes" % (end, total))
                 self._check_done(rx)
         except update.UpdateError as e:
             self.refuse(e)
@@ -260,6 +265,11 @@ class Fetcher:
             return
         rx.finish()  # pending: the boot stage checks the signature and switches
         self.state = _IDLE
+        self.rx = None
+        import gc
+        gc.collect()
+        free = gc.mem_free() if hasattr(gc, "mem_free") else -1  # the bench's figure: the heap left
+        print('{"ev": "received", "v": "%s", "blocks": %d, "free": %d}' % (self.version, self.blocks, free))
         self.node.trial.reports.append(self.version + ":received")
         self.node.make_frame(self.node.empty)  # reported now, not at the next sample
         self.node.commands.reboot_at = board.ticks_add(board.ticks_ms(), 1000)  # the report first

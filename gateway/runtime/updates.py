@@ -55,6 +55,7 @@ FIXES = {
     "target": "the release is for another MicroPython (.mpy) version than the node's",
     "format": "not a release this firmware reads: rebuild it with headrace release build",
     "storage": "the node's flash is full or failing",
+    "size": "the transfer ended before the whole release arrived (a truncated body on the way): send it again",
     "rolled_back": "the release did not come up healthy: fix it and build a newer version",
 }
 

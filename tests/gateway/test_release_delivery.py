@@ -171,6 +171,29 @@ def test_delivery_into_the_node_receiver_through_drops_and_a_reboot(tmp_path):
         node = FakeNode(Link(), slots)
         assert fetch.Fetcher(node).offer(d.offer_args()).startswith("refused:downgrade")
         assert node.trial.reports[0].startswith("1.1.0:refused:downgrade:")
+        # a transfer cut short: the gateway's block 3 says it is the last (M = 0) while the
+        # manifest's size says more: refused as size, the spare slot emptied
+        d2 = Rollout(release.public_bytes(key), None, block_size=256, rate=1e9, clock=clock).add("n1", path)
+        root2 = str(tmp_path / "node2")
+        link = Link()
+        node = FakeNode(link, update.Slots(root2, (1, 0, 0)))
+        f = fetch.Fetcher(node)
+        assert f.offer(d2.offer_args()) is None
+        for _ in range(100):
+            now = fetch.board.ticks_add(now, 5000)
+            f.tick(now)
+            if not link.out:
+                break
+            _, code, mid, token, options, _ = coap.parse(link.out.pop())
+            part = options[11][2].decode()
+            num, _, size = coap.parse_block(options[23][0])
+            got = d2.serve(part, num, size)
+            more = got[2] and not (part == "b" and num == 3)
+            f.answer(coap.encode(2, 0x45, mid, token, [(23, coap.block(num, more, size))], got[1]))
+        assert node.trial.reports == ["1.1.0:refused:size:the body ended at 1024 of %d bytes" % d2.size]
+        assert not f.busy() and node.commands.reboot_at is None
+        slots = update.Slots(root2, (1, 0, 0))
+        assert not os.path.exists(slots.dir(slots.spare)) and slots.st["pending"] is None
     finally:
         sys.path.remove(os.path.join(ROOT, "firmware"))
         for name in ("update", "fetch", "board", "board.unix", "board._files", "cbor", "ed25519", "sha512"):
@@ -196,7 +219,7 @@ class FakeNode:
 
     def __init__(self, link, slots):
         self.link, self.kid, self.cfg = link, b"n1", {"ack_timeout_ms": 300}
-        self.trial = type("Trial", (), {"slots": slots, "reports": []})()
+        self.trial = type("Trial", (), {"slots": slots, "version": slots.version, "reports": []})()
         self.commands = type("Commands", (), {"reboot_at": None})()
         self.empty = None
 
