@@ -311,6 +311,7 @@ def test_an_update_over_uart1_is_installed_and_confirmed(qemu_node, tmp_path):
     assert cli.returncode == 0 and "done: 1 confirmed, 0 failed" in out, out + "\n".join(console.lines[-30:])
     assert delivery()["sent_bytes"] < 1.5 * size + 2048  # resumed, not started again
     assert console.events("reboot"), "the board rebooted into the release"
+    print("stages", stages(), "received", console.events("received"))  # times and heap, for the record (-s)
     # the check cut short ran again; each trial boot was counted, the third confirmed
     assert len(console.events("verify")) == 2, console.events("verify")
     assert [e["trial"] for e in stages()] == [1, 2, 3], stages()
