@@ -915,9 +915,18 @@ class Console:
         self.fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         tty.setraw(self.fd)
         self.lines: list[str] = []
+        self._trigger: tuple[str, object, threading.Event] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def on_line(self, text: str, action) -> threading.Event:
+        """Run action() once, on the reader's thread, the moment a line holding `text` arrives
+        (a power cut that must land within a stage lasting a fraction of a second); the
+        Event is set once it has run."""
+        done = threading.Event()
+        self._trigger = (text, action, done)
+        return done
 
     def _run(self) -> None:
         import select
@@ -930,7 +939,13 @@ class Console:
             except (BlockingIOError, OSError):
                 continue
             *lines, buf = buf.split(b"\n")
-            self.lines += [ln.decode(errors="replace").strip() for ln in lines]
+            new = [ln.decode(errors="replace").strip() for ln in lines]
+            trigger = self._trigger
+            if trigger is not None and any(trigger[0] in ln for ln in new):
+                self._trigger = None
+                trigger[1]()
+                trigger[2].set()
+            self.lines += new
 
     def events(self, kind: str | None = None) -> list[dict]:
         return json_events(list(self.lines), kind)
