@@ -43,6 +43,7 @@ class CoapSection:
     dedup_seconds: float = 8.0
     dedup_max: int = 16384
     receive_buffer: int = 4194304  # SO_RCVBUF, bytes: bursts wait in the kernel instead of being dropped
+    batch: int = 32  # datagrams a recvmmsg and answers a sendmmsg; 0: asyncio's endpoint, one a call
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,9 @@ def _validate(cfg: Config):
     if not 0 <= cfg.coap.receive_buffer <= 1 << 30:
         yield ConfigError("[coap] receive_buffer", f"{cfg.coap.receive_buffer} bytes is out of range",
                           "use 0 (the system's default) to 1073741824 bytes")
+    if not 0 <= cfg.coap.batch <= 1024:
+        yield ConfigError("[coap] batch", f"{cfg.coap.batch} datagrams is out of range",
+                          "use 0 (a system call a datagram, through asyncio) to 1024 datagrams a call")
     if not 1 <= cfg.mqtt.reconnect_max <= 3600:
         yield ConfigError("[mqtt] reconnect_max", f"{cfg.mqtt.reconnect_max} s is out of range",
                           "use 1 to 3600 seconds between reconnection attempts at the most")

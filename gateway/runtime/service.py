@@ -135,7 +135,8 @@ class Gateway:
             self._spawn(link.run(), f"serial:{port.path}")
         if cfg.coap.enabled:
             self.coap = CoapServer(cfg.coap.bind, cfg.coap.port, self.pipeline, cfg.coap.dedup_seconds,
-                                   cfg.coap.dedup_max, updates=self.updates, receive_buffer=cfg.coap.receive_buffer)
+                                   cfg.coap.dedup_max, updates=self.updates, receive_buffer=cfg.coap.receive_buffer,
+                                   batch=cfg.coap.batch)
             await self.coap.start()
         if cfg.http.port:
             self.http = StatusServer(cfg.http, self)

@@ -7,6 +7,7 @@ import logging
 import socket
 
 import cbor2
+import pytest
 
 from gateway.protocol import cose
 from gateway.runtime.spool import PRIO_FRAME
@@ -66,8 +67,7 @@ def test_the_receive_buffer_asked_for_or_a_log_line_with_the_fix(pipeline_rig, c
         try:
             for s in servers:
                 await s.start()
-            got = [s._transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-                   for s in servers]
+            got = [s.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 for s in servers]
             assert got[0] == rmem_max // 2  # within the cap: all of it
             assert got[1] < rmem_max * 2  # past it: what the system gives, and a line that says how to get more
         finally:
@@ -78,3 +78,43 @@ def test_the_receive_buffer_asked_for_or_a_log_line_with_the_fix(pipeline_rig, c
     asyncio.run(main())
     hints = [r.getMessage() for r in caplog.records if "rmem_max" in r.getMessage()]
     assert len(hints) == 1 and f"net.core.rmem_max={rmem_max * 2}" in hints[0]
+
+
+@pytest.mark.parametrize("batch", [8, 0])
+def test_a_burst_is_answered_whole_and_bad_datagrams_and_sends_are_counted(pipeline_rig, caplog, batch):
+    """A burst of 40 requests sent at once is answered whole, through recvmmsg and sendmmsg
+    (`[coap] batch`, 8 here) or asyncio's endpoint (`batch = 0`). Batched: a datagram past the
+    buffer is an oversize reject, said so; an answer that cannot be sent is counted and the
+    server goes on."""
+    rig = pipeline_rig
+
+    async def main():
+        _, spool, pipe, task = await rig.make()
+        server = CoapServer("127.0.0.1", 0, pipe, batch=batch)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            for seq in range(40):
+                sock.sendto(post(seq, rig.frame(seq)), ("127.0.0.1", server.port))
+            answers = {}
+            while len(answers) < 40:
+                _type, code, mid, _tok, _opts, body = parse(await asyncio.wait_for(loop.sock_recv(sock, 2048), 5))
+                answers[mid] = (code, cbor2.loads(cose.parse_mac0(body).verify(rig.key)))
+            assert answers == {seq: (COAP_CHANGED, [1, seq, 0]) for seq in range(40)}
+            if batch:
+                sock.sendto(post(40, rig.frame(40)) + b"\0" * 3000, ("127.0.0.1", server.port))
+                assert await exchange(sock, server.port, 41, rig.frame(41), rig.key) == (COAP_CHANGED, [1, 41, 0])
+                assert pipe.metrics.get("headrace_frames_rejected_total", transport="coap", reason="oversize") == 1
+                assert any("longer than 2048 bytes" in r.getMessage() for r in caplog.records)  # cut, and said so
+
+                server._send(b"\x60\0\0\0", ("255.255.255.255", 9))  # broadcast: EACCES without SO_BROADCAST
+                assert await exchange(sock, server.port, 42, rig.frame(42), rig.key) == (COAP_CHANGED, [1, 42, 0])
+                assert pipe.metrics.get("headrace_coap_send_errors_total") == 1
+                assert len(await spool.read(PRIO_FRAME, 0, 1000)) == 42
+        finally:
+            sock.close()
+            await server.stop()
+            await rig.stop(spool, task)
+    asyncio.run(main())

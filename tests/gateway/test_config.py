@@ -27,6 +27,7 @@ def test_full_example_file_is_valid():
     ({"nonsense": {}}, "[nonsense]", "valid sections"),
     ({"coap": {"dedup_max": 10}}, "[coap] dedup_max", "64 to 10000000"),
     ({"coap": {"receive_buffer": -1}}, "[coap] receive_buffer", "0 (the system's default)"),
+    ({"coap": {"batch": 2000}}, "[coap] batch", "0 (a system call a datagram"),
 ])
 def test_errors_name_key_and_fix(raw, key, fix):
     with pytest.raises(ConfigError) as info:

@@ -1,6 +1,6 @@
 """CoAP transport (RFC 7252): `POST /d` with a COSE_Mac0 (Content-Format 17), over UDP.
 
-Configuration: `[coap] enabled, bind, port, dedup_seconds, dedup_max, receive_buffer`.
+Configuration: `[coap] enabled, bind, port, dedup_seconds, dedup_max, receive_buffer, batch`.
 Usage: nodes send confirmable POSTs; the piggybacked 2.04 response carries the
 ack and is sent only after the spool commit. Non-confirmable POSTs are answered
 with a non-confirmable 2.04. Error codes as in docs/protocol.md §5.
@@ -27,13 +27,25 @@ in the kernel instead of being dropped; the kernel's memory, not the gateway's
 RSS. Linux caps it at `net.core.rmem_max` (212,992 bytes on many systems): the
 gateway logs the size it got (and the hint below when capped), and `sysctl -w net.core.rmem_max=4194304` lets it
 have the whole.
+
+The socket is read with one `recvmmsg` system call for up to `batch` datagrams (32)
+each time it is readable, and the answers that are ready in one turn of the event
+loop (a commit group's acks) leave with one `sendmmsg` (`core_ext.udp`; its
+pure-Python reference makes a call per datagram). `batch = 0` reads through asyncio's
+datagram endpoint instead, a datagram and an answer per call. A datagram longer than
+2048 bytes is rejected as oversize (counted and logged). Answers that find the
+socket's send buffer full wait until it is writable; one that cannot be sent (an
+unreachable address) is counted in `headrace_coap_send_errors_total`.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
+
+from core_ext.udp import Batch
 
 from gateway.errors import AuthError, CoseError, FrameError
 from gateway.runtime.pipeline import Pipeline
@@ -74,18 +86,26 @@ _KNOWN_OPTIONS = {COAP_OPT_URI_PATH, COAP_OPT_CONTENT_FORMAT, COAP_OPT_URI_HOST,
 
 
 _MISSING = object()
+_DATAGRAM_MAX = 2048  # bytes read of a datagram; a longer one is oversize (a frame is at most 1024)
 
 
 class CoapServer(asyncio.DatagramProtocol):
     """Owns the UDP endpoint; answers POST /d from the pipeline's acks."""
 
     def __init__(self, bind: str, port: int, pipeline: Pipeline, dedup_seconds: float = 8.0,
-                 dedup_max: int = 16384, updates=None, receive_buffer: int = 0):
+                 dedup_max: int = 16384, updates=None, receive_buffer: int = 0, batch: int = 32):
         self.bind, self.port, self.pipeline = bind, port, pipeline
         self.updates = updates  # node updates (gateway/runtime/updates.py): GET /u/... with Block2
         self.dedup_seconds, self.dedup_max = dedup_seconds, dedup_max
         self.receive_buffer = receive_buffer  # SO_RCVBUF asked for, bytes; 0: the system's default
+        self.batch = batch  # datagrams a receive call, answers a send call; 0: asyncio's endpoint
         self._transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
+        self._io: Batch | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._out: list[tuple[bytes, tuple]] = []  # answers for the next sendmmsg
+        self._flush_due = False  # a flush is scheduled, or the reader flushes when it is done
+        self._writer = False  # waiting for the socket to be writable
         # (endpoint, message id) as one int -> response, None while in progress. Two
         # generations swapped every dedup_seconds, so an exchange is remembered between
         # dedup_seconds and twice that, with no per-entry expiry bookkeeping: at 500
@@ -97,12 +117,26 @@ class CoapServer(asyncio.DatagramProtocol):
         self.duplicates = 0
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.bind, self.port))
-        if hasattr(self._transport, "max_size"):
-            self._transport.max_size = 2048  # asyncio's default reads 256 KiB per datagram
-        self.port = self._transport.get_extra_info("sockname")[1]
-        sock = self._transport.get_extra_info("socket")
+        loop = self._loop = asyncio.get_running_loop()
+        if self.batch:
+            infos = await loop.getaddrinfo(self.bind, self.port, type=socket.SOCK_DGRAM)
+            family, kind, proto, _name, address = infos[0]
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                sock.bind(address)
+            except OSError:
+                sock.close()
+                raise
+            self.sock, self._io = sock, Batch(sock, self.batch, _DATAGRAM_MAX)
+            loop.add_reader(sock.fileno(), self._readable)
+        else:
+            self._transport, _ = await loop.create_datagram_endpoint(lambda: self,
+                                                                     local_addr=(self.bind, self.port))
+            if hasattr(self._transport, "max_size"):
+                self._transport.max_size = _DATAGRAM_MAX  # asyncio's default reads 256 KiB per datagram
+            sock = self.sock = self._transport.get_extra_info("socket")
+        self.port = sock.getsockname()[1]
         if self.receive_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
         # Linux reports twice what it grants (the other half is its bookkeeping)
@@ -117,6 +151,60 @@ class CoapServer(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._io is not None:
+            if self._out:
+                self._flush()
+            fd = self.sock.fileno()
+            self._loop.remove_reader(fd)
+            if self._writer:
+                self._loop.remove_writer(fd)
+            self.sock.close()
+            self._io = None
+        self.sock = None
+
+    # -- batched socket calls -------------------------------------------------------------
+
+    def _readable(self) -> None:
+        """The socket has datagrams: take up to `batch` with one call, answer what can be
+        answered at once with one call."""
+        try:
+            got = self._io.recv()
+        except OSError as exc:
+            self.error_received(exc)
+            return
+        self._flush_due = True  # answers made meanwhile leave together below
+        try:
+            for data, addr, truncated in got:
+                if truncated:
+                    self.pipeline.reject_frame(FrameError("oversize", f"CoAP datagram from {addr[0]} longer than "
+                                                          f"{_DATAGRAM_MAX} bytes"), TRANSPORT)
+                    continue
+                self.datagram_received(data, addr)
+        finally:
+            self._flush_due = False
+            if self._out and not self._writer:
+                self._flush()
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        if self._io is None or self._writer or not self._out:
+            return
+        out, self._out = self._out, []
+        done, errors = self._io.send(out)
+        for index, code in errors:
+            self.pipeline.metrics.inc("headrace_coap_send_errors_total")
+            log.debug("CoAP answer to %s not sent: %s", out[index][1], errno.errorcode.get(code, code))
+        if done < len(out):  # the send buffer is full: the rest when the socket is writable
+            self._out[:0] = out[done:]
+            self._writer = True
+            self._loop.add_writer(self.sock.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        self._loop.remove_writer(self.sock.fileno())
+        self._writer = False
+        self._flush()
+
+    # -- requests -------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr) -> None:
         try:
@@ -206,7 +294,12 @@ class CoapServer(asyncio.DatagramProtocol):
         self._send(msg, addr)
 
     def _send(self, msg: bytes, addr) -> None:
-        if self._transport is not None:
+        if self._io is not None:
+            self._out.append((msg, addr))
+            if not self._flush_due and not self._writer:  # acks of a commit group: one call after them all
+                self._flush_due = True
+                self._loop.call_soon(self._flush)
+        elif self._transport is not None:
             self._transport.sendto(msg, addr)
 
     def _expire(self) -> None:
