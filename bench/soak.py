@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import socket
 import statistics
 import struct
@@ -152,10 +153,14 @@ def gateway(tmp: Path, broker_port: int, keys: dict, extra: str, args) -> Gatewa
     """The bench's gateway; `extra` is TOML, its lines before any table header go to [mqtt]."""
     head, sep, rest = extra.partition("\n[")
     mqtt, extra = (head, sep[1:] + rest) if not head.lstrip().startswith("[") else ("", extra)
+    # a [coap] table joins the rig's own (TOML has one table of a name)
+    coap = "".join(m.group(1) for m in re.finditer(r"(?ms)^\[coap\]\n(.*?)(?=^\[|\Z)", extra))
+    extra = re.sub(r"(?ms)^\[coap\]\n(.*?)(?=^\[|\Z)", "", extra)
     gw = GatewayProcess(tmp, broker_port, keys, extra=extra)
     # the sample configuration's uplink delay, not the test rig's 0.05 s
     gw.config.write_text(gw.config.read_text().replace(
-        "batch_delay = 0.05", f"batch_delay = {args.batch_delay}\n{mqtt.strip()}"))
+        "batch_delay = 0.05", f"batch_delay = {args.batch_delay}\n{mqtt.strip()}").replace(
+        "\n[coap]\n", f"\n[coap]\n{coap}", 1))
     return gw.start()
 
 
