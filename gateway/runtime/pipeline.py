@@ -13,6 +13,12 @@ a second, and a frame's ack waits at most that plus one commit), so at a few
 hundred frames a second each commit carries several frames instead of one
 (less CPU per frame and fewer bytes written to flash). `commit_max_frames`
 bounds a group; the queue holds eight groups, then transports are told to wait.
+
+While the commit window runs, a transport may stop reading (`add_intake(pause,
+resume)`): what arrives meanwhile waits in the kernel and is read in one go just
+before the next commit, so at a few hundred frames a second the event loop wakes
+once a commit instead of once a frame. The acks go out no later: nothing of a
+group is acked before its commit.
 """
 from __future__ import annotations
 
@@ -128,6 +134,7 @@ class Pipeline:
                       for w in cfg.aggregate.widths]
         self._late_seen = 0
         self._carry = None  # parsed columns of frames queued behind the group being committed
+        self._intake: list[tuple[Callable[[], None], Callable[[], None]]] = []
         self._warn = RateLimited(log)
 
     # -- intake ---------------------------------------------------------------------------
@@ -139,6 +146,12 @@ class Pipeline:
     async def wait_space(self) -> None:
         """Back-pressure for transports: wait while the commit queue is full."""
         await self._space.wait()
+
+    def add_intake(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        """`pause()` is called when a commit window starts (the transport may stop reading),
+        `resume()` when it ends, before the next group is taken (the transport reads what
+        waits, offers it, and reads on as before)."""
+        self._intake.append((pause, resume))
 
     def offer(self, message: bytes, transport: str, done: Done) -> None:
         """Take one message from a node. `done(ack, None)` is called after the commit, or
@@ -206,7 +219,13 @@ class Pipeline:
                 await self._commit_group()
                 left = gap - (time.monotonic() - started)
                 if left > 0:
-                    await asyncio.sleep(left)
+                    for pause, _resume in self._intake:
+                        pause()
+                    try:
+                        await asyncio.sleep(left)
+                    finally:
+                        for _pause, resume in self._intake:
+                            resume()
 
     async def _commit_group(self) -> None:
         n = self.cfg.spool.commit_max_frames

@@ -118,3 +118,36 @@ def test_a_burst_is_answered_whole_and_bad_datagrams_and_sends_are_counted(pipel
             await server.stop()
             await rig.stop(spool, task)
     asyncio.run(main())
+
+
+def test_requests_during_a_commit_window_wait_in_the_socket_and_are_read_at_once_before_the_commit(pipeline_rig):
+    """At a low rate the socket is not read while the commit window runs (0.5 s here): five
+    requests sent in it are not taken before the window ends, then read in one go, committed
+    together and answered."""
+    rig = pipeline_rig
+
+    async def main():
+        _, spool, pipe, task = await rig.make(commit_interval=0.5)
+        server = CoapServer("127.0.0.1", 0, pipe)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            assert await exchange(sock, server.port, 0, rig.frame(0), rig.key) == (COAP_CHANGED, [1, 0, 0])
+            commits = pipe.metrics.get("headrace_spool_commits_total")
+            for seq in range(1, 6):  # the window of the commit just made runs for 0.5 s
+                sock.sendto(post(seq, rig.frame(seq)), ("127.0.0.1", server.port))
+            await asyncio.sleep(0.1)
+            assert pipe.metrics.get("headrace_frames_in_total", transport="coap") == 1  # waiting in the kernel
+            answers = set()
+            while len(answers) < 5:
+                _type, code, mid, _tok, _opts, body = parse(await asyncio.wait_for(loop.sock_recv(sock, 2048), 5))
+                assert (code, cbor2.loads(cose.parse_mac0(body).verify(rig.key))) == (COAP_CHANGED, [1, mid, 0])
+                answers.add(mid)
+            assert pipe.metrics.get("headrace_spool_commits_total") == commits + 1
+        finally:
+            sock.close()
+            await server.stop()
+            await rig.stop(spool, task)
+    asyncio.run(main())

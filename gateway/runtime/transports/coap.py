@@ -31,8 +31,15 @@ have the whole.
 The socket is read with one `recvmmsg` system call for up to `batch` datagrams (32)
 each time it is readable, and the answers that are ready in one turn of the event
 loop (a commit group's acks) leave with one `sendmmsg` (`core_ext.udp`; its
-pure-Python reference makes a call per datagram). `batch = 0` reads through asyncio's
-datagram endpoint instead, a datagram and an answer per call. A datagram longer than
+pure-Python reference makes a call per datagram). While the pipeline's commit window
+runs the socket is not read when the window before brought fewer than `batch`
+datagrams: what arrives waits in the kernel and is read in one go just before the
+next commit (`Pipeline.add_intake`), so at a few hundred requests a second the loop
+wakes once a commit rather than once a request; the acks leave no later, since none
+is sent before its commit (answers that need no commit, a CoAP ping, a block of an
+update, wait up to the window too). At higher rates datagrams come in bunches anyway
+and are read as they come. `batch = 0` reads through asyncio's
+datagram endpoint instead, a datagram and an answer per call, as each comes. A datagram longer than
 2048 bytes is rejected as oversize (counted and logged). Answers that find the
 socket's send buffer full wait until it is writable; one that cannot be sent (an
 unreachable address) is counted in `headrace_coap_send_errors_total`.
@@ -106,6 +113,8 @@ class CoapServer(asyncio.DatagramProtocol):
         self._out: list[tuple[bytes, tuple]] = []  # answers for the next sendmmsg
         self._flush_due = False  # a flush is scheduled, or the reader flushes when it is done
         self._writer = False  # waiting for the socket to be writable
+        self._reading = False  # the socket is in the event loop's read set
+        self._taken = 0  # datagrams read since the last commit window ended
         # (endpoint, message id) as one int -> response, None while in progress. Two
         # generations swapped every dedup_seconds, so an exchange is remembered between
         # dedup_seconds and twice that, with no per-entry expiry bookkeeping: at 500
@@ -130,6 +139,8 @@ class CoapServer(asyncio.DatagramProtocol):
                 raise
             self.sock, self._io = sock, Batch(sock, self.batch, _DATAGRAM_MAX)
             loop.add_reader(sock.fileno(), self._readable)
+            self._reading = True
+            self.pipeline.add_intake(self._pause, self._resume)
         else:
             self._transport, _ = await loop.create_datagram_endpoint(lambda: self,
                                                                      local_addr=(self.bind, self.port))
@@ -155,7 +166,9 @@ class CoapServer(asyncio.DatagramProtocol):
             if self._out:
                 self._flush()
             fd = self.sock.fileno()
-            self._loop.remove_reader(fd)
+            if self._reading:
+                self._loop.remove_reader(fd)
+                self._reading = False
             if self._writer:
                 self._loop.remove_writer(fd)
             self.sock.close()
@@ -167,11 +180,41 @@ class CoapServer(asyncio.DatagramProtocol):
     def _readable(self) -> None:
         """The socket has datagrams: take up to `batch` with one call, answer what can be
         answered at once with one call."""
+        self._take()
+
+    def _pause(self) -> None:
+        """A commit window starts: stop reading, unless the last window brought a batch or more
+        (then datagrams come in bunches anyway, and reading them as they come overlaps their
+        work with the window instead of adding it to their acks' wait); what comes waits in
+        the kernel until `_resume`."""
+        taken, self._taken = self._taken, 0
+        if self._io is not None and self._reading and taken < self.batch:
+            self._loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+    def _resume(self) -> None:
+        """The window ends: read what waits (up to a group's worth, while the commit queue has
+        room; the rest as the socket is readable), then read on as datagrams come."""
+        if self._io is None:
+            return
+        limit, n = self.pipeline.cfg.spool.commit_max_frames, 0
+        while n < limit and self.pipeline.has_space():
+            got = self._take()
+            n += got
+            if got < self.batch:
+                break
+        if not self._reading:
+            self._loop.add_reader(self.sock.fileno(), self._readable)
+            self._reading = True
+
+    def _take(self) -> int:
+        """Read up to `batch` datagrams with one call and handle them; how many were read."""
         try:
             got = self._io.recv()
         except OSError as exc:
             self.error_received(exc)
-            return
+            return 0
+        self._taken += len(got)
         self._flush_due = True  # answers made meanwhile leave together below
         try:
             for data, addr, truncated in got:
@@ -184,6 +227,7 @@ class CoapServer(asyncio.DatagramProtocol):
             self._flush_due = False
             if self._out and not self._writer:
                 self._flush()
+        return len(got)
 
     def _flush(self) -> None:
         self._flush_due = False
