@@ -1,8 +1,14 @@
 # COSE_Mac0 (RFC 9052) with HMAC 256/64 (RFC 9053): docs/protocol.md §2.
-# HMAC-SHA-256 is built on hashlib.sha256 (MicroPython has no hmac module).
+# HMAC-SHA-256: hmac256.py (viper, in a preallocated buffer) where the port compiles native
+# code, else hashlib.sha256 (CPython; MicroPython has no hmac module).
 import hashlib
 
 import cbor
+
+try:
+    from hmac256 import Hmac256
+except (ImportError, SyntaxError):  # CPython; a MicroPython without a native emitter
+    Hmac256 = None  # type: ignore[misc,assignment]
 
 try:
     from micropython import const
@@ -22,25 +28,33 @@ MAC0_OVERHEAD = const(64)  # a COSE_Mac0's bytes beyond its payload, at most (a 
 
 
 class Mac:
-    """HMAC-SHA-256 with the key's pads computed once."""
+    """HMAC-SHA-256: hmac256.Hmac256 (nothing allocated per tag) where it imports, else
+    hashlib with the key's pads computed once."""
 
     def __init__(self, key):
+        self.tag = bytearray(_TAG_LEN)  # open_ack's scratch
+        self._v = Hmac256(key) if Hmac256 is not None else None
+        if self._v is not None:
+            return
         if len(key) > _BLOCK:
             key = hashlib.sha256(key).digest()
         key = key + bytes(_BLOCK - len(key))
         self._ipad = bytes([b ^ 0x36 for b in key])
         self._opad = bytes([b ^ 0x5C for b in key])
 
-    def digest1(self, data):
-        """HMAC-SHA-256 of one buffer (no tuple of parts). hashlib's objects and digests are
-        the allocations left per frame: MicroPython's hashlib has no copy() or digest_into()."""
-        inner = hashlib.sha256(self._ipad)
-        inner.update(data)
-        outer = hashlib.sha256(self._opad)
-        outer.update(inner.digest())
-        return outer.digest()
+    def tag_into(self, buf, start, end, out, at):
+        """The 8-byte tag, HMAC-SHA-256 of buf[start:end] cut short, at out[at:]. Allocates
+        nothing with hmac256; with hashlib its objects, digests and a memoryview."""
+        if self._v is not None:
+            self._v.tag_into(buf, start, end, out, at, _TAG_LEN)
+            return
+        d = self.digest(memoryview(buf)[start:end])
+        for k in range(_TAG_LEN):
+            out[at + k] = d[k]
 
     def digest(self, *parts):
+        if self._v is not None:
+            return self._v.digest(parts[0] if len(parts) == 1 else b"".join(parts))
         inner = hashlib.sha256(self._ipad)
         for p in parts:
             inner.update(p)
@@ -114,7 +128,7 @@ def open_ack(mac, buf, h, m):
     """Verify the gateway's COSE_Mac0 at buf[h:h + m] in place (buf[h - 4:h] free; the message
     is spoiled): the payload's (start, end) offsets packed as start << 16 | end, 0 when the MAC is
     bad, -1 when the message is not in the gateway's usual layout (then use verify_mac0).
-    Allocates only what hashlib does, and a memoryview."""
+    Allocates nothing (with hashlib: what Mac.tag_into says)."""
     if m < 21:
         return -1
     for k in range(11):
@@ -141,7 +155,8 @@ def open_ack(mac, buf, h, m):
     for k in range(6):
         buf[h - 4 + k] = _MAC0_PREFIX[k]
     buf[h + 10] = 0x40
-    tag = mac.digest1(memoryview(buf)[h - 4:end])
+    tag = mac.tag
+    mac.tag_into(buf, h - 4, end, tag, 0)
     diff = 0
     for k in range(_TAG_LEN):
         diff |= tag[k] ^ buf[end + 1 + k]
@@ -151,7 +166,7 @@ def open_ack(mac, buf, h, m):
 def seal_into(mac, kid, seq, payload, n, out, at):
     """The COSE_Mac0 of payload[:n] from `kid` with partial IV `seq`, written at out[at:]
     (out[at - 4:at] is scratch: the MAC is taken in place); its length. The same bytes as
-    mac0(); allocates only what hashlib does, and a memoryview."""
+    mac0(); allocates nothing (with hashlib: what Mac.tag_into says)."""
     pn = 1
     while seq >> (8 * pn):
         pn += 1
@@ -182,11 +197,9 @@ def seal_into(mac, kid, seq, payload, n, out, at):
     for k in range(6):
         out[at - 4 + k] = _MAC0_PREFIX[k]
     out[marker] = 0x40
-    tag = mac.digest1(memoryview(out)[at - 4:p])
+    mac.tag_into(out, at - 4, p, out, p + 1)
     out[at] = 0xD1  # tag 17
     out[at + 1] = 0x84  # array(4)
     out[marker] = 0xA0
     out[p] = 0x48
-    for k in range(_TAG_LEN):
-        out[p + 1 + k] = tag[k]
     return p + 9 - at

@@ -2,8 +2,9 @@
 #
 # The steady state allocates nothing here: frames are encoded into one buffer and written
 # with the stream's offset and length, the UART is read into a buffer, acks are deframed
-# and checked in the deframer's buffer and handed over in preallocated slots. (hashlib's
-# objects, verifying an ack's MAC, are the exception: see cose.Mac.digest1.)
+# and checked in the deframer's buffer and handed over in preallocated slots (where the port
+# has no native emitter, hashlib's objects verifying an ack's MAC are the exception: see
+# cose.Mac.tag_into).
 import board
 import cbor
 import cose
@@ -21,8 +22,8 @@ ACKS = const(8)  # acks handed over per poll, at most (the rest wait for the nex
 
 class AckSlots:
     """The gateway's acks checked in place in a link's buffer and handed over in the slots
-    ack_seq, ack_status and ack_cmds (lists made once), with no allocation but hashlib's
-    (cose.open_ack); SerialLink and link_coap.CoapLink read acks with it."""
+    ack_seq, ack_status and ack_cmds (lists made once), with no allocation (cose.open_ack);
+    SerialLink and link_coap.CoapLink read acks with it."""
 
     def __init__(self, mac):
         self.mac = mac

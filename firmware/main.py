@@ -272,12 +272,17 @@ class Node:
         if readings:
             self.made += 1  # frames of readings (a report alone is not one of cfg["frames"])
         if not self.cfg["quiet"]:
-            # the readings in the order the pack carries them (grouped by sensor), times in ms
-            t0 = pack.day * clock.DAY_MS + pack.msod
-            pack.plan()
-            emit({"ev": "sent", "seq": seq, "r": [[self.names[pack.idx[k]].decode(), t0 + pack.dt[k], pack.value(k)]
-                                                  for k in pack.order[:pack.n]]
-                  + [[n.decode(), t0, text.decode()] for n, text in texts]})
+            self._sent(pack, seq, texts)
+
+    def _sent(self, pack, seq, texts):
+        # The `sent` event: its own method, as its comprehensions make closures over the locals
+        # they use, and a function's closed-over locals are cells allocated at every call.
+        # The readings in the order the pack carries them (grouped by sensor), times in ms.
+        t0 = pack.day * clock.DAY_MS + pack.msod
+        pack.plan()
+        emit({"ev": "sent", "seq": seq, "r": [[self.names[pack.idx[k]].decode(), t0 + pack.dt[k], pack.value(k)]
+                                              for k in pack.order[:pack.n]]
+              + [[n.decode(), t0, text.decode()] for n, text in texts]})
 
     async def sample(self):
         cfg = self.cfg

@@ -1,6 +1,7 @@
 # Deployment manifest (micropython-lib style) for freezing or mpy-cross.
 module("cbor.py")
 module("cose.py")
+module("hmac256.py")  # HMAC-SHA-256 in viper: native code (mpy-cross -march)
 module("framing.py")
 module("senml.py")
 module("clock.py")

@@ -4,7 +4,7 @@ import pytest
 
 from .conftest import ROOT
 
-SCRIPTS = ["t_cbor", "t_framing", "t_golden", "t_outbox", "t_config", "t_board", "t_mcu", "t_sim", "t_adc",
+SCRIPTS = ["t_cbor", "t_framing", "t_golden", "t_hmac", "t_outbox", "t_config", "t_board", "t_mcu", "t_sim", "t_adc",
            "t_ds18b20", "t_bme280", "t_adxl345", "t_worker"]
 
 
