@@ -161,15 +161,43 @@ def mpy_version(mpy_cross: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def build(out: Path, node_json: bytes, fw: Path, mpy_cross: str) -> dict[str, Path]:
-    """Every file of the board layout, made under `out`: board path -> local file."""
+# mpy-cross -march for a board's native code (firmware/hmac256.py's viper functions)
+ESP32_ARCH = {"esp32": "xtensawin", "esp32s2": "xtensawin", "esp32s3": "xtensawin", "esp32c3": "rv32imc",
+              "esp32c6": "rv32imc"}
+HOST_ARCH = {"x86_64": "x64", "amd64": "x64", "i386": "x86", "i686": "x86"}
+
+
+def native_arch(board: str, chip: str = "esp32") -> str | None:
+    """The -march of mpy-cross for `board` (rp2: armv6m, which the RP2350's M33 runs too), or
+    None when unknown: modules with native code are then copied as source, for the board's
+    own compiler."""
+    if board == "esp32":
+        return ESP32_ARCH.get(chip)
+    if board == "rp2":
+        return "armv6m"
+    if board == "unix":
+        import platform
+        return HOST_ARCH.get(platform.machine().lower())
+    return None
+
+
+def build(out: Path, node_json: bytes, fw: Path, mpy_cross: str, march: str | None = None) -> dict[str, Path]:
+    """Every file of the board layout, made under `out`: board path -> local file. Modules with
+    viper functions are compiled for `march`, or copied as source without one."""
     files: dict[str, Path] = {}
     for source in manifest_sources(fw):
         remote = "/lib/node.mpy" if source == "main.py" else "/lib/" + source[:-3] + ".mpy"
+        native = "@micropython.viper" in (fw / source).read_text()
+        if native and not march:
+            remote = "/lib/" + source
+            (out / "lib").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(fw / source, out / remote.lstrip("/"))
+            files[remote] = out / remote.lstrip("/")
+            continue
         local = out / remote.lstrip("/")
         local.parent.mkdir(parents=True, exist_ok=True)
-        p = subprocess.run([mpy_cross, "-o", str(local), "-s", source, str(fw / source)],
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run([mpy_cross, *([f"-march={march}"] if native else []), "-o", str(local), "-s", source,
+                            str(fw / source)], capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
             raise FlashError("compile", f"mpy-cross failed on firmware/{source}: {p.stderr.strip()}")
         files[remote] = local
@@ -501,7 +529,7 @@ def flash(port: str, config: str | None = None, node: str | None = None, board: 
         else:
             mpy_cross = tool("mpy-cross")
             mpy = mpy_version(mpy_cross)
-            files = build(Path(tmp), raw, firmware_dir(), mpy_cross)
+            files = build(Path(tmp), raw, firmware_dir(), mpy_cross, native_arch(board, chip))
             say("compile", f"{len(files)} files for the board, "
                 f"{sum(p.stat().st_size for p in files.values()) / 1024:.1f} KiB (mpy-cross, .mpy v{mpy})")
         if image:

@@ -216,6 +216,9 @@ def compile_firmware(fw: Path, out: Path, mpy_cross: str) -> dict[str, bytes]:
     from gateway.tools.flash import manifest_sources
     parts: dict[str, bytes] = {}
     for source in manifest_sources(fw):
+        if "@micropython.viper" in (fw / source).read_text():  # native code: the node compiles it for its arch
+            parts[source] = (fw / source).read_bytes()
+            continue
         name = "node.mpy" if source == "main.py" else source[:-3] + ".mpy"
         local = out / name
         local.parent.mkdir(parents=True, exist_ok=True)
