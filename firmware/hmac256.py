@@ -7,11 +7,13 @@
 # firmware/build/frozen.py passes), else hashlib. CPython has no viper: ImportError there.
 # Usage: h = Hmac256(key); h.tag_into(buf, start, end, out, at, n) writes the first n bytes of
 # HMAC-SHA-256(key, buf[start:end]) at out[at:]; h.digest(data) gives the 32 bytes (allocates).
-# Caveats: viper functions take at most four arguments, so the state, the schedule, the round
-# constants and a block live in one bytearray (`ws`, 416 bytes; the round constants stay in
-# the module's bytes constant, in flash when frozen) at fixed offsets. Words are
-# 32-bit, masked after each addition (viper's uint is 64-bit on 64-bit ports). Little-endian
-# ports only (every MicroPython port with a native emitter here is).
+# Caveats: viper functions take at most four arguments, so the state, the schedule, the key's
+# two states and a block live in one bytearray (`ws`, 416 bytes) at fixed offsets; the round
+# constants stay in the module's bytes constant (in flash when frozen), read bytewise as it
+# has no alignment. Words are 32-bit, masked after each addition (viper's uint is 64-bit on
+# 64-bit ports). Little-endian ports only (every MicroPython port with a native emitter is).
+# Time a tag (246 bytes, 4 blocks + 1): 12-30 us on this machine's unix ports, against 2-9 us
+# for hashlib's C; bench/firmware.py's frames/s show the node's rate on each target.
 import micropython
 
 _H = micropython.const(0)  # the running state, 8 words

@@ -12,7 +12,6 @@ import json
 
 import board
 import clock
-import config
 import cose
 import framing
 import protocol
@@ -159,8 +158,6 @@ class Node:
             steps = list(worker.NAMES)
         self.names = [s.name.encode() for s in self.sensors] + steps + [b"dropped"]
         self.pack = senml.Pack(self.name, self.names, cfg["batch"] + 1)  # remade by set_batch
-        # reports alone (and the drop count, and a worker's step)
-        self.empty = senml.Pack(self.name, self.names, 2 if steps else 1)
         self.heap = Heap()
         # sensors that convert for a while before a read (DS18B20: up to 750 ms) are all
         # started first, then read once the longest is done; the loop runs meanwhile
@@ -182,6 +179,15 @@ class Node:
         self.rejected = 0
         self.commands = Commands(self, cfg["state_file"] + ".cmd")
         self.fetcher = None  # node updates: made by the first `update` offer (fetch.py)
+        self.boot_error = None  # config.error(cfg), and the sensor fault's blink code: set by main()
+        self.sensor_blink = None
+
+    @property
+    def empty(self):
+        """The pack a frame of reports goes in (make_frame(node.empty)): the readings' own, so
+        the readings waiting go with the reports, sooner than the batch would send them (a
+        pack of its own would keep about 430 bytes of heap for rare frames)."""
+        return self.pack
 
     def _ours(self, msg):
         try:
@@ -223,7 +229,7 @@ class Node:
 
     def make_frame(self, pack=None):
         """The pack of the readings added since the last frame (and the reports waiting), as
-        a COSE_Mac0 into the outbox. pack: self.empty for a frame of reports alone."""
+        a COSE_Mac0 into the outbox."""
         if pack is None:
             pack = self.pack
         if pack.n == 0:
@@ -381,7 +387,9 @@ class Node:
         if due is None:
             return
         step, demand = due
-        pack = self.empty
+        if self.pack.n:
+            self.make_frame()  # the readings waiting first: the step goes in a frame of its own
+        pack = self.pack
         self.clock.now()
         pack.day = self.clock.day
         pack.msod = self.clock.msod
@@ -423,11 +431,11 @@ class Node:
         emit({"ev": "boot", "node": self.name, "seq": self.seq.next, "transport": self.cfg["transport"],
               "restored": self.outbox.restored, "stale": self.stale,
               "outbox_bytes": len(self.outbox.data)})
-        for text in [config.error(self.cfg)] + self.problems:
+        for text in [self.boot_error] + self.problems:
             if text:
                 self.report(text)
         if self.problems:
-            board.show_code(config.blink_pattern(config.FAULT_SENSOR_START))
+            board.show_code(self.sensor_blink)
         if self.cfg["watchdog_ms"]:  # from here on the loop must feed it
             self.wdt = board.Watchdog(self.cfg["watchdog_ms"])
         kept = board.read_file(self.reset_path) if self.reset_path else None
@@ -581,23 +589,36 @@ def main(argv, trial=None):
     if len(argv) < 2:
         sys.stderr.write("usage: main.py CONFIG.json\n")
         return 2
+    # config is needed at boot only: what the node uses of it later is taken now, and the module
+    # is unloaded before the node's buffers are made (about 800 bytes of heap on 32-bit ports)
+    import config
     cfg = config.boot(argv[1])  # never raises: bad settings fall back to their defaults
+    error = config.error(cfg)
+    code = config.fault(cfg)
+    fatal = code and code <= config.FATAL
+    blink = config.blink_pattern(code) if code else None
+    sensor_blink = config.blink_pattern(config.FAULT_SENSOR_START)
+    link_blink = config.blink_pattern(config.FAULT_LINK)
+    del config
+    sys.modules.pop("config", None)
+    gc.collect()
     if cfg["led_pin"] is not None:
         board.use_led(cfg["led_pin"])
-    code = config.fault(cfg)
-    if code and code <= config.FATAL:  # no identity to send frames with: only the LED can tell
-        emit({"ev": "error", "what": config.error(cfg)})
-        board.show_code(config.blink_pattern(code), True)  # on a board, until it is reflashed
+    if fatal:  # no identity to send frames with: only the LED can tell
+        emit({"ev": "error", "what": error})
+        board.show_code(blink, True)  # on a board, until it is reflashed
         return 2
     if code:
-        board.show_code(config.blink_pattern(code))  # once; the error frame says what is wrong
+        board.show_code(blink)  # once; the error frame says what is wrong
     try:
         node = Node(cfg, trial)
     except (OSError, ValueError) as e:  # the link did not open (a serial port, Wi-Fi): try again
         emit({"ev": "error", "what": "link: %s" % e})
-        board.show_code(config.blink_pattern(config.FAULT_LINK))
+        board.show_code(link_blink)
         board.reset()
         return 2
+    node.boot_error = error
+    node.sensor_blink = sensor_blink
     asyncio.run(node.run())
     return 0
 
