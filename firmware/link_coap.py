@@ -32,8 +32,8 @@ class CoapLink(link_serial.AckSlots):
     """The steady state allocates no buffers: each request is built in one transmit buffer
     made at boot, each datagram copied into one receive buffer and the gateway's ack checked
     there in place, as SerialLink does. What is left: the datagram recv() returns (an ack,
-    about 60 bytes), hashlib's objects and a memoryview per send; an idle poll allocates
-    nothing (a poll object, not a recv that raises)."""
+    about 60 bytes; and hashlib's objects where the port has no native emitter for
+    hmac256.py); an idle poll allocates nothing (a poll object, not a recv that raises)."""
 
     window_default = 1
 
