@@ -216,8 +216,9 @@ def compile_firmware(fw: Path, out: Path, mpy_cross: str) -> dict[str, bytes]:
     from gateway.tools.flash import manifest_sources
     parts: dict[str, bytes] = {}
     for source in manifest_sources(fw):
-        if "@micropython.viper" in (fw / source).read_text():  # native code: the node compiles it for its arch
-            parts[source] = (fw / source).read_bytes()
+        if "@micropython.viper" in (fw / source).read_text():
+            # native code is for one arch, a release for every node of an .mpy version: the node
+            # keeps the one its image or `node flash` gave it (cose falls back to hashlib without)
             continue
         name = "node.mpy" if source == "main.py" else source[:-3] + ".mpy"
         local = out / name

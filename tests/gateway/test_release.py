@@ -147,9 +147,8 @@ def test_cli_build_and_verify(tmp_path, capsys):
     assert "OK: version 1.1.0" in text
     manifest = release.read(out.read_bytes(), release.load_public(keys / "release.pub"))[0]
     names = [n for n, _, _ in manifest.parts]
-    # compiled, but for the viper module, shipped as source for the node to compile for its arch
-    assert "node.mpy" in names and "cose.mpy" in names and "hmac256.py" in names
-    assert all(n.endswith(".mpy") for n in names if n != "hmac256.py")
+    assert "node.mpy" in names and "cose.mpy" in names and all(n.endswith(".mpy") for n in names)
+    assert "hmac256.mpy" not in names  # native code: the node keeps its own (flashed or frozen)
     assert cli.main(["release", "verify", str(out), "--pub", str(keys / "release.pub"), "--running", "1.1.0"]) == 1
     assert "downgrade" in capsys.readouterr().err
     assert cli.main(["release", "keygen", "--out", str(tmp_path / "other")]) == 0
