@@ -21,7 +21,9 @@ from outbox import Outbox, SeqStore
 
 
 def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
+    # streamed: no string of the whole event, which a fragmented small heap may not hold
+    json.dump(obj, sys.stdout)
+    sys.stdout.write("\n")
     try:
         sys.stdout.flush()
     except (AttributeError, OSError):
@@ -83,7 +85,7 @@ class Heap:
             if made == 100:
                 self.live_100 = used
             self.live_peak = max(self.live_peak, used)
-            if gc.mem_free() > 4096:
+            if gc.mem_free() > 1024:  # room for what a window allocates (nothing, in the steady state)
                 gc.disable()
                 self.armed = True
                 self.start = gc.mem_alloc()
