@@ -215,7 +215,7 @@ t = time.ticks_us()
 for i in range(N):
     x = hashlib.sha256(k); x.update(memoryview(buf)[4:164]); y = hashlib.sha256(k); y.update(x.digest()); y.digest()
 b = time.ticks_diff(time.ticks_us(), t)
-print('MACTIME', a // N, b // N, 'viper' if cose.Hmac256 else 'hashlib')
+print('MACTIME', a // N, b // N, 'viper' if cose.hmac256 else 'hashlib')
 """
 
 

@@ -6,9 +6,9 @@ import hashlib
 import cbor
 
 try:
-    from hmac256 import Hmac256
+    import hmac256
 except (ImportError, SyntaxError):  # CPython; a MicroPython without a native emitter
-    Hmac256 = None  # type: ignore[misc,assignment]
+    hmac256 = None  # type: ignore[assignment]
 
 try:
     from micropython import const
@@ -28,12 +28,12 @@ MAC0_OVERHEAD = const(64)  # a COSE_Mac0's bytes beyond its payload, at most (a 
 
 
 class Mac:
-    """HMAC-SHA-256: hmac256.Hmac256 (nothing allocated per tag) where it imports, else
-    hashlib with the key's pads computed once."""
+    """HMAC-SHA-256: hmac256 (nothing allocated per tag) where it imports, else hashlib with
+    the key's pads computed once."""
 
     def __init__(self, key):
         self.tag = bytearray(_TAG_LEN)  # open_ack's scratch
-        self._v = Hmac256(key) if Hmac256 is not None else None
+        self._v = hmac256.new(key) if hmac256 is not None else None  # its buffer
         if self._v is not None:
             return
         if len(key) > _BLOCK:
@@ -45,16 +45,23 @@ class Mac:
     def tag_into(self, buf, start, end, out, at):
         """The 8-byte tag, HMAC-SHA-256 of buf[start:end] cut short, at out[at:]. Allocates
         nothing with hmac256; with hashlib its objects, digests and a memoryview."""
-        if self._v is not None:
-            self._v.tag_into(buf, start, end, out, at, _TAG_LEN)
+        ws = self._v
+        if ws is not None:
+            hmac256.tag(ws, buf, start, end)
+            d = hmac256.DIGEST
+            for k in range(_TAG_LEN):
+                out[at + k] = ws[d + k]
             return
         d = self.digest(memoryview(buf)[start:end])
         for k in range(_TAG_LEN):
             out[at + k] = d[k]
 
     def digest(self, *parts):
-        if self._v is not None:
-            return self._v.digest(parts[0] if len(parts) == 1 else b"".join(parts))
+        ws = self._v
+        if ws is not None:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            hmac256.tag(ws, data, 0, len(data))
+            return bytes(ws[hmac256.DIGEST:hmac256.DIGEST + 32])
         inner = hashlib.sha256(self._ipad)
         for p in parts:
             inner.update(p)

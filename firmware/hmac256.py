@@ -5,8 +5,9 @@
 # Configuration: none; cose.Mac uses it where it imports (a port with a native emitter: unix
 # x64/x86, Cortex-M, Xtensa, RV32; frozen images need mpy-cross -march, which
 # firmware/build/frozen.py passes), else hashlib. CPython has no viper: ImportError there.
-# Usage: h = Hmac256(key); h.tag_into(buf, start, end, out, at, n) writes the first n bytes of
-# HMAC-SHA-256(key, buf[start:end]) at out[at:]; h.digest(data) gives the 32 bytes (allocates).
+# Usage: ws = new(key) (a bytearray, the key's); tag(ws, buf, start, end) leaves
+# HMAC-SHA-256(key, buf[start:end]) at ws[DIGEST:DIGEST + 32]. Functions, no class: a class
+# and its instance would keep about 200 more bytes of heap.
 # Caveats: viper functions take at most four arguments, so the state, the schedule, the key's
 # two states and a block live in one bytearray (`ws`, 416 bytes) at fixed offsets; the round
 # constants stay in the module's bytes constant (in flash when frozen), read bytewise as it
@@ -172,51 +173,46 @@ def _zero(ws, off):
         ws[off + i] = 0
 
 
-class Hmac256:
-    """HMAC-SHA-256 with `key` (bytes); one 416-byte buffer made here, nothing per tag."""
-
-    def __init__(self, key):
-        ws = self.ws = bytearray(_SIZE)
-        ws[_OUT:_OUT + 32] = _IV_K[:32]  # the initial state (until the outer one takes its place)
-        if len(key) > 64:
-            _load(ws, _OUT)
-            self._hash(key, 0, len(key), 0)
-            _digest(ws, _BLK)
-            key = bytes(ws[_BLK:_BLK + 32])
-        for pad, at in ((0x36, _IN), (0x5C, _OUT)):
-            for i in range(64):
-                ws[_BLK + i] = (key[i] if i < len(key) else 0) ^ pad
-            _load(ws, _OUT)
-            _compress(ws, ws, _BLK)
-            _store(ws, at)
-
-    def _hash(self, src, start, end, before):
-        """The state after src[start:end] with its padding, `before` bytes hashed already."""
-        ws = self.ws
-        off = start
-        while end - off >= 64:
-            _compress(ws, src, off)
-            off += 64
-        if not _pad(ws, src, off, end):
-            _compress(ws, ws, _BLK)
-            _zero(ws, _BLK)
-        _length(ws, before + end - start)
-        _compress(ws, ws, _BLK)
-
-    def tag_into(self, src, start, end, out, at, n):
-        """The first n bytes of HMAC-SHA-256(key, src[start:end]) at out[at:]; allocates nothing."""
-        ws = self.ws
-        _load(ws, _IN)
-        self._hash(src, start, end, 64)
-        _digest(ws, _BLK)  # the inner hash: the outer message
+def new(key):
+    """The buffer of an HMAC-SHA-256 with `key` (bytes): 416 bytes, all a tag needs."""
+    ws = bytearray(_SIZE)
+    ws[_OUT:_OUT + 32] = _IV_K[:32]  # the initial state (until the outer one takes its place)
+    if len(key) > 64:
         _load(ws, _OUT)
-        self._hash(ws, _BLK, _BLK + 32, 64)
+        _hash(ws, key, 0, len(key), 0)
         _digest(ws, _BLK)
-        for i in range(n):
-            out[at + i] = ws[_BLK + i]
+        key = bytes(ws[_BLK:_BLK + 32])
+    for pad, at in ((0x36, _IN), (0x5C, _OUT)):
+        for i in range(64):
+            ws[_BLK + i] = (key[i] if i < len(key) else 0) ^ pad
+        _load(ws, _OUT)
+        _compress(ws, ws, _BLK)
+        _store(ws, at)
+    return ws
 
-    def digest(self, data):
-        """HMAC-SHA-256(key, data): 32 bytes (allocates them)."""
-        out = bytearray(32)
-        self.tag_into(data, 0, len(data), out, 0, 32)
-        return bytes(out)
+
+def _hash(ws, src, start, end, before):
+    """The state after src[start:end] with its padding, `before` bytes hashed already."""
+    off = start
+    while end - off >= 64:
+        _compress(ws, src, off)
+        off += 64
+    if not _pad(ws, src, off, end):
+        _compress(ws, ws, _BLK)
+        _zero(ws, _BLK)
+    _length(ws, before + end - start)
+    _compress(ws, ws, _BLK)
+
+
+def tag(ws, src, start, end):
+    """HMAC-SHA-256(key, src[start:end]) at ws[DIGEST:DIGEST + 32] (ws from new(key));
+    allocates nothing."""
+    _load(ws, _IN)
+    _hash(ws, src, start, end, 64)
+    _digest(ws, _BLK)  # the inner hash: the outer message
+    _load(ws, _OUT)
+    _hash(ws, ws, _BLK, _BLK + 32, 64)
+    _digest(ws, _BLK)
+
+
+DIGEST = _BLK

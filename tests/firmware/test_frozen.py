@@ -32,7 +32,7 @@ def test_the_image_holds_the_firmware_frozen(image):
     # with nothing but the frozen modules on the path, the firmware and asyncio import
     # (and hmac256's viper functions, frozen as native code, import: cose uses them)
     code = ("import sys; sys.path[:] = ['.frozen']; import main, senml, board, sensors.sim, asyncio, cose; "
-            "print(board.NAME, sys.maxsize > 2**32, cose.Hmac256 is not None)")
+            "print(board.NAME, sys.maxsize > 2**32, cose.hmac256 is not None)")
     p = subprocess.run([str(path), "-c", code], capture_output=True, text=True, timeout=30, cwd="/")
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["unix", "True" if target == "unix64" else "False", "True"], p.stdout

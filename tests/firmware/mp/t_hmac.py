@@ -11,7 +11,7 @@ sys.path.insert(0, ROOT + "/firmware")
 import cose  # noqa: E402
 
 MICRO = sys.implementation.name == "micropython"
-assert (cose.Hmac256 is not None) == MICRO  # every MicroPython here has a native emitter
+assert (cose.hmac256 is not None) == MICRO  # every MicroPython here has a native emitter
 
 
 def hmac_ref(key, data):
