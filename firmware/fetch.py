@@ -30,6 +30,7 @@ _OPT_BLOCK2 = const(23)  # RFC 7959 §2.1
 # a block's answer is awaited ack_timeout_ms (the node's config), doubled per try up to this
 _TIMEOUT_MAX_MS = const(16000)
 _GIVE_UP = const(12)  # tries of one block (about 2.5 minutes): then idle until the gateway offers again
+_HEAP_PER_BLOCK = const(12)  # free heap per byte of block size asked for (_fitting)
 _IDLE = const(0)
 _MANIFEST = const(1)
 _BODY = const(2)
@@ -69,7 +70,8 @@ def request(mid, token, rid, part, node, num, szx):
 
 
 def response(data):
-    """(code, token, block2 value or -1, payload) of a CoAP response; None if malformed."""
+    """(code, token, block2 value or -1, payload: a memoryview into `data`) of a CoAP
+    response; None if malformed."""
     n = len(data)
     if n < 4 or data[0] >> 6 != 1:
         return None
@@ -84,7 +86,7 @@ def response(data):
         b = data[i]
         i += 1
         if b == 0xFF:
-            return data[1], token, block2, data[i:]
+            return data[1], token, block2, memoryview(data)[i:]  # no copy of the block
         d = b >> 4
         ln = b & 15
         if d == 13:
@@ -163,7 +165,7 @@ class Fetcher:
                 v, update.version_text(trial.version))), v)
         self.rid = rid.encode()
         self.version = v
-        self.szx = _szx(block)
+        self.szx = _szx(_fitting(block))
         self.rate = rate
         self.state = _MANIFEST
         self.mbuf = bytearray()
@@ -273,6 +275,18 @@ class Fetcher:
         self.node.trial.reports.append(self.version + ":received")
         self.node.make_frame(self.node.empty)  # reported now, not at the next sample
         self.node.commands.reboot_at = board.ticks_add(board.ticks_ms(), 1000)  # the report first
+
+
+def _fitting(block):
+    """The block size to ask for: the offered one, or less on a tight heap (RFC 7959 lets the
+    client ask for smaller blocks; the gateway serves any): each block is copied once or
+    twice on its way to flash, and a heap of a few KB free in pieces has no 512-byte hole."""
+    import gc
+    gc.collect()
+    free = gc.mem_free() if hasattr(gc, "mem_free") else 1 << 20
+    while block > 64 and block * _HEAP_PER_BLOCK > free:
+        block //= 2
+    return block
 
 
 def _szx(block):

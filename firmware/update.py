@@ -19,6 +19,7 @@
 # again. Slots.confirm() ends the trial once the gateway has acked a frame of the new code.
 # Every outcome is a text the node reports in its next frame (record `update`); the
 # running node's side of it is bootstage.Trial.
+import gc
 import hashlib
 import json
 import os
@@ -325,6 +326,7 @@ class Receiver:
             path = d + "/" + name
             if at == 0 and "/" in name:
                 _makedirs(d + "/" + name[:name.rfind("/")])
+            gc.collect()  # a file object (about 250 B) on a small heap: holes joined first
             with open(path, "ab" if at else "wb") as f:
                 f.write(mv[:n])
             self.pos += n

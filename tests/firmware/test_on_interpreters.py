@@ -2,7 +2,7 @@ import subprocess
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, micropython
 
 SCRIPTS = ["t_cbor", "t_framing", "t_golden", "t_hmac", "t_outbox", "t_config", "t_board", "t_mcu", "t_sim", "t_adc",
            "t_ds18b20", "t_bme280", "t_adxl345", "t_worker"]
@@ -58,3 +58,32 @@ def test_update(interpreter, tmp_path):
                                       str(work), str(rel)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.strip().splitlines()[-1].startswith("OK t_update"), p.stdout
+
+
+FITTING = """
+import gc, sys
+sys.path.insert(0, sys.argv[1])
+import fetch
+gc.collect()
+roomy = fetch._fitting(512)
+ballast = []
+while gc.mem_free() > 3000:
+    ballast.append(bytearray(256))
+tight = fetch._fitting(512)
+print(roomy, tight)
+"""
+
+
+def test_a_tight_heap_asks_for_smaller_update_blocks(tmp_path):
+    """fetch._fitting on the MicroPython unix port: the offered block size with room to spare,
+    a smaller one (64 to 256 B) with about 3 KB free."""
+    mp = micropython()
+    if mp is None:
+        pytest.skip("HEADRACE_NO_MICROPYTHON=1: MicroPython runs skipped on this machine")
+    script = tmp_path / "fitting.py"
+    script.write_text(FITTING)
+    p = subprocess.run([mp, "-X", "heapsize=128k", str(script), str(ROOT / "firmware")], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    roomy, tight = map(int, p.stdout.split())
+    assert roomy == 512 and 64 <= tight <= 256, (roomy, tight)
