@@ -89,3 +89,18 @@ def test_keep_config():
     assert "needs partitions" in str(e.value)
     with pytest.raises(ConfigError):
         from_dict({"sink": {"keep": "0d", "keep_events": "0w", "keep_windows": "5h"}})
+
+
+def test_keep_on_sqlite_keeps_every_row(tmp_path, caplog):
+    """Retention drops PostgreSQL's partitions; the embedded SQLite file has none, and says so."""
+    import logging
+
+    from sink.store import open_store
+
+    with caplog.at_level(logging.WARNING, "headrace.sink"):
+        store = open_store(str(tmp_path / "cloud.sqlite"), keep={"readings": 90 * 86400.0})
+    try:
+        assert store.kind == "sqlite"
+        assert "keep applies to PostgreSQL's partitions" in caplog.text
+    finally:
+        store.close()
