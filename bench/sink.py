@@ -1,7 +1,7 @@
 """The sink's write path against COPY of the same rows already decoded, on a private PostgreSQL.
 
     python bench/sink.py [--batches 320] [--frames 256] [--group 16] [--rounds 3] [--server tuned|tests]
-                         [--jetstream]
+                         [--jetstream] [--waits]
 
 Batches are made by the gateway's own encoder (`uplink/batch.py`): frames of 8
 readings from 64 simulated nodes (values with 2-3 decimals, 10 ms apart, an hour
@@ -134,7 +134,57 @@ def worker(url: str, payload_groups: list[list[bytes]], ready, start, done) -> N
     done.put((time.perf_counter(), cpu))
 
 
-def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> tuple[float, float, float]:
+class Waits:
+    """What the workers' PostgreSQL backends were doing (--waits): pg_stat_activity sampled every
+    20 ms from a thread of this process (the sampling takes some CPU from the run: compare runs
+    with it on with each other only), and the WAL records and bytes written (pg_stat_wal)."""
+
+    def __init__(self, url: str):
+        import collections
+        import threading
+
+        self.url, self.counts, self.samples = url, collections.Counter(), 0
+        self._stop, self._thread = threading.Event(), threading.Thread(target=self._sample)
+
+    def _wal(self) -> tuple[int, int]:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as c:
+            records, size = c.execute("SELECT wal_records, wal_bytes FROM pg_stat_wal").fetchone()
+        return int(records), int(size)
+
+    def _sample(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as c:
+            while not self._stop.is_set():
+                for what, in c.execute(
+                        "SELECT split_part(ltrim(query), ' ', 1) || ' ' || coalesce(wait_event_type || ':' "
+                        "|| wait_event, 'on CPU') FROM pg_stat_activity WHERE backend_type = "
+                        "'client backend' AND state = 'active' AND pid <> pg_backend_pid()"):
+                    self.counts[what] += 1
+                self.samples += 1
+                time.sleep(0.02)
+
+    def __enter__(self):
+        self.wal = self._wal()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        after = self._wal()
+        self.wal = (after[0] - self.wal[0], after[1] - self.wal[1])
+
+    def report(self, readings: int) -> str:
+        top = "; ".join(f"{what} {n / max(self.samples, 1):.0%}" for what, n in self.counts.most_common(6))
+        return (f"    WAL {self.wal[0] / readings:.2f} records, {self.wal[1] / readings:.0f} bytes a reading; "
+                f"backends (share of samples, summed over backends): {top}")
+
+
+def run_workers(url: str, payload_groups: list[list[bytes]], n: int, waits: Waits | None = None
+                ) -> tuple[float, float, float]:
     ctx = mp.get_context("fork")
     ready, start, done = ctx.Queue(), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=worker, args=(url, payload_groups[i::n], ready, start, done)) for i in range(n)]
@@ -142,11 +192,15 @@ def run_workers(url: str, payload_groups: list[list[bytes]], n: int) -> tuple[fl
         p.start()
     for _ in procs:  # every worker connected and its schema checked (one after another: an advisory
         ready.get(timeout=120)  # lock), however loaded the machine: time the writes only
+    if waits:
+        waits.__enter__()
     busy = machine_busy()
     t = time.perf_counter()
     start.set()
     ends = [done.get(timeout=600) for _ in procs]
     busy = machine_busy() - busy
+    if waits:
+        waits.__exit__()
     for p in procs:
         p.join()
         if p.exitcode:
@@ -244,6 +298,8 @@ def main() -> None:
     ap.add_argument("--jetstream", action="store_true",
                     help="workers read the batches from a JetStream stream (one local NATS server) first filled "
                          "with them, as `headrace sink run` does: broker included")
+    ap.add_argument("--waits", action="store_true",
+                    help="sample what the workers' PostgreSQL backends wait on, and count the WAL they write")
     a = ap.parse_args()
     from hil_tests.rig import Postgres
 
@@ -277,13 +333,14 @@ def main() -> None:
             for name in (names if r % 2 == 0 else names[::-1]):
                 url = pg.database(f"bench{r}_{name.split()[-1].replace(',', '')}_{len(rates[name])}")
                 PostgresStore(url).close()  # the sink's schema (and this month's partitions), for the baseline too
-                cpu = None
+                cpu = waits = None
                 if name.startswith("baseline"):
                     secs, cpu, busy = baseline(url, rgroups)
                 elif cluster is not None:
                     secs = run_jetstream(url, cluster.urls, payloads, 1 if "1 worker" in name else 2, a.group)
                 else:
-                    secs, cpu, busy = run_workers(url, pgroups, 1 if "1 worker" in name else 2)
+                    waits = Waits(url) if a.waits else None
+                    secs, cpu, busy = run_workers(url, pgroups, 1 if "1 worker" in name else 2, waits)
                 store = PostgresStore(url)
                 stored = store.query("SELECT count(*) FROM readings")[0][0]
                 store.close()
@@ -298,6 +355,8 @@ def main() -> None:
                     note = (f"  {cpus[name][-1]:5.1f} CPU us a reading, {cpu / secs:4.2f} cores busy, "
                             f"others {max(busy - cpu, 0) / secs:4.2f}")
                 print(f"round {r + 1}: {name:16s} {n / secs:12,.0f} readings/s{note}", flush=True)
+                if waits:
+                    print(waits.report(n), flush=True)
     finally:
         pg.close()
         if cluster is not None:
