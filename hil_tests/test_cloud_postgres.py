@@ -494,6 +494,27 @@ def test_retention_drops_old_partitions(postgres, caplog):
         assert set(_parts(store)) | set(_parts(store, "events")) == after
         store._expire()
         assert store.take_expired() == [("events", 0, 0), ("readings", 0, 2)]
+        # a writer holding readings longer than retention waits: readings is left to the next
+        # pass (logged), events is done all the same
+        import psycopg
+
+        import sink.partitions
+
+        store.write([readings([now - 80 * day], node="n3"), _events(dec, [now - 80 * day])])
+        store.partitions.create(store._conn, "readings", *period(now - 100 * day, "month"), psycopg.errors)
+        caplog.clear()
+        with psycopg.connect(url) as writer, caplog.at_level(logging.WARNING, "headrace.sink"):
+            writer.execute("LOCK TABLE readings IN ROW EXCLUSIVE MODE")  # what a group's COPY takes
+            old_wait, sink.partitions.LOCK_WAIT = sink.partitions.LOCK_WAIT, 0.3
+            try:
+                store._expire()
+            finally:
+                sink.partitions.LOCK_WAIT = old_wait
+            writer.rollback()
+        assert store.take_expired() == [("events", 0, 1)]
+        assert "retention: readings stayed busy" in caplog.text
+        store._expire()
+        assert store.take_expired() == [("events", 0, 0), ("readings", 1, 2)]
     finally:
         store.close()
 

@@ -58,6 +58,7 @@ BEHIND = 400 * 86400.0  # seconds: older rows need no new partition (the default
 FUTURE = 35 * 86400.0   # seconds ahead of the sink's clock
 _MONDAY = 4 * 86400  # 1970-01-05, the first Monday after the epoch
 LOCK = 4242015       # advisory lock id for making (and dropping) partitions
+LOCK_WAIT = 5.0      # seconds retention waits for a table its writers hold (each for one group's transaction)
 _KEEP = re.compile(r"^\s*(\d+)\s*([dw])\s*$")
 
 
@@ -179,38 +180,48 @@ class Partitions:
                     log.info("partition %s made for [%s, %s)", part, lo, hi)
         self.known.add((table, lo))
 
-    def expire(self, conn, now: float) -> list[tuple[str, int, int]]:
+    def expire(self, conn, now: float, errors) -> list[tuple[str, int, int]]:
         """Retention: for each table with a `keep`, detach and drop the partitions wholly older than
         `now - keep`, and delete such rows from its default partition; one transaction a table
         (`conn` in autocommit), under the advisory lock that making partitions takes, so workers
         never race on it. Waits at most 5 s for the table (its writers hold it for a transaction
-        each): if they hold it longer the pass gives up on it (LockNotAvailable propagates; the
-        next pass tries again). Returns (table, partitions dropped, rows deleted) a table."""
+        each): if they hold it longer the pass leaves that table (logged; the next pass tries
+        again). `errors` is psycopg.errors. Returns (table, partitions dropped, rows deleted) of
+        each table done."""
         out = []
         for table in sorted(self.tables & set(self.keep)):
-            cutoff = now - self.keep[table]
-            col = TABLES[table]
-            dropped = 0
-            with conn.transaction():
-                conn.execute("SET LOCAL lock_timeout = '5s'")
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
-                rows = conn.execute("""SELECT child.relname, pg_get_expr(child.relpartbound, child.oid)
-                    FROM pg_inherits JOIN pg_class parent ON parent.oid = inhparent
-                    JOIN pg_class child ON child.oid = inhrelid WHERE parent.relname = %s
-                    ORDER BY child.relname""", (table,)).fetchall()
-                for part, bound in rows:
-                    b = bounds(bound)
-                    if b is None or b[1] > cutoff:
-                        continue
-                    conn.execute(f"ALTER TABLE {table} DETACH PARTITION {part}")
-                    conn.execute(f"DROP TABLE {part}")
-                    self.known.discard((table, b[0]))
-                    dropped += 1
-                    log.info("retention: partition %s [%s, %s) dropped (%s keeps %.0f days)",
-                             part, b[0], b[1], table, self.keep[table] / 86400)
-                deleted = conn.execute(f"DELETE FROM {table}_default WHERE {col} < %s", (cutoff,)).rowcount
-                if deleted:
-                    log.info("retention: %d rows older than %.0f days deleted from %s_default",
-                             deleted, self.keep[table] / 86400, table)
-            out.append((table, dropped, max(deleted, 0)))
+            try:
+                gone, deleted = self._expire_table(conn, table, now - self.keep[table])
+            except errors.LockNotAvailable:
+                log.warning("retention: %s stayed busy for %.0f s; left to the next pass", table, LOCK_WAIT)
+                continue
+            for lo in gone:  # once committed: a rolled-back pass dropped nothing
+                self.known.discard((table, lo))
+            out.append((table, len(gone), deleted))
         return out
+
+    def _expire_table(self, conn, table: str, cutoff: float) -> tuple[list[float], int]:
+        """One table's pass: (starts of the partitions dropped, rows deleted from the default one)."""
+        col = TABLES[table]
+        days = self.keep[table] / 86400
+        gone = []
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT * 1000)}ms'")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+            rows = conn.execute("""SELECT child.relname, pg_get_expr(child.relpartbound, child.oid)
+                FROM pg_inherits JOIN pg_class parent ON parent.oid = inhparent
+                JOIN pg_class child ON child.oid = inhrelid WHERE parent.relname = %s
+                ORDER BY child.relname""", (table,)).fetchall()
+            for part, bound in rows:
+                b = bounds(bound)
+                if b is None or b[1] > cutoff:
+                    continue
+                conn.execute(f"ALTER TABLE {table} DETACH PARTITION {part}")
+                conn.execute(f"DROP TABLE {part}")
+                gone.append(b[0])
+                log.info("retention: partition %s [%s, %s) dropped (%s keeps %.0f days)",
+                         part, b[0], b[1], table, days)
+            deleted = max(conn.execute(f"DELETE FROM {table}_default WHERE {col} < %s", (cutoff,)).rowcount, 0)
+            if deleted:
+                log.info("retention: %d rows older than %.0f days deleted from %s_default", deleted, days, table)
+        return gone, deleted

@@ -609,12 +609,8 @@ class PostgresStore:
     def _expire(self) -> None:
         """Retention (sink/partitions.py, `expire`); a table whose writers kept it busy is left to
         the next pass, an hour later."""
-        if not self.partitions.keep:
-            return
-        try:
-            self.expired += self.partitions.expire(self._conn, time.time())
-        except self._psycopg.errors.LockNotAvailable:
-            log.warning("retention: the tables stayed busy for 5 s; trying again in an hour")
+        if self.partitions.keep:
+            self.expired += self.partitions.expire(self._conn, time.time(), self._psycopg.errors)
 
     def take_expired(self) -> list[tuple[str, int, int]]:
         """The retention passes since the last call: (table, partitions dropped, rows deleted)."""
