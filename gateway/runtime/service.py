@@ -71,7 +71,7 @@ class Gateway:
         self.rules: RuleEngine | None = None
         self.coap: CoapServer | None = None
         self.http: StatusServer | None = None
-        self.serial: list = []  # gateway/runtime/transports/serial.py's SerialLink, one per port
+        self.serial = None  # gateway/runtime/transports/serial.py's SerialPorts, one reader for every port
         self.updates = None  # gateway/runtime/updates.py's Updates when [update] public_key is set
         self._tasks: list[asyncio.Task] = []
 
@@ -128,11 +128,11 @@ class Gateway:
         self._spawn(self.dispatcher.run(), "dispatcher")
         self._spawn(self.pipeline.run(), "pipeline")
         self._spawn(self.uplink.run(), "uplink")
-        for port in cfg.serial.ports:
-            from gateway.runtime.transports.serial import SerialLink  # pyserial only when a port is configured
-            link = SerialLink(port.path, port.baudrate, self.pipeline, updates=self.updates)
-            self.serial.append(link)
-            self._spawn(link.run(), f"serial:{port.path}")
+        if cfg.serial.ports:
+            from gateway.runtime.transports.serial import SerialPorts  # pyserial only when a port is configured
+            self.serial = SerialPorts([(p.path, p.baudrate) for p in cfg.serial.ports], self.pipeline,
+                                      updates=self.updates)
+            self._spawn(self.serial.run(), "serial")
         if cfg.coap.enabled:
             self.coap = CoapServer(cfg.coap.bind, cfg.coap.port, self.pipeline, cfg.coap.dedup_seconds,
                                    cfg.coap.dedup_max, updates=self.updates, receive_buffer=cfg.coap.receive_buffer,

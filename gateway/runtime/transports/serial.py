@@ -1,20 +1,35 @@
-"""Serial transport: COBS/CRC frames over a UART (or a pty), one node per port.
+"""Serial transport: COBS/CRC frames over UARTs (or ptys), one node per port, one reader for all ports.
 
 Configuration: `[[serial.ports]]` tables with `path` and `baudrate`.
-Usage: the service starts one `SerialLink` per configured port.
+Usage: the service starts one `SerialPorts` for all configured ports; its `run()`
+opens them, reads them and reopens the ones that go away.
 Node updates: a node fetches a release with CoAP block requests in serial frames
 (docs/protocol.md §9), answered here by gateway/runtime/updates.py.
-Caveats: a port that disappears (USB unplug) is reopened every few seconds; the
-node resends what was not acked meanwhile. pyserial discards what arrived before
-the port was opened: the first partial frame is counted as line noise.
+
+Why one reader: with a transport, a protocol, a stream reader and a task per port,
+every read of every port woke its own task through a future (about 25 µs of
+Python a read here). Here every port's descriptor sits in one epoll set, which the
+event loop watches as one descriptor: a wake-up reads every port that has bytes
+(`os.read`, up to READ_LIMIT each), splits the frames and offers them to the
+pipeline in one callback, and the acks of a commit go out in one callback too.
+
+Caveats: a port that disappears (USB unplug: EIO, ENXIO, end of file) is closed and
+reopened every `reopen_delay` seconds; the node resends what was not acked
+meanwhile. What arrived before the port was opened is discarded: the first
+partial frame is counted as line noise. While the pipeline is full no port is
+read (the lines, then the nodes' outboxes, hold the rest), and a port whose node
+does not read its acks (more than READ_LIMIT waiting) is not read either.
+Linux and other systems with epoll only.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import select
 
 import serial
-import serial_asyncio_fast
 
 from gateway.errors import FrameError, RejectedFrame
 from gateway.runtime.pipeline import Pipeline
@@ -24,109 +39,260 @@ from gateway.protocol.numbers import COAP_VERSION
 
 log = logging.getLogger("headrace.serial")
 TRANSPORT = "serial"
-# Bytes buffered per port while the pipeline is full: beyond twice this the port stops
-# being read and the line (then the node's outbox) holds the rest. asyncio's default
-# (64 KiB, so 128 KiB a port, plus a 64 KiB read) lets 100 ports hold up to 19 MB;
-# 8 KiB is still over half a second of a 115200 baud line.
+# Bytes read from a port at once, and the most a port may have waiting to be written before
+# it stops being read. 8 KiB is still over half a second of a 115200 baud line.
 READ_LIMIT = 8192
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_LOST = select.EPOLLERR | select.EPOLLHUP
 
 
-class SerialLink:
-    """One serial port: read frames, offer them, write acks."""
+class SerialPort:
+    """One configured port: its state while open, the frames it could not offer yet, its acks."""
 
-    def __init__(self, path: str, baudrate: int, pipeline: Pipeline, reopen_delay: float = 2.0, updates=None):
-        self.path, self.baudrate, self.pipeline = path, baudrate, pipeline
+    def __init__(self, path: str, baudrate: int, owner: "SerialPorts"):
+        self.path, self.baudrate, self.owner = path, baudrate, owner
+        self.handle: serial.Serial | None = None
+        self.fd = -1
+        self.events = 0  # what epoll watches for it: _IN, _OUT or both
+        self.deframer = Deframer()
+        self.held: list = []  # frames read while the pipeline was full, offered when it has space
+        self.out = bytearray()  # bytes the port did not take yet
+        self.acks = bytearray()  # acks of one commit group, written together
+        self.connected = asyncio.Event()
+        self.lost = 0  # times the port went away
+        self.warned = False  # its failure to open was logged (once an outage, not every retry)
+
+    def reply(self, ack: bytes | None, error: Exception | None) -> None:
+        """The pipeline's answer to one frame: its ack goes out with the rest of its commit's."""
+        if ack is None or self.fd < 0:
+            return  # spool failed (no ack, the node resends), or the port is gone
+        if not self.acks:
+            self.owner.ack_later(self)
+        self.acks += encode_frame(ack)
+
+
+class SerialPorts:
+    """Every serial port, read through one epoll set: frames to the pipeline, acks back."""
+
+    def __init__(self, ports: list[tuple[str, int]], pipeline: Pipeline, reopen_delay: float = 2.0,
+                 updates=None):
+        self.pipeline = pipeline
         self.updates = updates  # node updates: CoAP block requests in serial frames (gateway/runtime/updates.py)
         self.reopen_delay = reopen_delay
-        self.connected = asyncio.Event()
-        self._writer: asyncio.StreamWriter | None = None
-        self._out = bytearray()  # acks of one commit group, written together
+        self.ports = {path: SerialPort(path, baudrate, self) for path, baudrate in ports}
+        self._by_fd: dict[int, SerialPort] = {}
+        self._epoll: select.epoll | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._resume: asyncio.Task | None = None
+        self._acking: list[SerialPort] = []
+
+    # -- opening and losing ports -------------------------------------------------------------
 
     async def run(self) -> None:
-        """Open, serve, and reopen on loss, until cancelled."""
-        while True:
-            try:
-                reader, writer = await serial_asyncio_fast.open_serial_connection(url=self.path, baudrate=self.baudrate,
-                                                                              limit=READ_LIMIT)
-            except (serial.SerialException, OSError) as exc:
-                log.warning("cannot open serial port %s: %s; retrying in %.0f s", self.path, exc, self.reopen_delay)
+        """Open every port, serve them, reopen the ones lost, until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._epoll = select.epoll()
+        self._watch(True)
+        try:
+            while True:
+                for port in self.ports.values():
+                    if port.fd < 0:
+                        self._open(port)
                 await asyncio.sleep(self.reopen_delay)
+        finally:
+            self._watch(False)
+            if self._resume is not None:
+                self._resume.cancel()
+                await asyncio.gather(self._resume, return_exceptions=True)
+            for port in self.ports.values():
+                self._close(port)
+            self._epoll.close()
+
+    def _open(self, port: SerialPort) -> None:
+        try:
+            handle = serial.Serial(port.path, port.baudrate, timeout=0, write_timeout=0)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            if not port.warned:
+                log.warning("cannot open serial port %s: %s; retrying every %g s", port.path, exc,
+                            self.reopen_delay)
+                port.warned = True
+            return
+        port.warned = False
+        port.handle, port.fd = handle, handle.fd
+        port.deframer = Deframer()
+        port.out.clear()
+        port.acks.clear()
+        port.events = _IN
+        self._by_fd[port.fd] = port
+        self._epoll.register(port.fd, _IN)
+        port.connected.set()
+        log.info("serial port %s open at %d baud", port.path, port.baudrate)
+
+    def _close(self, port: SerialPort) -> None:
+        if port.fd < 0:
+            return
+        self._by_fd.pop(port.fd, None)
+        try:
+            self._epoll.unregister(port.fd)
+        except (OSError, ValueError):
+            pass
+        try:
+            port.handle.close()
+        except OSError:
+            pass
+        port.handle, port.fd, port.events = None, -1, 0
+        port.connected.clear()
+
+    def _lost(self, port: SerialPort, why) -> None:
+        log.warning("serial port %s lost: %s; reopening every %g s", port.path, why, self.reopen_delay)
+        port.lost += 1
+        self._close(port)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _watch(self, on: bool) -> None:
+        """Have the event loop call `_ready` when any port is ready (one descriptor: the epoll set)."""
+        if on and not self._reading:
+            self._loop.add_reader(self._epoll.fileno(), self._ready)
+        elif not on and self._reading:
+            self._loop.remove_reader(self._epoll.fileno())
+        self._reading = on
+
+    def _ready(self) -> None:
+        # one callback for every port that is ready; epoll is level-triggered, so a port
+        # left unread here (the pipeline filled up) is reported again after the pause
+        by_fd = self._by_fd
+        for fd, ev in self._epoll.poll(0):
+            port = by_fd.get(fd)
+            if port is None:
                 continue
-            _read_more(writer.transport)
-            log.info("serial port %s open at %d baud", self.path, self.baudrate)
-            self._writer = writer
-            self.connected.set()
-            try:
-                await self._serve(reader)
-            except (serial.SerialException, OSError) as exc:
-                log.warning("serial port %s lost: %s; reopening", self.path, exc)
-            finally:
-                self.connected.clear()
-                self._writer = None
-                writer.close()
-            await asyncio.sleep(self.reopen_delay)
-
-    async def _serve(self, reader: asyncio.StreamReader) -> None:
-        deframer = Deframer()
-        pipeline = self.pipeline
-        while True:
-            writer = self._writer
-            if writer is not None and writer.transport.get_write_buffer_size() > READ_LIMIT:
-                await writer.drain()  # a node that does not read its acks is not read either
-            data = await reader.read(READ_LIMIT)
-            if not data:
-                raise OSError("end of file")
-            for item in deframer.feed(data):
-                if isinstance(item, FrameError):
-                    pipeline.reject_frame(item, TRANSPORT)
+            if ev & _OUT:
+                self._write_waiting(port)
+                if port.fd < 0:
                     continue
-                if self.updates is not None and item and item[0] >> 6 == COAP_VERSION:
-                    self._update_request(item)  # a CoAP message (a COSE_Mac0 starts 0xd1): a node fetching an update
-                    continue
-                await pipeline.wait_space()
+            if ev & (_IN | _LOST) and port.events & _IN:
                 try:
-                    pipeline.offer(item, TRANSPORT, self._reply)
-                except RejectedFrame:
-                    pass  # counted and logged by the pipeline; never acked
+                    data = os.read(fd, READ_LIMIT)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:  # EIO (a pty's other end closed), ENXIO, ENODEV: the device is gone
+                    self._lost(port, exc)
+                    continue
+                if not data:
+                    self._lost(port, "end of file")
+                    continue
+                self._offer(port, port.deframer.feed(data))
+                if not self._reading:
+                    break  # the pipeline is full
 
-    def _update_request(self, message: bytes) -> None:
+    def _offer(self, port: SerialPort, items: list) -> None:
+        pipeline = self.pipeline
+        updates = self.updates
+        for i, item in enumerate(items):
+            if item.__class__ is not bytes:
+                pipeline.reject_frame(item, TRANSPORT)
+                continue
+            if updates is not None and item[0] >> 6 == COAP_VERSION:
+                self._update_request(port, item)  # a CoAP message (a COSE_Mac0 starts 0xd1): a node fetching an update
+                continue
+            if not pipeline.has_space():
+                port.held = items[i:]
+                self._pause()
+                return
+            try:
+                pipeline.offer(item, TRANSPORT, port.reply)
+            except RejectedFrame:
+                pass  # counted and logged by the pipeline; never acked
+
+    def _pause(self) -> None:
+        """The pipeline is full: read no port until it has space again."""
+        self._watch(False)
+        if self._resume is None or self._resume.done():
+            self._resume = self._loop.create_task(self._resume_when_space(), name="serial:resume")
+
+    async def _resume_when_space(self) -> None:
+        while True:
+            await self.pipeline.wait_space()
+            for port in self.ports.values():
+                if port.held:
+                    items, port.held = port.held, []
+                    self._offer(port, items)
+                    if port.held:
+                        break  # full again
+            else:
+                self._watch(True)
+                return
+
+    def _update_request(self, port: SerialPort, message: bytes) -> None:
         try:
             mtype, code, mid, token, options, _ = parse(message)
         except CoapFormatError as exc:
-            self.pipeline.reject_frame(FrameError("coap", f"malformed CoAP message on {self.path}: {exc}"), TRANSPORT)
+            self.pipeline.reject_frame(FrameError("coap", f"malformed CoAP message on {port.path}: {exc}"), TRANSPORT)
             return
         if not is_update_request(options):
-            self.pipeline.reject_frame(FrameError("coap", f"CoAP request on {self.path} for another path than /u"),
+            self.pipeline.reject_frame(FrameError("coap", f"CoAP request on {port.path} for another path than /u"),
                                        TRANSPORT)
             return
         delay, msg = self.updates.coap(mtype, code, mid, token, options)
         frame = encode_frame(msg)
         if delay > 0:  # throttled: the answer waits
-            asyncio.get_running_loop().call_later(min(delay, 1.5), self._write_now, frame)
+            self._loop.call_later(min(delay, 1.5), self.write, port, frame)
         else:
-            self._write_now(frame)
+            self.write(port, frame)
 
-    def _write_now(self, data: bytes) -> None:
-        if self._writer is not None:
-            self._writer.write(data)
+    # -- writing ------------------------------------------------------------------------------
 
-    def _reply(self, ack: bytes | None, error: Exception | None) -> None:
-        if ack is None or self._writer is None:
-            return  # spool failed: no ack, the node resends
-        if not self._out:
-            # a commit acks many frames at once: one write for all of them (a tty write costs a syscall)
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out += encode_frame(ack)
+    def ack_later(self, port: SerialPort) -> None:
+        """A commit acks many frames at once: one write a port for all of them, after the commit's callbacks."""
+        if not self._acking:
+            self._loop.call_soon(self._write_acks)
+        self._acking.append(port)
 
-    def _flush(self) -> None:
-        data, self._out = bytes(self._out), bytearray()
-        if self._writer is not None and data:
-            self._writer.write(data)
+    def _write_acks(self) -> None:
+        ports, self._acking = self._acking, []
+        for port in ports:
+            data = bytes(port.acks)
+            port.acks.clear()
+            self.write(port, data)
 
+    def write(self, port: SerialPort, data: bytes) -> None:
+        """Write to a port without blocking; what it does not take now goes when it can."""
+        if port.fd < 0 or not data:
+            return
+        if port.out:
+            port.out += data
+        else:
+            try:
+                n = os.write(port.fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                self._lost(port, exc)
+                return
+            if n == len(data):
+                return
+            port.out += data[n:]
+        self._set_events(port)
 
-def _read_more(transport: asyncio.BaseTransport) -> None:
-    """Let the transport read up to READ_LIMIT bytes a call. pyserial-asyncio-fast reads
-    1 KiB at a time (`_max_read_size`, no public setter), so a busy line costs one
-    select and one read every 1 KiB; where the attribute is missing, its default stays."""
-    if hasattr(transport, "_max_read_size"):
-        transport._max_read_size = READ_LIMIT
+    def _write_waiting(self, port: SerialPort) -> None:
+        try:
+            n = os.write(port.fd, port.out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._lost(port, exc)
+            return
+        del port.out[:n]
+        self._set_events(port)
+
+    def _set_events(self, port: SerialPort) -> None:
+        # a node that does not read its acks is not read either, as a stream's drain() did
+        events = (_IN if len(port.out) <= READ_LIMIT else 0) | (_OUT if port.out else 0)
+        if events != port.events:
+            port.events = events
+            try:
+                self._epoll.modify(port.fd, events)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
