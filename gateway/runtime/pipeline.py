@@ -55,7 +55,7 @@ class _Item:
     accepted: Accepted | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeStatus:
     """What the status view shows per node."""
 
