@@ -443,6 +443,7 @@ def test_retention_drops_old_partitions(postgres, caplog):
     """[sink] keep: partitions wholly older than it are detached and dropped at start (and hourly),
     rows older than it deleted from the default partition, tables without a keep left alone; two
     workers expiring at once drop each partition once; the sink counts it in its metrics."""
+    import calendar
     import logging
 
     from sink.partitions import period
@@ -470,8 +471,8 @@ def test_retention_drops_old_partitions(postgres, caplog):
     finally:
         store.close()
     cutoff = now - 40 * day
-    gone = {p for p in before if not p.endswith("_default")
-            and period(float(__import__("calendar").timegm(time.strptime(p[-8:], "%Y%m%d"))), "month")[1] <= cutoff}
+    gone = {p for p in before if not p.endswith("_default")  # <table>_pYYYYMMDD: its period ended before cutoff
+            and period(calendar.timegm(time.strptime(p[-8:], "%Y%m%d")), "month")[1] <= cutoff}
     assert len(gone) >= 3  # 100 and 70 days ago in readings, 100 in events
 
     with caplog.at_level(logging.INFO, "headrace.sink"):

@@ -27,9 +27,9 @@ messages unacknowledged and retries); a deadlock or serialization failure is ret
 from __future__ import annotations
 
 import json
-import operator
 import logging
 import math
+import operator
 import sqlite3
 import threading
 import time
