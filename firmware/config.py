@@ -28,13 +28,14 @@ DEFAULTS = {  # type: dict
     "outbox": 64,
     "quiet": False,  # print only sequence numbers (no readings) on stdout: for small heaps
     "watchdog_ms": 8000,  # 0: no watchdog
+    "trial_s": 300,  # code on trial (node updates) without an acked frame this long resets the board
     "sleep": "none",  # between samples: none (idle), light (lightsleep), deep (deepsleep, boots again)
     "led_pin": None,  # None: the board's own LED
     "worker": None,  # a resource's simulated worker: {"accept_ms": 2000, "work_ms": 5000} (worker.py)
 }
 
 _INTS = ("coap_port", "period_ms", "batch", "frames", "drain_timeout_s", "seed", "ack_timeout_ms",
-         "max_retransmit", "window", "outbox", "watchdog_ms")
+         "max_retransmit", "window", "outbox", "watchdog_ms", "trial_s")
 _STRS = ("port", "host", "wifi_ssid", "wifi_password", "state_file")
 
 # blink codes: a long flash, then this many short ones (docs/node.md)
@@ -87,7 +88,7 @@ def _setting(k, v, cfg):
             return "must be a whole number >= 0", '"%s": %d' % (k, DEFAULTS[k])
         if k == "batch" and not 1 <= v <= 64:
             return "must be 1..64", '"batch": 8'
-        if k in ("ack_timeout_ms", "outbox") and v < 1:
+        if k in ("ack_timeout_ms", "outbox", "trial_s") and v < 1:
             return "must be >= 1", '"%s": %d' % (k, DEFAULTS[k])
         if k == "watchdog_ms" and 0 < v < 1000:
             return "must be 0 (off) or >= 1000", '"watchdog_ms": 8000'

@@ -218,3 +218,36 @@ def test_kill_9_while_receiving_and_while_installing(tmp_path, mp):
         # "installed" is reported by the boot that switched; a kill right after the switch
         # loses that report (RAM only): the node's later "confirmed" still ends the delivery
         assert after["reports"] in (["1.1.0:installed"], []), after
+
+
+def test_a_release_that_runs_but_is_never_acked_rolls_back(tmp_path, mp):
+    """Code on trial that runs without crashing but gets no frame acked (here: no gateway at its
+    CoAP port) resets the board after `trial_s`; each such boot counts, and after three the node
+    runs its old code again and reports why."""
+    import socket
+
+    mp_path, mpy_cross = mp
+    priv, pub = release.keygen(tmp_path / "keys")
+    good = tmp_path / "node-1.1.0.hrr"
+    good.write_bytes(release.make(release.load_private(priv), (1, 1, 0), "mpy6",
+                                  release.compile_firmware(firmware_dir(), tmp_path / "build", mpy_cross)))
+    update_dir = tmp_path / "update"
+    update_dir.mkdir()
+    (update_dir / "release.pub").write_text(pub.read_text())
+    (update_dir / "base_version").write_text("1.0.0\n")
+    stage(mp_path, update_dir, good)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a port where nothing answers
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = node_cfg(tmp_path, "lost", os.urandom(32), 0, transport="coap", host="127.0.0.1", coap_port=port,
+                   period_ms=20, batch=4, watchdog_ms=0, trial_s=2)
+    cfg_path = tmp_path / "lost.json"
+    cfg_path.write_text(json.dumps(cfg))
+    for i in range(3):
+        rc, events = run_boot(mp_path, cfg_path, update_dir, tmp_path / f"trial{i}.out", timeout=60)
+        resets = [e for e in events if e.get("ev") == "reset"]
+        assert rc != 0 and resets and resets[0]["why"] == "update: 1.1.0 not confirmed in 2 s", events[-3:]
+        stage_line = [e for e in events if e.get("ev") == "stage"][0]
+        assert stage_line["v"] == "1.1.0" and stage_line["trial"] == i + 1, stage_line
+    after = boot_check(mp_path, update_dir)
+    assert after["version"] == "1.0.0" and after["reports"] == ["1.1.0:rolled_back:not confirmed after 3 boots"], after
