@@ -57,9 +57,11 @@ class Trial:
     def _confirm(self):
         # update.Slots.confirm without importing update (1.5 KB on a Cortex-M3: on a small
         # heap the confirmation failed for want of it): the state file, trial and boots cleared
+        import gc
         import json
 
         import board
+        gc.collect()  # two file objects (about 250 B each) on what may be a fragmented heap
         path = self.root + "/state"
         st = json.loads(board.read_file(path) or b"{}")
         if not st.get("trial"):
