@@ -31,6 +31,8 @@ class Trial:
         self.on_trial = on_trial
         self.reports = list(reports)
         self.first_seq = None  # the first sequence number of this boot (Node sets it)
+        self.t0 = 0  # when the node started (ticks_ms), and how long code on trial may go
+        self.limit_ms = 0  # without an acked frame before it resets the board (Node sets both)
 
     @property
     def slots(self):

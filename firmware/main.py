@@ -150,8 +150,8 @@ class Node:
             trial.first_seq = self.seq.next
             # code on trial that runs but gets no frame acked (a link it broke, a gateway it cannot
             # reach) resets the board: the boot counts, and past the limit the old code is back
-            self.trial_ms = max(cfg["trial_s"] * 1000, 4 * cfg["batch"] * cfg["period_ms"])
-            self.trial_t0 = board.ticks_ms()
+            trial.limit_ms = max(cfg["trial_s"] * 1000, 4 * cfg["batch"] * cfg["period_ms"])
+            trial.t0 = board.ticks_ms()
         # unacked frames survive a reboot or a power cut in a log beside the sequence file
         self.outbox = Outbox(cfg["outbox"], cfg["state_file"] + ".out" if cfg["state_file"] else None)
         # frames restored from the log under another key (the node was rekeyed) would never
@@ -381,8 +381,9 @@ class Node:
                 self.work(now)
             if self.fetcher is not None:
                 self.fetcher.tick(now)  # node updates: the next block, paced
-            if self.trial is not None and self.trial.on_trial and board.ticks_diff(now, self.trial_t0) > self.trial_ms:
-                self.reset("update: %s not confirmed in %d s" % (self.trial.version_text(), self.trial_ms // 1000))
+            trial = self.trial
+            if trial is not None and trial.on_trial and board.ticks_diff(now, trial.t0) > trial.limit_ms:
+                self.reset("update: %s not confirmed in %d s" % (trial.version_text(), trial.limit_ms // 1000))
             if not link.busy():
                 free = self.window - self.outbox.in_flight(now, timeout)
                 box = self.outbox
