@@ -108,7 +108,7 @@ def run_node(cmd: list[str], frames: int, cwd: Path, lib: Path | None = None) ->
     cfg = {"node": "fw", "key": key.hex(), "transport": "serial", "port": os.ttyname(slave),
            "sensors": ["temp", "vib", "pressure", "current", "humidity"] * 3 + ["temp"], "period_ms": 0,
            "batch": 8, "frames": frames, "state_file": str(cwd / "seq"), "quiet": True, "outbox": 16}
-    for f in ("seq", "seq.out", "seq.out.tmp", "seq.cmd"):
+    for f in ("seq", "seq.out", "seq.out.b", "seq.cmd"):
         (cwd / f).unlink(missing_ok=True)
     (cwd / "cfg.json").write_text(json.dumps(cfg))
     stop = threading.Event()

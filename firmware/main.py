@@ -144,7 +144,10 @@ class Node:
                 raise OSError("Wi-Fi %r did not connect" % cfg["wifi_ssid"])
             self.link = link_coap.CoapLink(  # type: ignore[assignment]
                 cfg["host"], cfg["coap_port"], self.mac, cfg["ack_timeout_ms"], cfg["max_retransmit"])
-        self.seq = SeqStore(cfg["state_file"])
+        # unacked frames survive a reboot or a power cut in a log beside the sequence file
+        self.outbox = Outbox(cfg["outbox"], cfg["state_file"] + ".out" if cfg["state_file"] else None)
+        # the sequence mark is a record of that log (a file of its own took a file object a time)
+        self.seq = SeqStore(cfg["state_file"], log=self.outbox)
         self.trial = trial  # node updates (firmware/update.py, bootstage.py): None when booted without
         if trial is not None:
             trial.first_seq = self.seq.next
@@ -152,8 +155,6 @@ class Node:
             # reach) resets the board: the boot counts, and past the limit the old code is back
             trial.limit_ms = max(cfg["trial_s"] * 1000, 4 * cfg["batch"] * cfg["period_ms"])
             trial.t0 = board.ticks_ms()
-        # unacked frames survive a reboot or a power cut in a log beside the sequence file
-        self.outbox = Outbox(cfg["outbox"], cfg["state_file"] + ".out" if cfg["state_file"] else None)
         # frames restored from the log under another key (the node was rekeyed) would never
         # be acked and would hold the outbox up for good: they go, counted as dropped
         self.stale = self.outbox.keep(self._ours)

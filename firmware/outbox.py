@@ -13,26 +13,40 @@ except ImportError:
 
 
 class SeqStore:
-    """Sequence numbers 0, 1, 2, …; the file holds a number no used one reaches.
+    """Sequence numbers 0, 1, 2, …; the mark on flash is a number no used one reaches.
 
     On boot the counter starts at the stored mark: numbers between the last one
-    used and the mark are skipped, never reused. Writing the file every `margin`
-    frames spares the flash."""
+    used and the mark are skipped, never reused. Writing the mark every `margin`
+    frames spares the flash. With `log` (an Outbox with a log), the mark is a record
+    of the outbox log, already open: writing it allocates nothing (a file of its own
+    took a file object and a string each time, and on a fragmented heap found no
+    block); a mark left in the file `path` by older firmware is taken once, then the
+    file goes. Without it, the mark is the file `path`, written whole and renamed."""
 
-    def __init__(self, path, margin=100):
+    def __init__(self, path, margin=100, log=None):
         self.path = path
         self.margin = margin
+        self.log = log if log is not None and log.path else None
         data = board.read_file(path) if path else None
         try:
             self.next = int(data) if data else 0
         except ValueError:
             self.next = 0
+        if self.log is not None and self.log.mark > self.next:
+            self.next = self.log.mark
         self.mark = self.next
         self._persist()
+        if self.log is not None and data is not None:
+            try:
+                os.remove(path)  # the log holds a mark at least as high now
+            except OSError:
+                pass
 
     def _persist(self):
         self.mark = self.next + self.margin
-        if self.path:
+        if self.log is not None:
+            self.log.put_mark(self.mark)
+        elif self.path:
             board.write_file_atomic(self.path, str(self.mark).encode())
 
     def take(self):
@@ -46,8 +60,13 @@ class SeqStore:
 SPAN = 32  # sequence numbers in flight beyond the oldest unacked frame, at most (half the replay window)
 
 
-_FRAME = 0x46  # b"F": seq (4 bytes) length (2) message
-_GONE = 0x41   # b"A": seq (4 bytes), acked or dropped
+_FRAME = 0x46  # b"F": gen (4 bytes) seq (4) length (2) message
+_GONE = 0x41   # b"A": gen (4) seq (4), acked or dropped
+_MARK = 0x4D   # b"M": gen (4) mark (4), the sequence mark (SeqStore)
+_GEN = 0x47    # b"G": gen (4), a log's head, written last when the log is made
+# the first generation: bytes unlike a message's (CBOR has many zeros), so the bytes left past
+# a rewritten file's end are not taken for a record of its generation; below 2**30 for years
+_GEN0 = 0x15A5A5A5
 _MP = sys.implementation.name == "micropython"
 _SCRATCH = 4  # bytes free before each message in the ring (cose.seal_into writes there)
 
@@ -70,8 +89,17 @@ class Outbox:
     With `path`, every frame is appended to a log on flash before it is sent and
     every ack or drop after it, so a reboot or a power cut restores the frames
     not yet acked (sent again; the gateway answers a copy it has as a duplicate).
-    The log is rewritten with the pending frames alone when it grows past
-    `log_max` bytes: a torn record at the end (a cut mid-write) is ignored."""
+    The log is two files, `path` and `path + ".b"`, both kept open: when the one in
+    use grows past `log_max` bytes, the pending frames alone are written into the
+    other from its start (its head first made invalid, written last), which then
+    takes the appends. Each record carries the generation of its file's head, so the
+    older records left past the end of a rewritten file are not read; a torn record
+    at the end (a cut mid-write) is ignored. A power cut at any point leaves one
+    file whole: the old until the new one's head is written. Nothing is opened,
+    renamed or allocated after boot (a file object and a rename's strings each time
+    were 300 to 480 bytes every hundred frames, and needed a block a fragmented
+    heap may not have). A log from older firmware (`path` alone, no head) is read
+    at boot and replaced."""
 
     SCRATCH = _SCRATCH
 
@@ -97,11 +125,11 @@ class Outbox:
         self.log_max = log_max
         self.log_size = 0
         self.restored = 0
-        self._f = None  # the log, open for appends
-        self._head = bytearray(7)  # a frame record's head: kind, seq (4), length (2)
-        self._gone = bytearray(5)  # an ack or drop record: kind, seq (4)
-        self._tmp = path + ".tmp" if path else None
+        self.mark = 0   # the sequence mark last put in the log (SeqStore)
+        self.gen = _GEN0  # the generation of the file in use
+        self._head = bytearray(11)  # a record's head: kind, gen (4), seq (4), length (2)
         if path:
+            self._open(path)  # _f: the file in use, open for appends; _g: the next one rewritten
             self._restore()
             self._compact()
 
@@ -248,63 +276,104 @@ class Outbox:
         self.restored -= gone
         return gone
 
-    def _log(self, kind, seq, k=0):
-        # the log stays open (a file object per record was ~250 B of heap a frame); a record's
-        # head and its message are two writes: a cut between them leaves a torn record, which
-        # _restore ignores
+    def put_mark(self, mark):
+        """The sequence mark, as a record of the log (SeqStore): allocates nothing."""
+        self.mark = mark
+        self._log(_MARK, mark)
+
+    def _open(self, path):
+        # both files, open for reading and writing, made empty where missing; at boot only
+        fs: list = []
+        for p in (path, path + ".b"):
+            try:
+                f = open(p, "r+b")
+            except OSError:
+                f = open(p, "w+b")
+            fs.append(f)
+        self._f, self._g = fs
+
+    def _put(self, f, kind, gen, seq, k=-1):
+        # one record into f at its position; its size
+        h = self._head
+        h[0] = kind
+        h[1] = (gen >> 24) & 0xFF
+        h[2] = (gen >> 16) & 0xFF
+        h[3] = (gen >> 8) & 0xFF
+        h[4] = gen & 0xFF
+        if kind == _GEN:
+            f.write(h, 0, 5) if _MP else f.write(bytes(h[:5]))
+            return 5
+        h[5] = (seq >> 24) & 0xFF
+        h[6] = (seq >> 16) & 0xFF
+        h[7] = (seq >> 8) & 0xFF
+        h[8] = seq & 0xFF
+        if k < 0:
+            f.write(h, 0, 9) if _MP else f.write(bytes(h[:9]))
+            return 9
+        at = self.offs[k]
+        n = self.lens[k]
+        h[9] = n >> 8
+        h[10] = n & 0xFF
+        # head and message are two writes: a cut between them leaves a torn record
+        if _MP:
+            f.write(h, 0, 11)
+            f.write(self.buf(k), at, n)  # a stream's write takes an offset and a length
+        else:
+            f.write(bytes(h))
+            f.write(memoryview(self.buf(k))[at:at + n])
+        return 11 + n
+
+    def _log(self, kind, seq, k=-1):
         if not self.path:
             return
-        if self._f is None:
-            self._f = open(self.path, "ab")
-        h = self._head if kind == _FRAME else self._gone
-        h[0] = kind
-        h[1] = (seq >> 24) & 0xFF
-        h[2] = (seq >> 16) & 0xFF
-        h[3] = (seq >> 8) & 0xFF
-        h[4] = seq & 0xFF
-        size = 5
-        if kind == _FRAME:
-            at = self.offs[k]
-            n = self.lens[k]
-            h[5] = n >> 8
-            h[6] = n & 0xFF
-            self._f.write(h)
-            if _MP:
-                self._f.write(self.buf(k), at, n)  # a stream's write takes an offset and a length
-            else:
-                self._f.write(memoryview(self.buf(k))[at:at + n])
-            size = 7 + n
-        else:
-            self._f.write(h)
+        self.log_size += self._put(self._f, kind, self.gen, seq, k)
         self._f.flush()
-        self.log_size += size
         if self.log_size > self.log_max:
             self._compact()
 
     def _restore(self):
-        try:
-            f = open(self.path, "rb")
-        except OSError:
-            return
+        # the file whose head is whole and newest; or a log from older firmware (no head,
+        # no generations) in `path`
+        best = None
+        gen = -1
+        for f in (self._f, self._g):
+            f.seek(0)
+            head = f.read(5)
+            if len(head) == 5 and head[0] == _GEN and int.from_bytes(head[1:5], "big") > gen:
+                best = f
+                gen = int.from_bytes(head[1:5], "big")
+        g = 4
+        if best is None:
+            best = self._f
+            best.seek(0)
+            g = 0
+        else:
+            best.seek(5)
+            self.gen = gen
+            if best is self._g:  # the newer one takes the appends; the other is rewritten next
+                self._g = self._f
+                self._f = best
         pending: dict = {}
         order = []
-        with f:
-            while True:
-                head = f.read(5)
-                if len(head) < 5:
-                    break
-                seq = int.from_bytes(head[1:5], "big")
-                if head[0] == _GONE:
-                    pending.pop(seq, None)
-                    continue
-                if head[0] != _FRAME:
-                    break  # not a record: the rest cannot be trusted
-                n = f.read(2)
-                msg = f.read(int.from_bytes(n, "big")) if len(n) == 2 else b""
-                if len(n) < 2 or len(msg) < int.from_bytes(n, "big"):
-                    break  # torn by a power cut mid-write
-                pending[seq] = msg
-                order.append(seq)
+        while True:
+            head = best.read(5 + g)
+            if len(head) < 5 + g or (g and int.from_bytes(head[1:5], "big") != gen):
+                break  # the end, or an older generation's records left past it
+            seq = int.from_bytes(head[1 + g:5 + g], "big")
+            if head[0] == _GONE:
+                pending.pop(seq, None)
+                continue
+            if head[0] == _MARK:
+                self.mark = max(self.mark, seq)
+                continue
+            if head[0] != _FRAME:
+                break  # not a record: the rest cannot be trusted
+            n = best.read(2)
+            msg = best.read(int.from_bytes(n, "big")) if len(n) == 2 else b""
+            if len(n) < 2 or len(msg) < int.from_bytes(n, "big"):
+                break  # torn by a power cut mid-write
+            pending[seq] = msg
+            order.append(seq)
         path = self.path
         self.path = None  # restoring: nothing to log
         for seq in order:
@@ -314,37 +383,28 @@ class Outbox:
         self.restored = self.live
 
     def _compact(self):
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-        # the pending frames' records, written as _log writes them (no copy of a message: a
-        # compaction in a small heap must not need one)
-        tmp = self._tmp
-        if tmp is None:
-            return  # no log to compact (an outbox without a path)
-        size = 0
-        with open(tmp, "wb") as f:
-            h = self._head
-            for j in range(self.used):
-                k = self._slot(j)
-                seq = self.seqs[k]
-                if seq >= 0:
-                    at = self.offs[k]
-                    n = self.lens[k]
-                    h[0] = _FRAME
-                    h[1] = (seq >> 24) & 0xFF
-                    h[2] = (seq >> 16) & 0xFF
-                    h[3] = (seq >> 8) & 0xFF
-                    h[4] = seq & 0xFF
-                    h[5] = n >> 8
-                    h[6] = n & 0xFF
-                    f.write(h)
-                    if _MP:
-                        f.write(self.buf(k), at, n)
-                    else:
-                        f.write(memoryview(self.buf(k))[at:at + n])
-                    size += 7 + n
-        os.rename(tmp, self.path)
+        # the pending frames' records (and the mark) into the other file, from its start (no
+        # copy of a message: a compaction in a small heap must not need one); its head is made
+        # invalid first and written last, so until then the file in use is the one restored
+        f = self._g
+        gen = self.gen + 1
+        f.seek(0)
+        self._head[0] = 0
+        f.write(self._head, 0, 5) if _MP else f.write(bytes(5))
+        size = 5 + self._put(f, _MARK, gen, self.mark)
+        for j in range(self.used):
+            k = self._slot(j)
+            seq = self.seqs[k]
+            if seq >= 0:
+                size += self._put(f, _FRAME, gen, seq, k)
+        f.flush()
+        f.seek(0)
+        self._put(f, _GEN, gen, 0)
+        f.flush()
+        f.seek(size)
+        self._g = self._f
+        self._f = f
+        self.gen = gen
         self.log_size = size
 
     def due(self, now, timeout_ms, limit):
