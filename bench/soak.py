@@ -144,6 +144,25 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def rss_parts(pid: int, top: int = 6) -> str:
+    """Where the RSS is, from /proc/<pid>/smaps: anonymous (the heaps, Python's arenas, thread stacks)
+    and file-backed (shared libraries by name, the largest first), in MB."""
+    parts: dict[str, int] = {}
+    name = "?"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if not head[0].endswith(":"):  # a mapping's header: address perms offset dev inode [path]
+            path = head[5] if len(head) > 5 else "[anon]"
+            name = path.rsplit("/", 1)[-1].split(".so")[0] if path.startswith("/") else path
+        elif head[0] == "Rss:":
+            parts[name] = parts.get(name, 0) + int(head[1])
+    anon = sum(kb for n, kb in parts.items() if n.startswith("["))
+    libs = sorted(((kb, n) for n, kb in parts.items() if not n.startswith("[")), reverse=True)
+    return (f"anonymous {anon / 1024:.1f} MB ([heap] {parts.get('[heap]', 0) / 1024:.1f}, other "
+            f"{(anon - parts.get('[heap]', 0)) / 1024:.1f}), files {sum(kb for kb, _ in libs) / 1024:.1f} MB ("
+            + ", ".join(f"{n} {kb / 1024:.1f}" for kb, n in libs[:top]) + ")")
+
+
 def quantile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -202,6 +221,7 @@ def soak(args, extra: str, label: str) -> dict:
             sys_share = (cpu_split(pid)[1] - split0[1]) / max(cpu, 1e-9)
             written = write_bytes(pid) - io0
             m1 = gw.metrics()
+            parts = rss_parts(pid)
             missing = len(sent - got) - timeouts  # frames the node timed out on may be missing: not loss
             rss = [r for _, r in samples]
             lat = [x for n in nodes for x in n.latencies]
@@ -226,7 +246,7 @@ def soak(args, extra: str, label: str) -> dict:
                   f"{r['disk_b_reading']:.1f} B/reading = {r['disk_x_frame']:.2f}x the frame bytes "
                   f"({r['frame_b_reading']:.1f} B/reading); uplink {r['uplink_b_reading']:.1f} B/reading in "
                   f"{r['uplink_msgs']:.0f} messages; RSS start {rss0:.1f} MB, min {min(rss, default=0):.1f}, "
-                  f"max {r['rss_max']:.1f}, end {r['rss_end']:.1f} MB", flush=True)
+                  f"max {r['rss_max']:.1f}, end {r['rss_end']:.1f} MB; after the settle: {parts}", flush=True)
             return r
         finally:
             sub.close()

@@ -34,7 +34,6 @@ import asyncio
 import hmac
 import json
 import logging
-import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -85,6 +84,8 @@ def tls_context(settings) -> ssl.SSLContext | None:
     """The server's TLS context from `[http] tls_cert`, `tls_key`, `tls_client_ca` (None: plain HTTP)."""
     if not settings.tls_cert:
         return None
+    import ssl  # only with TLS: `ssl` maps OpenSSL's libcrypto, 3.5 MB resident (docs/performance.md, Memory)
+
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
     if settings.tls_client_ca:
@@ -153,7 +154,7 @@ class StatusServer:
                     resp = Response.text(500, "internal error: see the gateway's log\n")
             self._write(writer, resp)
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, OSError):  # ssl.SSLError too
             pass
         finally:
             writer.close()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -12,10 +11,13 @@ from gateway.errors import ConfigError
 
 def _cmd_gateway_run(args) -> int:
     from gateway import config
+    from gateway.runtime import tls
+
+    cfg = config.load(args.config)
+    tls.leave_out_unless_needed(cfg)  # before asyncio, paho and hashlib load
     from gateway.runtime import logs, service
     from gateway.runtime.registry import Registry
 
-    cfg = config.load(args.config)
     logs.setup(cfg.gateway.log_level)
     registry = Registry.load(cfg.gateway.registry)
     _run(service.serve(cfg, registry, args.config))
@@ -313,9 +315,12 @@ def _cmd_fleet(args) -> int:
 
 
 def _run(coro) -> int:
+    import asyncio
+
+    from gateway.runtime import tls
+
     try:
-        import uvloop  # optional: faster datagram and stream paths
-        runner = uvloop.run
+        runner = tls.import_uvloop().run  # optional: faster datagram and stream paths
     except ImportError:
         runner = asyncio.run
     try:

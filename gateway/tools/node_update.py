@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 ENDED = ("confirmed", "failed")
 
@@ -54,6 +52,11 @@ def _request(cfg, url: str, **kw):
 
 
 def _call(cfg, req) -> tuple[int, object]:
+    # here, not at the top: the command line's parser imports this module, and urllib.request loads
+    # ssl, hashlib, http.client and email (1.3 MB) in the gateway too (gateway/runtime/tls.py)
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.load(r)

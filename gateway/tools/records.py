@@ -6,7 +6,6 @@ Usage:
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 
@@ -53,6 +52,7 @@ def spool_path(args):
 
 
 def cmd_spool(args) -> int:
+    import asyncio  # here, not at the top: `headrace gateway run` decides first whether `ssl` loads
     import time
 
     from gateway.runtime.spool import PRIORITY, Spool
