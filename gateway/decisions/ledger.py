@@ -16,6 +16,7 @@ Usage:
     epoch, rows = ledger.take()        # the pipeline, just before a commit
     ledger.committed(epoch)            # ... after it; or ledger.failed(rows) when it failed
     ledger.durable(made)               # was what was marked at epoch `made` committed?
+    ledger.after(made, fn)             # fn() once it is (now if it already is)
 
 A command the dispatcher queues for a node must not leave before the row that
 records it is durable (after a `kill -9` the gateway would not know the node got
@@ -39,6 +40,7 @@ class Ledger:
         self.epoch = 0    # marks made now belong to this epoch; take() closes it
         self._durable = 0  # every epoch below this one is committed
         self._wake = None
+        self._after: list[tuple[int, Callable[[], None]]] = []  # (epoch, fn) waiting for its commit
 
     def route(self, wake) -> None:
         """`wake()` is called on each mark (the pipeline's committer: a change alone is worth a commit)."""
@@ -68,6 +70,11 @@ class Ledger:
 
     def committed(self, epoch: int) -> None:
         self._durable = max(self._durable, epoch + 1)
+        if self._after:
+            due = [fn for made, fn in self._after if made < self._durable]
+            self._after = [(made, fn) for made, fn in self._after if made >= self._durable]
+            for fn in due:
+                fn()
 
     def failed(self, rows: dict) -> None:
         """A commit failed: its rows go with the next one, unless marked again since."""
@@ -79,6 +86,14 @@ class Ledger:
     def durable(self, made: int) -> bool:
         """True once what was marked at epoch `made` is committed (made < 0: restored, durable)."""
         return made < self._durable
+
+    def after(self, made: int, fn: Callable[[], None]) -> None:
+        """Call `fn()` once what was marked at epoch `made` is committed: now if it is already,
+        else right after that commit (e.g. forget a thing only once its successor is on disk)."""
+        if self.durable(made):
+            fn()
+        else:
+            self._after.append((made, fn))
 
 
 def restore_rows(rows, kind: str) -> list[tuple[str, object]]:

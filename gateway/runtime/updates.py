@@ -67,6 +67,7 @@ class Updates:
         self.dir = Path(data_dir) / "updates"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rollout = Rollout(self.public_key, self.dir / "rollout.json", settings.block_size, settings.rate)
+        self._answered: set[tuple[str, str]] = set()  # (node, cloud id) answered, its row not yet committed
         for d in self.rollout.deliveries.values():
             if d.state not in ENDED:
                 log.info("resuming the update of %s to %s (%d of %d bytes)", d.node,
@@ -201,16 +202,32 @@ class Updates:
         self._gauges()
 
     def _answer_cloud(self, d) -> None:
-        """The outcome of the cloud's command (applied or failed) on cmd_result/<node>, once:
-        its id is forgotten, and the delivery saved, as soon as it is answered."""
+        """The outcome of the cloud's command (applied or failed) on cmd_result/<node>, once.
+        Its id is forgotten, and the delivery saved, only once the answer is durable (its row in
+        the spool committed, with the downlink's ledger): a kill -9 between the two answers it
+        again after the restart (the cloud keys answers by id and status), never not at all."""
         if d.state not in ENDED or not d.cloud_id or self.downlink.on_result is None:
             return
-        answer = {"id": d.cloud_id, "status": "applied" if d.state == "confirmed" else "failed"}
+        cid = d.cloud_id
+        if (d.node, cid) in self._answered:
+            return  # answered; its id goes at the commit
+        answer = {"id": cid, "status": "applied" if d.state == "confirmed" else "failed"}
         if d.error:
             answer["error"] = d.error
         self.downlink.on_result(d.node, answer)
-        d.cloud_id = ""
-        self.rollout.save()
+        self._answered.add((d.node, cid))
+
+        def forget() -> None:
+            self._answered.discard((d.node, cid))
+            if d.cloud_id == cid:
+                d.cloud_id = ""
+                self.rollout.save()
+
+        ledger = self.downlink.ledger
+        if ledger is None:
+            forget()
+        else:
+            ledger.after(ledger.epoch, forget)
 
     # -- serving blocks ------------------------------------------------------------------------
 

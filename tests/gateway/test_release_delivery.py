@@ -322,3 +322,64 @@ def test_an_outcome_reached_just_before_a_restart_is_answered_at_start(tmp_path)
     asyncio.run(a_while())
     assert answers == [("n1", {"id": "u2", "status": "applied"})]
     assert Updates(section, str(tmp_path), downlink, Metrics(), registry).rollout.deliveries["n1"].cloud_id == ""
+
+
+def test_an_answered_outcome_is_forgotten_only_after_its_answer_is_committed(tmp_path):
+    """With the downlink's ledger the answer is a spool row written by the next commit: the
+    delivery keeps the command's id on disk until that commit, so a kill -9 in between
+    answers it again after the restart (at least once), never not at all."""
+    import base64
+    import json
+
+    from gateway.config.sections import UpdateSection
+    from gateway.decisions.downlink import Downlink
+    from gateway.decisions.ledger import Ledger
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.registry import Registry
+    from gateway.runtime.updates import Updates
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "release.pub").write_text(release.public_bytes(key).hex())
+    registry = Registry()
+    registry.add("n1")
+    answers, ledger = [], Ledger()
+    downlink = Downlink(registry, on_result=lambda node, a: answers.append((node, a)), ledger=ledger)
+    section = UpdateSection(public_key=str(tmp_path / "release.pub"))
+    updates = Updates(section, str(tmp_path), downlink, Metrics(), registry)
+    downlink.route_updates(updates.cloud_command)
+    good = _release(tmp_path, key, (1, 1, 0), {"app.py": b"A" * 3000}).read_bytes()
+    downlink.submit("n1", json.dumps({"id": "u3", "cmd": "update",
+                                      "args": {"release": base64.b64encode(good).decode()}}).encode())
+    epoch, _ = ledger.take()
+    ledger.committed(epoch)
+    updates.report("n1", "1.1.0:confirmed")
+    updates.report("n1", "1.1.0:confirmed")  # repeated before the commit: still answered once
+    assert answers == [("n1", {"id": "u3", "status": "applied"})]
+
+    def saved_id():
+        return Updates(section, str(tmp_path), Downlink(registry), Metrics(), registry).rollout.deliveries["n1"].cloud_id
+    assert saved_id() == "u3"  # died here: the restart answers it again
+    epoch, _ = ledger.take()
+    ledger.committed(epoch)
+    assert saved_id() == ""
+    updates.report("n1", "1.1.0:confirmed")
+    assert answers == [("n1", {"id": "u3", "status": "applied"})]
+
+
+def test_ledger_after_runs_once_its_epoch_is_committed():
+    from gateway.decisions.ledger import Ledger
+
+    ledger, ran = Ledger(), []
+    made = ledger.mark("k", "a", lambda: 1)
+    ledger.after(made, lambda: ran.append("a"))
+    assert ran == []
+    epoch, _ = ledger.take()
+    ledger.after(ledger.epoch, lambda: ran.append("b"))  # a later epoch: not yet
+    ledger.failed({})
+    assert ran == []
+    ledger.committed(epoch)
+    assert ran == ["a"]
+    ledger.after(made, lambda: ran.append("c"))  # already durable: now
+    assert ran == ["a", "c"]
+    ledger.committed(ledger.take()[0])
+    assert ran == ["a", "c", "b"]
