@@ -33,6 +33,7 @@ def run_suite(tmp_path, board, pair, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
+@pytest.mark.long
 def test_the_board_suite_runs_against_a_board_given_by_its_ports(tmp_path):
     pair = PtyPair(tmp_path, "uart")
     board = SimBoard(tmp_path, uart=pair.b)

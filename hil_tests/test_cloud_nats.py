@@ -11,12 +11,14 @@ import time
 import urllib.request
 
 import paho.mqtt.client as paho
+import pytest
 
 from sink.store import PostgresStore
 
 from .rig import GatewayProcess, Node, SinkProcess, free_port, wait_for
 
 
+@pytest.mark.long
 def test_mqtt_puback_does_not_mean_the_stream_stored_it(nats_cluster):
     """kill -9 of the server that holds a stream: NATS's MQTT listener still PUBACKs QoS 1
     messages for the stream's subject, which the stream never stores; a JetStream publish gets
@@ -109,6 +111,7 @@ def _rule(node: str) -> str:
             'severity = "warning"\n')
 
 
+@pytest.mark.long
 def test_two_gateways_through_faults_exactly_once(tmp_path, nats_cluster, postgres):
     url = postgres.database("cloud")
     metrics_port = free_port()

@@ -12,6 +12,7 @@ import threading
 import time
 
 import cbor2
+import pytest
 from aiocoap.numbers.codes import Code
 
 from gateway.protocol import cose
@@ -148,6 +149,7 @@ def test_events_are_never_dropped_by_the_quota_and_go_first(tmp_path, pty_pairs)
         broker.stop()
 
 
+@pytest.mark.long
 def test_demo_shows_alarms_and_dispatches(tmp_path):
     """`headrace demo` (what `./run.sh demo` runs): the pump's vibration rises, rules raise an
     alarm and a demand, the dispatcher sends a mechanic; the forklift gets the operator's request."""

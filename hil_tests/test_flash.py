@@ -52,6 +52,7 @@ def flash_cmd(bench, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.long
 def test_flash_copies_firmware_and_the_node_reaches_the_gateway(bench, capsys):
     t0 = time.monotonic()
     p = flash_cmd(bench)
@@ -84,6 +85,7 @@ def test_flash_copies_firmware_and_the_node_reaches_the_gateway(bench, capsys):
         print(f"\n  flash + verify of the simulated board: first {first:.1f} s, unchanged {again:.1f} s")
 
 
+@pytest.mark.long
 def test_rekey_then_reflash(bench):
     assert flash_cmd(bench).returncode == 0
     before = json.loads(bench["config"].read_text())["key"]

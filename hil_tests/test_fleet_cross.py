@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from .rig import REPO, GatewayProcess, mechanic, open_demands, post_demand, received_events, wait_for
 
 FLEET = """
@@ -111,6 +113,7 @@ def test_line2s_mechanic_is_dispatched_across_to_line1s_pump(tmp_path, mosquitto
             gw.stop()
 
 
+@pytest.mark.long
 def test_fleet_demo_lends_line2s_mechanic_to_line1s_pump(tmp_path):
     """`headrace demo --fleet` (`./run.sh demo --fleet`): it ends by itself once the pump is fixed."""
     p = subprocess.run([sys.executable, "-m", "gateway", "demo", "--fleet", "--duration", "90", "--workdir",
@@ -127,6 +130,7 @@ def test_fleet_demo_lends_line2s_mechanic_to_line1s_pump(tmp_path):
     assert "line2/mech2    mechanic     on loan to line1 #…" in table
 
 
+@pytest.mark.long
 def test_the_lender_killed_mid_loan_carries_on_and_a_lender_that_stays_dead_is_replaced(tmp_path, mosquitto,
                                                                                           subscriber):
     k1, k2, k3 = os.urandom(32), os.urandom(32), os.urandom(32)

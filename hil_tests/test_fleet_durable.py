@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 import cbor2
+import pytest
 from aiocoap.numbers.codes import Code
 
 from gateway.protocol import cose
@@ -68,6 +69,7 @@ def demands(gw) -> dict:
         return {d["id"]: d for d in json.load(r)["demands"]}
 
 
+@pytest.mark.long
 def test_kill_9_mid_dispatch_each_demand_dispatch_and_command_carries_on(tmp_path, mosquitto, subscriber):
     key = os.urandom(32)
     gw = GatewayProcess(tmp_path, mosquitto.port, {"m1": key}, extra=RESOURCES).start()

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from sink.decode import event_key
 
 from .rig import (REPO, GatewayProcess, Mosquitto, SinkProcess, Subscriber, mechanic, open_demands, post_demand,
@@ -41,6 +43,7 @@ def applied(node) -> list[int]:
     return [e["args"]["demand"] for e in node.events("cmd") if e["cmd"] == "dispatch"]
 
 
+@pytest.mark.long
 def test_the_cloud_killed_each_line_dispatches_alone_and_back_it_lends_without_repeats(tmp_path):
     broker = Mosquitto(tmp_path, persistent=True).start()
     port = broker.port

@@ -14,6 +14,8 @@ import sqlite3
 import threading
 import time
 
+import pytest
+
 from gateway.tools.sim.nullmodem import NullModem
 from gateway.runtime.uplink import batch
 
@@ -48,6 +50,7 @@ def integrity(path) -> str:
         db.close()
 
 
+@pytest.mark.long
 def test_kill_9_twenty_times(tmp_path, mosquitto, subscriber, pty_pairs):
     keys = {"k1": os.urandom(32), "k2": os.urandom(32)}
     pair = pty_pairs("k1")
@@ -78,6 +81,7 @@ def test_kill_9_twenty_times(tmp_path, mosquitto, subscriber, pty_pairs):
     assert integrity(spool) == "ok"
 
 
+@pytest.mark.long
 def test_broker_outage_buffers_and_delivers_in_order(tmp_path):
     # an at-least-once chain end to end: a broker that persists, a subscriber with a persistent
     # session (what the broker acked to the gateway it keeps for the subscriber across its restart)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from .rig import GatewayProcess, Node, coap_post, wait_for
 
 
@@ -116,6 +118,7 @@ def test_status_command_lists_nodes(tmp_path, mosquitto):
     assert p.returncode == 1 and "cannot reach the gateway" in p.stderr
 
 
+@pytest.mark.long
 def test_sighup_reloads_rules_and_resources_without_dropping_frames(tmp_path, mosquitto, subscriber):
     """A rule and a resource added to gateway.toml take effect on SIGHUP while a node streams;
     a broken file keeps them; a setting only a restart applies is said so in the log."""

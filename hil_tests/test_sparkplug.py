@@ -351,6 +351,7 @@ def _same(value):
 OFFLINE_S = int(os.environ.get("HEADRACE_SPB_OFFLINE", 60))
 
 
+@pytest.mark.long
 def test_tahu_host_checks_the_edge_node_through_faults(tmp_path, mosquitto):
     """Two MicroPython nodes over CoAP, the gateway in Sparkplug mode, and a primary host on
     Eclipse Tahu's JavaScript library that checks every message (host.js). Then: DCMD (valid and

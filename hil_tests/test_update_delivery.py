@@ -83,6 +83,7 @@ def accepted(gw):
         gw.metric('headrace_frames_accepted_total{transport="coap"}')
 
 
+@pytest.mark.long
 def test_update_over_serial_survives_power_cuts_and_a_gateway_kill(tmp_path, mosquitto, pty_pairs, releases):
     key = os.urandom(32)
     pair = pty_pairs("upd")
@@ -195,6 +196,7 @@ class UdpProxy:
         self.up.close()
 
 
+@pytest.mark.long
 def test_update_over_coap_through_drops_and_a_tampered_block(tmp_path, mosquitto, subscriber, releases):
     key = os.urandom(32)
     gw = gateway(tmp_path, mosquitto, key, releases["good_pub"], rate=65536).start()
