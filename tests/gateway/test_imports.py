@@ -2,7 +2,8 @@
 
 Each megabyte of RSS counts against the 40 MB budget (docs/performance.md, Memory): node
 updates (the release reader, with tempfile, shutil, bz2 and lzma behind it) load only when
-`[update] public_key` is set, pyserial only when a serial port is configured, OpenSSL
+`[update] public_key` is set, pyserial only when a serial port is configured, paho-mqtt's
+proxy support (`urllib.request`, with `http.client` and `email`) only with PySocks, OpenSSL
 (`ssl`, and hashlib's OpenSSL constructors) only when the configuration uses TLS.
 """
 import subprocess
@@ -13,10 +14,11 @@ from gateway.protocol.coap import UPDATE_PATH, is_update_request
 from gateway.protocol.numbers import COAP_OPT_URI_PATH
 
 
-def test_a_default_gateway_does_not_load_updates_nor_pyserial():
+def test_a_default_gateway_does_not_load_updates_nor_pyserial_nor_urllib_request():
     code = ("import sys, gateway.tools.cli, gateway.runtime.service; "
             "print(sorted(m for m in ('gateway.runtime.updates', 'gateway.decisions.update', "
-            "'gateway.tools.release', 'serial', 'serial_asyncio_fast') if m in sys.modules))")
+            "'gateway.tools.release', 'serial', 'serial_asyncio_fast', 'urllib.request', 'http.client', 'email') "
+            "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "[]"

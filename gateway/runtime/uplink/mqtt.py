@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
+import sys
 import threading
 import time
+import types
+import urllib
 from concurrent.futures import ThreadPoolExecutor
-
-import paho.mqtt.client as paho
 
 from gateway.config import Config
 from gateway.runtime.metrics import Metrics
@@ -37,6 +39,25 @@ from gateway.runtime.spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, PRIO_EVEN
 from gateway.runtime.uplink import batch, events
 from gateway.runtime.uplink.answers import CommandAnswers
 from gateway.runtime.uplink.retry import keep_connected
+
+
+def _import_paho():
+    """paho-mqtt's client. It imports `urllib.request` (with `http.client`, `email` and
+    `tempfile` behind it, 1.3 MB of the gateway's RSS) for proxies from the environment,
+    which it reads only with PySocks installed: without PySocks, and where nothing loaded
+    `urllib.request` yet, it loads with a stand-in, taken away again after it."""
+    if "urllib.request" in sys.modules or importlib.util.find_spec("socks") is not None:
+        import paho.mqtt.client
+        return paho.mqtt.client
+    sys.modules["urllib.request"] = urllib.request = types.ModuleType("urllib.request")
+    try:
+        import paho.mqtt.client
+    finally:
+        del sys.modules["urllib.request"], urllib.request  # a later import gets the real one
+    return paho.mqtt.client
+
+
+paho = _import_paho()
 
 log = logging.getLogger("headrace.mqtt")
 QOS_AT_LEAST_ONCE = 1
