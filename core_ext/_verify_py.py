@@ -39,8 +39,6 @@ message, node, seq, key) are the same.
 """
 from __future__ import annotations
 
-import hmac
-
 from gateway.errors import AuthError, PayloadError, ReplayError
 from gateway.protocol import cose
 from gateway.protocol.numbers import REPLAY_WINDOW
