@@ -2,24 +2,29 @@
 
     python bench/core_verify.py [--frames N] [--rounds R]
 
-The gateway's per-frame check (COSE_Mac0, the node by kid, HMAC-SHA256, replay window,
-SenML into columns) on the frames nodes send (8 readings, about 155 bytes, 100 nodes),
-timed side by side, the variants alternated in each of R rounds (the machine's noise
-falls on all of them alike); medians of the rounds, µs a frame:
+The gateway's per-frame work in the core, on the frames nodes send (8 readings, about
+159 bytes, 100 nodes): the check (COSE_Mac0, the node by kid, HMAC-SHA256, replay
+window, SenML into columns) and the ack. The variants are alternated in each of R
+rounds (the machine's noise falls on all of them alike); medians of the rounds, µs a
+frame:
 
-- compiled: `core_ext._verify` with the compiled parser (what the gateway runs);
-- reference, compiled parser: `core_ext._verify_py` with the compiled parser, which is
-  what the gateway ran before the check was compiled;
-- reference: both pure-Python references (HEADRACE_PURE=1);
-- compiled, one-shot HMAC: the compiled check for nodes past MAC_KEYS, whose MAC is a
-  one-shot `hmac.digest` instead of the key's hashed pads (`cose.MacKey`): the two ways
-  to OpenSSL's HMAC through Python's hashlib, compared within the compiled check.
-
-Prints the ratios compiled ÷ each of the others.
+- check, compiled: `core_ext._verify` with the compiled parser (what the gateway runs);
+- check, reference with the compiled parser: what the gateway ran before the check was
+  compiled (`core_ext._verify_py`, the same code as gateway/runtime/ingest.py had);
+- check, reference: both pure-Python references (HEADRACE_PURE=1), on a tenth of the frames;
+- check, compiled, past MAC_KEYS: nodes whose `cose.MacKey` is not kept (a gateway with
+  more nodes than MAC_KEYS): the MAC is two SHA-256 calls over the padded key and the
+  data (RFC 2104) instead of copies of the key's hashed pads;
+- ack, compiled and reference (`Verifier.ack`);
+- HMAC alone over the frames' MAC structures, called from Python: `MacKey.digest` (the
+  key's hashed pads), two `hashlib.sha256` calls (RFC 2104), one-shot `hmac.digest`:
+  the ways to OpenSSL's HMAC through Python's hashlib.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import statistics
 import sys
 from pathlib import Path
@@ -33,31 +38,49 @@ from gateway.protocol import cose  # noqa: E402
 from gateway.runtime.registry import Registry  # noqa: E402
 
 NODES = 100
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
-def messages(n: int, registry: Registry, prefix: str) -> list[bytes]:
-    frames = make_frames(n, NODES)
+def messages(n: int, registry: Registry) -> list[bytes]:
     out = []
-    for i, payload in enumerate(frames):
-        node = registry.node(f"{prefix}{i % NODES:03d}")
+    for i, payload in enumerate(make_frames(n, NODES)):
+        node = registry.node(f"pump{i % NODES:03d}")
         out.append(cose.mac0(node.key, node.name.encode(), payload, seq=i // NODES))
     return out
 
 
-def run(verify_impl, parse_impl, registry: Registry, msgs: list[bytes], fill: bool = False) -> float:
-    """Seconds for one pass over msgs with a fresh Verifier (its windows empty: every frame new);
-    `fill`: other keys take every MacKey first, so these frames' MACs are one-shot."""
+def verifier(verify_impl, parse_impl, registry: Registry, fill: bool = False):
+    """A fresh Verifier (its windows empty: every frame is new); `fill`: other keys take
+    every MacKey first, as on a gateway with more nodes than MAC_KEYS."""
     v = verify_impl.Verifier(registry.by_kid, parse_impl.Parser(), None)
     if fill:
         for i in range(verify_impl.MAC_KEYS):
             v.mac_key(bytes([i, 2]) * 16)
-    check = v.check
+    return v
+
+
+def check(verify_impl, parse_impl, registry: Registry, msgs: list[bytes], fill: bool = False) -> float:
+    """Seconds a frame for one pass of Verifier.check over msgs."""
+    v = verifier(verify_impl, parse_impl, registry, fill)
+    run = v.check
 
     def one():
         for m in msgs:
-            check(m, 1_700_000_000.0)
+            run(m, 1_700_000_000.0)
         v.parser.take()
-    return best_time(one, 1)
+    return best_time(one, 1) / len(msgs)
+
+
+def acks(verify_impl, parse_impl, registry: Registry, keys: list[bytes]) -> float:
+    v = verifier(verify_impl, parse_impl, registry)
+    ack = v.ack
+    return best_time(lambda: [ack(k, i, 0) for i, k in enumerate(keys)], 1) / len(keys)
+
+
+def two_sha256(key: bytes, data: bytes) -> bytes:
+    k = key.ljust(64, b"\0")
+    return hashlib.sha256(k.translate(_OPAD) + hashlib.sha256(k.translate(_IPAD) + data).digest()).digest()
 
 
 def main() -> None:
@@ -71,28 +94,45 @@ def main() -> None:
     registry = Registry()
     for i in range(NODES):
         registry.add(f"pump{i:03d}", bytes([i]) * 32)
-    msgs = messages(args.frames, registry, "pump")
+    msgs = messages(args.frames, registry)
     small = msgs[: len(msgs) // 10]
+    keys = [registry.by_kid(cose.parse_mac0(m).kid).key for m in msgs]
+    parsed = [cose.parse_mac0(m) for m in msgs]
+    structures = [cose._MAC_STRUCTURE_HEAD + cose._bstr(m.protected) + m.protected + b"\x40" + cose._bstr(m.payload)
+                  + m.payload for m in parsed]
+    assert two_sha256(keys[0], structures[0]) == hmac.digest(keys[0], structures[0], "sha256")
+    mac_keys = {k: cose.MacKey(k) for k in set(keys)}
+    pairs = [(mac_keys[k], k, s) for k, s in zip(keys, structures)]
+    n = len(pairs)
     variants = {
-        "compiled": lambda: run(ver["cython"], ing["cython"], registry, msgs) / len(msgs),
-        "reference, compiled parser": lambda: run(ver["python"], ing["cython"], registry, msgs) / len(msgs),
-        "reference": lambda: run(ver["python"], ing["python"], registry, small) / len(small),
-        "compiled, one-shot HMAC": lambda: run(ver["cython"], ing["cython"], registry, msgs, fill=True) / len(msgs),
+        "check, compiled": lambda: check(ver["cython"], ing["cython"], registry, msgs),
+        "check, reference, compiled parser": lambda: check(ver["python"], ing["cython"], registry, msgs),
+        "check, reference": lambda: check(ver["python"], ing["python"], registry, small),
+        "check, compiled, past MAC_KEYS": lambda: check(ver["cython"], ing["cython"], registry, msgs, fill=True),
+        "ack, compiled": lambda: acks(ver["cython"], ing["cython"], registry, keys),
+        "ack, reference": lambda: acks(ver["python"], ing["cython"], registry, keys),
+        "HMAC: MacKey.digest": lambda: best_time(lambda: [mk.digest(s) for mk, _k, s in pairs], 1) / n,
+        "HMAC: two sha256 calls": lambda: best_time(lambda: [two_sha256(k, s) for _mk, k, s in pairs], 1) / n,
+        "HMAC: one-shot hmac.digest": lambda: best_time(lambda: [hmac.digest(k, s, "sha256") for _mk, k, s in pairs],
+                                                        1) / n,
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):
         for name, fn in variants.items():
-            times[name].append(fn())
-    med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
+            times[name].append(fn() * 1e6)
+    med = {k: statistics.median(v) for k, v in times.items()}
     size = sum(map(len, msgs)) / len(msgs)
     print(f"{len(msgs):,} frames ({size:.0f} bytes, 8 readings, {NODES} nodes), {args.rounds} rounds alternated; "
           "median µs a frame (min-max of the rounds):")
     for k, v in times.items():
-        print(f"  {k:28s} {med[k]:7.3f}  ({min(v) * 1e6:.3f}-{max(v) * 1e6:.3f})")
-    c = med["compiled"]
-    print(f"  compiled ÷ reference with the compiled parser (the path before) {c / med['reference, compiled parser']:.2f}; "
-          f"compiled ÷ reference {c / med['reference']:.3f}; "
-          f"MacKey ÷ one-shot hmac.digest within the compiled check {c / med['compiled, one-shot HMAC']:.2f}")
+        print(f"  {k:36s} {med[k]:7.3f}  ({min(v):.3f}-{max(v):.3f})")
+    c = med["check, compiled"]
+    print(f"check: compiled ÷ the path before (reference, compiled parser) {c / med['check, reference, compiled parser']:.2f}; "
+          f"compiled ÷ reference {c / med['check, reference']:.3f}; past MAC_KEYS ÷ with MacKey "
+          f"{med['check, compiled, past MAC_KEYS'] / c:.2f}")
+    print(f"ack: compiled ÷ reference {med['ack, compiled'] / med['ack, reference']:.2f}")
+    print(f"HMAC: two sha256 calls ÷ MacKey {med['HMAC: two sha256 calls'] / med['HMAC: MacKey.digest']:.2f}, "
+          f"one-shot hmac.digest ÷ MacKey {med['HMAC: one-shot hmac.digest'] / med['HMAC: MacKey.digest']:.2f}")
 
 
 if __name__ == "__main__":

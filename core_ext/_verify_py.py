@@ -25,6 +25,10 @@ raises, in this order of checks, each with the offending node and value:
 - `PayloadError`: a valid MAC over a payload that is not SenML; the sequence
   number is used up all the same (acked as rejected; carries node, seq, key).
 
+`ack(key, seq, status)` is the gateway's ack to a frame (docs/protocol.md §3): a
+COSE_Mac0 with kid "gw" over the CBOR array [1, seq, status], MACed with the node's
+key; seq and status are unsigned 64-bit integers (ValueError otherwise).
+
 `state(node)` is a node's window `(top, bitmap)`, None before its first frame;
 `restore(windows)` sets every window back to the given states (nodes not named
 start afresh). `mac_key(key)` is the key's HMAC state, for the frames' MACs and
@@ -39,9 +43,11 @@ message, node, seq, key) are the same.
 """
 from __future__ import annotations
 
+import cbor2
+
 from gateway.errors import AuthError, PayloadError, ReplayError
 from gateway.protocol import cose
-from gateway.protocol.numbers import REPLAY_WINDOW
+from gateway.protocol.numbers import GATEWAY_KID, MSG_ACK, REPLAY_WINDOW
 
 from core_ext._ingest_py import IngestError
 
@@ -94,6 +100,11 @@ class Verifier:
                 return key  # the plain key: a one-shot HMAC, as fast as making a MacKey for one use
             mk = self._mac_keys[key] = cose.MacKey(key)
         return mk
+
+    def ack(self, key: bytes, seq: int, status: int) -> bytes:
+        if not (0 <= seq < 2 ** 64 and 0 <= status < 2 ** 64):
+            raise ValueError(f"ack for seq {seq}, status {status}: each must be an unsigned 64-bit integer")
+        return cose.mac0(self.mac_key(key), GATEWAY_KID, cbor2.dumps([MSG_ACK, seq, status]))
 
     def state(self, node: str) -> tuple[int, int] | None:
         window = self._windows.get(node)

@@ -64,6 +64,13 @@ class Ingest:
         that churns when many nodes take turns)."""
         return self._verifier.mac_key(key)
 
+    def ack(self, key: bytes, seq: int, status: int, commands=()) -> bytes:
+        """The ack to a node's frame (`ack_message`); the compiled core writes it when it
+        carries no commands (every ack but a few)."""
+        if commands:
+            return ack_message(self.mac_key(key), seq, status, commands)
+        return self._verifier.ack(key, seq, status)
+
     def committed(self, windows: dict[str, tuple[int, int]]) -> None:
         """Record window states the spool has just made durable."""
         self._committed.update(windows)

@@ -32,7 +32,7 @@ from core_ext.aggregate import Aggregator
 
 from gateway.config import Config
 from gateway.errors import PayloadError, RejectedFrame, ReplayError, SpoolError
-from gateway.runtime.ingest import Accepted, Ingest, ack_message, command_reports, update_reports
+from gateway.runtime.ingest import Accepted, Ingest, command_reports, update_reports
 from gateway.runtime.logs import RateLimited
 from gateway.runtime.metrics import Metrics
 from gateway.protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED
@@ -259,7 +259,7 @@ class Pipeline:
             await self._commit_effects()
         for item in group:
             commands = self.downlink.for_ack(item.node) if self.downlink is not None and item.node else ()
-            item.done(ack_message(self.ingest.mac_key(item.key), item.seq, item.status, commands), None)
+            item.done(self.ingest.ack(item.key, item.seq, item.status, commands), None)
         self.committed.set()
 
     async def _commit_effects(self) -> None:

@@ -157,3 +157,25 @@ def test_compiled_agrees_with_the_reference(frame, changes, cut, twice):
     for _ in range(2 if twice else 1):
         got = {name: outcome(v, msg) for name, v in both.items()}
         assert got["cython"] == got["python"], msg.hex()
+
+
+def test_acks_as_the_reference_writes_them(impl):
+    ref = verifier(implementations("verify")["python"])
+    long_key = bytes(range(100))  # longer than a block: hashed first (RFC 2104)
+    cases = [(k, seq, status) for k in (KEY, long_key) for seq in (0, 23, 24, 255, 256, 2 ** 16, 2 ** 32, 2 ** 40 - 1)
+             for status in (0, 1, 2)]
+    for past_the_bound in (False, True):
+        v = verifier(impl)
+        if past_the_bound:  # other keys hold every MacKey: these acks take the other HMAC path
+            for i in range(impl.MAC_KEYS):
+                v.mac_key(bytes([i, 9]) * 16)
+            assert v.mac_key(KEY) == KEY
+        for key, seq, status in cases:
+            ack = v.ack(key, seq, status)
+            assert ack == ref.ack(key, seq, status)
+            m = cose.parse_mac0(ack)
+            assert (m.kid, m.seq, cbor2.loads(m.verify(key))) == (b"gw", None, [1, seq, status])
+    with pytest.raises(ValueError):
+        v.ack(KEY, -1, 0)
+    with pytest.raises(ValueError):
+        v.ack(KEY, 2 ** 64, 0)
