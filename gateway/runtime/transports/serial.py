@@ -12,6 +12,12 @@ Python a read here). Here every port's descriptor sits in one epoll set, which t
 event loop watches as one descriptor: a wake-up reads every port that has bytes
 (`os.read`, up to READ_LIMIT each), splits the frames and offers them to the
 pipeline in one callback, and the acks of a commit go out in one callback too.
+While the pipeline's commit window runs, no port is read when the window before
+brought fewer than WINDOW_FRAMES frames (`Pipeline.add_intake`): what the nodes
+send meanwhile waits in the ports' kernel buffers and is read in one go just
+before the next commit, so at a few hundred frames a second the loop wakes once a
+commit rather than once a frame. The acks leave no later: none is sent before its
+commit. At higher rates frames come in bunches anyway and are read as they come.
 
 Caveats: a port that disappears (USB unplug: EIO, ENXIO, end of file) is closed and
 reopened every `reopen_delay` seconds; the node resends what was not acked
@@ -42,6 +48,10 @@ TRANSPORT = "serial"
 # Bytes read from a port at once, and the most a port may have waiting to be written before
 # it stops being read. 8 KiB is still over half a second of a 115200 baud line.
 READ_LIMIT = 8192
+# Frames a commit window may bring and still have the next window left unread (as
+# CoAP's `batch`): a 25 ms window of 32 frames is 1280 frames a second. Past it the
+# reads overlap the window instead of adding their work to the acks' wait.
+WINDOW_FRAMES = 32
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _LOST = select.EPOLLERR | select.EPOLLHUP
 
@@ -84,6 +94,9 @@ class SerialPorts:
         self._epoll: select.epoll | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
+        self._full = False  # the pipeline was full: no port is read until it has space
+        self._windowed = False  # a commit window runs and the ports are left unread meanwhile
+        self._taken = 0  # frames offered since the last commit window started
         self._resume: asyncio.Task | None = None
         self._acking: list[SerialPort] = []
 
@@ -94,6 +107,7 @@ class SerialPorts:
         self._loop = asyncio.get_running_loop()
         self._epoll = select.epoll()
         self._watch(True)
+        self.pipeline.add_intake(self._window_starts, self._window_ends)
         try:
             while True:
                 for port in self.ports.values():
@@ -102,6 +116,7 @@ class SerialPorts:
                 await asyncio.sleep(self.reopen_delay)
         finally:
             self._watch(False)
+            self._windowed = False
             if self._resume is not None:
                 self._resume.cancel()
                 await asyncio.gather(self._resume, return_exceptions=True)
@@ -183,7 +198,7 @@ class SerialPorts:
                     self._lost(port, "end of file")
                     continue
                 self._offer(port, port.deframer.feed(data))
-                if not self._reading:
+                if self._full:
                     break  # the pipeline is full
 
     def _offer(self, port: SerialPort, items: list) -> None:
@@ -200,13 +215,34 @@ class SerialPorts:
                 port.held = items[i:]
                 self._pause()
                 return
+            self._taken += 1
             try:
                 pipeline.offer(item, TRANSPORT, port.reply)
             except RejectedFrame:
                 pass  # counted and logged by the pipeline; never acked
 
+    def _window_starts(self) -> None:
+        """A commit window starts: read no port until it ends, unless the window before brought
+        WINDOW_FRAMES or more (then frames come in bunches anyway)."""
+        taken, self._taken = self._taken, 0
+        if taken < WINDOW_FRAMES and not self._full and self._epoll is not None and not self._epoll.closed:
+            self._windowed = True
+            self._watch(False)
+
+    def _window_ends(self) -> None:
+        """The window ends: read every port that has bytes now (their frames join the next
+        commit), then read as bytes come."""
+        if not self._windowed:
+            return
+        self._windowed = False
+        if not self._full:
+            self._ready()
+        if not self._full:
+            self._watch(True)
+
     def _pause(self) -> None:
         """The pipeline is full: read no port until it has space again."""
+        self._full = True
         self._watch(False)
         if self._resume is None or self._resume.done():
             self._resume = self._loop.create_task(self._resume_when_space(), name="serial:resume")
@@ -221,7 +257,9 @@ class SerialPorts:
                     if port.held:
                         break  # full again
             else:
-                self._watch(True)
+                self._full = False
+                if not self._windowed:
+                    self._watch(True)
                 return
 
     def _update_request(self, port: SerialPort, message: bytes) -> None:
