@@ -6,19 +6,20 @@ The nodes' layout of COSE_Mac0 (tag 17, empty unprotected map, protected {1: 4,
 4: kid, 6: piv}: `cose.mac0`) is read in C, from offsets into the message; any
 other layout, and every malformed message, goes through `cose.parse_mac0`, whose
 errors are the reference's. The MAC structure is built in one buffer and hashed
-with OpenSSL's SHA-256 through hashlib: for the keys whose `cose.MacKey` is kept,
-from the key's padded blocks hashed once (two copies and two updates); past them
-as RFC 2104 writes HMAC, two SHA-256 calls over the padded key and the data, which
-costs about a fifth more and no memory per key, where a one-shot `hmac.digest`
-costs twice as much (OpenSSL 3 looks the algorithm up again on each call). The
-tag is compared in constant time. The replay windows are C integers. The acks
-(`ack`) are written and MACed the same way.
+with hashlib's SHA-256 (OpenSSL's, or CPython's own in a gateway without TLS:
+gateway/runtime/tls.py): for the keys whose `cose.MacKey` is kept, from the key's
+padded blocks hashed once (two copies and two updates); past them as RFC 2104
+writes HMAC, two SHA-256 calls over the padded key and the data, which costs about
+half as much again and no memory per key, where a one-shot `hmac.digest` costs
+about two and a half times as much (bench/core_verify.py). The tag is compared in
+constant time. The replay windows are C integers. The acks (`ack`) are written
+and MACed the same way.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memcmp
 
-import _hashlib
+import hashlib as _hashlib
 
 from core_ext._ingest_py import IngestError
 from core_ext._verify_py import MAC_KEYS
@@ -50,7 +51,7 @@ cdef uint64_t _MASK = <uint64_t>0xFFFFFFFFFFFFFFFF if REPLAY_WINDOW == 64 else (
 
 cdef object _MacKey = _cose.MacKey
 cdef object _parse_mac0 = _cose.parse_mac0
-cdef object _sha256 = _hashlib.openssl_sha256  # hashlib.sha256 without its Python-level wrapper
+cdef object _sha256 = _hashlib.sha256  # OpenSSL's, or CPython's own where the gateway leaves OpenSSL out
 # the gateway's acks: protected {1: 4, 4: "gw"} (cose.mac0 without a partial IV)
 cdef bytes _ACK_PROTECTED = bytes([0xA2, COSE_HDR_ALG, COSE_ALG_HMAC_256_64, COSE_HDR_KID,
                                    0x40 | len(GATEWAY_KID)]) + GATEWAY_KID

@@ -179,3 +179,17 @@ def test_acks_as_the_reference_writes_them(impl):
         v.ack(KEY, -1, 0)
     with pytest.raises(ValueError):
         v.ack(KEY, 2 ** 64, 0)
+
+
+def test_the_same_implementation_loads_in_a_gateway_without_openssl():
+    # gateway/runtime/tls.py makes _hashlib unimportable in a gateway without TLS: the compiled
+    # module must not need it (it would fall back to the reference, or fail under HEADRACE_REQUIRE_EXT)
+    import subprocess
+    import sys
+
+    import core_ext.verify
+    code = ("import sys; sys.modules['_hashlib'] = sys.modules['ssl'] = None; import core_ext.verify as v; "
+            "print(v.IMPLEMENTATION)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == core_ext.verify.IMPLEMENTATION
