@@ -151,3 +151,15 @@ def test_requests_during_a_commit_window_wait_in_the_socket_and_are_read_at_once
             await server.stop()
             await rig.stop(spool, task)
     asyncio.run(main())
+
+
+def test_exchange_keys_number_addresses_and_forget_them_all_at_once():
+    server = CoapServer("127.0.0.1", 0, pipeline=None)
+    a, b = server._key(("192.168.1.7", 5683), 1), server._key(("10.0.0.1", 5683), 1)
+    assert a != b and server._key(("192.168.1.7", 5683), 1) == a
+    assert a < 2 ** 60 and server._key(("fe80::1", 40000), 65535) < 2 ** 60  # 32-byte ints, not 48
+    server._recent[a] = b"answer"
+    server._ips.update({f"10.1.{i >> 8}.{i & 255}": i for i in range(2, 65536)})
+    # a new address once 65,536 are numbered: the numbers start again, and nothing keyed by the old ones is kept
+    assert server._key(("172.16.0.1", 5683), 1) == a
+    assert not server._recent and not server._older and len(server._ips) == 1
