@@ -163,3 +163,27 @@ def test_exchange_keys_number_addresses_and_forget_them_all_at_once():
     # a new address once 65,536 are numbered: the numbers start again, and nothing keyed by the old ones is kept
     assert server._key(("172.16.0.1", 5683), 1) == a
     assert not server._recent and not server._older and len(server._ips) == 1
+
+
+def test_a_retransmission_gets_the_same_bytes_again(pipeline_rig):
+    rig = pipeline_rig
+
+    async def main():
+        _, spool, pipe, task = await rig.make()
+        server = CoapServer("127.0.0.1", 0, pipe)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            answers = []
+            for _ in range(2):  # the request, then its retransmission (same mid, same token)
+                await loop.sock_sendto(sock, request(7, rig.frame(1), token=b"\x01\x02\x03\x04"), ("127.0.0.1", server.port))
+                answers.append(await asyncio.wait_for(loop.sock_recv(sock, 2048), 5))
+            assert answers[0] == answers[1] and parse(answers[0])[1] == COAP_CHANGED
+            assert server.duplicates == 1
+        finally:
+            sock.close()
+            await server.stop()
+            await rig.stop(spool, task)
+    asyncio.run(main())
