@@ -170,10 +170,11 @@ def open_ack(mac, buf, h, m):
     return 0 if diff else q << 16 | end
 
 
-def seal_into(mac, kid, seq, payload, n, out, at):
-    """The COSE_Mac0 of payload[:n] from `kid` with partial IV `seq`, written at out[at:]
-    (out[at - 4:at] is scratch: the MAC is taken in place); its length. The same bytes as
-    mac0(); allocates nothing (with hashlib: what Mac.tag_into says)."""
+def seal_into(mac, kid, seq, payload, n, out, at, src=0):
+    """The COSE_Mac0 of payload[src:src + n] from `kid` with partial IV `seq`, written at
+    out[at:] (out[at - 4:at] is scratch: the MAC is taken in place); its length. The same
+    bytes as mac0(); allocates nothing (with hashlib: what Mac.tag_into says). The payload may
+    be in out itself, at src >= at + MAC0_OVERHEAD - 9 (it moves forward)."""
     pn = 1
     while seq >> (8 * pn):
         pn += 1
@@ -197,7 +198,7 @@ def seal_into(mac, kid, seq, payload, n, out, at):
     marker = p
     p = cbor.put_head(out, p + 1, 2, n)
     for i in range(n):
-        out[p + i] = payload[i]
+        out[p + i] = payload[src + i]
     p += n
     # MAC_structure = ["MAC0", protected, h'', payload] is the message with another head
     # and h'' (0x40) for the unprotected {} (0xA0)

@@ -1,7 +1,7 @@
 # Serial link: COBS/CRC frames to the gateway over a UART (a pty on the unix board).
 #
-# The steady state allocates nothing here: frames are encoded into one buffer and written
-# with the stream's offset and length, the UART is read into a buffer, acks are deframed
+# The steady state allocates nothing here: frames are encoded as they are written, through a
+# 64-byte buffer, the UART is read into a buffer, acks are deframed
 # and checked in the deframer's buffer and handed over in preallocated slots (where the port
 # has no native emitter, hashlib's objects verifying an ack's MAC are the exception: see
 # cose.Mac.tag_into).
@@ -18,6 +18,7 @@ except ImportError:
         return x
 
 ACKS = const(8)  # acks handed over per poll, at most (the rest wait for the next)
+_CHUNK = const(64)  # bytes of a frame written to the port at a time
 
 
 class AckSlots:
@@ -93,7 +94,11 @@ class SerialLink(AckSlots):
         self.port = port or board.Serial(path)
         self.deframer = framing.Deframer()
         self.bad_acks = 0
-        self.tx = self.scratch = bytearray(framing.MAX_ENCODED + 1)  # scratch: free between sends
+        # a frame goes out through a small buffer, encoded as it is written (no buffer of a
+        # whole frame: 1 KB less of heap)
+        self.tx = bytearray(_CHUNK)
+        self._crc = bytearray(4)
+        self._o = 0  # bytes waiting in tx
         self.rx = bytearray(64)
         self._ri = 0  # bytes of rx taken
         self._rn = 0  # bytes in rx
@@ -105,7 +110,49 @@ class SerialLink(AckSlots):
         """Frame `seq`: msg[start:start + n] (all of msg when n < 0)."""
         if n < 0:
             n = len(msg)
-        self.port.write(self.tx, framing.frame_into(self.tx, msg, n, start))
+        self._frame(msg, start, n)
+
+    def _frame(self, msg, start, n):
+        # COBS(msg[start:start + n] ‖ CRC-32 LE) ‖ 0x00, the same bytes as framing.frame_into,
+        # written as encoded: each block's length is found ahead, then its code and bytes go
+        # into tx, written out whenever it fills; allocates nothing
+        if n > framing.MAX_MESSAGE:
+            raise ValueError("message too long")
+        crc = self._crc
+        framing.crc_into(msg, start, start + n, crc, 0)
+        total = n + 4
+        i = 0
+        while True:
+            j = i
+            while j < total and j - i < 254 and (msg[start + j] if j < n else crc[j - n]):
+                j += 1
+            self._put(j - i + 1)
+            for k in range(i, j):
+                self._put(msg[start + k] if k < n else crc[k - n])
+            if j - i == 254:  # a full block: no zero taken; none after it when the data ends
+                i = j
+                if i == total:
+                    break
+                continue
+            if j == total:
+                break
+            i = j + 1  # the zero the block's code stands for
+            if i == total:
+                self._put(1)  # the data ends with a zero: an empty block
+                break
+        self._put(0)
+        self.port.write(self.tx, self._o)
+        self._o = 0
+
+    def _put(self, b):
+        tx = self.tx
+        o = self._o
+        tx[o] = b
+        o += 1
+        if o == _CHUNK:
+            self.port.write(tx, o)
+            o = 0
+        self._o = o
 
     def poll(self, now):
         """How many acks arrived since the last call (up to ACKS): in ack_seq, ack_status and
@@ -136,7 +183,7 @@ class SerialLink(AckSlots):
 
     def send_coap(self, msg):
         """A CoAP message in a serial frame (node updates: fetch.py)."""
-        self.port.write(self.tx, framing.frame_into(self.tx, msg, len(msg), 0))
+        self._frame(msg, 0, len(msg))
 
     def next_mid(self):
         self._mid = (self._mid + 1) & 0xFFFF

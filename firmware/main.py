@@ -126,7 +126,7 @@ class Node:
         for k in ("cfg", "name", "kid", "mac", "link", "seq", "trial", "outbox", "stale", "dropped_told",
                   "sensors", "problems", "clock", "shifts", "worker", "names", "pack", "heap", "converters",
                   "fillers", "wdt", "window", "payload", "too_big", "faults", "fault", "reset_path", "made",
-                  "acked", "rejected", "commands", "fetcher", "boot_error", "sensor_blink"):
+                  "acked", "rejected", "commands", "fetcher", "boot_error", "sensor_blink", "jobs"):
             setattr(self, k, None)
         self.cfg = cfg
         self.name = cfg["node"]
@@ -148,6 +148,9 @@ class Node:
         self.outbox = Outbox(cfg["outbox"], cfg["state_file"] + ".out" if cfg["state_file"] else None)
         # the sequence mark is a record of that log (a file of its own took a file object a time)
         self.seq = SeqStore(cfg["state_file"], log=self.outbox)
+        # the tasks' coroutines (sample's frame takes 140 B on 32-bit ports) made while the heap
+        # is in one piece: made when run() starts them, after boot, they found no block in 26 KB
+        self.jobs = (self.guard("send", self.send, self.send()), self.guard("sample", self.sample, self.sample()))
         self.trial = trial  # node updates (firmware/update.py, bootstage.py): None when booted without
         if trial is not None:
             trial.first_seq = self.seq.next
@@ -181,10 +184,12 @@ class Node:
         self.fillers = [s for s in self.sensors if hasattr(s, "fill")]
         self.wdt = None  # the hardware watchdog, started by run()
         self.window = cfg["window"] or self.link.window_default
-        # the pack is written in the link's scratch buffer (the serial link's transmit buffer,
-        # free between sends; the CoAP link's receive buffer, free between polls), then sealed
-        # into the outbox: 1 KB less of heap
-        self.payload = getattr(self.link, "scratch", None) or bytearray(framing.MAX_ENCODED + 1)
+        # the pack is written in the outbox's ring where the frame will be, then sealed there
+        # (moved forward over the room left for the COSE head), or in the CoAP link's receive
+        # buffer (free between polls): no buffer of a whole message of its own, 1 KB less of
+        # heap. A pack whose bound passes half the ring (a large batch) takes a scratch made
+        # at its first frame.
+        self.payload = getattr(self.link, "scratch", None)
         self.too_big = 0  # packs that did not fit a message (a batch too large for its names)
         self.faults = 0  # tasks that failed (guard)
         self.fault = None  # the last failure, for the next frame
@@ -272,8 +277,22 @@ class Node:
             reports = self.trial.take_reports()  # node updates: installed, refused, rolled back, confirmed
             if reports:
                 texts = list(texts) + [(n.encode(), r.encode()) for n, r in reports]
+        box = self.outbox
+        scratch = self.payload
+        need = cose.MAC0_OVERHEAD + pack.bound(texts)
+        if scratch is None and (2 * need > len(box.data) or need > framing.MAX_ENCODED):
+            scratch = self.payload = bytearray(framing.MAX_ENCODED + 1)
+        at = -1
+        spill = None
+        if scratch is None:  # in the ring, after room for the COSE head
+            at = box.reserve(need)
+            if at < 0:  # the ring is full (an outage): this frame gets a buffer of its own
+                spill = box.spill_buffer(need)
+                at = box.SCRATCH
+            scratch = box.data if spill is None else spill
+        src = 0 if at < 0 else at + cose.MAC0_OVERHEAD - 9
         try:
-            end = pack.write(self.payload, 0, texts)
+            end = pack.write(scratch, src, texts) - src
             if end + cose.MAC0_OVERHEAD > framing.MAX_MESSAGE:
                 raise IndexError
         except IndexError:  # more than a message holds: the readings go, counted and told
@@ -282,14 +301,22 @@ class Node:
                 readings, framing.MAX_MESSAGE)})
             return
         seq = self.seq.take()
-        box = self.outbox
-        at = box.reserve(end + cose.MAC0_OVERHEAD)
-        spill = None
-        if at < 0:  # the ring is full (an outage): this frame gets a buffer of its own
-            spill = box.spill_buffer(end + cose.MAC0_OVERHEAD)
-            at = box.SCRATCH
+        if at < 0:  # in a scratch: sealed into the ring
+            at = box.reserve(end + cose.MAC0_OVERHEAD)
+            if at < 0:
+                spill = box.spill_buffer(end + cose.MAC0_OVERHEAD)
+                at = box.SCRATCH
         out = box.data if spill is None else spill
-        box.commit(seq, at, cose.seal_into(self.mac, self.kid, seq, self.payload, end, out, at), spill)
+        size = cose.seal_into(self.mac, self.kid, seq, scratch, end, out, at, src)
+        if spill is not None and scratch is spill:  # spilled for its bound: into the ring if it fits now
+            k = box.reserve(size)
+            if k >= 0:
+                d = box.data
+                for i in range(size):
+                    d[k + i] = spill[at + i]
+                at = k
+                spill = None
+        box.commit(seq, at, size, spill)
         if readings:
             self.made += 1  # frames of readings (a report alone is not one of cfg["frames"])
         if not self.cfg["quiet"]:
@@ -460,8 +487,8 @@ class Node:
         if kept:  # the reason for the reset this node did itself, kept across it
             self.report("reset: " + kept.decode())
             os_remove(self.reset_path)
-        sender = asyncio.create_task(self.guard("send", self.send))
-        await self.guard("sample", self.sample)
+        sender = asyncio.create_task(self.jobs[0])
+        await self.jobs[1]
         await self.drain()
         sender.cancel()
         emit({"ev": "done", "sent": self.made, "acked": self.acked, "rejected": self.rejected,
@@ -469,8 +496,9 @@ class Node:
               "cmds": self.commands.applied_count, "cmds_replayed": self.commands.replayed,
               "bad_acks": getattr(self.link, "bad_acks", 0), "too_big": self.too_big, "faults": self.faults})
 
-    async def guard(self, name, job):
-        """Run the task `job` (a coroutine function); when it fails (MemoryError included) count
+    async def guard(self, name, job, co=None):
+        """Run the task `job` (a coroutine function; `co`, its first coroutine, made ahead);
+        when it fails (MemoryError included) count
         it, keep the reason for the next frame (a text record `fault`), and run it again. After
         FAULTS_IN_A_ROW failures with no frame made between them the node resets, the reason
         kept in a file across the reset and reported after boot (a text record `error`,
@@ -479,9 +507,12 @@ class Node:
         made = -1
         while True:
             try:
-                await job()
+                if co is None:
+                    co = job()
+                await co
                 return
             except Exception as e:  # not CancelledError: a task cancelled ends
+                co = None
                 self.faults += 1
                 row = row + 1 if made == self.made else 1
                 made = self.made

@@ -298,6 +298,27 @@ class Pack:
         s = self.shift[k]
         return self.obj[k] if s == OBJ else self.raw[k] / (1 << s) if s else self.raw[k]
 
+    def bound(self, texts=()):
+        """The most bytes write() can take for the readings added and texts (the room a frame
+        is given in the outbox before it is written there); allocates nothing."""
+        singles = self.plan()
+        bn = len(self.node_bn)
+        names = self.names
+        idx = self.idx
+        b = 17 + bn  # the array's head; the first record's base name and time
+        run = -1
+        for m in range(self.n):
+            c = idx[self.order[m]]
+            b += 25  # a record's head, keys, value and time, each at its longest
+            if m < singles:
+                b += len(names[c])
+            elif run != c:
+                b += 4 + bn + len(names[c])  # a run's base name
+                run = c
+        for name, text in texts:
+            b += 24 + bn + len(name) + len(text)
+        return b
+
     def write(self, buf, pos, texts=()):
         """Write the pack at buf[pos]; the position after it. texts: (name bytes, text
         bytes) records at the base time, after the readings."""

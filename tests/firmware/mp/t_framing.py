@@ -27,6 +27,28 @@ assert framing.cobs_encode(b"\x11\x22\x00\x33") == b"\x03\x11\x22\x02\x33"
 assert framing.cobs_encode(bytes(range(1, 255))) == b"\xff" + bytes(range(1, 255))
 assert framing.cobs_encode(bytes(range(1, 256))) == b"\xff" + bytes(range(1, 255)) + b"\x02\xff"
 
+# the serial link's frames, encoded as they are written through its 64-byte buffer: the same
+# bytes as framing.frame, at every length around COBS's 254-byte blocks and the buffer's size
+import link_serial  # noqa: E402
+
+
+class Port:
+    def __init__(self):
+        self.got = b""
+
+    def write(self, data, n=None):
+        self.got += bytes(data[:len(data) if n is None else n])
+
+
+port = Port()
+link = link_serial.SerialLink(None, None, port)
+more = [bytes([(i * 7 + 3) & 0xFF for i in range(n)]) for n in (1, 2, 60, 63, 64, 65, 200, 1024)]
+more += [bytes([5] * n) + tail for n in (250, 251, 252, 253, 254, 255, 508, 509) for tail in (b"", b"\0", b"\0\0")]
+for c in cases[1:] + more:
+    c = c[:framing.MAX_MESSAGE]
+    port.got = b""
+    link.send(0, b"xx" + c + b"yy", 2, len(c))
+    assert port.got == framing.frame(c), c
 d = framing.Deframer()
 msgs = [b"hello", bytes(200), b"\x00abc\x00", bytes(range(256)) * 3]
 stream = b"".join(framing.frame(m) for m in msgs)
