@@ -10,6 +10,12 @@ except ImportError:
     import uasyncio as asyncio  # type: ignore[no-redef]
 import json
 
+try:
+    from micropython import const
+except ImportError:
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
+        return x
+
 import board
 import clock
 import cose
@@ -39,6 +45,8 @@ else:
 
 FAULTS_IN_A_ROW = 5  # a task failing this often with no frame made between: reset the board
 _RAW_NONE = 255  # Node.shifts: the sensor gives floats (read()), not raw integers
+_TAG = const(9)  # a COSE_Mac0's tag: 8 bytes and their head
+_ROOM_MIN = const(160)  # the shortest run of the ring a pack is tried in when its bound finds none
 
 
 def os_remove(path):
@@ -284,18 +292,31 @@ class Node:
             scratch = self.payload = bytearray(framing.MAX_ENCODED + 1)
         at = -1
         spill = None
+        limit = 0
         if scratch is None:  # in the ring, after room for the COSE head
             at = box.reserve(need)
-            if at < 0:  # the ring is full (an outage): this frame gets a buffer of its own
+            if at < 0:  # no run as long as the bound (the ring fills: an outage): the longest
+                at = box.reserve(_ROOM_MIN, True)
+                limit = box.room - _TAG
+            if at < 0:  # the ring is full: this frame gets a buffer of its own
                 spill = box.spill_buffer(need)
                 at = box.SCRATCH
             scratch = box.data if spill is None else spill
-        src = 0 if at < 0 else at + cose.MAC0_OVERHEAD - 9
+        src = 0 if at < 0 else at + cose.MAC0_OVERHEAD - _TAG
+        end = -1
         try:
-            end = pack.write(scratch, src, texts) - src
-            if end + cose.MAC0_OVERHEAD > framing.MAX_MESSAGE:
-                raise IndexError
-        except IndexError:  # more than a message holds: the readings go, counted and told
+            end = pack.write(scratch, src, texts, limit) - src
+        except IndexError:
+            if limit:  # the pack is longer than that run: a buffer of its own
+                spill = scratch = box.spill_buffer(need)
+                at = box.SCRATCH
+                src = at + cose.MAC0_OVERHEAD - _TAG
+                try:
+                    end = pack.write(scratch, src, texts) - src
+                except IndexError:
+                    pass
+        if end < 0 or end + cose.MAC0_OVERHEAD > framing.MAX_MESSAGE:
+            # more than a message holds: the readings go, counted and told
             self.too_big += 1
             emit({"ev": "error", "what": "a pack of %d readings passed %d bytes: lower batch" % (
                 readings, framing.MAX_MESSAGE)})
@@ -489,10 +510,11 @@ class Node:
             os_remove(self.reset_path)
         sender = asyncio.create_task(self.jobs[0])
         await self.jobs[1]
+        heap = self.heap.report()  # the steady state's heap, before the drain's coroutine
         await self.drain()
         sender.cancel()
         emit({"ev": "done", "sent": self.made, "acked": self.acked, "rejected": self.rejected,
-              "dropped": self.outbox.dropped, "unacked": len(self.outbox), "heap": self.heap.report(),
+              "dropped": self.outbox.dropped, "unacked": len(self.outbox), "heap": heap,
               "cmds": self.commands.applied_count, "cmds_replayed": self.commands.replayed,
               "bad_acks": getattr(self.link, "bad_acks", 0), "too_big": self.too_big, "faults": self.faults})
 

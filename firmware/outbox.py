@@ -119,6 +119,7 @@ class Outbox:
         self.used = 0   # slots from head on, live or waiting
         self.live = 0
         self.top = 0    # the next free byte of data
+        self.room = 0   # after reserve(): the end of the free run it gave
         self.spilled = 0  # frames that went to buffers of their own (outages)
         self.dropped = 0
         self.path = path
@@ -185,25 +186,31 @@ class Outbox:
         self._reclaim()
         self._log(_GONE, seq)
 
-    def reserve(self, n):
+    def reserve(self, n, largest=False):
         """Room for a message of up to n bytes: its offset in data (with _SCRATCH bytes free
         before it), or -1 when the ring is full: the message goes in a buffer of its own
-        (commit's `spill`). The oldest frames go when `capacity` are kept."""
+        (commit's `spill`). The oldest frames go when `capacity` are kept. `room` is then the
+        end of the free run it is in; with `largest`, the longer of the two runs is taken."""
         need = n + _SCRATCH
-        if need > len(self.data):
+        size = len(self.data)
+        if need > size:
             return -1
         while self.live >= self.capacity or self.used >= len(self.seqs):
             self._drop_oldest()
         low = self._low()
+        self.room = size
         if low < 0:
             self.top = 0
             return _SCRATCH
         if self.top > low:  # used: [low, top); free: [top, end) and [0, low)
-            if len(self.data) - self.top >= need:
+            tail = size - self.top
+            if tail >= need and not (largest and low > tail):
                 return self.top + _SCRATCH
             if low >= need:
+                self.room = low
                 return _SCRATCH
         elif low - self.top >= need:  # wrapped: free [top, low)
+            self.room = low
             return self.top + _SCRATCH
         return -1
 

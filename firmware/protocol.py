@@ -20,10 +20,14 @@ BATCH_MAX = const(64)
 IDENTIFY_S_MIN = const(1)
 IDENTIFY_S_MAX = const(600)
 # the commands a node takes from the cloud: name -> {argument: (low, high, required)}; the gateway
-# refuses a cloud command outside this table before it is queued
-COMMANDS = {
-    "set_period": {"period_ms": (PERIOD_MS_MIN, PERIOD_MS_MAX, True)},
-    "set_batch": {"batch": (BATCH_MIN, BATCH_MAX, True)},
-    "identify": {"seconds": (IDENTIFY_S_MIN, IDENTIFY_S_MAX, False)},
-    "reboot": {},
-}
+# refuses a cloud command outside this table before it is queued. Defined where the gateway
+# reads it (CPython); on a node nothing does, and a table of dicts is 250 bytes of heap
+try:
+    import micropython  # noqa: F401
+except ImportError:
+    COMMANDS = {
+        "set_period": {"period_ms": (PERIOD_MS_MIN, PERIOD_MS_MAX, True)},
+        "set_batch": {"batch": (BATCH_MIN, BATCH_MAX, True)},
+        "identify": {"seconds": (IDENTIFY_S_MIN, IDENTIFY_S_MAX, False)},
+        "reboot": {},
+    }

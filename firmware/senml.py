@@ -319,9 +319,10 @@ class Pack:
             b += 24 + bn + len(name) + len(text)
         return b
 
-    def write(self, buf, pos, texts=()):
+    def write(self, buf, pos, texts=(), limit=0):
         """Write the pack at buf[pos]; the position after it. texts: (name bytes, text
-        bytes) records at the base time, after the readings."""
+        bytes) records at the base time, after the readings. With `limit`, IndexError rather
+        than a record that might pass buf[limit] (written where the bytes after are not free)."""
         n = self.n
         singles = self.plan()
         idx = self.idx
@@ -329,6 +330,8 @@ class Pack:
         bn = self.node_bn
         day = self.day
         msod = self.msod
+        if limit and pos + 3 > limit:
+            raise IndexError
         pos = put_head(buf, pos, 4, n + len(texts))
         first = True
         run = -1  # the sensor whose base name is in force, if not the node's
@@ -337,6 +340,8 @@ class Pack:
             c = idx[k]
             dt = self.dt[k]
             lead = False
+            if limit and pos + 40 + len(bn) + 2 * len(names[c]) > limit:  # a record at its longest
+                raise IndexError
             if m < singles:  # {n, v, t?} (+ bn, bt in the first record)
                 pos = put_head(buf, pos, 5, (3 if dt else 2) + (2 if first else 0))
                 buf[pos] = _K_N
@@ -366,6 +371,8 @@ class Pack:
                 run = c
             first = False
         for name, text in texts:
+            if limit and pos + 24 + len(bn) + len(name) + len(text) > limit:
+                raise IndexError
             reset = run >= 0
             pos = put_head(buf, pos, 5, 2 + (2 if first else (1 if reset else 0)))
             buf[pos] = _K_N

@@ -118,6 +118,31 @@ for seq in range(20, 60):
     assert o.ack(seq)
 assert len(o) == 0 and o.reserve(150) == o.SCRATCH  # all acked: the ring is empty again
 
+# the free runs of the ring: reserve gives the first that holds n bytes, or with `largest` the
+# longer one, and `room` says where the run ends (a pack written there stops before it)
+o = Outbox(8, size=1000)
+for seq in range(4):
+    o.push(seq, bytes([seq + 1]) * 196)  # at 4, 204, 404, 604: top 800
+assert o.ack(0) and o.ack(1)  # free: [800, 1000) and [0, 400)
+assert o.reserve(100) == 804 and o.room == 1000
+assert o.reserve(100, True) == 4 and o.room == 400
+assert o.reserve(300) == 4 and o.room == 400
+assert o.reserve(400) == -1
+before = [(i[0], i[1]) for i in o.items]
+import senml  # noqa: E402
+pack = senml.Pack("n1", [b"temp", b"vib"], 8)
+for k in range(8):
+    pack.add_raw(k % 2, k * 250, 100 + k, 4)
+n = len(senml.encode_pack("n1", [(("temp", "vib")[k % 2], k * 250, (100 + k) / 16) for k in range(8)], 0))
+assert n <= pack.bound(), (n, pack.bound())
+try:  # a run too short for the pack: IndexError before anything past it is written
+    pack.write(o.data, 804, (), 804 + n - 1)
+    raise AssertionError("no IndexError")
+except IndexError:
+    pass
+assert [(i[0], i[1]) for i in o.items] == before
+assert pack.write(o.data, 804, (), 1000) - 804 == n
+
 # the sequence mark in the outbox log: never reused across reboots (a cut at any point between
 # frames), taken from an older firmware's mark file once, which then goes
 for f in (log, log + ".b", path):
