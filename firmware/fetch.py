@@ -165,7 +165,7 @@ class Fetcher:
                 v, update.version_text(trial.version))), v)
         self.rid = rid.encode()
         self.version = v
-        self.szx = _szx(_fitting(block))
+        self.szx = _szx(_fitting(min(block, getattr(self.link, "block_max", block))))
         self.rate = rate
         self.state = _MANIFEST
         self.mbuf = bytearray()

@@ -177,15 +177,17 @@ def frame_into(out, msg, n, start=0):
 
 
 class Deframer:
-    """Split a byte stream into messages; counts and drops bad frames.
+    """Split a byte stream into messages; counts and drops bad frames. `size`: the longest
+    frame it takes (a node takes less than the longest a gateway sends: see link_serial).
 
     scan() decodes into the deframer's own buffer (COBS in place, the CRC by table), so a
     node reads its acks without allocating; feed() is the same for tools and tests."""
 
     HEAD = 4  # bytes kept free before a message in buf (cose.open_ack writes its prefix there)
 
-    def __init__(self):
-        self.buf = bytearray(self.HEAD + MAX_ENCODED)
+    def __init__(self, size=MAX_ENCODED):
+        self.size = size  # the longest frame taken (encoded bytes); longer ones are counted oversize
+        self.buf = bytearray(self.HEAD + size)
         self._n = 0  # encoded bytes gathered, at buf[HEAD:]
         self._skip = False
         self._crc = bytearray(4)
@@ -206,7 +208,7 @@ class Deframer:
             if b != 0:
                 if self._skip:
                     continue
-                if self._n >= MAX_ENCODED:
+                if self._n >= self.size:
                     self.oversize += 1
                     self._skip = True
                     self._n = 0

@@ -19,6 +19,7 @@ except ImportError:
 
 ACKS = const(8)  # acks handed over per poll, at most (the rest wait for the next)
 _CHUNK = const(64)  # bytes of a frame written to the port at a time
+_RX_FRAME = const(768)  # the longest frame taken from the gateway, encoded
 
 
 class AckSlots:
@@ -88,11 +89,15 @@ class AckSlots:
 
 class SerialLink(AckSlots):
     window_default = 4
+    block_max = 512  # the largest block of a release asked for over this link (fetch.py)
 
     def __init__(self, path, mac, port=None):
         AckSlots.__init__(self, mac)
         self.port = port or board.Serial(path)
-        self.deframer = framing.Deframer()
+        # what the gateway sends a node is shorter than a frame at its longest: an ack with
+        # up to 4 commands (ids of up to 64 characters) is under 700 bytes, and a block of a
+        # release (fetch.py) is asked for at 512 bytes at most: 265 B less of heap
+        self.deframer = framing.Deframer(_RX_FRAME)
         self.bad_acks = 0
         # a frame goes out through a small buffer, encoded as it is written (no buffer of a
         # whole frame: 1 KB less of heap)
