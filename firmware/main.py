@@ -576,14 +576,12 @@ class Commands:
         self.applied_count = 0
         self.replayed = 0
         self.reboot_at = None
-        try:
-            with open(path) as f:
-                cid = f.read().strip()
+        cid = board.read_file(path)
+        if cid:
+            cid = cid.decode().strip()
             if cid:
                 self.applied.append(cid)
                 self.reports.append(cid + ":ok")  # the reboot it asked for is done
-        except OSError:
-            pass
 
     def take_reports(self):
         """(b"cmd", report bytes) records for the next frame; () when none wait (no allocation)."""

@@ -4,7 +4,10 @@ import os
 
 
 def read_file(path):
+    """The file's bytes, None if there is none (no file object is made then: on LittleFS one
+    takes a 252-byte block, which a small heap may not have after boot)."""
     try:
+        os.stat(path)
         with open(path, "rb") as f:
             return f.read()
     except OSError:
