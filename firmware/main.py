@@ -93,7 +93,7 @@ class Heap:
             if made == 100:
                 self.live_100 = used
             self.live_peak = max(self.live_peak, used)
-            if gc.mem_free() > 1024:  # room for what a window allocates (nothing, in the steady state)
+            if gc.mem_free() > 512:  # room for what a window allocates (nothing, in the steady state)
                 gc.disable()
                 self.armed = True
                 self.start = gc.mem_alloc()

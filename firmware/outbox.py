@@ -110,11 +110,11 @@ class Outbox:
         self.data = bytearray(size or max(1088, min(176 * capacity, 4096)))
         slots = capacity + min(SPAN, capacity)  # acked slots wait in place until the older ones go
         self.seqs = array("i", bytes(4 * slots))  # -1: acked, the slot waits to be reclaimed
-        self.offs = array("i", bytes(4 * slots))
+        self.offs = array("H", bytes(2 * slots))
         self.lens = array("H", bytes(2 * slots))
         self.last = array("i", bytes(4 * slots))  # ticks ms of the last send; -1: never sent
         self.tries = bytearray(slots)
-        self.spill: list = [None] * slots  # a spilled frame's own buffer
+        self.spill: list | None = None  # a spilled frame's own buffer by slot: made at the first
         self.head = 0   # the oldest slot
         self.used = 0   # slots from head on, live or waiting
         self.live = 0
@@ -142,8 +142,13 @@ class Outbox:
 
     def buf(self, k):
         """The buffer slot k's message is in (at offs[k], lens[k] bytes)."""
-        b = self.spill[k]
+        sp = self.spill
+        b = None if sp is None else sp[k]
         return self.data if b is None else b
+
+    def _unspill(self, k, b=None):
+        if self.spill is not None:
+            self.spill[k] = b
 
     def message(self, k):
         o = self.offs[k]
@@ -163,7 +168,7 @@ class Outbox:
         # slots acked at the old end go; the ring's free space with them
         n = len(self.seqs)
         while self.used and self.seqs[self.head] < 0:
-            self.spill[self.head] = None
+            self._unspill(self.head)
             self.head = (self.head + 1) % n
             self.used -= 1
         if self._low() < 0:
@@ -173,7 +178,7 @@ class Outbox:
         # where the oldest message in the ring has its room, -1 when the ring holds none
         for j in range(self.used):
             k = self._slot(j)
-            if self.seqs[k] >= 0 and self.spill[k] is None:
+            if self.seqs[k] >= 0 and self.buf(k) is self.data:
                 return self.offs[k] - _SCRATCH
         return -1
 
@@ -234,7 +239,9 @@ class Outbox:
         self.lens[k] = n
         self.last[k] = -1
         self.tries[k] = 0
-        self.spill[k] = spill
+        if spill is not None and self.spill is None:
+            self.spill = [None] * len(self.seqs)
+        self._unspill(k, spill)
         self.used += 1
         self.live += 1
         if spill is None:
@@ -259,7 +266,7 @@ class Outbox:
             k = self._slot(j)
             if self.seqs[k] == seq:
                 self.seqs[k] = -1
-                self.spill[k] = None
+                self._unspill(k)
                 self.live -= 1
                 self._reclaim()
                 self._log(_GONE, seq)
@@ -274,7 +281,7 @@ class Outbox:
             if self.seqs[k] >= 0 and not ours(self.message(k)):
                 seq = self.seqs[k]
                 self.seqs[k] = -1
-                self.spill[k] = None
+                self._unspill(k)
                 self.live -= 1
                 self.dropped += 1
                 gone += 1
