@@ -140,6 +140,7 @@ class Node:
         self.name = cfg["node"]
         self.kid = self.name.encode()
         self.mac = cose.Mac(cfg["key"])
+        cfg["key"] = None  # in the MAC's state now
         # the buffers that live as long as the node first, while the heap is still in one piece
         # (on a 24 KB heap, made after the churn of boot, they find no hole large enough)
         gc.collect()
@@ -171,6 +172,7 @@ class Node:
         self.stale = self.outbox.keep(self._ours)
         self.dropped_told = 0  # the outbox's drop count as last reported in a frame
         self.sensors, self.problems = sensors.build(cfg["sensors"], cfg["seed"], board)
+        cfg["sensors"] = None  # built: their list is not needed again
         # a frame's readings and its pack, in buffers made once: the steady state allocates
         # nothing for them (times from the clock in small ints, raw integer readings)
         self.clock = clock.Clock(board)
