@@ -9,7 +9,8 @@ site's network, the status page on loopback) leaves both out and is about
 
 Usage: `headrace gateway run` calls `leave_out_unless_needed(cfg)` once the
 configuration is read and before anything imports asyncio, then
-`import_uvloop()` instead of `import uvloop`.
+`import_uvloop()` instead of `import uvloop`; the MQTT uplink imports paho-mqtt
+with `import_with_stand_in("paho.mqtt.client")`.
 
 Configuration: TLS is needed, and OpenSSL loaded as usual, with any of
 `[mqtt] tls_ca`, `tls_cert`, `tls_key`, `[http] tls_cert`, or the JetStream
@@ -19,12 +20,16 @@ Caveats: without TLS, `import ssl` raises ImportError in the gateway's process
 (asyncio and paho-mqtt expect that and run without TLS), and `hashlib` and
 `hmac` use CPython's own SHA-2 code (the MACs keep their hash states, as fast:
 `gateway/protocol/cose.py`'s MacKey). uvloop reads a few names of `ssl` when it
-loads: it gets a stand-in that names them, whose contexts cannot be made. Where
+loads, and paho-mqtt names `ssl`'s errors in the `except` clauses of its socket
+reads and writes (with `ssl` None, a read that would block raised AttributeError
+instead of BlockingIOError): both get a stand-in that names them, whose errors
+are never raised and whose contexts cannot be made. Where
 `ssl` or `_hashlib` was imported already (the gateway run inside another
 program, the tests), nothing is left out.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -49,6 +54,18 @@ def leave_out_unless_needed(cfg) -> bool:
 
 def left_out() -> bool:
     return sys.modules.get("ssl", 0) is None
+
+
+def import_with_stand_in(module: str):
+    """`importlib.import_module(module)`, with the stand-in as `ssl` while it loads if `ssl` was
+    left out, so that it binds the stand-in instead of None."""
+    if not left_out():
+        return importlib.import_module(module)
+    sys.modules["ssl"] = _stand_in()
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.modules["ssl"] = None
 
 
 def import_uvloop():

@@ -50,6 +50,18 @@ async def check():
     except ImportError:
         has_ssl = False
     mac = cose.MacKey(b"k").digest(b"data") == hmac.new(b"k", b"data", "sha256").digest()
+    # paho's socket read with nothing to read: BlockingIOError, which paho expects (with ssl None
+    # its `except ssl.SSLWantReadError` raised AttributeError instead)
+    from gateway.runtime.uplink.mqtt import paho
+    import socket
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client._sock = a
+    try:
+        client._sock_recv(1)
+    except BlockingIOError:
+        pass
     print(has_ssl, "libcrypto" in maps, type(asyncio.get_running_loop()).__module__, mac, "shutil" in sys.modules)
 cli._run = run
 sys.exit(cli.main())

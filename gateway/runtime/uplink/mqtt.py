@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway.config import Config
 from gateway.runtime.metrics import Metrics
+from gateway.runtime import tls
 from gateway.runtime.spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
 from gateway.runtime.uplink import batch, events
 from gateway.runtime.uplink.answers import CommandAnswers
@@ -47,14 +48,12 @@ def _import_paho():
     which it reads only with PySocks installed: without PySocks, and where nothing loaded
     `urllib.request` yet, it loads with a stand-in, taken away again after it."""
     if "urllib.request" in sys.modules or importlib.util.find_spec("socks") is not None:
-        import paho.mqtt.client
-        return paho.mqtt.client
+        return tls.import_with_stand_in("paho.mqtt.client")
     sys.modules["urllib.request"] = urllib.request = types.ModuleType("urllib.request")
     try:
-        import paho.mqtt.client
+        return tls.import_with_stand_in("paho.mqtt.client")  # its `except ssl.SSLWantReadError` needs a name
     finally:
         del sys.modules["urllib.request"], urllib.request  # a later import gets the real one
-    return paho.mqtt.client
 
 
 paho = _import_paho()
