@@ -8,6 +8,9 @@ import json
 import logging
 import time
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gateway import config
 from gateway.runtime.http import StatusServer
 
@@ -179,3 +182,11 @@ def test_the_page_version_is_the_packages_without_importlib_metadata():
     loaded = subprocess.run([sys.executable, "-c", "import sys, gateway.runtime.page, gateway.runtime.service; "
                              "print('importlib.metadata' in sys.modules)"], capture_output=True, text=True)
     assert loaded.stdout.strip() == "False", loaded.stderr
+
+
+@given(st.text())
+def test_the_pages_escape_is_htmls(text):
+    import html
+
+    from gateway.runtime.page.render import escape
+    assert escape(text) == html.escape(text)
