@@ -80,6 +80,7 @@ for a in golden["command_acks"]:
     assert d.feed(binascii.unhexlify(a["frame_hex"])) == [msg]
 # CoAP (confirmable exchange): the datagram the node's link sends, byte for byte, and the
 # gateway's piggybacked response read back into the ack
+import os  # noqa: E402
 import socket  # noqa: E402
 import link_coap  # noqa: E402
 
@@ -90,11 +91,18 @@ for c in golden["coap"]:
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     listener.bind(socket.getaddrinfo("127.0.0.1", 0)[0][-1])
     port = listener.getsockname()[1] if hasattr(listener, "getsockname") else None
-    if port is None:  # MicroPython's socket has no getsockname: take a fixed port instead
+    if port is None:  # MicroPython's socket has no getsockname: the first free port from a random start
         listener.close()
         listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        port = 47000 + c["mid"] % 1000
-        listener.bind(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+        start = 20000 + int.from_bytes(os.urandom(2), "little") % 20000
+        for port in range(start, start + 200):
+            try:
+                listener.bind(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+                break
+            except OSError:  # in use (EADDRINUSE): another run or another program has it
+                continue
+        else:
+            raise OSError("no free UDP port on 127.0.0.1 in %d..%d" % (start, start + 199))
     link = link_coap.CoapLink("127.0.0.1", port, mac)
     link.mid = (c["mid"] - 1) & 0xFFFF  # the next exchange takes the vector's message id and token
     link.token = int(c["token_hex"], 16) - 1
