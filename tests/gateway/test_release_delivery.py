@@ -284,15 +284,13 @@ def test_the_clouds_update_command(tmp_path):
     assert metrics.get("headrace_update_state", node="n1", state="confirmed") == 1
 
 
-def test_an_outcome_reached_just_before_a_restart_is_answered_at_start(tmp_path):
-    """The node confirmed, the gateway saved it, and died before the cloud was answered: the
-    next start answers it, once."""
-    import asyncio
+def _cloud_update(tmp_path, cid: str, make_downlink):
+    """A gateway with node n1 and updates on, and the cloud's `update` command `cid` for n1
+    submitted: (registry, the [update] section, the Updates)."""
     import base64
     import json
 
     from gateway.config.sections import UpdateSection
-    from gateway.decisions.downlink import Downlink
     from gateway.runtime.metrics import Metrics
     from gateway.runtime.registry import Registry
     from gateway.runtime.updates import Updates
@@ -301,14 +299,27 @@ def test_an_outcome_reached_just_before_a_restart_is_answered_at_start(tmp_path)
     (tmp_path / "release.pub").write_text(release.public_bytes(key).hex())
     registry = Registry()
     registry.add("n1")
-    answers = []
-    downlink = Downlink(registry)  # no uplink yet: the outcome cannot be answered
+    downlink = make_downlink(registry)
     section = UpdateSection(public_key=str(tmp_path / "release.pub"))
     updates = Updates(section, str(tmp_path), downlink, Metrics(), registry)
     downlink.route_updates(updates.cloud_command)
     good = _release(tmp_path, key, (1, 1, 0), {"app.py": b"A" * 3000}).read_bytes()
-    downlink.submit("n1", json.dumps({"id": "u2", "cmd": "update",
+    downlink.submit("n1", json.dumps({"id": cid, "cmd": "update",
                                       "args": {"release": base64.b64encode(good).decode()}}).encode())
+    return registry, section, updates
+
+
+def test_an_outcome_reached_just_before_a_restart_is_answered_at_start(tmp_path):
+    """The node confirmed, the gateway saved it, and died before the cloud was answered: the
+    next start answers it, once."""
+    import asyncio
+
+    from gateway.decisions.downlink import Downlink
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.updates import Updates
+
+    answers = []
+    registry, section, updates = _cloud_update(tmp_path, "u2", Downlink)  # no uplink yet: not answered
     updates.report("n1", "1.1.0:confirmed")
     downlink = Downlink(registry, on_result=lambda node, a: answers.append((node, a)))
     updates = Updates(section, str(tmp_path), downlink, Metrics(), registry)
@@ -328,28 +339,15 @@ def test_an_answered_outcome_is_forgotten_only_after_its_answer_is_committed(tmp
     """With the downlink's ledger the answer is a spool row written by the next commit: the
     delivery keeps the command's id on disk until that commit, so a kill -9 in between
     answers it again after the restart (at least once), never not at all."""
-    import base64
-    import json
 
-    from gateway.config.sections import UpdateSection
     from gateway.decisions.downlink import Downlink
     from gateway.decisions.ledger import Ledger
     from gateway.runtime.metrics import Metrics
-    from gateway.runtime.registry import Registry
     from gateway.runtime.updates import Updates
 
-    key = Ed25519PrivateKey.generate()
-    (tmp_path / "release.pub").write_text(release.public_bytes(key).hex())
-    registry = Registry()
-    registry.add("n1")
     answers, ledger = [], Ledger()
-    downlink = Downlink(registry, on_result=lambda node, a: answers.append((node, a)), ledger=ledger)
-    section = UpdateSection(public_key=str(tmp_path / "release.pub"))
-    updates = Updates(section, str(tmp_path), downlink, Metrics(), registry)
-    downlink.route_updates(updates.cloud_command)
-    good = _release(tmp_path, key, (1, 1, 0), {"app.py": b"A" * 3000}).read_bytes()
-    downlink.submit("n1", json.dumps({"id": "u3", "cmd": "update",
-                                      "args": {"release": base64.b64encode(good).decode()}}).encode())
+    registry, section, updates = _cloud_update(
+        tmp_path, "u3", lambda r: Downlink(r, on_result=lambda node, a: answers.append((node, a)), ledger=ledger))
     epoch, _ = ledger.take()
     ledger.committed(epoch)
     updates.report("n1", "1.1.0:confirmed")
