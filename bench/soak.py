@@ -23,6 +23,9 @@ bytes uplinked per reading (the payloads of the `data` topic, and apart from
 them the retained schema) against the nodes' SenML bytes per reading (target
 <= 0.25x), with the delay from reception to the broker (p99 <= 5 s).
 
+`--idle SECONDS` measures a gateway with `--nodes` registered nodes (3 by
+default then) and no traffic instead: its CPU over that time, after 5 s of start.
+
 `--baseline TOML` runs a second gateway configuration (TOML appended to the
 bench's; lines before the first table header are [mqtt] keys) interleaved with the defaults, `--repeat` times each, and prints the
 ratios defaults / baseline with the spread of the runs.
@@ -345,6 +348,28 @@ def uplink(args, extra: str, label: str) -> dict:
         return r
 
 
+def idle(args, extra: str, label: str) -> dict:
+    """A gateway with --nodes registered nodes (3 by default here) and no traffic: its CPU over
+    --idle seconds, after 5 s of start."""
+    with tempfile.TemporaryDirectory(prefix="headrace-soak-") as tmp:
+        tmp = Path(tmp)
+        broker = Mosquitto(tmp).start()
+        gw = gateway(tmp, broker.port, {f"n{i:04d}": os.urandom(32) for i in range(args.nodes)}, extra, args)
+        try:
+            time.sleep(5.0)
+            cpu0, t0 = cpu_seconds(gw.proc.pid), time.monotonic()
+            time.sleep(args.idle)
+            cpu, wall = cpu_seconds(gw.proc.pid) - cpu0, time.monotonic() - t0
+            r = {"label": label, "idle_cpu_pct": cpu / wall * 100, "rss_end": rss_mb(gw.proc.pid)}
+            print(f"idle [{label}]: {args.nodes} nodes registered, no traffic: gateway CPU {cpu:.2f} s in "
+                  f"{wall:.0f} s = {r['idle_cpu_pct']:.2f} % of a core ({cpu * os.sysconf('SC_CLK_TCK'):.0f} clock "
+                  f"ticks); RSS {r['rss_end']:.1f} MB", flush=True)
+            return r
+        finally:
+            gw.stop()
+            broker.stop()
+
+
 def compile_bytecode() -> None:
     """The project's modules compiled to bytecode beside them (`__pycache__`, as pip leaves an
     installed gateway): otherwise, where PYTHONDONTWRITEBYTECODE is set, the gateway compiles
@@ -370,20 +395,23 @@ def main() -> None:
     ap.add_argument("--firmware", action="store_true",
                     help="the uplink at the demo's rate: --nodes firmware nodes (default 3), 1 frame/s each")
     ap.add_argument("--dump", default=None, help="with --firmware: write every payload received to this folder")
+    ap.add_argument("--idle", type=float, default=0.0,
+                    help="seconds: no load, the gateway's idle CPU with --nodes registered nodes (default 3)")
     ap.add_argument("--source", action="store_true",
                     help="leave the project's bytecode uncompiled (by default it is compiled first, as installed)")
     args = ap.parse_args()
     if not args.source:
         compile_bytecode()
-    if args.firmware and args.nodes == 1000:
+    if (args.firmware or args.idle) and args.nodes == 1000:
         args.nodes = 3
-    run = uplink if args.firmware else soak
+    run = uplink if args.firmware else idle if args.idle else soak
     runs: dict[str, list[dict]] = {"defaults": [], "baseline": []}
     for _ in range(args.repeat):
         runs["defaults"].append(run(args, args.extra, "defaults"))
         if args.baseline is not None:
             runs["baseline"].append(run(args, args.baseline + "\n" + args.extra, "baseline"))
-    keys = ("data_b_reading", "data_x_senml", "delay_p99_s") if args.firmware else (
+    keys = ("data_b_reading", "data_x_senml", "delay_p99_s") if args.firmware else ("idle_cpu_pct", "rss_end") if (
+        args.idle) else (
         "cpu_us_frame", "ack_p99_ms", "disk_b_reading", "disk_x_frame", "commits_s", "uplink_b_reading", "rss_end")
     for label, rs in runs.items():
         if rs:
