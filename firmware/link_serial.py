@@ -103,7 +103,6 @@ class SerialLink(AckSlots):
         # whole frame: 1 KB less of heap)
         self.tx = bytearray(_CHUNK)
         self._crc = bytearray(4)
-        self._o = 0  # bytes waiting in tx
         self.rx = bytearray(64)
         self._ri = 0  # bytes of rx taken
         self._rn = 0  # bytes in rx
@@ -125,15 +124,26 @@ class SerialLink(AckSlots):
             raise ValueError("message too long")
         crc = self._crc
         framing.crc_into(msg, start, start + n, crc, 0)
+        port = self.port
+        tx = self.tx
         total = n + 4
+        o = 0
         i = 0
         while True:
             j = i
             while j < total and j - i < 254 and (msg[start + j] if j < n else crc[j - n]):
                 j += 1
-            self._put(j - i + 1)
+            tx[o] = j - i + 1  # the block's code
+            o += 1
             for k in range(i, j):
-                self._put(msg[start + k] if k < n else crc[k - n])
+                if o == _CHUNK:
+                    port.write(tx, o)
+                    o = 0
+                tx[o] = msg[start + k] if k < n else crc[k - n]
+                o += 1
+            if o == _CHUNK:
+                port.write(tx, o)
+                o = 0
             if j - i == 254:  # a full block: no zero taken; none after it when the data ends
                 i = j
                 if i == total:
@@ -143,21 +153,14 @@ class SerialLink(AckSlots):
                 break
             i = j + 1  # the zero the block's code stands for
             if i == total:
-                self._put(1)  # the data ends with a zero: an empty block
+                tx[o] = 1  # the data ends with a zero: an empty block
+                o += 1
+                if o == _CHUNK:
+                    port.write(tx, o)
+                    o = 0
                 break
-        self._put(0)
-        self.port.write(self.tx, self._o)
-        self._o = 0
-
-    def _put(self, b):
-        tx = self.tx
-        o = self._o
-        tx[o] = b
-        o += 1
-        if o == _CHUNK:
-            self.port.write(tx, o)
-            o = 0
-        self._o = o
+        tx[o] = 0
+        port.write(tx, o + 1)
 
     def poll(self, now):
         """How many acks arrived since the last call (up to ACKS): in ack_seq, ack_status and

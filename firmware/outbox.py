@@ -1,6 +1,7 @@
 # The outbox: frames kept until the gateway acks them, in RAM and in a log on flash
 # so a power cut loses none; and the sequence counter that never repeats, across
 # reboots too (persisted ahead by a margin).
+import gc
 import sys
 from array import array
 
@@ -91,15 +92,15 @@ class Outbox:
     not yet acked (sent again; the gateway answers a copy it has as a duplicate).
     The log is two files, `path` and `path + ".b"`, both kept open: when the one in
     use grows past `log_max` bytes, the pending frames alone are written into the
-    other from its start (its head first made invalid, written last), which then
-    takes the appends. Each record carries the generation of its file's head, so the
-    older records left past the end of a rewritten file are not read; a torn record
-    at the end (a cut mid-write) is ignored. A power cut at any point leaves one
-    file whole: the old until the new one's head is written. Nothing is opened,
-    renamed or allocated after boot (a file object and a rename's strings each time
-    were 300 to 480 bytes every hundred frames, and needed a block a fragmented
-    heap may not have). A log from older firmware (`path` alone, no head) is read
-    at boot and replaced."""
+    other, emptied (its head first invalid, written last), which then takes the
+    appends. Each record carries the generation of its file's head, and a torn
+    record at the end (a cut mid-write) is ignored. A power cut at any point leaves
+    one file whole: the old until the new one's head is written. Nothing is renamed;
+    the file emptied is opened again (LittleFS has no truncate), its old object
+    collected first so the new one takes its place (a new file and a rename every
+    time took 300 to 480 bytes and a block a fragmented heap may not have). The
+    sequence mark is a record (SeqStore), which allocates nothing. A log from older
+    firmware (`path` alone, no head) is read at boot and replaced."""
 
     SCRATCH = _SCRATCH
 
@@ -305,6 +306,8 @@ class Outbox:
                 f = open(p, "w+b")
             fs.append(f)
         self._f, self._g = fs
+        self._pf = path  # their names
+        self._pg = path + ".b"
 
     def _put(self, f, kind, gen, seq, k=-1):
         # one record into f at its position; its size
@@ -367,6 +370,8 @@ class Outbox:
             if best is self._g:  # the newer one takes the appends; the other is rewritten next
                 self._g = self._f
                 self._f = best
+                self._pg = self._pf
+                self._pf = self.path + ".b"
         pending: dict = {}
         order = []
         while True:
@@ -400,9 +405,14 @@ class Outbox:
         # the pending frames' records (and the mark) into the other file, from its start (no
         # copy of a message: a compaction in a small heap must not need one); its head is made
         # invalid first and written last, so until then the file in use is the one restored
-        f = self._g
+        # Made empty by opening it again: LittleFS keeps a file's length, so a write before
+        # its end copies all that follows at every flush (the flash worn a log's length a
+        # record); the closed object is collected first, so the new one takes its place
+        self._g.close()
+        self._g = None
+        gc.collect()
+        f = self._g = open(self._pg, "wb")
         gen = self.gen + 1
-        f.seek(0)
         self._head[0] = 0
         f.write(self._head, 0, 5) if _MP else f.write(bytes(5))
         size = 5 + self._put(f, _MARK, gen, self.mark)
@@ -418,6 +428,9 @@ class Outbox:
         f.seek(size)
         self._g = self._f
         self._f = f
+        p = self._pg
+        self._pg = self._pf
+        self._pf = p
         self.gen = gen
         self.log_size = size
 

@@ -120,13 +120,11 @@ def mount():
     import os
     import vfs
     dev = Flash()
-    # reads and writes of 16 bytes: LittleFS's caches are 4 of them, 64 B in each open file
-    # (the outbox log keeps two) and two in the filesystem, half of its default
     try:
-        fs = vfs.VfsLfs2(dev, readsize=16, progsize=16)
+        fs = vfs.VfsLfs2(dev)
     except OSError:
-        vfs.VfsLfs2.mkfs(dev, readsize=16, progsize=16)
-        fs = vfs.VfsLfs2(dev, readsize=16, progsize=16)
+        vfs.VfsLfs2.mkfs(dev)
+        fs = vfs.VfsLfs2(dev)
     vfs.mount(fs, "/")
     os.chdir("/")
     if "/lib" not in sys.path:

@@ -168,7 +168,8 @@ for boot in range(5):
         pass
 assert used[0] == 1000 and len(used) == len(set(used)) and used == sorted(used), used
 
-# nothing is allocated by a mark or a compaction after boot (MicroPython: its collector counts)
+# nothing is allocated by a mark after boot, nearly nothing by a compaction (MicroPython: its
+# collector counts)
 try:
     import gc
     alloc = gc.mem_alloc
@@ -197,6 +198,9 @@ if alloc is not None:
     s = SeqStore(path, margin=10, log=box)
     gens = box.gen
     a = steady(box, s, bytearray(b"z" * 60))
-    assert box.gen > gens + 3 and s.mark > 40, (box.gen, s.mark)  # compacted and marked
-    assert a == 0, a
+    compactions = box.gen - gens
+    assert compactions > 3 and s.mark > 40, (box.gen, s.mark)  # compacted and marked
+    # a compaction opens the file it rewrites again (to empty it: LittleFS keeps a file's
+    # length), its old object collected first: what stays is at most a small piece a time
+    assert a <= 16 * compactions, (a, compactions)
 print("OK t_outbox")
