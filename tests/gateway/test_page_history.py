@@ -1,6 +1,9 @@
 """The sparklines' rings (gateway/runtime/page/history.py): gaps, late sensors, wrap-around."""
 import math
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway.runtime.page.history import History
 
 
@@ -49,3 +52,38 @@ def test_samples_gaps_late_sensors_and_wrap_around():
     del p.nodes["b"]                   # a node gone from the pipeline is forgotten
     h.sample(p, 15.0)
     assert h.view(["b"])["nodes"] == {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from(["frame", "sample", "gone"]),
+                          st.dictionaries(st.sampled_from(["t", "rh", "v", "p"]), st.integers(-50, 50), max_size=3)),
+                max_size=40))
+def test_nodes_that_come_go_and_grow_read_as_a_plain_model(ops):
+    # the columns (shared rows, slots and blocks used again) against a dict of samples per node and sensor
+    p, h, points = _Frames(), History(period=1.0, points=3), 3
+    model: dict[str, dict[str, dict[int, float]]] = {}
+    fresh: set[str] = set()
+    taken = 0
+    for node, op, values in ops:
+        if op == "frame":
+            p.frame(node, **{s: v / 4 for s, v in values.items()})
+            fresh.add(node)
+        elif op == "gone" and node in p.nodes:
+            del p.nodes[node], p.last[node]
+            fresh.discard(node)
+        elif op == "sample":
+            h.sample(p, float(taken))
+            for name in [n for n in model if n not in p.nodes]:
+                del model[name]
+            for name in p.nodes:
+                model.setdefault(name, {})
+            for name in fresh:
+                for series, (_t, v) in p.last[name].items():
+                    model[name].setdefault(series.split("/", 1)[-1], {})[taken] = v
+            fresh.clear()
+            taken += 1
+    view = h.view(list("abcd"))
+    shown = range(max(0, taken - points), taken)
+    assert view["t"] == [float(i) for i in shown]
+    assert view["nodes"] == {n: {s: [got.get(i) for i in shown] for s, got in sorted(sensors.items())}
+                             for n, sensors in model.items()}
