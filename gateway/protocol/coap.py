@@ -121,7 +121,26 @@ def encode(mtype: int, code: int, mid: int, token: bytes = b"", options=(), payl
 
 def response(mtype: int, code: int, mid: int, token: bytes, payload: bytes = b"", cf: int | None = None) -> bytes:
     """A response (piggybacked in an ACK for a CON request, a NON for a NON)."""
-    return encode(mtype, code, mid, token, [(COAP_OPT_CONTENT_FORMAT, uint(cf))] if cf is not None else (), payload)
+    # encode() with its one option at most written directly: every frame's ack goes through here
+    if len(token) > COAP_MAX_TOKEN:
+        raise ValueError(f"token longer than {COAP_MAX_TOKEN} bytes")
+    head = struct.pack(">BBH", COAP_VERSION << 6 | mtype << 4 | len(token), code, mid)
+    option = b"" if cf is None else _CF_OPTIONS.get(cf) or _cf_option(cf)
+    return b"".join((head, token, option, _MARKER, payload)) if payload else head + token + option
+
+
+_MARKER = bytes([COAP_PAYLOAD_MARKER])
+_CF_OPTIONS: dict[int, bytes] = {}  # Content-Format -> the option as the first of a message, for the few in use
+
+
+def _cf_option(cf: int) -> bytes:
+    value = uint(cf)
+    d, dx = _nibble(COAP_OPT_CONTENT_FORMAT)
+    n, nx = _nibble(len(value))
+    option = bytes([d << 4 | n]) + dx + nx + value
+    if len(_CF_OPTIONS) < 16:
+        _CF_OPTIONS[cf] = option
+    return option
 
 
 def request(mid: int, payload: bytes, token: bytes = b"", path: str = COAP_DATA_PATH, cf: int | None = CF_COSE_MAC0,

@@ -97,6 +97,7 @@ _KNOWN_OPTIONS = {COAP_OPT_URI_PATH, COAP_OPT_CONTENT_FORMAT, COAP_OPT_URI_HOST,
 # less an exchange (a 64-byte block instead of 80 with a 4-byte token); a CoAP message starts
 # with its version, 0x40-0x7f, never 0xd1
 _CBOR_TAG_COSE_MAC0 = 0xD1
+_DATA_PATH = [COAP_DATA_PATH.encode()]  # the Uri-Path options of POST /d, as parse() gives them
 _MISSING = object()
 _DATAGRAM_MAX = 2048  # bytes read of a datagram; a longer one is oversize (a frame is at most 1024)
 
@@ -313,11 +314,10 @@ class CoapServer(asyncio.DatagramProtocol):
 
     def _check(self, code: int, options: dict, payload: bytes) -> int | None:
         """A response code for a request we will not offer to the pipeline, or None."""
-        unknown = [n for n in options if n & 1 and n not in _KNOWN_OPTIONS]
-        if unknown:
-            return COAP_BAD_OPTION  # an unrecognised critical option (RFC 7252 §5.4.1)
-        path = [p.decode("utf-8", "replace") for p in options.get(COAP_OPT_URI_PATH, [])]
-        if path != [COAP_DATA_PATH]:
+        for n in options:
+            if n & 1 and n not in _KNOWN_OPTIONS:
+                return COAP_BAD_OPTION  # an unrecognised critical option (RFC 7252 §5.4.1)
+        if options.get(COAP_OPT_URI_PATH) != _DATA_PATH:
             return COAP_NOT_FOUND
         if code != COAP_POST:
             return COAP_METHOD_NOT_ALLOWED
