@@ -35,11 +35,11 @@ start afresh). `mac_key(key)` is the key's HMAC state, for the frames' MACs and
 the gateway's acks alike (`cose.MacKey` for the first MAC_KEYS keys met, the key
 itself past them: memory stays bounded however many nodes there are).
 
-The compiled module (`_verify.pyx`) reads the nodes' layout of COSE_Mac0 without
-Python objects, builds the MAC structure in one buffer, keeps the windows as C
-integers and gives the payload to the compiled parser directly; other layouts go
-through `cose.parse_mac0` as here. Each check, its result and its error (type,
-message, node, seq, key) are the same.
+The compiled module (`_verify.pyx`) reads the nodes' layout of COSE_Mac0 from
+offsets into the message, builds the MAC structure (and the ack) in one buffer,
+keeps the windows as C integers and hands the payload to the parser; other
+layouts go through `cose.parse_mac0` as here. Each check, its result and its
+error (type, message, node, seq, key) are the same, and so is each ack.
 """
 from __future__ import annotations
 
