@@ -17,7 +17,7 @@ except ImportError:
     def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
         return x
 
-ACKS = const(8)  # acks handed over per poll, at most (the rest wait for the next)
+ACKS = const(4)  # acks handed over per poll, at most (the rest wait for the next)
 _CHUNK = const(64)  # bytes of a frame written to the port at a time
 _RX_FRAME = const(768)  # the longest frame taken from the gateway, encoded
 
