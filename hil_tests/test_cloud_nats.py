@@ -316,7 +316,9 @@ def test_a_worker_gets_a_schema_it_missed_from_the_stream(tmp_path, nats_cluster
         await nc.close()
         store = SqliteStore(str(tmp_path / "cloud.sqlite"))
         sink = Sink(from_dict({"jetstream": {"servers": nats_cluster.urls}}), store=store)
-        await sink.source.start()
+        # as `headrace sink` starts: a new R3 consumer can time out while the cluster still elects
+        # its leaders (10 s, seen on a loaded machine), and the worker tries again
+        assert await asyncio.wait_for(sink._retry_source(), 120)
         acked = []
 
         async def ack():
