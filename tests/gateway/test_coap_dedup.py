@@ -3,6 +3,7 @@ repeat past the bound is still answered (as a duplicate, after the next commit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 
@@ -10,9 +11,9 @@ import cbor2
 import pytest
 
 from gateway.protocol import cose
-from gateway.runtime.spool import PRIO_FRAME
 from gateway.protocol.coap import parse, request
 from gateway.protocol.numbers import COAP_CHANGED
+from gateway.runtime.spool import PRIO_FRAME
 from gateway.runtime.transports.coap import CoapServer
 
 
@@ -29,16 +30,28 @@ async def exchange(sock, port: int, mid: int, payload: bytes, key: bytes) -> tup
     return code, cbor2.loads(cose.parse_mac0(body).verify(key))
 
 
+@contextlib.asynccontextmanager
+async def serving(rig, spool_options=(), **server_options):
+    """A pipeline (with `spool_options`, [spool] settings) and a CoAP server on a free loopback
+    port, and a non-blocking client socket; all stopped at the end."""
+    _, spool, pipe, task = await rig.make(**dict(spool_options))
+    server = CoapServer("127.0.0.1", 0, pipe, **server_options)
+    await server.start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        yield spool, pipe, server, sock
+    finally:
+        sock.close()
+        await server.stop()
+        await rig.stop(spool, task)
+
+
 def test_exchanges_remembered_are_bounded_and_repeats_past_them_answered(pipeline_rig):
     rig = pipeline_rig
 
     async def main():
-        _, spool, pipe, task = await rig.make()
-        server = CoapServer("127.0.0.1", 0, pipe, dedup_seconds=60, dedup_max=64)
-        await server.start()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        try:
+        async with serving(rig, dedup_seconds=60, dedup_max=64) as (spool, pipe, server, sock):
             for seq in range(300):
                 assert await exchange(sock, server.port, seq, rig.frame(seq), rig.key) == (COAP_CHANGED, [1, seq, 0])
                 assert len(server._recent) <= 64 and len(server._older) <= 64
@@ -50,10 +63,6 @@ def test_exchanges_remembered_are_bounded_and_repeats_past_them_answered(pipelin
             # a repeat the server has forgotten: the replay window answers it as a duplicate
             assert await exchange(sock, server.port, 5, rig.frame(5), rig.key) == (COAP_CHANGED, [1, 5, 1])
             assert len(await spool.read(PRIO_FRAME, 0, 1000)) == 300
-        finally:
-            sock.close()
-            await server.stop()
-            await rig.stop(spool, task)
     asyncio.run(main())
 
 
@@ -89,13 +98,8 @@ def test_a_burst_is_answered_whole_and_bad_datagrams_and_sends_are_counted(pipel
     rig = pipeline_rig
 
     async def main():
-        _, spool, pipe, task = await rig.make()
-        server = CoapServer("127.0.0.1", 0, pipe, batch=batch)
-        await server.start()
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        try:
+        async with serving(rig, batch=batch) as (spool, pipe, server, sock):
             for seq in range(40):
                 sock.sendto(post(seq, rig.frame(seq)), ("127.0.0.1", server.port))
             answers = {}
@@ -113,10 +117,6 @@ def test_a_burst_is_answered_whole_and_bad_datagrams_and_sends_are_counted(pipel
                 assert await exchange(sock, server.port, 42, rig.frame(42), rig.key) == (COAP_CHANGED, [1, 42, 0])
                 assert pipe.metrics.get("headrace_coap_send_errors_total") == 1
                 assert len(await spool.read(PRIO_FRAME, 0, 1000)) == 42
-        finally:
-            sock.close()
-            await server.stop()
-            await rig.stop(spool, task)
     asyncio.run(main())
 
 
@@ -127,13 +127,8 @@ def test_requests_during_a_commit_window_wait_in_the_socket_and_are_read_at_once
     rig = pipeline_rig
 
     async def main():
-        _, spool, pipe, task = await rig.make(commit_interval=0.5)
-        server = CoapServer("127.0.0.1", 0, pipe)
-        await server.start()
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        try:
+        async with serving(rig, {"commit_interval": 0.5}) as (spool, pipe, server, sock):
             assert await exchange(sock, server.port, 0, rig.frame(0), rig.key) == (COAP_CHANGED, [1, 0, 0])
             commits = pipe.metrics.get("headrace_spool_commits_total")
             for seq in range(1, 6):  # the window of the commit just made runs for 0.5 s
@@ -146,10 +141,6 @@ def test_requests_during_a_commit_window_wait_in_the_socket_and_are_read_at_once
                 assert (code, cbor2.loads(cose.parse_mac0(body).verify(rig.key))) == (COAP_CHANGED, [1, mid, 0])
                 answers.add(mid)
             assert pipe.metrics.get("headrace_spool_commits_total") == commits + 1
-        finally:
-            sock.close()
-            await server.stop()
-            await rig.stop(spool, task)
     asyncio.run(main())
 
 
@@ -169,21 +160,12 @@ def test_a_retransmission_gets_the_same_bytes_again(pipeline_rig):
     rig = pipeline_rig
 
     async def main():
-        _, spool, pipe, task = await rig.make()
-        server = CoapServer("127.0.0.1", 0, pipe)
-        await server.start()
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        try:
+        async with serving(rig) as (spool, pipe, server, sock):
             answers = []
             for _ in range(2):  # the request, then its retransmission (same mid, same token)
                 await loop.sock_sendto(sock, request(7, rig.frame(1), token=b"\x01\x02\x03\x04"), ("127.0.0.1", server.port))
                 answers.append(await asyncio.wait_for(loop.sock_recv(sock, 2048), 5))
             assert answers[0] == answers[1] and parse(answers[0])[1] == COAP_CHANGED
             assert server.duplicates == 1
-        finally:
-            sock.close()
-            await server.stop()
-            await rig.stop(spool, task)
     asyncio.run(main())
