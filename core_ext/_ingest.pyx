@@ -22,7 +22,7 @@ from cpython.ref cimport PyObject
 
 from core_ext._cbor cimport (K_NONE, K_NUM, K_TEXT, K_BYTES, K_BOOL, K_NULL, K_OTHER, K_BREAK, Item, Reader,
                              cbor_head, cbor_item, cbor_fail)
-from core_ext._ingest_py import IngestError, RELATIVE_TIME_LIMIT, spread as _spread_py
+from core_ext._ingest_py import IngestError, RELATIVE_TIME_LIMIT, frame_ns, spread as _spread_py
 from gateway.protocol.numbers import (SENML_BN, SENML_BS, SENML_BT, SENML_BV, SENML_N, SENML_S, SENML_T, SENML_V,
                                       SENML_VB, SENML_VD, SENML_VS)
 
@@ -548,3 +548,73 @@ def spread(list cols, double[::1] times, double[::1] values):
             col[1].append(values[i])
         else:  # past int64 nanoseconds, or not finite: the reference's Python integers (or its error)
             _spread_py([col], times[i:i + 1], values[i:i + 1])
+
+
+cdef inline object _frame_ns(object recv):
+    cdef double t
+    cdef int64_t sec
+    if type(recv) is float:
+        t = recv
+        if -9.0e9 < t < 9.0e9:  # as in spread
+            sec = <int64_t>t
+            return sec * 1000000000 + <int64_t>rint((t - <double>sec) * 1e9)
+    return frame_ns(recv)  # an integer, past int64 nanoseconds, or not finite: the reference's
+
+
+_loads = None
+
+
+def spread_frames(Parser parser, frames, dict nodes, dict known, entry, table):
+    """See _ingest_py.spread_frames (the specification): the same loop, with each frame's
+    readings spread from the parser's own columns (no arrays made a frame) and its key made
+    from them directly."""
+    global _loads
+    if _loads is None:
+        from cbor2 import loads
+        _loads = loads
+    if parser._n:
+        raise ValueError(f"spread_frames needs a parser holding no readings ({parser._n} waiting)")
+    received, seqs, node_col, pattern_col = table
+    cdef list out = []
+    cdef list cols
+    cdef array.array sids
+    cdef Py_ssize_t fi = -1, i, n
+    cdef double t
+    cdef int64_t sec
+    for body in frames:
+        fi += 1
+        node, seq, recv, senml = _loads(body)
+        ni = nodes.setdefault(node, len(nodes))
+        parser.parse(senml, recv)
+        n = parser._n
+        parser._n = 0  # taken, as take() does; the readings stay in the buffers until the next parse
+        oth = parser.other
+        if oth:
+            parser.other = []
+        key = (ni, PyBytes_FromStringAndSize(<char*>parser._sid, n * sizeof(int64_t)))
+        found = known.get(key)
+        if found is None:
+            sids = array.clone(_Q, n, False)
+            if n:
+                memcpy(sids.data.as_voidptr, parser._sid, n * sizeof(int64_t))
+            found = entry(ni, node, sids)
+            known[key] = found
+        pidx, cols = found
+        if len(cols) != n:
+            raise ValueError(f"{len(cols)} columns for {n} times and {n} values")
+        for i in range(n):
+            col = cols[i]
+            t = parser._t[i]
+            if -9.0e9 < t < 9.0e9:  # as in spread
+                sec = <int64_t>t
+                col[0].append(sec * 1000000000 + <int64_t>rint((t - <double>sec) * 1e9))
+                col[1].append(parser._v[i])
+            else:
+                _spread_py([col], _array.array("d", [t]), _array.array("d", [parser._v[i]]))
+        received.append(_frame_ns(recv))
+        seqs.append(seq)
+        node_col.append(ni)
+        pattern_col.append(pidx)
+        if oth:
+            out.append((fi, node, oth))
+    return out

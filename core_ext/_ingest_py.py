@@ -322,3 +322,51 @@ def spread(cols, times, values) -> None:
         sec = int(t)
         col[0].append(sec * _NS + round((t - sec) * _NS))
         col[1].append(v)
+
+
+def frame_ns(t) -> int:
+    """A reception time in seconds as integer nanoseconds, as `spread` gives a reading's."""
+    sec = int(t)
+    return sec * _NS + round((t - sec) * _NS)
+
+
+def spread_frames(parser, frames, nodes: dict, known: dict, entry, table) -> list:
+    """The uplink batch's per-frame loop (gateway/runtime/uplink/batch.py), compiled in _ingest.
+
+    Each of `frames`, a spooled frame body (CBOR `[node, seq, received, senml]`), is parsed
+    with `parser`, which must hold no readings (ValueError). `nodes` maps a node's name to
+    its index (a node not in it gets the next one). The frame's numeric readings are spread
+    (as `spread` does) to the columns of `known[(node index, sids.tobytes())]`, a pair
+    (pattern index, a pair of lists per reading) that `entry(node index, node, sids)` makes
+    the first time (`sids`: the frame's series ids as `take()` gives them). `table`, four
+    lists, gets each frame's row: its reception time in integer nanoseconds (`frame_ns`),
+    sequence number, node index and pattern index.
+
+    Returns `[(frame index, node, other), ...]` for the frames with text, boolean or data
+    values (`other` as `take()` gives it). Errors of the body (cbor2's, its shape's) and of
+    `parse` propagate, with the frames before it already in `table`.
+    """
+    import cbor2  # the gateway's; the core's other functions run without it
+
+    if len(parser):
+        raise ValueError(f"spread_frames needs a parser holding no readings ({len(parser)} waiting)")
+    received, seqs, node_col, pattern_col = table
+    out = []
+    for fi, body in enumerate(frames):
+        node, seq, recv, senml = cbor2.loads(body)
+        ni = nodes.setdefault(node, len(nodes))
+        parser.parse(senml, recv)
+        sids, ts, vs, oth = parser.take()
+        key = (ni, sids.tobytes())
+        found = known.get(key)
+        if found is None:
+            found = known[key] = entry(ni, node, sids)
+        pidx, cols = found
+        spread(cols, ts, vs)
+        received.append(frame_ns(recv))
+        seqs.append(seq)
+        node_col.append(ni)
+        pattern_col.append(pidx)
+        if oth:
+            out.append((fi, node, oth))
+    return out

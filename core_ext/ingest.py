@@ -8,4 +8,5 @@ from ._ingest_py import IngestError, RELATIVE_TIME_LIMIT
 _impl, IMPLEMENTATION = load("ingest")
 Parser = _impl.Parser
 spread = _impl.spread
-__all__ = ["IngestError", "Parser", "IMPLEMENTATION", "RELATIVE_TIME_LIMIT", "spread"]
+spread_frames = _impl.spread_frames
+__all__ = ["IngestError", "Parser", "IMPLEMENTATION", "RELATIVE_TIME_LIMIT", "spread", "spread_frames"]

@@ -174,3 +174,72 @@ def test_spread_refuses_columns_that_do_not_match_the_readings(impl):
         impl.spread([([], []), ([], [])], array("d", [1.0, 2.0, 3.0]), array("d", [1.0, 2.0, 3.0]))
     with pytest.raises(ValueError):
         impl.spread([([], [])], array("d", [math.nan]), array("d", [1.0]))
+
+
+def _spooled():
+    """Frame bodies as the spool holds them: the golden packs (text values among them) from
+    two nodes, then reception times the compiled path hands back to the reference's integers:
+    an integer one and one past int64 nanoseconds."""
+    bodies = [cbor2.dumps([f"n{i % 2}", i, 1.7e9 + i / 3, bytes.fromhex(v["senml_hex"])])
+              for i, v in enumerate(VECTORS["frames"])]
+    bodies.append(cbor2.dumps(["n0", 99, 1_700_000_123, cbor2.dumps([{0: "a", 2: 1.5}])]))
+    bodies.append(cbor2.dumps(["n1", 100, 1.0e19, cbor2.dumps([{0: "a", 2: 2.5}, {0: "b", 2: 3.5}])]))
+    return bodies
+
+
+def _frame_loop(impl, bodies):
+    """What spread_frames does, frame by frame through parse, take and spread."""
+    from gateway.runtime.uplink.batch import _ns
+    parser, nodes, known, made, table, out = impl.Parser(), {}, {}, [], ([], [], [], []), []
+    for fi, body in enumerate(bodies):
+        node, seq, recv, senml = cbor2.loads(body)
+        ni = nodes.setdefault(node, len(nodes))
+        parser.parse(senml, recv)
+        sids, ts, vs, oth = parser.take()
+        key = (ni, sids.tobytes())
+        if key not in known:
+            made.append((ni, node, list(sids)))
+            known[key] = (len(made), [([], []) for _ in sids])
+        impl.spread(known[key][1], ts, vs)
+        for col, x in zip(table, (_ns(recv), seq, ni, known[key][0])):
+            col.append(x)
+        if oth:
+            out.append((fi, node, oth))
+    return nodes, made, table, out, [c for _p, cols in known.values() for c in cols]
+
+
+def _spread_frames(impl, bodies):
+    nodes, known, made, table = {}, {}, [], ([], [], [], [])
+
+    def entry(ni, node, sids):
+        made.append((ni, node, list(sids)))
+        return len(made), [([], []) for _ in sids]
+
+    out = impl.spread_frames(impl.Parser(), bodies, nodes, known, entry, table)
+    return nodes, made, table, out, [c for _p, cols in known.values() for c in cols]
+
+
+def test_spread_frames_is_the_per_frame_loop(impl):
+    bodies = _spooled()
+    got = _spread_frames(impl, bodies)
+    assert got == _frame_loop(impl, bodies)
+    assert got[2][0][-2:] == [1_700_000_123 * 10**9, 10**28]  # exact integers, not doubles
+    assert [fi for fi, _node, _oth in got[3]] == [4, 5]  # the golden frames with text values
+
+
+def test_spread_frames_agrees_with_the_reference(compiled, impls):
+    bodies = _spooled()
+    assert _spread_frames(compiled, bodies) == _spread_frames(impls["python"], bodies)
+
+
+def test_spread_frames_refuses_what_the_loop_would(impl):
+    p = impl.Parser()
+    p.parse(cbor2.dumps([{0: "a", 2: 1.0}]), 0.0)
+    with pytest.raises(ValueError, match="holding no readings"):
+        impl.spread_frames(p, [], {}, {}, None, ([], [], [], []))
+    with pytest.raises(ValueError, match="1 columns for 2"):  # an entry with too few columns
+        impl.spread_frames(impl.Parser(), _spooled()[-1:], {}, {}, lambda *a: (0, [([], [])]), ([], [], [], []))
+    with pytest.raises(IngestError):
+        impl.spread_frames(impl.Parser(), [cbor2.dumps(["n", 1, 0.0, b"\xff"])], {}, {}, None, ([], [], [], []))
+    with pytest.raises(ValueError):  # a body that is not [node, seq, received, senml]
+        impl.spread_frames(impl.Parser(), [cbor2.dumps(["n", 1, 0.0])], {}, {}, None, ([], [], [], []))

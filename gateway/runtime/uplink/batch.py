@@ -75,7 +75,7 @@ import cbor2
 from array import array
 
 from core_ext import codec
-from core_ext.ingest import Parser, spread
+from core_ext.ingest import Parser, spread_frames
 from gateway.runtime.uplink import columns
 
 VERSION = 4
@@ -190,28 +190,19 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
     series: dict[tuple[int, str], tuple[list, list]] = {}
     received, seqs, node_col, pattern_col, other = [], [], [], [], []
     # a node sends one pattern frame after frame: its sensors, its pattern index and its
-    # columns are looked up once per (node, series ids), not per reading
-    known: dict[tuple[int, bytes], tuple[int, list]] = {}
-    for fi, body in enumerate(frames):
-        node, seq, recv, senml = cbor2.loads(body)
-        ni = nodes.setdefault(node, len(nodes))
-        parser.parse(senml, recv)
-        sids, ts, vs, oth = parser.take()
-        entry = known.get((ni, sids.tobytes()))
-        if entry is None:
-            prefix = node + "/"
-            pattern = tuple(_sensor(parser.names[sid], prefix) for sid in sids)
-            entry = known[(ni, sids.tobytes())] = (patterns.setdefault(pattern, len(patterns)),
-                                                   [series.setdefault((ni, s), ([], [])) for s in pattern])
-        pidx, cols = entry
-        spread(cols, ts, vs)  # each reading's time (as _ns) and value to its series: compiled, per reading
-        if oth:
-            prefix = node + "/"
-            other += [[fi, _sensor(parser.names[sid], prefix), t, v] for sid, t, v in oth]
-        received.append(_ns(recv))
-        seqs.append(seq)
-        node_col.append(ni)
-        pattern_col.append(pidx)
+    # columns are made once per (node, series ids), by entry(), not per reading
+
+    def entry(ni: int, node: str, sids) -> tuple[int, list]:
+        prefix = node + "/"
+        pattern = tuple(_sensor(parser.names[sid], prefix) for sid in sids)
+        return patterns.setdefault(pattern, len(patterns)), [series.setdefault((ni, s), ([], [])) for s in pattern]
+
+    # each frame parsed, its readings' times (as _ns) and values to their series, its row to the
+    # frame table: compiled, per frame and per reading
+    texts = spread_frames(parser, frames, nodes, {}, entry, (received, seqs, node_col, pattern_col))
+    for fi, node, oth in texts:
+        prefix = node + "/"
+        other += [[fi, _sensor(parser.names[sid], prefix), t, v] for sid, t, v in oth]
     if schema is None:
         body = {"v": 2, "gw": gateway, "site": site, "nodes": list(nodes), "patterns": [list(p) for p in patterns],
                 # array.array, not numpy: the gateway encodes batches without numpy loaded (13 MB less)
