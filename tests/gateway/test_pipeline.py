@@ -33,6 +33,14 @@ def test_ack_after_commit_then_duplicate(pipeline_rig):
         assert m.get("headrace_frames_rejected_total", transport="test", reason="replay") == 1
         assert m.get("headrace_frames_rejected_total", transport="test", reason="auth") == 1
         assert m.get("headrace_frames_accepted_total", transport="test") == 1
+        # offered together (one commit group): each transport's frames counted, the node's time set
+        futs = [asyncio.get_running_loop().create_future() for _ in range(3)]
+        for fut, seq, transport in zip(futs, (2, 3, 4), ("test", "other", "test")):
+            pipe.offer(rig.frame(seq), transport, lambda ack, err, fut=fut: fut.set_result(err))
+        assert await asyncio.gather(*futs) == [None, None, None]
+        assert m.get("headrace_frames_accepted_total", transport="test") == 3
+        assert m.get("headrace_frames_accepted_total", transport="other") == 1
+        assert m.get("headrace_node_last_seen_seconds", node="n1") == pipe.nodes["n1"].last_seen > 0
         await rig.stop(spool, task)
     asyncio.run(main())
 
