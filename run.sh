@@ -51,7 +51,7 @@ python_env() {
     fi
     local stamp="$VENV/.headrace-installed"
     local want
-    want=$(cat pyproject.toml setup.py core_ext/*.pyx core_ext/*.pxd 2>/dev/null | sha256sum | cut -d' ' -f1)
+    want=$(cat pyproject.toml setup.py core_ext/*.pyx core_ext/*.pxd core_ext/*.pxi 2>/dev/null | sha256sum | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! ls core_ext/_*.so >/dev/null 2>&1; then
         say "installing headrace and its dependencies into $VENV (builds the Cython core)"
         "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel

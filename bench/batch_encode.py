@@ -1,16 +1,23 @@
-"""batch.encode's CPU a frame: the compiled per-frame loop against the same loop in Python.
+"""batch.encode's CPU a frame: its compiled parts against the same code interpreted.
 
     python bench/batch_encode.py [--frames 256] [--nodes 10] [--rounds 5]
 
 Frames as the thingsboard load sends them (8 readings at one time, `k0`…`k7`,
 values `((i*7 + j*13) % 100000) / 100`), round-robin over `--nodes` nodes, one
-batch of `--frames` frames encoded 40 times a round (version 4, a schema). Three
-variants of `core_ext.ingest.spread_frames` (the uplink's per-frame loop: each
-frame's body and SenML parsed, its readings spread to their series) alternate
-round by round: compiled; "loop" (the reference's loop in Python over the
-compiled parser and `spread`, as batch.encode ran before); "python" (the pure
-reference throughout); prints the CPU time a frame of each (best and all
-rounds) and their ratio. Everything else in the encode is the same code.
+batch of `--frames` frames encoded 40 times a round (version 4, a schema). Four
+variants alternate round by round:
+
+  cython     all compiled: the per-frame loop (`core_ext.ingest.spread_frames`:
+             each frame's body and SenML parsed, its readings spread to their
+             series) and the codec's format code (`core_ext._codec.encode`);
+  format-py  the codec's format code interpreted (`_codec_format.encode` over
+             the compiled kernels), the loop compiled;
+  before     both interpreted over the compiled parser, `spread` and kernels:
+             batch.encode as it ran before either was compiled;
+  python     the pure references throughout.
+
+Prints the CPU time a frame of each (best and all rounds) and the ratios.
+Everything else in the encode is the same code.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cbor2  # noqa: E402
 
-from core_ext import implementations  # noqa: E402
+from core_ext import _codec_format as codec_format, implementations  # noqa: E402
 from gateway.runtime.uplink import batch  # noqa: E402
 
 
@@ -59,22 +66,30 @@ def main() -> None:
             ref.spread = spread_py
 
     spread_py = ref.spread
-    variants = {"cython": (fast.spread_frames, fast.Parser), "loop": (loop, fast.Parser),
-                "python": (ref.spread_frames, ref.Parser)}
+    codecs = implementations("codec")
+
+    def format_py(ts, vs):
+        return codec_format.encode(ts, vs, 0.0, codecs["cython"])
+
+    variants = {"cython": (fast.spread_frames, fast.Parser, codecs["cython"].encode),
+                "format-py": (fast.spread_frames, fast.Parser, format_py),
+                "before": (loop, fast.Parser, format_py),
+                "python": (ref.spread_frames, ref.Parser, codecs["python"].encode)}
     us: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):
-        for kind, (fn, parser) in variants.items():
-            batch.spread_frames, batch.Parser = fn, parser
+        for kind, (fn, parser, encode) in variants.items():
+            batch.spread_frames, batch.Parser, batch.codec.encode = fn, parser, encode
             batch.encode("gw", "site", bodies, [], schema)
             t = time.process_time()
             for _ in range(40):
                 batch.encode("gw", "site", bodies, [], schema)
             us[kind].append((time.process_time() - t) / 40 / args.frames * 1e6)
     for kind, xs in us.items():
-        print(f"{kind:7s} batch.encode {min(xs):.2f} µs a frame (best of {args.rounds}; "
+        print(f"{kind:9s} batch.encode {min(xs):.2f} µs a frame (best of {args.rounds}; "
               f"all {', '.join(f'{x:.2f}' for x in xs)})")
-    print(f"compiled / loop in Python: {min(us['cython']) / min(us['loop']):.2f}; "
-          f"compiled / pure reference: {min(us['cython']) / min(us['python']):.2f}")
+    best = {kind: min(xs) for kind, xs in us.items()}
+    print(f"cython / before: {best['cython'] / best['before']:.2f}; cython / format-py: "
+          f"{best['cython'] / best['format-py']:.2f}; cython / python: {best['cython'] / best['python']:.2f}")
 
 
 if __name__ == "__main__":

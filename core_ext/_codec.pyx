@@ -4,7 +4,9 @@ reads a whole lossless stream in C (`_decode`; the bounded-error chunks go throu
 `_codec_format.read_values`).
 
 Same API and same bytes as the reference (`_codec_py`, the specification); the
-format and every choice live in `_codec_format`, shared by both. Bounds checks
+format and every choice live in `_codec_format`, shared by both, and the lossless
+encoder's layout is also compiled here (`_codec_write.pxi`: the same choices in C,
+the bounded-error modes left to `_codec_format`). Bounds checks
 are off in the loops below: every index is checked against lengths the code
 itself derives, and the differential and fuzz tests feed them corrupt streams.
 The loops run without the GIL, on memory of their own call (see `Spare`).
@@ -418,6 +420,7 @@ def decimal_counts(values, int sample_size, int max_exponent):
         if isfinite(v[i]):
             sample[taken] = v[i]
             taken += 1
+    cdef Py_ssize_t c
     counts = []
     for e in range(max_exponent + 1):
         p = 10.0 ** e
@@ -578,8 +581,29 @@ _KERNELS = sys.modules[__name__]
 
 
 def encode(timestamps, values, *, double max_error=0.0):
-    """Compress one series (see `_codec_py.encode`). Raises ValueError on bad input."""
-    return fmt.encode(timestamps, values, max_error, _KERNELS)
+    """Compress one series (see `_codec_py.encode`). Raises ValueError on bad input.
+
+    A lossless stream is laid out here, in C: `_codec_format.encode`, `write_values`,
+    `detect_decimal`, `write_exceptions` and `write_istream` compiled, the same choices and
+    bytes (the differential tests compare them). What is rare goes through the format
+    module itself: the bounded-error modes, and an istream of a single symbol."""
+    if max_error != 0.0:
+        return fmt.encode(timestamps, values, max_error, _KERNELS)
+    ts, vs = fmt.as_arrays(timestamps, values)
+    cdef Py_ssize_t n = len(ts), start
+    w = fmt.Writer()
+    cdef list parts = w.parts
+    parts.append(_HEAD)
+    parts.append(_varint(n))
+    parts.append(_CHUNK)
+    if n:
+        _write_istream(w, ts, plan(ts))
+    for start in range(0, n, fmt.CHUNK):
+        _write_values(w, vs[start:start + fmt.CHUNK], True)
+    return b"".join(parts)
+
+
+include "_codec_write.pxi"  # the lossless encoder's layout: _write_values, _write_istream
 
 
 def decode(data):

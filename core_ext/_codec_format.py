@@ -268,6 +268,12 @@ def write_istream(w: Writer, ints, k, plan=None) -> None:
     w.varint(gcd)
     if n <= order:
         return
+    write_residuals(w, ints, order, m, base, gcd, fine, k)
+
+
+def write_residuals(w: Writer, ints, order: int, m: int, base: int, gcd: int, fine, k) -> None:
+    """What follows an istream's header: its frequency table, rANS bytes and raw bits."""
+    n = len(ints)
     first = next(compress(range(len(fine)), fine)) if fine is not None else None  # lowest bucket used
     if first is None or first >= (2 << m) or fine[first] != n - order:
         # the frequencies come from the encoding pass itself (the same as the plan's, whose
