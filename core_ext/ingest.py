@@ -9,4 +9,5 @@ _impl, IMPLEMENTATION = load("ingest")
 Parser = _impl.Parser
 spread = _impl.spread
 spread_frames = _impl.spread_frames
-__all__ = ["IngestError", "Parser", "IMPLEMENTATION", "RELATIVE_TIME_LIMIT", "spread", "spread_frames"]
+frame_body = _impl.frame_body
+__all__ = ["IngestError", "Parser", "IMPLEMENTATION", "RELATIVE_TIME_LIMIT", "spread", "spread_frames", "frame_body"]

@@ -243,3 +243,18 @@ def test_spread_frames_refuses_what_the_loop_would(impl):
         impl.spread_frames(impl.Parser(), [cbor2.dumps(["n", 1, 0.0, b"\xff"])], {}, {}, None, ([], [], [], []))
     with pytest.raises(ValueError):  # a body that is not [node, seq, received, senml]
         impl.spread_frames(impl.Parser(), [cbor2.dumps(["n", 1, 0.0])], {}, {}, None, ([], [], [], []))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(node=st.one_of(st.text(max_size=300), st.sampled_from(["\ud800", "n1"]), st.integers()),
+       seq=st.one_of(st.integers(0, 2**64 - 1), st.integers(-(2**70), 2**70), st.sampled_from([True, 2**64])),
+       received=st.one_of(st.floats(), st.integers(0, 2**40)),
+       senml=st.one_of(st.binary(max_size=300), st.sampled_from([bytes(65535), bytes(65536)]), st.just(bytearray(3))))
+def test_frame_body_is_what_cbor2_writes(impl, node, seq, received, senml):
+    try:
+        want = cbor2.dumps([node, seq, received, senml])
+    except Exception as exc:  # noqa: BLE001 (whatever cbor2 raises, the body raises it too)
+        with pytest.raises(type(exc)):
+            impl.frame_body(node, seq, received, senml)
+        return
+    assert impl.frame_body(node, seq, received, senml) == want
