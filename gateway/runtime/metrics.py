@@ -57,6 +57,15 @@ class Metrics:
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         self._values[(name, tuple(sorted(labels.items())))] += amount
 
+    def key(self, name: str, **labels: str) -> tuple[str, tuple]:
+        """The key of one labelled series, for `add` where a counter moves once a frame (its
+        labels are sorted once, not at every update)."""
+        return (name, tuple(sorted(labels.items())))
+
+    def add(self, key: tuple[str, tuple], amount: float = 1) -> None:
+        """`inc` of the series `key()` gave."""
+        self._values[key] += amount
+
     def set(self, name: str, value: float, **labels: str) -> None:
         self._values[(name, tuple(sorted(labels.items())))] = value
 

@@ -114,6 +114,7 @@ class Pipeline:
         `events` (an EventSink) has its events committed with the next group; `ledger` (a
         gateway.decisions.ledger.Ledger) has the decisions' changed rows committed with them."""
         self.cfg, self.ingest, self.spool, self.metrics = cfg, ingest, spool, metrics
+        self._in_keys: dict[str, tuple] = {}  # transport -> its frames-in counter's key
         self.nodes: dict[str, NodeStatus] = {}
         self.committed = CommitSignal()  # set after each commit; the uplink waits on it or listens
         self._pending: list[_Item] = []
@@ -157,8 +158,10 @@ class Pipeline:
         """Take one message from a node. `done(ack, None)` is called after the commit, or
         `done(None, SpoolError)` if it failed. Raises CoseError/AuthError (and FrameError
         never reaches here): those are never acked, the transport decides how to answer."""
-        m = self.metrics
-        m.inc("headrace_frames_in_total", transport=transport)
+        key = self._in_keys.get(transport)
+        if key is None:
+            key = self._in_keys[transport] = self.metrics.key("headrace_frames_in_total", transport=transport)
+        self.metrics.add(key)
         try:
             acc = self.ingest.check(message)
         except (ReplayError, PayloadError) as exc:
