@@ -14,7 +14,7 @@ from setuptools.command.build_ext import build_ext
 REQUIRED = os.environ.get("HEADRACE_BUILD_EXT") == "1"
 
 # One entry per accelerated module: core_ext/_<name>.pyx, reference core_ext/_<name>_py.py
-MODULES = ["aggregate", "ingest", "match", "rules", "codec", "udp", "verify"]
+MODULES = ["aggregate", "ingest", "match", "rules", "codec", "udp", "verify", "coap"]
 
 
 def extensions():

@@ -53,11 +53,12 @@ import logging
 import socket
 import time
 
+from core_ext.coap import parse  # gateway.protocol.coap.parse, compiled: every request goes through it
 from core_ext.udp import Batch
 
 from gateway.errors import AuthError, CoseError, FrameError
 from gateway.runtime.pipeline import Pipeline
-from gateway.protocol.coap import CoapFormatError, is_update_request, parse, response
+from gateway.protocol.coap import CoapFormatError, is_update_request, response
 from gateway.protocol.numbers import (
     CF_COSE_MAC0,
     COAP_ACK,
