@@ -15,10 +15,14 @@ hundred frames a second each commit carries several frames instead of one
 bounds a group; the queue holds eight groups, then transports are told to wait.
 
 While the commit window runs, a transport may stop reading (`add_intake(pause,
-resume)`): what arrives meanwhile waits in the kernel and is read in one go just
-before the next commit, so at a few hundred frames a second the event loop wakes
-once a commit instead of once a frame. The acks go out no later: nothing of a
-group is acked before its commit.
+take, listen)`): what arrives meanwhile waits in the kernel and is read in one go
+just before the next commit, so at a few hundred frames a second the event loop
+wakes once a commit instead of once a frame. The acks go out no later: nothing of
+a group is acked before its commit. A transport left unread stays so through the
+commit that follows (what comes then joins the group after it either way) and is
+read as data comes only once there is nothing left to commit: at a steady low
+rate it is never put back in the event loop's read set, which cost uvloop a
+handle made and closed, several `epoll_ctl` calls and a turn of the loop a commit.
 """
 from __future__ import annotations
 
@@ -135,7 +139,7 @@ class Pipeline:
                       for w in cfg.aggregate.widths]
         self._late_seen = 0
         self._carry = None  # parsed columns of frames queued behind the group being committed
-        self._intake: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        self._intake: list[tuple[Callable[[], None], Callable[[], None], Callable[[], None]]] = []
         self._warn = RateLimited(log)
 
     # -- intake ---------------------------------------------------------------------------
@@ -148,11 +152,12 @@ class Pipeline:
         """Back-pressure for transports: wait while the commit queue is full."""
         await self._space.wait()
 
-    def add_intake(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+    def add_intake(self, pause: Callable[[], None], take: Callable[[], None], listen: Callable[[], None]) -> None:
         """`pause()` is called when a commit window starts (the transport may stop reading),
-        `resume()` when it ends, before the next group is taken (the transport reads what
-        waits, offers it, and reads on as before)."""
-        self._intake.append((pause, resume))
+        `take()` when it ends, before the next group is taken (the transport reads what waits
+        and offers it; it need not read on), `listen()` when nothing is left to commit (the
+        transport reads as data comes, until the next `pause()`)."""
+        self._intake.append((pause, take, listen))
 
     def offer(self, message: bytes, transport: str, done: Done) -> None:
         """Take one message from a node. `done(ack, None)` is called after the commit, or
@@ -214,21 +219,25 @@ class Pipeline:
 
     async def _commit_loop(self) -> None:
         gap = self.cfg.spool.commit_interval
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending or self._windows or self._events or self._ledger_dirty():
-                started = time.monotonic()
-                await self._commit_group()
-                left = gap - (time.monotonic() - started)
-                if left > 0:
-                    for pause, _resume in self._intake:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending or self._windows or self._events or self._ledger_dirty():
+                    started = time.monotonic()
+                    await self._commit_group()
+                    left = gap - (time.monotonic() - started)
+                    for pause, _take, _listen in self._intake:
                         pause()
-                    try:
+                    if left > 0:
                         await asyncio.sleep(left)
-                    finally:
-                        for _pause, resume in self._intake:
-                            resume()
+                    for _pause, take, _listen in self._intake:
+                        take()
+                for _pause, _take, listen in self._intake:
+                    listen()
+        finally:  # cancelled: the transports read on as before, for a drain or until they stop
+            for _pause, _take, listen in self._intake:
+                listen()
 
     async def _commit_group(self) -> None:
         n = self.cfg.spool.commit_max_frames

@@ -141,6 +141,13 @@ def test_requests_during_a_commit_window_wait_in_the_socket_and_are_read_at_once
                 assert (code, cbor2.loads(cose.parse_mac0(body).verify(rig.key))) == (COAP_CHANGED, [1, mid, 0])
                 answers.add(mid)
             assert pipe.metrics.get("headrace_spool_commits_total") == commits + 1
+            # after the window, with nothing left to commit, the socket is read as datagrams come again
+            for _ in range(200):
+                if server._reading:
+                    break
+                await asyncio.sleep(0.01)
+            assert server._reading
+            assert await exchange(sock, server.port, 6, rig.frame(6), rig.key) == (COAP_CHANGED, [1, 6, 0])
     asyncio.run(main())
 
 

@@ -17,7 +17,7 @@ class Recorder:
         self.offered = []  # (frame, ack callback)
         self.rejected = []
         self.capacity = capacity  # frames it takes before it is full (None: never full)
-        self.intake = []  # the transport's (pause, resume) for the commit window
+        self.intake = []  # the transport's (pause, take, listen) for the commit window
         self._space = asyncio.Event()
         self._space.set()
 
@@ -31,8 +31,8 @@ class Recorder:
         self.capacity += n
         self._space.set()
 
-    def add_intake(self, pause, resume):
-        self.intake.append((pause, resume))
+    def add_intake(self, pause, take, listen):
+        self.intake.append((pause, take, listen))
 
     def offer(self, message, transport, done):
         assert transport == "serial"
@@ -164,22 +164,25 @@ def test_many_ports_at_once_each_acked_on_its_own_port(tmp_path):
 def test_ports_are_left_unread_during_a_commit_window_at_low_rates(tmp_path):
     async def body(ports, ptys, pipe):
         await until(lambda: all(p.connected.is_set() for p in ports.ports.values()))
-        ((pause, resume),) = pipe.intake
+        ((pause, take, listen),) = pipe.intake
         pause()  # the pipeline's commit window starts
         for i, pty in enumerate(ptys):
             await feed(pty, encode_frame(b"w%05d" % i))
         await asyncio.sleep(0.2)
         assert pipe.offered == []  # the frames wait in the ports
-        resume()  # the window ends: every port is read at once, before the commit
+        take()  # the window ends: every port is read at once, before the commit
         assert sorted(pipe.offered) == [b"w%05d" % i for i in range(len(ptys))]
-        await feed(ptys[0], encode_frame(b"after!"))  # and then as bytes come
+        await feed(ptys[0], encode_frame(b"after!"))  # the commit runs: still unread
+        await asyncio.sleep(0.2)
+        assert pipe.offered[-1:] != [b"after!"]
+        listen()  # nothing left to commit: read as bytes come
         await until(lambda: pipe.offered[-1:] == [b"after!"])
         await feed(ptys[1], b"".join(encode_frame(b"b%05d" % k) for k in range(serial_transport.WINDOW_FRAMES)))
         await until(lambda: len(pipe.offered) == len(ptys) + 1 + serial_transport.WINDOW_FRAMES)
         pause()  # a window after one that brought WINDOW_FRAMES frames: the ports are read on
         await feed(ptys[2], encode_frame(b"during"))
         await until(lambda: pipe.offered[-1:] == [b"during"])
-        resume()
+        take()
         acks = []
         await until(lambda: acks.extend(ptys[2].read_acks()) or acks == [b"ack:w00002", b"ack:during"])
 

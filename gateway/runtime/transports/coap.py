@@ -35,8 +35,10 @@ loop (a commit group's acks) leave with one `sendmmsg` (`core_ext.udp`; its
 pure-Python reference makes a call per datagram). While the pipeline's commit window
 runs the socket is not read when the window before brought fewer than `batch`
 datagrams: what arrives waits in the kernel and is read in one go just before the
-next commit (`Pipeline.add_intake`), so at a few hundred requests a second the loop
-wakes once a commit rather than once a request; the acks leave no later, since none
+next commit (`Pipeline.add_intake`); it stays unread through that commit and is put
+back in the event loop's read set only when nothing is left to commit. So at a few
+hundred requests a second the loop wakes once a commit rather than once a request,
+and does not make and close a reader for the socket every commit; the acks leave no later, since none
 is sent before its commit (answers that need no commit, a CoAP ping, a block of an
 update, wait up to the window too). At higher rates datagrams come in bunches anyway
 and are read as they come. `batch = 0` reads through asyncio's
@@ -147,7 +149,7 @@ class CoapServer(asyncio.DatagramProtocol):
             self.sock, self._io = sock, Batch(sock, self.batch, _DATAGRAM_MAX)
             loop.add_reader(sock.fileno(), self._readable)
             self._reading = True
-            self.pipeline.add_intake(self._pause, self._resume)
+            self.pipeline.add_intake(self._pause, self._resume, self._listen)
         else:
             self._transport, _ = await loop.create_datagram_endpoint(lambda: self,
                                                                      local_addr=(self.bind, self.port))
@@ -195,13 +197,12 @@ class CoapServer(asyncio.DatagramProtocol):
         work with the window instead of adding it to their acks' wait); what comes waits in
         the kernel until `_resume`."""
         taken, self._taken = self._taken, 0
-        if self._io is not None and self._reading and taken < self.batch:
-            self._loop.remove_reader(self.sock.fileno())
-            self._reading = False
+        self._read_as_they_come(taken >= self.batch)
 
     def _resume(self) -> None:
         """The window ends: read what waits (up to a group's worth, while the commit queue has
-        room; the rest as the socket is readable), then read on as datagrams come."""
+        room). A socket left unread stays so through the commit of what was read (what comes
+        meanwhile joins the group after it either way), until `_listen`."""
         if self._io is None:
             return
         limit, n = self.pipeline.cfg.spool.commit_max_frames, 0
@@ -210,9 +211,19 @@ class CoapServer(asyncio.DatagramProtocol):
             n += got
             if got < self.batch:
                 break
-        if not self._reading:
+
+    def _listen(self) -> None:
+        """Nothing is left to commit: read datagrams as they come."""
+        self._read_as_they_come(True)
+
+    def _read_as_they_come(self, on: bool) -> None:
+        if self._io is None or on == self._reading:
+            return
+        if on:
             self._loop.add_reader(self.sock.fileno(), self._readable)
-            self._reading = True
+        else:
+            self._loop.remove_reader(self.sock.fileno())
+        self._reading = on
 
     def _take(self) -> int:
         """Read up to `batch` datagrams with one call and handle them; how many were read."""

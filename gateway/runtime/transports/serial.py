@@ -15,8 +15,9 @@ pipeline in one callback, and the acks of a commit go out in one callback too.
 While the pipeline's commit window runs, no port is read when the window before
 brought fewer than WINDOW_FRAMES frames (`Pipeline.add_intake`): what the nodes
 send meanwhile waits in the ports' kernel buffers and is read in one go just
-before the next commit, so at a few hundred frames a second the loop wakes once a
-commit rather than once a frame. The acks leave no later: none is sent before its
+before the next commit; they stay unread through that commit and are watched again
+only when nothing is left to commit. So at a few hundred frames a second the loop
+wakes once a commit rather than once a frame, with no reader made and closed a commit. The acks leave no later: none is sent before its
 commit. At higher rates frames come in bunches anyway and are read as they come.
 
 Caveats: a port that disappears (USB unplug: EIO, ENXIO, end of file) is closed and
@@ -107,7 +108,7 @@ class SerialPorts:
         self._loop = asyncio.get_running_loop()
         self._epoll = select.epoll()
         self._watch(True)
-        self.pipeline.add_intake(self._window_starts, self._window_ends)
+        self.pipeline.add_intake(self._window_starts, self._window_ends, self._listen)
         try:
             while True:
                 for port in self.ports.values():
@@ -228,16 +229,22 @@ class SerialPorts:
         if taken < WINDOW_FRAMES and not self._full and self._epoll is not None and not self._epoll.closed:
             self._windowed = True
             self._watch(False)
+        elif taken >= WINDOW_FRAMES:
+            self._listen()
 
     def _window_ends(self) -> None:
         """The window ends: read every port that has bytes now (their frames join the next
-        commit), then read as bytes come."""
+        commit). The ports stay unread through that commit (what comes meanwhile joins the
+        group after it either way), until `_listen`."""
+        if self._windowed and not self._full:
+            self._ready()
+
+    def _listen(self) -> None:
+        """Nothing is left to commit: read as bytes come."""
         if not self._windowed:
             return
         self._windowed = False
-        if not self._full:
-            self._ready()
-        if not self._full:
+        if not self._full and self._epoll is not None and not self._epoll.closed:
             self._watch(True)
 
     def _pause(self) -> None:
