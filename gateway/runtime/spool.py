@@ -15,7 +15,12 @@ and at worst re-sends what was published but not yet deleted (consumers dedup by
 (node, seq)).
 
 All SQLite work runs on one dedicated thread (`Spool` methods are coroutines),
-so a slow fsync on an SD card never stalls the event loop.
+so a slow fsync on an SD card never stalls the event loop. The one exception is
+a small commit (at most QUICK_RECORDS records, no decisions) that fits the
+journal's current segment as it is, while the spool's thread has nothing to do
+and the journal's writes have taken under QUICK_SECONDS (2 ms) on average: it is
+written from the caller's thread, since the hop to the spool's thread and back
+cost as much CPU as the write. A slow disk keeps every commit on the thread.
 
 Record classes and priorities: events (2) go up before windows (1) before raw
 frames (0).
@@ -61,6 +66,13 @@ PAGE_SIZE = 1024
 # second a segment lasts about 10 s, well past the uplink's batch delay, so what a segment held is
 # long published when it is written again and nothing moves to SQLite.
 JOURNAL_BYTES = 4 << 20
+# A small commit is written from the event loop's own thread, as one journal entry, when the spool's
+# thread has nothing to do and such writes have been quick: the hop to the thread and back (a queue,
+# a future, a wake-up of each thread, the GIL handed over and back, the loop's self-pipe) cost
+# about as much CPU as the O_DSYNC write of a sector or two. Slower storage (an SD card's sync
+# can take 1-20 ms) keeps every write on the spool's thread, so the loop never waits on it.
+QUICK_RECORDS = 32  # records at most in a commit written from the caller's thread
+QUICK_SECONDS = 0.002  # the recent journal writes' time (a moving average) must be under this
 _FLOOR = "journal_floor"  # meta key: journal records with ids up to this are in SQLite or gone
 # a replay window into SQLite as merge_windows() does: the newer by its top, one top's bitmaps or'ed
 # (SQLite evaluates every SET expression on the row as it was)
@@ -119,6 +131,8 @@ class Spool:
         self._jreplay: dict[str, tuple[int, int]] = {}  # replay windows the journal holds newer than SQLite
         self._floor = 0
         self._next_id = 1
+        self._write_time = QUICK_SECONDS  # the journal entries' write time, a moving average; seconds
+        self.quick_commits = 0  # commits written from the caller's thread (the rest on the spool's)
         self.journal_error: str | None = None  # why the journal configured could not be made
 
     @classmethod
@@ -236,6 +250,10 @@ class Spool:
 
         Raises SpoolError (disk full, I/O error); then nothing was written.
         """
+        if (not decisions and self._journal is not None and len(records) <= QUICK_RECORDS
+                and self._write_time < QUICK_SECONDS and self._thread.idle() and self._commit_quick(records, replay)):
+            self.quick_commits += 1
+            return
         await self._run(self._commit, records, replay, decisions)
 
     @contextlib.contextmanager
@@ -274,6 +292,23 @@ class Spool:
         for node in replay:
             self._jreplay.pop(node, None)  # SQLite holds the newest now
 
+    def _commit_quick(self, records, replay) -> bool:
+        """The commit as one journal entry that needs nothing else (no switch of segments, no
+        fold into SQLite), written from the caller's thread; False, with nothing done, otherwise."""
+        j = self._journal
+        if not records and not replay:
+            return True  # nothing new to make durable (duplicates); deletes wait for a commit
+        now, first = time.time(), self._next_id
+        recs = [[PRIORITY[kind], body] for kind, body in records]
+        if self._mem_bytes + sum(len(body) for _prio, body in recs) > j.size:
+            return False  # it would fold the journal into SQLite
+        rep = [[node, top, bitmap] for node, (top, bitmap) in replay.items()]
+        payload = j.encode(first, now, recs, rep, _runs(self._deleted))
+        if j.too_big(payload) or not j.fits(payload):
+            return False
+        self._append(payload, first, now, recs, replay)
+        return True
+
     def _commit_journal(self, records, replay) -> bool:
         """One journal entry; False when it is too large for the journal (SQLite takes it)."""
         j = self._journal
@@ -291,10 +326,20 @@ class Spool:
             if not j.fits(payload):  # the deletes carried over are too many: they only save resends
                 self._deleted = []
                 payload = j.encode(first, now, recs, rep, [])
+        self._append(payload, first, now, recs, replay)
+        return True
+
+    def _append(self, payload: bytes, first: int, now: float, recs: list, replay: dict) -> None:
+        """Write a commit's journal entry, then keep its records in memory."""
+        j = self._journal
+        started = time.monotonic()
         try:
             j.append(payload, first, len(recs))
         except OSError as exc:
             raise SpoolError(f"spool commit failed ({j.paths[j.cur]}): {exc}") from exc
+        finally:
+            took = time.monotonic() - started
+            self._write_time += (took - self._write_time) / 4
         self._deleted = []
         self._next_id += len(recs)
         for k, (prio, body) in enumerate(recs):
@@ -305,7 +350,6 @@ class Spool:
             # and a segment that has to be written again fails its commit before writing
             with contextlib.suppress(SpoolError):
                 self._fold()
-        return True
 
     def _switch(self) -> None:
         """Before the journal writes its older segment again: what is still waiting of it goes to
@@ -547,6 +591,14 @@ class SpoolThread:
     def __init__(self):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # jobs handed over (counted by the caller's thread) and finished (by the spool's thread):
+        # one writer each, so no lock; equal when the spool's thread has nothing to do
+        self._handed = 0
+        self._finished = 0
+
+    def idle(self) -> bool:
+        """Whether every job handed over has run (the spool's state is the caller's to use)."""
+        return self._handed == self._finished
 
     def run(self, fn, *args) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -554,6 +606,7 @@ class SpoolThread:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="spool", daemon=True)
             self._thread.start()
+        self._handed += 1
         self._queue.put((loop, fut, fn, args))
         return fut
 
@@ -564,6 +617,7 @@ class SpoolThread:
                 result, error = fn(*args), None
             except BaseException as exc:  # handed to the caller, as an executor does
                 result, error = None, exc
+            self._finished += 1
             try:
                 loop.call_soon_threadsafe(_resolve, fut, result, error)
             except RuntimeError:  # the caller's loop is closed: nobody waits for this

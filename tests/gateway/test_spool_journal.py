@@ -4,10 +4,12 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from gateway.runtime import spool as spool_mod
 from gateway.runtime.journal import Journal
 from gateway.runtime.spool import KIND_EVENT, KIND_FRAME, PRIO_EVENT, PRIO_FRAME, Spool
 
@@ -195,6 +197,47 @@ def test_a_small_commit_writes_a_sector_or_two(tmp_path):
     if not direct:
         pytest.skip(f"no O_DIRECT on the filesystem of {tmp_path}: a commit costs a page cache page")
     assert written <= 100 * 1024, written
+
+
+def test_small_commits_on_quick_storage_are_written_from_the_callers_thread(tmp_path):
+    """Once journal writes have been quick, a small commit is written without the hop to the
+    spool's thread; a large one, a slow disk or a thread with work to do keep the hop. Every
+    commit reads back after a restart, whichever way it went."""
+    async def main():
+        s = await Spool.open(tmp_path / "q.sqlite", SMALL)
+        bodies = []
+
+        async def commit(n):
+            recs = [(KIND_FRAME, os.urandom(100)) for _ in range(n)]
+            bodies.extend(b for _, b in recs)
+            await s.commit(recs, {"n": (len(bodies), 1)})
+        for _ in range(20):
+            await commit(1)
+        quick = s.quick_commits
+        assert quick >= 10  # not the first: its write time is not known yet
+        await commit(spool_mod.QUICK_RECORDS + 1)
+        s._write_time = 1.0  # writes have been slow
+        await commit(1)
+        assert s.quick_commits == quick
+        s._write_time = 0.0
+        gate = threading.Event()
+        busy = s._thread.run(gate.wait)  # the spool's thread has work to do
+        assert not s._thread.idle()
+        queued = asyncio.ensure_future(commit(1))
+        await asyncio.sleep(0.05)
+        assert s.quick_commits == quick and not queued.done()  # handed over, behind that work
+        gate.set()
+        await asyncio.gather(busy, queued)
+        assert s._thread.idle()
+        await commit(1)
+        assert s.quick_commits == quick + 1
+        await s.close()
+        s = await Spool.open(tmp_path / "q.sqlite", SMALL)
+        got = [body for _rid, _kind, body in await s.read(PRIO_FRAME, 0, 1000)]
+        await s.close()
+        return bodies, got
+    bodies, got = run(main())
+    assert got == bodies
 
 
 def test_existing_size_and_recover_of_a_missing_journal(tmp_path):
