@@ -90,6 +90,7 @@ class AggregateSection:
 @dataclass(frozen=True)
 class SpoolSection:
     commit_interval: float = 0.025
+    ack_wait: float = 0.04
     commit_max_frames: int = 512
     journal_bytes: int = 4 << 20
     max_bytes: int = 1 << 30
@@ -288,6 +289,9 @@ def _validate(cfg: Config):
     if not 0 <= cfg.spool.commit_interval <= 1:
         yield ConfigError("[spool] commit_interval", f"{cfg.spool.commit_interval} s is out of range",
                           "use 0 to 1 second (longer delays every ack to the nodes)")
+    if not 0 <= cfg.spool.ack_wait <= 1:
+        yield ConfigError("[spool] ack_wait", f"{cfg.spool.ack_wait} s is out of range",
+                          "use 0 (the window is commit_interval) to 1 second")
     if cfg.spool.journal_bytes and not 1 << 18 <= cfg.spool.journal_bytes <= 1 << 30:
         yield ConfigError("[spool] journal_bytes", f"{cfg.spool.journal_bytes} bytes is out of range",
                           "use 0 (no journal: every commit a SQLite transaction) or 262144 to 1073741824")

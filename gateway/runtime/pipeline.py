@@ -11,7 +11,12 @@ Configuration: `[spool] commit_interval` is the commit window: a commit starts
 at least that long after the one before (0.025 s by default: at most 40 fsyncs
 a second, and a frame's ack waits at most that plus one commit), so at a few
 hundred frames a second each commit carries several frames instead of one
-(less CPU per frame and fewer bytes written to flash). `commit_max_frames`
+(less CPU per frame and fewer bytes written to flash). `ack_wait` (0.04 s) lets
+the window grow past it while the window and twice the time a group takes to be
+read and committed (measured, a decaying maximum) stay within it: at low rates,
+where a commit's cost is mostly fixed, about 25 commits a second instead of 37;
+at a few thousand frames a second the groups take longer and the window stays
+`commit_interval`. `commit_max_frames`
 bounds a group; the queue holds eight groups, then transports are told to wait.
 
 While the commit window runs, a transport may stop reading (`add_intake(pause,
@@ -139,6 +144,7 @@ class Pipeline:
                       for w in cfg.aggregate.widths]
         self._late_seen = 0
         self._carry = None  # parsed columns of frames queued behind the group being committed
+        self._cycle = 0.0  # a group's intake and commit, seconds: a decaying maximum (window())
         self._intake: list[tuple[Callable[[], None], Callable[[], None], Callable[[], None]]] = []
         self._warn = RateLimited(log)
 
@@ -218,19 +224,23 @@ class Pipeline:
             await asyncio.gather(*helpers, return_exceptions=True)
 
     async def _commit_loop(self) -> None:
-        gap = self.cfg.spool.commit_interval
+        sp = self.cfg.spool
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                taken = time.monotonic()  # when the group's intake began
                 while self._pending or self._windows or self._events or self._ledger_dirty():
                     started = time.monotonic()
                     await self._commit_group()
-                    left = gap - (time.monotonic() - started)
+                    now = time.monotonic()
+                    window = self.window(sp.commit_interval, sp.ack_wait, now - taken)
                     for pause, _take, _listen in self._intake:
                         pause()
+                    left = window - (now - started)
                     if left > 0:
                         await asyncio.sleep(left)
+                    taken = time.monotonic()
                     for _pause, take, _listen in self._intake:
                         take()
                 for _pause, _take, listen in self._intake:
@@ -238,6 +248,18 @@ class Pipeline:
         finally:  # cancelled: the transports read on as before, for a drain or until they stop
             for _pause, _take, listen in self._intake:
                 listen()
+
+    def window(self, interval: float, ack_wait: float, cycle: float) -> float:
+        """The next commit window, seconds from this commit's start to the next one's: at least
+        `interval`, longer while the window plus twice a group's intake and commit (`cycle`, kept
+        as a decaying maximum: a slow one shortens the windows at once, for a while) stays within
+        `ack_wait`. A frame that comes just after a window ends waits through that group's cycle,
+        the window and its own group's cycle: at a few hundred frames a second a cycle takes a
+        millisecond or two, and the longer window means fewer commits (their cost is mostly fixed)."""
+        self._cycle = cycle if cycle > self._cycle else self._cycle * 0.9
+        if interval <= 0:
+            return 0.0  # no window: each commit as soon as the last one ends
+        return max(interval, ack_wait - 2 * self._cycle)
 
     async def _commit_group(self) -> None:
         n = self.cfg.spool.commit_max_frames

@@ -136,6 +136,26 @@ def test_the_default_commit_window_bounds_commits(pipeline_rig):
     asyncio.run(main())
 
 
+def test_the_commit_window_grows_at_low_rates_within_the_ack_wait(pipeline_rig):
+    rig = pipeline_rig
+
+    async def main():
+        cfg, spool, pipe, task = await rig.make()
+        assert (cfg.spool.commit_interval, cfg.spool.ack_wait) == (0.025, 0.04)
+        window = pipe.window
+        assert window(0.025, 0.04, 0.002) == pytest.approx(0.036)  # a quick cycle: a longer window
+        assert window(0.025, 0.04, 0.010) == 0.025  # a slow one: never below commit_interval
+        assert window(0.025, 0.04, 0.001) == 0.025  # and it is remembered for a while
+        for _ in range(40):
+            w = window(0.025, 0.04, 0.001)
+        assert 0.037 < w <= 0.038
+        assert window(0.025, 0, 0.001) == 0.025  # ack_wait 0: the window is commit_interval
+        assert window(1.0, 0.04, 0.001) == 1.0  # worn flash: a long window stays as set
+        assert window(0, 0.04, 0.001) == 0  # no window stays none
+        await rig.stop(spool, task)
+    asyncio.run(main())
+
+
 def test_node_rate_over_the_last_minute():
     from gateway.runtime.pipeline import NodeStatus
     st = NodeStatus()
