@@ -90,15 +90,17 @@ class Outbox:
     With `path`, every frame is appended to a log on flash before it is sent and
     every ack or drop after it, so a reboot or a power cut restores the frames
     not yet acked (sent again; the gateway answers a copy it has as a duplicate).
-    The log is two files, `path` and `path + ".b"`, both kept open: when the one in
+    The log is two files, `path` and `path + ".b"`, one kept open: when the one in
     use grows past `log_max` bytes, the pending frames alone are written into the
     other, emptied (its head first invalid, written last), which then takes the
     appends. Each record carries the generation of its file's head, and a torn
     record at the end (a cut mid-write) is ignored. A power cut at any point leaves
     one file whole: the old until the new one's head is written. Nothing is renamed;
-    the file emptied is opened again (LittleFS has no truncate), its old object
-    collected first so the new one takes its place (a new file and a rename every
-    time took 300 to 480 bytes and a block a fragmented heap may not have). The
+    the file emptied is opened again (LittleFS has no truncate) once the one in use
+    is closed (whole on flash: the records written come from the ring) and collected,
+    so the new object takes the old one's place and one file object is alive at a
+    time (a new file and a rename every time took 300 to 480 bytes and a block a
+    fragmented heap may not have). The
     sequence mark is a record (SeqStore), which allocates nothing. A log from older
     firmware (`path` alone, no head) is read at boot and replaced."""
 
@@ -131,7 +133,7 @@ class Outbox:
         self.gen = _GEN0  # the generation of the file in use
         self._head = bytearray(11)  # a record's head: kind, gen (4), seq (4), length (2)
         if path:
-            self._open(path)  # _f: the file in use, open for appends; _g: the next one rewritten
+            self._open(path)  # _f: the file in use, open for appends; _g: the other, open at boot only
             self._restore()
             self._compact()
 
@@ -343,6 +345,9 @@ class Outbox:
     def _log(self, kind, seq, k=-1):
         if not self.path:
             return
+        if self._f is None:  # a compaction found no heap for its file: the ring's state, now
+            self._compact()
+            return
         self.log_size += self._put(self._f, kind, self.gen, seq, k)
         self._f.flush()
         if self.log_size > self.log_max:
@@ -407,11 +412,17 @@ class Outbox:
         # invalid first and written last, so until then the file in use is the one restored
         # Made empty by opening it again: LittleFS keeps a file's length, so a write before
         # its end copies all that follows at every flush (the flash worn a log's length a
-        # record); the closed object is collected first, so the new one takes its place
-        self._g.close()
-        self._g = None
+        # record). One file is open at a time (a file object is 176 bytes on the Cortex-M3
+        # board): the one in use is closed first, all of it on flash (its records come from
+        # the ring, not from it), and collected, so the new one takes its place
+        for old in (self._f, self._g):
+            if old is not None:
+                old.close()
+        self._f = self._g = old = None
         gc.collect()
-        f = self._g = open(self._pg, "wb")
+        # no heap for it (MemoryError): raised to the task's guard, and the next record
+        # tries again (_log), the log then written whole from the ring
+        f = open(self._pg, "wb")
         gen = self.gen + 1
         self._head[0] = 0
         f.write(self._head, 0, 5) if _MP else f.write(bytes(5))
@@ -426,7 +437,6 @@ class Outbox:
         self._put(f, _GEN, gen, 0)
         f.flush()
         f.seek(size)
-        self._g = self._f
         self._f = f
         p = self._pg
         self._pg = self._pf

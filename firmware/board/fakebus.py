@@ -14,29 +14,29 @@ def _fake(kind, key, make):
 
 def i2c(bus=0, scl=None, sda=None, freq=400000):
     """I2C bus `bus` (board.fake.FakeI2C): tests attach device models to it."""
-    from board import fake
+    import board.fake as fake
     return _fake("i2c", bus, fake.FakeI2C)
 
 
 def onewire(pin):
     """The 1-Wire bus on `pin` (board.fake.FakeOneWire)."""
-    from board import fake
+    import board.fake as fake
     return _fake("onewire", pin, fake.FakeOneWire)
 
 
 def adc(pin, atten=None):
     """The ADC channel on `pin` (board.fake.FakeADC): read_u16() 0..65535 for 0..3.3 V."""
-    from board import fake
+    import board.fake as fake
     return _fake("adc", pin, fake.FakeADC)
 
 
 def pin_out(pin, value=0):
-    from board import fake
+    import board.fake as fake
     p = _fake("pin", pin, fake.FakePin)
     p.value(value)
     return p
 
 
 def pin_in(pin, pull_up=False):
-    from board import fake
+    import board.fake as fake
     return _fake("pin", pin, lambda: fake.FakePin(1 if pull_up else 0))

@@ -21,16 +21,32 @@ from array import array
 import machine
 import semihost
 import uctypes
+from micropython import const
 
 NAME = "qemu"
 WATCHDOG_MAX_MS = 340000  # two periods of the 32-bit counter at 25 MHz
-_CLOCK_HZ = 25000000  # the MPS2's peripheral clock, the watchdog's count rate
-_UARTS = (0x40004000, 0x40005000, 0x40006000, 0x40007000, 0x40009000)  # CMSDK UART0-4
-_WDOG = 0x40008000
-_BLOCK = 512
-_BLOCKS = 512
-FLASH_FILE = b"flash.bin\x00"
-RTC_FILE = b"rtc\x00"
+# const() and a leading _: folded into the code, no entry in this module's dict (heap)
+_CLOCK_HZ = const(25000000)  # the MPS2's peripheral clock, the watchdog's count rate
+_UARTS = const((0x40004000, 0x40005000, 0x40006000, 0x40007000, 0x40009000))  # CMSDK UART0-4
+_WDOG = const(0x40008000)
+_BLOCK = const(512)
+_BLOCKS = const(512)
+# LittleFS's read and program size (its caches are 4 times that: the filesystem's two and
+# each open file's one) and lookahead, in bytes: the smallest that keep it quick here (at
+# 32, MicroPython's default, they took 400 B more of heap with the log's file open)
+_LFS_IO = const(8)
+_LFS_LOOKAHEAD = const(8)
+# semihosting operations (semihost.call) and fopen modes by index
+_SYS_OPEN = const(0x01)
+_SYS_CLOSE = const(0x02)
+_SYS_WRITE = const(0x05)
+_SYS_READ = const(0x06)
+_SYS_SEEK = const(0x0A)
+_MODE_RB = const(1)
+_MODE_RPB = const(3)
+_MODE_WPB = const(7)
+_FLASH_FILE = const(b"flash.bin\x00")
+_RTC_FILE = const(b"rtc\x00")
 
 ticks_ms = time.ticks_ms
 ticks_diff = time.ticks_diff
@@ -46,7 +62,7 @@ def _open(name, mode):
     p[0] = uctypes.addressof(name)
     p[1] = mode
     p[2] = len(name) - 1
-    return semihost.call(semihost.SYS_OPEN, p)
+    return semihost.call(_SYS_OPEN, p)
 
 
 def _xfer(op, handle, pos, buf):
@@ -54,7 +70,7 @@ def _xfer(op, handle, pos, buf):
     p = _params
     p[0] = handle
     p[1] = pos
-    if semihost.call(semihost.SYS_SEEK, p) != 0:
+    if semihost.call(_SYS_SEEK, p) != 0:
         raise OSError(5)  # EIO
     p[1] = uctypes.addressof(buf)
     p[2] = len(buf)
@@ -62,13 +78,13 @@ def _xfer(op, handle, pos, buf):
 
 
 def _read_rtc():
-    h = _open(RTC_FILE, semihost.MODE_RB)
+    h = _open(_RTC_FILE, _MODE_RB)
     if h < 0:
         return 0
     buf = bytearray(24)
-    left = _xfer(semihost.SYS_READ, h, 0, buf)
+    left = _xfer(_SYS_READ, h, 0, buf)
     _params[0] = h
-    semihost.call(semihost.SYS_CLOSE, _params)
+    semihost.call(_SYS_CLOSE, _params)
     try:
         return int(bytes(buf[:len(buf) - left]).strip() or b"0")
     except ValueError:
@@ -91,20 +107,20 @@ class Flash:
 
     def __init__(self, blocks=_BLOCKS):
         self.blocks = blocks
-        h = _open(FLASH_FILE, semihost.MODE_RPB)
+        h = _open(_FLASH_FILE, _MODE_RPB)
         if h < 0:  # a new board: erased flash
-            h = _open(FLASH_FILE, semihost.MODE_WPB)
+            h = _open(_FLASH_FILE, _MODE_WPB)
             if h < 0:
                 raise OSError(19)  # ENODEV: QEMU runs without -semihosting
-            _xfer(semihost.SYS_WRITE, h, blocks * _BLOCK - 1, b"\xff")
+            _xfer(_SYS_WRITE, h, blocks * _BLOCK - 1, b"\xff")
         self.h = h
 
     def readblocks(self, block, buf, off=0):
-        if _xfer(semihost.SYS_READ, self.h, block * _BLOCK + off, buf):
+        if _xfer(_SYS_READ, self.h, block * _BLOCK + off, buf):
             raise OSError(5)
 
     def writeblocks(self, block, buf, off=0):
-        if _xfer(semihost.SYS_WRITE, self.h, block * _BLOCK + off, buf):
+        if _xfer(_SYS_WRITE, self.h, block * _BLOCK + off, buf):
             raise OSError(5)
 
     def ioctl(self, op, arg):
@@ -121,10 +137,10 @@ def mount():
     import vfs
     dev = Flash()
     try:
-        fs = vfs.VfsLfs2(dev)
+        fs = vfs.VfsLfs2(dev, readsize=_LFS_IO, progsize=_LFS_IO, lookahead=_LFS_LOOKAHEAD, mtime=False)
     except OSError:
-        vfs.VfsLfs2.mkfs(dev)
-        fs = vfs.VfsLfs2(dev)
+        vfs.VfsLfs2.mkfs(dev, readsize=_LFS_IO, progsize=_LFS_IO, lookahead=_LFS_LOOKAHEAD)
+        fs = vfs.VfsLfs2(dev, readsize=_LFS_IO, progsize=_LFS_IO, lookahead=_LFS_LOOKAHEAD, mtime=False)
     vfs.mount(fs, "/")
     os.chdir("/")
     if "/lib" not in sys.path:
@@ -215,7 +231,11 @@ def identify(seconds):
 
 # -- buses: board/fake.py's, as on the unix board ---------------------------------------------
 
-from board.fakebus import adc, i2c, onewire, pin_in, pin_out  # noqa: E402,F401 - this board's buses
+def __getattr__(name):
+    # adc, i2c, onewire, pin_in and pin_out: board/fakebus.py's, loaded at their first use
+    # (a node of simulated sensors never loads it: about 300 B of heap less)
+    import board.fakebus
+    return getattr(board.fakebus, name)
 
 
 # -- UART -------------------------------------------------------------------------------------

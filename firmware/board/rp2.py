@@ -7,7 +7,7 @@ import machine
 from board._mcu import (deepsleep, epoch_ms, i2c, lightsleep, network_up, onewire, pin_in, pin_out,  # noqa: F401
                         read_file, reset, reset_cause, sleep_ms, ticks_add, ticks_diff, ticks_ms, unique_id,
                         write_file_atomic)
-from board import _mcu
+import board._mcu as _mcu
 
 NAME = "rp2"
 WATCHDOG_MAX_MS = 8388  # the RP2040's 24-bit counter at 2 ticks per microsecond

@@ -96,7 +96,9 @@ class machine:
 
 
 sys.modules["machine"] = machine  # type: ignore[assignment]
-from board import _mcu, esp32, rp2  # noqa: E402
+import board._mcu as _mcu  # noqa: E402
+import board.esp32 as esp32  # noqa: E402
+import board.rp2 as rp2  # noqa: E402
 
 _mcu.sleep_ms = lambda ms: None  # blink codes play at once
 
