@@ -345,13 +345,17 @@ class Outbox:
     def _log(self, kind, seq, k=-1):
         if not self.path:
             return
-        if self._f is None:  # a compaction found no heap for its file: the ring's state, now
-            self._compact()
-            return
+        # _compact closes the file in use and needs its object collected: it is called from
+        # here, a frame that never held the file (the collector scans the VM's stack
+        # conservatively, and a stale slot of _append's arguments would keep it alive)
+        if self._f is None or self._append(kind, seq, k):
+            self._compact()  # (_f None: a compaction found no heap for its file; the ring's state, now)
+
+    def _append(self, kind, seq, k):
+        # the record appended and flushed; whether the log is due for compaction
         self.log_size += self._put(self._f, kind, self.gen, seq, k)
         self._f.flush()
-        if self.log_size > self.log_max:
-            self._compact()
+        return self.log_size > self.log_max
 
     def _restore(self):
         # the file whose head is whole and newest; or a log from older firmware (no head,
@@ -415,10 +419,14 @@ class Outbox:
         # record). One file is open at a time (a file object is 176 bytes on the Cortex-M3
         # board): the one in use is closed first, all of it on flash (its records come from
         # the ring, not from it), and collected, so the new one takes its place
-        for old in (self._f, self._g):
-            if old is not None:
-                old.close()
-        self._f = self._g = old = None
+        # (each closed and let go in its own two statements, no loop: the collector scans the
+        # VM's stack conservatively, and a loop's iterator left there would keep both alive)
+        if self._g is not None:  # at boot, where both are open to be read
+            self._g.close()
+            self._g = None
+        if self._f is not None:
+            self._f.close()
+            self._f = None
         gc.collect()
         # no heap for it (MemoryError): raised to the task's guard, and the next record
         # tries again (_log), the log then written whole from the ring

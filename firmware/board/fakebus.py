@@ -1,6 +1,7 @@
 # The buses of the boards with no real sensors wired (the unix port, the QEMU Cortex-M3):
 # fakes that tests script (board/fake.py), one a bus, made on first use. board.fake is
-# imported only then, so a node whose config names no sensor bus never loads it.
+# imported only then, so a node whose config names no sensor bus never loads it. Also the
+# QEMU board's status LED (it has none: a state kept).
 
 _fakes = {}  # (kind, id) -> fake bus: this board's wiring
 
@@ -40,3 +41,23 @@ def pin_out(pin, value=0):
 def pin_in(pin, pull_up=False):
     import board.fake as fake
     return _fake("pin", pin, lambda: fake.FakePin(1 if pull_up else 0))
+
+
+class Led:
+    """A status LED kept as a state (the QEMU board has none; the unix board has its own,
+    with a trace)."""
+
+    def __init__(self, pin=None, active_low=False):
+        self.state = 0
+
+    def value(self, v=None):
+        if v is None:
+            return self.state
+        self.state = 1 if v else 0
+        return None
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)

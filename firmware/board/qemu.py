@@ -92,6 +92,7 @@ def _read_rtc():
 
 
 _RTC_MS = _read_rtc()  # epoch ms when the board was powered (the bench wrote it), read at boot
+del _read_rtc  # used once: its slot of this module's dict is taken by a later name
 _BOOT_TICKS = ticks_ms()
 
 
@@ -197,27 +198,10 @@ class Watchdog:
         machine.mem32[self._intclr] = 1  # INTCLR: clears the time-out and reloads
 
 
-# -- the status LED (simulated, as on the unix board) ---------------------------------------
+# -- the status LED: none on this board; board.Led is board/fakebus.py's (below) ---------------
 
 def use_led(pin):
     pass
-
-
-class Led:
-    def __init__(self, pin=None, active_low=False):
-        self.state = 0
-
-    def value(self, v=None):
-        if v is None:
-            return self.state
-        self.state = 1 if v else 0
-        return None
-
-    def on(self):
-        self.value(1)
-
-    def off(self):
-        self.value(0)
 
 
 def show_code(pattern, forever=False):
@@ -232,8 +216,8 @@ def identify(seconds):
 # -- buses: board/fake.py's, as on the unix board ---------------------------------------------
 
 def __getattr__(name):
-    # adc, i2c, onewire, pin_in and pin_out: board/fakebus.py's, loaded at their first use
-    # (a node of simulated sensors never loads it: about 300 B of heap less)
+    # adc, i2c, onewire, pin_in, pin_out and Led: board/fakebus.py's, loaded at their first
+    # use (a node of simulated sensors never loads it: about 500 B of heap less)
     import board.fakebus
     return getattr(board.fakebus, name)
 

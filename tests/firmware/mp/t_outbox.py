@@ -103,6 +103,32 @@ for seq in acked:
 want = [i[0] for i in o.items]
 assert want == [s for s in range(26, 30) if s not in acked], want
 assert [i[0] for i in Outbox(4, log).items] == want
+# a compaction that finds no heap for its file (open raises MemoryError: one file is open at
+# a time, and the one in use is closed first) raises to the caller, a task's guard; the next
+# record writes the log whole from the ring, and a reboot restores what was pending
+import outbox as outbox_module  # noqa: E402
+
+
+def no_heap(*args):
+    raise MemoryError("memory allocation failed")
+
+
+for f in (log, log + ".b"):
+    os.remove(f)
+o = Outbox(4, log, log_max=200)
+outbox_module.open = no_heap
+failed = 0
+try:
+    for seq in range(10):
+        o.push(seq, bytes([seq + 1]) * 40)
+except MemoryError:
+    failed = seq
+outbox_module.open = open
+assert failed and seq == failed, "no compaction failed"
+assert [i[0] for i in o.items] == list(range(max(0, failed - 3), failed + 1)), [i[0] for i in o.items]
+assert o.ack(failed - 1)  # the next record: the log written whole again
+want = [(i[0], i[1]) for i in o.items]
+assert [(i[0], i[1]) for i in Outbox(4, log).items] == want, want
 # when the ring is full before `capacity` frames are (an outage), frames spill into buffers of
 # their own, in order; at `capacity` the oldest go, counted; the ring serves again once acked
 o = Outbox(40)
