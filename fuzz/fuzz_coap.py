@@ -6,7 +6,7 @@ server's datagram handling (gateway/runtime/transports/coap.py), libFuzzer via a
 An input is up to four datagrams (split at the bytes `\\xc0\\xfe`), each received by one
 server from one of two endpoints, so repeats and message ids collide. Checked:
 - `parse` (gateway/protocol/coap.py) returns a message or raises CoapFormatError, nothing
-  else; what it accepts, `encode` writes back byte for byte (RFC 7252 §3 leaves one way to
+  else, and the server's compiled parse (core_ext.coap) gives the same or the same error; what it accepts, `encode` writes back byte for byte (RFC 7252 §3 leaves one way to
   write each option, so parser and encoder must agree exactly);
 - `datagram_received` never raises; it answers a datagram at most once, never an ACK, an
   RST or a malformed one; each answer parses, has the request's message id and token, is
@@ -40,6 +40,8 @@ with instrumented(__name__ == "__main__"):
     from gateway.protocol.coap import CoapFormatError, encode, parse, request
     from gateway.protocol.numbers import COAP_ACK, COAP_CON, COAP_EMPTY, COAP_NON, COAP_OPT_SIZE1, COAP_RST
     from gateway.runtime.transports.coap import CoapServer
+    from core_ext import implementations
+    COAP_IMPLS = implementations("coap")
 
 KEY = bytes(range(32))
 SPLIT = b"\xc0\xfe"
@@ -94,10 +96,19 @@ BENCH = Bench()
 logging.disable(logging.WARNING)  # every rejected frame is logged: millions here
 
 
-def check_parse(data: bytes):
+def _parsed(fn, data: bytes):
     try:
-        msg = parse(data)
-    except CoapFormatError:
+        return fn(data)
+    except CoapFormatError as exc:
+        return ("error", str(exc))
+
+
+def check_parse(data: bytes):
+    msg = _parsed(parse, data)
+    for kind, impl in COAP_IMPLS.items():  # the server's parse (core_ext.coap): the same, or the same error
+        if _parsed(impl.parse, data) != msg:
+            raise AssertionError(f"core_ext.coap ({kind}) and protocol/coap.py disagree on {data.hex()}")
+    if msg[0] == "error":
         return None
     mtype, code, mid, token, options, payload = msg
     if encode(mtype, code, mid, token, as_options(options), payload) != data:
