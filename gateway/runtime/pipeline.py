@@ -145,6 +145,9 @@ class Pipeline:
         self._late_seen = 0
         self._carry = None  # parsed columns of frames queued behind the group being committed
         self._cycle = 0.0  # a group's intake and commit, seconds: a decaying maximum (window())
+        self._last_nodes: set = set()  # the nodes of the group committed last
+        self._back_to_back = False  # a node of that group was in the one before it as well (window())
+        self.last_window = 0.0  # seconds: the window after the last commit
         self._intake: list[tuple[Callable[[], None], Callable[[], None], Callable[[], None]]] = []
         self._warn = RateLimited(log)
 
@@ -234,7 +237,8 @@ class Pipeline:
                     started = time.monotonic()
                     await self._commit_group()
                     now = time.monotonic()
-                    window = self.window(sp.commit_interval, sp.ack_wait, now - taken)
+                    window = self.last_window = self.window(sp.commit_interval, sp.ack_wait, now - taken,
+                                                            self._back_to_back)
                     for pause, _take, _listen in self._intake:
                         pause()
                     left = window - (now - started)
@@ -249,16 +253,21 @@ class Pipeline:
             for _pause, _take, listen in self._intake:
                 listen()
 
-    def window(self, interval: float, ack_wait: float, cycle: float) -> float:
+    def window(self, interval: float, ack_wait: float, cycle: float, back_to_back: bool = False) -> float:
         """The next commit window, seconds from this commit's start to the next one's: at least
         `interval`, longer while the window plus twice a group's intake and commit (`cycle`, kept
         as a decaying maximum: a slow one shortens the windows at once, for a while) stays within
         `ack_wait`. A frame that comes just after a window ends waits through that group's cycle,
         the window and its own group's cycle: at a few hundred frames a second a cycle takes a
-        millisecond or two, and the longer window means fewer commits (their cost is mostly fixed)."""
+        millisecond or two, and the longer window means fewer commits (their cost is mostly fixed).
+        Not while a node sends `back_to_back` (in two groups in a row: draining its outbox, or
+        sampling fast): a CoAP node has one request out at a time, so each window is a wait for
+        each of its frames, and a longer one would slow it below its own rate."""
         self._cycle = cycle if cycle > self._cycle else self._cycle * 0.9
         if interval <= 0:
             return 0.0  # no window: each commit as soon as the last one ends
+        if back_to_back:
+            return interval
         return max(interval, ack_wait - 2 * self._cycle)
 
     async def _commit_group(self) -> None:
@@ -272,6 +281,9 @@ class Pipeline:
                    for i in group if i.accepted is not None]
         records += [(KIND_WINDOW, body) for body in windows]
         records += [(KIND_EVENT, body) for body in events]
+        nodes = {i.node for i in group}
+        self._back_to_back = not nodes.isdisjoint(self._last_nodes)
+        self._last_nodes = nodes
         replay = self.ingest.dirty_state({i.node for i in group if i.status != ACK_DUPLICATE})
         # taken in the same turn of the loop as the events: the rows describe what they did
         epoch, decisions = self.ledger.take() if self.ledger is not None else (0, None)

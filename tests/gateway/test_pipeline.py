@@ -152,6 +152,29 @@ def test_the_commit_window_grows_at_low_rates_within_the_ack_wait(pipeline_rig):
         assert window(0.025, 0, 0.001) == 0.025  # ack_wait 0: the window is commit_interval
         assert window(1.0, 0.04, 0.001) == 1.0  # worn flash: a long window stays as set
         assert window(0, 0.04, 0.001) == 0  # no window stays none
+        assert window(0.025, 0.04, 0.001, back_to_back=True) == 0.025  # a node in two groups running
+        await rig.stop(spool, task)
+    asyncio.run(main())
+
+
+def test_a_node_sending_back_to_back_keeps_the_window_short(pipeline_rig):
+    """One node with one request out at a time (CoAP) sends its next frame as soon as the last
+    is acked: its frames are in every group, and a window grown at a low rate would slow it to one
+    frame a window (the growth itself: the test above)."""
+    rig = pipeline_rig
+
+    async def main():
+        cfg, spool, pipe, task = await rig.make()
+        loop = asyncio.get_running_loop()
+
+        async def stop_and_wait(frames: int) -> None:
+            for seq in range(frames):
+                done = loop.create_future()
+                pipe.offer(rig.frame(seq), "test", lambda ack, err: done.set_result(err))
+                assert await asyncio.wait_for(done, 5) is None
+
+        await stop_and_wait(20)
+        assert pipe._back_to_back and pipe.last_window == cfg.spool.commit_interval
         await rig.stop(spool, task)
     asyncio.run(main())
 
