@@ -33,6 +33,21 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
+def distinct_ports(n: int) -> list[int]:
+    """`n` free TCP ports on loopback, all different: each socket is held until all are chosen
+    (free_port() called twice can give the same port, and two listeners of one server then clash)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -742,10 +757,9 @@ class NatsCluster:
     def _configure(self) -> None:
         """Free ports for every listener, and each server's config file."""
         size = self.size
-        self.ports = [free_port() for _ in range(size)]
-        self.cluster_ports = [free_port() for _ in range(size)]
-        self.http_ports = [free_port() for _ in range(size)]
-        self.mqtt_ports = [free_port() for _ in range(size)] if self.mqtt else []
+        ports = distinct_ports(size * (4 if self.mqtt else 3))
+        self.ports, self.cluster_ports, self.http_ports = ports[:size], ports[size:2 * size], ports[2 * size:3 * size]
+        self.mqtt_ports = ports[3 * size:]
         routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.cluster_ports)
         for i in range(size):
             text = (f'server_name: "n{i}"\nserver_tags: ["n{i}"]\nlisten: "127.0.0.1:{self.ports[i]}"\n'
@@ -769,9 +783,9 @@ class NatsCluster:
         for attempt in range(3):  # a free port taken meanwhile by another process: new ports, again
             try:
                 return self._start(range(self.size))
-            except RuntimeError:
-                self.stop()
-                if attempt == 2 or "address already in use" not in self.logs():
+            except BaseException as exc:
+                self.stop()  # no server left running behind a failed start
+                if not isinstance(exc, RuntimeError) or attempt == 2 or "address already in use" not in self.logs():
                     raise
                 for j in range(self.size):
                     (self.workdir / f"n{j}.log").unlink(missing_ok=True)
@@ -787,8 +801,10 @@ class NatsCluster:
             self.procs[j] = subprocess.Popen([self.binary, "-c", str(self.workdir / f"n{j}.conf")],
                                              stdout=log, stderr=subprocess.STDOUT)
             log.close()
-        for j in which:
-            wait_for(lambda: self._healthy(j), 60, f"NATS server n{j} to be healthy with JetStream")
+        # all of them at once: a server that exits (a port taken) fails the start at once, not
+        # after another has waited its minute for a meta leader it cannot have without it
+        wait_for(lambda: all([self._healthy(j) for j in which]), 60,
+                 f"NATS servers {', '.join(f'n{j}' for j in which)} to be healthy with JetStream")
         return self
 
     def _healthy(self, i: int) -> bool:
