@@ -18,6 +18,21 @@ cdef int _MARKER = COAP_PAYLOAD_MARKER
 _NIBBLE = "reserved option nibble 15 or truncated extension"
 
 
+cdef inline Py_ssize_t _extended(Py_ssize_t v, const unsigned char* d, Py_ssize_t n, Py_ssize_t* i) except -1:
+    """An option's delta or length nibble `v` with its extension at d[i[0]] (RFC 7252 §3.1),
+    as coap._extended does; i[0] moves past the extension."""
+    cdef Py_ssize_t j = i[0]
+    if v < 13:
+        return v
+    if v == 13 and j < n:
+        i[0] = j + 1
+        return d[j] + 13
+    if v == 14 and j + 1 < n:
+        i[0] = j + 2
+        return (d[j] << 8 | d[j + 1]) + 269
+    raise CoapFormatError(_NIBBLE)
+
+
 def parse(data):
     """(type, code, message id, token, {option: [values]}, payload); CoapFormatError if malformed."""
     if type(data) is not bytes:
@@ -45,27 +60,8 @@ def parse(data):
             if i == n:
                 raise CoapFormatError("payload marker without payload")
             return (first >> 4) & 3, d[1], d[2] << 8 | d[3], token, options, data[i:]
-        delta = b >> 4
-        length = b & 15
-        # the extended delta, then the extended length (RFC 7252 §3.1), as coap._extended
-        if delta >= 13:
-            if delta == 13 and i < n:
-                delta = d[i] + 13
-                i += 1
-            elif delta == 14 and i + 1 < n:
-                delta = (d[i] << 8 | d[i + 1]) + 269
-                i += 2
-            else:
-                raise CoapFormatError(_NIBBLE)
-        if length >= 13:
-            if length == 13 and i < n:
-                length = d[i] + 13
-                i += 1
-            elif length == 14 and i + 1 < n:
-                length = (d[i] << 8 | d[i + 1]) + 269
-                i += 2
-            else:
-                raise CoapFormatError(_NIBBLE)
+        delta = _extended(b >> 4, d, n, &i)
+        length = _extended(b & 15, d, n, &i)
         number += delta
         if i + length > n:
             raise CoapFormatError("truncated option")
