@@ -109,10 +109,9 @@ class Mosquitto:
     requires a client certificate (on `tls_port`)."""
 
     def __init__(self, workdir: Path, tls: dict[str, str] | None = None, persistent: bool = False):
-        self.port = free_port()
+        self.port, self.tls_port = distinct_ports(2) if tls else (free_port(), None)
         self.tls = tls
         self.persistent = persistent
-        self.tls_port = free_port() if tls else None
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
 
