@@ -251,7 +251,8 @@ class Spool:
         Raises SpoolError (disk full, I/O error); then nothing was written.
         """
         if (not decisions and self._journal is not None and len(records) <= QUICK_RECORDS
-                and self._write_time < QUICK_SECONDS and self._thread.idle() and self._commit_quick(records, replay)):
+                and self._write_time < QUICK_SECONDS and self._thread.idle()
+                and self._commit_journal(records, replay, quick=True)):
             self.quick_commits += 1
             return
         await self._run(self._commit, records, replay, decisions)
@@ -292,35 +293,24 @@ class Spool:
         for node in replay:
             self._jreplay.pop(node, None)  # SQLite holds the newest now
 
-    def _commit_quick(self, records, replay) -> bool:
-        """The commit as one journal entry that needs nothing else (no switch of segments, no
-        fold into SQLite), written from the caller's thread; False, with nothing done, otherwise."""
+    def _commit_journal(self, records, replay, quick: bool = False) -> bool:
+        """One journal entry; False when it is too large for the journal (SQLite takes it). With
+        `quick` (written from the caller's thread), also False, with nothing done, when it would
+        need more than its own write: a switch of segments or a fold into SQLite."""
         j = self._journal
         if not records and not replay:
             return True  # nothing new to make durable (duplicates); deletes wait for a commit
         now, first = time.time(), self._next_id
         recs = [[PRIORITY[kind], body] for kind, body in records]
-        if self._mem_bytes + sum(len(body) for _prio, body in recs) > j.size:
+        if quick and self._mem_bytes + sum(len(body) for _prio, body in recs) > j.size:
             return False  # it would fold the journal into SQLite
-        rep = [[node, top, bitmap] for node, (top, bitmap) in replay.items()]
-        payload = j.encode(first, now, recs, rep, _runs(self._deleted))
-        if j.too_big(payload) or not j.fits(payload):
-            return False
-        self._append(payload, first, now, recs, replay)
-        return True
-
-    def _commit_journal(self, records, replay) -> bool:
-        """One journal entry; False when it is too large for the journal (SQLite takes it)."""
-        j = self._journal
-        if not records and not replay:
-            return True  # nothing new to make durable (duplicates); deletes wait for a commit
-        now, first = time.time(), self._next_id
-        recs = [[PRIORITY[kind], body] for kind, body in records]
         rep = [[node, top, bitmap] for node, (top, bitmap) in replay.items()]
         payload = j.encode(first, now, recs, rep, _runs(self._deleted))
         if j.too_big(payload):
             return False
         if not j.fits(payload):
+            if quick:
+                return False
             self._switch()
             payload = j.encode(first, now, recs, rep, _runs(self._deleted))
             if not j.fits(payload):  # the deletes carried over are too many: they only save resends
