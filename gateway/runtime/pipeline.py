@@ -281,10 +281,15 @@ class Pipeline:
                    for i in group if i.accepted is not None]
         records += [(KIND_WINDOW, body) for body in windows]
         records += [(KIND_EVENT, body) for body in events]
-        nodes = {i.node for i in group}
+        nodes: set[str] = set()  # the group's nodes, for window()
+        fresh: set[str] = set()  # those with a frame that is not a duplicate, whose replay state moved
+        for i in group:
+            nodes.add(i.node)
+            if i.status != ACK_DUPLICATE:
+                fresh.add(i.node)
         self._back_to_back = not nodes.isdisjoint(self._last_nodes)
         self._last_nodes = nodes
-        replay = self.ingest.dirty_state({i.node for i in group if i.status != ACK_DUPLICATE})
+        replay = self.ingest.dirty_state(fresh)
         # taken in the same turn of the loop as the events: the rows describe what they did
         epoch, decisions = self.ledger.take() if self.ledger is not None else (0, None)
         try:
