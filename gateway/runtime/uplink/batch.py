@@ -196,7 +196,10 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
 
     def entry(ni: int, node: str, sids) -> tuple[int, list]:
         prefix = node + "/"
-        pattern = tuple(_sensor(parser.names[sid], prefix) for sid in sids)
+        cut = len(prefix)
+        names = parser.names
+        # _sensor(name, prefix) inline: with many nodes this runs for nearly every reading
+        pattern = tuple([name[cut:] if name.startswith(prefix) else name for name in [names[sid] for sid in sids]])
         return patterns.setdefault(pattern, len(patterns)), [series.setdefault((ni, s), ([], [])) for s in pattern]
 
     # each frame parsed, its readings' times (as _ns) and values to their series, its row to the
@@ -225,7 +228,8 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
     pattern_map = _to_schema(list(patterns), schema.pattern, inner, "patterns", schema)
     node_col = [node_map[i] for i in node_col]
     pattern_col = [pattern_map[i] for i in pattern_col]
-    series = {(node_map[ni], sensor): cols for (ni, sensor), cols in series.items()}
+    if version == 3:  # its streams carry [node index, count] lists: in the schema's indexes
+        series = {(node_map[ni], sensor): cols for (ni, sensor), cols in series.items()}
     for key in ("nodes", "patterns"):  # what the schema lacks, indexed after its entries
         inner[key] = [list(x) if isinstance(x, tuple) else x for x in inner[key]]
         if not inner[key]:
@@ -236,7 +240,7 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
     else:
         inner["frames"] = [codec.encode(array("q", received), array("d", seqs)),
                            codec.encode(array("q", node_col), array("d", pattern_col))]
-    streams = _sensor_streams(series, compact=small, version=version)
+    streams = _sensor_streams(series, compact=small, version=version, counts=version == 3)
     if version == 3:
         inner["sensors"] = streams
         if other:
@@ -293,24 +297,28 @@ def _to_schema(items: list, add, body: dict, key: str, schema: Schema) -> list[i
     return out
 
 
-def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]], compact: bool = False, version: int = 2) -> list:
-    by_sensor: dict[str, list[int]] = {}
-    for ni, sensor in series:
-        by_sensor.setdefault(sensor, []).append(ni)
+def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]], compact: bool = False, version: int = 2,
+                    counts: bool = True) -> list:
+    """[sensor, stream, [[node index, count], ...]] for each sensor, in the order the series show
+    them, each sensor's nodes likewise (the order the decoder walks the frames in). `counts`
+    False (version 4, which leaves them out): no lists, just the streams' places."""
+    by_sensor: dict[str, tuple[list, list, list]] = {}
+    # one pass over the series, each one's columns appended where its sensor's go: with many
+    # nodes a batch holds nearly a series a reading, and this loop runs for each
+    for (ni, sensor), (t, v) in series.items():
+        acc = by_sensor.get(sensor)
+        if acc is None:
+            acc = by_sensor[sensor] = ([], [], [])
+        acc[0].extend(t)
+        acc[1].extend(v)
+        if counts:
+            acc[2].append([ni, len(t)])
     out = []
-    for sensor, nodes in by_sensor.items():
-        ts: list[int] = []
-        vs: list[float] = []
-        counts = []
-        for ni in nodes:
-            t, v = series[(ni, sensor)]
-            ts += t
-            vs += v
-            counts.append([ni, len(t)])
+    for sensor, (ts, vs, ncounts) in by_sensor.items():
         stream = columns.encode_series(ts, vs, version) if compact and len(ts) <= columns.SMALL else None
         if stream is None:
             stream = codec.encode(array("q", ts), array("d", vs))
-        out.append([sensor, stream, counts])
+        out.append([sensor, stream, ncounts])
     return out
 
 
