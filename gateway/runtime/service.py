@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -51,6 +52,27 @@ def sd_notify(state: str) -> bool:
             log.warning("sd_notify failed: %s", exc)
             return False
     return True
+
+
+# The cyclic garbage collector's first threshold (CPython's default is 700): a young collection
+# after this many container objects made (and not yet freed) since the last one. See collect_less().
+GC_YOUNG = 5_000
+
+
+def collect_less() -> None:
+    """Once the gateway is up: what start-up made (modules, configuration, the registry: most of
+    the objects the collector tracks) is frozen out of the collector's reach (`gc.freeze()`), and
+    a young collection waits for GC_YOUNG new container objects instead of 700. The hot path
+    makes and drops a few such objects a frame (tuples, lists, closures), nearly all freed at once
+    by their reference counts, but enough of them live through a commit window to reach 700 many
+    times a second: at 15,000 frames a second (bench/peers.py, the nodered load over CoAP) the
+    collector ran 3,850 young, 350 middle and 31 full collections in a 10 s run, 0.64 s of CPU
+    (6 % of a core), and found about 1,500 objects in cycles in all, start-up included. With
+    this, 45 young collections and 0.09 s. Cycles are still collected, later (at most GC_YOUNG
+    container objects wait); what start-up made is never scanned again."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
 class Gateway:
@@ -272,6 +294,7 @@ async def serve(cfg: Config, registry: Registry, config_path: str | None = None)
         loop.add_signal_handler(sig, stop.set)
     async with Gateway(cfg, registry, config_path=config_path) as gw:
         loop.add_signal_handler(signal.SIGHUP, gw.reload)
+        collect_less()  # the process is the gateway's alone (a gateway made in a test's process leaves it be)
         sd_notify("READY=1\nSTATUS=serving")
         watchdog = asyncio.create_task(_watchdog(gw), name="watchdog")
         try:
