@@ -16,14 +16,14 @@ except ImportError:
     def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
         return x
 
-COSE_TAG_MAC0 = const(17)
-HDR_ALG = const(1)
+_COSE_TAG_MAC0 = const(17)
+_HDR_ALG = const(1)
 HDR_KID = const(4)
-HDR_PIV = const(6)
+_HDR_PIV = const(6)
 _ALG_HMAC_256_64 = const(4)
 _TAG_LEN = const(8)
 _BLOCK = const(64)
-_MAC0_PREFIX = b"\x84\x64MAC0"  # array(4), text(4) "MAC0"
+_MAC0_PREFIX = const(b"\x84\x64MAC0")  # array(4), text(4) "MAC0"
 MAC0_OVERHEAD = const(64)  # a COSE_Mac0's bytes beyond its payload, at most (a kid of 32 bytes)
 
 
@@ -92,9 +92,9 @@ def tag_of(mac, protected, payload):
 
 def mac0(mac, kid, payload, seq=None):
     """A tagged COSE_Mac0 (bytes). `mac` is a Mac (the node's key), `kid` bytes."""
-    header = {HDR_ALG: _ALG_HMAC_256_64, HDR_KID: kid}
+    header = {_HDR_ALG: _ALG_HMAC_256_64, HDR_KID: kid}
     if seq is not None:
-        header[HDR_PIV] = piv(seq)
+        header[_HDR_PIV] = piv(seq)
     protected = cbor.dumps(header)
     out = bytearray(b"\xd1\x84")  # tag 17, array(4)
     out.extend(_bstr(protected))
@@ -107,7 +107,7 @@ def mac0(mac, kid, payload, seq=None):
 def verify_mac0(mac, msg):
     """Check a COSE_Mac0; return (protected header dict, payload). ValueError if bad."""
     obj = cbor.loads(msg)
-    if not isinstance(obj, cbor.Tag) or obj.tag != COSE_TAG_MAC0:
+    if not isinstance(obj, cbor.Tag) or obj.tag != _COSE_TAG_MAC0:
         raise ValueError("not a COSE_Mac0")
     items = obj.value
     if not isinstance(items, list) or len(items) != 4:
@@ -116,7 +116,7 @@ def verify_mac0(mac, msg):
     if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(tag, bytes):
         raise ValueError("COSE_Mac0 items of the wrong type")
     header = cbor.loads(protected)
-    if not isinstance(header, dict) or header.get(HDR_ALG) != _ALG_HMAC_256_64:
+    if not isinstance(header, dict) or header.get(_HDR_ALG) != _ALG_HMAC_256_64:
         raise ValueError("unsupported COSE algorithm")
     expect = tag_of(mac, protected, payload)
     diff = len(expect) ^ len(tag)
@@ -128,7 +128,7 @@ def verify_mac0(mac, msg):
 
 
 # A gateway ack as the gateway writes it: tag 17, array(4), bstr(7) {1: 4, 4: 'gw'}, {}
-_ACK_PREFIX = b"\xd1\x84\x47\xa2\x01\x04\x04\x42gw\xa0"
+_ACK_PREFIX = const(b"\xd1\x84\x47\xa2\x01\x04\x04\x42gw\xa0")
 
 
 def open_ack(mac, buf, h, m):
@@ -182,14 +182,14 @@ def seal_into(mac, kid, seq, payload, n, out, at, src=0):
     plen = 4 + (1 if kn < 24 else 2) + kn + 2 + pn  # {1: 4, 4: kid, 6: piv}
     p = cbor.put_head(out, at + 2, 2, plen)
     out[p] = 0xA3
-    out[p + 1] = HDR_ALG
+    out[p + 1] = _HDR_ALG
     out[p + 2] = _ALG_HMAC_256_64
     out[p + 3] = HDR_KID
     p = cbor.put_head(out, p + 4, 2, kn)
     for i in range(kn):
         out[p + i] = kid[i]
     p += kn
-    out[p] = HDR_PIV
+    out[p] = _HDR_PIV
     out[p + 1] = 0x40 | pn
     p += 2
     for i in range(pn):

@@ -16,16 +16,17 @@
 # Time a tag (246 bytes, 4 blocks + 1): 12-30 us on this machine's unix ports, against 2-9 us
 # for hashlib's C; bench/firmware.py's frames/s show the node's rate on each target.
 import micropython
+from micropython import const
 
-_H = micropython.const(0)  # the running state, 8 words
-_W = micropython.const(32)  # the message schedule, 64 words
-_IN = micropython.const(288)  # the state after the key ^ ipad block
-_OUT = micropython.const(320)  # the state after the key ^ opad block
-_BLK = micropython.const(352)  # a block of padding (and the digest, big-endian)
-_SIZE = micropython.const(416)
+_H = const(0)  # the running state, 8 words
+_W = const(32)  # the message schedule, 64 words
+_IN = const(288)  # the state after the key ^ ipad block
+_OUT = const(320)  # the state after the key ^ opad block
+_BLK = const(352)  # a block of padding (and the digest, big-endian)
+_SIZE = const(416)
 
 # SHA-256's initial state and round constants (FIPS 180-4 §5.3.3, §4.2.2), little-endian words
-_IV_K = (
+_IV_K = const(
     b"\x67\xe6\x09\x6a\x85\xae\x67\xbb\x72\xf3\x6e\x3c\x3a\xf5\x4f\xa5\x7f\x52\x0e\x51\x8c\x68\x05\x9b"
     b"\xab\xd9\x83\x1f\x19\xcd\xe0\x5b"
     b"\x98\x2f\x8a\x42\x91\x44\x37\x71\xcf\xfb\xc0\xb5\xa5\xdb\xb5\xe9\x5b\xc2\x56\x39\xf1\x11\xf1\x59"

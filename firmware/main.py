@@ -43,8 +43,8 @@ else:
         return asyncio.sleep(ms / 1000)
 
 
-FAULTS_IN_A_ROW = 5  # a task failing this often with no frame made between: reset the board
-_RAW_NONE = 255  # Node.shifts: the sensor gives floats (read()), not raw integers
+_FAULTS_IN_A_ROW = const(5)  # a task failing this often with no frame made between: reset the board
+_RAW_NONE = const(255)  # Node.shifts: the sensor gives floats (read()), not raw integers
 _TAG = const(9)  # a COSE_Mac0's tag: 8 bytes and their head
 _ROOM_MIN = const(160)  # the shortest run of the ring a pack is tried in when its bound finds none
 
@@ -524,7 +524,7 @@ class Node:
         """Run the task `job` (a coroutine function; `co`, its first coroutine, made ahead);
         when it fails (MemoryError included) count
         it, keep the reason for the next frame (a text record `fault`), and run it again. After
-        FAULTS_IN_A_ROW failures with no frame made between them the node resets, the reason
+        _FAULTS_IN_A_ROW failures with no frame made between them the node resets, the reason
         kept in a file across the reset and reported after boot (a text record `error`,
         "reset: ...")."""
         row = 0
@@ -546,7 +546,7 @@ class Node:
                     sys.print_exception(e)  # the console's stderr: where it failed
                 else:  # CPython (simulated nodes): its traceback module, which boards do not have
                     __import__("traceback").print_exc()
-                if row >= FAULTS_IN_A_ROW:
+                if row >= _FAULTS_IN_A_ROW:
                     self.reset(self.fault)
                     return
                 await sleep_ms(100)
@@ -669,7 +669,6 @@ def main(argv, trial=None):
     fatal = code and code <= config.FATAL
     blink = config.blink_pattern(code) if code else None
     sensor_blink = config.blink_pattern(config.FAULT_SENSOR_START)
-    link_blink = config.blink_pattern(config.FAULT_LINK)
     del config
     sys.modules.pop("config", None)
     gc.collect()
@@ -685,7 +684,8 @@ def main(argv, trial=None):
         node = Node(cfg, trial)
     except (OSError, ValueError) as e:  # the link did not open (a serial port, Wi-Fi): try again
         emit({"ev": "error", "what": "link: %s" % e})
-        board.show_code(link_blink)
+        import config  # again, for this rare path only: its pattern was not kept through the run
+        board.show_code(config.blink_pattern(config.FAULT_LINK))
         board.reset()
         return 2
     node.boot_error = error

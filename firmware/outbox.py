@@ -8,6 +8,12 @@ from array import array
 import board
 
 try:
+    from micropython import const
+except ImportError:
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
+        return x
+
+try:
     import os
 except ImportError:
     import uos as os  # type: ignore[no-redef]
@@ -61,15 +67,15 @@ class SeqStore:
 SPAN = 32  # sequence numbers in flight beyond the oldest unacked frame, at most (half the replay window)
 
 
-_FRAME = 0x46  # b"F": gen (4 bytes) seq (4) length (2) message
-_GONE = 0x41   # b"A": gen (4) seq (4), acked or dropped
-_MARK = 0x4D   # b"M": gen (4) mark (4), the sequence mark (SeqStore)
-_GEN = 0x47    # b"G": gen (4), a log's head, written last when the log is made
+_FRAME = const(0x46)  # b"F": gen (4 bytes) seq (4) length (2) message
+_GONE = const(0x41)   # b"A": gen (4) seq (4), acked or dropped
+_MARK = const(0x4D)   # b"M": gen (4) mark (4), the sequence mark (SeqStore)
+_GEN = const(0x47)    # b"G": gen (4), a log's head, written last when the log is made
 # the first generation: bytes unlike a message's (CBOR has many zeros), so the bytes left past
 # a rewritten file's end are not taken for a record of its generation; below 2**30 for years
-_GEN0 = 0x15A5A5A5
+_GEN0 = const(0x15A5A5A5)
 _MP = sys.implementation.name == "micropython"
-_SCRATCH = 4  # bytes free before each message in the ring (cose.seal_into writes there)
+_SCRATCH = const(4)  # bytes free before each message in the ring (cose.seal_into writes there)
 
 
 def _last(t):

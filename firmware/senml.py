@@ -21,13 +21,13 @@ except ImportError:
     def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
         return x
 
-BN = const(-2)
-BT = const(-3)
-N = const(0)
-V = const(2)
-VS = const(3)
-T = const(6)
-DAY_MS = const(86400000)
+_BN = const(-2)
+_BT = const(-3)
+_N = const(0)
+_V = const(2)
+_VS = const(3)
+_T = const(6)
+_DAY_MS = const(86400000)
 
 _K_N = const(0x00)   # map keys as encoded (RFC 8949 §4.2.1 order: 0, 2, 3, 6, -2, -3)
 _K_V = const(0x02)
@@ -405,8 +405,8 @@ def _base(buf, pos, bn, sensor, day, msod, with_time):
 
 def split_ms(ms):
     """(day, ms of the day) of an epoch time in ms."""
-    day = ms // DAY_MS
-    return day, ms - day * DAY_MS
+    day = ms // _DAY_MS
+    return day, ms - day * _DAY_MS
 
 
 def encode_pack(node, readings, base_ms, texts=()):

@@ -8,6 +8,12 @@
 # 2**-shift, read() the same as a float. The generator's state sits in the sensor: one object
 # a sensor (16 sensors on a 24 KB heap).
 
+try:
+    from micropython import const
+except ImportError:
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
+        return x
+
 
 # kind: (base, noise amplitude, drift per sample, step size, quantum, cycle amplitude)
 KINDS = {
@@ -19,18 +25,18 @@ KINDS = {
     "level": (2.5, 0.01, 0.0005, 0.3, 1 / 256, 0.5),      # m
     "flow": (30.0, 0.6, 0.002, 8.0, 1 / 16, 5.0),         # m³/h
 }
-CYCLE = 1440  # samples per cycle: a day at one sample a minute
-_REVERT = 11  # the wander is pulled back by 2**-11 of itself per sample
-_ONE = 65536  # fixed point: 16 fractional bits
+_CYCLE = const(1440)  # samples per cycle: a day at one sample a minute
+_REVERT = const(11)  # the wander is pulled back by 2**-11 of itself per sample
+_ONE = const(65536)  # fixed point: 16 fractional bits
 
 
 def _wave(p):
-    """A sine-like wave at phase p of CYCLE, by parabolas, times 2**16: in [-65536, 65536]."""
-    if 2 * p < CYCLE:
-        w = 8 * p * (CYCLE - 2 * p)
+    """A sine-like wave at phase p of _CYCLE, by parabolas, times 2**16: in [-65536, 65536]."""
+    if 2 * p < _CYCLE:
+        w = 8 * p * (_CYCLE - 2 * p)
     else:
-        w = -8 * (2 * p - CYCLE) * (CYCLE - p)
-    return (w * 16 // CYCLE) * 4096 // CYCLE
+        w = -8 * (2 * p - _CYCLE) * (_CYCLE - p)
+    return (w * 16 // _CYCLE) * 4096 // _CYCLE
 
 
 _SHARED: dict = {}  # kind: its fixed-point parameters, one tuple for every sensor of the kind
@@ -71,7 +77,7 @@ class SimSensor:
         self.l = s & 0xFFFF
         self.setpoint = p[0]
         self.wander = 0
-        self.phase = self.u16() * CYCLE >> 16
+        self.phase = self.u16() * _CYCLE >> 16
 
     @property
     def shift(self):
@@ -107,7 +113,7 @@ class SimSensor:
             else:
                 self.setpoint += step
         self.phase += 1
-        if self.phase >= CYCLE:
+        if self.phase >= _CYCLE:
             self.phase = 0
         value = self.setpoint + self.wander + ((p[4] * _wave(self.phase)) >> 8)
         value += (p[1] * ((rng.u16() >> 1) + (rng.u16() >> 1) - 32768)) >> 11  # 2**-12 -> 2**-16
