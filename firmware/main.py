@@ -29,6 +29,18 @@ from outbox import Outbox, SeqStore
 def emit(obj):
     # streamed: no string of the whole event, which a fragmented small heap may not hold
     json.dump(obj, sys.stdout)
+    _end()
+
+
+def field(name, value):
+    """`, "name": value` of an event written a field at a time (after its `{"ev": ...`)."""
+    sys.stdout.write(', "')
+    sys.stdout.write(name)
+    sys.stdout.write('": ')
+    json.dump(value, sys.stdout)
+
+
+def _end():
     sys.stdout.write("\n")
     try:
         sys.stdout.flush()
@@ -229,7 +241,7 @@ class Node:
     def resize(self, batch):
         """A pack for `batch` readings (and the drop count), keeping those waiting."""
         old = self.pack
-        if old.capacity >= batch + 1:
+        if len(old.idx) >= batch + 1:
             return
         self.pack = senml.Pack(self.name, self.names, batch + 1)
         for k in range(old.n):
@@ -515,10 +527,22 @@ class Node:
         heap = self.heap.report()  # the steady state's heap, before the drain's coroutine
         await self.drain()
         sender.cancel()
-        emit({"ev": "done", "sent": self.made, "acked": self.acked, "rejected": self.rejected,
-              "dropped": self.outbox.dropped, "unacked": len(self.outbox), "heap": heap,
-              "cmds": self.commands.applied_count, "cmds_replayed": self.commands.replayed,
-              "bad_acks": getattr(self.link, "bad_acks", 0), "too_big": self.too_big, "faults": self.faults})
+        # the done event a field at a time: a dict of its twelve keys takes a 192-byte table on
+        # 64-bit ports (96 on 32-bit), a block the heap may not have in one piece by now
+        sys.stdout.write('{"ev": "done"')
+        field("sent", self.made)
+        field("acked", self.acked)
+        field("rejected", self.rejected)
+        field("dropped", self.outbox.dropped)
+        field("unacked", len(self.outbox))
+        field("heap", heap)
+        field("cmds", self.commands.applied_count)
+        field("cmds_replayed", self.commands.replayed)
+        field("bad_acks", getattr(self.link, "bad_acks", 0))
+        field("too_big", self.too_big)
+        field("faults", self.faults)
+        sys.stdout.write("}")
+        _end()
 
     async def guard(self, name, job, co=None):
         """Run the task `job` (a coroutine function; `co`, its first coroutine, made ahead);

@@ -228,9 +228,13 @@ class Pack:
     caller's allocation). `names`: the sensors' names as bytes, indexed by sensor."""
 
     def __init__(self, node, names, capacity):
+        # twelve attributes, the instance's table made at its full size first (it grows by
+        # steps: 12 entries, 192 B on 64-bit ports, where a 13th took a table of 17, 272 B,
+        # late in boot, from a heap in pieces): the capacity is len(idx)
+        for k in ("node_bn", "names", "idx", "dt", "raw", "shift", "obj", "order", "count", "n", "day", "msod"):
+            setattr(self, k, None)
         self.node_bn = (node + "/").encode()
         self.names = names
-        self.capacity = capacity
         self.idx = bytearray(capacity)           # sensor index of each reading
         self.dt = array("i", bytes(4 * capacity))   # ms after the base time
         self.raw = array("i", bytes(4 * capacity))  # value in quanta of 2**-shift

@@ -1,7 +1,8 @@
 # The buses of the boards with no real sensors wired (the unix port, the QEMU Cortex-M3):
 # fakes that tests script (board/fake.py), one a bus, made on first use. board.fake is
 # imported only then, so a node whose config names no sensor bus never loads it. Also the
-# QEMU board's status LED (it has none: a state kept).
+# QEMU board's status LED (it has none: a state kept), and the unix board's (the same, with
+# a trace of its changes for tests).
 
 _fakes = {}  # (kind, id) -> fake bus: this board's wiring
 
@@ -61,3 +62,20 @@ class Led:
 
     def off(self):
         self.value(0)
+
+
+class TraceLed(Led):
+    """The unix board's simulated status LED: its state, and a trace of (state, ticks_ms) changes."""
+
+    def __init__(self, pin=None, active_low=False):
+        self.state = 0
+        self.trace = []
+
+    def value(self, v=None):
+        if v is None:
+            return self.state
+        self.state = 1 if v else 0
+        if len(self.trace) < 256:
+            import board
+            self.trace.append((self.state, board.ticks_ms()))
+        return None

@@ -10,18 +10,8 @@ MICROPYTHON = sys.implementation.name == "micropython"
 NAME = "unix"
 WATCHDOG_MAX_MS = 0x7FFFFFFF
 
-if MICROPYTHON:
-    def ticks_ms():
-        return time.ticks_ms()
-
-    def ticks_diff(a, b):
-        return time.ticks_diff(a, b)
-
-    def ticks_add(a, b):
-        return time.ticks_add(a, b)
-
-    def sleep_ms(ms):
-        time.sleep_ms(ms)
+if MICROPYTHON:  # the port's own: no function objects of ours on the heap
+    from time import sleep_ms, ticks_add, ticks_diff, ticks_ms  # type: ignore[attr-defined]
 else:  # CPython: the same 30-bit wrapping clock as MicroPython's
     _TICKS_MAX = (1 << 30) - 1
     _TICKS_HALF = 1 << 29
@@ -134,28 +124,6 @@ def use_led(pin):
     """The status LED is on `pin` (the unix board's is simulated: nothing changes)."""
 
 
-class Led:
-    """The simulated status LED: its state, and a trace of (state, ticks_ms) changes."""
-
-    def __init__(self, pin=None, active_low=False):
-        self.state = 0
-        self.trace = []
-
-    def value(self, v=None):
-        if v is None:
-            return self.state
-        self.state = 1 if v else 0
-        if len(self.trace) < 256:
-            self.trace.append((self.state, ticks_ms()))
-        return None
-
-    def on(self):
-        self.value(1)
-
-    def off(self):
-        self.value(0)
-
-
 def show_code(pattern, forever=False):
     """A blink code on the status LED: `pattern` is (on ms, off ms) pairs (config.blink_pattern).
     The unix board writes it on stderr instead, once, and never blocks."""
@@ -171,9 +139,9 @@ def identify(seconds):
 
 def __getattr__(name):
     # adc, i2c, onewire, pin_in and pin_out: board/fakebus.py's, loaded at their first use
-    # (a node of simulated sensors never loads it)
+    # (a node of simulated sensors never loads it); Led is its TraceLed (a node never makes one)
     import board.fakebus
-    return getattr(board.fakebus, name)
+    return getattr(board.fakebus, "TraceLed" if name == "Led" else name)
 
 
 # -- UART ---------------------------------------------------------------------------------------

@@ -40,23 +40,29 @@ def _wave(p):
 
 
 _SHARED: dict = {}  # kind: its fixed-point parameters, one tuple for every sensor of the kind
+_LO = const(0xFFFF)  # SimSensor.s: the generator's low half (16 bits), the phase (11 bits) above,
+_PHASE = const(16)   # and above that (3 bits) the set point's offset from the base, in steps,
+_STEPS = const(27)   # plus 2 (the set point stays within two steps of the base): below 2**30
 
 
 class SimSensor:
     """A simulated sensor of `kind` (KINDS), seeded; `name` defaults to the kind; `base`
     and `noise` override the kind's (|base| below 16000).
 
-    Seven attributes: the kind's parameters in fixed point sit in one tuple shared by the
-    sensors of a kind (each attribute is 8 bytes of the instance's table on 32-bit ports:
-    16 sensors hold 0.5 KB less than with one attribute a parameter)."""
+    Four attributes, an instance's table of four entries (it grows in steps of 2, 4, 6, 8:
+    seven took eight, 64 more bytes a sensor on 64-bit ports, 32 on 32-bit ones): the
+    kind's parameters in fixed point and the name in one tuple shared by the sensors of a
+    kind, the generator's high half `h`, the wander `w`, and `s` (the generator's low half,
+    the cycle's phase and the set point's step, packed in a small int)."""
 
     every = 1
 
     def __init__(self, kind, seed, name=None, base=None, noise=None):
         if kind not in KINDS:
             raise ValueError("unknown simulated sensor %r (known: %s)" % (kind, ", ".join(sorted(KINDS))))
-        self.name = name or kind
-        p = _SHARED.get(kind) if base is None and noise is None else None
+        name = name or kind
+        shared = base is None and noise is None and name == kind
+        p = _SHARED.get(kind) if shared else None
         if p is None:
             base_, noise_, drift, step, q, cycle = KINDS[kind]
             if base is not None:
@@ -66,18 +72,22 @@ class SimSensor:
             shift = 0  # values in quanta of 2**-shift
             while q * (1 << shift) < 1:
                 shift += 1
-            # base, noise (12 fractional bits: the product stays small), drift, step, cycle, shift
+            # base, noise (12 fractional bits: the product stays small), drift, step, cycle, shift, name
             p = (int(round(base_ * _ONE)), int(round(noise_ * 4096)), int(round(drift * 4 * _ONE)),
-                 int(round(step * _ONE)), int(round(cycle * 256)), shift)
-            if base is None and noise is None:
+                 int(round(step * _ONE)), int(round(cycle * 256)), shift, name)
+            if shared:
                 _SHARED[kind] = p
         self.p = p
         s = (seed * 2654435761) & 0xFFFFFFFF or 1  # xorshift32's state in two 16-bit halves
         self.h = s >> 16
-        self.l = s & 0xFFFF
-        self.setpoint = p[0]
-        self.wander = 0
-        self.phase = self.u16() * _CYCLE >> 16
+        self.s = (s & _LO) | (2 << _STEPS)  # the set point at the base
+        self.w = 0  # the wander
+        phase = self.u16() * _CYCLE >> 16
+        self.s |= phase << _PHASE
+
+    @property
+    def name(self):
+        return self.p[6]
 
     @property
     def shift(self):
@@ -87,14 +97,15 @@ class SimSensor:
         """Marsaglia's xorshift32 on two 16-bit halves (no int ever passes 2**30, a heap object
         on 32-bit ports): the next state's high 16 bits, uniform in [0, 65536)."""
         h = self.h
-        lo = self.l
+        s = self.s
+        lo = s & _LO
         h ^= ((h << 13) | (lo >> 3)) & 0xFFFF  # s ^= s << 13
         lo ^= (lo << 13) & 0xFFFF
         lo ^= h >> 1                           # s ^= s >> 17
         h ^= ((h << 5) | (lo >> 11)) & 0xFFFF  # s ^= s << 5
         lo ^= (lo << 5) & 0xFFFF
         self.h = h
-        self.l = lo
+        self.s = s ^ (s & _LO) ^ lo
         return h
 
     def read_raw(self):
@@ -102,20 +113,23 @@ class SimSensor:
         rng = self
         p = self.p
         step = p[3]
-        w = self.wander
+        w = self.w
         w += (p[2] * (rng.u16() - 32768)) >> 16
-        self.wander = w - (w >> _REVERT)
+        self.w = w - (w >> _REVERT)
         r = rng.u16()
+        s = self.s
+        k = (s >> _STEPS) - 2  # the set point: the base and k steps
         if r < 131:  # a step (one in 500): away from the base, or back when two steps away already
-            away = self.setpoint - p[0]
-            if away >= 2 * step or (away > -2 * step and rng.u16() < 32768):
-                self.setpoint -= step
+            if k >= 2 or (k > -2 and rng.u16() < 32768):
+                k -= 1
             else:
-                self.setpoint += step
-        self.phase += 1
-        if self.phase >= _CYCLE:
-            self.phase = 0
-        value = self.setpoint + self.wander + ((p[4] * _wave(self.phase)) >> 8)
+                k += 1
+            s = self.s  # the generator's low half moved
+        phase = ((s >> _PHASE) & 0x7FF) + 1
+        if phase >= _CYCLE:
+            phase = 0
+        self.s = (s & _LO) | (phase << _PHASE) | ((k + 2) << _STEPS)
+        value = p[0] + k * step + self.w + ((p[4] * _wave(phase)) >> 8)
         value += (p[1] * ((rng.u16() >> 1) + (rng.u16() >> 1) - 32768)) >> 11  # 2**-12 -> 2**-16
         if r > 65470:  # a spike (one in 1000)
             value += step * 2
