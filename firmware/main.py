@@ -87,6 +87,8 @@ class Heap:
         self.live_100 = 0
         self.live_peak = 0
         self.live_end = 0
+        self.free_end = 0
+        self.largest = 0
 
     def frame(self, made):
         if not self.on:
@@ -111,16 +113,32 @@ class Heap:
                 self.start = gc.mem_alloc()
 
     def report(self):
+        """The end of the run: the last figures, kept for put()."""
         if not self.on:
-            return {}
+            return
         if self.armed:
             gc.enable()
         gc.collect()
         self.live_end = gc.mem_alloc()
-        return {"alloc_min": self.alloc_min, "alloc_max": self.alloc_max, "windows": self.windows,
-                "alloc_mean": self.alloc_total // max(1, self.windows), "live_100": self.live_100,
-                "live_peak": self.live_peak, "live_end": self.live_end, "free_end": gc.mem_free(),
-                "largest_free": largest_free()}
+        self.free_end = gc.mem_free()
+        self.largest = largest_free()
+
+    def put(self):
+        """`, "heap": {...}` of the done event, a field at a time (a dict of its nine keys
+        took a 144-byte table on 64-bit ports, at the end of the run)."""
+        sys.stdout.write(', "heap": {')
+        if self.on:
+            sys.stdout.write('"windows": ')
+            json.dump(self.windows, sys.stdout)
+            field("alloc_min", self.alloc_min)
+            field("alloc_max", self.alloc_max)
+            field("alloc_mean", self.alloc_total // max(1, self.windows))
+            field("live_100", self.live_100)
+            field("live_peak", self.live_peak)
+            field("live_end", self.live_end)
+            field("free_end", self.free_end)
+            field("largest_free", self.largest)
+        sys.stdout.write("}")
 
 
 def largest_free():
@@ -146,7 +164,8 @@ class Node:
         for k in ("cfg", "name", "kid", "mac", "link", "seq", "trial", "outbox", "stale", "dropped_told",
                   "sensors", "problems", "clock", "shifts", "worker", "names", "pack", "heap", "converters",
                   "fillers", "wdt", "window", "payload", "too_big", "faults", "fault", "reset_path", "made",
-                  "acked", "rejected", "commands", "fetcher", "boot_error", "sensor_blink", "jobs"):
+                  "acked", "rejected", "commands", "fetcher", "boot_error", "sensor_blink", "jobs", "fault_row",
+                  "fault_made"):
             setattr(self, k, None)
         self.cfg = cfg
         self.name = cfg["node"]
@@ -171,7 +190,7 @@ class Node:
         self.seq = SeqStore(cfg["state_file"], log=self.outbox)
         # the tasks' coroutines (sample's frame takes 140 B on 32-bit ports) made while the heap
         # is in one piece: made when run() starts them, after boot, they found no block in 26 KB
-        self.jobs = (self.guard("send", self.send, self.send()), self.guard("sample", self.sample, self.sample()))
+        self.jobs = (self.send(), self.sample())
         self.trial = trial  # node updates (firmware/update.py, bootstage.py): None when booted without
         if trial is not None:
             trial.first_seq = self.seq.next
@@ -213,8 +232,10 @@ class Node:
         # at its first frame.
         self.payload = getattr(self.link, "scratch", None)
         self.too_big = 0  # packs that did not fit a message (a batch too large for its names)
-        self.faults = 0  # tasks that failed (guard)
+        self.faults = 0  # tasks that failed (failed())
         self.fault = None  # the last failure, for the next frame
+        self.fault_row = 0  # failures with no frame made between them (failed())
+        self.fault_made = -1  # frames made at the last failure
         self.reset_path = cfg["state_file"] + ".reset" if cfg["state_file"] else None
         self.made = 0
         self.acked = 0
@@ -281,7 +302,7 @@ class Node:
         readings = pack.n
         try:
             self._frame(pack, readings)
-        finally:  # whatever failed, the next readings start a new pack (a failure is the guard's)
+        finally:  # whatever failed, the next readings start a new pack (a failure is the task's: failed())
             pack.clear()
         if self.cfg["quiet"]:
             self.heap.frame(self.made)
@@ -373,92 +394,100 @@ class Node:
         sensors_ = self.sensors
         shifts = self.shifts
         while not cfg["frames"] or self.made < cfg["frames"]:
-            wait = 0
-            for s in self.converters:
-                if not tick % s.every:
-                    ms = s.start()
-                    if ms > wait:
-                        wait = ms
-            t0 = board.ticks_ms()
-            for s in self.fillers:
-                if not tick % s.every:
-                    await s.fill(sleep_ms)
-            wait -= board.ticks_diff(board.ticks_ms(), t0)
-            if wait > 0:
-                await sleep_ms(wait)  # acks, resends and the watchdog go on
-            self.clock.now()  # one time for the round's readings
-            for i in range(len(sensors_)):
-                s = sensors_[i]
-                if tick % s.every:
-                    continue  # a sensor with a longer period than the node's
-                try:
-                    v = s.read() if shifts[i] == _RAW_NONE else s.read_raw()
-                except (sensors.SensorError, OSError) as e:
-                    if not cfg["quiet"]:
-                        emit({"ev": "error", "what": "%s: %s" % (s.name, e)})
-                    continue
-                self.add(i, v)
-                if self.pack.n >= cfg["batch"]:
-                    self.make_frame()
-            tick += 1
-            if cfg["sleep"] == "deep" and self.sensors:
-                if self.pack.n:
-                    self.make_frame()
-                await self.drain()
-                board.deepsleep(cfg["period_ms"])  # boots again; unacked frames wait in the outbox log
-            if cfg["sleep"] == "light" and cfg["period_ms"] >= 20:
-                await self.rest(cfg["period_ms"])
-            else:
-                await sleep_ms(cfg["period_ms"])
-            # as fast as possible means as fast as the link acks: wait for room rather than drop
-            while not cfg["period_ms"] and len(self.outbox) >= self.outbox.capacity - 1:
-                await sleep_ms(1)
+            try:
+                wait = 0
+                for s in self.converters:
+                    if not tick % s.every:
+                        ms = s.start()
+                        if ms > wait:
+                            wait = ms
+                t0 = board.ticks_ms()
+                for s in self.fillers:
+                    if not tick % s.every:
+                        await s.fill(sleep_ms)
+                wait -= board.ticks_diff(board.ticks_ms(), t0)
+                if wait > 0:
+                    await sleep_ms(wait)  # acks, resends and the watchdog go on
+                self.clock.now()  # one time for the round's readings
+                for i in range(len(sensors_)):
+                    s = sensors_[i]
+                    if tick % s.every:
+                        continue  # a sensor with a longer period than the node's
+                    try:
+                        v = s.read() if shifts[i] == _RAW_NONE else s.read_raw()
+                    except (sensors.SensorError, OSError) as e:
+                        if not cfg["quiet"]:
+                            emit({"ev": "error", "what": "%s: %s" % (s.name, e)})
+                        continue
+                    self.add(i, v)
+                    if self.pack.n >= cfg["batch"]:
+                        self.make_frame()
+                tick += 1
+                if cfg["sleep"] == "deep" and self.sensors:
+                    if self.pack.n:
+                        self.make_frame()
+                    await self.drain()
+                    board.deepsleep(cfg["period_ms"])  # boots again; unacked frames wait in the outbox log
+                if cfg["sleep"] == "light" and cfg["period_ms"] >= 20:
+                    await self.rest(cfg["period_ms"])
+                else:
+                    await sleep_ms(cfg["period_ms"])
+                # as fast as possible means as fast as the link acks: wait for room rather than drop
+                while not cfg["period_ms"] and len(self.outbox) >= self.outbox.capacity - 1:
+                    await sleep_ms(1)
+            except Exception as e:  # not CancelledError: a task cancelled ends
+                self.failed("sample", e)  # counted, told; after a few in a row with no frame made: a reset
+                await sleep_ms(100)
 
     async def send(self):
         cfg = self.cfg
         link = self.link
         timeout = cfg["ack_timeout_ms"]
         while True:
-            if self.wdt is not None:
-                self.wdt.feed()
-            now = board.ticks_ms()
-            for i in range(link.poll(now)):  # acks in link.acks (seq, status, commands or None)
-                seq = link.ack_seq[i]
-                cmds = link.ack_cmds[i]
-                if self.outbox.ack(seq):
-                    self.acked += 1
-                    status = link.ack_status[i]
-                    if status == protocol.ACK_REJECTED:
-                        self.rejected += 1
-                    elif self.trial is not None:
-                        self.trial.acked(seq)  # node updates: the slot on trial works
-                    if not self.cfg["quiet"]:
-                        emit({"ev": "ack", "seq": seq, "st": status})
-                    if cmds:
-                        self.commands.apply(cmds)
-                elif cmds:
-                    # an ack for no frame in the outbox: a late repeat, or a replay
-                    self.commands.replayed += 1
-            self.commands.tick(now)
-            if self.worker is not None:
-                self.work(now)
-            if self.fetcher is not None:
-                self.fetcher.tick(now)  # node updates: the next block, paced
-            trial = self.trial
-            if trial is not None and trial.on_trial and board.ticks_diff(now, trial.t0) > trial.limit_ms:
-                self.reset("update: %s not confirmed in %d s" % (trial.version_text(), trial.limit_ms // 1000))
-            if not link.busy():
-                free = self.window - self.outbox.in_flight(now, timeout)
-                box = self.outbox
-                while free > 0:
-                    k = box.next_due(now, timeout)
-                    if k < 0:
-                        break
-                    link.send(box.seqs[k], box.buf(k), box.offs[k], box.lens[k])
-                    free -= 1
-                    if link.busy():
-                        break
-            await sleep_ms(1)
+            try:
+                if self.wdt is not None:
+                    self.wdt.feed()
+                now = board.ticks_ms()
+                for i in range(link.poll(now)):  # acks in link.acks (seq, status, commands or None)
+                    seq = link.ack_seq[i]
+                    cmds = link.ack_cmds[i]
+                    if self.outbox.ack(seq):
+                        self.acked += 1
+                        status = link.ack_status[i]
+                        if status == protocol.ACK_REJECTED:
+                            self.rejected += 1
+                        elif self.trial is not None:
+                            self.trial.acked(seq)  # node updates: the slot on trial works
+                        if not self.cfg["quiet"]:
+                            emit({"ev": "ack", "seq": seq, "st": status})
+                        if cmds:
+                            self.commands.apply(cmds)
+                    elif cmds:
+                        # an ack for no frame in the outbox: a late repeat, or a replay
+                        self.commands.replayed += 1
+                self.commands.tick(now)
+                if self.worker is not None:
+                    self.work(now)
+                if self.fetcher is not None:
+                    self.fetcher.tick(now)  # node updates: the next block, paced
+                trial = self.trial
+                if trial is not None and trial.on_trial and board.ticks_diff(now, trial.t0) > trial.limit_ms:
+                    self.reset("update: %s not confirmed in %d s" % (trial.version_text(), trial.limit_ms // 1000))
+                if not link.busy():
+                    free = self.window - self.outbox.in_flight(now, timeout)
+                    box = self.outbox
+                    while free > 0:
+                        k = box.next_due(now, timeout)
+                        if k < 0:
+                            break
+                        link.send(box.seqs[k], box.buf(k), box.offs[k], box.lens[k])
+                        free -= 1
+                        if link.busy():
+                            break
+                await sleep_ms(1)
+            except Exception as e:  # not CancelledError: a task cancelled ends
+                self.failed("send", e)  # counted, told; after a few in a row with no frame made: a reset
+                await sleep_ms(100)
 
     def work(self, now):
         """A worker's step due now, sent at once in a frame of its own (worker.py)."""
@@ -524,7 +553,7 @@ class Node:
             os_remove(self.reset_path)
         sender = asyncio.create_task(self.jobs[0])
         await self.jobs[1]
-        heap = self.heap.report()  # the steady state's heap, before the drain's coroutine
+        self.heap.report()  # the steady state's heap, before the drain's coroutine
         await self.drain()
         sender.cancel()
         # the done event a field at a time: a dict of its twelve keys takes a 192-byte table on
@@ -535,7 +564,7 @@ class Node:
         field("rejected", self.rejected)
         field("dropped", self.outbox.dropped)
         field("unacked", len(self.outbox))
-        field("heap", heap)
+        self.heap.put()
         field("cmds", self.commands.applied_count)
         field("cmds_replayed", self.commands.replayed)
         field("bad_acks", getattr(self.link, "bad_acks", 0))
@@ -544,36 +573,25 @@ class Node:
         sys.stdout.write("}")
         _end()
 
-    async def guard(self, name, job, co=None):
-        """Run the task `job` (a coroutine function; `co`, its first coroutine, made ahead);
-        when it fails (MemoryError included) count
-        it, keep the reason for the next frame (a text record `fault`), and run it again. After
-        _FAULTS_IN_A_ROW failures with no frame made between them the node resets, the reason
-        kept in a file across the reset and reported after boot (a text record `error`,
-        "reset: ...")."""
-        row = 0
-        made = -1
-        while True:
-            try:
-                if co is None:
-                    co = job()
-                await co
-                return
-            except Exception as e:  # not CancelledError: a task cancelled ends
-                co = None
-                self.faults += 1
-                row = row + 1 if made == self.made else 1
-                made = self.made
-                self.fault = "%s: %s %s" % (name, type(e).__name__, e)
-                emit({"ev": "error", "what": "task " + self.fault, "faults": self.faults})
-                if hasattr(sys, "print_exception"):
-                    sys.print_exception(e)  # the console's stderr: where it failed
-                else:  # CPython (simulated nodes): its traceback module, which boards do not have
-                    __import__("traceback").print_exc()
-                if row >= _FAULTS_IN_A_ROW:
-                    self.reset(self.fault)
-                    return
-                await sleep_ms(100)
+    def failed(self, name, e):
+        """The task `name` failed (MemoryError included; the task goes on with its next turn,
+        after 100 ms): counted, the reason kept for the next frame (a text record `fault`) and
+        told. After _FAULTS_IN_A_ROW failures with no frame made between them the node resets,
+        the reason kept in a file across the reset and reported after boot (a text record
+        `error`, "reset: ..."). Each task catches its own failures in its loop: a coroutine
+        of its own to guard it (and start it again) kept 288 bytes of heap a task on 64-bit
+        ports, 144 on 32-bit ones."""
+        self.faults += 1
+        self.fault_row = self.fault_row + 1 if self.fault_made == self.made else 1
+        self.fault_made = self.made
+        self.fault = "%s: %s %s" % (name, type(e).__name__, e)
+        emit({"ev": "error", "what": "task " + self.fault, "faults": self.faults})
+        if hasattr(sys, "print_exception"):
+            sys.print_exception(e)  # the console's stderr: where it failed
+        else:  # CPython (simulated nodes): its traceback module, which boards do not have
+            __import__("traceback").print_exc()
+        if self.fault_row >= _FAULTS_IN_A_ROW:
+            self.reset(self.fault)
 
     def reset(self, reason):
         """Reset the board, the reason kept for the report after boot."""

@@ -434,7 +434,7 @@ class Outbox:
             self._f.close()
             self._f = None
         gc.collect()
-        # no heap for it (MemoryError): raised to the task's guard, and the next record
+        # no heap for it (MemoryError): raised to the task (main.Node.failed counts it), and the next record
         # tries again (_log), the log then written whole from the ring
         f = open(self._pg, "wb")
         gen = self.gen + 1

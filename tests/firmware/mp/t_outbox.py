@@ -104,7 +104,7 @@ want = [i[0] for i in o.items]
 assert want == [s for s in range(26, 30) if s not in acked], want
 assert [i[0] for i in Outbox(4, log).items] == want
 # a compaction that finds no heap for its file (open raises MemoryError: one file is open at
-# a time, and the one in use is closed first) raises to the caller, a task's guard; the next
+# a time, and the one in use is closed first) raises to the caller, the node's task; the next
 # record writes the log whole from the ring, and a reboot restores what was pending
 import outbox as outbox_module  # noqa: E402
 
