@@ -101,14 +101,14 @@ def test_mqtt_puback_does_not_mean_the_stream_stored_it(nats_cluster):
     assert not js_acked
 
 
-async def _command(servers, root: str, node: str) -> dict:
+async def _command(servers, root: str, node: str, command: dict) -> dict:
     """Send a command on root + cmd.<node> (core NATS) and return the gateway's answer."""
     import nats
 
     nc = await nats.connect(servers=servers)
     try:
         sub = await nc.subscribe(root + "cmd_result." + node)
-        await nc.publish(root + "cmd." + node, json.dumps({"id": "c1", "cmd": "reboot", "args": {}}).encode())
+        await nc.publish(root + "cmd." + node, json.dumps(command).encode())
         msg = await sub.next_msg(timeout=10)
         return json.loads(msg.data)
     finally:
@@ -218,10 +218,15 @@ def test_two_gateways_through_faults_exactly_once(tmp_path, nats_cluster, postgr
         dead = store.query("SELECT count(*) FROM dead_letters")[0][0]
         store.close()
         assert nodes_seen == 4 and nodes_online == 4 and dead == 0
-        # worker 1's counters, and a command over NATS to a node the gateway does not know
+        # worker 1's counters; commands over NATS: to a node the gateway does not know, and to
+        # one it knows (answered `queued` once the command's row is committed)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             assert re.search(r"^headrace_sink_readings_total [1-9]", r.read().decode(), re.M)
-        assert asyncio.run(_command(nats_cluster.urls, "headrace.v1.bench.gwa.", "nobody"))["status"] == "rejected"
+        root = "headrace.v1.bench.gwa."
+        reboot = {"id": "c1", "cmd": "reboot", "args": {}}
+        assert asyncio.run(_command(nats_cluster.urls, root, "nobody", reboot))["status"] == "rejected"
+        identify = {"id": "c2", "cmd": "identify", "args": {"seconds": 1}}
+        assert asyncio.run(_command(nats_cluster.urls, root, "gwan1", identify)) == {"id": "c2", "status": "queued"}
         # the faults struck while data flowed: the gateways' publishes failed and were retried, the
         # live worker met PostgreSQL's restart: a write kept its group unacknowledged, or a presence
         # sweep met the broken connection first (and the next write connected anew)

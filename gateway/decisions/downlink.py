@@ -13,7 +13,8 @@ A command is a JSON object on `headrace/v1/<site>/<gateway>/cmd/<node>`:
 | `update` | `release`: a release file in base64; also on `cmd/_all` (gateway/runtime/updates.py) |
 
 Each command gets an answer on `cmd_result/<node>`: `{"id", "status": "queued"}`
-or `{"id", "status": "rejected", "error": "…"}`. Valid commands wait in a
+(sent once the command is durable, `when_durable`) or `{"id", "status": "rejected",
+"error": "…"}`. Valid commands wait in a
 bounded queue per node (16; the oldest goes first when full, counted) until the
 node's link carries them (`take`).
 
@@ -242,6 +243,17 @@ class Downlink:
                 self._made.pop((node, c.id), None)
             self._changed(node)
         return list(q) if q else []
+
+    def when_durable(self, command: Command, fn) -> None:
+        """Call `fn()` once the row that records `command` is committed: now without a ledger,
+        for a command that was not queued (a fleet command, an update) or one committed
+        already. The uplinks send a command's `queued` answer through this, so a kill -9
+        cannot lose a command the cloud was told is queued."""
+        made = self._made.get((command.node, command.id))
+        if self.ledger is None or made is None:
+            fn()
+        else:
+            self.ledger.after(made, fn)
 
     def pending(self, node: str) -> list[Command]:
         """Queued and in-flight commands of a node, oldest first."""

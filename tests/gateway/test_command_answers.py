@@ -38,3 +38,32 @@ def test_answers_beyond_the_bound_drop_the_oldest(monkeypatch):
     assert [ans["id"] for _, _, ans in a.waiting()] == ["2", "3", "4"] and a.dropped == 2
     kept, deleted = rows_of(ledger)
     assert len(kept) == 3 and len(deleted) == 2
+
+
+def test_a_queued_answer_waits_for_the_commands_commit():
+    """`queued` is answered only once the command's row is committed, so a kill -9 between the
+    two cannot lose a command the cloud was told is queued; a rejection is answered at once."""
+    import asyncio
+
+    from gateway import config
+    from gateway.decisions.downlink import Downlink
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.registry import Registry
+    from gateway.runtime.uplink.mqtt import MqttUplink
+
+    reg = Registry()
+    reg.add("m1", bytes(32))
+    ledger = Ledger()
+    up = MqttUplink(config.from_dict({}), None, asyncio.Event(), Metrics(), Downlink(reg, ledger=ledger))
+
+    def statuses():
+        return [(node, ans["id"], ans["status"]) for _, node, ans in up.answers.waiting()]
+    up._command(up.topic_cmd + "m1", json.dumps({"id": "c-1", "cmd": "identify", "args": {"seconds": 5}}).encode())
+    assert statuses() == []
+    epoch, rows = ledger.take()
+    assert json.loads(rows[("commands", "m1")]) == [["c-1", "identify", {"seconds": 5}]]
+    assert statuses() == []  # taken, not yet committed
+    ledger.committed(epoch)
+    assert statuses() == [("m1", "c-1", "queued")]
+    up._command(up.topic_cmd + "m1", json.dumps({"id": "c-2", "cmd": "nope"}).encode())
+    assert statuses()[1:] == [("m1", "c-2", "rejected")]

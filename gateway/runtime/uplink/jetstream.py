@@ -145,6 +145,9 @@ class JetStreamUplink:
         else:
             self.metrics.inc("headrace_commands_total", result="queued")
             answer = {"id": command.id, "status": "queued"}
+            loop = asyncio.get_running_loop()  # answered after its commit
+            self.downlink.when_durable(command, lambda: loop.create_task(self._answer(node, answer)))
+            return
         await self._answer(node, answer)
 
     async def _answer(self, node: str, answer: dict) -> None:

@@ -314,7 +314,8 @@ class SparkplugUplink(MqttUplink):
             else:
                 self.metrics.inc("headrace_commands_total", result="queued")
                 log.info("queued command %s %s for node %s (DCMD)", command.id, command.cmd, node)
-                self._result(node, {"id": command.id, "status": "queued"})
+                answer = {"id": command.id, "status": "queued"}
+                self.downlink.when_durable(command, lambda n=node, a=answer: self._result(n, a))  # after its commit
 
     def command_result(self, node: str, answer: dict) -> None:
         """A command's outcome at its node, as the device's Commands/result metric."""
