@@ -10,7 +10,10 @@ Endpoints:
     GET /health                  JSON; 503 when a task of the gateway died
     GET /nodes                   the table of `headrace status` as JSON
     GET /demands, POST /demands, POST /demands/<id>/accept|decline|done|cancel
-                                 the dispatcher (gateway/decisions/dispatch.py, docs/matching.md)
+                                 the dispatcher (gateway/decisions/dispatch.py, docs/matching.md);
+                                 a POST is answered once its change is in the spool (a kill -9
+                                 after the answer loses nothing), 503 if the spool cannot take it
+                                 within DURABLE_WAIT seconds
     GET /updates, POST /updates?nodes=a,b|*  (body: a release file), POST /updates/<node>/cancel
                                  node updates (gateway/runtime/updates.py; `headrace node update`)
 
@@ -41,6 +44,7 @@ from gateway.runtime.logs import RateLimited
 
 log = logging.getLogger("headrace.http")
 MAX_BODY = 65536
+DURABLE_WAIT = 10.0  # seconds a POST /demands waits for the commit of its change before a 503
 MAX_RELEASE = 4 << 20  # POST /updates: a release file (the firmware's .mpy files are about 100 KB)
 MAX_HEADERS = 64
 COOKIE = "headrace_token"
@@ -203,10 +207,31 @@ class StatusServer:
                              b"or open the page once as /?token=<token>\n", "text/plain",
                         (("WWW-Authenticate", 'Bearer realm="headrace"'),))
 
+    async def _durable(self) -> bool:
+        """Wait until what the decisions changed so far is committed (the ledger's open epoch);
+        False after DURABLE_WAIT seconds. True at once without a ledger or with nothing changed."""
+        ledger = getattr(self.gateway, "ledger", None)
+        if ledger is None or not ledger.dirty:
+            return True
+        done = asyncio.get_running_loop().create_future()
+        ledger.after(ledger.epoch, lambda: done.done() or done.set_result(None))
+        try:
+            await asyncio.wait_for(done, DURABLE_WAIT)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     async def _route(self, req: Request, body: bytes) -> Response:
         path, gw, page = req.path, self.gateway, self.page
         if path == "/demands" or path.startswith("/demands/"):
             code, obj = gw.dispatcher.http(req.method, path, body)
+            if req.method == "POST" and code < 300 and not await self._durable():
+                log.warning("POST %s: the change is made but not yet in the spool after %g s (is the spool "
+                            "failing? see its log lines); it is committed when the spool can write", path,
+                            DURABLE_WAIT)
+                return Response.json(503, {"error": f"made, but not yet in the spool after {DURABLE_WAIT:g} s: "
+                                                    "check the gateway's spool (disk full or failing); the change "
+                                                    "is committed when the spool can write", "made": obj})
             return Response.json(code, obj)
         if path == "/updates" or path.startswith("/updates/"):
             return self._updates(req, body)

@@ -33,7 +33,7 @@ class Gw:
         self.cfg = config.from_dict({"gateway": {"data_dir": str(data_dir)}, "resources": resources,
                                      "dispatch": {"accept_timeout": 100}})
 
-    async def start(self):
+    async def start(self, run=True):
         reg = Registry()
         for n in ("m1", "m2"):
             reg.add(n, bytes(32))
@@ -50,7 +50,7 @@ class Gw:
                              events=self.events, ledger=self.ledger)
         rows = await self.spool.decisions()
         self.restored = self.dispatcher.restore(rows), self.downlink.restore(rows)
-        self.task = asyncio.create_task(self.pipe.run())
+        self.task = asyncio.create_task(self.pipe.run()) if run else None
         return self
 
     async def committed(self):
@@ -67,6 +67,8 @@ class Gw:
         await asyncio.wait_for(durable(), 10)
 
     async def crash(self):
+        if self.task is None:
+            return await self.spool.close()
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
         await self.spool.close()
@@ -252,4 +254,49 @@ def test_a_nodes_report_is_acked_only_once_its_effect_is_durable(tmp_path):
         assert err is None and ack is not None
         assert a.id not in gw.dispatcher.demands and rows == []
         await gw.crash()
+    run(main())
+
+
+def test_a_demand_posted_over_http_is_answered_once_it_is_in_the_spool(tmp_path, monkeypatch):
+    """POST /demands answers after the commit that holds the demand: while the pipeline
+    commits nothing, no answer (503 after DURABLE_WAIT); once it commits, 201, and the
+    demand is in the spool, so a kill -9 right after the answer loses nothing."""
+    import urllib.error
+    import urllib.request
+
+    from gateway.runtime import http
+
+    def post(url, body: bytes):
+        req = urllib.request.Request(url, data=body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    async def main():
+        gw = await Gw(tmp_path).start(run=False)  # no commits yet
+        server = http.StatusServer(config.HttpSection(port=0), gw)
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}/demands"
+        try:
+            monkeypatch.setattr(http, "DURABLE_WAIT", 0.3)
+            code, err = await asyncio.to_thread(post, url, b'{"need": "mechanic", "at": [1, 2]}')
+            assert code == 503 and "not yet in the spool" in err["error"] and err["made"]["state"] == "open"
+            first = err["made"]["id"]
+            monkeypatch.setattr(http, "DURABLE_WAIT", 10.0)
+            asked = asyncio.create_task(asyncio.to_thread(post, url, b'{"need": "mechanic", "at": [3, 4]}'))
+            await asyncio.sleep(0.3)
+            assert not asked.done()  # held: nothing committed yet
+            gw.task = asyncio.create_task(gw.pipe.run())
+            code, d = await asyncio.wait_for(asked, 10)
+            assert code == 201 and d["state"] == "open"
+            kept = {key for kind, key, _body in await gw.spool.decisions() if kind == "demand"}
+            assert {str(first), str(d["id"])} <= kept
+            # nothing to commit (a refused demand): answered at once
+            code, err = await asyncio.to_thread(post, url, b'{"need": "welder", "at": [1, 2]}')
+            assert code == 422
+        finally:
+            await server.stop()
+            await gw.crash()
     run(main())
