@@ -245,15 +245,17 @@ class Downlink:
         return list(q) if q else []
 
     def when_durable(self, command: Command, fn) -> None:
-        """Call `fn()` once the row that records `command` is committed: now without a ledger,
-        for a command that was not queued (a fleet command, an update) or one committed
-        already. The uplinks send a command's `queued` answer through this, so a kill -9
-        cannot lose a command the cloud was told is queued."""
-        made = self._made.get((command.node, command.id))
-        if self.ledger is None or made is None:
+        """Call `fn()` once what `submit` of `command` changed is committed: its queue's row, or
+        a fleet command's loan (the ledger's open epoch); now without a ledger or with nothing
+        waiting for a commit. The uplinks send a command's `queued` answer through this, so a
+        kill -9 cannot lose a command the cloud was told is queued."""
+        if self.ledger is None:
             fn()
-        else:
-            self.ledger.after(made, fn)
+            return
+        made = self._made.get((command.node, command.id))
+        if made is None and self.ledger.dirty:
+            made = self.ledger.epoch  # what the submit just marked belongs to the open epoch
+        self.ledger.after(-1 if made is None else made, fn)
 
     def pending(self, node: str) -> list[Command]:
         """Queued and in-flight commands of a node, oldest first."""

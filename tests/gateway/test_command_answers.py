@@ -67,3 +67,23 @@ def test_a_queued_answer_waits_for_the_commands_commit():
     assert statuses() == [("m1", "c-1", "queued")]
     up._command(up.topic_cmd + "m1", json.dumps({"id": "c-2", "cmd": "nope"}).encode())
     assert statuses()[1:] == [("m1", "c-2", "rejected")]
+
+
+def test_a_command_that_is_not_queued_is_answered_after_what_its_submit_marked():
+    """A fleet command (a loan) has no queue row: its answer waits for the ledger's open epoch,
+    which holds what its submit changed; with nothing waiting for a commit, it goes at once."""
+    from gateway.decisions.downlink import Command, Downlink
+    from gateway.runtime.registry import Registry
+
+    ledger = Ledger()
+    downlink = Downlink(Registry(), ledger=ledger)
+    lend = Command("_fleet", "l-1", "lend", {})
+    ledger.mark("loan", "gw2/9", lambda: {"resource": "mech2"})  # what Loans.submit marks
+    done = []
+    downlink.when_durable(lend, lambda: done.append("l-1"))
+    assert done == []
+    epoch, _rows = ledger.take()
+    ledger.committed(epoch)
+    assert done == ["l-1"]
+    downlink.when_durable(Command("_fleet", "l-2", "return", {}), lambda: done.append("l-2"))
+    assert done == ["l-1", "l-2"]
