@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.protocol.coap import block
+from gateway.runtime.files import write_atomic
 from gateway.tools import release as releases
 
 log = logging.getLogger("headrace.update")
@@ -211,9 +212,7 @@ class Rollout:
                     "started": d.started, "finished": d.finished, "offers": d.offers,
                     "cloud_id": d.cloud_id}
                 for n, d in self.deliveries.items()}
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, sort_keys=True))
-        tmp.replace(self.state_path)
+        write_atomic(self.state_path, json.dumps(rows, sort_keys=True).encode())  # a power cut keeps old or new
 
     def _restore(self) -> None:
         rows = json.loads(self.state_path.read_text())

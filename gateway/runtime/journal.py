@@ -44,6 +44,8 @@ from pathlib import Path
 
 import cbor2
 
+from gateway.runtime.files import sync_dir
+
 MAGIC = b"HRJ1"
 SECTOR = 512
 _HEADER = struct.Struct("<4sIII")  # magic, generation, payload length, CRC-32
@@ -97,13 +99,13 @@ class Journal:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-        _fsync_dir(self.paths[0].parent)
+        sync_dir(self.paths[0].parent)
 
     def remove(self) -> None:
         self.close()
         for path in self.paths:
             path.unlink(missing_ok=True)
-        _fsync_dir(self.paths[0].parent)
+        sync_dir(self.paths[0].parent)
 
     def _open(self, i: int) -> int:
         if self._fd[i] < 0:
@@ -226,16 +228,3 @@ class Journal:
 
 def _padded(n: int, unit: int = SECTOR) -> int:
     return -(-n // unit) * unit
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 
 from gateway.decisions.update import ENDED, STATES, Rollout, release_id
+from gateway.runtime.files import write_atomic
 from gateway.protocol.coap import CoapFormatError, block as block_option, encode, parse_block, uint
 from gateway.protocol.numbers import (
     COAP_ACK,
@@ -91,7 +92,7 @@ class Updates:
                         "release.pub is [update] public_key)", ", ".join(names), exc)
             raise
         path = self.dir / f"{release_id(sign1)}.hrr"
-        path.write_bytes(data)
+        write_atomic(path, data)  # whole and on the disk before any delivery refers to it
         out = []
         for name in names:
             d = self.rollout.add(name, path, cloud_id=cloud_id)

@@ -210,9 +210,9 @@ def _cmd_node_remove(args) -> int:
 
 
 def _cmd_node_rekey(args) -> int:
-    import os
     from pathlib import Path
 
+    from gateway.runtime.files import write_atomic
     from gateway.runtime.registry import Registry
 
     reg = Registry.load(args.registry)
@@ -230,11 +230,7 @@ def _cmd_node_rekey(args) -> int:
     old = reg.nodes[args.name].key_id
     node = reg.rekey(args.name)
     cfg["key"] = node.key.hex()
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(cfg, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(cfg, indent=2) + "\n").encode(), path.stat().st_mode & 0o777)
     reg.save(args.registry)
     print(f"node {node.name}: new key {node.key_id} (was {old}) in {args.registry} and {path}")
     print(f"re-flash the node (headrace node flash --port PORT --config {path}) and reload the gateway "
