@@ -261,18 +261,8 @@ def test_a_demand_posted_over_http_is_answered_once_it_is_in_the_spool(tmp_path,
     """POST /demands answers after the commit that holds the demand: while the pipeline
     commits nothing, no answer (503 after DURABLE_WAIT); once it commits, 201, and the
     demand is in the spool, so a kill -9 right after the answer loses nothing."""
-    import urllib.error
-    import urllib.request
-
     from gateway.runtime import http
-
-    def post(url, body: bytes):
-        req = urllib.request.Request(url, data=body, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.load(exc)
+    from tests.gateway.test_http_demands import post
 
     async def main():
         gw = await Gw(tmp_path).start(run=False)  # no commits yet
