@@ -3,7 +3,8 @@
 `write_atomic` writes a temporary file beside the target, fsyncs it, renames it over the
 target and fsyncs the folder, so a power cut or a `kill -9` at any point leaves either the
 old file or the new one, never a torn or empty one, and a file reported written is on the
-disk.
+disk. A file that exists keeps its owner (where the writer may give it: root's `sudo
+headrace node add` rewriting the service user's registry).
 
 Usage:
     from gateway.runtime.files import write_atomic
@@ -26,6 +27,12 @@ def write_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        try:  # a file rewritten by root (sudo) stays its owner's: the service user's registry
+            st = path.stat()
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(fd, st.st_uid, st.st_gid)
+        except OSError:
+            pass
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]

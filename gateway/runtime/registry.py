@@ -8,7 +8,6 @@ A TOML file, one table per node:
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import secrets
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from gateway.errors import ConfigError
 from gateway.protocol.names import NODE_NAME
+from gateway.runtime.files import write_atomic
 
 KEY_BYTES = 32
 
@@ -112,14 +112,5 @@ class Registry:
             if node.transport:
                 lines.append(f'transport = "{node.transport}"')
             lines.append("")
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        # run with sudo, a rewrite must stay readable by the service user who owns the file
-        with contextlib.suppress(OSError):
-            st = path.stat()
-            os.fchown(fd, st.st_uid, st.st_gid)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # run with sudo, a rewrite stays readable by the service user who owns the file (write_atomic)
+        write_atomic(path, "\n".join(lines).encode(), 0o600)

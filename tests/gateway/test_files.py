@@ -32,3 +32,14 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     write_atomic(path, b"new")  # the temporary left behind is overwritten
     assert path.read_bytes() == b"new" and not (tmp_path / "rollout.json.tmp").exists()
     assert os.listdir(tmp_path) == ["rollout.json"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_rewrite_by_root_keeps_the_files_owner(tmp_path):
+    """`sudo headrace node add` rewrites the registry the service user owns: it stays theirs."""
+    path = tmp_path / "nodes.toml"
+    path.write_bytes(b"old")
+    os.chown(path, 12345, 12346)
+    write_atomic(path, b"new", 0o600)
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (12345, 12346, 0o600) and path.read_bytes() == b"new"
