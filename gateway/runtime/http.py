@@ -50,7 +50,8 @@ MAX_HEADERS = 64
 COOKIE = "headrace_token"
 _REASONS = {200: "OK", 201: "Created", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
             404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
-            422: "Unprocessable Entity", 500: "Internal Server Error", 503: "Service Unavailable"}
+            422: "Unprocessable Entity", 500: "Internal Server Error", 503: "Service Unavailable",
+            507: "Insufficient Storage"}
 
 
 @dataclass
@@ -280,6 +281,9 @@ class StatusServer:
             return Response.json(422, {"error": f"release refused: {exc}", "reason": exc.reason})
         except ValueError as exc:
             return Response.json(400, {"error": str(exc)})
+        except OSError as exc:  # counted and logged by updates.queue; nothing queued
+            return Response.json(507, {"error": f"the gateway cannot keep the release: {exc.strerror or exc}; "
+                                                "free space on the disk of its data_dir, then post it again"})
 
     @staticmethod
     def _write(writer: asyncio.StreamWriter, resp: Response) -> None:

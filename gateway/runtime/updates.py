@@ -92,7 +92,13 @@ class Updates:
                         "release.pub is [update] public_key)", ", ".join(names), exc)
             raise
         path = self.dir / f"{release_id(sign1)}.hrr"
-        write_atomic(path, data)  # whole and on the disk before any delivery refers to it
+        try:
+            write_atomic(path, data)  # whole and on the disk before any delivery refers to it
+        except OSError as exc:  # a full disk: nothing is queued, the old files are whole
+            self.metrics.inc("headrace_update_releases_refused_total", reason="storage")
+            log.warning("cannot keep the release for %s in %s: %s (fix: free space on that disk, then post the "
+                        "release again; nothing was queued)", ", ".join(names), self.dir, exc)
+            raise
         out = []
         for name in names:
             d = self.rollout.add(name, path, cloud_id=cloud_id)
@@ -127,6 +133,9 @@ class Updates:
             raise CommandError(f"release refused: {exc}") from None
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        except OSError as exc:  # a full disk (counted and logged by queue): rejected, nothing queued
+            raise CommandError(f"the gateway cannot keep the release: {exc.strerror or exc}; free space on "
+                               "the disk of its data_dir, then send it again") from None
         return Command(node, cid, "update", {"nodes": [p["node"] for p in queued]})
 
     def cancel(self, node: str) -> bool:

@@ -381,3 +381,57 @@ def test_ledger_after_runs_once_its_epoch_is_committed():
     assert ran == ["a", "c"]
     ledger.committed(ledger.take()[0])
     assert ran == ["a", "c", "b"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) for a real ENOSPC")
+def test_a_release_the_disk_cannot_hold_is_refused_and_nothing_is_queued(tmp_path, caplog):
+    """The release's temporary file is /dev/full, so its write meets the kernel's ENOSPC: the
+    POST gets 507 and the cloud's command `rejected`, each saying what to free; counted, logged,
+    nothing queued, the rollout's state untouched; once the disk has room, the same release goes."""
+    import asyncio
+    import base64
+
+    from gateway.config.sections import HttpSection, UpdateSection
+    from gateway.decisions.downlink import CommandError, Downlink
+    from gateway.decisions.update import release_id
+    from gateway.runtime.http import StatusServer
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.registry import Registry
+    from gateway.runtime.updates import Updates
+    from tests.gateway.test_http_demands import post
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "release.pub").write_text(release.public_bytes(key).hex())
+    registry = Registry()
+    registry.add("n1")
+    metrics = Metrics()
+    updates = Updates(UpdateSection(public_key=str(tmp_path / "release.pub")), str(tmp_path / "data"),
+                      Downlink(registry), metrics, registry)
+    data = _release(tmp_path, key, (1, 1, 0), {"app.py": b"A" * 3000}).read_bytes()
+    _, sign1, _ = release.read(data, release.load_public(tmp_path / "release.pub"))
+    tmp = updates.dir / f"{release_id(sign1)}.hrr.tmp"
+    tmp.symlink_to("/dev/full")
+
+    class Gw:
+        pass
+    gw = Gw()
+    gw.updates = updates
+
+    async def main():
+        server = StatusServer(HttpSection(port=0), gw)
+        await server.start()
+        try:
+            return await asyncio.to_thread(post, f"http://127.0.0.1:{server.port}/updates?nodes=n1", data)
+        finally:
+            await server.stop()
+    code, err = asyncio.run(main())
+    assert code == 507 and "No space left on device" in err["error"] and "free space" in err["error"]
+    with pytest.raises(CommandError, match="cannot keep the release: No space left on device"):
+        updates.cloud_command("n1", {"id": "u-1", "cmd": "update",
+                                     "args": {"release": base64.b64encode(data).decode()}})
+    assert 'headrace_update_releases_refused_total{reason="storage"} 2' in metrics.render()
+    assert "cannot keep the release for n1" in caplog.text and "nothing was queued" in caplog.text
+    assert updates.rollout.deliveries == {} and not (updates.dir / "rollout.json").exists()
+    tmp.unlink()  # room again
+    assert [q["node"] for q in updates.queue(["n1"], data)] == ["n1"]
+    assert (updates.dir / f"{release_id(sign1)}.hrr").read_bytes() == data
