@@ -62,3 +62,26 @@ def test_socket_callbacks_from_another_thread_run_on_the_loop_in_order(tmp_path)
             b.close()
 
     asyncio.run(main())
+
+
+def test_a_message_the_uplink_fails_on_is_logged_not_raised_into_paho(tmp_path, caplog):
+    """An exception in the uplink's handling of a message (a bug) stays out of paho's read
+    loop, whose reads and PUBACKs would stop behind it: it is logged with the topic."""
+    import paho.mqtt.client as paho
+
+    cfg = from_dict({"gateway": {"data_dir": str(tmp_path), "id": "gw", "site": "s"}})
+    handled = []
+
+    def broken(topic, payload):
+        handled.append(topic)
+        raise KeyError("boom")
+
+    async def main():
+        s = _Session(cfg, asyncio.get_running_loop(), lambda mid: None, lambda: None)
+        s.on_command = broken
+        msg = paho.MQTTMessage(topic=b"headrace/v1/s/gw/cmd/n1")
+        msg.payload = b"{}"
+        s.client.on_message(s.client, None, msg)  # as paho calls it
+    asyncio.run(main())
+    assert handled == ["headrace/v1/s/gw/cmd/n1"]
+    assert "a message on headrace/v1/s/gw/cmd/n1 could not be handled" in caplog.text and "KeyError" in caplog.text

@@ -89,12 +89,21 @@ class _Session:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = lambda _c, _u, mid, _rc, _p: on_puback(mid)
-        c.on_message = lambda _c, _u, msg: self.on_command(msg.topic, msg.payload)
+        c.on_message = self._on_message
         self.on_command = lambda topic, payload: None  # set by the uplink
         self._on_lost = on_lost
         self.client = c
         self._sock = None
         self._loop_thread = threading.get_ident()  # made by the uplink, on the loop's thread
+
+    def _on_message(self, _client, _userdata, msg) -> None:
+        """A message on a subscribed topic, to the uplink. A bug in its handling is logged with
+        the topic, never raised into paho's read loop (which would leave the session's reads
+        and the message's PUBACK behind it)."""
+        try:
+            self.on_command(msg.topic, msg.payload)
+        except Exception:
+            log.exception("a message on %s could not be handled (a bug: please report this log)", msg.topic)
 
     # paho calls these from the thread that runs connect (an executor thread) as well as from
     # the loop: the selector is only ever touched on the loop's thread, in the order called
