@@ -174,9 +174,18 @@ class Rollout:
         manifest, sign1, parts = releases.read(Path(release_file).read_bytes(), self.public_key, running)
         d = Delivery(node, manifest.version, sign1, b"".join(parts), self.block_size, self.rate, self.clock)
         d.cloud_id = cloud_id
+        before = self.deliveries.get(node), self.release_files.get(node)
         self.deliveries[node] = d
         self.release_files[node] = str(release_file)
-        self.save()
+        try:
+            self.save()
+        except OSError:  # not on disk (a full disk): not queued either, the node's delivery as it was
+            for table, old in zip((self.deliveries, self.release_files), before):
+                if old is None:
+                    table.pop(node, None)
+                else:
+                    table[node] = old
+            raise
         return d
 
     def cancel(self, node: str) -> bool:

@@ -92,21 +92,24 @@ class Updates:
                         "release.pub is [update] public_key)", ", ".join(names), exc)
             raise
         path = self.dir / f"{release_id(sign1)}.hrr"
+        out = []
         try:
             write_atomic(path, data)  # whole and on the disk before any delivery refers to it
-        except OSError as exc:  # a full disk: nothing is queued, the old files are whole
+            for name in names:
+                d = self.rollout.add(name, path, cloud_id=cloud_id)  # queued once its state is on disk
+                self.metrics.inc("headrace_update_outcomes_total", outcome="queued")
+                log.info("update of %s to %s queued (%d bytes, release %s)", name,
+                         releases.version_text(d.version), d.size, d.rid)
+                out.append(d.progress())
+        except OSError as exc:  # a full disk: the files are whole, old or new, and what is not saved not queued
             self.metrics.inc("headrace_update_releases_refused_total", reason="storage")
             log.warning("cannot keep the release for %s in %s: %s (fix: free space on that disk, then post the "
-                        "release again; nothing was queued)", ", ".join(names), self.dir, exc)
+                        "release again; %s)", ", ".join(names[len(out):]), self.dir, exc,
+                        f"queued for {', '.join(names[:len(out)])} only" if out else "nothing was queued")
             raise
-        out = []
-        for name in names:
-            d = self.rollout.add(name, path, cloud_id=cloud_id)
-            self.metrics.inc("headrace_update_outcomes_total", outcome="queued")
-            log.info("update of %s to %s queued (%d bytes, release %s)", name, releases.version_text(d.version),
-                     d.size, d.rid)
-            out.append(d.progress())
-        self._offer_due()
+        finally:
+            if out:
+                self._offer_due()
         return out
 
     def cloud_command(self, node: str, obj: dict):

@@ -390,6 +390,7 @@ def test_a_release_the_disk_cannot_hold_is_refused_and_nothing_is_queued(tmp_pat
     nothing queued, the rollout's state untouched; once the disk has room, the same release goes."""
     import asyncio
     import base64
+    import json
 
     from gateway.config.sections import HttpSection, UpdateSection
     from gateway.decisions.downlink import CommandError, Downlink
@@ -432,6 +433,14 @@ def test_a_release_the_disk_cannot_hold_is_refused_and_nothing_is_queued(tmp_pat
     assert 'headrace_update_releases_refused_total{reason="storage"} 2' in metrics.render()
     assert "cannot keep the release for n1" in caplog.text and "nothing was queued" in caplog.text
     assert updates.rollout.deliveries == {} and not (updates.dir / "rollout.json").exists()
-    tmp.unlink()  # room again
+    tmp.unlink()  # room for the release, none for the rollout's state: still nothing queued
+    state_tmp = updates.dir / "rollout.json.tmp"
+    state_tmp.symlink_to("/dev/full")
+    with pytest.raises(OSError, match="No space left"):
+        updates.queue(["n1"], data)
+    assert updates.rollout.deliveries == {} and updates.rollout.release_files == {}
+    assert 'headrace_update_releases_refused_total{reason="storage"} 3' in metrics.render()
+    state_tmp.unlink()  # room again
     assert [q["node"] for q in updates.queue(["n1"], data)] == ["n1"]
     assert (updates.dir / f"{release_id(sign1)}.hrr").read_bytes() == data
+    assert "n1" in json.loads((updates.dir / "rollout.json").read_text())
