@@ -37,6 +37,8 @@ def write_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
+    except OSError as exc:  # a write on a descriptor names no file: name the one meant
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         os.close(fd)
     os.replace(tmp, path)

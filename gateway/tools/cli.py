@@ -497,6 +497,10 @@ def main(argv=None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # the machine's, not the command's: a full disk, a read-only folder, no permission
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"headrace: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -58,6 +58,25 @@ def test_provision_writes_registry_and_node_config(tmp_path):
     assert cli.main(["node", "provision", "pump9", "--registry", str(reg)]) == 1
 
 
+def test_a_full_disk_is_one_line_naming_the_file_and_changes_nothing(tmp_path, capsys):
+    """The registry's temporary file is /dev/full: the kernel's ENOSPC, said in one line, no
+    traceback; the registry is as it was and the node's config not written."""
+    import os
+
+    import pytest
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux) for a real ENOSPC")
+    reg = tmp_path / "nodes.toml"
+    assert cli.main(["node", "provision", "pump1", "--registry", str(reg), "-o", str(tmp_path / "p1.json")]) == 0
+    before = reg.read_bytes()
+    capsys.readouterr()
+    (tmp_path / "nodes.toml.tmp").symlink_to("/dev/full")
+    assert cli.main(["node", "provision", "pump2", "--registry", str(reg), "-o", str(tmp_path / "p2.json")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"headrace: {reg}: No space left on device\n"
+    assert reg.read_bytes() == before and not (tmp_path / "p2.json").exists()
+
+
 def test_check_config_reports_every_error(tmp_path, capsys):
     cfg = tmp_path / "g.toml"
     cfg.write_text('[gateway]\nid = "Bad Name"\n[mqtt]\nport = "x"\nkeepalive = 1\n[coap]\nprot = 5683\n')
