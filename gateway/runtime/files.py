@@ -27,6 +27,7 @@ def write_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # exactly `mode`, whatever the umask (a unit file stays 0644 under umask 077)
         try:  # a file rewritten by root (sudo) stays its owner's: the service user's registry
             st = path.stat()
             if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):

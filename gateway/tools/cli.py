@@ -164,6 +164,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_node_provision(args) -> int:
+    from gateway.runtime.files import write_atomic
     from gateway.runtime.registry import Registry
 
     try:
@@ -178,9 +179,8 @@ def _cmd_node_provision(args) -> int:
     cfg = {"node": node.name, "key": node.key.hex(), "transport": args.transport,
            "sensors": args.sensors.split(","), "period_ms": 1000, "batch": 8}
     text = json.dumps(cfg, indent=2)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    if args.output:  # the node's key: readable by its owner only
+        write_atomic(args.output, (text + "\n").encode(), 0o600)
         print(f"node {node.name} registered in {args.registry}; config written to {args.output}")
     else:
         print(text)

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.runtime.files import write_atomic
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 UNIT = "headrace-gateway.service"
 
@@ -35,10 +37,7 @@ def _write(path: Path, text: str, mode: int = 0o644, keep: bool = False) -> None
         _say(f"kept     {path} (exists; edit it by hand)")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), mode)
     _say(f"wrote    {path}")
 
 

@@ -54,7 +54,7 @@ def test_provision_writes_registry_and_node_config(tmp_path):
     from gateway.runtime.registry import Registry
     node = Registry.load(reg).nodes["pump9"]
     assert node.key.hex() == cfg["key"] and cfg["sensors"] == ["temp", "vib"]
-    assert (reg.stat().st_mode & 0o777) == 0o600
+    assert (reg.stat().st_mode & 0o777) == 0o600 and (out.stat().st_mode & 0o777) == 0o600  # both hold the key
     assert cli.main(["node", "provision", "pump9", "--registry", str(reg)]) == 1
 
 
