@@ -43,12 +43,15 @@ class UartTamper:
     byte, except that it alters one byte of the `corrupt`-th block of a release's body the
     gateway sends (CoAP 2.05 in a serial frame, its CRC made again: a transfer tampered with
     on the way, which only the node's SHA-256 check can catch), and makes the `truncate`-th
-    block the body's last (its Block2 M bit cleared: a transfer cut short). 0: none."""
+    block the body's last (its Block2 M bit cleared: a transfer cut short). 0: none. A block
+    is known by its number, so every answer to it is altered: a node that timed out and
+    asked again takes whichever answer comes first (counting answers, a slow board's second
+    answer to block 1 was the one altered, and the node ignored it as a repeat)."""
 
     def __init__(self, gw_side: str, board_side: str):
         self.gw = os.open(gw_side, os.O_RDWR | os.O_NOCTTY)
         self.board = os.open(board_side, os.O_RDWR | os.O_NOCTTY)
-        self.corrupt = self.truncate = self.blocks = self.altered = 0
+        self.corrupt = self.truncate = self.altered = 0
         self._part = b""  # the part the node asked for last: b"m" (manifest) or b"b" (body)
         self._from_gw = self._from_board = b""
         self._stop = False
@@ -91,14 +94,13 @@ class UartTamper:
 
     def _block(self, frame, msg):
         if msg and msg[0] >> 6 == 1 and msg[1] == 0x45 and self._part == b"b":  # 2.05: a block of the body
-            self.blocks += 1
-            if self.corrupt and self.blocks == self.corrupt:
+            mtype, code, mid, token, options, payload = parse(msg)
+            num, _, size = parse_block(options[COAP_OPT_BLOCK2][0])
+            if self.corrupt and num == self.corrupt - 1:
                 i = msg.index(b"\xff") + 20
                 self.altered += 1
                 return encode_frame(msg[:i] + bytes([msg[i] ^ 0x55]) + msg[i + 1:])
-            if self.truncate and self.blocks == self.truncate:
-                mtype, code, mid, token, options, payload = parse(msg)
-                num, _, size = parse_block(options[COAP_OPT_BLOCK2][0])
+            if self.truncate and num == self.truncate - 1:
                 opts = [(n, v) for n, vs in options.items() for v in vs if n != COAP_OPT_BLOCK2]
                 self.altered += 1
                 return encode_frame(encode(mtype, code, mid, token, opts + [(COAP_OPT_BLOCK2, block(num, False, size))],
@@ -390,19 +392,20 @@ def test_updates_refused_or_rolled_back_keep_the_old_code(qemu_node, tmp_path):
     assert d["error"] == "refused:downgrade:1.0.0 is not newer than 1.0.0" and d["sent_bytes"] == 0, d
     still_running_1_0_0()
 
-    board.tamper.truncate, board.tamper.blocks = 3, 0
+    board.tamper.truncate = 3
     offer(made["good"])
     d = wait_for(ended, 120, "the truncated transfer refused")
     assert d["error"].startswith("refused:size:the body ended at "), d
-    assert board.tamper.altered == 1
+    assert board.tamper.altered >= 1  # more than once if the board asked for that block again
     board.tamper.truncate = 0
     still_running_1_0_0()
 
-    board.tamper.corrupt, board.tamper.blocks = 2, 0
+    altered = board.tamper.altered
+    board.tamper.corrupt = 2
     offer(made["good"])
     d = wait_for(ended, 120, "the tampered release refused")
     assert d["error"].startswith("refused:hash"), d
-    assert board.tamper.altered == 2
+    assert board.tamper.altered > altered
     board.tamper.corrupt = 0
     still_running_1_0_0()
 
