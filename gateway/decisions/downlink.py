@@ -244,18 +244,15 @@ class Downlink:
             self._changed(node)
         return list(q) if q else []
 
-    def when_durable(self, command: Command, fn) -> None:
-        """Call `fn()` once what `submit` of `command` changed is committed: its queue's row, or
-        a fleet command's loan (the ledger's open epoch); now without a ledger or with nothing
-        waiting for a commit. The uplinks send a command's `queued` answer through this, so a
-        kill -9 cannot lose a command the cloud was told is queued."""
+    def when_durable(self, fn) -> None:
+        """Call `fn()`, right after a `submit`, once what the submit changed is committed: a
+        command's queue row, or a fleet command's loan (the ledger's open epoch); now without
+        a ledger or with nothing marked. The uplinks send a command's `queued` answer through
+        this, so a kill -9 cannot lose a command the cloud was told is queued."""
         if self.ledger is None:
             fn()
-            return
-        made = self._made.get((command.node, command.id))
-        if made is None and self.ledger.dirty:
-            made = self.ledger.epoch  # what the submit just marked belongs to the open epoch
-        self.ledger.after(-1 if made is None else made, fn)
+        else:
+            self.ledger.after_marked(fn)
 
     def pending(self, node: str) -> list[Command]:
         """Queued and in-flight commands of a node, oldest first."""

@@ -17,6 +17,7 @@ Usage:
     ledger.committed(epoch)            # ... after it; or ledger.failed(rows) when it failed
     ledger.durable(made)               # was what was marked at epoch `made` committed?
     ledger.after(made, fn)             # fn() once it is (now if it already is)
+    ledger.after_marked(fn)            # fn() once what is marked now is committed
 
 A command the dispatcher queues for a node must not leave before the row that
 records it is durable (after a `kill -9` the gateway would not know the node got
@@ -86,6 +87,11 @@ class Ledger:
     def durable(self, made: int) -> bool:
         """True once what was marked at epoch `made` is committed (made < 0: restored, durable)."""
         return made < self._durable
+
+    def after_marked(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` once what is marked now (the open epoch) is committed; now when nothing is
+        marked. For an answer that must not leave before the change it reports is durable."""
+        self.after(self.epoch if self._marked else -1, fn)
 
     def after(self, made: int, fn: Callable[[], None]) -> None:
         """Call `fn()` once what was marked at epoch `made` is committed: now if it is already,

@@ -212,10 +212,10 @@ class StatusServer:
         """Wait until what the decisions changed so far is committed (the ledger's open epoch);
         False after DURABLE_WAIT seconds. True at once without a ledger or with nothing changed."""
         ledger = getattr(self.gateway, "ledger", None)
-        if ledger is None or not ledger.dirty:
+        if ledger is None:
             return True
         done = asyncio.get_running_loop().create_future()
-        ledger.after(ledger.epoch, lambda: done.done() or done.set_result(None))
+        ledger.after_marked(lambda: done.done() or done.set_result(None))
         try:
             await asyncio.wait_for(done, DURABLE_WAIT)
         except asyncio.TimeoutError:

@@ -72,18 +72,17 @@ def test_a_queued_answer_waits_for_the_commands_commit():
 def test_a_command_that_is_not_queued_is_answered_after_what_its_submit_marked():
     """A fleet command (a loan) has no queue row: its answer waits for the ledger's open epoch,
     which holds what its submit changed; with nothing waiting for a commit, it goes at once."""
-    from gateway.decisions.downlink import Command, Downlink
+    from gateway.decisions.downlink import Downlink
     from gateway.runtime.registry import Registry
 
     ledger = Ledger()
     downlink = Downlink(Registry(), ledger=ledger)
-    lend = Command("_fleet", "l-1", "lend", {})
     ledger.mark("loan", "gw2/9", lambda: {"resource": "mech2"})  # what Loans.submit marks
     done = []
-    downlink.when_durable(lend, lambda: done.append("l-1"))
+    downlink.when_durable(lambda: done.append("l-1"))
     assert done == []
     epoch, _rows = ledger.take()
     ledger.committed(epoch)
     assert done == ["l-1"]
-    downlink.when_durable(Command("_fleet", "l-2", "return", {}), lambda: done.append("l-2"))
+    downlink.when_durable(lambda: done.append("l-2"))  # another, with nothing marked
     assert done == ["l-1", "l-2"]

@@ -197,6 +197,15 @@ def test_ledger_epochs():
     assert rows2 == rows and epoch2 == epoch + 1
     ledger.committed(epoch2)
     assert ledger.durable(made)
+    done = []
+    ledger.after_marked(lambda: done.append("none marked"))  # nothing marked: at once
+    ledger.mark("demand", "2", lambda: {"x": 2})
+    ledger.after_marked(lambda: done.append("marked"))
+    assert done == ["none marked"]
+    epoch3, _rows = ledger.take()
+    assert done == ["none marked"]  # taken, not yet committed
+    ledger.committed(epoch3)
+    assert done == ["none marked", "marked"]
 
 
 def test_a_loan_and_a_borrowed_dispatch_carry_on_after_a_crash(tmp_path):

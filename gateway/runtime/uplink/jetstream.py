@@ -146,7 +146,7 @@ class JetStreamUplink:
             self.metrics.inc("headrace_commands_total", result="queued")
             answer = {"id": command.id, "status": "queued"}
             loop = asyncio.get_running_loop()  # answered after its commit
-            self.downlink.when_durable(command, lambda: loop.create_task(self._answer(node, answer)))
+            self.downlink.when_durable(lambda: loop.create_task(self._answer(node, answer)))
             return
         await self._answer(node, answer)
 

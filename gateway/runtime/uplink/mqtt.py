@@ -278,7 +278,7 @@ class MqttUplink:
             self.metrics.inc("headrace_commands_total", result="queued")
             log.info("queued command %s %s for node %s", command.id, command.cmd, node)
             answer = {"id": command.id, "status": "queued"}
-            self.downlink.when_durable(command, lambda: self._answer(node, answer))  # after its commit
+            self.downlink.when_durable(lambda: self._answer(node, answer))  # after its commit
             return
         self._answer(node, answer)
 

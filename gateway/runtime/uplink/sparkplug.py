@@ -315,7 +315,7 @@ class SparkplugUplink(MqttUplink):
                 self.metrics.inc("headrace_commands_total", result="queued")
                 log.info("queued command %s %s for node %s (DCMD)", command.id, command.cmd, node)
                 answer = {"id": command.id, "status": "queued"}
-                self.downlink.when_durable(command, lambda n=node, a=answer: self._result(n, a))  # after its commit
+                self.downlink.when_durable(lambda n=node, a=answer: self._result(n, a))  # after its commit
 
     def command_result(self, node: str, answer: dict) -> None:
         """A command's outcome at its node, as the device's Commands/result metric."""
