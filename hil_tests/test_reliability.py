@@ -219,16 +219,19 @@ def test_disk_quota_drops_the_oldest_frames_and_says_so(tmp_path, pty_pairs):
 
     from bench.gateway_e2e import make_frames, serial_load
 
-    from .rig import Mosquitto, free_port
+    from .rig import Mosquitto
 
     key = os.urandom(32)
     pair = pty_pairs("q")
-    broker = Mosquitto(tmp_path)
-    broker.port = free_port()  # nothing listens there yet: the uplink is down
+    # The subscriber's session (clean_session false) is made first and kept by the broker's persistence
+    # through its stop: when the broker comes back, whatever the gateway publishes is queued for the
+    # subscriber even if the gateway reconnects before the subscriber does.
+    broker = Mosquitto(tmp_path, persistent=True).start()
+    sub = Subscriber(broker.port, persistent_session=True)
+    broker.stop()  # the uplink is down
     # the uplink retries every second at most: the test waits for the quota's work, not for a back-off
     gw = GatewayProcess(tmp_path, broker.port, {"q1": key}, serial_ports=[pair.a], mqtt_extra="reconnect_max = 1\n",
                         extra="[spool]\nmax_bytes = 1048576\ncheck_interval = 0.5\n").start()
-    sub = None
     try:
         wait_for(lambda: "serial port" in gw.log(), 30, "the serial port to open")
         n = 9000
@@ -241,8 +244,7 @@ def test_disk_quota_drops_the_oldest_frames_and_says_so(tmp_path, pty_pairs):
         wait_for(lambda: gw.metric(metric) and gw.metric("headrace_spool_bytes") <= 1048576, 20,
                  "the quota to drop frames, and the spool back under it")
         assert "over quota" in gw.log()
-        broker.start()
-        sub = Subscriber(broker.port)
+        broker.start()  # the subscriber's paho reconnects within 2 s
         # the count may still grow by a few: the spool's journal hands its backlog to SQLite, whose
         # pages can take the spool over the quota once more. Every frame is delivered or counted.
         try:
@@ -258,8 +260,7 @@ def test_disk_quota_drops_the_oldest_frames_and_says_so(tmp_path, pty_pairs):
         assert states and states[-1]["dropped"]["frame_quota"] == dropped
         print(f"quota 1 MiB: {n} frames in, {int(dropped)} oldest dropped and reported, {len(frames)} delivered")
     finally:
-        if sub:
-            sub.close()
+        sub.close()
         gw.stop()
         broker.stop()
 
