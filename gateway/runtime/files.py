@@ -6,14 +6,21 @@ old file or the new one, never a torn or empty one, and a file reported written 
 disk. A file that exists keeps its owner (where the writer may give it: root's `sudo
 headrace node add` rewriting the service user's registry).
 
+`write_together` does the same for files that must change together (the node registry and
+a node's config, which both hold its key): every temporary is written and fsynced first, and
+only then are they renamed into place, so a full disk on any of them leaves all as they were.
+
 Usage:
-    from gateway.runtime.files import write_atomic
+    from gateway.runtime.files import write_atomic, write_together
     write_atomic(path, json.dumps(state).encode())          # mode 0o644
     write_atomic(path, secret, mode=0o600)                  # keys: readable by the owner only
+    write_together([(config, cfg_bytes, 0o600), (registry, reg_bytes, 0o600)])
 
 Caveats: the temporary (`<name>.tmp`) is left behind when the write itself fails (a full
 disk: the OSError goes to the caller, the target is untouched) and is overwritten by the
-next write. Meant for small state files written on a change, not per frame: each write
+next write; `write_together` removes the temporaries it wrote before the one that failed. Between its renames a power
+cut can still leave the first file new and the next one old (a rename needs no room on the
+disk, so a full disk cannot). Meant for small state files written on a change, not per frame: each write
 costs two fsyncs.
 """
 from __future__ import annotations
@@ -24,6 +31,29 @@ from pathlib import Path
 
 def write_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
     path = Path(path)
+    os.replace(_write_temporary(path, data, mode), path)
+    sync_dir(path.parent)
+
+
+def write_together(files: list[tuple[Path | str, bytes, int]]) -> None:
+    """Write each (path, data, mode) whole, none of them if any cannot be written."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, data, mode in files:
+            path = Path(path)
+            written.append((_write_temporary(path, data, mode), path))
+    except OSError:
+        for tmp, _path in written:
+            _remove(tmp)
+        raise
+    for tmp, path in written:
+        os.replace(tmp, path)
+    for folder in {path.parent for _tmp, path in written}:
+        sync_dir(folder)
+
+
+def _write_temporary(path: Path, data: bytes, mode: int) -> Path:
+    """`<name>.tmp` beside `path`, holding `data`, mode `mode`, `path`'s owner, fsynced."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -42,8 +72,14 @@ def write_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    sync_dir(path.parent)
+    return tmp
+
+
+def _remove(tmp: Path) -> None:
+    try:
+        tmp.unlink()
+    except OSError:
+        pass
 
 
 def sync_dir(path: Path) -> None:

@@ -105,12 +105,15 @@ class Registry:
 
     def save(self, path: str | os.PathLike | None = None) -> None:
         """Write atomically (temp file + rename), readable by the owner only: it holds keys."""
-        path = Path(path or self.path)
+        # run with sudo, a rewrite stays readable by the service user who owns the file (write_atomic)
+        write_atomic(Path(path or self.path), self.render(), 0o600)
+
+    def render(self) -> bytes:
+        """The registry file's content (what `save` writes: mode 0600, it holds keys)."""
         lines = ["# headrace node registry: keys are secrets, keep this file mode 0600", ""]
         for node in sorted(self.nodes.values(), key=lambda n: n.name):
             lines += [f"[nodes.{node.name}]", f'key = "{node.key.hex()}"']
             if node.transport:
                 lines.append(f'transport = "{node.transport}"')
             lines.append("")
-        # run with sudo, a rewrite stays readable by the service user who owns the file (write_atomic)
-        write_atomic(path, "\n".join(lines).encode(), 0o600)
+        return "\n".join(lines).encode()

@@ -164,7 +164,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_node_provision(args) -> int:
-    from gateway.runtime.files import write_atomic
+    from gateway.runtime.files import write_together
     from gateway.runtime.registry import Registry
 
     try:
@@ -175,14 +175,14 @@ def _cmd_node_provision(args) -> int:
         print(f"headrace: node {args.name} is already provisioned (use --force to replace its key)", file=sys.stderr)
         return 1
     node = reg.add(args.name, transport=args.transport)
-    reg.save(args.registry)
     cfg = {"node": node.name, "key": node.key.hex(), "transport": args.transport,
            "sensors": args.sensors.split(","), "period_ms": 1000, "batch": 8}
     text = json.dumps(cfg, indent=2)
-    if args.output:  # the node's key: readable by its owner only
-        write_atomic(args.output, (text + "\n").encode(), 0o600)
+    if args.output:  # the node's key, in both files or in neither; the config readable by its owner only
+        write_together([(args.output, (text + "\n").encode(), 0o600), (args.registry, reg.render(), 0o600)])
         print(f"node {node.name} registered in {args.registry}; config written to {args.output}")
     else:
+        reg.save(args.registry)
         print(text)
     return 0
 
@@ -212,7 +212,7 @@ def _cmd_node_remove(args) -> int:
 def _cmd_node_rekey(args) -> int:
     from pathlib import Path
 
-    from gateway.runtime.files import write_atomic
+    from gateway.runtime.files import write_together
     from gateway.runtime.registry import Registry
 
     reg = Registry.load(args.registry)
@@ -230,8 +230,8 @@ def _cmd_node_rekey(args) -> int:
     old = reg.nodes[args.name].key_id
     node = reg.rekey(args.name)
     cfg["key"] = node.key.hex()
-    write_atomic(path, (json.dumps(cfg, indent=2) + "\n").encode(), path.stat().st_mode & 0o777)
-    reg.save(args.registry)
+    write_together([(path, (json.dumps(cfg, indent=2) + "\n").encode(), path.stat().st_mode & 0o777),
+                    (args.registry, reg.render(), 0o600)])  # the new key in both files or in neither
     print(f"node {node.name}: new key {node.key_id} (was {old}) in {args.registry} and {path}")
     print(f"re-flash the node (headrace node flash --port PORT --config {path}) and reload the gateway "
           f"(systemctl reload headrace-gateway): until both are done its frames are rejected")

@@ -77,6 +77,33 @@ def test_a_full_disk_is_one_line_naming_the_file_and_changes_nothing(tmp_path, c
     assert reg.read_bytes() == before and not (tmp_path / "p2.json").exists()
 
 
+def test_a_node_key_goes_to_both_files_or_neither(tmp_path, capsys):
+    """The node's config cannot be written (its temporary is /dev/full): the registry does not
+    take a key nobody holds. `node rekey` with no room for the registry keeps the old key in both."""
+    import os
+
+    import pytest
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux) for a real ENOSPC")
+    reg, p1 = tmp_path / "nodes.toml", tmp_path / "p1.json"
+    assert cli.main(["node", "provision", "pump1", "--registry", str(reg), "-o", str(p1)]) == 0
+    before, config = reg.read_bytes(), p1.read_bytes()
+    capsys.readouterr()
+    (tmp_path / "p2.json.tmp").symlink_to("/dev/full")
+    assert cli.main(["node", "provision", "pump2", "--registry", str(reg), "-o", str(tmp_path / "p2.json")]) == 1
+    assert capsys.readouterr().err == f"headrace: {tmp_path / 'p2.json'}: No space left on device\n"
+    assert reg.read_bytes() == before and not (tmp_path / "p2.json").exists()
+    (tmp_path / "nodes.toml.tmp").symlink_to("/dev/full")
+    assert cli.main(["node", "rekey", "pump1", "--registry", str(reg), "--config", str(p1)]) == 1
+    assert capsys.readouterr().err == f"headrace: {reg}: No space left on device\n"
+    assert reg.read_bytes() == before and p1.read_bytes() == config
+    os.unlink(tmp_path / "nodes.toml.tmp")  # room again
+    assert cli.main(["node", "rekey", "pump1", "--registry", str(reg), "--config", str(p1)]) == 0
+    from gateway.runtime.registry import Registry
+    key = json.loads(p1.read_text())["key"]
+    assert key != json.loads(config)["key"] and Registry.load(reg).nodes["pump1"].key.hex() == key
+
+
 def test_check_config_reports_every_error(tmp_path, capsys):
     cfg = tmp_path / "g.toml"
     cfg.write_text('[gateway]\nid = "Bad Name"\n[mqtt]\nport = "x"\nkeepalive = 1\n[coap]\nprot = 5683\n')
