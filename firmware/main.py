@@ -9,6 +9,7 @@ try:
 except ImportError:
     import uasyncio as asyncio  # type: ignore[no-redef]
 import json
+from array import array
 
 try:
     from micropython import const
@@ -69,76 +70,79 @@ def os_remove(path):
         pass
 
 
-class Heap:
-    """Heap figures in quiet mode (bench/firmware.py): the bytes allocated between two
-    frames, measured with the collector paused after a collection; the live heap after a
-    collection at frame 100 and at the end; the largest free block at the end."""
+# Heap figures in quiet mode (bench/firmware.py), in one array("i") (Node.heap) and four
+# functions: the bytes allocated between two frames, measured with the collector paused after
+# a collection; the live heap after a collection at frame 100 and at the end; the largest free
+# block at the end. A class of its own and an instance of twelve attributes kept about 600
+# bytes more of heap on 64-bit ports.
+_H_EVERY = const(97)  # frames between measurements (odd: not in step with the outbox or the log)
+_H_ARMED = const(0)
+_H_START = const(1)
+_H_WINDOWS = const(2)
+_H_MIN = const(3)
+_H_MAX = const(4)
+_H_TOTAL = const(5)
+_H_LIVE_100 = const(6)
+_H_PEAK = const(7)
+_H_END = const(8)
+_H_FREE = const(9)
+_H_LARGEST = const(10)
+_H_N = const(11)
+# the done event's names of the figures, from _H_MIN on
+_H_NAMES = ("alloc_min", "alloc_max", "alloc_mean", "live_100", "live_peak", "live_end", "free_end", "largest_free")
 
-    EVERY = 97  # frames between measurements (odd: not in step with the outbox or the log)
 
-    def __init__(self):
-        self.on = hasattr(gc, "mem_alloc")
-        self.armed = False
-        self.start = 0
-        self.windows = 0
-        self.alloc_min = -1
-        self.alloc_max = 0
-        self.alloc_total = 0
-        self.live_100 = 0
-        self.live_peak = 0
-        self.live_end = 0
-        self.free_end = 0
-        self.largest = 0
-
-    def frame(self, made):
-        if not self.on:
-            return
-        if self.armed:  # one frame's allocations, with nothing collected meanwhile
-            a = gc.mem_alloc() - self.start
-            gc.enable()
-            self.armed = False
-            self.windows += 1
-            self.alloc_total += a
-            self.alloc_max = max(self.alloc_max, a)
-            self.alloc_min = a if self.alloc_min < 0 else min(self.alloc_min, a)
-        if made == 100 or (made > 100 and made % self.EVERY == 0):
-            gc.collect()
-            used = gc.mem_alloc()
-            if made == 100:
-                self.live_100 = used
-            self.live_peak = max(self.live_peak, used)
-            if gc.mem_free() > 512:  # room for what a window allocates (nothing, in the steady state)
-                gc.disable()
-                self.armed = True
-                self.start = gc.mem_alloc()
-
-    def report(self):
-        """The end of the run: the last figures, kept for put()."""
-        if not self.on:
-            return
-        if self.armed:
-            gc.enable()
+def heap_frame(h, made):
+    """After frame `made`: close the window open (one frame's allocations, with nothing
+    collected meanwhile), and every _H_EVERY frames from frame 100 collect and open one."""
+    if not hasattr(gc, "mem_alloc"):
+        return
+    if h[_H_ARMED]:
+        a = gc.mem_alloc() - h[_H_START]
+        gc.enable()
+        h[_H_ARMED] = 0
+        h[_H_WINDOWS] += 1
+        h[_H_TOTAL] += a
+        if a > h[_H_MAX]:
+            h[_H_MAX] = a
+        if h[_H_MIN] < 0 or a < h[_H_MIN]:
+            h[_H_MIN] = a
+    if made == 100 or (made > 100 and made % _H_EVERY == 0):
         gc.collect()
-        self.live_end = gc.mem_alloc()
-        self.free_end = gc.mem_free()
-        self.largest = largest_free()
+        used = gc.mem_alloc()
+        if made == 100:
+            h[_H_LIVE_100] = used
+        if used > h[_H_PEAK]:
+            h[_H_PEAK] = used
+        if gc.mem_free() > 512:  # room for what a window allocates (nothing, in the steady state)
+            gc.disable()
+            h[_H_ARMED] = 1
+            h[_H_START] = gc.mem_alloc()
 
-    def put(self):
-        """`, "heap": {...}` of the done event, a field at a time (a dict of its nine keys
-        took a 144-byte table on 64-bit ports, at the end of the run)."""
-        sys.stdout.write(', "heap": {')
-        if self.on:
-            sys.stdout.write('"windows": ')
-            json.dump(self.windows, sys.stdout)
-            field("alloc_min", self.alloc_min)
-            field("alloc_max", self.alloc_max)
-            field("alloc_mean", self.alloc_total // max(1, self.windows))
-            field("live_100", self.live_100)
-            field("live_peak", self.live_peak)
-            field("live_end", self.live_end)
-            field("free_end", self.free_end)
-            field("largest_free", self.largest)
-        sys.stdout.write("}")
+
+def heap_report(h):
+    """The end of the run: the last figures, kept for heap_end()."""
+    if not hasattr(gc, "mem_alloc"):
+        return
+    if h[_H_ARMED]:
+        gc.enable()
+    gc.collect()
+    h[_H_END] = gc.mem_alloc()
+    h[_H_FREE] = gc.mem_free()
+    h[_H_LARGEST] = largest_free()
+
+
+def heap_end(h):
+    """`, "heap": {...}` of the done event, a field at a time (a dict of its nine keys took a
+    144-byte table on 64-bit ports, at the end of the run)."""
+    sys.stdout.write(', "heap": {')
+    if hasattr(gc, "mem_alloc"):
+        sys.stdout.write('"windows": ')
+        json.dump(h[_H_WINDOWS], sys.stdout)
+        h[_H_TOTAL] //= max(1, h[_H_WINDOWS])  # the mean, in the order of _H_NAMES
+        for i in range(8):
+            field(_H_NAMES[i], h[_H_MIN + i])
+    sys.stdout.write("}")
 
 
 def largest_free():
@@ -217,7 +221,8 @@ class Node:
             steps = list(worker.NAMES)
         self.names = [s.name.encode() for s in self.sensors] + steps + [b"dropped"]
         self.pack = senml.Pack(self.name, self.names, cfg["batch"] + 1)  # remade by set_batch
-        self.heap = Heap()
+        self.heap = array("i", [0] * _H_N)  # figures in quiet mode: heap_frame()
+        self.heap[_H_MIN] = -1
         # sensors that convert for a while before a read (DS18B20: up to 750 ms) are all
         # started first, then read once the longest is done; the loop runs meanwhile
         self.converters = [s for s in self.sensors if hasattr(s, "start")]
@@ -240,10 +245,22 @@ class Node:
         self.made = 0
         self.acked = 0
         self.rejected = 0
-        self.commands = Commands(self, cfg["state_file"] + ".cmd")
+        # commands (commands.py) are loaded at the first ack that carries some (cmds()), or now
+        # when a reboot one asked for is to be reported: a node that gets none keeps none of it
+        self.commands = None
+        if board.read_file(cfg["state_file"] + ".cmd"):
+            self.cmds()
         self.fetcher = None  # node updates: made by the first `update` offer (fetch.py)
         self.boot_error = None  # config.error(cfg), and the sensor fault's blink code: set by main()
         self.sensor_blink = None
+
+    def cmds(self):
+        """The node's Commands (commands.py), loaded and made at the first need: about 450 bytes
+        of heap on 32-bit ports, 900 on 64-bit, then kept."""
+        if self.commands is None:
+            import commands
+            self.commands = commands.Commands(self, self.cfg["state_file"] + ".cmd", emit)
+        return self.commands
 
     @property
     def empty(self):
@@ -305,14 +322,14 @@ class Node:
         finally:  # whatever failed, the next readings start a new pack (a failure is the task's: failed())
             pack.clear()
         if self.cfg["quiet"]:
-            self.heap.frame(self.made)
+            heap_frame(self.heap, self.made)
 
     def _frame(self, pack, readings):
         if self.outbox.dropped != self.dropped_told:
             # frames lost to a full outbox are reported in the next one: a series of their own
             self.dropped_told = self.outbox.dropped
             pack.add_obj(len(self.names) - 1, 0, self.dropped_told)
-        texts = self.commands.take_reports()
+        texts = () if self.commands is None else self.commands.take_reports()
         if self.fault is not None:  # a task failed: told once, in the next frame
             texts = list(texts) + [(b"fault", self.fault[:200].encode())]
             self.fault = None
@@ -451,6 +468,8 @@ class Node:
                 for i in range(link.poll(now)):  # acks in link.acks (seq, status, commands or None)
                     seq = link.ack_seq[i]
                     cmds = link.ack_cmds[i]
+                    if cmds:  # loaded before the ack is taken: a MemoryError leaves the frame to resend
+                        self.cmds()
                     if self.outbox.ack(seq):
                         self.acked += 1
                         status = link.ack_status[i]
@@ -465,7 +484,8 @@ class Node:
                     elif cmds:
                         # an ack for no frame in the outbox: a late repeat, or a replay
                         self.commands.replayed += 1
-                self.commands.tick(now)
+                if self.commands is not None:
+                    self.commands.tick(now)
                 if self.worker is not None:
                     self.work(now)
                 if self.fetcher is not None:
@@ -553,7 +573,7 @@ class Node:
             os_remove(self.reset_path)
         sender = asyncio.create_task(self.jobs[0])
         await self.jobs[1]
-        self.heap.report()  # the steady state's heap, before the drain's coroutine
+        heap_report(self.heap)  # the steady state's heap, before the drain's coroutine
         await self.drain()
         sender.cancel()
         # the done event a field at a time: a dict of its twelve keys takes a 192-byte table on
@@ -564,9 +584,10 @@ class Node:
         field("rejected", self.rejected)
         field("dropped", self.outbox.dropped)
         field("unacked", len(self.outbox))
-        self.heap.put()
-        field("cmds", self.commands.applied_count)
-        field("cmds_replayed", self.commands.replayed)
+        heap_end(self.heap)
+        c = self.commands
+        field("cmds", 0 if c is None else c.applied_count)
+        field("cmds_replayed", 0 if c is None else c.replayed)
         field("bad_acks", getattr(self.link, "bad_acks", 0))
         field("too_big", self.too_big)
         field("faults", self.faults)
@@ -600,102 +621,6 @@ class Node:
         emit({"ev": "reset", "why": reason})
         board.reset()
         sys.exit(4)  # a board without a reset (the unix board): the process ends
-
-
-class Commands:
-    """Commands from the gateway, riding its acks (docs/protocol.md §3): applied once,
-    reported in the next frame as `cmd` records `<id>:ok` or `<id>:error:<why>`.
-    Only an ack for a frame still in the outbox is taken (the MAC binds the ack to that
-    frame's sequence number, never reused), so a replayed ack applies nothing. Ids
-    applied lately are kept, in RAM and for a reboot in a file, so a repeat is
-    reported again rather than applied twice."""
-
-    KEEP = 16
-
-    def __init__(self, node, path):
-        self.node = node
-        self.path = path
-        self.applied = []
-        self.reports = []
-        self.applied_count = 0
-        self.replayed = 0
-        self.reboot_at = None
-        cid = board.read_file(path)
-        if cid:
-            cid = cid.decode().strip()
-            if cid:
-                self.applied.append(cid)
-                self.reports.append(cid + ":ok")  # the reboot it asked for is done
-
-    def take_reports(self):
-        """(b"cmd", report bytes) records for the next frame; () when none wait (no allocation)."""
-        if not self.reports:
-            return ()
-        out = [(b"cmd", r.encode()) for r in self.reports]
-        self.reports = []
-        return out
-
-    def apply(self, cmds):
-        for c in cmds:
-            if not (isinstance(c, list) and len(c) == 3 and isinstance(c[0], str)):
-                continue
-            cid, name, args = c
-            if cid in self.applied and name != "update":  # an update offer again is taken again: it resumes
-                self.reports.append(cid + ":ok")
-                continue
-            err = self.run(cid, name, args if isinstance(args, dict) else {})
-            if cid not in self.applied:
-                self.applied.append(cid)
-            if len(self.applied) > self.KEEP:
-                self.applied.pop(0)
-            self.applied_count += 1
-            self.reports.append(cid + (":ok" if err is None else ":error:" + err))
-            emit({"ev": "cmd", "id": cid, "cmd": name, "args": args, "ok": err is None, "error": err})
-        if self.reports:
-            self.node.make_frame(self.node.empty)  # report now, not at the next sample
-
-    def run(self, cid, name, args):
-        cfg = self.node.cfg
-        if name == "set_period":
-            return _set(cfg, "period_ms", args.get("period_ms"), protocol.PERIOD_MS_MIN, protocol.PERIOD_MS_MAX)
-        if name == "set_batch":
-            err = _set(cfg, "batch", args.get("batch"), protocol.BATCH_MIN, protocol.BATCH_MAX)
-            if err is None:
-                self.node.resize(cfg["batch"])
-            return err
-        if name == "identify":
-            if hasattr(board, "identify"):
-                board.identify(args.get("seconds", 10))
-            return None
-        if name == "reboot":
-            with open(self.path, "w") as f:
-                f.write(cid)  # after the reboot, reported as done and never applied again
-            self.reboot_at = board.ticks_add(board.ticks_ms(), 1000)  # time for the report to go out first
-            return None
-        if name == "update":  # node updates: fetch the release the gateway offers (fetch.py)
-            node = self.node
-            if node.fetcher is None:
-                import fetch
-                node.fetcher = fetch.Fetcher(node)
-            return node.fetcher.offer(args)
-        if name in ("dispatch", "recall"):
-            worker = self.node.worker  # a simulated worker acts on it; else shown by the event
-            return None if worker is None else getattr(worker, name)(args)
-        return "unknown command " + str(name)
-
-    def tick(self, now):
-        if self.reboot_at is not None and board.ticks_diff(now, self.reboot_at) >= 0:
-            emit({"ev": "reboot"})
-            if hasattr(board, "reset"):
-                board.reset()
-            sys.exit(3)
-
-
-def _set(cfg, key, value, low, high):
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        return "%s must be a whole number from %d to %d" % (key, low, high)
-    cfg[key] = value
-    return None
 
 
 def main(argv, trial=None):

@@ -11,6 +11,8 @@ module("config.py")
 module("link_serial.py")
 module("link_coap.py")
 module("main.py")
+# commands from the gateway: loaded by the node at the first ack that carries some
+module("commands.py")
 # a resource's simulated worker (bench, demos): accepts and finishes its dispatches
 module("worker.py")
 # node updates: the boot stage, the slots, and the release signature check (Ed25519 on SHA-512)
