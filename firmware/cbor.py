@@ -3,6 +3,8 @@
 # order of their encodings (RFC 8949 §4.2.1); floats in the shortest exact form.
 import struct
 
+from senml import put_head  # noqa: F401  # the heads written in place, at a position (senml.py)
+
 try:
     from micropython import const
 except ImportError:
@@ -47,29 +49,6 @@ def head(major, n, out):
     else:
         out.append(major << 5 | 27)
         out.extend(struct.pack(">Q", n))
-
-
-def put_head(buf, pos, major, n):
-    """A CBOR head (major type, argument 0 <= n < 2**30) at buf[pos]; the next position."""
-    mt = major << 5
-    if n < 24:
-        buf[pos] = mt | n
-        return pos + 1
-    if n < 0x100:
-        buf[pos] = mt | 24
-        buf[pos + 1] = n
-        return pos + 2
-    if n < 0x10000:
-        buf[pos] = mt | 25
-        buf[pos + 1] = n >> 8
-        buf[pos + 2] = n & 0xFF
-        return pos + 3
-    buf[pos] = mt | 26
-    buf[pos + 1] = n >> 24
-    buf[pos + 2] = (n >> 16) & 0xFF
-    buf[pos + 3] = (n >> 8) & 0xFF
-    buf[pos + 4] = n & 0xFF
-    return pos + 5
 
 
 def _float(x, out):

@@ -3,7 +3,7 @@
 # code, else hashlib.sha256 (CPython; MicroPython has no hmac module).
 import hashlib
 
-import cbor
+from senml import put_head
 
 try:
     import hmac256
@@ -79,6 +79,7 @@ def piv(seq):
 
 
 def _bstr(b):
+    import cbor  # the codec, loaded at the first use of what needs it (not on the frame path)
     out = bytearray()
     cbor.head(2, len(b), out)
     out.extend(b)
@@ -92,6 +93,7 @@ def tag_of(mac, protected, payload):
 
 def mac0(mac, kid, payload, seq=None):
     """A tagged COSE_Mac0 (bytes). `mac` is a Mac (the node's key), `kid` bytes."""
+    import cbor
     header = {_HDR_ALG: _ALG_HMAC_256_64, HDR_KID: kid}
     if seq is not None:
         header[_HDR_PIV] = piv(seq)
@@ -106,6 +108,7 @@ def mac0(mac, kid, payload, seq=None):
 
 def verify_mac0(mac, msg):
     """Check a COSE_Mac0; return (protected header dict, payload). ValueError if bad."""
+    import cbor
     obj = cbor.loads(msg)
     if not isinstance(obj, cbor.Tag) or obj.tag != _COSE_TAG_MAC0:
         raise ValueError("not a COSE_Mac0")
@@ -180,12 +183,12 @@ def seal_into(mac, kid, seq, payload, n, out, at, src=0):
         pn += 1
     kn = len(kid)
     plen = 4 + (1 if kn < 24 else 2) + kn + 2 + pn  # {1: 4, 4: kid, 6: piv}
-    p = cbor.put_head(out, at + 2, 2, plen)
+    p = put_head(out, at + 2, 2, plen)
     out[p] = 0xA3
     out[p + 1] = _HDR_ALG
     out[p + 2] = _ALG_HMAC_256_64
     out[p + 3] = HDR_KID
-    p = cbor.put_head(out, p + 4, 2, kn)
+    p = put_head(out, p + 4, 2, kn)
     for i in range(kn):
         out[p + i] = kid[i]
     p += kn
@@ -196,7 +199,7 @@ def seal_into(mac, kid, seq, payload, n, out, at, src=0):
         out[p + i] = (seq >> (8 * (pn - 1 - i))) & 0xFF
     p += pn
     marker = p
-    p = cbor.put_head(out, p + 1, 2, n)
+    p = put_head(out, p + 1, 2, n)
     for i in range(n):
         out[p + i] = payload[src + i]
     p += n

@@ -6,7 +6,6 @@
 # has no native emitter, hashlib's objects verifying an ack's MAC are the exception: see
 # cose.Mac.tag_into).
 import board
-import cbor
 import cose
 import framing
 import protocol
@@ -58,6 +57,7 @@ class AckSlots:
             return False
         cmds = None
         if items == 0x84:  # commands: rare, decoded the general way
+            import cbor  # the codec, loaded at the first ack with commands
             try:
                 cmds = cbor.loads(bytes(buf[p:end]))
             except ValueError:
@@ -200,6 +200,7 @@ class SerialLink(AckSlots):
 def parse_ack(mac, msg):
     """(seq, status, commands or None) from an authenticated gateway ack, or None if it
     is not one. Commands are [[id, cmd, args], ...] (docs/protocol.md §3)."""
+    import cbor
     try:
         header, payload = cose.verify_mac0(mac, msg)
         if header.get(cose.HDR_KID) != protocol.GATEWAY_KID:

@@ -219,7 +219,17 @@ class Node:
             import worker
             self.worker = worker.Worker(cfg["worker"])
             steps = list(worker.NAMES)
-        self.names = [s.name.encode() for s in self.sensors] + steps + [b"dropped"]
+        # the sensors' names as bytes, one object for each name however many sensors share it
+        # (a bytes object and its data are 64 bytes of heap on 64-bit ports)
+        names = []
+        for s in self.sensors:
+            b = s.name.encode()
+            for m in names:
+                if m == b:
+                    b = m
+                    break
+            names.append(b)
+        self.names = names + steps + [b"dropped"]
         self.pack = senml.Pack(self.name, self.names, cfg["batch"] + 1)  # remade by set_batch
         self.heap = array("i", [0] * _H_N)  # figures in quiet mode: heap_frame()
         self.heap[_H_MIN] = -1

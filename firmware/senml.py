@@ -13,8 +13,6 @@
 import struct
 from array import array
 
-from cbor import put_head
-
 try:
     from micropython import const
 except ImportError:
@@ -38,6 +36,32 @@ _K_BT = const(0x22)
 _M24 = const(0xFFFFFF)
 _M26 = const(0x3FFFFFF)
 OBJ = const(255)  # Pack.shift: the value is an object
+
+
+def put_head(buf, pos, major, n):
+    """A CBOR head (major type, argument 0 <= n < 2**30) at buf[pos]; the next position. Here,
+    beside the pack's other writers, so the frame path (senml, cose.seal_into) keeps no CBOR
+    codec on the heap: cbor.py is imported where something is decoded (commands, a restored
+    frame's check), and cbor.put_head is this one."""
+    mt = major << 5
+    if n < 24:
+        buf[pos] = mt | n
+        return pos + 1
+    if n < 0x100:
+        buf[pos] = mt | 24
+        buf[pos + 1] = n
+        return pos + 2
+    if n < 0x10000:
+        buf[pos] = mt | 25
+        buf[pos + 1] = n >> 8
+        buf[pos + 2] = n & 0xFF
+        return pos + 3
+    buf[pos] = mt | 26
+    buf[pos + 1] = n >> 24
+    buf[pos + 2] = (n >> 16) & 0xFF
+    buf[pos + 3] = (n >> 8) & 0xFF
+    buf[pos + 4] = n & 0xFF
+    return pos + 5
 
 
 def put_bytes(buf, pos, major, b):
