@@ -5,6 +5,7 @@ import sys
 
 import board
 import protocol
+import senml
 
 
 class Commands:
@@ -67,7 +68,7 @@ class Commands:
         if name == "set_batch":
             err = _set(cfg, "batch", args.get("batch"), protocol.BATCH_MIN, protocol.BATCH_MAX)
             if err is None:
-                self.node.resize(cfg["batch"])
+                _resize(self.node, cfg["batch"])
             return err
         if name == "identify":
             if hasattr(board, "identify"):
@@ -102,3 +103,19 @@ def _set(cfg, key, value, low, high):
         return "%s must be a whole number from %d to %d" % (key, low, high)
     cfg[key] = value
     return None
+
+
+def _resize(node, batch):
+    """The node's pack for `batch` readings (and the drop count), keeping those waiting
+    (set_batch: here, with the command, rather than on every node's heap)."""
+    old = node.pack
+    if len(old.idx) >= batch + 1:
+        return
+    node.pack = senml.Pack(node.name, node.names, batch + 1)
+    for k in range(old.n):
+        if old.shift[k] == senml.OBJ:
+            node.pack.add_obj(old.idx[k], old.dt[k], old.obj[k])
+        else:
+            node.pack.add_raw(old.idx[k], old.dt[k], old.raw[k], old.shift[k])
+    node.pack.day = old.day
+    node.pack.msod = old.msod

@@ -12,11 +12,6 @@ _CRC_LEN = const(4)
 # gateway/protocol/framing.py derives the same figure
 MAX_ENCODED = const(1033)
 
-try:
-    from binascii import crc32 as _native_crc32
-except ImportError:  # esp8266 builds
-    _native_crc32 = None  # type: ignore[assignment]
-
 # IEEE CRC-32 by table, each entry 4 bytes little-endian, taken in 16-bit halves: no int passes
 # 2**30 (a heap object on 32-bit ports), so frames are checked without allocating; a bytes
 # constant, so a frozen image keeps the table in flash (tests/firmware/mp/t_framing.py
@@ -74,106 +69,12 @@ def crc_into(data, start, end, out, at):
     out[at + 3] = hi >> 8
 
 
-def crc32_table(data, crc=0):
-    """IEEE CRC-32 by the firmware's table (crc: 0; for builds whose binascii lacks crc32)."""
-    out = bytearray(4)
-    crc_into(data, 0, len(data), out, 0)
-    return out[0] | out[1] << 8 | out[2] << 16 | out[3] << 24
-
-
-def crc32(data):
-    if _native_crc32 is not None:
-        return _native_crc32(data) & 0xFFFFFFFF
-    return crc32_table(data)
-
-
-def cobs_encode(data):
-    out = bytearray(len(data) + len(data) // 254 + 2)
-    code_pos = 0
-    code = 1
-    o = 1
-    last = len(data) - 1
-    for i, b in enumerate(data):
-        if b == 0:
-            out[code_pos] = code
-            code_pos = o
-            o += 1
-            code = 1
-        else:
-            out[o] = b
-            o += 1
-            code += 1
-            if code == 0xFF:
-                out[code_pos] = code
-                if i == last:
-                    return bytes(out[:o])  # a full block ends the data: no empty block after it
-                code_pos = o
-                o += 1
-                code = 1
-    out[code_pos] = code
-    return bytes(out[:o])
-
-
-def cobs_decode(data):
-    """Decode one COBS block (no delimiter); ValueError if malformed."""
-    out = bytearray()
-    i = 0
-    n = len(data)
-    while i < n:
-        code = data[i]
-        if code == 0:
-            raise ValueError("zero byte inside a COBS frame")
-        i += 1
-        end = i + code - 1
-        if end > n:
-            raise ValueError("COBS block runs past the frame")
-        out.extend(data[i:end])
-        i = end
-        if code < 0xFF and i < n:
-            out.append(0)
-    return bytes(out)
-
-
-def frame(msg):
-    """One frame on the wire, delimiter included (allocates: tools and tests)."""
-    if len(msg) > MAX_MESSAGE:
-        raise ValueError("message too long")
-    out = bytearray(MAX_ENCODED + 1)
-    return bytes(out[:frame_into(out, msg, len(msg))])
-
-
-def frame_into(out, msg, n, start=0):
-    """COBS(msg[start:start + n] ‖ CRC-32 LE) ‖ 0x00 into bytearray out (MAX_ENCODED + 1
-    bytes); the length. Allocates nothing."""
-    if n > MAX_MESSAGE:
-        raise ValueError("message too long")
-    crc_into(msg, start, start + n, out, MAX_ENCODED - 3)  # the CRC parked at the end, read before overwritten
-    code_pos = 0
-    code = 1
-    o = 1
-    total = n + _CRC_LEN
-    for i in range(total):
-        b = msg[start + i] if i < n else out[MAX_ENCODED - 3 + i - n]
-        if b == 0:
-            out[code_pos] = code
-            code_pos = o
-            o += 1
-            code = 1
-        else:
-            out[o] = b
-            o += 1
-            code += 1
-            if code == 0xFF:
-                out[code_pos] = code
-                if i == total - 1:
-                    out[o] = 0
-                    return o + 1  # a full block ends the data: no empty block after it
-                code_pos = o
-                o += 1
-                code = 1
-    out[code_pos] = code
-    out[o] = 0
-    return o + 1
+def __getattr__(name):
+    # crc32, crc32_table, cobs_encode, cobs_decode, frame, frame_into: whole messages at once,
+    # for tools and tests (a node frames as it writes, link_serial.SerialLink._frame); in
+    # framing_whole.py, loaded at their first use: their functions are not on a node's heap
+    import framing_whole
+    return getattr(framing_whole, name)
 
 
 class Deframer:

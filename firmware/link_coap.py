@@ -28,7 +28,7 @@ _RX = const(1152)  # a datagram read, at most (a response with a 1 KB payload an
 # also the node's pack scratch, which takes framing.MAX_ENCODED + 1
 
 
-class CoapLink(link_serial.AckSlots):
+class CoapLink:
     """The steady state allocates no buffers: each request is built in one transmit buffer
     made at boot, each datagram copied into one receive buffer and the gateway's ack checked
     there in place, as SerialLink does. What is left: the datagram recv() returns (an ack,
@@ -38,7 +38,7 @@ class CoapLink(link_serial.AckSlots):
     window_default = 1
 
     def __init__(self, host, port, mac, ack_timeout_ms=2000, max_retransmit=4, random_factor=1.5):
-        link_serial.AckSlots.__init__(self, mac)
+        link_serial.init_acks(self, mac)
         self.addr = socket.getaddrinfo(host, port)[0][-1]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
@@ -209,7 +209,7 @@ class CoapLink(link_serial.AckSlots):
         if p < 0:
             return False
         # the payload's head is scratch from here on: open_ack needs 4 free bytes before it
-        if self._ack(slot, data, p, n - p):
+        if link_serial.take_ack(self, slot, data, p, n - p):
             return True
         self.bad_acks += 1
         return False

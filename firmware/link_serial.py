@@ -21,78 +21,81 @@ _CHUNK = const(64)  # bytes of a frame written to the port at a time
 _RX_FRAME = const(768)  # the longest frame taken from the gateway, encoded
 
 
-class AckSlots:
-    """The gateway's acks checked in place in a link's buffer and handed over in the slots
-    ack_seq, ack_status and ack_cmds (lists made once), with no allocation (cose.open_ack);
-    SerialLink and link_coap.CoapLink read acks with it."""
+# The gateway's acks checked in place in a link's buffer and handed over in the link's slots
+# ack_seq, ack_status and ack_cmds (lists made once, init_acks), with no allocation
+# (cose.open_ack); SerialLink and link_coap.CoapLink read acks with take_ack. Functions of the
+# link rather than a base class of both: a class is about 250 bytes of heap on 64-bit ports.
 
-    def __init__(self, mac):
-        self.mac = mac
-        self._v = 0  # the value _uint read
-        # poll()'s acks: seq, status, commands (a list) or None
-        self.ack_seq = [0] * ACKS
-        self.ack_status = [0] * ACKS
-        self.ack_cmds = [None] * ACKS
+def init_acks(link, mac):
+    link.mac = mac
+    link._v = 0  # the value _uint read
+    # poll()'s acks: seq, status, commands (a list) or None
+    link.ack_seq = [0] * ACKS
+    link.ack_status = [0] * ACKS
+    link.ack_cmds = [None] * ACKS
 
-    def _ack(self, slot, buf, h, m):
-        span = cose.open_ack(self.mac, buf, h, m)
-        if span < 0:  # not in the gateway's usual layout: the general (allocating) path
-            ack = parse_ack(self.mac, bytes(buf[h:h + m]))
-            if ack is None:
-                return False
-            self.ack_seq[slot], self.ack_status[slot], self.ack_cmds[slot] = ack
-            return True
-        if not span:
+
+def take_ack(link, slot, buf, h, m):
+    """The ack at buf[h:h + m] into the link's slot `slot`, if it is one (checked in place)."""
+    span = cose.open_ack(link.mac, buf, h, m)
+    if span < 0:  # not in the gateway's usual layout: the general (allocating) path
+        ack = parse_ack(link.mac, bytes(buf[h:h + m]))
+        if ack is None:
             return False
-        p = span >> 16
-        end = span & 0xFFFF
-        items = buf[p]
-        if items not in (0x83, 0x84) or buf[p + 1] != protocol.MSG_ACK:
-            return False
-        p = self._uint(buf, p + 2, end)
-        seq = self._v
-        p = self._uint(buf, p, end) if p > 0 else -1
-        status = self._v
-        if p < 0 or (items == 0x83 and p != end):
-            return False
-        cmds = None
-        if items == 0x84:  # commands: rare, decoded the general way
-            import cbor  # the codec, loaded at the first ack with commands
-            try:
-                cmds = cbor.loads(bytes(buf[p:end]))
-            except ValueError:
-                return False
-            if not isinstance(cmds, list):
-                cmds = None
-        self.ack_seq[slot] = seq
-        self.ack_status[slot] = status
-        self.ack_cmds[slot] = cmds
+        link.ack_seq[slot], link.ack_status[slot], link.ack_cmds[slot] = ack
         return True
+    if not span:
+        return False
+    p = span >> 16
+    end = span & 0xFFFF
+    items = buf[p]
+    if items not in (0x83, 0x84) or buf[p + 1] != protocol.MSG_ACK:
+        return False
+    p = _uint(link, buf, p + 2, end)
+    seq = link._v
+    p = _uint(link, buf, p, end) if p > 0 else -1
+    status = link._v
+    if p < 0 or (items == 0x83 and p != end):
+        return False
+    cmds = None
+    if items == 0x84:  # commands: rare, decoded the general way
+        import cbor  # the codec, loaded at the first ack with commands
+        try:
+            cmds = cbor.loads(bytes(buf[p:end]))
+        except ValueError:
+            return False
+        if not isinstance(cmds, list):
+            cmds = None
+    link.ack_seq[slot] = seq
+    link.ack_status[slot] = status
+    link.ack_cmds[slot] = cmds
+    return True
 
-    def _uint(self, buf, p, end):
-        # the position after a CBOR unsigned integer at buf[p], its value in self._v; -1 if none
-        if p >= end:
-            return -1
-        ib = buf[p]
-        if ib < 24:
-            self._v = ib
-            return p + 1
-        n = (1, 2, 4)[ib - 24] if 24 <= ib <= 26 else 0
-        if not n or p + 1 + n > end:
-            return -1
-        v = 0
-        for k in range(n):
-            v = v << 8 | buf[p + 1 + k]
-        self._v = v
-        return p + 1 + n
+
+def _uint(link, buf, p, end):
+    # the position after a CBOR unsigned integer at buf[p], its value in link._v; -1 if none
+    if p >= end:
+        return -1
+    ib = buf[p]
+    if ib < 24:
+        link._v = ib
+        return p + 1
+    n = (1, 2, 4)[ib - 24] if 24 <= ib <= 26 else 0
+    if not n or p + 1 + n > end:
+        return -1
+    v = 0
+    for k in range(n):
+        v = v << 8 | buf[p + 1 + k]
+    link._v = v
+    return p + 1 + n
 
 
-class SerialLink(AckSlots):
+class SerialLink:
     window_default = 4
     block_max = 512  # the largest block of a release asked for over this link (fetch.py)
 
     def __init__(self, path, mac, port=None):
-        AckSlots.__init__(self, mac)
+        init_acks(self, mac)
         self.port = port or board.Serial(path)
         # what the gateway sends a node is shorter than a frame at its longest: an ack with
         # up to 4 commands (ids of up to 64 characters) is under 700 bytes, and a block of a
@@ -180,7 +183,7 @@ class SerialLink(AckSlots):
                     if self.other is not None:
                         self.other(bytes(d.buf[d.HEAD:d.HEAD + d.ready]))
                     continue
-                if self._ack(n, d.buf, d.HEAD, d.ready):
+                if take_ack(self, n, d.buf, d.HEAD, d.ready):
                     n += 1
                 else:
                     self.bad_acks += 1

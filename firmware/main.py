@@ -219,7 +219,7 @@ class Node:
         steps = []
         if cfg["worker"]:
             import worker
-            self.worker = worker.Worker(cfg["worker"])
+            self.worker = worker.Worker(cfg["worker"], emit)
             steps = list(worker.NAMES)
         # the sensors' names as bytes, one object for each name however many sensors share it
         # (a bytes object and its data are 64 bytes of heap on 64-bit ports)
@@ -290,20 +290,6 @@ class Node:
         except ValueError:
             return False
         return header.get(cose.HDR_KID) == self.kid
-
-    def resize(self, batch):
-        """A pack for `batch` readings (and the drop count), keeping those waiting."""
-        old = self.pack
-        if len(old.idx) >= batch + 1:
-            return
-        self.pack = senml.Pack(self.name, self.names, batch + 1)
-        for k in range(old.n):
-            if old.shift[k] == senml.OBJ:
-                self.pack.add_obj(old.idx[k], old.dt[k], old.obj[k])
-            else:
-                self.pack.add_raw(old.idx[k], old.dt[k], old.raw[k], old.shift[k])
-        self.pack.day = old.day
-        self.pack.msod = old.msod
 
     def add(self, i, value):
         """Reading of sensor i at the clock's time: value an int in the sensor's quanta (raw),
@@ -502,7 +488,7 @@ class Node:
                 if self.commands is not None:
                     self.commands.tick(now)
                 if self.worker is not None:
-                    self.work(now)
+                    self.worker.work(self, now)
                 if self.fetcher is not None:
                     self.fetcher.tick(now)  # node updates: the next block, paced
                 trial = self.trial
@@ -523,23 +509,6 @@ class Node:
             except Exception as e:  # not CancelledError: a task cancelled ends
                 self.failed("send", e)  # counted, told; after a few in a row with no frame made: a reset
                 await sleep_ms(100)
-
-    def work(self, now):
-        """A worker's step due now, sent at once in a frame of its own (worker.py)."""
-        worker = self.worker
-        due = None if worker is None else worker.due(now)
-        if due is None:
-            return
-        step, demand = due
-        if self.pack.n:
-            self.make_frame()  # the readings waiting first: the step goes in a frame of its own
-        pack = self.pack
-        self.clock.now()
-        pack.day = self.clock.day
-        pack.msod = self.clock.msod
-        pack.add_obj(len(self.sensors) + step, 0, demand)
-        emit({"ev": "work", "demand": demand, "step": "done" if step else "accept"})
-        self.make_frame(pack)
 
     async def rest(self, ms):
         """Wait a period: idle, or with "sleep": "light" in the board's light sleep once no

@@ -1,8 +1,10 @@
 # Deployment manifest (micropython-lib style) for freezing or mpy-cross.
 module("cbor.py")
 module("cose.py")
+module("cose_whole.py")  # whole messages at once (reports, restored frames, tools): loaded at first use
 module("hmac256.py")  # HMAC-SHA-256 in viper: native code (mpy-cross -march)
 module("framing.py")
+module("framing_whole.py")  # whole messages at once (tools, tests): loaded at first use
 module("senml.py")
 module("clock.py")
 module("protocol.py")

@@ -12,7 +12,8 @@ NAMES = (b"accept", b"done")  # the readings, by step
 
 
 class Worker:
-    def __init__(self, spec):
+    def __init__(self, spec, emit=None):
+        self.emit = emit  # main.emit: the node's events (work())
         self.accept_ms = spec["accept_ms"]
         self.work_ms = spec["work_ms"]
         self.jobs = []  # [demand id, step, due (ticks_ms)], one a dispatch
@@ -45,3 +46,20 @@ class Worker:
                     self.jobs.remove(job)
                 return step, job[0]
         return None
+
+    def work(self, node, now):
+        """The step due now, sent at once in a frame of its own by `node` (main.Node)."""
+        due = self.due(now)
+        if due is None:
+            return
+        step, demand = due
+        if node.pack.n:
+            node.make_frame()  # the readings waiting first: the step goes in a frame of its own
+        pack = node.pack
+        node.clock.now()
+        pack.day = node.clock.day
+        pack.msod = node.clock.msod
+        pack.add_obj(len(node.sensors) + step, 0, demand)
+        if self.emit is not None:
+            self.emit({"ev": "work", "demand": demand, "step": "done" if step else "accept"})
+        node.make_frame(pack)
