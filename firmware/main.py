@@ -24,7 +24,7 @@ import framing
 import protocol
 import senml
 import sensors
-from outbox import Outbox, SeqStore
+import outbox
 
 
 def emit(obj):
@@ -64,14 +64,6 @@ _CFG_KEPT = const(("ack_timeout_ms", "batch", "drain_timeout_s", "frames", "peri
 _ROOM_MIN = const(160)  # the shortest run of the ring a pack is tried in when its bound finds none
 
 
-def os_remove(path):
-    try:
-        import os
-        os.remove(path)
-    except (ImportError, OSError):
-        pass
-
-
 # Heap figures in quiet mode (bench/firmware.py), in one array("i") (Node.heap) and four
 # functions: the bytes allocated between two frames, measured with the collector paused after
 # a collection; the live heap after a collection at frame 100 and at the end; the largest free
@@ -91,7 +83,7 @@ _H_FREE = const(9)
 _H_LARGEST = const(10)
 _H_N = const(11)
 # the done event's names of the figures, from _H_MIN on
-_H_NAMES = ("alloc_min", "alloc_max", "alloc_mean", "live_100", "live_peak", "live_end", "free_end", "largest_free")
+_H_NAMES = const(("alloc_min", "alloc_max", "alloc_mean", "live_100", "live_peak", "live_end", "free_end", "largest_free"))
 
 
 def heap_frame(h, made):
@@ -131,7 +123,17 @@ def heap_report(h):
     gc.collect()
     h[_H_END] = gc.mem_alloc()
     h[_H_FREE] = gc.mem_free()
-    h[_H_LARGEST] = largest_free()
+    lo, hi = 0, gc.mem_free()  # the largest block the heap can give now, probed by halving
+    while hi - lo > 16:
+        mid = (lo + hi) // 2
+        try:
+            b = bytearray(mid)
+            del b
+            lo = mid
+        except MemoryError:
+            hi = mid
+        gc.collect()
+    h[_H_LARGEST] = lo
 
 
 def heap_end(h):
@@ -145,21 +147,6 @@ def heap_end(h):
         for i in range(8):
             field(_H_NAMES[i], h[_H_MIN + i])
     sys.stdout.write("}")
-
-
-def largest_free():
-    """The largest block the heap can give now, in bytes (probed by halving)."""
-    lo, hi = 0, gc.mem_free()
-    while hi - lo > 16:
-        mid = (lo + hi) // 2
-        try:
-            b = bytearray(mid)
-            del b
-            lo = mid
-        except MemoryError:
-            hi = mid
-        gc.collect()
-    return lo
 
 
 class Node:
@@ -191,9 +178,9 @@ class Node:
             self.link = link_coap.CoapLink(  # type: ignore[assignment]
                 cfg["host"], cfg["coap_port"], self.mac, cfg["ack_timeout_ms"], cfg["max_retransmit"])
         # unacked frames survive a reboot or a power cut in a log beside the sequence file
-        self.outbox = Outbox(cfg["outbox"], cfg["state_file"] + ".out" if cfg["state_file"] else None)
+        self.outbox = outbox.Outbox(cfg["outbox"], cfg["state_file"] + ".out" if cfg["state_file"] else None)
         # the sequence mark is a record of that log (a file of its own took a file object a time)
-        self.seq = SeqStore(cfg["state_file"], log=self.outbox)
+        self.seq = outbox.SeqStore(cfg["state_file"], log=self.outbox)
         # the tasks' coroutines (sample's frame takes 140 B on 32-bit ports) made while the heap
         # is in one piece: made when run() starts them, after boot, they found no block in 26 KB
         self.jobs = (self.send(), self.sample())
@@ -224,13 +211,14 @@ class Node:
         # the sensors' names as bytes, one object for each name however many sensors share it
         # (a bytes object and its data are 64 bytes of heap on 64-bit ports)
         names = []
-        for s in self.sensors:
-            b = s.name.encode()
-            for m in names:
-                if m == b:
-                    b = m
+        for i in range(len(self.sensors)):
+            name = self.sensors[i].name
+            for j in range(i):
+                if self.sensors[j].name == name:
+                    names.append(names[j])
                     break
-            names.append(b)
+            else:
+                names.append(name.encode())
         self.names = names + steps + [b"dropped"]
         self.pack = senml.Pack(self.name, self.names, cfg["batch"] + 1)  # remade by set_batch
         self.heap = array("i", [0] * _H_N)  # figures in quiet mode: heap_frame()
@@ -554,7 +542,11 @@ class Node:
         kept = board.read_file(self.reset_path) if self.reset_path else None
         if kept:  # the reason for the reset this node did itself, kept across it
             self.report("reset: " + kept.decode())
-            os_remove(self.reset_path)
+            try:
+                import os
+                os.remove(self.reset_path)
+            except (ImportError, OSError):
+                pass
         sender = asyncio.create_task(self.jobs[0])
         await self.jobs[1]
         heap_report(self.heap)  # the steady state's heap, before the drain's coroutine

@@ -6,6 +6,7 @@ module("hmac256.py")  # HMAC-SHA-256 in viper: native code (mpy-cross -march)
 module("framing.py")
 module("framing_whole.py")  # whole messages at once (tools, tests): loaded at first use
 module("senml.py")
+module("senml_whole.py")  # whole packs at once (reports, tools): loaded at first use
 module("clock.py")
 module("protocol.py")
 module("outbox.py")

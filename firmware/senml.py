@@ -431,36 +431,9 @@ def _base(buf, pos, bn, sensor, day, msod, with_time):
     return pos
 
 
-def split_ms(ms):
-    """(day, ms of the day) of an epoch time in ms."""
-    day = ms // _DAY_MS
-    return day, ms - day * _DAY_MS
-
-
-def encode_pack(node, readings, base_ms, texts=()):
-    """The pack as bytes (allocates: tools and tests): readings (sensor name, ms after base_ms,
-    value, an int or a float) in time order; texts (name, string)."""
-    names = []
-    for r in readings:
-        if r[0] not in names:
-            names.append(r[0])
-    pack = Pack(node, [x.encode() for x in names], max(1, len(readings)))
-    pack.day, pack.msod = split_ms(base_ms)
-    for name, dt, value in readings:
-        pack.add_obj(names.index(name), dt, value)
-    buf = bytearray(1024 + 64 * len(texts) + sum(len(t[1]) for t in texts) + 64 * len(readings))
-    n = pack.write(buf, 0, [(t[0].encode(), t[1].encode()) for t in texts])
-    return bytes(buf[:n])
-
-
-def wire_order(readings):
-    """The indices of `readings` (name, dt, value) in the order a pack carries them."""
-    names = []
-    for r in readings:
-        if r[0] not in names:
-            names.append(r[0])
-    pack = Pack("", [x.encode() for x in names], max(1, len(readings)))
-    for name, dt, value in readings:
-        pack.add_obj(names.index(name), dt, value)
-    pack.plan()
-    return list(pack.order[:len(readings)])
+def __getattr__(name):
+    # split_ms, encode_pack, wire_order: whole packs at once, allocating (a node's error
+    # reports, tools and tests); in senml_whole.py, loaded at their first use: a node's frames
+    # are written by Pack, in place
+    import senml_whole
+    return getattr(senml_whole, name)

@@ -6,6 +6,12 @@ import os
 import sys
 import time
 
+try:
+    from micropython import const
+except ImportError:
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
+        return x
+
 MICROPYTHON = sys.implementation.name == "micropython"
 NAME = "unix"
 WATCHDOG_MAX_MS = 0x7FFFFFFF
@@ -89,8 +95,8 @@ def __getattr__(name):
     return getattr(board.fakebus, "TraceLed" if name == "Led" else name)
 
 
-_RARE = ("lightsleep", "deepsleep", "reset", "reset_cause", "unique_id", "network_up", "use_led",
-         "show_code", "identify")
+_RARE = const(("lightsleep", "deepsleep", "reset", "reset_cause", "unique_id", "network_up", "use_led",
+               "show_code", "identify"))  # folded into __getattr__: no global
 
 
 # -- UART ---------------------------------------------------------------------------------------
