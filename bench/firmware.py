@@ -40,7 +40,7 @@ from gateway.protocol import cose as gw_cose  # noqa: E402
 from gateway.protocol.framing import Deframer, encode_frame  # noqa: E402
 from gateway.tools.sim.nodes import micropython_command  # noqa: E402
 
-MODULES = ["cbor", "clock", "cose", "hmac256", "framing", "framing_whole", "cose_whole", "senml", "senml_whole", "protocol", "outbox", "config", "link_serial", "link_coap", "main", "commands"]
+MODULES = ["cbor", "clock", "cose", "hmac256", "framing", "framing_whole", "cose_whole", "senml", "senml_whole", "protocol", "outbox", "outbox_whole", "config", "link_serial", "link_coap", "main", "commands"]
 # what a unix-port node with simulated sensors loads (the other drivers and ports stay off its heap)
 PACKAGES = {"board": ["__init__", "_files", "fake", "fakebus", "unix", "unix_rare"], "sensors": ["__init__", "schema", "sim"]}
 

@@ -160,7 +160,12 @@ class Node:
                   "acked", "rejected", "commands", "fetcher", "boot_error", "sensor_blink", "jobs", "fault_row",
                   "fault_made"):
             setattr(self, k, None)
-        self.cfg = cfg
+        # the settings used after boot, in a dict of their own made first, at its size, while the
+        # heap is in one piece: the config's 27 keys (and their strings: port, host, Wi-Fi, node)
+        # kept about 600 bytes more of heap on 64-bit ports; `cfg` is read at boot only
+        kept = self.cfg = dict.fromkeys(_CFG_KEPT)
+        for k in _CFG_KEPT:
+            kept[k] = cfg[k]
         self.name = cfg["node"]
         self.kid = self.name.encode()
         self.mac = cose.Mac(cfg["key"])
@@ -193,34 +198,53 @@ class Node:
             trial.t0 = board.ticks_ms()
         # frames restored from the log under another key (the node was rekeyed) would never
         # be acked and would hold the outbox up for good: they go, counted as dropped
-        self.stale = self.outbox.keep(self._ours)
+        self.stale = 0
+        if len(self.outbox):
+            def ours(msg, mac=self.mac, kid=self.kid):  # a frame of this node's key: its own kid
+                try:
+                    header = cose.verify_mac0(mac, msg)[0]
+                except ValueError:
+                    return False
+                return header.get(cose.HDR_KID) == kid
+            self.stale = self.outbox.keep(ours)
         self.dropped_told = 0  # the outbox's drop count as last reported in a frame
+        # the pack (its table of twelve attributes, its arrays) before the sensors, whose tables
+        # grow as they are made and leave holes of 16 to 64 bytes behind: made after them, the
+        # pack's table found no block in a 32 KB heap on 64-bit ports; its names come with them
+        pack = self.pack = senml.Pack(self.name, (), cfg["batch"] + 1)  # remade by set_batch
         self.sensors, self.problems = sensors.build(cfg["sensors"], cfg["seed"], board)
         cfg["sensors"] = None  # built: their list is not needed again
-        # a frame's readings and its pack, in buffers made once: the steady state allocates
-        # nothing for them (times from the clock in small ints, raw integer readings)
-        self.clock = clock.Clock(board)
-        self.shifts = bytearray(getattr(s, "shift", _RAW_NONE) if hasattr(s, "read_raw") else _RAW_NONE
-                                for s in self.sensors)
         self.worker = None  # a resource's terminal (worker.py): its steps are readings of their own
-        steps = []
+        steps = ()
         if cfg["worker"]:
             import worker
             self.worker = worker.Worker(cfg["worker"], emit)
-            steps = list(worker.NAMES)
+            steps = worker.NAMES
         # the sensors' names as bytes, one object for each name however many sensors share it
-        # (a bytes object and its data are 64 bytes of heap on 64-bit ports)
-        names = []
-        for i in range(len(self.sensors)):
+        # (a bytes object and its data are 64 bytes of heap on 64-bit ports), then the worker's
+        # steps and the drop count; the list made at its size (grown, or joined, it left holes
+        # in the heap where boot makes the pack next)
+        ns = len(self.sensors)
+        names = self.names = [b"dropped"] * (ns + len(steps) + 1)
+        for i in range(ns):
             name = self.sensors[i].name
             for j in range(i):
                 if self.sensors[j].name == name:
-                    names.append(names[j])
+                    names[i] = names[j]
                     break
             else:
-                names.append(name.encode())
-        self.names = names + steps + [b"dropped"]
-        self.pack = senml.Pack(self.name, self.names, cfg["batch"] + 1)  # remade by set_batch
+                names[i] = name.encode()
+        for i in range(len(steps)):
+            names[ns + i] = steps[i]
+        # a frame's readings and its pack, in buffers made once: the steady state allocates
+        # nothing for them (times from the clock in small ints, raw integer readings)
+        pack.names = names
+        pack.count = bytearray(len(names) + 1)
+        self.clock = clock.Clock(board)
+        shifts = self.shifts = bytearray(ns)
+        for i in range(ns):
+            s = self.sensors[i]
+            shifts[i] = getattr(s, "shift", _RAW_NONE) if hasattr(s, "read_raw") else _RAW_NONE
         self.heap = array("i", [0] * _H_N)  # figures in quiet mode: heap_frame()
         self.heap[_H_MIN] = -1
         # sensors that convert for a while before a read (DS18B20: up to 750 ms) are all
@@ -253,9 +277,6 @@ class Node:
         self.fetcher = None  # node updates: made by the first `update` offer (fetch.py)
         self.boot_error = None  # config.error(cfg), and the sensor fault's blink code: set by main()
         self.sensor_blink = None
-        # the settings used after boot, in a dict of their own: the config's 27 keys (and their
-        # strings: port, host, Wi-Fi, node) kept about 600 bytes more of heap on 64-bit ports
-        self.cfg = {k: cfg[k] for k in _CFG_KEPT}
 
     def cmds(self):
         """The node's Commands (commands.py), loaded and made at the first need: about 450 bytes
@@ -271,13 +292,6 @@ class Node:
         the readings waiting go with the reports, sooner than the batch would send them (a
         pack of its own would keep about 430 bytes of heap for rare frames)."""
         return self.pack
-
-    def _ours(self, msg):
-        try:
-            header = cose.verify_mac0(self.mac, msg)[0]
-        except ValueError:
-            return False
-        return header.get(cose.HDR_KID) == self.kid
 
     def add(self, i, value):
         """Reading of sensor i at the clock's time: value an int in the sensor's quanta (raw),
@@ -537,6 +551,10 @@ class Node:
                 self.report(text)
         if self.problems:
             board.show_code(self.sensor_blink)
+        # what boot and its reports loaded off the frame path goes (each is loaded again at its
+        # next use): the check of restored frames, the reports' whole-message encoders
+        for m in ("outbox_whole", "cose_whole", "senml_whole", "cbor"):
+            sys.modules.pop(m, None)
         if self.cfg["watchdog_ms"]:  # from here on the loop must feed it
             self.wdt = board.Watchdog(self.cfg["watchdog_ms"])
         kept = board.read_file(self.reset_path) if self.reset_path else None

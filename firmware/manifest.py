@@ -10,6 +10,7 @@ module("senml_whole.py")  # whole packs at once (reports, tools): loaded at firs
 module("clock.py")
 module("protocol.py")
 module("outbox.py")
+module("outbox_whole.py")  # the log read back at boot, tools: loaded when needed
 module("config.py")
 module("link_serial.py")
 module("link_coap.py")

@@ -78,10 +78,6 @@ _MP = sys.implementation.name == "micropython"
 _SCRATCH = const(4)  # bytes free before each message in the ring (cose.seal_into writes there)
 
 
-def _last(t):
-    return None if t < 0 else t
-
-
 class Outbox:
     """Bounded FIFO of frames until acked; the oldest go when full (counted in `dropped`).
 
@@ -138,13 +134,26 @@ class Outbox:
         self.mark = 0   # the sequence mark last put in the log (SeqStore)
         self.gen = _GEN0  # the generation of the file in use
         self._head = bytearray(11)  # a record's head: kind, gen (4), seq (4), length (2)
-        if path:
-            self._open(path)  # _f: the file in use, open for appends; _g: the other, open at boot only
-            self._restore()
+        if path:  # the log: opened and read back by outbox_whole.py, unloaded then (boot only)
+            import outbox_whole
+            outbox_whole.open_log(self, path)  # _f: the file in use, open for appends; _g: the other, open at boot only
+            outbox_whole.restore(self)
+            del outbox_whole
+            sys.modules.pop("outbox_whole", None)
             self._compact()
 
     def __len__(self):
         return self.live
+
+    def __getattr__(self, name):
+        # items, message, due, oldest, keep, push: off the frame path (boot, reports, tools and
+        # tests), in outbox_whole.py as functions of the outbox, loaded at their first use: with
+        # them here the class's table took 37 entries, 600 bytes of heap on 64-bit ports
+        import outbox_whole
+        f = getattr(outbox_whole, name)
+        if name == "items":  # a property
+            return f(self)
+        return lambda *a: f(self, *a)
 
     def _slot(self, j):
         return (self.head + j) % len(self.seqs)
@@ -158,20 +167,6 @@ class Outbox:
     def _unspill(self, k, b=None):
         if self.spill is not None:
             self.spill[k] = b
-
-    def message(self, k):
-        o = self.offs[k]
-        return bytes(self.buf(k)[o:o + self.lens[k]])
-
-    @property
-    def items(self):
-        """[seq, message bytes, last send or None, tries] of the live frames, oldest first (tests, tools)."""
-        out = []
-        for j in range(self.used):
-            k = self._slot(j)
-            if self.seqs[k] >= 0:
-                out.append([self.seqs[k], self.message(k), _last(self.last[k]), self.tries[k]])
-        return out
 
     def _reclaim(self):
         # slots acked at the old end go; the ring's free space with them
@@ -259,17 +254,6 @@ class Outbox:
             self.spilled += 1
         self._log(_FRAME, seq, k)
 
-    def push(self, seq, msg):
-        at = self.reserve(len(msg))
-        spill = None
-        if at < 0:
-            spill = self.spill_buffer(len(msg))
-            at = _SCRATCH
-        buf = self.data if spill is None else spill
-        for i in range(len(msg)):
-            buf[at + i] = msg[i]
-        self.commit(seq, at, len(msg), spill)
-
     def ack(self, seq):
         for j in range(self.used):
             k = self._slot(j)
@@ -282,40 +266,10 @@ class Outbox:
                 return True
         return False
 
-    def keep(self, ours):
-        """Drop the frames for which ours(message bytes) is false (counted as dropped); how many."""
-        gone = 0
-        for j in range(self.used):
-            k = self._slot(j)
-            if self.seqs[k] >= 0 and not ours(self.message(k)):
-                seq = self.seqs[k]
-                self.seqs[k] = -1
-                self._unspill(k)
-                self.live -= 1
-                self.dropped += 1
-                gone += 1
-                self._log(_GONE, seq)
-        self._reclaim()
-        self.restored -= gone
-        return gone
-
     def put_mark(self, mark):
         """The sequence mark, as a record of the log (SeqStore): allocates nothing."""
         self.mark = mark
         self._log(_MARK, mark)
-
-    def _open(self, path):
-        # both files, open for reading and writing, made empty where missing; at boot only
-        fs: list = []
-        for p in (path, path + ".b"):
-            try:
-                f = open(p, "r+b")
-            except OSError:
-                f = open(p, "w+b")
-            fs.append(f)
-        self._f, self._g = fs
-        self._pf = path  # their names
-        self._pg = path + ".b"
 
     def _put(self, f, kind, gen, seq, k=-1):
         # one record into f at its position; its size
@@ -363,59 +317,6 @@ class Outbox:
         self._f.flush()
         return self.log_size > self.log_max
 
-    def _restore(self):
-        # the file whose head is whole and newest; or a log from older firmware (no head,
-        # no generations) in `path`
-        best = None
-        gen = -1
-        for f in (self._f, self._g):
-            f.seek(0)
-            head = f.read(5)
-            if len(head) == 5 and head[0] == _GEN and int.from_bytes(head[1:5], "big") > gen:
-                best = f
-                gen = int.from_bytes(head[1:5], "big")
-        g = 4
-        if best is None:
-            best = self._f
-            best.seek(0)
-            g = 0
-        else:
-            best.seek(5)
-            self.gen = gen
-            if best is self._g:  # the newer one takes the appends; the other is rewritten next
-                self._g = self._f
-                self._f = best
-                self._pg = self._pf
-                self._pf = self.path + ".b"
-        pending: dict = {}
-        order = []
-        while True:
-            head = best.read(5 + g)
-            if len(head) < 5 + g or (g and int.from_bytes(head[1:5], "big") != gen):
-                break  # the end, or an older generation's records left past it
-            seq = int.from_bytes(head[1 + g:5 + g], "big")
-            if head[0] == _GONE:
-                pending.pop(seq, None)
-                continue
-            if head[0] == _MARK:
-                self.mark = max(self.mark, seq)
-                continue
-            if head[0] != _FRAME:
-                break  # not a record: the rest cannot be trusted
-            n = best.read(2)
-            msg = best.read(int.from_bytes(n, "big")) if len(n) == 2 else b""
-            if len(n) < 2 or len(msg) < int.from_bytes(n, "big"):
-                break  # torn by a power cut mid-write
-            pending[seq] = msg
-            order.append(seq)
-        path = self.path
-        self.path = None  # restoring: nothing to log
-        for seq in order:
-            if seq in pending:
-                self.push(seq, pending.pop(seq))
-        self.path = path
-        self.restored = self.live
-
     def _compact(self):
         # the pending frames' records (and the mark) into the other file, from its start (no
         # copy of a message: a compaction in a small heap must not need one); its head is made
@@ -457,20 +358,6 @@ class Outbox:
         self._pf = p
         self.gen = gen
         self.log_size = size
-
-    def due(self, now, timeout_ms, limit):
-        """Up to `limit` frames to (re)send now, as items (next_due, repeated; tests, tools)."""
-        out: list = []
-        while len(out) < limit:
-            k = self.next_due(now, timeout_ms)
-            if k < 0:
-                break
-            out.append([self.seqs[k], self.message(k), _last(self.last[k]), self.tries[k]])
-        return out
-
-    def oldest(self):
-        """The oldest unacked frame's sequence number, -1 if none."""
-        return self.seqs[self.head] if self.used else -1
 
     def next_due(self, now, timeout_ms):
         """The slot of the next frame to (re)send now, marked sent, or -1: never sent, or

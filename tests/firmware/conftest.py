@@ -37,6 +37,6 @@ def firmware_path():
     sys.path.insert(0, str(FIRMWARE))
     yield FIRMWARE
     sys.path.remove(str(FIRMWARE))
-    for name in ("cbor", "clock", "cose", "cose_whole", "framing", "framing_whole", "senml", "senml_whole", "protocol", "outbox", "config", "link_serial", "link_coap", "commands", "board",
+    for name in ("cbor", "clock", "cose", "cose_whole", "framing", "framing_whole", "senml", "senml_whole", "protocol", "outbox", "outbox_whole", "config", "link_serial", "link_coap", "commands", "board",
                  "board.unix", "board.unix_rare", "sensors", "sensors.sim"):
         sys.modules.pop(name, None)

@@ -1,0 +1,150 @@
+# What an outbox (outbox.py) does off its frame path, as functions of the outbox: its log
+# opened and read back at boot (open_log, restore: loaded then, and unloaded once done), its
+# frames kept or dropped by a check (keep: at boot, when frames were restored), a message
+# copied in (push: error reports), and its frames as bytes (items, message, due, oldest: tools
+# and tests). outbox.Outbox finds these as its methods (its __getattr__) at their first use.
+try:
+    from micropython import const
+except ImportError:
+    def const(x):  # type: ignore[misc]  # CPython: micropython-lib's fallback
+        return x
+
+# outbox.py's log records and ring (constants folded there: no names to import)
+_FRAME = const(0x46)  # b"F": gen (4 bytes) seq (4) length (2) message
+_GONE = const(0x41)   # b"A": gen (4) seq (4), acked or dropped
+_MARK = const(0x4D)   # b"M": gen (4) mark (4), the sequence mark (SeqStore)
+_GEN = const(0x47)    # b"G": gen (4), a log's head, written last when the log is made
+_SCRATCH = const(4)   # bytes free before each message in the ring
+
+
+def _last(t):
+    return None if t < 0 else t
+
+
+def message(box, k):
+    o = box.offs[k]
+    return bytes(box.buf(k)[o:o + box.lens[k]])
+
+
+def items(box):
+    """[seq, message bytes, last send or None, tries] of the live frames, oldest first (tests, tools)."""
+    out = []
+    for j in range(box.used):
+        k = box._slot(j)
+        if box.seqs[k] >= 0:
+            out.append([box.seqs[k], message(box, k), _last(box.last[k]), box.tries[k]])
+    return out
+
+
+def due(box, now, timeout_ms, limit):
+    """Up to `limit` frames to (re)send now, as items (next_due, repeated; tests, tools)."""
+    out: list = []
+    while len(out) < limit:
+        k = box.next_due(now, timeout_ms)
+        if k < 0:
+            break
+        out.append([box.seqs[k], message(box, k), _last(box.last[k]), box.tries[k]])
+    return out
+
+
+def oldest(box):
+    """The oldest unacked frame's sequence number, -1 if none."""
+    return box.seqs[box.head] if box.used else -1
+
+
+def push(box, seq, msg):
+    at = box.reserve(len(msg))
+    spill = None
+    if at < 0:
+        spill = box.spill_buffer(len(msg))
+        at = _SCRATCH
+    buf = box.data if spill is None else spill
+    for i in range(len(msg)):
+        buf[at + i] = msg[i]
+    box.commit(seq, at, len(msg), spill)
+
+
+def keep(box, ours):
+    """Drop the frames for which ours(message bytes) is false (counted as dropped); how many."""
+    gone = 0
+    for j in range(box.used):
+        k = box._slot(j)
+        if box.seqs[k] >= 0 and not ours(message(box, k)):
+            seq = box.seqs[k]
+            box.seqs[k] = -1
+            box._unspill(k)
+            box.live -= 1
+            box.dropped += 1
+            gone += 1
+            box._log(_GONE, seq)
+    box._reclaim()
+    box.restored -= gone
+    return gone
+
+
+def open_log(box, path):
+    # both files, open for reading and writing, made empty where missing; at boot only
+    fs: list = []
+    for p in (path, path + ".b"):
+        try:
+            f = open(p, "r+b")
+        except OSError:
+            f = open(p, "w+b")
+        fs.append(f)
+    box._f, box._g = fs
+    box._pf = path  # their names
+    box._pg = path + ".b"
+
+
+def restore(box):
+    # the file whose head is whole and newest; or a log from older firmware (no head,
+    # no generations) in `path`
+    best = None
+    gen = -1
+    for f in (box._f, box._g):
+        f.seek(0)
+        head = f.read(5)
+        if len(head) == 5 and head[0] == _GEN and int.from_bytes(head[1:5], "big") > gen:
+            best = f
+            gen = int.from_bytes(head[1:5], "big")
+    g = 4
+    if best is None:
+        best = box._f
+        best.seek(0)
+        g = 0
+    else:
+        best.seek(5)
+        box.gen = gen
+        if best is box._g:  # the newer one takes the appends; the other is rewritten next
+            box._g = box._f
+            box._f = best
+            box._pg = box._pf
+            box._pf = box.path + ".b"
+    pending: dict = {}
+    order = []
+    while True:
+        head = best.read(5 + g)
+        if len(head) < 5 + g or (g and int.from_bytes(head[1:5], "big") != gen):
+            break  # the end, or an older generation's records left past it
+        seq = int.from_bytes(head[1 + g:5 + g], "big")
+        if head[0] == _GONE:
+            pending.pop(seq, None)
+            continue
+        if head[0] == _MARK:
+            box.mark = max(box.mark, seq)
+            continue
+        if head[0] != _FRAME:
+            break  # not a record: the rest cannot be trusted
+        n = best.read(2)
+        msg = best.read(int.from_bytes(n, "big")) if len(n) == 2 else b""
+        if len(n) < 2 or len(msg) < int.from_bytes(n, "big"):
+            break  # torn by a power cut mid-write
+        pending[seq] = msg
+        order.append(seq)
+    path = box.path
+    box.path = None  # restoring: nothing to log
+    for seq in order:
+        if seq in pending:
+            push(box, seq, pending.pop(seq))
+    box.path = path
+    box.restored = box.live
