@@ -166,6 +166,9 @@ class Node:
         kept = self.cfg = dict.fromkeys(_CFG_KEPT)
         for k in _CFG_KEPT:
             kept[k] = cfg[k]
+        # a reboot a command asked for, to report (its file looked up now: late in boot, a 32 KB
+        # heap on 64-bit ports had no block for the lookup's result)
+        cmd_kept = bool(board.read_file(cfg["state_file"] + ".cmd"))
         self.name = cfg["node"]
         self.kid = self.name.encode()
         self.mac = cose.Mac(cfg["key"])
@@ -272,7 +275,7 @@ class Node:
         # commands (commands.py) are loaded at the first ack that carries some (cmds()), or now
         # when a reboot one asked for is to be reported: a node that gets none keeps none of it
         self.commands = None
-        if board.read_file(cfg["state_file"] + ".cmd"):
+        if cmd_kept:
             self.cmds()
         self.fetcher = None  # node updates: made by the first `update` offer (fetch.py)
         self.boot_error = None  # config.error(cfg), and the sensor fault's blink code: set by main()
@@ -599,20 +602,26 @@ class Node:
         self.faults += 1
         self.fault_row = self.fault_row + 1 if self.fault_made == self.made else 1
         self.fault_made = self.made
-        self.fault = "%s: %s %s" % (name, type(e).__name__, e)
-        emit({"ev": "error", "what": "task " + self.fault, "faults": self.faults})
-        if hasattr(sys, "print_exception"):
-            sys.print_exception(e)  # the console's stderr: where it failed
-        else:  # CPython (simulated nodes): its traceback module, which boards do not have
-            __import__("traceback").print_exc()
+        try:
+            self.fault = "%s: %s %s" % (name, type(e).__name__, e)
+            emit({"ev": "error", "what": "task " + self.fault, "faults": self.faults})
+            if hasattr(sys, "print_exception"):
+                sys.print_exception(e)  # the console's stderr: where it failed
+            else:  # CPython (simulated nodes): its traceback module, which boards do not have
+                __import__("traceback").print_exc()
+        except MemoryError:  # no heap to tell it (a MemoryError, mostly): counted, and this is told
+            self.fault = "no heap to tell a task's failure"
         if self.fault_row >= _FAULTS_IN_A_ROW:
             self.reset(self.fault)
 
     def reset(self, reason):
         """Reset the board, the reason kept for the report after boot."""
-        if self.reset_path:
-            board.write_file_atomic(self.reset_path, reason[:200].encode())
-        emit({"ev": "reset", "why": reason})
+        try:
+            if self.reset_path:
+                board.write_file_atomic(self.reset_path, reason[:200].encode())
+            emit({"ev": "reset", "why": reason})
+        except (MemoryError, OSError):  # reset all the same (the reason is lost)
+            pass
         board.reset()
         sys.exit(4)  # a board without a reset (the unix board): the process ends
 

@@ -82,6 +82,11 @@ class Watchdog:
 
 # -- buses: fakes that tests script -----------------------------------------------------------
 
+_RARE = const(("lightsleep", "deepsleep", "reset", "reset_cause", "unique_id", "network_up", "use_led",
+               "show_code", "identify"))  # board/unix_rare.py's (folded into
+# __getattr__, defined before it: no global)
+
+
 def __getattr__(name):
     # what a node uses rarely or never in its steady state (sleep, reset, the LED's codes, the
     # network, the board's id) is board/unix_rare.py's, loaded at its first use: about 450
@@ -94,9 +99,6 @@ def __getattr__(name):
     import board.fakebus
     return getattr(board.fakebus, "TraceLed" if name == "Led" else name)
 
-
-_RARE = const(("lightsleep", "deepsleep", "reset", "reset_cause", "unique_id", "network_up", "use_led",
-               "show_code", "identify"))  # folded into __getattr__: no global
 
 
 # -- UART ---------------------------------------------------------------------------------------
