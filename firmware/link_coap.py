@@ -35,6 +35,9 @@ class CoapLink:
     about 60 bytes; and hashlib's objects where the port has no native emitter for
     hmac256.py); an idle poll allocates nothing (a poll object, not a recv that raises)."""
 
+    ack_seq: list  # link_serial.init_acks: the acks poll() hands over
+    ack_status: list
+    ack_cmds: list
     window_default = 1
 
     def __init__(self, host, port, mac, ack_timeout_ms=2000, max_retransmit=4, random_factor=1.5):

@@ -91,6 +91,9 @@ def _uint(link, buf, p, end):
 
 
 class SerialLink:
+    ack_seq: list  # init_acks: the acks poll() hands over
+    ack_status: list
+    ack_cmds: list
     window_default = 4
     block_max = 512  # the largest block of a release asked for over this link (fetch.py)
 

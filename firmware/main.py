@@ -163,7 +163,8 @@ class Node:
         # the settings used after boot, in a dict of their own made first, at its size, while the
         # heap is in one piece: the config's 27 keys (and their strings: port, host, Wi-Fi, node)
         # kept about 600 bytes more of heap on 64-bit ports; `cfg` is read at boot only
-        kept = self.cfg = dict.fromkeys(_CFG_KEPT)
+        kept: dict = dict.fromkeys(_CFG_KEPT)
+        self.cfg = kept
         for k in _CFG_KEPT:
             kept[k] = cfg[k]
         # a reboot a command asked for, to report (its file looked up now: late in boot, a 32 KB
@@ -218,7 +219,7 @@ class Node:
         self.sensors, self.problems = sensors.build(cfg["sensors"], cfg["seed"], board)
         cfg["sensors"] = None  # built: their list is not needed again
         self.worker = None  # a resource's terminal (worker.py): its steps are readings of their own
-        steps = ()
+        steps: tuple = ()
         if cfg["worker"]:
             import worker
             self.worker = worker.Worker(cfg["worker"], emit)
@@ -284,10 +285,11 @@ class Node:
     def cmds(self):
         """The node's Commands (commands.py), loaded and made at the first need: about 450 bytes
         of heap on 32-bit ports, 900 on 64-bit, then kept."""
-        if self.commands is None:
+        c = self.commands
+        if c is None:
             import commands
-            self.commands = commands.Commands(self, self.cfg["state_file"] + ".cmd", emit)
-        return self.commands
+            c = self.commands = commands.Commands(self, self.cfg["state_file"] + ".cmd", emit)
+        return c
 
     @property
     def empty(self):
@@ -486,10 +488,10 @@ class Node:
                         if not self.cfg["quiet"]:
                             emit({"ev": "ack", "seq": seq, "st": status})
                         if cmds:
-                            self.commands.apply(cmds)
+                            self.cmds().apply(cmds)
                     elif cmds:
                         # an ack for no frame in the outbox: a late repeat, or a replay
-                        self.commands.replayed += 1
+                        self.cmds().replayed += 1
                 if self.commands is not None:
                     self.commands.tick(now)
                 if self.worker is not None:

@@ -7,6 +7,10 @@ from array import array
 
 import board
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # mypy (firmware/typecheck.sh)
+    from typing import Any
+
 try:
     from micropython import const
 except ImportError:
@@ -107,6 +111,12 @@ class Outbox:
     firmware (`path` alone, no head) is read at boot and replaced."""
 
     SCRATCH = _SCRATCH
+    # the log's files (outbox_whole.open_log, at boot): _f in use, open for appends, _g the
+    # other, open at boot only; _pf and _pg their names
+    _f: "Any"
+    _g: "Any"
+    _pf: str
+    _pg: str
 
     def __init__(self, capacity, path=None, log_max=16384, size=None):
         self.capacity = capacity
