@@ -67,7 +67,7 @@ _ROOM_MIN = const(160)  # the shortest run of the ring a pack is tried in when i
 # Heap figures in quiet mode (bench/firmware.py), in one array("i") (Node.heap) and four
 # functions: the bytes allocated between two frames, measured with the collector paused after
 # a collection; the live heap after a collection at frame 100 and at the end; the largest free
-# block at the end. A class of its own and an instance of twelve attributes kept about 600
+# block at the end. A class of its own and an instance of twelve attributes kept about 220
 # bytes more of heap on 64-bit ports.
 _H_EVERY = const(97)  # frames between measurements (odd: not in step with the outbox or the log)
 _H_ARMED = const(0)
@@ -283,8 +283,9 @@ class Node:
         self.sensor_blink = None
 
     def cmds(self):
-        """The node's Commands (commands.py), loaded and made at the first need: about 450 bytes
-        of heap on 32-bit ports, 900 on 64-bit, then kept."""
+        """The node's Commands (commands.py), loaded and made at the first need: about 510 bytes
+        of heap on 32-bit ports, 1,010 on 64-bit (and the CBOR decoder that an ack's commands
+        load, 430 / 830), then kept (docs/firmware.md, "Code loaded at its first use")."""
         c = self.commands
         if c is None:
             import commands
