@@ -26,6 +26,9 @@ _RX_FRAME = const(768)  # the longest frame taken from the gateway, encoded
 # (cose.open_ack); SerialLink and link_coap.CoapLink read acks with take_ack. Functions of the
 # link rather than a base class of both: a class is about 250 bytes of heap on 64-bit ports.
 
+no_cmds = 0  # set by the node when it had no heap for commands: acks' commands are not decoded
+
+
 def init_acks(link, mac):
     link.mac = mac
     link._v = 0  # the value _uint read
@@ -58,14 +61,19 @@ def take_ack(link, slot, buf, h, m):
     if p < 0 or (items == 0x83 and p != end):
         return False
     cmds = None
-    if items == 0x84:  # commands: rare, decoded the general way
-        import cbor  # the codec, loaded at the first ack with commands
+    if items == 0x84 and no_cmds:  # the node has no heap for commands (main.Node.send)
+        cmds = True
+    elif items == 0x84:  # commands: rare, decoded the general way
         try:
+            import cbor  # the codec, loaded at the first ack with commands
             cmds = cbor.loads(bytes(buf[p:end]))
         except ValueError:
             return False
-        if not isinstance(cmds, list):
-            cmds = None
+        except MemoryError:  # no heap to decode them: the ack is taken all the same, its frame
+            cmds = True      # is stored; the node tells (main.Node.send)
+        else:
+            if not isinstance(cmds, list):
+                cmds = None
     link.ack_seq[slot] = seq
     link.ack_status[slot] = status
     link.ack_cmds[slot] = cmds

@@ -211,6 +211,12 @@ class Node:
                     return False
                 return header.get(cose.HDR_KID) == kid
             self.stale = self.outbox.keep(ours)
+            del ours
+            # the check's code goes now, before the buffers below are made: left to run() to
+            # unload, a 64-bit node with frames to restore found no heap for its sensors in 34 KB
+            for m in ("outbox_whole", "cose_whole", "cbor"):
+                sys.modules.pop(m, None)
+            gc.collect()
         self.dropped_told = 0  # the outbox's drop count as last reported in a frame
         # the pack (its table of twelve attributes, its arrays) before the sensors, whose tables
         # grow as they are made and leave holes of 16 to 64 bytes behind: made after them, the
@@ -338,10 +344,17 @@ class Node:
             # frames lost to a full outbox are reported in the next one: a series of their own
             self.dropped_told = self.outbox.dropped
             pack.add_obj(len(self.names) - 1, 0, self.dropped_told)
-        texts = () if self.commands is None else self.commands.take_reports()
-        if self.fault is not None:  # a task failed: told once, in the next frame
-            texts = list(texts) + [(b"fault", self.fault[:200].encode())]
-            self.fault = None
+        texts = self.commands.take_reports() if self.commands else ()
+        fault = self.fault
+        if fault is not None:  # a task failed: told once, in the next frame
+            self.fault = None  # (with no heap to tell it, not told: else no frame would be made again)
+            try:
+                if type(fault) is tuple:  # text records made already (commands with no heap)
+                    texts = list(texts) + list(fault) if texts else fault
+                else:
+                    texts = list(texts) + [(b"fault", fault[:200].encode())]
+            except MemoryError:
+                pass
         if self.trial is not None:
             reports = self.trial.take_reports()  # node updates: installed, refused, rolled back, confirmed
             if reports:
@@ -477,8 +490,28 @@ class Node:
                 for i in range(link.poll(now)):  # acks in link.acks (seq, status, commands or None)
                     seq = link.ack_seq[i]
                     cmds = link.ack_cmds[i]
-                    if cmds:  # loaded before the ack is taken: a MemoryError leaves the frame to resend
-                        self.cmds()
+                    if cmds:  # commands loaded before the ack is taken
+                        c = self.commands
+                        if c is None and cmds is not True:
+                            try:
+                                c = self.cmds()
+                            except MemoryError:
+                                pass
+                        if not c or cmds is True:  # no heap for them (here, or the link's decoder)
+                            # the ack is taken all the same (its frame is stored: left to resend,
+                            # each ack would carry the command again and frames would be dropped);
+                            # commands are not taken until a reboot (the gateway offers them
+                            # until they expire), counted, and the next frame tells why, once
+                            cmds = None
+                            self.faults += 1
+                            ls = sys.modules["link_serial"]
+                            if not getattr(ls, "no_cmds"):
+                                setattr(ls, "no_cmds", 1)  # the links decode acks' commands no more
+                                # the frame's text records themselves, a constant (no heap to make them)
+                                self.fault = ((b"fault", b"commands: no heap to take them (MemoryError), "
+                                                         b"none until a reboot"),)
+                            if c is None:
+                                self.commands = False
                     if self.outbox.ack(seq):
                         self.acked += 1
                         status = link.ack_status[i]
@@ -493,7 +526,7 @@ class Node:
                     elif cmds:
                         # an ack for no frame in the outbox: a late repeat, or a replay
                         self.cmds().replayed += 1
-                if self.commands is not None:
+                if self.commands:
                     self.commands.tick(now)
                 if self.worker is not None:
                     self.worker.work(self, now)
@@ -573,8 +606,12 @@ class Node:
                 pass
         sender = asyncio.create_task(self.jobs[0])
         await self.jobs[1]
-        heap_report(self.heap)  # the steady state's heap, before the drain's coroutine
-        await self.drain()
+        heap_report(self.heap)  # the steady state's heap, before the drain
+        # drain() inline: its coroutine (112 bytes on 64-bit ports), made now, found no block
+        # in a 32 KB heap after an ack with commands it had no heap to take
+        deadline = board.ticks_add(board.ticks_ms(), self.cfg["drain_timeout_s"] * 1000)
+        while len(self.outbox) and board.ticks_diff(deadline, board.ticks_ms()) > 0:
+            await sleep_ms(5)
         sender.cancel()
         # the done event a field at a time: a dict of its twelve keys takes a 192-byte table on
         # 64-bit ports (96 on 32-bit), a block the heap may not have in one piece by now
@@ -586,8 +623,8 @@ class Node:
         field("unacked", len(self.outbox))
         heap_end(self.heap)
         c = self.commands
-        field("cmds", 0 if c is None else c.applied_count)
-        field("cmds_replayed", 0 if c is None else c.replayed)
+        field("cmds", c.applied_count if c else 0)
+        field("cmds_replayed", c.replayed if c else 0)
         field("bad_acks", getattr(self.link, "bad_acks", 0))
         field("too_big", self.too_big)
         field("faults", self.faults)
