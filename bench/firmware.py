@@ -60,7 +60,13 @@ def compile_mpy(out: Path) -> int:
     return total
 
 
-def acking_peer(fd: int, key: bytes, stop: threading.Event, counts: dict) -> None:
+def acking_peer(fd: int, key: bytes, stop: threading.Event, counts: dict, acks: bool = True,
+                commands: list | None = None, every: bool = False) -> None:
+    """The gateway's end of a node's pty: checks each frame and acks it (unless not `acks`),
+    the first ack carrying `commands` (gateway.decisions.downlink's commands), or with `every`
+    each ack, as a gateway offers a command until it is reported. `counts`: frames, bytes,
+    and with a set under "seqs" / a list under "faults", the frames' numbers / the payloads
+    that carry a `fault` record."""
     d = Deframer()
     os.set_blocking(fd, False)
     while not stop.is_set():
@@ -76,9 +82,15 @@ def acking_peer(fd: int, key: bytes, stop: threading.Event, counts: dict) -> Non
             if isinstance(msg, bytes):
                 m = gw_cose.parse_mac0(msg)
                 m.verify(key)
-                out += encode_frame(ack_message(key, m.seq, 0))
                 counts["frames"] = counts.get("frames", 0) + 1
                 counts["bytes"] = counts.get("bytes", 0) + len(encode_frame(msg))
+                if "seqs" in counts:
+                    counts["seqs"].add(m.seq)
+                if "faults" in counts and b"fault" in m.payload:
+                    counts["faults"].append(m.payload)
+                if acks:
+                    offer = commands if commands and (every or counts["frames"] == 1) else ()
+                    out += encode_frame(ack_message(key, m.seq, 0, offer))
         if out:
             os.write(fd, bytes(out))
 

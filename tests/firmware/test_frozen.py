@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / "firmware" / "build"))
 import frozen  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from bench.firmware import run_node  # noqa: E402
+from bench.firmware import acking_peer, run_node  # noqa: E402
 
 # the targets (bench/firmware.py measures 10,000 frames there, and the smallest heaps)
 HEAPS = {"unix64": "32k", "unix32": "24k"}
@@ -70,13 +70,8 @@ def _run_with_peer(path, heap, tmp_path, frames, acks=True, commands=(), drain_s
     that carry a `fault` record)."""
     import os
     import threading
-    import time
     import tty
     from types import SimpleNamespace
-
-    from gateway.protocol import cose as gw_cose
-    from gateway.protocol.framing import Deframer, encode_frame
-    from gateway.runtime.ingest import ack_message
 
     master, slave = os.openpty()
     tty.setraw(slave)
@@ -89,34 +84,7 @@ def _run_with_peer(path, heap, tmp_path, frames, acks=True, commands=(), drain_s
     stop = threading.Event()
     counts = {"frames": 0, "seqs": set(), "faults": []}
     cmds = [SimpleNamespace(id=c[0], cmd=c[1], args=c[2]) for c in commands]
-
-    def peer():
-        d = Deframer()
-        os.set_blocking(master, False)
-        while not stop.is_set():
-            try:
-                data = os.read(master, 65536)
-            except BlockingIOError:
-                time.sleep(0.001)
-                continue
-            except OSError:
-                return
-            out = bytearray()
-            for msg in d.feed(data):
-                if isinstance(msg, bytes):
-                    m = gw_cose.parse_mac0(msg)
-                    m.verify(key)
-                    counts["frames"] += 1
-                    counts["seqs"].add(m.seq)
-                    if b"fault" in m.payload:
-                        counts["faults"].append(m.payload)
-                    if acks:
-                        out += encode_frame(ack_message(key, m.seq, 0,
-                                                        cmds if every or counts["frames"] == 1 else ()))
-            if out:
-                os.write(master, bytes(out))
-
-    t = threading.Thread(target=peer, daemon=True)
+    t = threading.Thread(target=acking_peer, args=(master, key, stop, counts, acks, cmds, every), daemon=True)
     t.start()
     boot = f"import sys; import main; sys.exit(main.main(['main', {str(tmp_path / 'cfg.json')!r}]))"
     try:
