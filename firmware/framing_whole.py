@@ -33,11 +33,17 @@ def crc32(data):
 
 def cobs_encode(data):
     out = bytearray(len(data) + len(data) // 254 + 2)
+    return bytes(out[:_cobs_into(out, data, 0, len(data), len(data), 0)])
+
+
+def _cobs_into(out, msg, start, n, total, tail):
+    # COBS of msg[start:start + n] and then out[tail:tail + total - n] (bytes parked at out's
+    # end, read before they are overwritten), into out from 0; the length, no delimiter
     code_pos = 0
     code = 1
     o = 1
-    last = len(data) - 1
-    for i, b in enumerate(data):
+    for i in range(total):
+        b = msg[start + i] if i < n else out[tail + i - n]
         if b == 0:
             out[code_pos] = code
             code_pos = o
@@ -49,13 +55,13 @@ def cobs_encode(data):
             code += 1
             if code == 0xFF:
                 out[code_pos] = code
-                if i == last:
-                    return bytes(out[:o])  # a full block ends the data: no empty block after it
+                if i == total - 1:
+                    return o  # a full block ends the data: no empty block after it
                 code_pos = o
                 o += 1
                 code = 1
     out[code_pos] = code
-    return bytes(out[:o])
+    return o
 
 
 def cobs_decode(data):
@@ -92,29 +98,6 @@ def frame_into(out, msg, n, start=0):
     if n > MAX_MESSAGE:
         raise ValueError("message too long")
     crc_into(msg, start, start + n, out, MAX_ENCODED - 3)  # the CRC parked at the end, read before overwritten
-    code_pos = 0
-    code = 1
-    o = 1
-    total = n + _CRC_LEN
-    for i in range(total):
-        b = msg[start + i] if i < n else out[MAX_ENCODED - 3 + i - n]
-        if b == 0:
-            out[code_pos] = code
-            code_pos = o
-            o += 1
-            code = 1
-        else:
-            out[o] = b
-            o += 1
-            code += 1
-            if code == 0xFF:
-                out[code_pos] = code
-                if i == total - 1:
-                    out[o] = 0
-                    return o + 1  # a full block ends the data: no empty block after it
-                code_pos = o
-                o += 1
-                code = 1
-    out[code_pos] = code
+    o = _cobs_into(out, msg, start, n, n + _CRC_LEN, MAX_ENCODED - 3)
     out[o] = 0
     return o + 1
