@@ -16,12 +16,12 @@ Usage:
     write_atomic(path, secret, mode=0o600)                  # keys: readable by the owner only
     write_together([(config, cfg_bytes, 0o600), (registry, reg_bytes, 0o600)])
 
-Caveats: the temporary (`<name>.tmp`) is left behind when the write itself fails (a full
-disk: the OSError goes to the caller, the target is untouched) and is overwritten by the
-next write; `write_together` removes the temporaries it wrote before the one that failed. Between its renames a power
-cut can still leave the first file new and the next one old (a rename needs no room on the
-disk, so a full disk cannot). Meant for small state files written on a change, not per frame: each write
-costs two fsyncs.
+Caveats: the temporary (`<name>.tmp`) of the file whose write fails (a full disk: the
+OSError goes to the caller, the targets are untouched) is left behind and overwritten by
+the next write; those written before it are removed. Between `write_together`'s renames a
+power cut can still leave the first file new and the next one old (a rename needs no room
+on the disk, so a full disk cannot). Meant for small state files written on a change, not
+per frame: each file costs two fsyncs.
 """
 from __future__ import annotations
 
@@ -30,9 +30,7 @@ from pathlib import Path
 
 
 def write_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> None:
-    path = Path(path)
-    os.replace(_write_temporary(path, data, mode), path)
-    sync_dir(path.parent)
+    write_together([(path, data, mode)])
 
 
 def write_together(files: list[tuple[Path | str, bytes, int]]) -> None:

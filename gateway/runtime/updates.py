@@ -25,7 +25,6 @@ import logging
 from pathlib import Path
 
 from gateway.decisions.update import ENDED, STATES, Rollout, release_id
-from gateway.runtime.files import write_atomic
 from gateway.protocol.coap import CoapFormatError, block as block_option, encode, parse_block, uint
 from gateway.protocol.numbers import (
     COAP_ACK,
@@ -39,6 +38,7 @@ from gateway.protocol.numbers import (
     COAP_OPT_URI_PATH,
     COAP_OPT_URI_QUERY,
 )
+from gateway.runtime.files import write_atomic
 from gateway.tools import release as releases
 
 log = logging.getLogger("headrace.update")
