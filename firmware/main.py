@@ -510,8 +510,6 @@ class Node:
                                 # the frame's text records themselves, a constant (no heap to make them)
                                 self.fault = ((b"fault", b"commands: no heap to take them (MemoryError), "
                                                          b"none until a reboot"),)
-                            if c is None:
-                                self.commands = False
                     if self.outbox.ack(seq):
                         self.acked += 1
                         status = link.ack_status[i]
