@@ -139,18 +139,20 @@ def senml_pack(node: str, sensors, values, base_time: float) -> bytes:
 
 def check_against_firmware(load: Load, t: float) -> None:
     """The packs built here must be the bytes the firmware's own encoder writes."""
+    # the firmware's folder stays on the path while its encoder runs: senml.encode_pack is loaded
+    # from senml_whole.py at its first use, as on a board
     sys.path.insert(0, str(REPO / "firmware"))
     try:
         import senml  # the firmware module (flat imports, as on a board)
+        for i in range(64):
+            node, vals = load.devices[load.device(i)], load.values(i)
+            ms = round((t + i / 7) * 1000)  # the node keeps integer ms
+            ours = senml_pack(node, load.sensors, vals, ms / 1000)
+            theirs = senml.encode_pack(node, [(s, 0, v) for s, v in zip(load.sensors, vals)], ms)
+            if ours != bytes(theirs):
+                raise AssertionError(f"pack {i} differs from the firmware's: {ours.hex()} != {bytes(theirs).hex()}")
     finally:
         sys.path.remove(str(REPO / "firmware"))
-    for i in range(64):
-        node, vals = load.devices[load.device(i)], load.values(i)
-        ms = round((t + i / 7) * 1000)  # the node keeps integer ms
-        ours = senml_pack(node, load.sensors, vals, ms / 1000)
-        theirs = senml.encode_pack(node, [(s, 0, v) for s, v in zip(load.sensors, vals)], ms)
-        if ours != bytes(theirs):
-            raise AssertionError(f"pack {i} differs from the firmware's: {ours.hex()} != {bytes(theirs).hex()}")
 
 
 def message(load: Load, transport: str, key: bytes, d: int, seq: int, values, base_time: float) -> bytes:
