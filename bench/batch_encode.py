@@ -18,6 +18,15 @@ variants alternate round by round:
 
 Prints the CPU time a frame of each (best and all rounds) and the ratios.
 Everything else in the encode is the same code.
+
+    python bench/batch_encode.py --grow [--frames 256] [--nodes 100]
+
+compares batch sizes instead, all compiled: batches of `--frames` frames (the
+uplink's `batch_records`) against batches GROW times as large (what the uplink
+sends while GROW full batches or more wait), the same frames encoded, the two
+alternating round by round. With many nodes a batch holds a series (a node's
+sensor) for every few readings, and the encoder's work per series is spread
+over more readings in the larger batch.
 """
 from __future__ import annotations
 
@@ -49,7 +58,10 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=256)
     ap.add_argument("--nodes", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--grow", action="store_true", help="batch_records frames against GROW times as many")
     args = ap.parse_args()
+    if args.grow:
+        return grow(args)
     bodies = frames(args.frames, args.nodes)
     impls = implementations("ingest")
     if "cython" not in impls:
@@ -90,6 +102,31 @@ def main() -> None:
     best = {kind: min(xs) for kind, xs in us.items()}
     print(f"cython / before: {best['cython'] / best['before']:.2f}; cython / format-py: "
           f"{best['cython'] / best['format-py']:.2f}; cython / python: {best['cython'] / best['python']:.2f}")
+
+
+def grow(args) -> None:
+    from gateway.runtime.uplink.mqtt import MqttUplink
+    big = args.frames * MqttUplink.GROW
+    bodies = frames(big, args.nodes)
+    schema = batch.Schema("gw", "site")
+    sizes = {f"{args.frames} frames": [bodies[k:k + args.frames] for k in range(0, big, args.frames)],
+             f"{big} frames": [bodies]}
+    us: dict[str, list[float]] = {k: [] for k in sizes}
+    for _ in range(args.rounds):
+        for label, batches in sizes.items():
+            for b in batches:
+                batch.encode("gw", "site", b, [], schema)
+            t = time.process_time()
+            for _ in range(10):
+                for b in batches:
+                    batch.encode("gw", "site", b, [], schema)
+            us[label].append((time.process_time() - t) / 10 / big * 1e6)
+    for label, xs in us.items():
+        print(f"batches of {label:12s} {min(xs):.2f} µs a frame (best of {args.rounds}; "
+              f"all {', '.join(f'{x:.2f}' for x in xs)})")
+    small, large = (min(xs) for xs in us.values())
+    print(f"{args.nodes} nodes: {big} frames a batch ÷ {args.frames}: {large / small:.2f} (best of each; "
+          f"round by round: {', '.join(f'{b / a:.2f}' for a, b in zip(*us.values()))})")
 
 
 if __name__ == "__main__":

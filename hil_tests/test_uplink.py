@@ -100,7 +100,8 @@ def test_batches_encoded_on_the_encoder_thread_leave_in_spool_order_events_first
                                                                                   monkeypatch):
     """The uplink in process against the real broker: data batches are encoded on the uplink's
     encoder thread (not the event loop's), yet batches leave in spool order, events before
-    data, and the spool is empty only after every PUBACK."""
+    data, and the spool is empty only after every PUBACK. A backlog of GROW full batches or
+    more goes in batches GROW times batch_records."""
     import asyncio
     import threading
 
@@ -113,8 +114,11 @@ def test_batches_encoded_on_the_encoder_thread_leave_in_spool_order_events_first
     threads = []
     encode = batch.encode
 
+    sizes = []
+
     def recording_encode(*args):
         threads.append(threading.current_thread().name)
+        sizes.append(len(args[2]))  # the batch's frames
         return encode(*args)
 
     monkeypatch.setattr(batch, "encode", recording_encode)
@@ -136,8 +140,10 @@ def test_batches_encoded_on_the_encoder_thread_leave_in_spool_order_events_first
         return loop_thread
 
     loop_thread = asyncio.run(main())
-    # ten batches of 100 frames on the encoder thread; the last (3 events) is spliced on the loop
-    assert len(threads) == 10 and all(t.startswith("uplink-encode") and t != loop_thread for t in threads), threads
+    # 1000 frames waiting, GROW (4) batches of 100 or more: batches of 400 while 400 wait, then the
+    # 200 left, on the encoder thread; the last (3 events) is spliced on the loop
+    assert MqttUplink.GROW == 4 and sizes == [400, 400, 200], sizes
+    assert all(t.startswith("uplink-encode") and t != loop_thread for t in threads), threads
     wait_for(lambda: len(subscriber.frames()) == 1000, 15, "every frame at the broker")
     topics = [t.rsplit("/", 1)[1] for t, _ in subscriber.messages if t.endswith(("/data", "/events"))]
     assert topics[0] == "events" and topics.count("events") == 1

@@ -19,6 +19,8 @@ class Metrics:
         "headrace_windows_total": "Aggregate windows closed and spooled.",
         "headrace_late_readings_total": "Readings dropped by the aggregator as later than the allowed lateness.",
         "headrace_spool_commits_total": "SQLite transactions committed by the spool.",
+        "headrace_spool_commits_behind_total": "Commits started without the commit window: a full group was "
+                                               "waiting (the gateway at its limit).",
         "headrace_uplink_lag_seconds": "Age of the oldest spooled record the broker has not acknowledged (0 when none).",
         "headrace_spool_errors_total": "Spool commits that failed (disk full, I/O).",
         "headrace_spool_depth": "Records waiting in the spool for the uplink.",

@@ -17,7 +17,11 @@ read and committed (measured, a decaying maximum) stay within it: at low rates,
 where a commit's cost is mostly fixed, about 25 commits a second instead of 37;
 at a few thousand frames a second the groups take longer and the window stays
 `commit_interval`. `commit_max_frames`
-bounds a group; the queue holds eight groups, then transports are told to wait.
+bounds a group; the queue holds eight groups, then transports are told to wait. When
+a full group is waiting at the end of a commit, the gateway is behind: the next
+commit starts at once, without the window (which would otherwise cap the rate at
+`commit_max_frames / commit_interval`, 20,480 frames a second at the defaults), and
+`headrace_spool_commits_behind_total` counts it.
 
 While the commit window runs, a transport may stop reading (`add_intake(pause,
 take, listen)`): what arrives meanwhile waits in the kernel and is read in one go
@@ -242,6 +246,11 @@ class Pipeline:
                     for pause, _take, _listen in self._intake:
                         pause()
                     left = window - (now - started)
+                    if len(self._pending) >= sp.commit_max_frames:
+                        # a full group waits: the gateway is behind, and the window would only cap
+                        # its rate at a group a window; the next commit starts at once
+                        self.metrics.inc("headrace_spool_commits_behind_total")
+                        left = 0
                     if left > 0:
                         await asyncio.sleep(left)
                     taken = time.monotonic()

@@ -189,3 +189,33 @@ def test_node_rate_over_the_last_minute():
     assert st.rate(6090.0) == pytest.approx((1 + 30 * 0.5) / 60)
     assert st.rate(6150.0) == pytest.approx(1 * (1 - 0.5) / 60)
     assert st.rate(6300.0) == 0.0     # silent for minutes
+
+
+def test_a_full_group_waiting_is_committed_at_once_not_after_the_window(pipeline_rig):
+    # A burst of four groups offered in one turn of the loop: the commits after the first three
+    # each find a full group waiting and start at once (counted); the window would have capped
+    # the rate at commit_max_frames a window. After the fourth, nothing waits: the window again
+    rig = pipeline_rig
+
+    async def main():
+        cfg, spool, pipe, task = await rig.make(commit_max_frames=64, commit_interval=0.5, ack_wait=0)
+        acks = []
+        for seq in range(1, 4 * 64 + 1):
+            pipe.offer(rig.frame(seq), "test", lambda ack, err: acks.append(err))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while len(acks) < 4 * 64 and loop.time() - started < 30:
+            await asyncio.sleep(0.005)
+        took = loop.time() - started
+        assert acks == [None] * (4 * 64)
+        m = pipe.metrics
+        assert m.get("headrace_spool_commits_total") == 4
+        assert m.get("headrace_spool_commits_behind_total") == 3
+        assert took < 2 * cfg.spool.commit_interval, took  # with the window after each: 1.5 s at least
+        pipe.offer(rig.frame(4 * 64 + 1), "test", lambda ack, err: acks.append(err))
+        while len(acks) < 4 * 64 + 1 and loop.time() - started < 30:
+            await asyncio.sleep(0.005)
+        assert m.get("headrace_spool_commits_total") == 5 and m.get("headrace_spool_commits_behind_total") == 3
+        assert len(await spool.read(PRIO_FRAME, 0, 1000)) == 4 * 64 + 1
+        await rig.stop(spool, task)
+    asyncio.run(main())
