@@ -8,7 +8,8 @@ devices. For headrace each device is a node with its own key, and each message
 one authenticated frame: a SenML pack of the 8 readings at one time (byte for
 byte what `firmware/senml.py` encodes) in a COSE_Mac0 with the node's sequence
 number. Serial: one pty per node (the serial transport serves one node per
-port), COBS/CRC framing. CoAP: one UDP endpoint per node, a confirmable
+port; the gateway opens it by name, the nodes write its master end, with no
+relay between), COBS/CRC framing. CoAP: one UDP endpoint per node, a confirmable
 `POST /d` per frame.
 
 The nodes are open loop, like the peers' load generators: message i goes to its
@@ -60,7 +61,7 @@ from gateway.protocol.framing import encode_frame  # noqa: E402
 from gateway.protocol.numbers import SENML_BN, SENML_BT, SENML_N, SENML_V  # noqa: E402
 from gateway.protocol.numbers import COAP_CHANGED, COAP_SERVICE_UNAVAILABLE  # noqa: E402
 from gateway.runtime.uplink import batch  # noqa: E402
-from hil_tests.rig import GatewayProcess, Mosquitto, PtyPair, Subscriber, wait_for  # noqa: E402
+from hil_tests.rig import GatewayProcess, Mosquitto, Subscriber, wait_for  # noqa: E402
 
 READINGS_PER_MESSAGE = 8
 WARM_SEQ = 0  # the load's messages take sequence numbers from 1 on
@@ -178,12 +179,10 @@ class Links:
         self.acks = self.busy = self.other = self.send_errors = 0
         self.pending = [bytearray() for _ in range(n)]
         if transport == "serial":
-            self.fds = []
-            for path in spec["ptys"]:
-                fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-                tty.setraw(fd)
+            self.fds = spec["pty_fds"]  # the ptys' master ends, given to this process (pass_fds)
+            for fd in self.fds:
+                os.set_blocking(fd, False)
                 os.write(fd, b"\x00")  # a delimiter: the gateway resynchronises on it
-                self.fds.append(fd)
         else:
             self.socks = []
             for _ in range(n):
@@ -487,23 +486,32 @@ class HeadraceRun:
         self.broker = Mosquitto(self.tmp).start()
         stack.callback(self.broker.stop)
         keys = {dev: os.urandom(32) for dev in load.devices}
-        pairs = [PtyPair(self.tmp, dev) for dev in load.devices] if transport == "serial" else []
-        for p in pairs:
-            stack.callback(p.stop)
-        self.gw = GatewayProcess(self.tmp, self.broker.port, keys, serial_ports=[p.a for p in pairs])
+        # a pty a node: the gateway opens its end by name, the nodes write its master end, as a
+        # board's UART would be wired (no relay between them: 100 socat relays took 25 µs of CPU a
+        # message, as much as the gateway, on the same two cores)
+        masters, ports = [], []
+        for _dev in load.devices if transport == "serial" else ():
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            ports.append(os.ttyname(slave))
+            os.close(slave)
+            masters.append(master)
+            stack.callback(_close, master)
+        self.gw = GatewayProcess(self.tmp, self.broker.port, keys, serial_ports=ports)
         # a batch at most every second (the default waits up to 4 s, past the bench's 2 s keep-up bound)
         self.gw.config.write_text(self.gw.config.read_text().replace("batch_delay = 0.05", "batch_delay = 1.0"))
         self.gw.start()
         stack.callback(self.gw.stop)
-        wait_for(lambda: self.gw.log().count(" open at ") >= len(pairs), 60, "the gateway's serial ports")
+        wait_for(lambda: self.gw.log().count(" open at ") >= len(ports), 60, "the gateway's serial ports")
         self.sub = CountingSubscriber(self.broker.port)
         stack.callback(self.sub.close)
         spec = {"load": load.name, "transport": transport, "rate": rate, "duration": o.duration,
                 "peers_dir": str(o.peers_dir), "keys": {d: k.hex() for d, k in keys.items()},
-                "ptys": [p.b for p in pairs], "coap_port": self.gw.coap_port, "stamps": str(self.tmp / "stamps")}
+                "pty_fds": masters, "coap_port": self.gw.coap_port, "stamps": str(self.tmp / "stamps")}
         (self.tmp / "spec.json").write_text(json.dumps(spec))
         self.nodes = subprocess.Popen([sys.executable, "-m", "bench.peer_load", str(self.tmp / "spec.json")],
-                                      cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                      cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                      pass_fds=masters)
         stack.callback(_stop, self.nodes)
         self.events = Events(self.nodes.stdout)
         self.pid = self.gw.proc.pid
@@ -576,6 +584,11 @@ def run_headrace(load_name: str, transport: str, rate: float, o, ml: MachineLoad
     if o.profile:
         res["profiled"] = True
     return res
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _stop(proc: subprocess.Popen) -> None:
