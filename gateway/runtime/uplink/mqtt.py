@@ -174,7 +174,8 @@ class MqttUplink:
     # while at least this many full batches wait (the gateway takes frames faster than batches of
     # batch_records go), batches of that many times batch_records: the encoder's work per series
     # (a node's sensor) is spread over more readings (with 100 nodes of 8 sensors a 256-frame batch
-    # holds 800 series of 2-3 readings). At the rates a gateway mostly runs at, batch_records
+    # holds 800 series of 2-3 readings). At the rates a gateway mostly runs at, batches stay at
+    # batch_records
     GROW = 4
 
     def __init__(self, cfg: Config, spool: Spool, committed: asyncio.Event, metrics: Metrics, downlink=None):
