@@ -4,6 +4,10 @@ Configuration: `[coap] enabled, bind, port, dedup_seconds, dedup_max, receive_bu
 Usage: nodes send confirmable POSTs; the piggybacked 2.04 response carries the
 ack and is sent only after the spool commit. Non-confirmable POSTs are answered
 with a non-confirmable 2.04. Error codes as in docs/protocol.md §5.
+A request in the layout every node writes (POST /d, Content-Format 17, a
+payload of at most MAX_MESSAGE bytes) is read in one compiled call
+(`core_ext.coap.data_request`), without the options' dict and the checks it
+passes; every other datagram is parsed in full and checked as before.
 Caveats: this is a purpose-built server for one resource, not a general CoAP
 stack: block-wise transfer (RFC 7959 Block2) only for node updates (`GET /u/...`,
 gateway/runtime/updates.py; a frame is at most 1024 bytes), no observe, no separate responses (the commit takes milliseconds, well inside the
@@ -55,12 +59,13 @@ import logging
 import socket
 import time
 
-from core_ext.coap import parse  # gateway.protocol.coap.parse, compiled: every request goes through it
+# compiled: every frame's request goes through data_request and its answer through response
+from core_ext.coap import data_request, parse, response
 from core_ext.udp import Batch
 
 from gateway.errors import AuthError, CoseError, FrameError
 from gateway.runtime.pipeline import Pipeline
-from gateway.protocol.coap import CoapFormatError, is_update_request, response
+from gateway.protocol.coap import CoapFormatError, is_update_request
 from gateway.protocol.numbers import (
     CF_COSE_MAC0,
     COAP_ACK,
@@ -269,17 +274,25 @@ class CoapServer(asyncio.DatagramProtocol):
     # -- requests -------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr) -> None:
-        try:
-            mtype, code, mid, token, options, payload = parse(data)
-        except CoapFormatError as exc:
-            self.pipeline.reject_frame(FrameError("coap", f"malformed CoAP datagram from {addr[0]}: {exc}"), TRANSPORT)
-            return
-        if mtype in (COAP_ACK, COAP_RST):
-            return  # we send no confirmable messages: nothing to match
-        if code == COAP_EMPTY:
-            if mtype == COAP_CON:
-                self._send(response(COAP_RST, COAP_EMPTY, mid, b""), addr)  # CoAP ping
-            return
+        # a node's POST /d in the nodes' own layout is recognised in one call, without the
+        # options' dict and the checks below, which it passes (core_ext/_coap_py.py)
+        fast = data_request(data)
+        if fast is not None:
+            mtype, mid, token, payload = fast
+            code = options = None
+        else:
+            try:
+                mtype, code, mid, token, options, payload = parse(data)
+            except CoapFormatError as exc:
+                self.pipeline.reject_frame(FrameError("coap", f"malformed CoAP datagram from {addr[0]}: {exc}"),
+                                           TRANSPORT)
+                return
+            if mtype in (COAP_ACK, COAP_RST):
+                return  # we send no confirmable messages: nothing to match
+            if code == COAP_EMPTY:
+                if mtype == COAP_CON:
+                    self._send(response(COAP_RST, COAP_EMPTY, mid, b""), addr)  # CoAP ping
+                return
         reply_type = COAP_ACK if mtype == COAP_CON else COAP_NON
         key = self._key(addr, mid)
         self._expire()
@@ -293,7 +306,9 @@ class CoapServer(asyncio.DatagramProtocol):
                     stored = response(COAP_ACK, COAP_CHANGED, mid, token, stored, CF_COSE_MAC0)
                 self._send(stored, addr)  # a retransmission: the same answer again
             return
-        if self.updates is not None and is_update_request(options):
+        if options is None:  # the fast path's request: only the commit queue may turn it away
+            answer = None if self.pipeline.has_space() else COAP_SERVICE_UNAVAILABLE
+        elif self.updates is not None and is_update_request(options):
             self._recent[key] = None
             delay, msg = self.updates.coap(mtype, code, mid, token, options)
             if delay > 0:  # throttled: the answer waits (well inside the node's ACK_TIMEOUT)
@@ -301,7 +316,8 @@ class CoapServer(asyncio.DatagramProtocol):
             else:
                 self._remember(key, msg, addr)
             return
-        answer = self._check(code, options, payload)
+        else:
+            answer = self._check(code, options, payload)
         if answer is not None:
             self._remember(key, response(reply_type, answer, mid, token), addr)
             return
