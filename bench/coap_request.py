@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core_ext import _coap_py, implementations  # noqa: E402
 from gateway.protocol import coap as spec, cose  # noqa: E402
-from gateway.protocol.numbers import CF_COSE_MAC0, COAP_ACK, COAP_CHANGED, COAP_CON, COAP_EMPTY, COAP_RST  # noqa: E402
+from gateway.protocol.numbers import (CF_COSE_MAC0, COAP_ACK, COAP_CHANGED, COAP_CON, COAP_EMPTY, COAP_NON,  # noqa: E402
+                                      COAP_RST)
 
 NODES = 100
 ACK = bytes(range(20))
@@ -54,11 +55,10 @@ def fast(data_request, response, server):
     def run(msgs):
         out = 0
         for data in msgs:
-            req = data_request(data)
-            mtype, mid, token, payload = req
+            mtype, mid, token, payload = data_request(data)
             if not has_space():
                 continue
-            out += len(response(COAP_ACK if mtype == COAP_CON else 1, COAP_CHANGED, mid, token, ACK, CF_COSE_MAC0))
+            out += len(response(COAP_ACK if mtype == COAP_CON else COAP_NON, COAP_CHANGED, mid, token, ACK, CF_COSE_MAC0))
         return out
     return run
 
@@ -70,11 +70,11 @@ def full(parse, response, server):
         out = 0
         for data in msgs:
             mtype, code, mid, token, options, payload = parse(data)
-            if mtype in (2, COAP_RST) or code == COAP_EMPTY:
+            if mtype in (COAP_ACK, COAP_RST) or code == COAP_EMPTY:
                 continue
             if check(code, options, payload) is not None:
                 continue
-            out += len(response(COAP_ACK if mtype == COAP_CON else 1, COAP_CHANGED, mid, token, ACK, CF_COSE_MAC0))
+            out += len(response(COAP_ACK if mtype == COAP_CON else COAP_NON, COAP_CHANGED, mid, token, ACK, CF_COSE_MAC0))
         return out
     return run
 
@@ -130,6 +130,7 @@ def main() -> None:
           "µs a request: least (median, most)")
     for k, v in times.items():
         print(f"  {k:28s} {least[k]:6.3f}  ({statistics.median(v):.3f}, {max(v):.3f})")
+
     # the ratios round by round (each round's variants ran within a second or so of one another,
     # on the same machine's speed), their median
     def ratio(a, b):
@@ -138,6 +139,7 @@ def main() -> None:
           f"{ratio('fast path, compiled', 'full path, compiled parser'):.2f}, "
           f"reference {ratio('fast path, reference', 'full path, reference'):.2f}; saved a request, compiled: "
           f"{statistics.median(y - x for x, y in zip(times['fast path, compiled'], times['full path, compiled parser'])):.2f} µs")
+
 
 if __name__ == "__main__":
     main()

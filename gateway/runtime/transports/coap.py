@@ -279,7 +279,7 @@ class CoapServer(asyncio.DatagramProtocol):
         fast = data_request(data)
         if fast is not None:
             mtype, mid, token, payload = fast
-            code = options = None
+            options = None  # and no `code`: only the full path's branches below read it
         else:
             try:
                 mtype, code, mid, token, options, payload = parse(data)

@@ -175,7 +175,7 @@ class MqttUplink:
     # batch_records go), batches of that many times batch_records: the encoder's work per series
     # (a node's sensor) is spread over more readings (with 100 nodes of 8 sensors a 256-frame batch
     # holds 800 series of 2-3 readings). At the rates a gateway mostly runs at, batches stay at
-    # batch_records
+    # batch_records.
     GROW = 4
 
     def __init__(self, cfg: Config, spool: Spool, committed: asyncio.Event, metrics: Metrics, downlink=None):
