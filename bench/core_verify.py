@@ -12,13 +12,17 @@ least disturbed) with their median and most, µs a frame, and the ratios of the 
 - check, reference with the compiled parser: what the gateway ran before the check was
   compiled (`core_ext._verify_py`, the same code as gateway/runtime/ingest.py had);
 - check, reference: both pure-Python references (HEADRACE_PURE=1), on a tenth of the frames;
-- check, compiled, past MAC_KEYS: nodes whose `cose.MacKey` is not kept (a gateway with
-  more nodes than MAC_KEYS): the MAC is two SHA-256 calls over the padded key and the
-  data (RFC 2104) instead of copies of the key's hashed pads;
-- ack, compiled and reference (`Verifier.ack`);
-- HMAC alone over the frames' MAC structures, called from Python: `MacKey.digest` (the
-  key's hashed pads), two `hashlib.sha256` calls (RFC 2104), one-shot `hmac.digest`:
-  the ways to the HMAC through Python's hashlib.
+- check, compiled, portable SHA-256: the compiled check with the core's portable C
+  SHA-256 (what runs on a processor without SHA extensions, a Raspberry Pi 4's);
+- check, compiled, past MAC_KEYS: nodes whose midstates are not kept (a gateway with
+  more nodes than MAC_KEYS): two SHA-256 blocks more a tag, over the padded key;
+- ack, compiled (both SHA-256 codes) and reference (`Verifier.ack`);
+- HMAC alone over the frames' MAC structures, called from Python: the core's C
+  (`core_ext.verify.hmac_sha256`, with the processor's SHA extensions where it has
+  them, and portable), and the ways through Python's hashlib: `MacKey.digest` (the
+  key's hashed pads: what the compiled check ran before its own C), two
+  `hashlib.sha256` calls (RFC 2104), one-shot `hmac.digest`. The C variants make the
+  key's midstates for each call (two blocks more than the check does).
 
 hashlib's SHA-256 is CPython's own, as in a gateway without TLS (gateway/runtime/tls.py
 leaves OpenSSL out), or with `--openssl` OpenSSL's, as in a gateway with TLS.
@@ -85,6 +89,17 @@ def acks(verify_impl, parse_impl, registry: Registry, keys: list[bytes]) -> floa
     return best_time(lambda: [ack(k, i, 0) for i, k in enumerate(keys)], 1) / len(keys)
 
 
+def with_code(verify_impl, code: str, fn):
+    """fn() with the compiled core's SHA-256 code `code` ("portable" or "best"), then the best again."""
+    def run():
+        verify_impl.sha256_code(code)
+        try:
+            return fn()
+        finally:
+            verify_impl.sha256_code("best")
+    return run
+
+
 def two_sha256(key: bytes, data: bytes) -> bytes:
     k = key.ljust(64, b"\0")
     return hashlib.sha256(k.translate(_OPAD) + hashlib.sha256(k.translate(_IPAD) + data).digest()).digest()
@@ -112,35 +127,51 @@ def main() -> None:
     mac_keys = {k: cose.MacKey(k) for k in set(keys)}
     pairs = [(mac_keys[k], k, s) for k, s in zip(keys, structures)]
     n = len(pairs)
+    c = ver["cython"]
+    code = c.sha256_code()  # "sha-ni" where the processor has the SHA extensions
+    c_hmac = c.hmac_sha256
     variants = {
-        "check, compiled": lambda: check(ver["cython"], ing["cython"], registry, msgs),
+        "check, compiled": lambda: check(c, ing["cython"], registry, msgs),
+        "check, compiled, portable SHA-256": with_code(c, "portable",
+                                                       lambda: check(c, ing["cython"], registry, msgs)),
         "check, reference, compiled parser": lambda: check(ver["python"], ing["cython"], registry, msgs),
         "check, reference": lambda: check(ver["python"], ing["python"], registry, small),
         "check, compiled, past MAC_KEYS": lambda: check(ver["cython"], ing["cython"], registry, msgs, fill=True),
-        "ack, compiled": lambda: acks(ver["cython"], ing["cython"], registry, keys),
+        "ack, compiled": lambda: acks(c, ing["cython"], registry, keys),
+        "ack, compiled, portable SHA-256": with_code(c, "portable", lambda: acks(c, ing["cython"], registry, keys)),
         "ack, reference": lambda: acks(ver["python"], ing["cython"], registry, keys),
+        f"HMAC: core C ({code})": lambda: best_time(lambda: [c_hmac(k, s) for _mk, k, s in pairs], 1) / n,
+        "HMAC: core C (portable)": with_code(c, "portable", lambda: best_time(
+            lambda: [c_hmac(k, s) for _mk, k, s in pairs], 1) / n),
         "HMAC: MacKey.digest": lambda: best_time(lambda: [mk.digest(s) for mk, _k, s in pairs], 1) / n,
         "HMAC: two sha256 calls": lambda: best_time(lambda: [two_sha256(k, s) for _mk, k, s in pairs], 1) / n,
         "HMAC: one-shot hmac.digest": lambda: best_time(lambda: [hmac.digest(k, s, "sha256") for _mk, k, s in pairs],
                                                         1) / n,
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name, fn in variants.items():
             times[name].append(fn() * 1e6)
+        print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr)
     med = {k: min(v) for k, v in times.items()}
     size = sum(map(len, msgs)) / len(msgs)
     print(f"{len(msgs):,} frames ({size:.0f} bytes, 8 readings, {NODES} nodes), {args.rounds} rounds alternated, "
           f"SHA-256 from {'OpenSSL' if args.openssl else 'CPython (no TLS)'}; µs a frame, least (median, most) of the rounds:")
     for k, v in times.items():
         print(f"  {k:36s} {med[k]:7.3f}  ({statistics.median(v):.3f}, {max(v):.3f})")
-    c = med["check, compiled"]
-    print(f"check: compiled ÷ the path before (reference, compiled parser) {c / med['check, reference, compiled parser']:.2f}; "
-          f"compiled ÷ reference {c / med['check, reference']:.3f}; past MAC_KEYS ÷ with MacKey "
-          f"{med['check, compiled, past MAC_KEYS'] / c:.2f}")
-    print(f"ack: compiled ÷ reference {med['ack, compiled'] / med['ack, reference']:.2f}")
-    print(f"HMAC: two sha256 calls ÷ MacKey {med['HMAC: two sha256 calls'] / med['HMAC: MacKey.digest']:.2f}, "
-          f"one-shot hmac.digest ÷ MacKey {med['HMAC: one-shot hmac.digest'] / med['HMAC: MacKey.digest']:.2f}")
+    chk = med["check, compiled"]
+    print(f"check: compiled ÷ the path before (reference, compiled parser) "
+          f"{chk / med['check, reference, compiled parser']:.2f}; "
+          f"compiled ÷ reference {chk / med['check, reference']:.3f}; "
+          f"portable SHA-256 ÷ {code} {med['check, compiled, portable SHA-256'] / chk:.2f}; past MAC_KEYS ÷ kept "
+          f"midstates {med['check, compiled, past MAC_KEYS'] / chk:.2f}")
+    print(f"ack: compiled ÷ reference {med['ack, compiled'] / med['ack, reference']:.2f}; portable SHA-256 ÷ {code} "
+          f"{med['ack, compiled, portable SHA-256'] / med['ack, compiled']:.2f}")
+    mk = med["HMAC: MacKey.digest"]
+    print(f"HMAC: core C ({code}) ÷ MacKey {med[f'HMAC: core C ({code})'] / mk:.2f}, core C (portable) ÷ MacKey "
+          f"{med['HMAC: core C (portable)'] / mk:.2f}, "
+          f"two sha256 calls ÷ MacKey {med['HMAC: two sha256 calls'] / mk:.2f}, "
+          f"one-shot hmac.digest ÷ MacKey {med['HMAC: one-shot hmac.digest'] / mk:.2f}")
 
 
 if __name__ == "__main__":

@@ -34,14 +34,21 @@ key; seq and status are unsigned 64-bit integers (ValueError otherwise).
 start afresh). `mac_key(key)` is the key's HMAC state, for the frames' MACs and
 the gateway's acks alike (`cose.MacKey` for the first MAC_KEYS keys met, the key
 itself past them: memory stays bounded however many nodes there are).
+`hmac_sha256(key, data)` is HMAC-SHA256 (32 bytes), what every tag is cut from;
+`sha256_code(use=None)` says which code hashes its blocks ("hashlib" here; the
+compiled module's "sha-ni" or "portable", and `use` "portable" or "best" switches).
 
 The compiled module (`_verify.pyx`) reads the nodes' layout of COSE_Mac0 from
-offsets into the message, builds the MAC structure (and the ack) in one buffer,
-keeps the windows as C integers and hands the payload to the parser; other
+offsets into the message, makes the HMAC-SHA256 in its own C (from the key's
+midstates, with the processor's SHA extensions where it has them), writes the
+ack in one buffer, keeps the windows as C integers and hands the payload to the
+parser; other
 layouts go through `cose.parse_mac0` as here. Each check, its result and its
 error (type, message, node, seq, key) are the same, and so is each ack.
 """
 from __future__ import annotations
+
+import hmac
 
 import cbor2
 
@@ -51,7 +58,7 @@ from gateway.protocol.numbers import GATEWAY_KID, MSG_ACK, REPLAY_WINDOW
 
 from core_ext._ingest_py import IngestError
 
-MAC_KEYS = 128  # keys whose MacKey is kept (about 600 bytes each)
+MAC_KEYS = 128  # keys whose MacKey is kept (about 600 bytes each; the compiled core keeps 64 bytes a key)
 _MASK = (1 << REPLAY_WINDOW) - 1
 
 
@@ -138,3 +145,13 @@ class Verifier:
         return name, seq, node.key, payload, count
 
 
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 of data (32 bytes): hashlib's, through `hmac`."""
+    return hmac.digest(bytes(key), bytes(data), "sha256")
+
+
+def sha256_code(use: str | None = None) -> str:
+    """Which code hashes the SHA-256 blocks: hashlib's, whatever `use` asks ("portable" or "best")."""
+    if use is not None and use not in ("portable", "best"):
+        raise ValueError(f"sha256_code(use={use!r}): 'portable' or 'best'")
+    return "hashlib"

@@ -7,4 +7,6 @@ from ._verify_py import MAC_KEYS, ReplayWindow
 
 _impl, IMPLEMENTATION = load("verify")
 Verifier = _impl.Verifier
-__all__ = ["IMPLEMENTATION", "MAC_KEYS", "ReplayWindow", "Verifier"]
+hmac_sha256 = _impl.hmac_sha256
+sha256_code = _impl.sha256_code
+__all__ = ["IMPLEMENTATION", "MAC_KEYS", "ReplayWindow", "Verifier", "hmac_sha256", "sha256_code"]

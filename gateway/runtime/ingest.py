@@ -23,7 +23,8 @@ from gateway.protocol import cose
 from gateway.protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED, GATEWAY_KID, MSG_ACK
 from gateway.runtime.registry import Registry
 
-__all__ = ["Accepted", "Ingest", "ReplayWindow", "ack_message", "command_reports", "update_reports"]
+__all__ = ["CMD_RECORD", "UPDATE_RECORD", "Accepted", "Ingest", "ReplayWindow", "ack_message", "command_reports",
+           "update_reports"]
 
 
 @dataclass(slots=True)
@@ -47,6 +48,9 @@ class Ingest:
         self._committed: dict[str, tuple[int, int]] = dict(windows or {})
         self._registry = registry
         self._verifier = Verifier(registry.by_kid, self.parser, self._committed)
+        # check() without its Accepted: (node, seq, key, payload, count) of a message received at
+        # `now` (seconds since the epoch), the same errors; the pipeline's call a frame
+        self.verify = self._verifier.check
 
     @property
     def registry(self) -> Registry:
@@ -100,19 +104,19 @@ def ack_message(key: bytes | cose.MacKey, seq: int, status: int, commands=()) ->
     return cose.mac0(key, GATEWAY_KID, cbor2.dumps(body))
 
 
-_CMD_RECORD = b"\x63cmd"  # the CBOR text "cmd": a frame that may report commands
-_UPDATE_RECORD = b"\x66update"  # the CBOR text "update": a frame that may report on a node update
+CMD_RECORD = b"\x63cmd"  # the CBOR text "cmd": a frame that may report commands
+UPDATE_RECORD = b"\x66update"  # the CBOR text "update": a frame that may report on a node update
 
 
 def command_reports(node: str, payload: bytes) -> list[str]:
     """The `<id>:ok|error:<why>` texts of a frame's `cmd` records (SenML name `cmd` or
     `<node>/cmd`), cheap when there are none; none from a payload that is not SenML."""
-    return _texts(node, payload, "cmd", _CMD_RECORD)
+    return _texts(node, payload, "cmd", CMD_RECORD)
 
 
 def update_reports(node: str, payload: bytes) -> list[str]:
     """The texts of a frame's `update` records (`1.3.0:installed`, …: firmware/update.py)."""
-    return _texts(node, payload, "update", _UPDATE_RECORD)
+    return _texts(node, payload, "update", UPDATE_RECORD)
 
 
 def _texts(node: str, payload: bytes, name: str, marker: bytes) -> list[str]:

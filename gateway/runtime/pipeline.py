@@ -45,7 +45,7 @@ from core_ext.aggregate import Aggregator
 
 from gateway.config import Config
 from gateway.errors import PayloadError, RejectedFrame, ReplayError, SpoolError
-from gateway.runtime.ingest import Accepted, Ingest, command_reports, update_reports
+from gateway.runtime.ingest import CMD_RECORD, UPDATE_RECORD, Ingest, command_reports, update_reports
 from gateway.runtime.logs import RateLimited
 from gateway.runtime.metrics import Metrics
 from gateway.protocol.numbers import ACK_DUPLICATE, ACK_REJECTED, ACK_STORED
@@ -59,13 +59,19 @@ Done = Callable[[bytes | None, Exception | None], None]
 
 @dataclass(slots=True)
 class _Item:
+    """A frame waiting for its commit: an accepted one has its payload (SenML), the time it
+    was received and how many numeric readings went to the parser's columns (what
+    `Ingest.check` gives as an `Accepted`, kept here without a second object a frame)."""
+
     transport: str
     done: Done
     status: int
     node: str
     seq: int
     key: bytes
-    accepted: Accepted | None = None
+    payload: bytes | None = None  # None: not accepted (a duplicate or a rejected payload), acked only
+    received: float = 0.0
+    count: int = 0
 
 
 @dataclass(slots=True)
@@ -83,12 +89,13 @@ class NodeStatus:
     last_minute: int = 0
     causes: dict = field(default_factory=dict)  # rejected frames by reason (the metrics' label)
 
-    def count(self, now: float) -> None:
+    def count(self, now: float, frames: int = 1) -> None:
+        """`frames` more frames at `now`."""
         m = int(now // 60)
         if m != self.minute:
             self.last_minute = self.this_minute if m == self.minute + 1 else 0
             self.this_minute, self.minute = 0, m
-        self.this_minute += 1
+        self.this_minute += frames
 
     def rate(self, now: float | None = None) -> float:
         """Frames a second over the last minute (the one before, weighted by what is left of it)."""
@@ -180,8 +187,9 @@ class Pipeline:
         if key is None:
             key = self._in_keys[transport] = self.metrics.key("headrace_frames_in_total", transport=transport)
         self.metrics.add(key)
+        now = time.time()
         try:
-            acc = self.ingest.check(message)
+            node, seq, mkey, payload, count = self.ingest.verify(message, now)
         except (ReplayError, PayloadError) as exc:
             self._reject(exc, transport)
             status = ACK_DUPLICATE if isinstance(exc, ReplayError) else ACK_REJECTED
@@ -190,13 +198,18 @@ class Pipeline:
         except RejectedFrame as exc:
             self._reject(exc, transport)
             raise
-        if self.downlink is not None:
-            for text in command_reports(acc.node, acc.payload):
-                self.downlink.result(acc.node, text)
-        if self.updates is not None:
-            for text in update_reports(acc.node, acc.payload):
-                self.updates.report(acc.node, text)
-        self._enqueue(_Item(transport, done, ACK_STORED, acc.node, acc.seq, acc.key, acc))
+        # the reports' markers looked for here, not by a call a frame: nearly no frame has one
+        if self.downlink is not None and CMD_RECORD in payload:
+            for text in command_reports(node, payload):
+                self.downlink.result(node, text)
+        if self.updates is not None and UPDATE_RECORD in payload:
+            for text in update_reports(node, payload):
+                self.updates.report(node, text)
+        pending = self._pending
+        pending.append(_Item(transport, done, ACK_STORED, node, seq, mkey, payload, now, count))
+        if len(pending) >= self._max_pending:
+            self._space.clear()
+        self._wake.set()
 
     def reject_frame(self, exc: RejectedFrame, transport: str) -> None:
         """Count and log a message a transport rejected before it reached `offer` (framing)."""
@@ -286,8 +299,8 @@ class Pipeline:
         events, self._events = self._events, []
         if len(self._pending) < self._max_pending:
             self._space.set()
-        records = [(KIND_FRAME, batch.frame_body(i.node, i.seq, i.accepted.received, i.accepted.payload))
-                   for i in group if i.accepted is not None]
+        records = [(KIND_FRAME, batch.frame_body(i.node, i.seq, i.received, i.payload))
+                   for i in group if i.payload is not None]
         records += [(KIND_WINDOW, body) for body in windows]
         records += [(KIND_EVENT, body) for body in events]
         nodes: set[str] = set()  # the group's nodes, for window()
@@ -353,7 +366,7 @@ class Pipeline:
 
     def _readings_committed(self, group: list[_Item]) -> None:
         """After the commit: the group's readings go to the aggregates; status and metrics."""
-        n = sum(i.accepted.count for i in group if i.accepted is not None)
+        n = sum(i.count for i in group if i.payload is not None)
         sids, ts, vs = self._take_columns(n)
         for agg in self._aggs:
             agg.add_columns(sids, ts, vs)
@@ -362,29 +375,33 @@ class Pipeline:
             self.rules.readings(sids, ts, vs, now)
         row = payload = 0
         # the metrics once a transport and a node a group, not a frame (a labelled update costs
-        # about half a microsecond): the same values, and label sets met in the same order
+        # about half a microsecond), and a node's frame counts and time once a group: the same
+        # values, and label sets met in the same order
         by_transport: dict[str, int] = {}
-        seen: dict[str, None] = {}
+        frames_of: dict[str, int] = {}  # node -> its frames in the group, in the order first met
+        nodes = self.nodes
         for item in group:
-            acc = item.accepted
-            if acc is None:
+            if item.payload is None:
                 continue
-            payload += len(acc.payload)
-            st = self.nodes.get(acc.node)
+            payload += len(item.payload)
+            node = item.node
+            st = nodes.get(node)
             if st is None:
-                st = self.nodes[acc.node] = NodeStatus()
-            st.frames += 1
-            st.count(now)
-            st.readings += acc.count
-            st.last_seen = now
+                st = nodes[node] = NodeStatus()
+            frames_of[node] = frames_of.get(node, 0) + 1
+            st.readings += item.count
             st.transport = item.transport
             by_transport[item.transport] = by_transport.get(item.transport, 0) + 1
-            seen[acc.node] = None
-            row += acc.count
-            st.last_rows = (sids, ts, vs, row - acc.count, row)  # resolved lazily by the status view
+            row += item.count
+            st.last_rows = (sids, ts, vs, row - item.count, row)  # resolved lazily by the status view
+        for node, frames in frames_of.items():
+            st = nodes[node]
+            st.frames += frames
+            st.count(now, frames)
+            st.last_seen = now
         for transport, frames in by_transport.items():
             self.metrics.inc("headrace_frames_accepted_total", frames, transport=transport)
-        for node in seen:
+        for node in frames_of:
             self.metrics.set("headrace_node_last_seen_seconds", now, node=node)
         self.metrics.inc("headrace_readings_total", n)
         self.metrics.inc("headrace_payload_bytes_total", payload)  # the nodes' SenML, against the uplink's bytes

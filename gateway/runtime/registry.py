@@ -40,13 +40,13 @@ class Registry:
     def __init__(self, nodes: dict[str, Node] | None = None, path: Path | None = None):
         self.nodes: dict[str, Node] = dict(nodes or {})
         self.path = path
-        self._by_kid = {n.name.encode(): n for n in self.nodes.values()}
+        self._by_kid = {n.name.encode(): n for n in self.nodes.values()}  # changed in place, never replaced
+        # by_kid(kid) -> Node | None: the dict's own get, which the compiled verifier calls for every
+        # frame without a Python call of its own around it
+        self.by_kid = self._by_kid.get
 
     def __len__(self) -> int:
         return len(self.nodes)
-
-    def by_kid(self, kid: bytes) -> Node | None:
-        return self._by_kid.get(kid)
 
     def add(self, name: str, key: bytes | None = None, transport: str = "") -> Node:
         if not NODE_NAME.match(name):

@@ -193,3 +193,69 @@ def test_the_same_implementation_loads_in_a_gateway_without_openssl():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == core_ext.verify.IMPLEMENTATION
+
+
+# RFC 4231 §4: test cases 1, 2 and 6 (a key longer than a block is hashed first)
+RFC4231 = [(b"\x0b" * 20, b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+           (b"Jefe", b"what do ya want for nothing?",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+           (b"\xaa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First",
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")]
+
+
+def sha256_codes():
+    """The compiled module's SHA-256 codes this processor runs (the portable one always)."""
+    impls = implementations("verify")
+    if "cython" not in impls:
+        return []
+    c = impls["cython"]
+    best = c.sha256_code("best")
+    return ["portable"] + (["best"] if best != "portable" else [])
+
+
+def test_hmac_sha256_is_rfc_4231_and_hashlib(impl):
+    import hmac
+    assert impl.sha256_code() in (("hashlib",) if impl.__name__.endswith("_py") else ("sha-ni", "portable"))
+    with pytest.raises(ValueError):
+        impl.sha256_code("fastest")
+    for key, data, tag in RFC4231:
+        assert impl.hmac_sha256(key, data).hex() == tag
+    # every length around the block boundaries: the padding's two cases, a key of every kind
+    for klen in (0, 1, 32, 63, 64, 65, 130):
+        key = bytes((7 * i + klen) & 0xFF for i in range(klen))
+        for n in range(0, 200):
+            data = bytes((3 * i + n) & 0xFF for i in range(n))
+            assert impl.hmac_sha256(key, data) == hmac.digest(key, data, "sha256"), (klen, n)
+
+
+@pytest.mark.parametrize("code", ["portable", "best"])
+def test_each_compiled_sha256_code_agrees_with_hashlib_and_the_reference(code):
+    import hmac
+    if code not in sha256_codes():
+        pytest.skip("compiled module not built" if not sha256_codes() else
+                    "this processor has no SHA extensions: the portable code alone runs here")
+    c = implementations("verify")["cython"]
+    try:
+        assert c.sha256_code(code) == ("portable" if code == "portable" else c.sha256_code())
+        for key, data, tag in RFC4231:
+            assert c.hmac_sha256(key, data).hex() == tag
+        for n in list(range(0, 300)) + [1000, 4096, 65537]:
+            data = bytes((5 * i + n) & 0xFF for i in range(n))
+            assert c.hmac_sha256(KEY, data) == hmac.digest(KEY, data, "sha256"), n
+        # and the frames' tags and the acks, with a MacKey's midstates and past MAC_KEYS
+        ref = verifier(implementations("verify")["python"])
+        for past_the_bound in (False, True):
+            v = verifier(c)
+            if past_the_bound:
+                for i in range(c.MAC_KEYS):
+                    v.mac_key(bytes([i, 7]) * 16)
+            for seq, values in ((1, (1.5,)), (2, tuple(float(i) for i in range(40)))):
+                msg = cose.mac0(KEY, b"pump3", pack(values=values), seq=seq)
+                assert v.check(msg, 0.0)[:4] == ("pump3", seq, KEY, pack(values=values))
+                assert v.ack(KEY, seq, 0) == ref.ack(KEY, seq, 0)
+            with pytest.raises(AuthError):
+                v.check(cose.mac0(OTHER, b"pump3", pack(), seq=3), 0.0)
+    finally:
+        c.sha256_code("best")
+    with pytest.raises(ValueError):
+        c.sha256_code("fastest")
