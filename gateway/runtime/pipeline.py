@@ -205,11 +205,7 @@ class Pipeline:
         if self.updates is not None and UPDATE_RECORD in payload:
             for text in update_reports(node, payload):
                 self.updates.report(node, text)
-        pending = self._pending
-        pending.append(_Item(transport, done, ACK_STORED, node, seq, mkey, payload, now, count))
-        if len(pending) >= self._max_pending:
-            self._space.clear()
-        self._wake.set()
+        self._enqueue(_Item(transport, done, ACK_STORED, node, seq, mkey, payload, now, count))
 
     def reject_frame(self, exc: RejectedFrame, transport: str) -> None:
         """Count and log a message a transport rejected before it reached `offer` (framing)."""
