@@ -390,17 +390,17 @@ class Pipeline:
             by_transport[item.transport] = by_transport.get(item.transport, 0) + 1
             row += item.count
             st.last_rows = (sids, ts, vs, row - item.count, row)  # resolved lazily by the status view
+        metrics = self.metrics
+        for transport, frames in by_transport.items():
+            metrics.inc("headrace_frames_accepted_total", frames, transport=transport)
         for node, frames in frames_of.items():
             st = nodes[node]
             st.frames += frames
             st.count(now, frames)
             st.last_seen = now
-        for transport, frames in by_transport.items():
-            self.metrics.inc("headrace_frames_accepted_total", frames, transport=transport)
-        for node in frames_of:
-            self.metrics.set("headrace_node_last_seen_seconds", now, node=node)
-        self.metrics.inc("headrace_readings_total", n)
-        self.metrics.inc("headrace_payload_bytes_total", payload)  # the nodes' SenML, against the uplink's bytes
+            metrics.set("headrace_node_last_seen_seconds", now, node=node)
+        metrics.inc("headrace_readings_total", n)
+        metrics.inc("headrace_payload_bytes_total", payload)  # the nodes' SenML, against the uplink's bytes
 
     def _take_columns(self, n: int):
         """The first n rows of parsed columns; the rest (frames queued behind this group) stay."""
