@@ -214,6 +214,54 @@ class Spool:
         self._bytes[prio] += len(body)
         self._mem_bytes += len(body)
 
+    def _mem_add_many(self, first: int, recs: list, created: float) -> None:
+        """`_mem_add` of a commit's records [[prio, body]], ids from `first` on, in one loop (the spool's
+        thread holds the GIL through it: a call a record was most of its cost)."""
+        mem, mem_ids, rows, size = self._mem, self._mem_ids, self._rows, self._bytes
+        added = 0
+        for rid, (prio, body) in enumerate(recs, first):
+            mem[prio][rid] = (KIND_OF[prio], body, created)
+            ids = mem_ids[prio]
+            if ids and rid < ids[-1]:
+                bisect.insort(ids, rid)
+            else:
+                ids.append(rid)
+            rows[prio] += 1
+            n = len(body)
+            size[prio] += n
+            added += n
+        self._mem_bytes += added
+
+    def _mem_pop_many(self, ids) -> list[int]:
+        """`_mem_pop` of each id in one loop; the ids not in memory (in SQLite, or gone), in order. The
+        priority that held the last id is tried first: the uplink deletes a batch of one class."""
+        mem, rows, size = self._mem, self._rows, self._bytes
+        rest: list[int] = []
+        hit, hit_prio, freed = None, 0, 0
+        touched = set()
+        for rid in ids:
+            rec = hit.pop(rid, None) if hit is not None else None
+            if rec is None:
+                for prio, recs in mem.items():
+                    rec = recs.pop(rid, None)
+                    if rec is not None:
+                        hit, hit_prio = recs, prio
+                        touched.add(prio)
+                        break
+                else:
+                    rest.append(rid)
+                    continue
+            rows[hit_prio] -= 1
+            n = len(rec[1])
+            size[hit_prio] -= n
+            freed += n
+        self._mem_bytes -= freed
+        for prio in touched:
+            recs, mids = mem[prio], self._mem_ids[prio]
+            if len(mids) > 2 * len(recs) + 64:
+                self._mem_ids[prio] = [i for i in mids if i in recs]
+        return rest
+
     def _mem_pop(self, rid: int) -> bool:
         for prio, recs in self._mem.items():
             rec = recs.pop(rid, None)
@@ -332,8 +380,7 @@ class Spool:
             self._write_time += (took - self._write_time) / 4
         self._deleted = []
         self._next_id += len(recs)
-        for k, (prio, body) in enumerate(recs):
-            self._mem_add(first + k, prio, body, now)
+        self._mem_add_many(first, recs, now)
         self._jreplay.update(replay)
         if self._mem_bytes > j.size:  # the uplink is not keeping up: SQLite holds the backlog
             # this commit is durable already: a failed fold (disk full) is tried again next time,
@@ -376,11 +423,12 @@ class Spool:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_FLOOR, max(floor, self._floor)))
         self._floor = max(floor, self._floor)
         self._jreplay = {}
-        for rid, prio, _kind, _body, _created in rows:
-            self._mem_pop(rid)
-            self._rows[prio] += 1
-            self._bytes[prio] += len(_body)
-            self._sql_rows[prio] += 1
+        self._mem_pop_many([row[0] for row in rows])  # out of memory, then counted again as SQLite's
+        rows_of, bytes_of, sql_rows = self._rows, self._bytes, self._sql_rows
+        for _rid, prio, _kind, body, _created in rows:
+            rows_of[prio] += 1
+            bytes_of[prio] += len(body)
+            sql_rows[prio] += 1
 
     def _write_deletes(self) -> None:
         """An entry of the journal's deletes alone (at close), so a restart does not send them again."""
@@ -400,12 +448,12 @@ class Spool:
         # Journal records go from memory; their deletes ride the journal's next entry (lost in a
         # crash, they only mean a batch sent again: delivery is at least once anyway).
         if self._journal is not None:
-            rest = []
-            for rid in ids:
-                if self._mem_pop(rid):
-                    self._deleted.append(rid)
-                else:
-                    rest.append(rid)
+            rest = self._mem_pop_many(ids)
+            if rest:
+                gone = set(rest)
+                self._deleted += [rid for rid in ids if rid not in gone]
+            else:
+                self._deleted += ids
             ids = rest
         if not ids:
             return

@@ -295,3 +295,47 @@ def test_a_journal_that_cannot_be_made_leaves_a_working_spool(tmp_path):
     assert journal is None and "cannot make the spool's journal" in error and "e.sqlite-journal1.new" in error
     assert list(got.values()) == [(KIND_FRAME, b"f")]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(("journal0", "journal1"))]
+
+
+def test_one_delete_of_every_class_in_memory_and_in_sqlite_keeps_the_counts_exact(tmp_path):
+    """A delete's ids from memory (frames, windows and events mixed, in any order), from SQLite (a
+    fold moved them) and ids no longer anywhere: the rest is exactly what was not deleted, the
+    counts of rows and bytes are those a fresh open scans, and a restart agrees."""
+    rng = random.Random(7)
+    kinds = ("frame", "window", "event")
+
+    async def scenario():
+        s = await Spool.open(tmp_path / "s.db", SMALL)
+        bodies: dict[int, tuple[str, bytes]] = {}
+        next_id = 1
+        for i in range(300):
+            recs = [(rng.choice(kinds), rng.randbytes(rng.randrange(1, 700))) for _ in range(rng.randrange(1, 6))]
+            await s.commit(recs, {"n": (i, 1)})
+            for rec in recs:
+                bodies[next_id] = rec
+                next_id += 1
+            if i == 150:
+                await s._run(s._fold)  # the first half in SQLite, the second in memory
+        assert s._sql_rows[PRIO_FRAME] and s._mem[PRIO_FRAME]
+        gone = rng.sample(sorted(bodies), len(bodies) // 2)
+        await s.delete(gone + [next_id + 5, gone[0]])  # one id nowhere, one twice
+        for rid in gone:
+            del bodies[rid]
+        counts = s.stats()
+        rows = await s.read(PRIO_FRAME, 0, 10 ** 6) + await s.read(spool_mod.PRIO_WINDOW, 0, 10 ** 6) \
+            + await s.read(PRIO_EVENT, 0, 10 ** 6)
+        await s.close()
+        again = await Spool.open(tmp_path / "s.db", SMALL)
+        counts_again = again.stats()
+        rows_again = await everything(again) | {rid: (k, b) for rid, k, b in
+                                                await again.read(spool_mod.PRIO_WINDOW, 0, 10 ** 6)}
+        await again.close()
+        return bodies, counts, rows, counts_again, rows_again
+
+    bodies, counts, rows, counts_again, rows_again = run(scenario())
+    assert {rid: (kind, body) for rid, kind, body in rows} == bodies == rows_again
+    expect = {k: {"records": 0, "bytes": 0} for k in kinds}
+    for kind, body in bodies.values():
+        expect[kind]["records"] += 1
+        expect[kind]["bytes"] += len(body)
+    assert counts == expect == counts_again
