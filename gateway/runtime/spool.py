@@ -689,12 +689,19 @@ def merge_windows(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
 
 def _runs(ids) -> list[tuple[int, int]]:
     """Runs of consecutive integers in ids, as (first, last): [3, 4, 5, 9, 1] -> (1, 1), (3, 5), (9, 9)."""
+    s = sorted(set(ids))
+    if not s:
+        return []
+    if s[-1] - s[0] == len(s) - 1:
+        return [(s[0], s[-1])]  # the usual: a batch's ids, consecutive
     out: list[tuple[int, int]] = []
-    for i in sorted(set(ids)):
-        if out and i == out[-1][1] + 1:
-            out[-1] = (out[-1][0], i)
-        else:
-            out.append((i, i))
+    start = prev = s[0]
+    for i in s:  # a tuple made a run, not an id
+        if i > prev + 1:
+            out.append((start, prev))
+            start = i
+        prev = i
+    out.append((start, prev))
     return out
 
 

@@ -339,3 +339,18 @@ def test_one_delete_of_every_class_in_memory_and_in_sqlite_keeps_the_counts_exac
         expect[kind]["records"] += 1
         expect[kind]["bytes"] += len(body)
     assert counts == expect == counts_again
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_runs_of_ids_against_the_obvious_loop(seed):
+    """`_runs` (a journal entry's deletes, a SQLite delete's statements) against a plain walk."""
+    rng = random.Random(seed)
+    ids = [rng.randrange(1, 60) for _ in range(rng.randrange(0, 50))]
+    expect: list[tuple[int, int]] = []
+    for i in sorted(set(ids)):
+        if expect and i == expect[-1][1] + 1:
+            expect[-1] = (expect[-1][0], i)
+        else:
+            expect.append((i, i))
+    assert spool_mod._runs(ids) == expect
+    assert spool_mod._runs([3, 4, 5, 9, 1]) == [(1, 1), (3, 5), (9, 9)]
