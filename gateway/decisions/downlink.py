@@ -142,6 +142,11 @@ class Downlink:
                 n += 1
         return n
 
+    def idle(self) -> bool:
+        """No command waits for any node, nor rides an ack: every `for_ack` would be empty (a node's
+        queue and its commands in flight are dropped when they empty)."""
+        return not self.inflight and not self.queues
+
     def for_ack(self, node: str) -> list[Command]:
         """The commands the next ack to `node` carries: those in flight, topped up from
         the queue; one that has ridden MAX_TRIES acks unanswered expires instead."""

@@ -326,9 +326,15 @@ class Pipeline:
         self._readings_committed(group)
         if self._ledger_dirty():
             await self._commit_effects()
-        for item in group:
-            commands = self.downlink.for_ack(item.node) if self.downlink is not None and item.node else ()
-            item.done(self.ingest.ack(item.key, item.seq, item.status, commands), None)
+        downlink = self.downlink
+        if downlink is not None and not downlink.idle():
+            for item in group:
+                commands = downlink.for_ack(item.node) if item.node else ()
+                item.done(self.ingest.ack(item.key, item.seq, item.status, commands), None)
+        else:  # no command waits for any node (nearly always): the core writes every ack
+            ack = self.ingest.plain_ack
+            for item in group:
+                item.done(ack(item.key, item.seq, item.status), None)
         self.committed.set()
 
     async def _commit_effects(self) -> None:

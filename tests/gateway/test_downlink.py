@@ -50,6 +50,7 @@ def test_queue_is_bounded(reg):
 def test_commands_ride_acks_until_the_node_reports_them(reg):
     answers = []
     dl = Downlink(reg, on_result=lambda node, a: answers.append((node, a)))
+    assert dl.idle()  # the pipeline then writes every ack without asking for_ack
     for i in range(6):
         dl.submit("pump3", cmd(id=f"c{i}", cmd="set_batch", args={"batch": i + 1}))
     first = dl.for_ack("pump3")
@@ -60,7 +61,10 @@ def test_commands_ride_acks_until_the_node_reports_them(reg):
     assert [c.id for c in dl.for_ack("pump3")] == ["c2", "c3", "c4", "c5"]
     assert answers == [("pump3", {"id": "c1", "status": "applied"}),
                        ("pump3", {"id": "c0", "status": "failed", "error": "batch must be a whole number"})]
-    assert dl.for_ack("other") == []
+    assert dl.for_ack("other") == [] and not dl.idle()
+    assert dl.result("pump3", "c2:ok") and dl.result("pump3", "c3:ok") and dl.result("pump3", "c4:ok")
+    assert not dl.idle()  # c5 still rides the acks
+    assert dl.result("pump3", "c5:ok") and dl.idle()
 
 
 def test_a_command_nobody_answers_expires(reg):
@@ -70,7 +74,7 @@ def test_a_command_nobody_answers_expires(reg):
     dl.submit("pump3", cmd(id="lost", cmd="identify"))
     for _ in range(MAX_TRIES):
         assert [c.id for c in dl.for_ack("pump3")] == ["lost"]
-    assert dl.for_ack("pump3") == [] and dl.pending("pump3") == []
+    assert dl.for_ack("pump3") == [] and dl.pending("pump3") == [] and dl.idle()
     assert answers == [{"id": "lost", "status": "expired", "error": f"no answer from the node after {MAX_TRIES} acks"}]
 
 
