@@ -153,9 +153,9 @@ def test_batches_encoded_on_the_encoder_thread_leave_in_spool_order_events_first
 
 def test_data_waits_for_its_batch_events_do_not_and_a_full_batch_goes_at_once(tmp_path, mosquitto, subscriber):
     """batch_delay: data waits (at most that long) for its batch to fill; events go at once, ahead
-    of the data waiting; a full batch (batch_records) goes without waiting, with what was read after
-    it, and what comes next waits again; the schema goes ahead
-    of the first batch that needs it."""
+    of the data waiting; a full batch (batch_records) goes without waiting, and what is left after
+    it waits again (for the next full batch or the delay) with what comes next, instead of going as
+    a small batch of its own; the schema goes ahead of the first batch that needs it."""
     import asyncio
     import time
 
@@ -200,11 +200,11 @@ def test_data_waits_for_its_batch_events_do_not_and_a_full_batch_goes_at_once(tm
             t1 = time.monotonic()
             await spool.commit([("frame", batch.frame_body("n1", s, 1.7e9 + s, senml(s))) for s in range(3, 63)], {})
             committed.set()
-            arrived["full"] = await until("data", 3, 10) - t1  # 50, and the 10 read with them
-            t2 = time.monotonic()
+            arrived["full"] = await until("data", 2, 10) - t1  # the 50 at once; 10 are left
+            await asyncio.sleep(0.5)
             await spool.commit([("frame", batch.frame_body("n1", s, 1.7e9 + s, senml(s))) for s in range(63, 66)], {})
             committed.set()
-            arrived["later"] = await until("data", 4, 10) - t2
+            arrived["later"] = await until("data", 3, 10) - t1  # the 10 left and the 3 after them
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -216,5 +216,83 @@ def test_data_waits_for_its_batch_events_do_not_and_a_full_batch_goes_at_once(tm
     assert arrived["full"] < delay * 0.8 and delay * 0.9 <= arrived["later"] <= delay + 2, arrived
     topics = [t.rsplit("/", 1)[1] for t, _ in subscriber.messages if not t.endswith("/state")]
     assert topics[:3] == ["events", "schema", "data"], topics
+    data = [batch.frame_ids(subscriber.decode(p)) for t, p in subscriber.messages if t.endswith("/data")]
+    assert [len(ids) for ids in data] == [3, 50, 13]
+    assert [s for ids in data for _n, s in ids] == list(range(66))
+
+
+def test_batches_grow_while_data_comes_in_fast_and_shrink_when_it_slows(tmp_path, mosquitto, subscriber,
+                                                                         monkeypatch):
+    """While records come in fast enough to fill GROW times batch_records within GROW_FILL seconds,
+    batches are that large (the encoder's work a series spread over more readings); when the rate
+    falls under half of that, they are batch_records again. Every frame arrives once, in order."""
+    import asyncio
+
+    from gateway.config import from_dict
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.spool import Spool
+    from gateway.runtime.uplink import batch
+    from gateway.runtime.uplink.mqtt import MqttUplink
+
+    sizes = []
+    encode = batch.encode
+
+    def recording_encode(*args):
+        sizes.append((phase[0], len(args[2])))
+        return encode(*args)
+
+    monkeypatch.setattr(batch, "encode", recording_encode)
+    limit = 100
+    cfg = from_dict({"gateway": {"data_dir": str(tmp_path / "data"), "id": "gwtest", "site": "bench"},
+                     "mqtt": {"port": mosquitto.port, "batch_records": limit, "batch_delay": 4.0}})
+    fast = limit * MqttUplink.GROW / MqttUplink.GROW_FILL
+    assert fast == 1600  # records a second from which batches grow
+    senml = lambda seq: cbor2.dumps([{-2: "n1/", -3: 1.7e9 + seq, 0: "t", 2: seq / 4}])  # noqa: E731
+    phase = ["fast"]
+
+    async def main():
+        spool = await Spool.open(cfg.spool_path)
+        committed = asyncio.Event()
+        up = MqttUplink(cfg, spool, committed, Metrics())
+        task = asyncio.create_task(up.run())
+        seq = 0
+
+        async def feed(n, every, seconds):
+            nonlocal seq
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            while loop.time() < end:
+                await spool.commit([("frame", batch.frame_body("n1", s, 1.7e9 + s, senml(s)))
+                                    for s in range(seq, seq + n)], {})
+                seq += n
+                committed.set()
+                await asyncio.sleep(every)
+
+        try:
+            for _ in range(500):  # connected: its first state message
+                if any(t.endswith("/state") for t, _ in list(subscriber.messages)):
+                    break
+                await asyncio.sleep(0.02)
+            await feed(50, 0.01, 2.0)  # 5,000 a second at most; 3× `fast` on a slow machine too
+            phase[0] = "slow"
+            await feed(20, 0.1, 3.0)  # 200 a second: under half of `fast`
+            phase[0] = "rest"  # what is left goes by the delay
+            for _ in range(750):
+                if await spool.depth() == (0, 0):  # every batch PUBACKed and deleted
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await spool.close()
+        return seq
+
+    sent = asyncio.run(main())
+    fast_sizes = [n for p, n in sizes if p == "fast"]
+    slow_sizes = [n for p, n in sizes if p == "slow"]
+    assert fast_sizes.count(limit * MqttUplink.GROW) >= 3, sizes
+    assert slow_sizes[-3:] == [limit] * 3, sizes  # shrunk: a full batch of 100 every half second
+    wait_for(lambda: sum(len(batch.frame_ids(subscriber.decode(p))) for t, p in list(subscriber.messages)
+                         if t.endswith("/data")) == sent, 15, "every frame at the broker")
     seqs = [s for t, p in subscriber.messages if t.endswith("/data") for _n, s in batch.frame_ids(subscriber.decode(p))]
-    assert seqs == list(range(66))
+    assert seqs == list(range(sent))

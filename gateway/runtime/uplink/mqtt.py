@@ -177,6 +177,12 @@ class MqttUplink:
     # holds 800 series of 2-3 readings). At the rates a gateway mostly runs at, batches stay at
     # batch_records.
     GROW = 4
+    # batches are GROW times batch_records also while data comes in fast enough to fill such a batch
+    # within GROW_FILL seconds (4,096 frames a second with the defaults), measured over RATE_SPAN
+    # seconds at least; they shrink again below half that rate. A full batch waits for a grown one
+    # at most GROW_FILL; a gateway at the rates it mostly runs at never grows them (nor its memory)
+    GROW_FILL = 0.25
+    RATE_SPAN = 0.5
 
     def __init__(self, cfg: Config, spool: Spool, committed: asyncio.Event, metrics: Metrics, downlink=None):
         """`downlink` (a Downlink) takes the commands that arrive on cmd/<node>; its results
@@ -200,6 +206,9 @@ class MqttUplink:
         self._acked: list[int] = []
         self._wake = asyncio.Event()
         self._due: float | None = None  # when the pump sends the data waiting (None: nothing waits)
+        self._full = cfg.mqtt.batch_records  # data records that make a batch go now (GROW times while fast)
+        self._published = 0  # data records published since the start (the intake's rate, with those waiting)
+        self._rate_at, self._rate_total = time.monotonic(), 0
         listen = getattr(committed, "listen", None)  # the pipeline's CommitSignal
         self._commit_callback = listen is not None
         if listen is not None:
@@ -408,14 +417,16 @@ class MqttUplink:
                 ids, self._acked = self._acked, []
                 await self.spool.delete(ids)
             events, data = self._unsent()
-            data_now = (until_empty or not delay or data >= limit
-                        or (self._due is not None and time.monotonic() >= self._due))
-            take = limit * self.GROW if data >= limit * self.GROW else limit
+            self._full = full = self._batch_size(data, limit)
+            by_time = until_empty or not delay or (self._due is not None and time.monotonic() >= self._due)
+            data_now = by_time or data >= full
+            take = limit * self.GROW if data >= limit * self.GROW or full > limit else limit
             prios = (PRIO_EVENT, PRIO_WINDOW, PRIO_FRAME) if data_now else (PRIO_EVENT,) if events else ()
             sent = drained = False
             while prios and len(self._inflight) < window and not s.lost.is_set():
                 self.committed.clear()  # a commit from here on is seen by the wait below
                 rows = []
+                before = dict(cursors)
                 for prio in prios:
                     rows = await self.spool.read(prio, cursors[prio], take)
                     if rows:
@@ -430,12 +441,21 @@ class MqttUplink:
                 if not rows:
                     drained = len(prios) == 3
                     break
+                if prio == PRIO_FRAME and len(rows) < take and not by_time:
+                    # a full batch brought the pump: the rest waits to fill the next one (or the
+                    # delay), instead of going as a small batch, whose encoding costs more a frame
+                    cursors.update(before)
+                    if self._due is None:
+                        self._due = time.monotonic() + delay
+                    break
                 payload = await self._encode(prio, rows)
                 if s.lost.is_set():
                     break  # lost while encoding: the rows are read again after the reconnect
                 if self.schema is not None and self.schema.changed:
                     self.publish_schema()
                 self._publish(s, prio, rows, payload)
+                if prio != PRIO_EVENT:
+                    self._published += len(rows)
                 sent = True
                 if prio == PRIO_FRAME and len(rows) < take and not until_empty:
                     drained = True  # a partial batch: what came since waits for the next delay
@@ -486,8 +506,25 @@ class MqttUplink:
             self._wake.set()
             return
         events, data = self._unsent()
-        if events > 0 or data >= self.cfg.mqtt.batch_records:
+        if events > 0 or data >= self._full:
             self._wake.set()
+
+    def _batch_size(self, data: int, limit: int) -> int:
+        """The data records that make a batch go at once: `limit`, or GROW times it while the
+        records come in fast enough to fill that within GROW_FILL seconds (the rate, records
+        committed a second, measured over RATE_SPAN seconds at least, with hysteresis)."""
+        now = time.monotonic()
+        span = now - self._rate_at
+        if span >= self.RATE_SPAN:
+            total = data + self._published
+            rate = (total - self._rate_total) / span
+            self._rate_at, self._rate_total = now, total
+            fast = limit * self.GROW / self.GROW_FILL
+            if rate >= fast:
+                self._full = limit * self.GROW
+            elif rate < fast / 2:
+                self._full = limit
+        return self._full
 
     def _unsent(self) -> tuple[int, int]:
         """(event records, window and frame records) in the spool, not yet published."""
