@@ -178,8 +178,8 @@ class MqttUplink:
     # batch_records.
     GROW = 4
     # batches are GROW times batch_records also while data comes in fast enough to fill such a batch
-    # within GROW_FILL seconds (4,096 frames a second with the defaults), measured over RATE_SPAN
-    # seconds at least; they shrink again below half that rate. A full batch waits for a grown one
+    # within GROW_FILL seconds (4,096 frames a second with the defaults) for two spans of RATE_SPAN
+    # seconds in a row; they shrink again below half that rate. A full batch waits for a grown one
     # at most GROW_FILL; a gateway at the rates it mostly runs at never grows them (nor its memory)
     GROW_FILL = 0.25
     RATE_SPAN = 0.5
@@ -208,7 +208,9 @@ class MqttUplink:
         self._due: float | None = None  # when the pump sends the data waiting (None: nothing waits)
         self._full = cfg.mqtt.batch_records  # data records that make a batch go now (GROW times while fast)
         self._published = 0  # data records published since the start (the intake's rate, with those waiting)
-        self._rate_at, self._rate_total = time.monotonic(), 0
+        self._rate_at: float | None = None  # the rate's last measure (None: from the pump's next turn)
+        self._rate_total = 0
+        self._fast_spans = 0  # spans in a row at the growing rate
         listen = getattr(committed, "listen", None)  # the pipeline's CommitSignal
         self._commit_callback = listen is not None
         if listen is not None:
@@ -410,6 +412,7 @@ class MqttUplink:
         limit = self.cfg.mqtt.batch_records
         delay = self.cfg.mqtt.batch_delay
         self._due = time.monotonic()  # what the spool holds at connect goes at once
+        self._rate_at = None  # what waited before the connect is not the intake's rate
         while not s.lost.is_set():
             if time.monotonic() - self._state_at >= self.STATE_INTERVAL:
                 self.publish_state()
@@ -512,15 +515,19 @@ class MqttUplink:
     def _batch_size(self, data: int, limit: int) -> int:
         """The data records that make a batch go at once: `limit`, or GROW times it while the
         records come in fast enough to fill that within GROW_FILL seconds (the rate, records
-        committed a second, measured over RATE_SPAN seconds at least, with hysteresis)."""
-        now = time.monotonic()
+        committed a second, measured over RATE_SPAN seconds at least: two such spans in a row to
+        grow, one under half the rate to shrink)."""
+        now, total = time.monotonic(), data + self._published
+        if self._rate_at is None:
+            self._rate_at, self._rate_total = now, total
+            return self._full
         span = now - self._rate_at
         if span >= self.RATE_SPAN:
-            total = data + self._published
             rate = (total - self._rate_total) / span
             self._rate_at, self._rate_total = now, total
             fast = limit * self.GROW / self.GROW_FILL
-            if rate >= fast:
+            self._fast_spans = self._fast_spans + 1 if rate >= fast else 0
+            if self._fast_spans >= 2:  # a burst (nodes that start together) is not a rate
                 self._full = limit * self.GROW
             elif rate < fast / 2:
                 self._full = limit
