@@ -191,32 +191,18 @@ class Spool:
         deleted = []
         for seg in segments:
             for first, created, records, replay, gone in seg.entries:
-                for k, (prio, body) in enumerate(records):
-                    if first + k > self._floor:
-                        self._mem_add(first + k, prio, body, created)
+                skip = max(0, self._floor - first + 1)  # ids up to the floor are in SQLite or gone
+                self._mem_add_many(first + skip, records[skip:], created)
                 self._next_id = max(self._next_id, first + len(records))
                 for node, top, bitmap in replay:
                     old = self._jreplay.get(node)
                     self._jreplay[node] = (top, bitmap) if old is None else merge_windows(old, (top, bitmap))
                 deleted += gone
-        for a, b in deleted:
-            for rid in range(a, b + 1):
-                self._mem_pop(rid)
-
-    def _mem_add(self, rid: int, prio: int, body: bytes, created: float) -> None:
-        self._mem[prio][rid] = (KIND_OF[prio], body, created)
-        ids = self._mem_ids[prio]
-        if ids and rid < ids[-1]:
-            bisect.insort(ids, rid)
-        else:
-            ids.append(rid)
-        self._rows[prio] += 1
-        self._bytes[prio] += len(body)
-        self._mem_bytes += len(body)
+        self._mem_pop_many([rid for a, b in deleted for rid in range(a, b + 1)])
 
     def _mem_add_many(self, first: int, recs: list, created: float) -> None:
-        """`_mem_add` of a commit's records [[prio, body]], ids from `first` on, in one loop (the spool's
-        thread holds the GIL through it: a call a record was most of its cost)."""
+        """Keep records [[prio, body]] in memory, ids from `first` on, in one loop (the spool's thread
+        holds the GIL through it: a call a record had been most of its cost)."""
         mem, mem_ids, rows, size = self._mem, self._mem_ids, self._rows, self._bytes
         added = 0
         for rid, (prio, body) in enumerate(recs, first):
@@ -233,8 +219,9 @@ class Spool:
         self._mem_bytes += added
 
     def _mem_pop_many(self, ids) -> list[int]:
-        """`_mem_pop` of each id in one loop; the ids not in memory (in SQLite, or gone), in order. The
-        priority that held the last id is tried first: the uplink deletes a batch of one class."""
+        """Drop the ids' records from memory, in one loop; returns the ids not in memory (in SQLite,
+        or gone), in order. The class that held the last id is tried first: the uplink deletes a
+        batch of one class."""
         mem, rows, size = self._mem, self._rows, self._bytes
         rest: list[int] = []
         hit, hit_prio, freed = None, 0, 0
@@ -261,19 +248,6 @@ class Spool:
             if len(mids) > 2 * len(recs) + 64:
                 self._mem_ids[prio] = [i for i in mids if i in recs]
         return rest
-
-    def _mem_pop(self, rid: int) -> bool:
-        for prio, recs in self._mem.items():
-            rec = recs.pop(rid, None)
-            if rec is not None:
-                self._rows[prio] -= 1
-                self._bytes[prio] -= len(rec[1])
-                self._mem_bytes -= len(rec[1])
-                ids = self._mem_ids[prio]
-                if len(ids) > 2 * len(recs) + 64:
-                    self._mem_ids[prio] = [i for i in ids if i in recs]
-                return True
-        return False
 
     async def close(self) -> None:
         if self._db is not None:
@@ -493,9 +467,8 @@ class Spool:
             prio = PRIORITY[kind]
             if seconds and self._rows[prio]:
                 old = [rid for rid, rec in self._mem[prio].items() if rec[2] < now - seconds]
-                for rid in old:
-                    self._mem_pop(rid)
-                    self._deleted.append(rid)
+                self._mem_pop_many(old)
+                self._deleted += old
                 gone = self._write_deleting([("DELETE FROM records WHERE prio = ? AND created < ? "
                                               "RETURNING prio, length(body)", (prio, now - seconds))]) \
                     if self._sql_rows[prio] else []
