@@ -51,7 +51,6 @@ class Ingest:
         # check() without its Accepted: (node, seq, key, payload, count) of a message received at
         # `now` (seconds since the epoch), the same errors; the pipeline's call a frame
         self.verify = self._verifier.check
-        self.plain_ack = self._verifier.ack  # (key, seq, status): an ack that carries no commands
 
     @property
     def registry(self) -> Registry:

@@ -326,15 +326,12 @@ class Pipeline:
         self._readings_committed(group)
         if self._ledger_dirty():
             await self._commit_effects()
-        downlink = self.downlink
-        if downlink is not None and not downlink.idle():
-            for item in group:
-                commands = downlink.for_ack(item.node) if item.node else ()
-                item.done(self.ingest.ack(item.key, item.seq, item.status, commands), None)
-        else:  # no command waits for any node (nearly always): the core writes every ack
-            ack = self.ingest.plain_ack
-            for item in group:
-                item.done(ack(item.key, item.seq, item.status), None)
+        # while no command waits for any node (nearly always), no node is asked for its commands
+        downlink = self.downlink if self.downlink is not None and not self.downlink.idle() else None
+        ack = self.ingest.ack
+        for item in group:
+            commands = downlink.for_ack(item.node) if downlink is not None and item.node else ()
+            item.done(ack(item.key, item.seq, item.status, commands), None)
         self.committed.set()
 
     async def _commit_effects(self) -> None:
