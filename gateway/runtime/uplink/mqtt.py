@@ -420,7 +420,7 @@ class MqttUplink:
                 ids, self._acked = self._acked, []
                 await self.spool.delete(ids)
             events, data = self._unsent()
-            self._full = full = self._batch_size(data, limit)
+            full = self._batch_size(data, limit)
             by_time = until_empty or not delay or (self._due is not None and time.monotonic() >= self._due)
             data_now = by_time or data >= full
             take = limit * self.GROW if data >= limit * self.GROW or full > limit else limit
