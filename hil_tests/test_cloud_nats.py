@@ -302,10 +302,18 @@ def test_spool_replay_to_jetstream(tmp_path, nats_cluster):
     store.close()
 
 
+def _leads(cluster, stream: str):
+    try:
+        return cluster.leader(stream) + 1  # server 0 leads: still true
+    except RuntimeError:
+        return None
+
+
 def test_a_worker_gets_a_schema_it_missed_from_the_stream(tmp_path, nats_cluster):
     """Competing workers: a gateway's schema message goes to one of them. Another meeting a
     batch that refers to it (version 4) takes the gateway's last schema from the stream."""
     import nats
+    import nats.js.errors
 
     from gateway.runtime.uplink import batch
     from gateway.runtime.uplink.jetstream import ensure_stream
@@ -323,13 +331,18 @@ def test_a_worker_gets_a_schema_it_missed_from_the_stream(tmp_path, nats_cluster
         nc = await nats.connect(servers=nats_cluster.urls)
         js = nc.jetstream()
         await ensure_stream(js, "HEADRACE")
-        for attempt in range(8):  # a new R3 stream elects its leader first: seconds on a loaded machine
+        # a new R3 stream elects its leader first (seconds on a loaded machine); a publish before
+        # then gets no answer or "no responders" from the stream
+        await asyncio.to_thread(wait_for, lambda: _leads(nats_cluster, "HEADRACE"), 60,
+                                "a leader for the new stream HEADRACE")
+        for attempt in range(8):
             try:
                 await js.publish("headrace.v1.s1.gwx.schema", schema.message(), timeout=5)
                 break
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError):
                 if attempt == 7:
                     raise
+                await asyncio.sleep(1)
         await nc.close()
         store = SqliteStore(str(tmp_path / "cloud.sqlite"))
         sink = Sink(from_dict({"jetstream": {"servers": nats_cluster.urls}}), store=store)
