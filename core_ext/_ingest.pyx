@@ -19,6 +19,8 @@ import array as _array
 import struct as _struct
 
 from cpython.ref cimport PyObject
+from cpython.object cimport Py_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from core_ext._cbor cimport (K_NONE, K_NUM, K_TEXT, K_BYTES, K_BOOL, K_NULL, K_OTHER, K_BREAK, Item, Reader,
                              cbor_head, cbor_item, cbor_fail)
@@ -565,6 +567,95 @@ cdef inline object _frame_ns(object recv):
 _loads = None
 
 
+cdef inline int _append_ns(object col, int64_t x) except -1:
+    """col.append(x): written in place, without an int object, when col is an array of 'q'."""
+    cdef array.array a
+    cdef Py_ssize_t n
+    if type(col) is array.array and (<array.array>col).ob_descr.typecode == c'q':
+        a = <array.array>col
+        n = Py_SIZE(a)
+        array.resize_smart(a, n + 1)
+        a.data.as_longlongs[n] = x
+    else:
+        col.append(x)
+    return 0
+
+
+cdef inline int _append_value(object col, double x) except -1:
+    """col.append(x): written in place, without a float object, when col is an array of 'd'."""
+    cdef array.array a
+    cdef Py_ssize_t n
+    if type(col) is array.array and (<array.array>col).ob_descr.typecode == c'd':
+        a = <array.array>col
+        n = Py_SIZE(a)
+        array.resize_smart(a, n + 1)
+        a.data.as_doubles[n] = x
+    else:
+        col.append(x)
+    return 0
+
+
+cdef inline Py_ssize_t _body_head(const unsigned char* d, Py_ssize_t n, Py_ssize_t p, int major,
+                                  uint64_t* arg) noexcept:
+    """The argument of a definite-length head of `major` at p, and the offset after it; -1 for
+    anything else (the caller leaves that body to cbor2)."""
+    cdef unsigned char ib
+    cdef int info, size, k
+    cdef uint64_t a = 0
+    if p >= n:
+        return -1
+    ib = d[p]
+    if ib >> 5 != major:
+        return -1
+    info = ib & 31
+    if info < 24:
+        arg[0] = info
+        return p + 1
+    if info > 27:
+        return -1
+    size = 1 << (info - 24)
+    if p + 1 + size > n:
+        return -1
+    for k in range(size):
+        a = (a << 8) | d[p + 1 + k]
+    arg[0] = a
+    return p + 1 + size
+
+
+cdef inline Py_ssize_t _frame_head(const unsigned char* d, Py_ssize_t n, Py_ssize_t* name_at, uint64_t* name_len,
+                                   uint64_t* seq, double* received) noexcept:
+    """A spooled frame body `[node, seq, received, senml]` as frame_body writes it (a text node, an
+    unsigned sequence number, a double): where its SenML starts (it runs to the end), or -1 for
+    any other shape or length, which cbor2 reads as before."""
+    cdef Py_ssize_t p
+    cdef uint64_t a, bits = 0
+    cdef int k
+    if n < 1 or d[0] != 0x84:
+        return -1
+    p = _body_head(d, n, 1, 3, name_len)
+    if p < 0 or name_len[0] > <uint64_t>(n - p):
+        return -1
+    name_at[0] = p
+    p = _body_head(d, n, p + <Py_ssize_t>name_len[0], 0, seq)
+    if p < 0 or p + 9 > n or d[p] != 0xfb:
+        return -1
+    for k in range(8):
+        bits = (bits << 8) | d[p + 1 + k]
+    memcpy(received, &bits, 8)
+    p = _body_head(d, n, p + 9, 2, &a)
+    if p < 0 or a != <uint64_t>(n - p):
+        return -1
+    return p
+
+
+cdef inline object _frame_ns_of(double t):
+    cdef int64_t sec
+    if -9.0e9 < t < 9.0e9:  # as in spread
+        sec = <int64_t>t
+        return sec * 1000000000 + <int64_t>rint((t - <double>sec) * 1e9)
+    return frame_ns(t)
+
+
 def spread_frames(Parser parser, frames, dict nodes, dict known, entry, table):
     """See _ingest_py.spread_frames (the specification): the same loop, with each frame's
     readings spread from the parser's own columns (no arrays made a frame) and its key made
@@ -580,13 +671,38 @@ def spread_frames(Parser parser, frames, dict nodes, dict known, entry, table):
     cdef list cols
     cdef array.array sids
     cdef Py_ssize_t fi = -1, i, n
-    cdef double t
+    cdef double t, rt = 0.0
     cdef int64_t sec
+    cdef const unsigned char* d = NULL
+    cdef Py_ssize_t blen = 0, start, name_at = 0
+    cdef uint64_t name_len = 0, useq = 0
     for body in frames:
         fi += 1
-        node, seq, recv, senml = _loads(body)
-        ni = nodes.setdefault(node, len(nodes))
-        parser.parse(senml, recv)
+        start = -1
+        if type(body) is bytes:  # the spool's bodies: read here, without cbor2's objects and a copy of the SenML
+            d = <const unsigned char*>PyBytes_AS_STRING(body)
+            blen = PyBytes_GET_SIZE(body)
+            start = _frame_head(d, blen, &name_at, &name_len, &useq, &rt)
+            if start >= 0:
+                try:
+                    node = PyUnicode_DecodeUTF8(<const char*>d + name_at, <Py_ssize_t>name_len, NULL)
+                except UnicodeDecodeError:
+                    start = -1  # cbor2's error, below
+        if start >= 0:
+            seq = useq
+            ni = nodes.setdefault(node, len(nodes))
+            parser._r.d = d + start
+            parser._r.len = blen - start
+            parser._r.p = 0
+            parser._r.depth = 0
+            parser._r.error = <PyObject*>IngestError
+            parser._parse(rt)
+            recv_ns = _frame_ns_of(rt)
+        else:
+            node, seq, recv, senml = _loads(body)
+            ni = nodes.setdefault(node, len(nodes))
+            parser.parse(senml, recv)
+            recv_ns = _frame_ns(recv)
         n = parser._n
         parser._n = 0  # taken, as take() does; the readings stay in the buffers until the next parse
         oth = parser.other
@@ -608,11 +724,11 @@ def spread_frames(Parser parser, frames, dict nodes, dict known, entry, table):
             t = parser._t[i]
             if -9.0e9 < t < 9.0e9:  # as in spread
                 sec = <int64_t>t
-                col[0].append(sec * 1000000000 + <int64_t>rint((t - <double>sec) * 1e9))
-                col[1].append(parser._v[i])
+                _append_ns(col[0], sec * 1000000000 + <int64_t>rint((t - <double>sec) * 1e9))
+                _append_value(col[1], parser._v[i])
             else:
                 _spread_py([col], _array.array("d", [t]), _array.array("d", [parser._v[i]]))
-        received.append(_frame_ns(recv))
+        received.append(recv_ns)
         seqs.append(seq)
         node_col.append(ni)
         pattern_col.append(pidx)

@@ -337,8 +337,8 @@ def spread_frames(parser, frames, nodes: dict, known: dict, entry, table) -> lis
     with `parser`, which must hold no readings (ValueError). `nodes` maps a node's name to
     its index (a node not in it gets the next one). The frame's numeric readings are spread
     (as `spread` does) to the columns of `known[(node index, sids.tobytes())]`, a pair
-    (pattern index, a pair of lists per reading) that `entry(node index, node, sids)` makes
-    the first time (`sids`: the frame's series ids as `take()` gives them). `table`, four
+    (pattern index, a pair of columns per reading: lists, or arrays of 'q' and 'd') that
+    `entry(node index, node, sids)` makes the first time (`sids`: the frame's series ids as `take()` gives them). `table`, four
     lists, gets each frame's row: its reception time in integer nanoseconds (`frame_ns`),
     sequence number, node index and pattern index.
 

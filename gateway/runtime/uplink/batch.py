@@ -189,7 +189,7 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
     parser = Parser()
     nodes: dict[str, int] = {}
     patterns: dict[tuple, int] = {}
-    series: dict[tuple[int, str], tuple[list, list]] = {}
+    series: dict[tuple[int, str], tuple[array, array]] = {}
     received, seqs, node_col, pattern_col, other = [], [], [], [], []
     # a node sends one pattern frame after frame: its sensors, its pattern index and its
     # columns are made once per (node, series ids), by entry(), not per reading
@@ -200,7 +200,9 @@ def encode(gateway: str, site: str, frames: list[bytes], windows: list[bytes], s
         names = parser.names
         # _sensor(name, prefix) inline: with many nodes this runs for nearly every reading
         pattern = tuple([name[cut:] if name.startswith(prefix) else name for name in [names[sid] for sid in sids]])
-        return patterns.setdefault(pattern, len(patterns)), [series.setdefault((ni, s), ([], [])) for s in pattern]
+        # typed columns: the compiled loop writes each reading's time and value into them in place
+        return patterns.setdefault(pattern, len(patterns)), [series.setdefault((ni, s), (array("q"), array("d")))
+                                                              for s in pattern]
 
     # each frame parsed, its readings' times (as _ns) and values to their series, its row to the
     # frame table: compiled, per frame and per reading
@@ -297,18 +299,18 @@ def _to_schema(items: list, add, body: dict, key: str, schema: Schema) -> list[i
     return out
 
 
-def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]], compact: bool = False, version: int = 2,
+def _sensor_streams(series: dict[tuple[int, str], tuple[array, array]], compact: bool = False, version: int = 2,
                     counts: bool = True) -> list:
     """[sensor, stream, [[node index, count], ...]] for each sensor, in the order the series show
     them, each sensor's nodes likewise (the order the decoder walks the frames in). `counts`
     False (version 4, which leaves them out): no lists, just the streams' places."""
-    by_sensor: dict[str, tuple[list, list, list]] = {}
+    by_sensor: dict[str, tuple[array, array, list]] = {}
     # one pass over the series, each one's columns appended where its sensor's go: with many
     # nodes a batch holds nearly a series a reading, and this loop runs for each
     for (ni, sensor), (t, v) in series.items():
         acc = by_sensor.get(sensor)
         if acc is None:
-            acc = by_sensor[sensor] = ([], [], [])
+            acc = by_sensor[sensor] = (array("q"), array("d"), [])
         acc[0].extend(t)
         acc[1].extend(v)
         if counts:
@@ -317,7 +319,7 @@ def _sensor_streams(series: dict[tuple[int, str], tuple[list, list]], compact: b
     for sensor, (ts, vs, ncounts) in by_sensor.items():
         stream = columns.encode_series(ts, vs, version) if compact and len(ts) <= columns.SMALL else None
         if stream is None:
-            stream = codec.encode(array("q", ts), array("d", vs))
+            stream = codec.encode(ts, vs)
         out.append([sensor, stream, ncounts])
     return out
 
