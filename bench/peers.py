@@ -247,6 +247,8 @@ def one_run(stream, rate: float, o, ml: MachineLoad, harnesses: dict) -> dict:
     # the load's own, where the run measured it (headrace's runs, the Node-RED harness): the whole
     # run's dilutes it (7.9 % during a load counted 4.7 % over its run, and that run fell behind)
     load_steal = r.get("steal_pct", (r.get("harness") or {}).get("sys_steal_pct"))
+    if isinstance(load_steal, (int, float)):
+        r["load_steal_pct"] = load_steal  # printed for each gateway that measured it (describe)
     stolen = max(r["run_steal_pct"], load_steal if isinstance(load_steal, (int, float)) else 0.0)
     if stolen >= STEAL_LIMIT and not o.steal_ok and r.get("clean"):
         r["clean"] = False
@@ -261,7 +263,7 @@ def describe(r: dict) -> str:
         return "disturbed before the load: " + r["aborted"]
     return (f"{r['delivered']:.0f}/{r['sent']} delivered, dup {r['duplicates']:.0f}, CPU {r['cpu_pct']} %, "
             f"RSS {r['rss_idle_mb']}/{r['rss_peak_mb']} MB, p50/p99 {r['lat_p50_ms']}/{r['lat_p99_ms']} ms, "
-            f"foreign CPU {r['foreign_cpu_pct']} %, steal {r.get('steal_pct', '–')} % in the load, "
+            f"foreign CPU {r['foreign_cpu_pct']} %, steal {r.get('load_steal_pct', '–')} % in the load, "
             f"{r.get('run_steal_pct')} % over the run"
             + (" STOLEN (the hypervisor's other guests)" if r.get("stolen") else "" if r["clean"] else " DISTURBED")
             + (" zero loss" if r["zero_loss"] else " LOSS or behind"))
