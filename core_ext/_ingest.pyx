@@ -567,29 +567,22 @@ cdef inline object _frame_ns(object recv):
 _loads = None
 
 
-cdef inline int _append_ns(object col, int64_t x) except -1:
-    """col.append(x): written in place, without an int object, when col is an array of 'q'."""
+ctypedef fused _cell:
+    int64_t
+    double
+
+
+cdef inline int _append(object col, _cell x) except -1:
+    """col.append(x): written in place, without an int or float object, when col is an array of
+    the same type ('q' for int64, 'd' for double)."""
     cdef array.array a
     cdef Py_ssize_t n
-    if type(col) is array.array and (<array.array>col).ob_descr.typecode == c'q':
+    cdef char code = c'q' if _cell is int64_t else c'd'
+    if type(col) is array.array and (<array.array>col).ob_descr.typecode == code:
         a = <array.array>col
         n = Py_SIZE(a)
         array.resize_smart(a, n + 1)
-        a.data.as_longlongs[n] = x
-    else:
-        col.append(x)
-    return 0
-
-
-cdef inline int _append_value(object col, double x) except -1:
-    """col.append(x): written in place, without a float object, when col is an array of 'd'."""
-    cdef array.array a
-    cdef Py_ssize_t n
-    if type(col) is array.array and (<array.array>col).ob_descr.typecode == c'd':
-        a = <array.array>col
-        n = Py_SIZE(a)
-        array.resize_smart(a, n + 1)
-        a.data.as_doubles[n] = x
+        (<_cell*>a.data.as_voidptr)[n] = x
     else:
         col.append(x)
     return 0
@@ -724,8 +717,8 @@ def spread_frames(Parser parser, frames, dict nodes, dict known, entry, table):
             t = parser._t[i]
             if -9.0e9 < t < 9.0e9:  # as in spread
                 sec = <int64_t>t
-                _append_ns(col[0], sec * 1000000000 + <int64_t>rint((t - <double>sec) * 1e9))
-                _append_value(col[1], parser._v[i])
+                _append[int64_t](col[0], sec * 1000000000 + <int64_t>rint((t - <double>sec) * 1e9))
+                _append[double](col[1], parser._v[i])
             else:
                 _spread_py([col], _array.array("d", [t]), _array.array("d", [parser._v[i]]))
         received.append(recv_ns)
