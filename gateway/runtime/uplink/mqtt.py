@@ -22,7 +22,6 @@ before it publishes it, so batches leave in spool order and events first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import logging
@@ -31,13 +30,13 @@ import threading
 import time
 import types
 import urllib
-from concurrent.futures import ThreadPoolExecutor
 
 from gateway.config import Config
 from gateway.runtime.metrics import Metrics
 from gateway.runtime import tls
 from gateway.runtime.spool import KIND_EVENT, KIND_FRAME, KIND_WINDOW, PRIO_EVENT, PRIO_FRAME, PRIO_WINDOW, Spool
-from gateway.runtime.uplink import batch, events
+from gateway.runtime.uplink import batch
+from gateway.runtime.uplink.encoder import BatchEncoder
 from gateway.runtime.uplink.answers import CommandAnswers
 from gateway.runtime.uplink.retry import keep_connected
 
@@ -167,10 +166,6 @@ class MqttUplink:
     """Owns the broker session and the pump from spool to broker."""
 
     STATE_INTERVAL = 60.0  # seconds between retained state updates
-    # Data batches with fewer frames are encoded on the loop: under about half a millisecond
-    # of work (windows are spliced, not encoded), a thread hop is not worth it, and a gateway
-    # at low load runs no encoder thread at all
-    ENCODE_INLINE_FRAMES = 64
     # while at least this many full batches wait (the gateway takes frames faster than batches of
     # batch_records go), batches of that many times batch_records: the encoder's work per series
     # (a node's sensor) is spread over more readings (with 100 nodes of 8 sensors a 256-frame batch
@@ -218,26 +213,12 @@ class MqttUplink:
         self._session: _Session | None = None
         self._since = time.time()
         self._state_at = 0.0
-        self._encoder: ThreadPoolExecutor | None = None
-        self._encoding_on = False
-
-    @contextlib.contextmanager
-    def _encoding(self):
-        """Batches may be encoded on the encoder thread for the time of `run` or `drain`; the
-        thread starts with the first large batch, and on exit finishes the batch it is
-        encoding (milliseconds) and stops."""
-        self._encoding_on = True
-        try:
-            yield
-        finally:
-            self._encoding_on = False
-            encoder, self._encoder = self._encoder, None
-            if encoder is not None:
-                encoder.shutdown(wait=True, cancel_futures=True)
+        # large data batches are encoded on a thread of its own for the time of `run` or `drain`
+        self._batches = BatchEncoder(cfg.gateway.id, cfg.gateway.site, self.schema)
 
     async def run(self) -> None:
         """Connect, pump, reconnect with jittered exponential backoff; until cancelled."""
-        with self._encoding():
+        with self._batches.running():
             await self._run()
 
     async def _run(self) -> None:
@@ -393,7 +374,7 @@ class MqttUplink:
         await self._connect()
         before, _ = await self.spool.depth()
         try:
-            with self._encoding():
+            with self._batches.running():
                 await asyncio.wait_for(self._pump(until_empty=True), timeout)
         finally:
             await self._teardown()
@@ -545,20 +526,8 @@ class MqttUplink:
                 stats[KIND_FRAME]["records"] + stats[KIND_WINDOW]["records"] - inflight[PRIO_FRAME] - acked)
 
     async def _encode(self, prio: int, rows) -> bytes:
-        """The payload of one batch of spool rows. Events are spliced (microseconds) on the loop;
-        data batches of ENCODE_INLINE_FRAMES frames or more are compressed on the encoder thread."""
-        gw, site = self.cfg.gateway.id, self.cfg.gateway.site
-        if prio == PRIO_EVENT:
-            return events.encode(gw, site, [body for _id, _k, body in rows])
-        frames = [body for _id, kind, body in rows if kind == KIND_FRAME]
-        windows = [body for _id, kind, body in rows if kind == KIND_WINDOW]
-        if not self._encoding_on or len(frames) < self.ENCODE_INLINE_FRAMES:
-            return batch.encode(gw, site, frames, windows, self.schema)
-        if self._encoder is None:
-            self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uplink-encode")
-        # the schema is touched by one encode at a time: the pump awaits each
-        return await asyncio.get_running_loop().run_in_executor(self._encoder, batch.encode, gw, site, frames,
-                                                                windows, self.schema)
+        """The payload of one message of spool rows (large data batches on the encoder thread)."""
+        return await self._batches.encode(prio, rows)
 
     def _publish(self, s: _Session, prio: int, rows, payload: bytes) -> None:
         topic = self.topic_events if prio == PRIO_EVENT else self.topic_data
