@@ -291,7 +291,9 @@ def test_batches_grow_while_data_comes_in_fast_and_shrink_when_it_slows(tmp_path
     fast_sizes = [n for p, n in sizes if p == "fast"]
     slow_sizes = [n for p, n in sizes if p == "slow"]
     assert fast_sizes.count(limit * MqttUplink.GROW) >= 3, sizes
-    assert slow_sizes[-3:] == [limit] * 3, sizes  # shrunk: a full batch of 100 every half second
+    # shrunk: full batches of 100 (one every half second), none larger at the end; a remainder the
+    # delay sent (a machine slow enough to lag the fast phase) is smaller, never larger
+    assert slow_sizes.count(limit) >= 3 and max(slow_sizes[-3:]) <= limit, sizes
     wait_for(lambda: sum(len(batch.frame_ids(subscriber.decode(p))) for t, p in list(subscriber.messages)
                          if t.endswith("/data")) == sent, 15, "every frame at the broker")
     seqs = [s for t, p in subscriber.messages if t.endswith("/data") for _n, s in batch.frame_ids(subscriber.decode(p))]
