@@ -6,7 +6,10 @@ transaction; only then is the node acked. A commit is one entry of the journal
 records it holds stay in memory until the uplink deletes them, and move into
 SQLite only when they are still waiting when their journal segment is about to
 be written again, when the journal holds more than a segment's worth (the
-uplink is down), or when the commit is too large for it. Commits that change
+uplink is down), or when the commit is too large for it. What moves from the
+journal goes a chunk of records a row (the `chunks` table: up to CHUNK_RECORDS
+records of one class), so a backlog costs about what keeping up does; the others
+go a row a record (`records`). Commits that change
 the decisions' rows (gateway/decisions/ledger.py) go to SQLite directly. So at
 the usual rates SQLite is not written at all, and the disk gets each record
 once, in sectors, instead of as pages of the WAL and of the database. The uplink deletes records only after
@@ -42,8 +45,10 @@ import bisect
 import contextlib
 import queue
 import sqlite3
+import sys
 import threading
 import time
+from array import array
 from pathlib import Path
 
 from gateway.errors import SpoolError
@@ -58,6 +63,15 @@ KIND_EVENT = "event"
 PRIORITY = {KIND_EVENT: PRIO_EVENT, KIND_WINDOW: PRIO_WINDOW, KIND_FRAME: PRIO_FRAME}
 KIND_OF = {v: k for k, v in PRIORITY.items()}
 _DROP_CHUNK = 500
+# Records that move from the journal into SQLite (a backlog) go as chunks: one row holds up to
+# CHUNK_RECORDS records of one class, CHUNK_BYTES of bodies at most. A row a record cost the
+# spool's thread about 12 µs a record more than the journal (an INSERT, a SELECT and a DELETE,
+# each stepped a row at a time, the GIL given up and taken back around each step), so a gateway
+# that fell a second behind needed a third of a core more to catch up; a chunk costs about 1 µs.
+CHUNK_RECORDS = 256
+CHUNK_BYTES = 64 << 10
+CACHE_CHUNKS = 8  # chunks kept decoded in memory, the most recently used (they are read in order)
+_BIG_ENDIAN = sys.byteorder == "big"  # chunk arrays are stored little-endian
 # SQLite page size of a new spool, bytes. A commit of a few frames touches about three
 # pages (the records' last leaf, the index's, the node's replay row): 1 KiB pages write a
 # quarter of what 4 KiB pages do to the WAL per commit.
@@ -91,6 +105,22 @@ CREATE TABLE IF NOT EXISTS records (
     created REAL    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_prio_id ON records (prio DESC, id);
+-- records moved from the journal, a row per chunk of one class: ids (int64), spool times
+-- (float64) and body lengths (uint32) as little-endian arrays, the bodies one after another
+CREATE TABLE IF NOT EXISTS chunks (
+    prio    INTEGER NOT NULL,
+    first   INTEGER NOT NULL,
+    last    INTEGER NOT NULL,
+    n       INTEGER NOT NULL,
+    bytes   INTEGER NOT NULL,
+    oldest  REAL    NOT NULL,
+    newest  REAL    NOT NULL,
+    ids     BLOB    NOT NULL,
+    times   BLOB    NOT NULL,
+    sizes   BLOB    NOT NULL,
+    bodies  BLOB    NOT NULL,
+    PRIMARY KEY (prio, first)
+);
 CREATE TABLE IF NOT EXISTS replay (
     node   TEXT PRIMARY KEY,
     top    INTEGER NOT NULL,
@@ -121,7 +151,13 @@ class Spool:
         # rows and bytes per priority, both tiers, kept exact by every write (one scan at open)
         self._rows = {p: 0 for p in PRIORITY.values()}
         self._bytes = {p: 0 for p in PRIORITY.values()}
-        self._sql_rows = {p: 0 for p in PRIORITY.values()}  # of them in SQLite
+        self._sql_rows = {p: 0 for p in PRIORITY.values()}  # of them in SQLite's records table
+        self._chunk_rows = {p: 0 for p in PRIORITY.values()}  # of them in SQLite's chunks
+        # the chunks: per priority their keys (the first id each was written with) in order, and
+        # per (prio, first) [last id, records, bytes, oldest, newest spool time]
+        self._chunk_firsts: dict[int, list[int]] = {p: [] for p in PRIORITY.values()}
+        self._chunk_info: dict[tuple[int, int], list] = {}
+        self._cache: dict[tuple[int, int], dict[int, tuple[str, bytes, float]]] = {}  # decoded chunks
         # the journal's records not yet in SQLite: per priority id -> (kind, body, created), and
         # their ids in order (deleted ones are skipped, and dropped from the list now and then)
         self._mem: dict[int, dict[int, tuple[str, bytes, float]]] = {p: {} for p in PRIORITY.values()}
@@ -159,10 +195,18 @@ class Spool:
         for prio, n, size in db.execute(
                 "SELECT prio, count(*), coalesce(sum(length(body)), 0) FROM records GROUP BY prio"):
             self._rows[prio], self._bytes[prio], self._sql_rows[prio] = n, size, n
+        for prio, first, last, n, size, oldest, newest in db.execute(
+                "SELECT prio, first, last, n, bytes, oldest, newest FROM chunks ORDER BY prio, first"):
+            self._chunk_firsts[prio].append(first)
+            self._chunk_info[(prio, first)] = [last, n, size, oldest, newest]
+            self._rows[prio] += n
+            self._bytes[prio] += size
+            self._chunk_rows[prio] += n
         self._db = db
         self._floor = self._get_meta(_FLOOR, 0)
         row = db.execute("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'records'), 0), "
-                         "coalesce((SELECT max(id) FROM records), 0))").fetchone()
+                         "coalesce((SELECT max(id) FROM records), 0), "
+                         "coalesce((SELECT max(last) FROM chunks), 0))").fetchone()
         self._next_id = max(row[0], self._floor) + 1
         found = Journal.existing_size(self.path)
         size = found if self._journal_bytes is None else self._journal_bytes
@@ -368,10 +412,7 @@ class Spool:
         into the first entry of the new one."""
         j = self._journal
         lo, hi = j.ranges[j.next_segment()]
-        if hi is not None:
-            self._spill(lambda rid: rid <= hi, hi)
-        else:
-            self._spill(lambda rid: False, self._floor)
+        self._spill(hi if hi is not None else self._floor)
         clo, chi = j.ranges[j.cur]
         if clo is not None:
             live = {rid for recs in self._mem.values() for rid in recs if clo <= rid <= chi}
@@ -382,27 +423,122 @@ class Spool:
 
     def _fold(self) -> None:
         """Every record the journal holds to SQLite (the journal's entries stay, below the floor)."""
-        self._spill(lambda rid: True, self._next_id - 1)
+        self._spill(self._next_id - 1)
         self._deleted = []
 
-    def _spill(self, which, floor: int) -> None:
-        """Records `which(id)` of the journal, the journal's replay windows and the new floor to SQLite."""
-        rows = [(rid, prio, kind, body, created) for prio, recs in self._mem.items()
-                for rid, (kind, body, created) in recs.items() if which(rid)]
+    def _spill(self, floor: int) -> None:
+        """The journal's records with ids up to `floor` (as chunks), its replay windows and the new
+        floor to SQLite."""
+        chunks, cuts = [], {}
+        for prio, recs in self._mem.items():
+            mids = self._mem_ids[prio]
+            cut = cuts[prio] = bisect.bisect_right(mids, floor)
+            part: dict[int, tuple[str, bytes, float]] = {}
+            size = 0
+            for rid in mids[:cut]:
+                rec = recs.get(rid)
+                if rec is None:  # deleted
+                    continue
+                if part and (len(part) >= CHUNK_RECORDS or size + len(rec[1]) > CHUNK_BYTES):
+                    chunks.append((prio, next(iter(part)), part))
+                    part, size = {}, 0
+                part[rid] = rec
+                size += len(rec[1])
+            if part:
+                chunks.append((prio, next(iter(part)), part))
+        rows = [(prio, first) + _chunk_row(part) for prio, first, part in chunks]
         with self._transaction("journal spill") as db:
-            db.executemany("INSERT INTO records (id, prio, kind, body, created) VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO chunks (prio, first, last, n, bytes, oldest, newest, ids, times, sizes, bodies) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             # never over a newer window (a commit that went to SQLite after the journal's last entry)
             db.executemany(_MERGE_REPLAY, [(node, top, _to_signed(bitmap))
                                            for node, (top, bitmap) in self._jreplay.items()])
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_FLOOR, max(floor, self._floor)))
         self._floor = max(floor, self._floor)
         self._jreplay = {}
-        self._mem_pop_many([row[0] for row in rows])  # out of memory, then counted again as SQLite's
-        rows_of, bytes_of, sql_rows = self._rows, self._bytes, self._sql_rows
-        for _rid, prio, _kind, body, _created in rows:
-            rows_of[prio] += 1
-            bytes_of[prio] += len(body)
-            sql_rows[prio] += 1
+        for prio, cut in cuts.items():  # out of memory: the counts of rows and bytes stay
+            recs, mids = self._mem[prio], self._mem_ids[prio]
+            for rid in mids[:cut]:
+                recs.pop(rid, None)
+            del mids[:cut]
+        for (prio, first, part), row in zip(chunks, rows):
+            firsts = self._chunk_firsts[prio]
+            if firsts and first < firsts[-1]:
+                bisect.insort(firsts, first)
+            else:
+                firsts.append(first)
+            self._chunk_info[(prio, first)] = list(row[2:7])
+            self._chunk_rows[prio] += row[3]
+            self._mem_bytes -= row[4]
+
+    # -- chunks ---------------------------------------------------------------------------
+
+    def _thaw(self, prio: int, first: int) -> dict[int, tuple[str, bytes, float]]:
+        """A chunk's records {id: (kind, body, created)} in id order, decoded once and kept while
+        recently used. Callers do not change the dict: `_chunks_remove` replaces it."""
+        key = (prio, first)
+        recs = self._cache.pop(key, None)
+        if recs is None:
+            ids, times, sizes, bodies = self._db.execute(
+                "SELECT ids, times, sizes, bodies FROM chunks WHERE prio = ? AND first = ?", key).fetchone()
+            recs = _chunk_records(KIND_OF[prio], ids, times, sizes, bodies)
+        self._cache[key] = recs
+        if len(self._cache) > CACHE_CHUNKS:
+            del self._cache[next(iter(self._cache))]
+        return recs
+
+    def _chunk_of(self, rid: int) -> tuple[int, int] | None:
+        """The key of the chunk that holds record `rid`, or None."""
+        for prio, firsts in self._chunk_firsts.items():
+            i = bisect.bisect_right(firsts, rid) - 1
+            if i >= 0 and rid <= self._chunk_info[(prio, firsts[i])][0] and rid in self._thaw(prio, firsts[i]):
+                return prio, firsts[i]
+        return None
+
+    def _chunks_remove(self, gone: dict[tuple[int, int], set[int] | None]) -> dict[int, int]:
+        """Remove records from chunks, {key: their ids, or None for all}, in one transaction (no
+        fsync of its own: the next commit's makes it durable); returns {prio: records removed}."""
+        rows, dead, after = [], [], {}
+        for key, rids in gone.items():
+            if rids is None:
+                dead.append(key)
+                after[key] = (None, self._chunk_info[key][1], self._chunk_info[key][2], None)
+                continue
+            recs = self._thaw(*key)
+            left = {rid: rec for rid, rec in recs.items() if rid not in rids}
+            n = len(recs) - len(left)
+            if not n:
+                continue
+            row = _chunk_row(left) if left else None
+            after[key] = (left, n, self._chunk_info[key][2] - (row[2] if left else 0), row)
+            if left:
+                rows.append(row + key)
+            else:
+                dead.append(key)
+        if not after:
+            return {}
+        with self._transaction("delete") as db:
+            db.executemany("DELETE FROM chunks WHERE prio = ? AND first = ?", dead)
+            db.executemany("UPDATE chunks SET last = ?, n = ?, bytes = ?, oldest = ?, newest = ?, ids = ?, times = ?, "
+                           "sizes = ?, bodies = ? WHERE prio = ? AND first = ?", rows)
+        removed: dict[int, int] = {}
+        for key, (left, n, size, row) in after.items():
+            prio = key[0]
+            removed[prio] = removed.get(prio, 0) + n
+            self._rows[prio] -= n
+            self._bytes[prio] -= size
+            self._chunk_rows[prio] -= n
+            self._cache.pop(key, None)
+            if left:
+                self._cache[key] = left
+                self._chunk_info[key] = list(row[:5])
+            else:
+                firsts = self._chunk_firsts[prio]
+                del firsts[bisect.bisect_left(firsts, key[1])]
+                del self._chunk_info[key]
+        while len(self._cache) > CACHE_CHUNKS:
+            del self._cache[next(iter(self._cache))]
+        return removed
 
     def _write_deletes(self) -> None:
         """An entry of the journal's deletes alone (at close), so a restart does not send them again."""
@@ -420,8 +556,10 @@ class Spool:
 
     def _delete(self, ids) -> None:
         # Journal records go from memory; their deletes ride the journal's next entry (lost in a
-        # crash, they only mean a batch sent again: delivery is at least once anyway).
-        if self._journal is not None:
+        # crash, they only mean a batch sent again: delivery is at least once anyway). An id given
+        # twice is deleted once (its second look, not found, had dropped it from that entry).
+        ids = list(dict.fromkeys(ids))
+        if self._journal is not None and max(ids, default=0) > self._floor:  # the journal's ids are above it
             rest = self._mem_pop_many(ids)
             if rest:
                 gone = set(rest)
@@ -431,16 +569,37 @@ class Spool:
             ids = rest
         if not ids:
             return
+        if any(self._chunk_rows.values()):
+            by_chunk: dict[tuple[int, int], set[int]] = {}
+            rest, key, recs = [], None, {}
+            for rid in ids:
+                if rid not in recs:  # a batch's ids mostly lie in one chunk, then the next
+                    key = self._chunk_of(rid)
+                    if key is None:
+                        rest.append(rid)
+                        recs = {}
+                        continue
+                    recs = self._cache[key]
+                by_chunk.setdefault(key, set()).add(rid)
+            self._with_lazy_sync(lambda: self._chunks_remove(by_chunk))
+            ids = rest
+        if not ids:
+            return
         # a batch's ids are mostly consecutive: one statement a run of them, not one an id
         # (the spool thread holds the GIL between statements, which the event loop waits for).
-        # A delete needs no fsync of its own: lost in a crash, it only means a batch sent
-        # again (delivery is at least once anyway), and the next commit's fsync makes it
-        # durable, the WAL being written in order. At low rates this halves the fsyncs.
+        self._with_lazy_sync(lambda: self._write_deleting(
+            [("DELETE FROM records WHERE id BETWEEN ? AND ? RETURNING prio, length(body)", run)
+             for run in _runs(ids)]))
+
+    def _with_lazy_sync(self, fn):
+        """Run fn's deletes with synchronous=NORMAL. A delete needs no fsync of its own: lost in a
+        crash, it only means a batch sent again (delivery is at least once anyway), and the next
+        commit's fsync makes it durable, the WAL being written in order. At low rates this halves
+        the fsyncs."""
         db = self._db
         db.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._write_deleting([("DELETE FROM records WHERE id BETWEEN ? AND ? RETURNING prio, length(body)", run)
-                                  for run in _runs(ids)])
+            return fn()
         finally:
             db.execute("PRAGMA synchronous=FULL")
 
@@ -472,15 +631,29 @@ class Spool:
                 gone = self._write_deleting([("DELETE FROM records WHERE prio = ? AND created < ? "
                                               "RETURNING prio, length(body)", (prio, now - seconds))]) \
                     if self._sql_rows[prio] else []
-                if gone or old:
-                    dropped[(kind, "ttl")] = len(gone) + len(old)
+                expired = self._chunks_expire(prio, now - seconds) if self._chunk_rows[prio] else 0
+                if gone or old or expired:
+                    dropped[(kind, "ttl")] = len(gone) + len(old) + expired
         if sum(self._bytes.values()) > quota_bytes and self._mem_bytes:
             self._fold()  # the oldest are chosen in SQLite
         for prio in (PRIO_FRAME, PRIO_WINDOW):  # never events
             while (excess := sum(self._bytes.values()) - quota_bytes) > 0 and self._rows[prio]:
+                # the oldest of the chunks and of the records table (rows there come from commits
+                # that bypassed the journal: their ids may fall between a chunk's)
+                firsts = self._chunk_firsts[prio]
+                low = next(iter(self._thaw(prio, firsts[0]))) if firsts else None
+                if low is not None:
+                    row = self._db.execute("SELECT min(id) FROM records WHERE prio = ?", (prio,)).fetchone() \
+                        if self._sql_rows[prio] else (None,)
+                    if row[0] is None or low < row[0]:
+                        n = self._chunks_drop_oldest(prio, firsts[0], excess, row[0])
+                        key = (KIND_OF[prio], "quota")
+                        dropped[key] = dropped.get(key, 0) + n
+                        continue
                 ids = []
                 for rid, size in self._db.execute(
-                        "SELECT id, length(body) FROM records WHERE prio = ? ORDER BY id LIMIT ?", (prio, _DROP_CHUNK)):
+                        "SELECT id, length(body) FROM records WHERE prio = ? AND id < ? ORDER BY id LIMIT ?",
+                        (prio, self._next_id if low is None else low, _DROP_CHUNK)):
                     ids.append(rid)
                     excess -= size
                     if excess <= 0:
@@ -490,6 +663,34 @@ class Spool:
                 key = (KIND_OF[prio], "quota")
                 dropped[key] = dropped.get(key, 0) + len(gone)
         return dropped
+
+    def _chunks_expire(self, prio: int, before: float) -> int:
+        """Remove the class's chunk records spooled before `before`; returns how many."""
+        gone: dict[tuple[int, int], set[int] | None] = {}
+        for first in self._chunk_firsts[prio]:
+            key = (prio, first)
+            _last, _n, _size, oldest, newest = self._chunk_info[key]
+            if newest < before:
+                gone[key] = None
+            elif oldest < before:
+                gone[key] = {rid for rid, rec in self._thaw(*key).items() if rec[2] < before}
+        return self._chunks_remove(gone).get(prio, 0) if gone else 0
+
+    def _chunks_drop_oldest(self, prio: int, first: int, excess: int, below: int | None) -> int:
+        """Drop the chunk's oldest records, those with ids under `below` (if given), until `excess`
+        bytes are gone; returns how many."""
+        key = (prio, first)
+        if below is None and self._chunk_info[key][2] <= excess:
+            return self._chunks_remove({key: None}).get(prio, 0)
+        rids = set()
+        for rid, rec in self._thaw(*key).items():
+            if below is not None and rid > below:
+                break
+            rids.add(rid)
+            excess -= len(rec[1])
+            if excess <= 0:
+                break
+        return self._chunks_remove({key: rids}).get(prio, 0)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -508,6 +709,16 @@ class Spool:
                 rows.append((rid, rec[0], rec[1]))
                 if len(rows) >= limit:
                     break
+        firsts = self._chunk_firsts[prio]
+        if firsts:  # chunk ids are all below the journal's, in order
+            got = []
+            for first in firsts[max(0, bisect.bisect_right(firsts, after_id) - 1):]:
+                if self._chunk_info[(prio, first)][0] <= after_id:
+                    continue
+                got += [(rid, rec[0], rec[1]) for rid, rec in self._thaw(prio, first).items() if rid > after_id]
+                if len(got) >= limit:
+                    break
+            rows = got + rows
         if self._sql_rows[prio]:
             rows += self._db.execute("SELECT id, kind, body FROM records WHERE prio = ? AND id > ? ORDER BY id "
                                      "LIMIT ?", (prio, after_id, limit)).fetchall()
@@ -540,6 +751,10 @@ class Spool:
                 if rid in recs:
                     out[KIND_OF[prio]] = recs[rid][2]
                     break
+        for prio, firsts in self._chunk_firsts.items():
+            if firsts:  # the first chunk holds the class's oldest, as the journal's first id does
+                t = self._chunk_info[(prio, firsts[0])][3]
+                out[KIND_OF[prio]] = min(t, out.get(KIND_OF[prio], t))
         if any(self._sql_rows.values()):
             for kind, t in self._db.execute("SELECT kind, min(created) FROM records GROUP BY kind"):
                 out[kind] = min(t, out.get(kind, t))
@@ -681,3 +896,37 @@ def _runs(ids) -> list[tuple[int, int]]:
 def _to_signed(bitmap: int) -> int:
     # SQLite integers are signed 64-bit
     return bitmap - 2**64 if bitmap >= 2**63 else bitmap
+
+
+def _le(a: array) -> bytes:
+    if _BIG_ENDIAN:
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def _chunk_row(recs: dict[int, tuple[str, bytes, float]]) -> tuple:
+    """(last, n, bytes, oldest, newest, ids, times, sizes, bodies) of a chunk's row; `recs`
+    {id: (kind, body, created)} in id order, not empty."""
+    vals = recs.values()
+    times = array("d", [rec[2] for rec in vals])
+    sizes = array("I", [len(rec[1]) for rec in vals])
+    bodies = b"".join([rec[1] for rec in vals])
+    return (next(reversed(recs)), len(recs), len(bodies), min(times), max(times),
+            _le(array("q", recs)), _le(times), _le(sizes), bodies)
+
+
+def _chunk_records(kind: str, ids: bytes, times: bytes, sizes: bytes, bodies: bytes) -> dict:
+    """A chunk row's arrays back into {id: (kind, body, created)}."""
+    arrays = []
+    for code, raw in (("q", ids), ("d", times), ("I", sizes)):
+        a = array(code)
+        a.frombytes(raw)
+        if _BIG_ENDIAN:
+            a.byteswap()
+        arrays.append(a)
+    recs, pos = {}, 0
+    for rid, created, n in zip(*arrays):
+        recs[rid] = (kind, bodies[pos:pos + n], created)
+        pos += n
+    return recs

@@ -316,7 +316,7 @@ def test_one_delete_of_every_class_in_memory_and_in_sqlite_keeps_the_counts_exac
                 next_id += 1
             if i == 150:
                 await s._run(s._fold)  # the first half in SQLite, the second in memory
-        assert s._sql_rows[PRIO_FRAME] and s._mem[PRIO_FRAME]
+        assert s._chunk_rows[PRIO_FRAME] and s._mem[PRIO_FRAME]
         gone = rng.sample(sorted(bodies), len(bodies) // 2)
         await s.delete(gone + [next_id + 5, gone[0]])  # one id nowhere, one twice
         for rid in gone:
