@@ -554,14 +554,9 @@ def spread(list cols, double[::1] times, double[::1] values):
 
 
 cdef inline object _frame_ns(object recv):
-    cdef double t
-    cdef int64_t sec
     if type(recv) is float:
-        t = recv
-        if -9.0e9 < t < 9.0e9:  # as in spread
-            sec = <int64_t>t
-            return sec * 1000000000 + <int64_t>rint((t - <double>sec) * 1e9)
-    return frame_ns(recv)  # an integer, past int64 nanoseconds, or not finite: the reference's
+        return _frame_ns_of(recv)
+    return frame_ns(recv)  # an integer: the reference's
 
 
 _loads = None
