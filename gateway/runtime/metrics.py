@@ -71,6 +71,10 @@ class Metrics:
     def set(self, name: str, value: float, **labels: str) -> None:
         self._values[(name, tuple(sorted(labels.items())))] = value
 
+    def put(self, key: tuple[str, tuple], value: float) -> None:
+        """`set` of the series `key()` gave."""
+        self._values[key] = value
+
     def get(self, name: str, **labels: str) -> float:
         return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
 

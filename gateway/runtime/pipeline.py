@@ -88,6 +88,7 @@ class NodeStatus:
     this_minute: int = 0
     last_minute: int = 0
     causes: dict = field(default_factory=dict)  # rejected frames by reason (the metrics' label)
+    seen_key: tuple | None = None  # its headrace_node_last_seen_seconds series (Metrics.key)
 
     def count(self, now: float, frames: int = 1) -> None:
         """`frames` more frames at `now`."""
@@ -401,7 +402,9 @@ class Pipeline:
             st.frames += frames
             st.count(now, frames)
             st.last_seen = now
-            metrics.set("headrace_node_last_seen_seconds", now, node=node)
+            if st.seen_key is None:
+                st.seen_key = metrics.key("headrace_node_last_seen_seconds", node=node)
+            metrics.put(st.seen_key, now)
         metrics.inc("headrace_readings_total", n)
         metrics.inc("headrace_payload_bytes_total", payload)  # the nodes' SenML, against the uplink's bytes
 
