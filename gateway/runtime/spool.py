@@ -579,7 +579,7 @@ class Spool:
                         rest.append(rid)
                         recs = {}
                         continue
-                    recs = self._cache[key]
+                    recs = self._thaw(*key)
                 by_chunk.setdefault(key, set()).add(rid)
             self._with_lazy_sync(lambda: self._chunks_remove(by_chunk))
             ids = rest

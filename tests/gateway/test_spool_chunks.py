@@ -46,10 +46,11 @@ def _stats(model: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_every_operation_against_a_model(tmp_path, monkeypatch, clock, seed):
+@pytest.mark.parametrize("seed, cache", [(seed, 3) for seed in range(6)] + [(6, 0)])
+def test_every_operation_against_a_model(tmp_path, monkeypatch, clock, seed, cache):
+    # cache: chunks kept decoded (0: every use reads its row again)
     monkeypatch.setattr(spool_mod, "CHUNK_RECORDS", 7)
-    monkeypatch.setattr(spool_mod, "CACHE_CHUNKS", 3)
+    monkeypatch.setattr(spool_mod, "CACHE_CHUNKS", cache)
     rng = random.Random(seed)
     path = tmp_path / "m.sqlite"
     model: dict[int, tuple[str, bytes, float]] = {}  # id -> (kind, body, spool time)
