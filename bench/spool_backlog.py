@@ -55,7 +55,7 @@ def one(cls, where: Path, records: int, lag: int, size: int, journal_bytes: int 
     path = where / f"{cls.__name__}-{lag}.sqlite"
 
     async def opened():
-        return await Spool.open.__func__(cls, path, journal_bytes)
+        return await cls.open(path, journal_bytes)
     spool = asyncio.run(opened())
     recs = [("frame", os.urandom(size)) for _ in range(64)]
     cpu = {"commit": 0.0, "read": 0.0, "delete": 0.0}

@@ -15,7 +15,7 @@ SMALL = 1 << 18
 
 def _backlog(cls, path):
     async def main():
-        s = await Spool.open.__func__(cls, path, SMALL)
+        s = await cls.open(path, SMALL)
         bodies = [os.urandom(150 + i % 50) for i in range(4000)]
         for i in range(0, len(bodies), 64):
             await s.commit([("frame", b) for b in bodies[i:i + 64]], {"n": (i, 1)})
